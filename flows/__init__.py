@@ -1,0 +1,1 @@
+"""The Prefect DAGs: which stage runs after which, caching, retries, artifacts. Thin by design."""

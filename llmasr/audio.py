@@ -1,0 +1,81 @@
+"""Audio I/O: convert anything ffmpeg reads to 16 kHz mono FLAC, read it back as float32.
+
+ffmpeg runs as a subprocess with an argument list (never a shell), so file names with spaces,
+unicode or shell metacharacters are safe.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from llmasr.atomic import atomic_path
+
+SAMPLE_RATE = 16_000
+
+
+class AudioError(RuntimeError):
+    """A file that is not decodable audio (zero bytes, truncated, not audio, no audio stream)."""
+
+
+def ffmpeg_binary() -> str:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise RuntimeError("ffmpeg is not on PATH: install it (Debian: apt-get install ffmpeg)")
+    return exe
+
+
+def convert_to_flac16k(src: Path | str, dst: Path | str, max_duration_s: float | None = None) -> float:
+    """Decode ``src`` with ffmpeg to 16 kHz mono 16-bit FLAC at ``dst`` (atomically).
+
+    Returns the duration in seconds.  Raises AudioError with ffmpeg's last message when the input
+    is not audio, and when it is longer than ``max_duration_s`` (the rest is not decoded).
+    """
+    src = Path(src)
+    if not src.is_file():
+        raise AudioError(f"no such file: {src}")
+    if src.stat().st_size == 0:
+        raise AudioError("empty file (0 bytes)")
+    with atomic_path(dst) as tmp:
+        cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src), "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-sample_fmt", "s16"]
+        if max_duration_s is not None:
+            # decode one second past the limit so "too long" is detected without decoding hours
+            cmd += ["-t", f"{max_duration_s + 1:.3f}"]
+        cmd += ["-f", "flac", str(tmp)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            msg = (proc.stderr.strip().splitlines() or ["ffmpeg failed"])[-1]
+            raise AudioError(f"not decodable audio: {msg}")
+        try:
+            info = sf.info(str(tmp))
+        except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError
+            raise AudioError(f"ffmpeg produced no readable audio: {exc}") from exc
+        duration = info.frames / float(info.samplerate)
+        if info.frames == 0:
+            raise AudioError("no audio samples (empty or truncated stream)")
+        if max_duration_s is not None and duration > max_duration_s:
+            raise AudioError(f"too long: more than {max_duration_s:.0f} s (ingest.max_item_duration_s)")
+    return duration
+
+
+def load_audio(path: Path | str, start_s: float = 0.0, end_s: float | None = None) -> np.ndarray:
+    """Read a 16 kHz mono file (as written by ``convert_to_flac16k``) as float32 in [-1, 1].
+
+    Returns shape (samples,).  ``start_s``/``end_s`` read only that stretch.
+    """
+    info = sf.info(str(path))
+    if info.samplerate != SAMPLE_RATE or info.channels != 1:
+        raise AudioError(f"{path}: expected 16 kHz mono, got {info.samplerate} Hz x {info.channels}")
+    start = int(round(start_s * SAMPLE_RATE))
+    stop = None if end_s is None else int(round(end_s * SAMPLE_RATE))
+    audio, _ = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=False)
+    return audio
+
+
+def duration_s(path: Path | str) -> float:
+    info = sf.info(str(path))
+    return info.frames / float(info.samplerate)

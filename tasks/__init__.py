@@ -1,0 +1,1 @@
+"""The work of each stage, as plain functions over paths and records (callable without Prefect)."""
