@@ -12,17 +12,17 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")  # no dots: WebDataset splits sample keys at the first dot
 
 
 def safe_id(raw: str, max_len: int = 80) -> str:
-    """A file-name-safe id: ASCII letters, digits, '.', '_', '-'; never '.', '..' or empty.
+    """A file-name-safe id: ASCII letters, digits, '_' and '-' only; never empty.
 
     Ids that had to be changed get a short hash of the original appended, so two different raw ids
     never collide after sanitising ("a b" and "a_b" stay distinct).
     """
     ascii_ = unicodedata.normalize("NFKD", raw).encode("ascii", "ignore").decode()
-    cleaned = _UNSAFE.sub("_", ascii_).strip("._-")[:max_len]
+    cleaned = _UNSAFE.sub("_", ascii_).strip("_-")[:max_len]
     if cleaned != raw or not cleaned:
         digest = hashlib.sha1(raw.encode("utf-8")).hexdigest()[:8]
         cleaned = f"{cleaned}-{digest}" if cleaned else digest

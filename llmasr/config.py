@@ -1,0 +1,245 @@
+"""The one validated configuration: ``pipeline_config.yaml`` through pydantic models.
+
+    from llmasr.config import load_config
+    cfg = load_config(profile="demo", overrides=["filter.max_caption_wer=0.15"])
+
+The YAML's top level is the paper's settings; ``profiles.<name>`` is deep-merged over it; then
+``--set key=value`` overrides (values parsed as YAML, so ``0.15``, ``true``, ``[en, de]`` work).
+Unknown keys and bad values raise ``ConfigError`` naming the dotted key and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_ENV = "LLMASR_CONFIG"
+CONFIG_NAME = "pipeline_config.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted key at fault and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IngestConfig(_Section):
+    caption_languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
+    allow_auto_captions: bool = True
+    max_item_duration_s: float = Field(14400.0, gt=0)
+    retries: int = Field(3, ge=0, le=20)
+    backoff_s: float = Field(2.0, ge=0)
+    cookies_env: str = "LLMASR_YTDLP_COOKIES"
+    cookies_secret: str | None = None
+    items_per_task: int = Field(64, ge=1)
+
+
+class SegmentConfig(_Section):
+    max_segment_s: float = Field(20.0, gt=0, le=30.0)
+    target_segment_s: float = Field(15.0, gt=0)
+    max_gap_s: float = Field(1.0, ge=0)
+    vad_threshold: float = Field(0.5, gt=0, lt=1)
+    vad_min_silence_ms: int = Field(500, ge=0)
+    vad_speech_pad_ms: int = Field(200, ge=0)
+    items_per_task: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _target_below_max(self) -> "SegmentConfig":
+        if self.target_segment_s > self.max_segment_s:
+            raise ValueError(
+                f"target_segment_s ({self.target_segment_s}) is above max_segment_s ({self.max_segment_s}); "
+                "set segment.target_segment_s <= segment.max_segment_s"
+            )
+        return self
+
+
+class LabelConfig(_Section):
+    model: str = "large-v3"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = "default"
+    batch_size: int = Field(16, ge=1)
+    beam_size: int = Field(5, ge=1)
+    language: str | None = "en"
+    cpu_threads: int = Field(0, ge=0)
+    items_per_task: int = Field(32, ge=1)
+
+
+class FilterConfig(_Section):
+    min_duration_s: float = Field(1.0, ge=0)
+    max_duration_s: float = Field(20.0, gt=0)
+    max_caption_wer: float = Field(0.2, ge=0)
+    require_caption: bool = False
+    min_words: int = Field(3, ge=0)
+    min_type_token_ratio: float = Field(0.5, ge=0, le=1)
+    max_common_fraction: float = Field(0.999, ge=0, le=1)
+    max_compression_ratio: float = Field(2.4, gt=0)
+    max_no_speech_prob: float = Field(0.6, ge=0, le=1)
+    min_avg_logprob: float = -1.0
+    max_ngram_repeats: int = Field(3, ge=2)
+    hallucination_phrases: list[str] = Field(default_factory=list)
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    min_language_prob: float = Field(0.5, ge=0, le=1)
+
+
+class ShardConfig(_Section):
+    target_mb: float = Field(512.0, gt=0)
+    max_samples: int = Field(50000, ge=1)
+    validation_fraction: float = Field(0.01, ge=0, lt=1)
+
+
+class RunnerConfig(_Section):
+    kind: Literal["local"] = "local"
+    max_workers: int = Field(2, ge=1)
+
+
+class DemoConfig(_Section):
+    corpus_dir: str = "runs/demo-corpus"
+    n_items: int = Field(30, ge=4)
+    seed: int = 0
+
+
+class PipelineConfig(_Section):
+    work_dir: str = "runs/paper"
+    sources: list[str] = Field(default_factory=list)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    label: LabelConfig = Field(default_factory=LabelConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    shard: ShardConfig = Field(default_factory=ShardConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    demo: DemoConfig | None = None  # set by the demo profile: the espeak-ng corpus to generate
+    profile: str | None = None  # which profile produced this config (informational)
+
+    @field_validator("work_dir")
+    @classmethod
+    def _work_dir_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("work_dir is empty; set it to a folder, e.g. --work-dir runs/mine")
+        return v
+
+    def section_hash(self, *names: str) -> str:
+        """A stable hash of the named config sections (a stage's settings, for cache keys)."""
+        payload = {n: getattr(self, n).model_dump(mode="json") for n in names}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_config_file(explicit: str | Path | None = None) -> Path:
+    """--config, then $LLMASR_CONFIG, then ./pipeline_config.yaml, then the checkout's copy."""
+    candidates = [explicit, os.environ.get(CONFIG_ENV), Path.cwd() / CONFIG_NAME, Path(__file__).resolve().parents[1] / CONFIG_NAME]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    if explicit:
+        raise ConfigError(f"config file {explicit} does not exist; pass an existing file to --config")
+    raise ConfigError(f"no {CONFIG_NAME} found (looked in ${CONFIG_ENV}, the current folder and the checkout)")
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, f in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = f.annotation
+        for cand in getattr(ann, "__args__", (ann,)):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                keys += _known_keys(cand, prefix + name + ".")
+    return keys
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, _known_keys(PipelineConfig), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else "; see pipeline_config.yaml for the keys"
+
+
+def apply_override(data: dict, assignment: str) -> dict:
+    """Apply one ``a.b.c=value`` override (value parsed as YAML) to a nested dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not key=value; write e.g. --set filter.max_caption_wer=0.15")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {assignment!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse value {raw!r} ({exc.__class__.__name__}); quote it") from exc
+    out = copy.deepcopy(data)
+    node = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        if node.get(p) is None:
+            node[p] = {}
+        if not isinstance(node[p], dict):
+            raise ConfigError(f"{key}: {p} is not a section{_suggest(key)}")
+        node = node[p]
+    node[parts[-1]] = value
+    return out
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key{_suggest(key)}")
+        else:
+            got = err.get("input")
+            if isinstance(got, dict):  # a rule across keys of a section: its message names them
+                lines.append(f"{key}: {err['msg']}")
+            else:
+                lines.append(f"{key}: {err['msg']} (got {got!r}); fix it in pipeline_config.yaml or with --set {key}=...")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+    config_file: str | Path | None = None,
+    **top_level: Any,
+) -> PipelineConfig:
+    """Read, merge and validate the configuration.
+
+    ``top_level`` sets top-level keys directly (``work_dir=...``, ``sources=[...]``), as the CLI's
+    flags do; None values are ignored.
+    """
+    path = find_config_file(config_file)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    profiles = data.pop("profiles", {}) or {}
+    if profile:
+        if profile not in profiles:
+            raise ConfigError(f"profile {profile!r} is not defined; choose one of {sorted(profiles)} (profiles: in {path.name})")
+        data = deep_merge(data, profiles[profile])
+        data["profile"] = profile
+    for k, v in top_level.items():
+        if v is not None:
+            data[k] = v
+    for ov in overrides or []:
+        data = apply_override(data, ov)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None

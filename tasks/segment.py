@@ -1,0 +1,100 @@
+"""segment: cut each item into segments shorter than ``segment.max_segment_s``.
+
+With captions, segments are runs of consecutive caption cues (never split inside a cue): a run
+grows while the next cue starts within ``max_gap_s`` of the previous one's end, the run stays
+below ``max_segment_s`` and has not yet reached ``target_segment_s``.  A single cue of 20 s or more
+becomes a segment of its own, which the filter then drops as too long (every cue is accounted for).
+Without captions, the same merging runs over speech regions found by the Silero VAD that
+faster-whisper ships.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from llmasr.audio import SAMPLE_RATE, load_audio
+from llmasr.config import SegmentConfig
+from llmasr.records import Segment
+from tasks.captions import Cue, parse_captions
+
+log = logging.getLogger("llmasr.segment")
+
+
+def segment_id(item_id: str, start_s: float) -> str:
+    """Stable segment id: the item id and the start in milliseconds."""
+    return f"{item_id}-{int(round(start_s * 1000)):09d}"
+
+
+def merge_cues(cues: Sequence[Cue], cfg: SegmentConfig, item_duration_s: float | None = None) -> list[list[Cue]]:
+    """Group time-ordered cues into runs that become segments (see the module docstring).
+
+    Cues are first clipped to [0, item_duration_s]; cues left empty by clipping are dropped.
+    """
+    clipped: list[Cue] = []
+    for c in cues:
+        start, end = max(0.0, c.start_s), c.end_s
+        if item_duration_s is not None:
+            end = min(end, item_duration_s)
+        if end > start:
+            clipped.append(Cue(start, end, c.text))
+    runs: list[list[Cue]] = []
+    for cue in clipped:
+        if runs:
+            run = runs[-1]
+            run_start, run_end = run[0].start_s, max(c.end_s for c in run)
+            fits = max(run_end, cue.end_s) - run_start < cfg.max_segment_s
+            close = cue.start_s - run_end <= cfg.max_gap_s
+            growing = run_end - run_start < cfg.target_segment_s
+            if fits and close and growing:
+                run.append(cue)
+                continue
+        runs.append([cue])
+    return runs
+
+
+def segments_from_runs(item_id: str, runs: list[list[Cue]], cut_by: str) -> list[Segment]:
+    out: list[Segment] = []
+    seen: set[str] = set()
+    for run in runs:
+        start = run[0].start_s
+        end = max(c.end_s for c in run)
+        sid = segment_id(item_id, start)
+        while sid in seen:  # overlapping cues that start in the same millisecond
+            sid += "b"
+        seen.add(sid)
+        text = " ".join(c.text for c in run if c.text) if cut_by == "captions" else None
+        out.append(Segment(sid, item_id, round(start, 3), round(end, 3), round(end - start, 3), text, cut_by))
+    return out
+
+
+def vad_regions(audio_path: Path, cfg: SegmentConfig) -> list[Cue]:
+    """Speech regions of a 16 kHz mono file by Silero VAD, as text-less cues."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    audio = load_audio(audio_path)  # (samples,) float32
+    opts = VadOptions(
+        threshold=cfg.vad_threshold,
+        min_silence_duration_ms=cfg.vad_min_silence_ms,
+        speech_pad_ms=cfg.vad_speech_pad_ms,
+        # leave room below the cap so padding never pushes a region to max_segment_s
+        max_speech_duration_s=max(1.0, cfg.max_segment_s - 1.0),
+    )
+    stamps = get_speech_timestamps(audio, opts, sampling_rate=SAMPLE_RATE)  # sample offsets
+    return [Cue(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE, "") for s in stamps]
+
+
+def segment_item(item_id: str, audio_path: Path, caption_path: Path | None, duration_s: float, cfg: SegmentConfig) -> tuple[list[Segment], str | None]:
+    """Segments of one item, and a note when captions were present but unusable (VAD used)."""
+    note = None
+    if caption_path is not None:
+        try:
+            cues = parse_captions(caption_path)
+            if cues:
+                return segments_from_runs(item_id, merge_cues(cues, cfg, duration_s), "captions"), None
+            note = "captions have no text cues; segmented by VAD"
+        except (OSError, ValueError) as exc:
+            note = f"captions unusable ({exc}); segmented by VAD"
+    regions = vad_regions(audio_path, cfg)
+    return segments_from_runs(item_id, merge_cues(regions, cfg, duration_s), "vad"), note

@@ -1,0 +1,541 @@
+"""Ingest of web sources (YouTube videos, playlists, channels, pages with HTML5 media) via yt-dlp.
+
+yt-dlp is used only through its Python API (``yt_dlp.YoutubeDL``), never through a shell.  For each
+video the best audio stream is downloaded into a private temp folder under ``raw/``, converted to
+16 kHz mono FLAC with :func:`llmasr.audio.convert_to_flac16k` (atomic write) by a small yt-dlp
+post-processor, and the temp folder is removed.  Captions are written as WebVTT beside the audio:
+manual ones in the configured languages first, automatic ones only when allowed.
+
+Every fetched video also gets an item record (``raw/<item_id>.item.json``) so a later run can
+rebuild its :class:`~llmasr.records.Item` without network; yt-dlp's download archive
+(``raw/ytdlp-archive.txt``) records the same thing in yt-dlp's own terms.
+
+Per-video failures never raise: they come back as ``Item(status="failed", error=...)``.  Network
+errors (timeouts, refused/reset connections, HTTP 5xx/429) are retried with exponential backoff;
+anything else (404, unsupported URL, private video, undecodable audio, too long) fails at once.
+The cookies file's path and contents are never logged nor put into errors.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import http.client
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yt_dlp
+from yt_dlp.extractor import get_info_extractor
+from yt_dlp.networking.exceptions import HTTPError as YtHTTPError
+from yt_dlp.networking.exceptions import TransportError
+from yt_dlp.postprocessor import PostProcessor
+from yt_dlp.utils import DownloadError, YoutubeDLError
+
+from llmasr.atomic import write_json
+from llmasr.audio import AudioError, convert_to_flac16k
+from llmasr.layout import WorkLayout, safe_id
+from llmasr.records import STATUS_FAILED, STATUS_OK, Item
+
+log = logging.getLogger("llmasr.ingest")
+
+Progress = Callable[[int, int], None]
+
+_MAX_NESTING = 3  # playlist -> channel tab -> videos
+_MAX_ERROR_CHARS = 500
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NETWORK_MESSAGE = re.compile(
+    r"HTTP Error (5\d\d|429)|timed? ?out|Connection (reset|refused|aborted)|Temporary failure in name resolution"
+    r"|Remote end closed|IncompleteRead|Connection broken|URLError|TransportError|EOF occurred",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class YtdlpOptions:
+    """How web sources are fetched (the ``ingest`` section of the config)."""
+
+    captions_languages: tuple[str, ...] = ("en",)
+    allow_auto_captions: bool = True  # manual captions are always preferred
+    max_item_duration_s: float = 4 * 3600  # longer items are recorded as failed ("too long")
+    retries: int = 3  # yt-dlp's own retries, plus as many whole-video re-attempts on network errors
+    backoff_s: float = 2.0  # first backoff; doubles each retry
+    cookies_file: str | None = None  # Netscape cookies file; never logged
+    rate_limit_bytes: int | None = None
+    socket_timeout_s: float = 30.0
+
+
+class _NotAVideo(RuntimeError):
+    """A URL given to ``fetch_video`` that is a playlist of several videos."""
+
+
+# --------------------------------------------------------------------------------------------
+# yt-dlp plumbing
+
+
+class _YtdlpLogger:
+    """Forwards every yt-dlp message to ``llmasr.ingest`` at debug level, cookies path redacted."""
+
+    def __init__(self, opts: YtdlpOptions) -> None:
+        self._opts = opts
+
+    def _emit(self, msg: str) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("yt-dlp: %s", _redact(_ANSI.sub("", msg), self._opts))
+
+    debug = info = warning = error = _emit
+
+
+class _ToFlac16k(PostProcessor):  # type: ignore[misc]
+    """yt-dlp post-processor: downloaded file -> 16 kHz mono FLAC at ``dst``; deletes the original.
+
+    Runs before yt-dlp records the download archive, so a failed conversion is not archived.
+    """
+
+    def __init__(self, dst: Path, max_duration_s: float) -> None:
+        super().__init__(None)
+        self.dst = dst
+        self.max_duration_s = max_duration_s
+        self.duration_s: float | None = None
+
+    def run(self, info: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+        src = info["filepath"]
+        self.duration_s = convert_to_flac16k(src, self.dst, max_duration_s=self.max_duration_s)
+        return [src], info
+
+
+def _base_params(opts: YtdlpOptions) -> dict[str, Any]:
+    def backoff(n: int) -> float:
+        return opts.backoff_s * (2**n)
+
+    params: dict[str, Any] = {
+        "logger": _YtdlpLogger(opts),
+        "quiet": True,
+        "no_warnings": False,
+        "noprogress": True,
+        "color": {"stdout": "never", "stderr": "never"},
+        "socket_timeout": opts.socket_timeout_s,
+        "retries": opts.retries,
+        "fragment_retries": opts.retries,
+        "extractor_retries": opts.retries,
+        "retry_sleep_functions": {"http": backoff, "fragment": backoff, "extractor": backoff},
+        "ignoreerrors": False,
+    }
+    if opts.cookies_file:
+        params["cookiefile"] = opts.cookies_file
+    if opts.rate_limit_bytes:
+        params["ratelimit"] = opts.rate_limit_bytes
+    return params
+
+
+def _download_params(opts: YtdlpOptions, tmpdir: Path, archive: Path | None, captions: tuple[str, str] | None) -> dict[str, Any]:
+    lang, kind = captions if captions else ("", None)
+    return {
+        **_base_params(opts),
+        "format": "bestaudio/best",
+        "outtmpl": {"default": "media.%(ext)s", "subtitle": "captions.%(ext)s"},
+        "paths": {"home": str(tmpdir), "temp": str(tmpdir)},
+        "noplaylist": True,
+        "overwrites": True,
+        "download_archive": str(archive) if archive else None,
+        "writesubtitles": kind == "manual",
+        "writeautomaticsub": kind == "auto",
+        "subtitleslangs": [lang] if lang else [],
+        "subtitlesformat": "vtt/best",
+        "postprocessors": [{"key": "FFmpegSubtitlesConvertor", "format": "vtt", "when": "before_dl"}],
+    }
+
+
+def _extract(url: str, opts: YtdlpOptions, flat: bool) -> dict[str, Any]:
+    params = {**_base_params(opts), "skip_download": True, "noplaylist": not flat}
+    if flat:
+        params["extract_flat"] = "in_playlist"
+    with yt_dlp.YoutubeDL(params) as ydl:
+        info = ydl.extract_info(url, download=False)
+    if not info:
+        raise DownloadError(f"no information extracted from {url}")
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# errors and retries
+
+
+def _redact(text: str, opts: YtdlpOptions) -> str:
+    if opts.cookies_file:
+        text = text.replace(opts.cookies_file, "<cookies>")
+    return text
+
+
+def _error_text(exc: BaseException, opts: YtdlpOptions) -> str:
+    """A one-line, readable error for Item.error (no "ERROR:" prefix, no colour, no cookies path)."""
+    text = _ANSI.sub("", str(exc)).strip() or type(exc).__name__
+    text = re.sub(r"^(ERROR:\s*)+", "", text)
+    text = " ".join(_redact(text, opts).split())
+    return text[:_MAX_ERROR_CHARS]
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: yt-dlp's ``exc_info``/``cause``, Python's __cause__/__context__."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        exc_info = getattr(e, "exc_info", None)
+        wrapped = [exc_info[1] if exc_info else None, getattr(e, "cause", None), e.__cause__, e.__context__]
+        todo.extend(w for w in wrapped if isinstance(w, BaseException))
+
+
+def is_network_error(exc: BaseException) -> bool:
+    """True for errors worth retrying: timeouts, connection failures, HTTP 5xx and 429."""
+    for e in _causes(exc):
+        status = getattr(e, "status", None) if isinstance(e, YtHTTPError) else getattr(e, "code", None) if isinstance(e, urllib.error.HTTPError) else None
+        if status is not None:
+            return status >= 500 or status == 429
+        if isinstance(e, (TransportError, urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout, http.client.IncompleteRead)):
+            return True
+    return bool(_NETWORK_MESSAGE.search(str(exc)))
+
+
+def _with_retries(what: str, fn: Callable[[], Any], opts: YtdlpOptions) -> Any:
+    """Call ``fn``; on a network error wait backoff_s, 2*backoff_s, ... and retry up to opts.retries times."""
+    attempts = 1 + max(0, opts.retries)
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except (YoutubeDLError, OSError) as exc:
+            if attempt == attempts or not is_network_error(exc):
+                raise
+            delay = opts.backoff_s * 2 ** (attempt - 1)
+            log.warning(
+                "network error on %s (attempt %d/%d), retrying in %.2f s: %s",
+                what, attempt, attempts, delay, _error_text(exc, opts),
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------------------------
+# ids, records, captions
+
+
+def _item_id(extractor_key: str, video_id: str) -> str:
+    return safe_id(f"{extractor_key.lower()}-{video_id}")
+
+
+def _info_item_id(info: dict[str, Any]) -> str | None:
+    key = info.get("extractor_key") or info.get("ie_key")
+    return _item_id(str(key), str(info["id"])) if key and info.get("id") else None
+
+
+def url_item_id(url: str) -> str:
+    """The id of the failed item recorded for a URL that could not be listed at all."""
+    return safe_id(f"url-{url}")
+
+
+def _failed(item_id: str, source: str, url: str | None, error: str, title: str | None = None) -> Item:
+    return Item(item_id=item_id, source=source, url=url, path=None, duration_s=None, caption_path=None, status=STATUS_FAILED, error=error, title=title)
+
+
+def _save_record(layout: WorkLayout, item: Item) -> Item:
+    write_json(layout.item_record(item.item_id), dataclasses.asdict(item))
+    return item
+
+
+def load_record(layout: WorkLayout, item_id: str) -> Item | None:
+    """The item record a previous run wrote for ``item_id`` (None if missing or unreadable)."""
+    path = layout.item_record(item_id)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        names = {f.name for f in dataclasses.fields(Item)}
+        return Item(**{k: v for k, v in data.items() if k in names})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _reusable(layout: WorkLayout, item: Item | None) -> bool:
+    return bool(item and item.status == STATUS_OK and item.path and layout.abs(item.path).is_file())
+
+
+def _existing(layout: WorkLayout, item_id: str | None, known: dict[str, Item] | None) -> Item | None:
+    """An ok item whose audio is already on disk, from ``known`` or from its record file."""
+    if item_id is None:
+        return None
+    for item in ((known or {}).get(item_id), load_record(layout, item_id)):
+        if _reusable(layout, item):
+            return item
+    return None
+
+
+def _pick_lang(tracks: dict[str, Any], lang: str) -> str | None:
+    if tracks.get(lang):
+        return lang
+    variants = sorted(k for k, v in tracks.items() if v and k.lower().startswith(lang.lower() + "-"))
+    return variants[0] if variants else None
+
+
+def choose_captions(info: dict[str, Any], opts: YtdlpOptions) -> tuple[str, str] | None:
+    """(language, "manual"|"auto") of the captions to fetch, manual in any wanted language first."""
+    kinds = [("manual", info.get("subtitles") or {})]
+    if opts.allow_auto_captions:
+        kinds.append(("auto", info.get("automatic_captions") or {}))
+    for kind, tracks in kinds:
+        for lang in opts.captions_languages:
+            found = _pick_lang(tracks, lang)
+            if found:
+                return found, kind
+    return None
+
+
+def _in_archive(layout: WorkLayout, info: dict[str, Any]) -> bool:
+    key = info.get("extractor_key") or info.get("ie_key")
+    if not key or not layout.ytdlp_archive.is_file():
+        return False
+    line = f"{str(key).lower()} {info.get('id')}"
+    return line in layout.ytdlp_archive.read_text(encoding="utf-8").splitlines()
+
+
+# --------------------------------------------------------------------------------------------
+# listing
+
+
+def _is_video_ref(entry: dict[str, Any]) -> bool:
+    """A flat ``url`` entry that its extractor says is a single video (so it needs no expanding)."""
+    try:
+        return bool(entry.get("ie_key")) and get_info_extractor(entry["ie_key"])._RETURN_TYPE == "video"
+    except Exception:  # unknown extractor key
+        return False
+
+
+def _flatten(info: dict[str, Any], opts: YtdlpOptions, depth: int = 0) -> list[dict[str, Any]]:
+    """Video entries of a flat-extracted result; nested playlists (channel tabs) are expanded."""
+    if info.get("_type") not in ("playlist", "multi_video"):
+        return [info]
+    out: list[dict[str, Any]] = []
+    for entry in info.get("entries") or []:
+        if not entry:
+            continue
+        if entry.get("_type") == "url" and not _is_video_ref(entry) and depth < _MAX_NESTING:
+            nested = _with_retries(entry["url"], lambda u=entry["url"]: _extract(u, opts, flat=True), opts)
+            out.extend(_flatten(nested, opts, depth + 1))
+        elif entry.get("_type") in ("playlist", "multi_video"):
+            out.extend(_flatten(entry, opts, depth + 1))
+        else:
+            out.append(entry)
+    return out
+
+
+def _raw_entries(url: str, opts: YtdlpOptions) -> list[dict[str, Any]]:
+    info = _with_retries(url, lambda: _extract(url, opts, flat=True), opts)
+    return _flatten(info, opts)
+
+
+def _summary(entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": entry.get("id"),
+        "url": entry.get("webpage_url") or entry.get("url"),
+        "title": entry.get("title"),
+        "item_id": _info_item_id(entry),
+    }
+
+
+def list_entries(url: str, opts: YtdlpOptions) -> list[dict[str, Any]]:
+    """Flat listing of a video/playlist/channel URL: ``[{"id", "url", "title", "item_id"}]``.
+
+    A single video gives one entry.  Raises yt-dlp's ``DownloadError`` when the URL cannot be
+    listed (after retrying network errors).
+    """
+    return [_summary(e) for e in _raw_entries(url, opts)]
+
+
+# --------------------------------------------------------------------------------------------
+# one video
+
+
+def _single_video(info: dict[str, Any], opts: YtdlpOptions) -> dict[str, Any]:
+    videos = _flatten(info, opts)
+    if len(videos) != 1:
+        raise _NotAVideo(f"not a single video: the URL lists {len(videos)} entries (use fetch_web_source)")
+    return videos[0]
+
+
+def _resolve(entry: dict[str, Any], opts: YtdlpOptions) -> dict[str, Any]:
+    """Full info of a video entry (a flat ``url`` reference is extracted; a full entry is kept)."""
+    if entry.get("_type") != "url":
+        return entry
+    return _single_video(_with_retries(entry["url"], lambda: _extract(entry["url"], opts, flat=False), opts), opts)
+
+
+def _too_long(info: dict[str, Any], opts: YtdlpOptions) -> str | None:
+    duration = info.get("duration")
+    if duration and float(duration) > opts.max_item_duration_s:
+        return f"too long: {float(duration):.0f} s > {opts.max_item_duration_s:.0f} s (max_item_duration_s)"
+    return None
+
+
+def _download(info: dict[str, Any], item_id: str, layout: WorkLayout, opts: YtdlpOptions) -> tuple[float, Path | None, str | None]:
+    """Download audio (+captions) of a resolved video; returns (duration_s, caption file, kind)."""
+    captions = choose_captions(info, opts)
+    # an archived video without a usable record is stale: download it again, ignoring the archive
+    archive = None if _in_archive(layout, info) else layout.ytdlp_archive
+    layout.raw.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".dl-{item_id}-", dir=layout.raw))
+    try:
+        to_flac = _ToFlac16k(layout.audio(item_id), opts.max_item_duration_s)
+        with yt_dlp.YoutubeDL(_download_params(opts, tmpdir, archive, captions)) as ydl:
+            ydl.add_post_processor(to_flac, when="post_process")
+            ydl.process_ie_result(dict(info), download=True)
+        if to_flac.duration_s is None:
+            raise DownloadError("yt-dlp downloaded nothing")
+        caption_path = _store_captions(tmpdir, layout.captions(item_id)) if captions else None
+        return to_flac.duration_s, caption_path, captions[1] if caption_path and captions else None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _store_captions(tmpdir: Path, dst: Path) -> Path | None:
+    found = sorted(tmpdir.glob("captions*.vtt"))
+    if not found:
+        log.info("captions were listed but none was written for %s", dst.stem)
+        return None
+    os.replace(found[0], dst)  # same filesystem: an atomic rename
+    return dst
+
+
+def _fetch_resolved(info: dict[str, Any], source: str, layout: WorkLayout, opts: YtdlpOptions) -> Item:
+    item_id = _info_item_id(info) or safe_id(f"web-{info.get('webpage_url') or info.get('url')}")
+    url = info.get("webpage_url") or info.get("original_url") or info.get("url")
+    title = info.get("title")
+    too_long = _too_long(info, opts)
+    if too_long:
+        return _save_record(layout, _failed(item_id, source, url, too_long, title))
+    try:
+        duration, caption_path, kind = _with_retries(item_id, lambda: _download(info, item_id, layout, opts), opts)
+    except (YoutubeDLError, AudioError, OSError) as exc:
+        log.info("failed %s: %s", item_id, _error_text(exc, opts))
+        return _save_record(layout, _failed(item_id, source, url, _error_text(exc, opts), title))
+    item = Item(
+        item_id=item_id,
+        source=source,
+        url=url,
+        path=layout.rel(layout.audio(item_id)),
+        duration_s=duration,
+        caption_path=layout.rel(caption_path) if caption_path else None,
+        status=STATUS_OK,
+        title=title,
+        caption_kind=kind,
+    )
+    log.info("fetched %s (%.1f s, captions: %s)", item_id, duration, kind)
+    return _save_record(layout, item)
+
+
+def _fetch_entry(entry: dict[str, Any], source: str, layout: WorkLayout, opts: YtdlpOptions, known: dict[str, Item] | None) -> Item:
+    existing = _existing(layout, _info_item_id(entry), known)
+    if existing:
+        return existing
+    fallback_id = _info_item_id(entry) or url_item_id(str(entry.get("url")))
+    try:
+        info = _resolve(entry, opts)
+    except (YoutubeDLError, _NotAVideo, OSError) as exc:
+        return _save_record(layout, _failed(fallback_id, source, entry.get("url"), _error_text(exc, opts), entry.get("title")))
+    return _existing(layout, _info_item_id(info), known) or _fetch_resolved(info, source, layout, opts)
+
+
+def fetch_video(entry_url: str, source: str, layout: WorkLayout, opts: YtdlpOptions) -> Item:
+    """Download one video's audio + captions into ``layout.raw``; return its Item.
+
+    Status ok, or failed with ``error`` -- never raises for per-video failures.  A video whose ok
+    record and audio are already in ``raw/`` is returned as recorded (after one metadata request).
+    """
+    return _fetch_entry({"_type": "url", "url": entry_url}, source, layout, opts, None)
+
+
+# --------------------------------------------------------------------------------------------
+# one source URL
+
+
+def fetch_web_source(
+    url: str,
+    layout: WorkLayout,
+    opts: YtdlpOptions,
+    known: dict[str, Item] | None = None,
+    progress: Progress | None = None,
+) -> list[Item]:
+    """All items of one URL (a video, playlist, channel or page with HTML5 media).
+
+    Entries whose item is in ``known`` (or has a record in ``raw/``) with status ok and audio on disk
+    are returned as-is without downloading.  A URL that cannot be listed at all (unreachable,
+    unsupported) gives one failed Item with id ``url_item_id(url)`` instead of raising.
+    ``progress(n_done, n_total)`` is called after each entry.
+    """
+    try:
+        entries = _raw_entries(url, opts)
+    except (YoutubeDLError, OSError) as exc:
+        error = _error_text(exc, opts)
+        log.warning("could not list %s: %s", url, error)
+        return [_save_record(layout, _failed(url_item_id(url), url, url, error))]
+    items: list[Item] = []
+    for n, entry in enumerate(entries, start=1):
+        items.append(_fetch_entry(entry, url, layout, opts, known))
+        if progress is not None:
+            progress(n, len(entries))
+    return items
+
+
+# --------------------------------------------------------------------------------------------
+# cookies
+
+
+def _looks_like_cookies(value: str) -> bool:
+    return "\t" in value or "\n" in value or value.lstrip().startswith("#")
+
+
+def _write_private(contents: str) -> str:
+    """Write ``contents`` to a new 0600 temp file (removed at exit) and return its path."""
+    fd, path = tempfile.mkstemp(prefix="llmasr-cookies-", suffix=".txt")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(contents if contents.endswith("\n") else contents + "\n")
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
+    atexit.register(lambda: Path(path).unlink(missing_ok=True))
+    return path
+
+
+def cookies_from_env_or_secret(env_var: str = "LLMASR_YTDLP_COOKIES", secret_block: str | None = None) -> str | None:
+    """Path of a Netscape cookies file for yt-dlp, or None when no cookies are configured.
+
+    ``$env_var`` may hold a path to an existing file (returned as is) or the file's contents
+    (written to a 0600 temp file).  Otherwise, with ``secret_block``, the Prefect Secret block of
+    that name is loaded and its value written likewise.  Nothing about the cookies is logged.
+    """
+    value = os.environ.get(env_var, "").strip()
+    if value:
+        if os.path.isfile(value):
+            return value
+        if _looks_like_cookies(value):
+            return _write_private(value)
+        raise ValueError(f"${env_var} is neither an existing file nor cookies-file contents")
+    if secret_block:
+        from prefect.blocks.system import Secret
+
+        secret = Secret.load(secret_block).get()
+        if not isinstance(secret, str) or not secret.strip():
+            raise ValueError(f"Prefect Secret block {secret_block!r} does not hold cookies-file text")
+        return _write_private(secret)
+    return None
