@@ -14,9 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from llmasr import progress
 from llmasr.audio import SAMPLE_RATE, load_audio
-from llmasr.config import LabelConfig
-from llmasr.records import Label, Segment
+from llmasr.config import FilterConfig, LabelConfig
+from llmasr.layout import WorkLayout
+from llmasr.records import Item, Label, Segment
+from tasks.filter import duration_reasons
+from tasks.parts import code_version, fingerprint, read_part, write_part
 
 log = logging.getLogger("llmasr.label")
 
@@ -103,3 +107,64 @@ def label_item(labeller: Labeller, audio_path: Path, segments: Sequence[Segment]
     clips = [(s.start_s, min(s.end_s, len(audio) / SAMPLE_RATE)) for s in segments]
     results = transcribe_clips(labeller, audio, clips)
     return [Label(seg.segment_id, *res[:6], model=labeller.model_name) for seg, res in zip(segments, results)]
+
+
+@dataclass(frozen=True)
+class LabelStats:
+    items: int  # items labelled now (not reused from an earlier run)
+    segments: int
+    audio_s: float
+    wall_s: float
+
+    @property
+    def rtfx(self) -> float:
+        """Seconds of audio labelled per second of wall time."""
+        return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def item_key(segments: Sequence[Segment], label_cfg: LabelConfig, filter_cfg: FilterConfig) -> str:
+    return fingerprint(
+        [(s.segment_id, s.start_s, s.end_s) for s in segments],
+        label_cfg.model_dump(exclude={"items_per_task"}),
+        (filter_cfg.min_duration_s, filter_cfg.max_duration_s),
+        code_version("tasks.label", "llmasr.audio"),
+    )
+
+
+def labellable(segments: Sequence[Segment], filter_cfg: FilterConfig) -> list[Segment]:
+    """Segments worth labelling: those the duration rule keeps (the rest are dropped anyway)."""
+    return [s for s in segments if not duration_reasons(s.duration_s, filter_cfg)]
+
+
+def label_batch(layout: WorkLayout, items: Sequence[Item], segments: dict[str, list[Segment]], label_cfg: LabelConfig, filter_cfg: FilterConfig) -> LabelStats:
+    """Label the items whose part is missing or stale (a rerun labels only new items)."""
+    labeller = None
+    n_items = n_segs = 0
+    audio_s = 0.0
+    t0 = time.perf_counter()
+    for item in items:
+        segs = segments[item.item_id]
+        key = item_key(segs, label_cfg, filter_cfg)
+        part = layout.part("labels", item.item_id)
+        if read_part(part, Label, key) is None:
+            labeller = labeller or load_labeller(label_cfg)
+            todo = labellable(segs, filter_cfg)
+            write_part(part, label_item(labeller, layout.abs(item.path), todo), Label, key)  # type: ignore[arg-type]
+            n_items += 1
+            n_segs += len(todo)
+            audio_s += sum(s.duration_s for s in todo)
+        progress.advance("label")
+    stats = LabelStats(n_items, n_segs, audio_s, time.perf_counter() - t0)
+    if n_items:
+        log.info("labelled %d items, %d segments, %.1f s of audio in %.1f s: RTFx %.1f", n_items, n_segs, audio_s, stats.wall_s, stats.rtfx)
+    return stats
+
+
+def read_labels(layout: WorkLayout, items: Sequence[Item], segments: dict[str, list[Segment]], label_cfg: LabelConfig, filter_cfg: FilterConfig) -> list[Label]:
+    out: list[Label] = []
+    for item in items:
+        labels = read_part(layout.part("labels", item.item_id), Label, item_key(segments[item.item_id], label_cfg, filter_cfg))
+        if labels is None:
+            raise RuntimeError(f"labels of {item.item_id} are missing or stale: run the label stage")
+        out += labels
+    return out

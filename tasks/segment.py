@@ -14,10 +14,13 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from llmasr import progress
 from llmasr.audio import SAMPLE_RATE, load_audio
 from llmasr.config import SegmentConfig
-from llmasr.records import Segment
+from llmasr.layout import WorkLayout
+from llmasr.records import Item, Segment
 from tasks.captions import Cue, parse_captions
+from tasks.parts import code_version, fingerprint, read_part, write_part
 
 log = logging.getLogger("llmasr.segment")
 
@@ -98,3 +101,42 @@ def segment_item(item_id: str, audio_path: Path, caption_path: Path | None, dura
             note = f"captions unusable ({exc}); segmented by VAD"
     regions = vad_regions(audio_path, cfg)
     return segments_from_runs(item_id, merge_cues(regions, cfg, duration_s), "vad"), note
+
+
+def _audio_stamp(layout: WorkLayout, item: Item) -> dict:
+    st = layout.abs(item.path).stat()  # type: ignore[arg-type]
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def item_key(layout: WorkLayout, item: Item, cfg: SegmentConfig) -> str:
+    """What an item's segments are computed from: its audio and captions, the settings, the code."""
+    caption = layout.abs(item.caption_path).read_bytes() if item.caption_path else b""
+    return fingerprint(item.item_id, _audio_stamp(layout, item), fingerprint(caption.decode("utf-8", "replace")), cfg, code_version("tasks.segment", "tasks.captions"))
+
+
+def segment_batch(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig) -> int:
+    """Segment the items whose part is missing or stale; returns how many were (re)computed."""
+    done = 0
+    for item in items:
+        key = item_key(layout, item, cfg)
+        part = layout.part("segments", item.item_id)
+        if read_part(part, Segment, key) is None:
+            caption = layout.abs(item.caption_path) if item.caption_path else None
+            segs, note = segment_item(item.item_id, layout.abs(item.path), caption, item.duration_s or 0.0, cfg)  # type: ignore[arg-type]
+            if note:
+                log.warning("%s: %s", item.item_id, note)
+            write_part(part, segs, Segment, key)
+            done += 1
+        progress.advance("segment")
+    return done
+
+
+def read_segments(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig) -> dict[str, list[Segment]]:
+    """Each item's current segments, from its part; raises if a part is missing or stale."""
+    out = {}
+    for item in items:
+        segs = read_part(layout.part("segments", item.item_id), Segment, item_key(layout, item, cfg))
+        if segs is None:
+            raise RuntimeError(f"segments of {item.item_id} are missing or stale: run the segment stage")
+        out[item.item_id] = segs
+    return out

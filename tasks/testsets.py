@@ -420,8 +420,9 @@ def clean_primock_text(text: str) -> str:
       ``[laughs]``, ``{noise}``, ``(inaudible)``, ``(...)``: removed with their content;
     - ``<UNSURE>words</UNSURE>`` (any paired tag): the tags removed, the words kept;
     - where something was removed: no space is left before following punctuation ("Doctor
-      <INAUDIBLE_SPEECH/>." -> "Doctor."), punctuation left at the very start goes ("<UNIN/>, so" ->
-      "so"), and a doubled separator collapses ("yes, <UNIN/>, so" -> "yes, so");
+      <INAUDIBLE_SPEECH/>." -> "Doctor."; "I <UNIN/>,would" -> "I, would"), punctuation left at
+      the very start goes ("<UNIN/>, so" -> "so"), and a doubled separator collapses ("yes, <UNIN/>,
+      so" -> "yes, so");
     - whitespace is collapsed; a text left without any letter or digit becomes "" (markup only).
 
     Everything else (case, punctuation, fillers, "--") is kept as written: O-WER scores it.
@@ -435,7 +436,8 @@ def clean_primock_text(text: str) -> str:
     s = re.sub(rf"^[\s{mark}]*{mark}[\s{mark}]*[{punct}]*", "", s)
     # "yes, <UNIN/>, so" -> "yes, so"
     s = re.sub(rf"([{punct}])[\s{mark}]*{mark}[\s{mark}]*[{punct}]", r"\1", s)
-    # "Doctor <X/>." -> "Doctor."
+    # "I <X/>,would" -> "I, would"; "Doctor <X/>." -> "Doctor."
+    s = re.sub(rf"\s*{mark}[\s{mark}]*([{punct}]+)(?=\w)", r"\1 ", s)
     s = re.sub(rf"\s*{mark}[\s{mark}]*(?=[{punct}])", "", s)
     s = _one_line(s.replace(_MARK, " "))
     return s if re.search(r"\w", s) else ""
@@ -578,11 +580,13 @@ def _folder_manifest(folder: Path) -> Path | None:
 def load_test_set(spec: str | Path) -> tuple[list[TestUtterance], list[str]]:
     """Read a test set from a path, choosing the reader from what it is; returns (utterances, problems).
 
-    - a ``.tsv`` file, or a folder holding exactly one ``.tsv`` -> ``read_kincaid46``
+    - a ``.tsv`` file -> ``read_kincaid46``
     - a ``.jsonl``/``.ndjson``/``.json``/``.csv``/``.parquet`` file -> ``read_manifest``
-    - a folder with ``.TextGrid`` files (or a ``transcripts/`` subfolder of them) -> ``read_primock57``
-    - a folder with a ``manifest.<jsonl|ndjson|json|csv|parquet>`` -> ``read_manifest`` on it
-    - any other folder -> ``read_folder`` (audio files with ``.txt`` transcripts)
+    - a folder, the first that applies:
+      with ``.TextGrid`` files (or a ``transcripts/`` subfolder of them) -> ``read_primock57``;
+      holding exactly one ``.tsv`` -> ``read_kincaid46``;
+      with a ``manifest.<jsonl|ndjson|json|csv|parquet>`` -> ``read_manifest`` on it;
+      otherwise -> ``read_folder`` (audio files with ``.txt`` transcripts)
 
     Raises FileNotFoundError when the path does not exist, TestSetError for an unknown file type.
     """

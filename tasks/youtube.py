@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import http.client
 import json
 import logging
@@ -30,9 +31,10 @@ import socket
 import tempfile
 import time
 import urllib.error
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yt_dlp
 from yt_dlp.extractor import get_info_extractor
@@ -50,6 +52,7 @@ log = logging.getLogger("llmasr.ingest")
 
 Progress = Callable[[int, int], None]
 
+_DL_PREFIX = ".dl-"  # raw/.dl-<item_id>-XXXX/: one video's downloads in progress
 _MAX_NESTING = 3  # playlist -> channel tab -> videos
 _MAX_ERROR_CHARS = 500
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -58,6 +61,9 @@ _NETWORK_MESSAGE = re.compile(
     r"|Remote end closed|IncompleteRead|Connection broken|URLError|TransportError|EOF occurred",
     re.IGNORECASE,
 )
+
+
+_NETWORK_TYPES = (TransportError, urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout, http.client.IncompleteRead)
 
 
 @dataclass(frozen=True)
@@ -171,8 +177,11 @@ def _extract(url: str, opts: YtdlpOptions, flat: bool) -> dict[str, Any]:
 
 
 def _redact(text: str, opts: YtdlpOptions) -> str:
+    """``text`` without the cookies file's path (as given, expanded or absolute)."""
     if opts.cookies_file:
-        text = text.replace(opts.cookies_file, "<cookies>")
+        given = opts.cookies_file
+        for form in sorted({given, os.path.expanduser(given), os.path.abspath(os.path.expanduser(given))}, key=len, reverse=True):
+            text = text.replace(form, "<cookies>")
     return text
 
 
@@ -180,6 +189,7 @@ def _error_text(exc: BaseException, opts: YtdlpOptions) -> str:
     """A one-line, readable error for Item.error (no "ERROR:" prefix, no colour, no cookies path)."""
     text = _ANSI.sub("", str(exc)).strip() or type(exc).__name__
     text = re.sub(r"^(ERROR:\s*)+", "", text)
+    text = re.sub(r"\s*\(caused by .*\)\s*$", "", text, flags=re.DOTALL) or text  # repeats the message
     text = " ".join(_redact(text, opts).split())
     return text[:_MAX_ERROR_CHARS]
 
@@ -199,13 +209,21 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         todo.extend(w for w in wrapped if isinstance(w, BaseException))
 
 
+def _http_status(exc: BaseException) -> int | None:
+    if isinstance(exc, YtHTTPError):
+        return int(exc.status)
+    if isinstance(exc, urllib.error.HTTPError):
+        return int(exc.code)
+    return None
+
+
 def is_network_error(exc: BaseException) -> bool:
     """True for errors worth retrying: timeouts, connection failures, HTTP 5xx and 429."""
     for e in _causes(exc):
-        status = getattr(e, "status", None) if isinstance(e, YtHTTPError) else getattr(e, "code", None) if isinstance(e, urllib.error.HTTPError) else None
+        status = _http_status(e)
         if status is not None:
             return status >= 500 or status == 429
-        if isinstance(e, (TransportError, urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout, http.client.IncompleteRead)):
+        if isinstance(e, _NETWORK_TYPES):
             return True
     return bool(_NETWORK_MESSAGE.search(str(exc)))
 
@@ -222,7 +240,11 @@ def _with_retries(what: str, fn: Callable[[], Any], opts: YtdlpOptions) -> Any:
             delay = opts.backoff_s * 2 ** (attempt - 1)
             log.warning(
                 "network error on %s (attempt %d/%d), retrying in %.2f s: %s",
-                what, attempt, attempts, delay, _error_text(exc, opts),
+                what,
+                attempt,
+                attempts,
+                delay,
+                _error_text(exc, opts),
             )
             time.sleep(delay)
     raise AssertionError("unreachable")
@@ -247,7 +269,17 @@ def url_item_id(url: str) -> str:
 
 
 def _failed(item_id: str, source: str, url: str | None, error: str, title: str | None = None) -> Item:
-    return Item(item_id=item_id, source=source, url=url, path=None, duration_s=None, caption_path=None, status=STATUS_FAILED, error=error, title=title)
+    return Item(
+        item_id=item_id,
+        source=source,
+        url=url,
+        path=None,
+        duration_s=None,
+        caption_path=None,
+        status=STATUS_FAILED,
+        error=error,
+        title=title,
+    )
 
 
 def _save_record(layout: WorkLayout, item: Item) -> Item:
@@ -316,7 +348,7 @@ def _is_video_ref(entry: dict[str, Any]) -> bool:
     """A flat ``url`` entry that its extractor says is a single video (so it needs no expanding)."""
     try:
         return bool(entry.get("ie_key")) and get_info_extractor(entry["ie_key"])._RETURN_TYPE == "video"
-    except Exception:  # unknown extractor key
+    except Exception:  # noqa: BLE001 -- unknown or broken extractor key: treat as not-a-video
         return False
 
 
@@ -329,7 +361,7 @@ def _flatten(info: dict[str, Any], opts: YtdlpOptions, depth: int = 0) -> list[d
         if not entry:
             continue
         if entry.get("_type") == "url" and not _is_video_ref(entry) and depth < _MAX_NESTING:
-            nested = _with_retries(entry["url"], lambda u=entry["url"]: _extract(u, opts, flat=True), opts)
+            nested = _with_retries(entry["url"], functools.partial(_extract, entry["url"], opts, flat=True), opts)
             out.extend(_flatten(nested, opts, depth + 1))
         elif entry.get("_type") in ("playlist", "multi_video"):
             out.extend(_flatten(entry, opts, depth + 1))
@@ -392,7 +424,7 @@ def _download(info: dict[str, Any], item_id: str, layout: WorkLayout, opts: Ytdl
     # an archived video without a usable record is stale: download it again, ignoring the archive
     archive = None if _in_archive(layout, info) else layout.ytdlp_archive
     layout.raw.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".dl-{item_id}-", dir=layout.raw))
+    tmpdir = Path(tempfile.mkdtemp(prefix=f"{_DL_PREFIX}{item_id}-", dir=layout.raw))
     try:
         to_flac = _ToFlac16k(layout.audio(item_id), opts.max_item_duration_s)
         with yt_dlp.YoutubeDL(_download_params(opts, tmpdir, archive, captions)) as ydl:
@@ -401,7 +433,10 @@ def _download(info: dict[str, Any], item_id: str, layout: WorkLayout, opts: Ytdl
         if to_flac.duration_s is None:
             raise DownloadError("yt-dlp downloaded nothing")
         caption_path = _store_captions(tmpdir, layout.captions(item_id)) if captions else None
-        return to_flac.duration_s, caption_path, captions[1] if caption_path and captions else None
+        if caption_path is None:
+            layout.captions(item_id).unlink(missing_ok=True)  # a previous run's, no longer listed
+            return to_flac.duration_s, None, None
+        return to_flac.duration_s, caption_path, captions[1] if captions else None
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -415,6 +450,19 @@ def _store_captions(tmpdir: Path, dst: Path) -> Path | None:
     return dst
 
 
+def sweep_download_dirs(layout: WorkLayout) -> int:
+    """Remove the ``raw/.dl-*`` temp folders a killed run left behind; returns how many.
+
+    Only call it when no other ingest is running on the same work dir.
+    """
+    if not layout.raw.is_dir():
+        return 0
+    stale = [p for p in layout.raw.glob(f"{_DL_PREFIX}*") if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(stale)
+
+
 def _fetch_resolved(info: dict[str, Any], source: str, layout: WorkLayout, opts: YtdlpOptions) -> Item:
     item_id = _info_item_id(info) or safe_id(f"web-{info.get('webpage_url') or info.get('url')}")
     url = info.get("webpage_url") or info.get("original_url") or info.get("url")
@@ -424,7 +472,7 @@ def _fetch_resolved(info: dict[str, Any], source: str, layout: WorkLayout, opts:
         return _save_record(layout, _failed(item_id, source, url, too_long, title))
     try:
         duration, caption_path, kind = _with_retries(item_id, lambda: _download(info, item_id, layout, opts), opts)
-    except (YoutubeDLError, AudioError, OSError) as exc:
+    except (YoutubeDLError, AudioError, OSError) as exc:  # anything else: see _fetch_entry
         log.info("failed %s: %s", item_id, _error_text(exc, opts))
         return _save_record(layout, _failed(item_id, source, url, _error_text(exc, opts), title))
     item = Item(
@@ -443,15 +491,17 @@ def _fetch_resolved(info: dict[str, Any], source: str, layout: WorkLayout, opts:
 
 
 def _fetch_entry(entry: dict[str, Any], source: str, layout: WorkLayout, opts: YtdlpOptions, known: dict[str, Item] | None) -> Item:
+    """One entry -> Item; every failure becomes a failed Item (one bad video never stops a channel)."""
     existing = _existing(layout, _info_item_id(entry), known)
     if existing:
         return existing
-    fallback_id = _info_item_id(entry) or url_item_id(str(entry.get("url")))
     try:
         info = _resolve(entry, opts)
-    except (YoutubeDLError, _NotAVideo, OSError) as exc:
-        return _save_record(layout, _failed(fallback_id, source, entry.get("url"), _error_text(exc, opts), entry.get("title")))
-    return _existing(layout, _info_item_id(info), known) or _fetch_resolved(info, source, layout, opts)
+        return _existing(layout, _info_item_id(info), known) or _fetch_resolved(info, source, layout, opts)
+    except Exception as exc:  # noqa: BLE001 -- the per-video boundary
+        item_id = _info_item_id(entry) or url_item_id(str(entry.get("url")))
+        log.info("failed %s: %s", item_id, _error_text(exc, opts))
+        return _save_record(layout, _failed(item_id, source, entry.get("url"), _error_text(exc, opts), entry.get("title")))
 
 
 def fetch_video(entry_url: str, source: str, layout: WorkLayout, opts: YtdlpOptions) -> Item:
@@ -483,7 +533,7 @@ def fetch_web_source(
     """
     try:
         entries = _raw_entries(url, opts)
-    except (YoutubeDLError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- a source that cannot be listed is one failed item
         error = _error_text(exc, opts)
         log.warning("could not list %s: %s", url, error)
         return [_save_record(layout, _failed(url_item_id(url), url, url, error))]
@@ -534,7 +584,7 @@ def cookies_from_env_or_secret(env_var: str = "LLMASR_YTDLP_COOKIES", secret_blo
     if secret_block:
         from prefect.blocks.system import Secret
 
-        secret = Secret.load(secret_block).get()
+        secret = Secret.load(secret_block, _sync=True).get()  # type: ignore[call-arg,union-attr]  # sync even in async code
         if not isinstance(secret, str) or not secret.strip():
             raise ValueError(f"Prefect Secret block {secret_block!r} does not hold cookies-file text")
         return _write_private(secret)

@@ -1,0 +1,290 @@
+"""The data flow: ingest -> segment -> label -> filter -> shard.
+
+    llmasr data --profile demo                                   # CPU demo, offline
+    llmasr data --source https://www.youtube.com/@SomeChannel --work-dir runs/mine
+    python -m flows.data --profile demo                          # the same, without the CLI
+
+Tasks are coarse (one web source, or a batch of items, per task) and cached on a key computed
+from their inputs' content, the stage's settings and the stage's code, so a rerun with nothing
+new shows Cached states and does no stage work.  Each stage also keeps per-item parts on disk
+(tasks/parts.py), so a rerun after new data labels only the new items even where a batch's key
+changed.  Results of cached tasks live under ``<work_dir>/.prefect-results``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.filesystems import LocalFileSystem
+from prefect.futures import wait
+
+from flows import artifacts
+from llmasr import progress
+from llmasr.config import PipelineConfig, load_config
+from llmasr.layout import WorkLayout
+from llmasr.records import STATUS_OK, Decision, Item, Label, Segment, read_records, write_records
+from tasks import demo_corpus, filter as filt, ingest, label, segment, shard
+from tasks.parts import code_version, fingerprint
+
+
+def _by_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Cache key of a stage task: the ``key`` argument the flow computed for it."""
+    return parameters["key"]
+
+
+def _cached_task(name: str, **kw: Any):
+    return task(name=name, cache_key_fn=_by_key, persist_result=True, **kw)
+
+
+def batches(seq: Sequence[Any], size: int) -> list[list[Any]]:
+    return [list(seq[i : i + size]) for i in range(0, len(seq), size)]
+
+
+# --- tasks: thin wrappers over tasks/*; `key` is the cache key, unused in the body ---------------
+
+
+@task(name="demo-corpus", cache_policy=NO_CACHE)
+def make_demo_corpus(corpus_dir: str, n_items: int, seed: int) -> str:
+    return str(demo_corpus.generate(Path(corpus_dir), n_items=n_items, seed=seed))
+
+
+@_cached_task("ingest-local")
+def ingest_local_task(files: list[ingest.LocalFile], cfg: PipelineConfig, key: str) -> list[Item]:
+    return ingest.ingest_local(files, WorkLayout(Path(cfg.work_dir)), cfg.ingest, progress=lambda n: progress.advance("ingest", n))
+
+
+@task(name="ingest-web", cache_policy=NO_CACHE)
+def ingest_web_task(url: str, cfg: PipelineConfig, known: dict[str, Item]) -> list[Item]:
+    """Never cached: a channel or playlist may have new videos. yt-dlp's archive and the item
+    records skip what was downloaded before."""
+    from tasks import youtube
+
+    opts = youtube.YtdlpOptions(
+        captions_languages=tuple(cfg.ingest.caption_languages),
+        allow_auto_captions=cfg.ingest.allow_auto_captions,
+        max_item_duration_s=cfg.ingest.max_item_duration_s,
+        retries=cfg.ingest.retries,
+        backoff_s=cfg.ingest.backoff_s,
+        cookies_file=youtube.cookies_from_env_or_secret(cfg.ingest.cookies_env, cfg.ingest.cookies_secret),
+    )
+    return youtube.fetch_web_source(url, WorkLayout(Path(cfg.work_dir)), opts, known=known)
+
+
+@_cached_task("write-items")
+def write_items_task(items: list[Item], cfg: PipelineConfig, key: str) -> str:
+    layout = WorkLayout(Path(cfg.work_dir))
+    return str(write_records(layout.items, items, Item))
+
+
+@_cached_task("segment")
+def segment_task(items: list[Item], cfg: PipelineConfig, key: str) -> int:
+    return segment.segment_batch(WorkLayout(Path(cfg.work_dir)), items, cfg.segment)
+
+
+@_cached_task("write-segments")
+def write_segments_task(items: list[Item], cfg: PipelineConfig, key: str) -> str:
+    layout = WorkLayout(Path(cfg.work_dir))
+    per_item = segment.read_segments(layout, items, cfg.segment)
+    return str(write_records(layout.segments, [s for i in items for s in per_item[i.item_id]], Segment))
+
+
+@_cached_task("label")
+def label_task(items: list[Item], cfg: PipelineConfig, key: str) -> dict:
+    layout = WorkLayout(Path(cfg.work_dir))
+    segs = segment.read_segments(layout, items, cfg.segment)
+    stats = label.label_batch(layout, items, segs, cfg.label, cfg.filter)
+    if stats.items:
+        get_run_logger().info("labelled %d items (%d segments, %.1f s audio): RTFx %.1f", stats.items, stats.segments, stats.audio_s, stats.rtfx)
+    return {"items": stats.items, "segments": stats.segments, "audio_s": stats.audio_s, "wall_s": stats.wall_s}
+
+
+@_cached_task("write-labels")
+def write_labels_task(items: list[Item], cfg: PipelineConfig, key: str) -> str:
+    layout = WorkLayout(Path(cfg.work_dir))
+    segs = segment.read_segments(layout, items, cfg.segment)
+    return str(write_records(layout.labels, label.read_labels(layout, items, segs, cfg.label, cfg.filter), Label))
+
+
+@_cached_task("filter")
+def filter_task(cfg: PipelineConfig, key: str) -> str:
+    layout = WorkLayout(Path(cfg.work_dir))
+    decisions = filt.decide_all(read_records(layout.segments, Segment), read_records(layout.labels, Label), cfg.filter, cfg.shard.validation_fraction)
+    return str(write_records(layout.decisions, decisions, Decision))
+
+
+@_cached_task("shard")
+def shard_task(cfg: PipelineConfig, key: str) -> dict:
+    layout = WorkLayout(Path(cfg.work_dir))
+    decisions = read_records(layout.decisions, Decision)
+    progress.start("shard", sum(d.kept for d in decisions), unit="segments")
+    return shard.write_shards(
+        layout,
+        read_records(layout.items, Item),
+        read_records(layout.segments, Segment),
+        read_records(layout.labels, Label),
+        decisions,
+        cfg.shard,
+        progress=lambda n: progress.advance("shard", n),
+    )
+
+
+# --- the flow --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataRunResult:
+    work_dir: str
+    items: int
+    failed_items: int
+    segments: int
+    kept: int
+    shards: int
+    labelled_items: int  # items labelled by this run (0 when nothing was new)
+    label_rtfx: float
+
+
+def _result_storage(layout: WorkLayout) -> LocalFileSystem:
+    """Cached task results live in the work dir (deleting it resets the cache). Prefect needs the
+    storage block saved server-side; its name is derived from the work dir's path."""
+    block = LocalFileSystem(basepath=str(layout.root / ".prefect-results"))
+    block.save(f"llmasr-results-{fingerprint(str(layout.root))[:12]}", overwrite=True)
+    return block
+
+
+def _known_items(layout: WorkLayout) -> dict[str, Item]:
+    if not layout.items.is_file():
+        return {}
+    return {i.item_id: i for i in read_records(layout.items, Item)}
+
+
+def run_ingest(cfg: PipelineConfig, layout: WorkLayout, storage: LocalFileSystem) -> list[Item]:
+    sources = ingest.resolve_sources(cfg.sources)  # raises before any work on a bad source
+    local: list[ingest.LocalFile] = []
+    urls: list[str] = []
+    for src in sources:
+        if src.kind == "web":
+            urls.append(src.value)
+        else:
+            files, more_urls = ingest.expand_source(src)
+            local += files
+            urls += more_urls
+    progress.start("ingest", len(local) + len(urls))
+    known = _known_items(layout)
+    local_task = ingest_local_task.with_options(result_storage=storage)
+    futures = []
+    for batch in batches(local, cfg.ingest.items_per_task):
+        stamps = [(f.path, f.caption_path, _stat(f.path), _stat(f.caption_path)) for f in batch]
+        futures.append(local_task.submit(batch, cfg, key=fingerprint("ingest", stamps, cfg.ingest, code_version("tasks.ingest", "llmasr.audio", "tasks.captions"))))
+    futures += [ingest_web_task.submit(url, cfg, {k: v for k, v in known.items() if v.source == url}) for url in urls]
+    items = ingest.merge_items(f.result() for f in futures)
+    progress.complete("ingest")
+    write_items_task.with_options(result_storage=storage)(items, cfg, key=fingerprint("items", items))
+    return items
+
+
+def _stat(path: str | None) -> list[int] | None:
+    if not path or not Path(path).exists():
+        return None
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def run_segment(cfg: PipelineConfig, ok: list[Item], storage: LocalFileSystem) -> str:
+    progress.start("segment", len(ok))
+    task_ = segment_task.with_options(result_storage=storage)
+    layout = WorkLayout(Path(cfg.work_dir))
+    keys = [fingerprint("segment", [segment.item_key(layout, i, cfg.segment) for i in b]) for b in batches(ok, cfg.segment.items_per_task)]
+    futures = [task_.submit(b, cfg, key=k) for b, k in zip(batches(ok, cfg.segment.items_per_task), keys)]
+    wait(futures)
+    for f in futures:
+        f.result()  # re-raise the first failure
+    progress.complete("segment")
+    return write_segments_task.with_options(result_storage=storage)(ok, cfg, key=fingerprint("segments", keys))
+
+
+def run_label(cfg: PipelineConfig, ok: list[Item], storage: LocalFileSystem) -> tuple[str, int, float]:
+    layout = WorkLayout(Path(cfg.work_dir))
+    segs = segment.read_segments(layout, ok, cfg.segment)
+    progress.start("label", len(ok))
+    groups = batches(ok, cfg.label.items_per_task)
+    keys = [fingerprint("label", [label.item_key(segs[i.item_id], cfg.label, cfg.filter) for i in b]) for b in groups]
+    task_ = label_task.with_options(result_storage=storage)
+    progress_id = artifacts.label_progress_start(len(groups))
+    futures = [task_.submit(b, cfg, key=k) for b, k in zip(groups, keys)]
+    labelled, audio_s, wall_s = 0, 0.0, 0.0
+    for n, fut in enumerate(futures, 1):
+        stats = fut.result()
+        labelled += stats["items"]
+        audio_s += stats["audio_s"]
+        wall_s += stats["wall_s"]
+        artifacts.label_progress_update(progress_id, n, len(groups))
+    progress.complete("label")
+    path = write_labels_task.with_options(result_storage=storage)(ok, cfg, key=fingerprint("labels", keys))
+    return path, labelled, (audio_s / wall_s if wall_s else 0.0)
+
+
+@flow(name="llmasr-data", log_prints=True)
+def data_flow(
+    sources: list[str] | None = None,
+    profile: str | None = None,
+    work_dir: str | None = None,
+    overrides: list[str] | None = None,
+    config_file: str | None = None,
+) -> DataRunResult:
+    """Web audio and local files -> filtered, pseudo-labelled WebDataset shards.
+
+    sources: YouTube URLs (video, playlist, channel), local folders or files, manifests (.jsonl,
+        .csv, .txt); empty uses the config's `sources`.
+    profile: a profile of pipeline_config.yaml, e.g. "demo" (offline CPU demo).
+    work_dir: where every stage writes (default: the config's work_dir).
+    overrides: config overrides as key=value, e.g. ["filter.max_caption_wer=0.15"].
+    config_file: another pipeline_config.yaml.
+    """
+    logger = get_run_logger()
+    cfg = load_config(profile, overrides, config_file, work_dir=work_dir, sources=sources or None)
+    layout = WorkLayout(Path(cfg.work_dir))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    storage = _result_storage(layout)
+    if cfg.demo is not None:
+        make_demo_corpus(cfg.demo.corpus_dir, cfg.demo.n_items, cfg.demo.seed)
+
+    items = run_ingest(cfg, layout, storage)
+    ok = [i for i in items if i.status == STATUS_OK]
+    for bad in (i for i in items if i.status != STATUS_OK):
+        logger.warning("item %s failed: %s", bad.item_id, bad.error)
+
+    run_segment(cfg, ok, storage)
+    _, labelled, rtfx = run_label(cfg, ok, storage)
+    segs_by_item = segment.read_segments(layout, ok, cfg.segment)
+    n_segments = sum(len(v) for v in segs_by_item.values())
+    labels_key = fingerprint([label.item_key(segs_by_item[i.item_id], cfg.label, cfg.filter) for i in ok])
+    filter_key = fingerprint("filter", labels_key, cfg.filter, cfg.shard.validation_fraction, code_version("tasks.filter", "llmasr.text"))
+    filter_task.with_options(result_storage=storage)(cfg, key=filter_key)
+    shard_key = fingerprint("shard", filter_key, cfg.shard, code_version("tasks.shard"))
+    index = shard_task.with_options(result_storage=storage)(cfg, key=shard_key)
+
+    decisions = read_records(layout.decisions, Decision)
+    artifacts.publish_data_run(layout, items, decisions, index, labelled, rtfx)
+    result = DataRunResult(
+        work_dir=str(layout.root),
+        items=len(items),
+        failed_items=len(items) - len(ok),
+        segments=n_segments,
+        kept=sum(d.kept for d in decisions),
+        shards=len(index["shards"]),
+        labelled_items=labelled,
+        label_rtfx=round(rtfx, 2),
+    )
+    logger.info("data run done: %s", result)
+    return result
+
+
+if __name__ == "__main__":
+    from llmasr.cli import main
+
+    main(["data", *__import__("sys").argv[1:]])

@@ -1,0 +1,135 @@
+"""The ``llmasr`` command.
+
+    llmasr data --profile demo                                     # CPU demo: espeak-ng corpus -> shards
+    llmasr data --source https://www.youtube.com/@SomeChannel --work-dir runs/mine
+    llmasr data --source /path/to/folder --work-dir runs/mine --set filter.max_caption_wer=0.15
+    llmasr demo-corpus --out runs/demo-corpus                      # only generate the demo corpus
+    llmasr config --profile demo                                   # print the validated config
+
+Every subcommand validates the whole configuration (and the sources) before any work and exits
+with status 2 and the offending key on a configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", help="a profile of pipeline_config.yaml (e.g. demo)")
+    p.add_argument("--config", dest="config_file", help="another pipeline_config.yaml")
+    p.add_argument("--work-dir", help="where every stage writes (default: the config's work_dir)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. filter.max_caption_wer=0.15 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmasr", description="Web audio -> pseudo-labelled shards -> LLM-ASR -> rare-word error rates")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="run the data flow: ingest -> segment -> label -> filter -> shard")
+    _config_args(data)
+    data.add_argument("--source", dest="sources", action="append", default=[], help="YouTube URL, folder, audio file or manifest (repeatable)")
+
+    demo = sub.add_parser("demo-corpus", help="generate the espeak-ng demo corpus")
+    demo.add_argument("--out", default="runs/demo-corpus")
+    demo.add_argument("--items", type=int, default=30)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--force", action="store_true", help="regenerate even if it exists")
+
+    show = sub.add_parser("config", help="print the validated configuration")
+    _config_args(show)
+    return parser
+
+
+def _load(args: argparse.Namespace, sources: list[str] | None = None):
+    from llmasr.config import load_config
+
+    return load_config(args.profile, args.overrides, args.config_file, work_dir=args.work_dir, sources=sources or None)
+
+
+def _prefect_defaults() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from llmasr import progress
+    from tasks.ingest import resolve_sources
+
+    cfg = _load(args, args.sources)
+    if cfg.demo is None:
+        resolve_sources(cfg.sources)  # a bad source fails here, before Prefect starts
+    _prefect_defaults()
+    from flows.data import data_flow
+
+    runner_flow = data_flow.with_options(task_runner=_task_runner(cfg))
+    with progress.terminal_progress(console):
+        result = runner_flow(sources=args.sources or None, profile=args.profile, work_dir=args.work_dir, overrides=args.overrides, config_file=args.config_file)
+    _print_summary(cfg.work_dir, result)
+    return 0
+
+
+def _task_runner(cfg):
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=cfg.runner.max_workers)
+
+
+def _print_summary(work_dir: str, result) -> None:
+    from llmasr.layout import WorkLayout
+    from llmasr.records import Decision, read_records
+    from tasks.summary import funnel
+
+    layout = WorkLayout(Path(work_dir))
+    t = Table(title=f"data run: {layout.root}")
+    for col in ("items", "failed", "segments", "kept", "shards", "labelled now", "label RTFx"):
+        t.add_column(col, justify="right")
+    t.add_row(*map(str, (result.items, result.failed_items, result.segments, result.kept, result.shards, result.labelled_items, result.label_rtfx)))
+    console.print(t)
+    f = Table(title="filter funnel")
+    f.add_column("reason")
+    f.add_column("segments", justify="right")
+    f.add_column("only reason", justify="right")
+    for row in funnel(read_records(layout.decisions, Decision)):
+        f.add_row(row["reason"], str(row["segments"]), str(row["only_reason"]))
+    console.print(f)
+    console.print(f"shards: {layout.shard_index}")
+
+
+def cmd_demo_corpus(args: argparse.Namespace) -> int:
+    from tasks.demo_corpus import generate
+
+    out = generate(Path(args.out), n_items=args.items, seed=args.seed, force=args.force)
+    console.print(f"demo corpus in {out}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    print(yaml.safe_dump(_load(args).model_dump(mode="json"), sort_keys=False))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llmasr.config import ConfigError
+    from tasks.ingest import SourceError
+
+    args = build_parser().parse_args(argv)
+    handler = {"data": cmd_data, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
+    try:
+        return handler(args)
+    except (ConfigError, SourceError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

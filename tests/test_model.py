@@ -1,0 +1,357 @@
+"""Tests of llmasr.model on tiny random models (fp32, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperForConditionalGeneration, WhisperModel
+
+from llmasr.model import (
+    IGNORE_INDEX,
+    LLMASR,
+    LLMASRConfig,
+    Projector,
+    SpeechEncoder,
+    WhisperStage1Head,
+    apply_lora,
+    build_model,
+    build_prompt,
+    build_tokenizer,
+    load_lora,
+    load_projector,
+    merge_lora,
+    save_encoder,
+    save_lora,
+    save_projector,
+    set_trainable,
+    stage1_loss,
+    whisper_labels,
+)
+from tiny_models import tiny_setup, tiny_tokenizer, whisper_tokenizer
+
+N_MELS = 80
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return tiny_setup(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def model(setup) -> LLMASR:
+    torch.manual_seed(0)
+    return build_model(setup.config)
+
+
+def mel(batch: int, frames: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, N_MELS, frames, generator=g)  # (B, M, T)
+
+
+# ----------------------------------------------------------------------------- projector
+
+
+def test_projector_even_and_odd_frames():
+    proj = Projector(d_enc=8, d_llm=16, hidden=12, k=2)
+    x = torch.randn(3, 8, 8)  # (B, T=8, D_enc)
+    y, lens = proj(x, torch.tensor([8, 7, 1]))
+    assert y.shape == (3, 4, 16)
+    assert lens.tolist() == [4, 3, 0]  # floor(len / k)
+
+    y7, lens7 = proj(x[:, :7], torch.tensor([7, 7, 7]))  # odd T=7 -> 3 frames, the 7th dropped
+    assert y7.shape == (3, 3, 16) and lens7.tolist() == [3, 3, 3]
+    assert torch.allclose(y7, y[:, :3])  # dropping the tail leaves the first pairs unchanged
+
+    # Frame pairs are stacked in time order: output 0 only depends on frames 0 and 1.
+    x2 = x.clone()
+    x2[:, 2:] += 1.0
+    assert torch.allclose(proj(x2)[0][:, 0], y[:, 0])
+    assert not torch.allclose(proj(x2)[0][:, 1], y[:, 1])
+
+
+def test_projector_config_errors():
+    with pytest.raises(ValueError, match="activation"):
+        Projector(8, 16, activation="swishy")
+    with pytest.raises(ValueError, match="k must be"):
+        Projector(8, 16, k=0)
+    with pytest.raises(ValueError, match="encoder width 8"):
+        Projector(8, 16)(torch.randn(1, 4, 10))
+
+
+# ------------------------------------------------------------------------------- encoder
+
+
+def test_encoder_trimmed_and_padded_shapes(setup):
+    enc = SpeechEncoder.from_pretrained(setup.whisper, trim_padding=True)
+    x = mel(2, 500)  # 5 s
+    h, lens = enc(x, torch.tensor([500, 321]))
+    assert h.shape == (2, 250, enc.d_model)
+    assert lens.tolist() == [250, 161]  # ceil(L / 2)
+
+    h_odd, lens_odd = enc(mel(1, 7))  # odd T: one zero frame padded -> ceil(7/2) = 4
+    assert h_odd.shape == (1, 4, enc.d_model) and lens_odd.tolist() == [4]
+
+    enc.trim_padding = False
+    h_pad, lens_pad = enc(x, torch.tensor([500, 321]))
+    assert h_pad.shape == (2, enc.max_frames // 2, enc.d_model)  # 3000 mel frames -> 1500
+    assert lens_pad.tolist() == [250, 161]
+
+
+def test_trimmed_equals_stock_at_full_length(setup):
+    enc = SpeechEncoder.from_pretrained(setup.whisper, trim_padding=True).eval()
+    x = mel(2, enc.max_frames)  # exactly 2*max_source_positions frames
+    with torch.no_grad():
+        ours, _ = enc(x)
+        stock = enc.encoder(x).last_hidden_state  # HF's WhisperEncoder.forward
+    assert ours.shape == stock.shape
+    torch.testing.assert_close(ours, stock, atol=1e-5, rtol=1e-5)
+
+
+def test_trimmed_batch_matches_solo_runs(setup):
+    """Masking + zeroed tails: an example's valid frames do not depend on its batch mates."""
+    enc = SpeechEncoder.from_pretrained(setup.whisper).eval()
+    x = mel(2, 400)
+    lengths = torch.tensor([400, 253])
+    with torch.no_grad():
+        batch, lens = enc(x, lengths)
+        solo0, _ = enc(x[:1])
+        solo1, _ = enc(x[1:, :, :253])
+    torch.testing.assert_close(batch[0], solo0[0], atol=1e-5, rtol=1e-5)
+    n1 = int(lens[1])
+    assert solo1.shape[1] == n1 == 127
+    torch.testing.assert_close(batch[1, :n1], solo1[0], atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_input_errors(setup):
+    enc = SpeechEncoder.from_pretrained(setup.whisper)
+    with pytest.raises(ValueError, match="expects 80 mel bins, got 128"):
+        enc(torch.randn(1, 128, 100))
+    with pytest.raises(ValueError, match="more than this encoder"):
+        enc(mel(1, enc.max_frames + 2))
+    with pytest.raises(ValueError, match="feature_lengths"):
+        enc(mel(1, 10), torch.tensor([11]))
+
+
+# ------------------------------------------------------------------------- prompt / loss
+
+
+def test_prompt_layout_chat_and_plain(setup, tmp_path):
+    tok = build_tokenizer(setup.tokenizer)
+    layout = build_prompt(tok, "Transcribe the audio.")
+    assert layout.chat_template
+    assert tok.decode(layout.prefix_ids) == "<|im_start|>user\nTranscribe the audio.\n"
+    assert tok.decode(layout.suffix_ids) == "<|im_end|>\n<|im_start|>assistant\n"
+
+    plain = build_tokenizer(tiny_tokenizer(tmp_path / "plain", chat_template=False))
+    layout = build_prompt(plain, "Transcribe the audio.")
+    assert not layout.chat_template
+    assert plain.decode(layout.prefix_ids) == "Transcribe the audio.\nAudio: "
+    assert plain.decode(layout.suffix_ids) == "\nTranscript:\n"
+
+
+def test_loss_on_target_tokens_only(model):
+    x, lengths = mel(2, 300), torch.tensor([300, 180])
+    targets = model.encode_targets(["hello world", "the cat sat on the mat"])
+    out = model(x, lengths, targets)
+
+    # Exactly the target tokens + EOS are labelled, in order; everything else is -100.
+    for row, target in zip(out.labels, targets):
+        assert row[row != IGNORE_INDEX].tolist() == target + [model.eos_id]
+    # Each example's labels sit at the end of its valid (unpadded) span: right padding.
+    for row, mask in zip(out.labels, out.attention_mask):
+        last = int(mask.sum()) - 1
+        assert int(row[last]) == model.eos_id and bool((row[last + 1 :] == IGNORE_INDEX).all())
+
+    # Manual CE over the (shifted) target positions equals the model's loss.
+    logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
+    labels = out.labels[:, 1:].reshape(-1)
+    keep = labels != IGNORE_INDEX
+    manual = F.cross_entropy(logits[keep], labels[keep])
+    torch.testing.assert_close(out.loss, manual, atol=1e-5, rtol=1e-5)
+
+    # Labelling the prompt too would give a different number: the prompt is really masked.
+    with_prompt = out.labels.clone()
+    ids = torch.tensor(model.prompt.prefix_ids)
+    with_prompt[:, : len(ids)] = ids
+    wl = with_prompt[:, 1:].reshape(-1)
+    k2 = wl != IGNORE_INDEX
+    assert not torch.isclose(F.cross_entropy(logits[k2], wl[k2]), out.loss)
+
+
+def test_mismatched_dims_raise_clear_errors(setup):
+    model = build_model(setup.config)
+    with pytest.raises(ValueError, match="projector output dim 32 != LLM hidden size 64"):
+        LLMASR(model.encoder, Projector(64, 32, hidden=8), model.llm, model.tokenizer)
+    with pytest.raises(ValueError, match="projector input width 48 != encoder d_model 64"):
+        LLMASR(model.encoder, Projector(48, 64, hidden=8), model.llm, model.tokenizer)
+
+
+# ------------------------------------------------------------------------- trainable sets
+
+
+def test_stage_trainable_sets(model, setup):
+    names = set(set_trainable(model, 1))
+    assert names and all(n.startswith("encoder.") for n in names)
+    assert not any("embed_positions" in n for n in names)
+
+    names = set(set_trainable(model, 2))
+    assert names == {n for n, _ in model.projector.named_parameters(prefix="projector")}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == names
+
+    with pytest.raises(ValueError, match="apply_lora"):
+        set_trainable(model, 3)
+    apply_lora(model, setup.config)
+    names = set(set_trainable(model, 3))
+    lora = {n for n in names if "lora_" in n}
+    assert lora and all(n.startswith("llm.") for n in lora)
+    assert names - lora == {n for n, _ in model.projector.named_parameters(prefix="projector")}
+
+    head = WhisperStage1Head.from_pretrained(setup.whisper)
+    names = set(set_trainable(head, 1))
+    assert names and all(n.startswith("whisper.model.encoder.") for n in names)
+    with pytest.raises(ValueError, match="stage 1 only"):
+        set_trainable(head, 2)
+
+
+def test_stage2_step_changes_only_projector(model):
+    set_trainable(model, 2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)  # all params on purpose
+    out = model(mel(2, 200), torch.tensor([200, 150]), model.encode_targets(["one two", "three"]))
+    out.loss.backward()
+    opt.step()
+    for name, p in model.named_parameters():
+        if name.startswith("projector."):
+            assert not torch.equal(p, before[name]), name
+        else:
+            assert p.grad is None, name
+            assert torch.equal(p, before[name]), name
+
+
+# ---------------------------------------------------------------------------- stage 1 head
+
+
+def test_stage1_head_trains_encoder_used_by_llmasr(setup, tmp_path):
+    head = WhisperStage1Head.from_pretrained(setup.whisper)
+    set_trainable(head, 1)
+    tok = whisper_tokenizer()
+    labels = whisper_labels(tok(["hello world", "a cat"])["input_ids"], head.whisper.config.decoder_start_token_id)
+    assert labels[0, 0].item() != head.whisper.config.decoder_start_token_id
+    x, lengths = mel(2, 300), torch.tensor([300, 200])
+    decoder_before = {n: p.detach().clone() for n, p in head.whisper.model.decoder.named_parameters()}
+    opt = torch.optim.SGD([p for p in head.parameters() if p.requires_grad], lr=0.1)
+    loss = head(x, lengths, labels)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, stage1_loss(head.whisper, x, labels, lengths))
+    loss.backward()
+    opt.step()
+    for n, p in head.whisper.model.decoder.named_parameters():
+        assert torch.equal(p, decoder_before[n]), n
+
+    head.save_pretrained(tmp_path / "stage1")
+    enc = SpeechEncoder.from_pretrained(tmp_path / "stage1").eval()
+    head.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x, lengths)[0], head.speech_encoder()(x, lengths)[0])
+    reloaded = WhisperForConditionalGeneration.from_pretrained(str(tmp_path / "stage1"))
+    for n, p in head.whisper.named_parameters():
+        assert torch.equal(p, dict(reloaded.named_parameters())[n]), n
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def test_encoder_export_round_trip(model, tmp_path):
+    save_encoder(model.encoder, tmp_path / "enc")
+    want = model.encoder.encoder.state_dict()
+    for cls in (WhisperModel, WhisperForConditionalGeneration):
+        got = cls.from_pretrained(str(tmp_path / "enc")).get_encoder().state_dict()
+        assert set(got) == set(want)
+        for k in want:
+            assert torch.equal(got[k], want[k]), (cls.__name__, k)
+
+
+def test_projector_round_trip(model, tmp_path):
+    path = save_projector(model.projector, tmp_path / "proj")
+    assert json.loads((path / "projector.json").read_text())["d_llm"] == 64
+    loaded = load_projector(path)
+    for k, v in model.projector.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    cfg = LLMASRConfig.from_dict({**model_cfg_dict(model), "projector_path": str(path)})
+    rebuilt = build_model(cfg, tokenizer=model.tokenizer)
+    assert torch.equal(rebuilt.projector.linear1.weight, model.projector.linear1.weight)
+
+
+def model_cfg_dict(model: LLMASR) -> dict:
+    return {"encoder": model.encoder.config.to_dict(), "llm": {**model.llm.config.to_dict()}, "projector_hidden": 32}
+
+
+def test_lora_adapter_and_merge_round_trip(model, setup, tmp_path):
+    from peft import PeftModel
+
+    apply_lora(model, setup.config)
+    torch.manual_seed(1)
+    for n, p in model.llm.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.1)  # make the adapter non-trivial (B starts at zero)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        want = model.llm(input_ids=ids).logits
+
+    save_lora(model, tmp_path / "lora")
+    base = AutoModelForCausalLM.from_pretrained(str(setup.llm))
+    with torch.no_grad():
+        got = PeftModel.from_pretrained(base, str(tmp_path / "lora"))(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+    fresh = build_model(setup.config)
+    load_lora(fresh, tmp_path / "lora")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.llm(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
+
+    merge_lora(model)
+    model.llm.save_pretrained(str(tmp_path / "merged"))
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, want, atol=1e-4, rtol=1e-4)
+
+
+def test_lora_bad_target_modules(model):
+    from llmasr.model import LoraSettings
+
+    with pytest.raises(ValueError, match="not module names"):
+        apply_lora(model, LoraSettings(target_modules=["query_key_value"]))
+
+
+# -------------------------------------------------------------------------------- generate
+
+
+def test_generate_batch_of_different_lengths(model):
+    x, lengths = mel(2, 240), torch.tensor([240, 130])
+    texts = model.generate(x, lengths, max_new_tokens=6)
+    assert isinstance(texts, list) and len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+    # Left padding is invisible: the shorter example, left-padded in the batch, gets the same
+    # tokens and next-token scores as a solo run (checks the mask and position ids).
+    kw = {"max_new_tokens": 3, "output_scores": True, "return_dict_in_generate": True}
+    batch = model.generate_ids(x, lengths, **kw)
+    solo = model.generate_ids(x[1:, :, :130], None, **kw)
+    assert batch.sequences[1].tolist() == solo.sequences[0].tolist()
+    for step_batch, step_solo in zip(batch.scores, solo.scores):
+        torch.testing.assert_close(step_batch[1], step_solo[0], atol=1e-4, rtol=1e-4)
+
+    beams = model.generate(x, lengths, max_new_tokens=4, num_beams=2, no_repeat_ngram_size=2)
+    assert len(beams) == 2
+    assert model.training  # generate restores the mode
+
+
+def test_tokenizer_loads_with_autotokenizer(setup):
+    tok = AutoTokenizer.from_pretrained(str(setup.tokenizer))
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    assert tok("hello world", add_special_tokens=True)["input_ids"] == tok("hello world", add_special_tokens=False)["input_ids"]
+    assert Path(setup.tokenizer, "tokenizer_config.json").is_file()
