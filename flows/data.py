@@ -148,6 +148,10 @@ class DataRunResult:
     label_rtfx: float
 
 
+def _cache_options(layout: WorkLayout, refresh: bool) -> dict:
+    return {"result_storage": _result_storage(layout), "refresh_cache": refresh or None}
+
+
 def _result_storage(layout: WorkLayout) -> LocalFileSystem:
     """Cached task results live in the work dir (deleting it resets the cache). Prefect needs the
     storage block saved server-side; its name is derived from the work dir's path."""
@@ -162,8 +166,7 @@ def _known_items(layout: WorkLayout) -> dict[str, Item]:
     return {i.item_id: i for i in read_records(layout.items, Item)}
 
 
-def run_ingest(cfg: PipelineConfig, layout: WorkLayout, storage: LocalFileSystem) -> list[Item]:
-    sources = ingest.resolve_sources(cfg.sources)  # raises before any work on a bad source
+def run_ingest(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Source], opts: dict) -> list[Item]:
     local: list[ingest.LocalFile] = []
     urls: list[str] = []
     for src in sources:
@@ -175,7 +178,7 @@ def run_ingest(cfg: PipelineConfig, layout: WorkLayout, storage: LocalFileSystem
             urls += more_urls
     progress.start("ingest", len(local) + len(urls))
     known = _known_items(layout)
-    local_task = ingest_local_task.with_options(result_storage=storage)
+    local_task = ingest_local_task.with_options(**opts)
     futures = []
     for batch in batches(local, cfg.ingest.items_per_task):
         stamps = [(f.path, f.caption_path, _stat(f.path), _stat(f.caption_path)) for f in batch]
@@ -183,7 +186,7 @@ def run_ingest(cfg: PipelineConfig, layout: WorkLayout, storage: LocalFileSystem
     futures += [ingest_web_task.submit(url, cfg, {k: v for k, v in known.items() if v.source == url}) for url in urls]
     items = ingest.merge_items(f.result() for f in futures)
     progress.complete("ingest")
-    write_items_task.with_options(result_storage=storage)(items, cfg, key=fingerprint("items", items))
+    write_items_task.with_options(**opts)(items, cfg, key=fingerprint("items", items))
     return items
 
 
@@ -194,9 +197,9 @@ def _stat(path: str | None) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def run_segment(cfg: PipelineConfig, ok: list[Item], storage: LocalFileSystem) -> str:
+def run_segment(cfg: PipelineConfig, ok: list[Item], opts: dict) -> str:
     progress.start("segment", len(ok))
-    task_ = segment_task.with_options(result_storage=storage)
+    task_ = segment_task.with_options(**opts)
     layout = WorkLayout(Path(cfg.work_dir))
     keys = [fingerprint("segment", [segment.item_key(layout, i, cfg.segment) for i in b]) for b in batches(ok, cfg.segment.items_per_task)]
     futures = [task_.submit(b, cfg, key=k) for b, k in zip(batches(ok, cfg.segment.items_per_task), keys)]
@@ -204,27 +207,29 @@ def run_segment(cfg: PipelineConfig, ok: list[Item], storage: LocalFileSystem) -
     for f in futures:
         f.result()  # re-raise the first failure
     progress.complete("segment")
-    return write_segments_task.with_options(result_storage=storage)(ok, cfg, key=fingerprint("segments", keys))
+    return write_segments_task.with_options(**opts)(ok, cfg, key=fingerprint("segments", keys))
 
 
-def run_label(cfg: PipelineConfig, ok: list[Item], storage: LocalFileSystem) -> tuple[str, int, float]:
+def run_label(cfg: PipelineConfig, ok: list[Item], opts: dict) -> tuple[str, int, float]:
     layout = WorkLayout(Path(cfg.work_dir))
     segs = segment.read_segments(layout, ok, cfg.segment)
     progress.start("label", len(ok))
     groups = batches(ok, cfg.label.items_per_task)
     keys = [fingerprint("label", [label.item_key(segs[i.item_id], cfg.label, cfg.filter) for i in b]) for b in groups]
-    task_ = label_task.with_options(result_storage=storage)
+    task_ = label_task.with_options(**opts)
     progress_id = artifacts.label_progress_start(len(groups))
     futures = [task_.submit(b, cfg, key=k) for b, k in zip(groups, keys)]
     labelled, audio_s, wall_s = 0, 0.0, 0.0
     for n, fut in enumerate(futures, 1):
         stats = fut.result()
+        artifacts.label_progress_update(progress_id, n, len(groups))
+        if fut.state.is_completed() and fut.state.name == "Cached":
+            continue  # done by an earlier run
         labelled += stats["items"]
         audio_s += stats["audio_s"]
         wall_s += stats["wall_s"]
-        artifacts.label_progress_update(progress_id, n, len(groups))
     progress.complete("label")
-    path = write_labels_task.with_options(result_storage=storage)(ok, cfg, key=fingerprint("labels", keys))
+    path = write_labels_task.with_options(**opts)(ok, cfg, key=fingerprint("labels", keys))
     return path, labelled, (audio_s / wall_s if wall_s else 0.0)
 
 
@@ -235,6 +240,7 @@ def data_flow(
     work_dir: str | None = None,
     overrides: list[str] | None = None,
     config_file: str | None = None,
+    refresh: bool = False,
 ) -> DataRunResult:
     """Web audio and local files -> filtered, pseudo-labelled WebDataset shards.
 
@@ -244,29 +250,34 @@ def data_flow(
     work_dir: where every stage writes (default: the config's work_dir).
     overrides: config overrides as key=value, e.g. ["filter.max_caption_wer=0.15"].
     config_file: another pipeline_config.yaml.
+    refresh: ignore Prefect's cached task results and re-check every stage (per-item work already
+        on disk is still reused); use it after deleting files from the work dir by hand.
     """
     logger = get_run_logger()
     cfg = load_config(profile, overrides, config_file, work_dir=work_dir, sources=sources or None)
-    layout = WorkLayout(Path(cfg.work_dir))
-    layout.root.mkdir(parents=True, exist_ok=True)
-    storage = _result_storage(layout)
     if cfg.demo is not None:
         make_demo_corpus(cfg.demo.corpus_dir, cfg.demo.n_items, cfg.demo.seed)
+    sources = ingest.resolve_sources(cfg.sources)  # a bad source fails here, before any work
+    layout = WorkLayout(Path(cfg.work_dir))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    if swept := layout.sweep_temp():
+        logger.info("removed %d temp files left by an interrupted run", swept)
+    opts = _cache_options(layout, refresh)
 
-    items = run_ingest(cfg, layout, storage)
+    items = run_ingest(cfg, layout, sources, opts)
     ok = [i for i in items if i.status == STATUS_OK]
     for bad in (i for i in items if i.status != STATUS_OK):
         logger.warning("item %s failed: %s", bad.item_id, bad.error)
 
-    run_segment(cfg, ok, storage)
-    _, labelled, rtfx = run_label(cfg, ok, storage)
+    run_segment(cfg, ok, opts)
+    _, labelled, rtfx = run_label(cfg, ok, opts)
     segs_by_item = segment.read_segments(layout, ok, cfg.segment)
     n_segments = sum(len(v) for v in segs_by_item.values())
     labels_key = fingerprint([label.item_key(segs_by_item[i.item_id], cfg.label, cfg.filter) for i in ok])
     filter_key = fingerprint("filter", labels_key, cfg.filter, cfg.shard.validation_fraction, code_version("tasks.filter", "llmasr.text"))
-    filter_task.with_options(result_storage=storage)(cfg, key=filter_key)
+    filter_task.with_options(**opts)(cfg, key=filter_key)
     shard_key = fingerprint("shard", filter_key, cfg.shard, code_version("tasks.shard"))
-    index = shard_task.with_options(result_storage=storage)(cfg, key=shard_key)
+    index = shard_task.with_options(**opts)(cfg, key=shard_key)
 
     decisions = read_records(layout.decisions, Decision)
     artifacts.publish_data_run(layout, items, decisions, index, labelled, rtfx)

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="run the data flow: ingest -> segment -> label -> filter -> shard")
     _config_args(data)
     data.add_argument("--source", dest="sources", action="append", default=[], help="YouTube URL, folder, audio file or manifest (repeatable)")
+    data.add_argument("--refresh", action="store_true", help="ignore cached task results (after deleting outputs by hand)")
 
     demo = sub.add_parser("demo-corpus", help="generate the espeak-ng demo corpus")
     demo.add_argument("--out", default="runs/demo-corpus")
@@ -71,7 +72,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     runner_flow = data_flow.with_options(task_runner=_task_runner(cfg))
     with progress.terminal_progress(console):
-        result = runner_flow(sources=args.sources or None, profile=args.profile, work_dir=args.work_dir, overrides=args.overrides, config_file=args.config_file)
+        result = runner_flow(sources=args.sources or None, profile=args.profile, work_dir=args.work_dir, overrides=args.overrides, config_file=args.config_file, refresh=args.refresh)
     _print_summary(cfg.work_dir, result)
     return 0
 

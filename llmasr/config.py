@@ -135,12 +135,14 @@ class PipelineConfig(_Section):
 
 def find_config_file(explicit: str | Path | None = None) -> Path:
     """--config, then $LLMASR_CONFIG, then ./pipeline_config.yaml, then the checkout's copy."""
-    candidates = [explicit, os.environ.get(CONFIG_ENV), Path.cwd() / CONFIG_NAME, Path(__file__).resolve().parents[1] / CONFIG_NAME]
+    if explicit:  # never fall back to another file when the user named one
+        if Path(explicit).is_file():
+            return Path(explicit)
+        raise ConfigError(f"config file {explicit} does not exist; pass an existing file to --config")
+    candidates = [os.environ.get(CONFIG_ENV), Path.cwd() / CONFIG_NAME, Path(__file__).resolve().parents[1] / CONFIG_NAME]
     for c in candidates:
         if c and Path(c).is_file():
             return Path(c)
-    if explicit:
-        raise ConfigError(f"config file {explicit} does not exist; pass an existing file to --config")
     raise ConfigError(f"no {CONFIG_NAME} found (looked in ${CONFIG_ENV}, the current folder and the checkout)")
 
 

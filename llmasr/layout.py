@@ -104,6 +104,14 @@ class WorkLayout:
         """segment_id -> shard name, so a rerun knows what is already sharded."""
         return self.manifests / "shard_members.parquet"
 
+    def sweep_temp(self) -> int:
+        """Remove temp files a killed run left in any stage folder. Returns how many."""
+        from llmasr.atomic import sweep_temp
+
+        folders = [self.raw, self.manifests, self.shards, self.root / "reports"]
+        folders += [p for p in self.parts.iterdir() if p.is_dir()] if self.parts.is_dir() else []
+        return sum(sweep_temp(f) for f in folders)
+
     def rel(self, path: Path) -> str:
         """``path`` relative to the work dir, as stored in manifests (work dirs can move)."""
         return Path(path).resolve().relative_to(self.root).as_posix()

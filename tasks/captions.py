@@ -51,7 +51,11 @@ def parse_captions(path: Path | str) -> list[Cue]:
         raw = path.read_bytes().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise CaptionError(f"cannot read captions {path.name}: {exc}") from exc
-    blocks = re.split(r"\r?\n\s*\r?\n", raw.replace("\r\n", "\n"))
+    text = raw.replace("\r\n", "\n")
+    # YouTube's auto-captions put a line of only a space right after the timing line; it is part
+    # of the cue, not the blank line that ends it (else the words lose their timing).
+    text = re.sub(r"(?m)^(\s*\d[^\n]*-->[^\n]*)\n[ \t]+(?=\n[^\n]*\S)", r"\1", text)
+    blocks = re.split(r"\n\s*\n", text)
     cues: list[Cue] = []
     prev_lines: list[str] = []
     for block in blocks:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from llmasr.config import FilterConfig
 from llmasr.layout import stable_fraction
 from llmasr.records import Decision, Label, Segment
-from llmasr.text import normalize, normalized_wer
+from llmasr.text import normalize, word_errors
 
 # Fillers and the most frequent English words: a label made only of these carries no content.
 COMMON_WORDS = frozenset(
@@ -35,6 +35,13 @@ COMMON_WORDS = frozenset(
 )
 
 DIVERSITY_MIN_WORDS = 6  # the type/token ratio says little about shorter texts
+
+
+def _words(text: str | None) -> list[str]:
+    """Normalised words.  Tokens without a letter or digit are dropped: Whisper's normaliser turns
+    a trailing "..." into a lone "." (so "..." would count as a word, and a label that trails off
+    would differ from its caption)."""
+    return [w for w in normalize(text).split() if any(ch.isalnum() for ch in w)]
 
 
 def duration_reasons(duration_s: float, cfg: FilterConfig) -> list[str]:
@@ -63,8 +70,8 @@ def longest_ngram_run(words: Sequence[str], max_n: int = 4) -> int:
 
 def text_reasons(text: str, caption: str | None, cfg: FilterConfig) -> tuple[list[str], int, float | None]:
     """Simplicity and hallucination-by-text rules. Returns (reasons, words, type_token_ratio)."""
-    norm = normalize(text)
-    words = norm.split()
+    words = _words(text)
+    norm = " ".join(words)
     if not words:
         return ["empty_label"], 0, None
     reasons = []
@@ -77,9 +84,9 @@ def text_reasons(text: str, caption: str | None, cfg: FilterConfig) -> tuple[lis
         reasons.append("only_common_words")
     if longest_ngram_run(words) >= cfg.max_ngram_repeats:
         reasons.append("repetition_loop")
-    caption_norm = normalize(caption)
+    caption_norm = " ".join(_words(caption))
     for phrase in cfg.hallucination_phrases:
-        p = normalize(phrase)
+        p = " ".join(_words(phrase))
         if p and f" {p} " in f" {norm} " and f" {p} " not in f" {caption_norm} ":
             reasons.append("hallucination_phrase")
             break
@@ -103,8 +110,9 @@ def decide(segment: Segment, label: Label | None, split: str, cfg: FilterConfig)
             reasons.append("no_speech")
         if label.language not in cfg.languages or label.language_prob < cfg.min_language_prob:
             reasons.append("language")
-        if segment.caption_text is not None and normalize(segment.caption_text):
-            caption_wer = normalized_wer(segment.caption_text, label.text)
+        caption_words = _words(segment.caption_text)
+        if caption_words:
+            caption_wer = word_errors(" ".join(caption_words), " ".join(_words(label.text))).wer
             if caption_wer is not None and caption_wer > cfg.max_caption_wer:
                 reasons.append("caption_mismatch")
         elif cfg.require_caption:

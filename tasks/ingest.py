@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import glob
 import json
 import logging
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ def find_captions(audio: Path) -> Path | None:
         if direct.is_file():
             return direct
     for ext in CAPTION_EXTENSIONS:
-        for cand in sorted(audio.parent.glob(f"{audio.stem}.*{ext}")):
+        for cand in sorted(audio.parent.glob(f"{glob.escape(audio.stem)}.*{ext}")):  # "Title [id].en.vtt"
             return cand
     return None
 

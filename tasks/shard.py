@@ -185,7 +185,12 @@ def write_shards(
     """Shard every kept segment not yet in a shard; returns the new index."""
     layout.shards.mkdir(parents=True, exist_ok=True)
     kept = {d.segment_id: d for d in decisions if d.kept}
-    entries, members, pending = plan_pending(layout, set(kept))
+    # a segment whose split changed (shard.validation_fraction changed) must leave its old shard too
+    old_entries, old_members = load_index(layout)
+    shard_split = {e["path"]: e["split"] for e in old_entries}
+    in_place = {sid for sid, d in kept.items() if sid not in old_members or shard_split.get(old_members[sid]) == d.split}
+    entries, members, _ = plan_pending(layout, in_place)
+    pending = set(kept) - set(members)
     seg_by_id = {s.segment_id: s for s in segments}
     lab_by_id = {lab.segment_id: lab for lab in labels}
     audio_of = {it.item_id: layout.abs(it.path) for it in items if it.path}

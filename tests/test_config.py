@@ -1,0 +1,203 @@
+"""llmasr.config: the YAML, the demo profile overlay, --set overrides and the errors users see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydantic
+import pytest
+import yaml
+
+from llmasr.config import ConfigError, PipelineConfig, apply_override, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "pipeline_config.yaml"
+
+
+def _load(**kw) -> PipelineConfig:
+    return load_config(config_file=CONFIG, **kw)
+
+
+def _error(**kw) -> str:
+    with pytest.raises(ConfigError) as info:
+        _load(**kw)
+    assert not isinstance(info.value, pydantic.ValidationError)
+    return str(info.value)
+
+
+def _leaves(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _get(cfg: PipelineConfig, dotted: str) -> object:
+    node: object = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+# --------------------------------------------------------------------------------------------------
+# the shipped file
+
+
+def test_every_key_of_the_shipped_file_is_known_and_taken_as_written() -> None:
+    raw = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    profiles = raw.pop("profiles")
+    base = _load()
+    for key, value in _leaves(raw).items():
+        assert _get(base, key) == value, key
+    assert base.profile is None
+    assert base.label.model == "large-v3"  # the paper's labeller at the top level
+
+    demo = _load(profile="demo")
+    for key, value in _leaves(profiles["demo"]).items():
+        assert _get(demo, key) == value, key
+    # keys the profile does not mention keep the top level's values
+    assert demo.filter.hallucination_phrases == raw["filter"]["hallucination_phrases"]
+    assert demo.segment.max_segment_s == raw["segment"]["max_segment_s"]
+
+
+def test_demo_profile_overlays_the_top_level() -> None:
+    cfg = _load(profile="demo")
+    assert cfg.label.model == "bundled:tiny.en"
+    assert cfg.label.device == "cpu"
+    assert cfg.profile == "demo"
+    assert cfg.work_dir == "runs/demo"
+    assert cfg.demo is not None and cfg.demo.corpus_dir == "runs/demo-corpus"
+    assert cfg.shard.max_samples == 40
+    # deep merge: the label section's other keys come from the top level
+    assert cfg.label.language == "en"
+
+
+def test_top_level_keyword_arguments_set_keys_and_none_is_ignored(tmp_path: Path) -> None:
+    cfg = _load(profile="demo", work_dir=str(tmp_path), sources=None)
+    assert cfg.work_dir == str(tmp_path)
+    assert cfg.sources == ["runs/demo-corpus/videos"]
+
+
+# --------------------------------------------------------------------------------------------------
+# --set overrides
+
+
+def test_overrides_parse_yaml_values() -> None:
+    cfg = _load(
+        profile="demo",
+        overrides=[
+            "filter.max_caption_wer=0.15",
+            "filter.require_caption=true",
+            "filter.languages=[en, de]",
+            "label.beam_size=2",
+            "label.language=null",
+            "ingest.caption_languages=[en-GB]",
+        ],
+    )
+    assert cfg.filter.max_caption_wer == pytest.approx(0.15)
+    assert cfg.filter.require_caption is True
+    assert cfg.filter.languages == ["en", "de"]
+    assert cfg.label.beam_size == 2
+    assert cfg.label.language is None
+    assert cfg.ingest.caption_languages == ["en-GB"]
+
+
+def test_overrides_apply_after_the_profile_and_in_order() -> None:
+    cfg = _load(profile="demo", overrides=["label.model=small.en", "shard.max_samples=7", "shard.max_samples=9"])
+    assert cfg.label.model == "small.en"
+    assert cfg.shard.max_samples == 9
+
+
+def test_apply_override_does_not_mutate_its_input() -> None:
+    data = {"filter": {"min_words": 3}}
+    out = apply_override(data, "filter.min_words=5")
+    assert out == {"filter": {"min_words": 5}}
+    assert data == {"filter": {"min_words": 3}}
+
+
+def test_override_without_equals_sign_is_rejected() -> None:
+    msg = _error(overrides=["filter.max_caption_wer"])
+    assert "filter.max_caption_wer" in msg and "key=value" in msg
+
+
+def test_override_with_empty_key_is_rejected() -> None:
+    assert "empty key" in _error(overrides=["=3"])
+
+
+def test_unknown_key_names_the_dotted_key_and_suggests_the_close_one() -> None:
+    msg = _error(overrides=["filter.max_caption_wr=0.1"])
+    assert "filter.max_caption_wr" in msg
+    assert "did you mean filter.max_caption_wer" in msg
+
+
+def test_unknown_section_suggests_the_section() -> None:
+    msg = _error(overrides=["filtr.min_words=2"])
+    assert "filtr" in msg and "did you mean filter" in msg
+
+
+def test_unknown_key_in_a_config_file(tmp_path: Path) -> None:
+    bad = tmp_path / "cfg.yaml"
+    bad.write_text("segment:\n  max_segmnt_s: 10\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file=bad)
+    assert "segment.max_segmnt_s" in str(info.value)
+    assert "did you mean segment.max_segment_s" in str(info.value)
+
+
+def test_setting_a_key_below_a_scalar_is_rejected() -> None:
+    msg = _error(overrides=["label.model.size=3"])
+    assert "label.model.size" in msg
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("filter.max_caption_wer=abc", "filter.max_caption_wer"),
+        ("filter.max_caption_wer=-0.1", "filter.max_caption_wer"),
+        ("label.device=tpu", "label.device"),
+        ("label.batch_size=0", "label.batch_size"),
+        ("shard.validation_fraction=1.0", "shard.validation_fraction"),
+        ("segment.max_segment_s=45", "segment.max_segment_s"),
+        ("work_dir=' '", "work_dir"),
+    ],
+)
+def test_bad_value_names_the_key(override: str, key: str) -> None:
+    msg = _error(overrides=[override])
+    assert f"{key}:" in msg
+    assert "unknown key" not in msg
+
+
+def test_target_above_max_segment_is_rejected() -> None:
+    msg = _error(overrides=["segment.target_segment_s=25"])
+    assert "target_segment_s" in msg and "max_segment_s" in msg
+    # equal is fine
+    cfg = _load(overrides=["segment.target_segment_s=20"])
+    assert cfg.segment.target_segment_s == 20.0
+
+
+def test_unknown_profile_lists_the_profiles() -> None:
+    msg = _error(profile="demoo")
+    assert "demoo" in msg and "demo" in msg.replace("demoo", "")
+    assert "['demo']" in msg
+
+
+def test_missing_explicit_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(config_file=tmp_path / "nope.yaml")
+
+
+def test_config_file_that_is_not_a_mapping(tmp_path: Path) -> None:
+    bad = tmp_path / "cfg.yaml"
+    bad.write_text("- a\n- b\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(config_file=bad)
+
+
+def test_section_hash_changes_with_the_section_only() -> None:
+    a = _load(profile="demo")
+    b = _load(profile="demo", overrides=["filter.min_words=4"])
+    assert a.section_hash("segment") == b.section_hash("segment")
+    assert a.section_hash("filter") != b.section_hash("filter")
