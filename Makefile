@@ -1,0 +1,14 @@
+# make demo   -- set up (.venv, apt packages) and run the pipeline on the embedded CPU demo
+# make test   -- set up and run the test suite
+.PHONY: setup demo test bench
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/llmasr data --profile demo
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+bench: setup
+	.venv/bin/python bench/data_bench.py

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine for llmasr: apt packages, .venv/ with torch==2.13.0 first, then
+# the project (editable) with its test extras.  Safe to rerun: it skips what is already there.
+#
+#     bash scripts/setup.sh            # or: make setup
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_needed=()
+command -v ffmpeg >/dev/null || apt_needed+=(ffmpeg)
+command -v espeak-ng >/dev/null || apt_needed+=(espeak-ng)
+if ((${#apt_needed[@]})); then
+  echo "setup: installing ${apt_needed[*]} with apt-get"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_needed[@]}" >/dev/null
+fi
+
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for cand in python3.11 python3; do command -v "$cand" >/dev/null && PY="$cand" && break; done
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first, pinned: a plain `torch` (or any newer pin) would pull a multi-GB CUDA build.
+.venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
+  || .venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup: done (.venv/bin/llmasr)"
