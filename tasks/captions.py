@@ -54,7 +54,7 @@ def parse_captions(path: Path | str) -> list[Cue]:
     text = raw.replace("\r\n", "\n")
     # YouTube's auto-captions put a line of only a space right after the timing line; it is part
     # of the cue, not the blank line that ends it (else the words lose their timing).
-    text = re.sub(r"(?m)^(\s*\d[^\n]*-->[^\n]*)\n[ \t]+(?=\n[^\n]*\S)", r"\1", text)
+    text = re.sub(r"(?m)^([ \t]*\d[^\n]*-->[^\n]*)\n[ \t]+(?=\n[^\n]*\S)", r"\1", text)
     blocks = re.split(r"\n\s*\n", text)
     cues: list[Cue] = []
     prev_lines: list[str] = []

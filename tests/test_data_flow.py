@@ -326,3 +326,22 @@ def test_kill_during_sharding_then_rerun_gives_the_same_files(reference_run, cor
     _same_outputs(WorkLayout(uninterrupted), layout)
     for e in json.loads(layout.shard_index.read_text())["shards"]:
         assert sha256(layout.shards / e["path"]) == sha256(WorkLayout(uninterrupted).shards / e["path"])
+
+
+def test_a_failing_url_is_recorded_and_the_rest_proceeds(reference_run, corpus: Path, session_tmp: Path):
+    import socket
+
+    from flows.data import data_flow
+
+    ref, first = reference_run
+    work = session_tmp / "bad-url-run"
+    shutil.copytree(ref, work)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/watch?v=nothing"
+    result = data_flow(**flow_args(corpus, work, [url], overrides=["ingest.retries=0"]))
+    assert result.items == first.items + 1 and result.failed_items == first.failed_items + 1
+    assert (result.kept, result.shards) == (first.kept, first.shards)
+    [bad] = [i for i in read_records(WorkLayout(work).items, Item) if i.source == url]
+    assert bad.status == "failed" and bad.error
