@@ -97,6 +97,54 @@ class ShardConfig(_Section):
     validation_fraction: float = Field(0.01, ge=0, lt=1)
 
 
+class LoraConfig(_Section):
+    rank: int = Field(8, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["c_attn", "c_proj", "w1", "w2"], min_length=1)
+
+
+class StageConfig(_Section):
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # stop after this many optimizer steps (None: epochs)
+    warmup_steps: int = Field(100, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class TrainConfig(_Section):
+    encoder: str = "openai/whisper-large-v2"
+    llm: str = "Qwen/Qwen-7B-Chat"
+    tokenizer: str | None = None
+    projector_hidden: int = Field(2048, ge=1)
+    downsample_k: int = Field(2, ge=1)
+    activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
+    trim_padding: bool = True
+    instruction: str = "Transcribe the audio."
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
+    nproc_per_node: int = Field(8, ge=1)
+    hostfile: str | None = None
+    deepspeed_config: str = "infra/deepspeed/zero2.json"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    batch_max_audio_s: float = Field(400.0, gt=0)
+    max_batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(4, ge=0)
+    grad_accum: int = Field(1, ge=1)
+    grad_clip: float = Field(1.0, ge=0)
+    log_every: int = Field(10, ge=1)
+    val_every: int = Field(500, ge=1)
+    val_max_batches: int = Field(50, ge=1)
+    ckpt_every: int = Field(1000, ge=1)
+    timeout_s: float = Field(7 * 24 * 3600.0, gt=0)
+    seed: int = 0
+    merge_lora: bool = False
+    stage1: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-4))
+    stage2: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-4))
+    stage3: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-6))
+
+
 class RunnerConfig(_Section):
     kind: Literal["local"] = "local"
     max_workers: int = Field(2, ge=1)
@@ -117,6 +165,7 @@ class PipelineConfig(_Section):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     shard: ShardConfig = Field(default_factory=ShardConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     demo: DemoConfig | None = None  # set by the demo profile: the espeak-ng corpus to generate
     profile: str | None = None  # which profile produced this config (informational)
 

@@ -1,0 +1,93 @@
+"""Stage checkpoint folders: what each training stage exports, and how the model is loaded back.
+
+Under ``<work_dir>/checkpoints/``:
+
+    stage1/encoder/      the fine-tuned Whisper encoder (``WhisperModel.from_pretrained`` loads it)
+    stage1/whisper/      encoder + Whisper's decoder, the stage-1 training head (set aside after)
+    stage2/projector/    the adapter: projector.safetensors + projector.json
+    stage3/lora/         the LLM's LoRA adapter (``PeftModel.from_pretrained(llm, dir)``)
+    stage3/projector/    the adapter as trained further in stage 3
+    stage3/merged_llm/   the LLM with LoRA merged (only with train.merge_lora)
+    stageN/model.json    the ``LLMASRConfig`` that rebuilds the stage's model from the exports
+    stageN/stage.json    {"stage", "key", "steps", "samples", "complete": true, ...}, written last
+    stageN/deepspeed/    resumable DeepSpeed state while the stage runs (not an export)
+
+A stage is complete only when its ``stage.json`` says so; it is written after every export.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from llmasr.atomic import write_json
+from llmasr.config import TrainConfig
+from llmasr.model import LLMASRConfig, LoraSettings
+
+STAGES = (1, 2, 3)
+
+
+def stage_dir(work_dir: Path | str, stage: int) -> Path:
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage}")
+    return Path(work_dir) / "checkpoints" / f"stage{stage}"
+
+
+def read_stage(folder: Path) -> dict[str, Any] | None:
+    """The stage.json of a complete stage, else None."""
+    meta = folder / "stage.json"
+    if not meta.is_file():
+        return None
+    data = json.loads(meta.read_text(encoding="utf-8"))
+    return data if data.get("complete") else None
+
+
+def write_stage(folder: Path, **info: Any) -> Path:
+    return write_json(folder / "stage.json", {**info, "complete": True})
+
+
+def model_config(train: TrainConfig, work_dir: Path | str, stage: int) -> LLMASRConfig:
+    """The LLMASRConfig a stage starts from: the base checkpoints of the config, with the
+    exports of the stages before it (the stage-1 encoder when stage 1 ran, the stage-2 projector
+    for stage 3)."""
+    enc1 = stage_dir(work_dir, 1) / "encoder"
+    encoder = str(enc1) if stage > 1 and read_stage(stage_dir(work_dir, 1)) else train.encoder
+    projector = None
+    if stage == 3:
+        projector = str(stage_dir(work_dir, 2) / "projector")
+    return LLMASRConfig(
+        encoder=encoder,
+        llm=train.llm,
+        tokenizer=train.tokenizer,
+        projector_path=projector,
+        projector_hidden=train.projector_hidden,
+        k=train.downsample_k,
+        activation=train.activation,
+        trim_padding=train.trim_padding,
+        instruction=train.instruction,
+        lora=LoraSettings(rank=train.lora.rank, alpha=train.lora.alpha, dropout=train.lora.dropout, target_modules=list(train.lora.target_modules)),
+    )
+
+
+def write_model_json(folder: Path, cfg: LLMASRConfig) -> Path:
+    return write_json(folder / "model.json", cfg.to_dict())
+
+
+def load_llmasr(folder: Path | str, device: str = "cpu", merged: bool = False):
+    """Rebuild the LLM-ASR model a stage exported (stage 2 or 3), ready for ``generate``.
+
+    Stage 3 attaches its LoRA adapter (or loads ``merged_llm/`` with ``merged=True``).
+    """
+    from llmasr.model import LLMASRConfig, build_model, load_lora
+
+    folder = Path(folder)
+    if read_stage(folder) is None:
+        raise FileNotFoundError(f"{folder} is not a complete stage checkpoint (no stage.json with complete=true)")
+    cfg = LLMASRConfig.from_dict(json.loads((folder / "model.json").read_text(encoding="utf-8")))
+    if merged:
+        cfg.llm = str(folder / "merged_llm")
+    model = build_model(cfg)
+    if not merged and (folder / "lora").is_dir():
+        load_lora(model, folder / "lora")
+    return model.to(device).eval()
