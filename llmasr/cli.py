@@ -3,6 +3,8 @@
     llmasr data --profile demo                                     # CPU demo: espeak-ng corpus -> shards
     llmasr data --source https://www.youtube.com/@SomeChannel --work-dir runs/mine
     llmasr data --source /path/to/folder --work-dir runs/mine --set filter.max_caption_wer=0.15
+    llmasr train --profile demo                                    # stages 1 -> 2 -> 3, tiny models on the CPU
+    llmasr train --work-dir runs/mine --stages 2,3 --set train.stage3.lr=2e-6
     llmasr demo-corpus --out runs/demo-corpus                      # only generate the demo corpus
     llmasr config --profile demo                                   # print the validated config
 
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--source", dest="sources", action="append", default=[], help="YouTube URL, folder, audio file or manifest (repeatable)")
     data.add_argument("--refresh", action="store_true", help="ignore cached task results (after deleting outputs by hand)")
 
+    train = sub.add_parser("train", help="run the training flow: stage 1 -> 2 -> 3 on the work dir's shards")
+    _config_args(train)
+    train.add_argument("--stages", default="1,2,3", help="comma-separated stages to run, e.g. 2,3 (default 1,2,3)")
+
     demo = sub.add_parser("demo-corpus", help="generate the espeak-ng demo corpus")
     demo.add_argument("--out", default="runs/demo-corpus")
     demo.add_argument("--items", type=int, default=30)
@@ -74,6 +80,27 @@ def cmd_data(args: argparse.Namespace) -> int:
     with progress.terminal_progress(console):
         result = runner_flow(sources=args.sources or None, profile=args.profile, work_dir=args.work_dir, overrides=args.overrides, config_file=args.config_file, refresh=args.refresh)
     _print_summary(cfg.work_dir, result)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from llmasr.config import ConfigError
+
+    try:
+        stages = [int(s) for s in args.stages.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--stages {args.stages!r}: write stage numbers separated by commas, e.g. 2,3") from None
+    _load(args)  # validate before Prefect starts
+    _prefect_defaults()
+    from flows.train import train_flow
+
+    result = train_flow(profile=args.profile, work_dir=args.work_dir, overrides=args.overrides, config_file=args.config_file, stages=stages)
+    t = Table(title="training")
+    for col in ("stage", "steps", "samples", "checkpoint"):
+        t.add_column(col)
+    for name, info in result.items():
+        t.add_row(name, str(info.get("steps")), str(info.get("samples")), str(info.get("out_dir", "")))
+    console.print(t)
     return 0
 
 
@@ -124,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.ingest import SourceError
 
     args = build_parser().parse_args(argv)
-    handler = {"data": cmd_data, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
+    handler = {"data": cmd_data, "train": cmd_train, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
     try:
         return handler(args)
     except (ConfigError, SourceError) as exc:

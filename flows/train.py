@@ -1,0 +1,143 @@
+"""The training flow: stage 1 (encoder) -> stage 2 (adapter) -> stage 3 (LoRA + adapter).
+
+    llmasr train --work-dir runs/mine                      # stages 1 -> 2 -> 3 on the shards there
+    llmasr train --profile demo                            # tiny models, CPU, minutes
+    llmasr train ... --stages 2,3 --set train.stage3.lr=2e-6
+
+Each stage is one Prefect task that launches the one training entry point (tasks/train.py) under
+torchrun or deepspeed as a subprocess, streams its log, and is cached: it reruns only when its
+inputs change (the shard index, the previous stage's checkpoint, its own settings, the training
+code).  A stage killed mid-way resumes from its last DeepSpeed checkpoint when rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from flows import train_artifacts
+from llmasr.config import ConfigError, PipelineConfig, load_config
+from llmasr.layout import WorkLayout
+from tasks import checkpoints, launch
+from tasks.parts import code_version, fingerprint
+
+TRAIN_CODE = ("tasks.train", "tasks.train_data", "llmasr.model", "tasks.checkpoints")
+# settings that change where or how fast a stage runs, not what it learns
+RUNTIME_KEYS = {"launcher", "nproc_per_node", "hostfile", "num_workers", "log_every", "val_every", "val_max_batches", "ckpt_every", "timeout_s", "merge_lora"}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def stage_key(cfg: PipelineConfig, layout: WorkLayout, stage: int) -> str:
+    """What a stage's result depends on: the shard index, the stage before, its settings, the code."""
+    prev = checkpoints.read_stage(checkpoints.stage_dir(layout.root, stage - 1)) if stage > 1 else None
+    settings = cfg.train.model_dump(mode="json", exclude=RUNTIME_KEYS | {"stage1", "stage2", "stage3"})
+    stage_cfg = getattr(cfg.train, f"stage{stage}").model_dump(mode="json")
+    return fingerprint("train", stage, _sha256(layout.shard_index), prev and prev.get("key"), settings, stage_cfg, code_version(*TRAIN_CODE))
+
+
+def check_stages(cfg: PipelineConfig, layout: WorkLayout, stages: list[int]) -> None:
+    """Fail before any compute: no shards, unknown stages, a stage without its predecessor."""
+    if not stages or any(s not in checkpoints.STAGES for s in stages) or sorted(set(stages)) != stages:
+        raise ConfigError(f"--stages must be increasing stage numbers from {checkpoints.STAGES}, got {stages}")
+    if not layout.shard_index.is_file():
+        raise ConfigError(f"no shard index at {layout.shard_index}: run `llmasr data` for this work_dir first")
+    first = stages[0]
+    if first > 1 and checkpoints.read_stage(checkpoints.stage_dir(layout.root, first - 1)) is None:
+        raise ConfigError(f"stage {first} needs the checkpoint of stage {first - 1} in {checkpoints.stage_dir(layout.root, first - 1)}: run --stages {first - 1},{first} (or from 1)")
+    for name in ("encoder", "llm", "tokenizer"):
+        value = getattr(cfg.train, name)
+        if value and _looks_local(value) and not Path(value).exists() and cfg.demo is None:
+            raise ConfigError(f"train.{name}: no such checkpoint folder {value}; set train.{name} to a local folder or a hub name")
+
+
+def _looks_local(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or value.count("/") != 1
+
+
+def _precision(cfg: PipelineConfig) -> str:
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    return "bf16" if launch.cuda_available() else "fp32"
+
+
+@task(name="train-stage", cache_key_fn=lambda ctx, params: params["key"], persist_result=True)
+def train_stage_task(stage: int, cfg: PipelineConfig, key: str) -> dict[str, Any]:
+    """Launch tasks/train.py for one stage; returns the stage's stage.json."""
+    from tasks.train import write_run_config
+
+    logger = get_run_logger()
+    layout = WorkLayout(Path(cfg.work_dir))
+    out_dir = checkpoints.stage_dir(layout.root, stage)
+    done = checkpoints.read_stage(out_dir)
+    if done and done.get("key") == key:
+        logger.info("stage %d already complete for this key; nothing to do", stage)
+        return done
+    logs = layout.root / "logs"
+    run_json = write_run_config(
+        logs / f"stage{stage}.run.json",
+        stage=stage,
+        work_dir=str(layout.root),
+        shard_index=str(layout.shard_index),
+        out_dir=str(out_dir),
+        key=key,
+        model=checkpoints.model_config(cfg.train, layout.root, stage).to_dict(),
+        train=cfg.train.model_dump(mode="json"),
+        stage_cfg=getattr(cfg.train, f"stage{stage}").model_dump(mode="json"),
+        deepspeed_config=str(_resolve(cfg.train.deepspeed_config)),
+        precision=_precision(cfg),
+        metrics_log=str(logs / "train.jsonl"),
+        tensorboard_dir=str(logs / "tensorboard"),
+    )
+    cmd = launch.launch_command(cfg.train, run_json)
+    logger.info("stage %d: %s", stage, " ".join(cmd))
+    launch.run_process(cmd, launch.launch_env(cfg.train), logs / f"stage{stage}.log", cfg.train.timeout_s, on_line=lambda line: logger.info("[stage%d] %s", stage, line), cwd=Path(__file__).resolve().parents[1])
+    result = checkpoints.read_stage(out_dir)
+    if result is None:
+        raise launch.TrainingProcessError(f"stage {stage} exited 0 but wrote no complete {out_dir / 'stage.json'}")
+    return result
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p.resolve()
+    return Path(__file__).resolve().parents[1] / p  # relative to the checkout (infra/...)
+
+
+@flow(name="llmasr-train", log_prints=True)
+def train_flow(
+    profile: str | None = None,
+    work_dir: str | None = None,
+    overrides: list[str] | None = None,
+    config_file: str | None = None,
+    stages: list[int] | None = None,
+) -> dict[str, Any]:
+    """Train the LLM-ASR model in three DeepSpeed stages on the work dir's shards.
+
+    profile: a profile of pipeline_config.yaml, e.g. "demo" (tiny models on the CPU).
+    work_dir: the work dir whose shards/index.json is trained on (default: the config's).
+    overrides: config overrides as key=value, e.g. ["train.stage3.lr=2e-6"].
+    config_file: another pipeline_config.yaml.
+    stages: which stages to run, in order (default [1, 2, 3]); a stage needs its predecessor's
+        checkpoint.
+    """
+    cfg = load_config(profile, overrides, config_file, work_dir=work_dir)
+    layout = WorkLayout(Path(cfg.work_dir))
+    stages = sorted(stages or [1, 2, 3])
+    if cfg.demo is not None:
+        from llmasr.tiny_models import build_demo_models
+
+        build_demo_models(Path(cfg.train.encoder).parent)
+    check_stages(cfg, layout, stages)
+    results = {}
+    for stage in stages:
+        results[stage] = train_stage_task(stage, cfg, key=stage_key(cfg, layout, stage))
+    train_artifacts.publish(layout, results)
+    return {f"stage{s}": r for s, r in results.items()}
+

@@ -1,0 +1,85 @@
+"""Prefect artifacts of a training run: ``train-summary`` (table) and ``train-loss`` (loss curves).
+
+The plot is also written to ``<work_dir>/reports/loss.png``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from llmasr.atomic import atomic_path
+from llmasr.layout import WorkLayout
+
+
+def read_metrics(layout: WorkLayout) -> list[dict]:
+    path = layout.root / "logs" / "train.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def summary_rows(records: list[dict], results: dict[int, dict[str, Any]]) -> list[dict]:
+    rows = []
+    for stage, info in sorted(results.items()):
+        recs = [r for r in records if r.get("stage") == stage]
+        train = [r for r in recs if "loss" in r]
+        val = [r for r in recs if "val_loss" in r]
+        last = train[-1] if train else {}
+        rows.append(
+            {
+                "stage": stage,
+                "steps": info.get("steps"),
+                "samples": info.get("samples"),
+                "final_loss": round(last["loss"], 4) if train else None,
+                "val_loss": round(val[-1]["val_loss"], 4) if val else None,
+                "samples_per_s": round(last.get("samples_per_s", 0.0), 2) if train else None,
+                "tokens_per_s": round(last.get("tokens_per_s", 0.0), 1) if train else None,
+            }
+        )
+    return rows
+
+
+def loss_plot_png(records: list[dict]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for stage in sorted({r["stage"] for r in records if "stage" in r}):
+        train = [(r["step"], r["loss"]) for r in records if r.get("stage") == stage and "loss" in r]
+        val = [(r["step"], r["val_loss"]) for r in records if r.get("stage") == stage and "val_loss" in r]
+        if train:
+            ax.plot(*zip(*train), label=f"stage {stage} train")
+        if val:
+            ax.plot(*zip(*val), "o--", label=f"stage {stage} val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def publish(layout: WorkLayout, results: dict[int, dict[str, Any]]) -> None:
+    records = read_metrics(layout)
+    rows = summary_rows(records, results)
+    create_table_artifact(rows, key="train-summary", description=f"Training stages in {layout.root}")
+    png = loss_plot_png(records)
+    out = layout.root / "reports" / "loss.png"
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(png)
+    ckpts = "\n".join(f"- stage {s}: `{Path(layout.root) / 'checkpoints' / f'stage{s}'}`" for s in sorted(results))
+    create_markdown_artifact(
+        f"# Training: `{layout.root}`\n\n![loss](data:image/png;base64,{base64.b64encode(png).decode()})\n\n## Checkpoints\n{ckpts}\n\nMetrics log: `{layout.root / 'logs' / 'train.jsonl'}`\n",
+        key="train-loss",
+        description="Loss curves and checkpoints",
+    )
