@@ -27,6 +27,7 @@ from flows import artifacts
 from llmasr import progress
 from llmasr.config import PipelineConfig, load_config
 from llmasr.layout import WorkLayout
+from llmasr.lock import work_dir_lock
 from llmasr.records import STATUS_OK, Decision, Item, Label, Segment, read_records, write_records
 from tasks import demo_corpus, filter as filt, ingest, label, segment, shard
 from tasks.parts import code_version, fingerprint
@@ -259,7 +260,11 @@ def data_flow(
         make_demo_corpus(cfg.demo.corpus_dir, cfg.demo.n_items, cfg.demo.seed)
     sources = ingest.resolve_sources(cfg.sources)  # a bad source fails here, before any work
     layout = WorkLayout(Path(cfg.work_dir))
-    layout.root.mkdir(parents=True, exist_ok=True)
+    with work_dir_lock(layout.root, cfg.runner.lock_wait_s, what="llmasr-data"):
+        return _run_data(cfg, layout, sources, refresh, logger)
+
+
+def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Source], refresh: bool, logger) -> DataRunResult:
     if swept := layout.sweep_temp():
         logger.info("removed %d temp files left by an interrupted run", swept)
     opts = _cache_options(layout, refresh)

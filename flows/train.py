@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger, task
 from flows import train_artifacts
 from llmasr.config import ConfigError, PipelineConfig, load_config
 from llmasr.layout import WorkLayout
+from llmasr.lock import work_dir_lock
 from tasks import checkpoints, launch
 from tasks.parts import code_version, fingerprint
 
@@ -136,8 +137,9 @@ def train_flow(
         build_demo_models(Path(cfg.train.encoder).parent)
     check_stages(cfg, layout, stages)
     results = {}
-    for stage in stages:
-        results[stage] = train_stage_task(stage, cfg, key=stage_key(cfg, layout, stage))
+    with work_dir_lock(layout.root, cfg.runner.lock_wait_s, what="llmasr-train"):
+        for stage in stages:
+            results[stage] = train_stage_task(stage, cfg, key=stage_key(cfg, layout, stage))
     train_artifacts.publish(layout, results)
     return {f"stage{s}": r for s, r in results.items()}
 

@@ -145,9 +145,58 @@ class TrainConfig(_Section):
     stage3: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-6))
 
 
+class EvalConfig(_Section):
+    """The evaluate stage: test sets, systems, decoding and the rare-word set (DESIGN.md "Metrics")."""
+
+    test_sets: list[str] = Field(default_factory=list)  # "name=path" (manifest, tsv, Primock57 folder, ...)
+    baselines: list[str] = Field(default_factory=list)  # "faster-whisper:<model spec>"
+    hyps: list[str] = Field(default_factory=list)  # "name=path": external hypothesis files scored as systems
+    stages: list[int] = Field(default_factory=lambda: [2, 3])  # LLM-ASR stage checkpoints to decode (those present)
+    num_beams: int = Field(8, ge=1)
+    no_repeat_ngram_size: int = Field(6, ge=0)
+    batch_size: int = Field(8, ge=1)
+    tokens_per_second: float = Field(8.0, gt=0)
+    min_new_tokens: int = Field(16, ge=1)
+    max_new_tokens: int = Field(448, ge=1)
+    max_piece_s: float = Field(30.0, gt=0, le=30.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = "default"
+    cpu_threads: int = Field(0, ge=0)
+    language: str | None = "en"
+    max_train_count: int = 0
+    word_list: str | None = None
+    train_splits: list[str] | None = None
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if s not in (2, 3)]
+        if bad:
+            raise ValueError(f"stages {bad}: only stage 2 and 3 checkpoints hold a whole LLM-ASR model; use eval.stages=[2, 3]")
+        return v
+
+    @field_validator("test_sets", "hyps")
+    @classmethod
+    def _name_eq_path(cls, v: list[str]) -> list[str]:
+        for spec in v:
+            name, sep, path = spec.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"{spec!r} is not name=path; write e.g. primock57=/data/primock57")
+        return v
+
+    @field_validator("baselines")
+    @classmethod
+    def _baseline_kind(cls, v: list[str]) -> list[str]:
+        for spec in v:
+            if not spec.startswith("faster-whisper:") or not spec[len("faster-whisper:") :].strip():
+                raise ValueError(f"{spec!r}: a baseline is faster-whisper:<model>, e.g. faster-whisper:large-v2 or faster-whisper:bundled:tiny.en")
+        return v
+
+
 class RunnerConfig(_Section):
     kind: Literal["local"] = "local"
     max_workers: int = Field(2, ge=1)
+    lock_wait_s: float = Field(0.0, ge=0)  # a second run on a busy work dir waits this long, then fails
 
 
 class DemoConfig(_Section):
@@ -166,6 +215,7 @@ class PipelineConfig(_Section):
     shard: ShardConfig = Field(default_factory=ShardConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     demo: DemoConfig | None = None  # set by the demo profile: the espeak-ng corpus to generate
     profile: str | None = None  # which profile produced this config (informational)
 

@@ -1,0 +1,66 @@
+"""One run per work dir: a second run fails clearly, or waits for the first when told to."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmasr.lock import WorkDirBusy, work_dir_lock
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from llmasr.lock import work_dir_lock
+with work_dir_lock(Path(sys.argv[1]), what="holder"):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    (Path(sys.argv[1]) / "holder-finished").touch()  # still under the lock
+"""
+
+
+def _holder(root: Path, seconds: float) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(root), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_run_fails_clearly_while_the_first_holds_the_work_dir(tmp_path: Path):
+    proc = _holder(tmp_path, 30)
+    try:
+        with pytest.raises(WorkDirBusy, match="in use by another run") as err:
+            with work_dir_lock(tmp_path):
+                pass
+        assert "holder" in str(err.value) and str(proc.pid) in str(err.value)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_second_run_waits_when_asked_and_then_proceeds(tmp_path: Path):
+    proc = _holder(tmp_path, 1.0)
+    try:
+        with work_dir_lock(tmp_path, wait_s=60, poll_s=0.05):
+            assert (tmp_path / "holder-finished").exists()  # it only got the lock after the holder's work
+    finally:
+        proc.wait()
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path):
+    proc = _holder(tmp_path, 60)
+    proc.kill()  # SIGKILL: the kernel drops the flock
+    proc.wait()
+    with work_dir_lock(tmp_path):
+        pass
+
+
+def test_lock_file_names_the_current_holder(tmp_path: Path):
+    import json
+    import os
+
+    for what in ("llmasr-data", "llmasr-train"):
+        with work_dir_lock(tmp_path, what=what):
+            info = json.loads((tmp_path / ".llmasr.lock").read_text())
+            assert info["what"] == what and info["pid"] == os.getpid()
