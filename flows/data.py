@@ -245,14 +245,15 @@ def data_flow(
 ) -> DataRunResult:
     """Web audio and local files -> filtered, pseudo-labelled WebDataset shards.
 
-    sources: YouTube URLs (video, playlist, channel), local folders or files, manifests (.jsonl,
-        .csv, .txt); empty uses the config's `sources`.
-    profile: a profile of pipeline_config.yaml, e.g. "demo" (offline CPU demo).
-    work_dir: where every stage writes (default: the config's work_dir).
-    overrides: config overrides as key=value, e.g. ["filter.max_caption_wer=0.15"].
-    config_file: another pipeline_config.yaml.
-    refresh: ignore Prefect's cached task results and re-check every stage (per-item work already
-        on disk is still reused); use it after deleting files from the work dir by hand.
+    Args:
+        sources: YouTube URLs (video, playlist, channel), local folders or files, manifests (.jsonl,
+            .csv, .txt); empty uses the config's `sources`.
+        profile: a profile of pipeline_config.yaml, e.g. "demo" (offline CPU demo).
+        work_dir: where every stage writes (default: the config's work_dir).
+        overrides: config overrides as key=value, e.g. ["filter.max_caption_wer=0.15"].
+        config_file: another pipeline_config.yaml.
+        refresh: ignore Prefect's cached task results and re-check every stage (per-item work already
+            on disk is still reused); use it after deleting files from the work dir by hand.
     """
     logger = get_run_logger()
     cfg = load_config(profile, overrides, config_file, work_dir=work_dir, sources=sources or None)

@@ -121,12 +121,13 @@ def train_flow(
 ) -> dict[str, Any]:
     """Train the LLM-ASR model in three DeepSpeed stages on the work dir's shards.
 
-    profile: a profile of pipeline_config.yaml, e.g. "demo" (tiny models on the CPU).
-    work_dir: the work dir whose shards/index.json is trained on (default: the config's).
-    overrides: config overrides as key=value, e.g. ["train.stage3.lr=2e-6"].
-    config_file: another pipeline_config.yaml.
-    stages: which stages to run, in order (default [1, 2, 3]); a stage needs its predecessor's
-        checkpoint.
+    Args:
+        profile: a profile of pipeline_config.yaml, e.g. "demo" (tiny models on the CPU).
+        work_dir: the work dir whose shards/index.json is trained on (default: the config's).
+        overrides: config overrides as key=value, e.g. ["train.stage3.lr=2e-6"].
+        config_file: another pipeline_config.yaml.
+        stages: which stages to run, in order (default [1, 2, 3]); a stage needs its predecessor's
+            checkpoint.
     """
     cfg = load_config(profile, overrides, config_file, work_dir=work_dir)
     layout = WorkLayout(Path(cfg.work_dir))
