@@ -45,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(train)
     train.add_argument("--stages", default="1,2,3", help="comma-separated stages to run, e.g. 2,3 (default 1,2,3)")
 
+    evaluate = sub.add_parser("evaluate", help="run the evaluation flow: decode test sets, score O/N/R/U-WER, write eval/report.md")
+    _config_args(evaluate)
+    evaluate.add_argument("--test-set", dest="test_sets", action="append", default=[], metavar="NAME=PATH", help="a test set: manifest, Kincaid46 tsv, Primock57 folder, audio + .txt folder (repeatable; replaces eval.test_sets)")
+    evaluate.add_argument("--baseline", dest="baselines", action="append", default=[], metavar="faster-whisper:MODEL", help="a faster-whisper baseline, e.g. faster-whisper:large-v2 (repeatable; replaces eval.baselines)")
+    evaluate.add_argument("--hyps", action="append", default=[], metavar="NAME=PATH", help="a hypothesis file scored as a system: jsonl/tsv of utt_id and text, or icefall recogs-*.txt (repeatable)")
+    evaluate.add_argument("--stages", default=None, help="LLM-ASR stage checkpoints to decode, e.g. 3 (default eval.stages: 2,3 where complete)")
+    evaluate.add_argument("--greedy", action="store_true", help="greedy decoding (eval.num_beams=1)")
+    evaluate.add_argument("--refresh", action="store_true", help="decode again even where cached hypotheses match")
+
     demo = sub.add_parser("demo-corpus", help="generate the espeak-ng demo corpus")
     demo.add_argument("--out", default="runs/demo-corpus")
     demo.add_argument("--items", type=int, default=30)
@@ -104,6 +113,53 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from llmasr.config import ConfigError
+
+    stages = None
+    if args.stages is not None:
+        try:
+            stages = [int(s) for s in args.stages.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--stages {args.stages!r}: write stage numbers separated by commas, e.g. 2,3") from None
+    overrides = [*args.overrides, *(["eval.num_beams=1"] if args.greedy else [])]
+    params = dict(
+        profile=args.profile,
+        work_dir=args.work_dir,
+        overrides=overrides,
+        config_file=args.config_file,
+        test_sets=args.test_sets or None,
+        baselines=args.baselines or None,
+        hyps=args.hyps or None,
+        stages=stages,
+    )
+    from flows.evaluate import check_request, resolve_config
+
+    cfg = resolve_config(**params)
+    if cfg.demo is None:
+        check_request(cfg)  # fail before Prefect starts (the demo generates its test set first)
+    _prefect_defaults()
+    from flows.evaluate import evaluate_flow
+    from llmasr import progress
+
+    with progress.terminal_progress(console):
+        metrics = evaluate_flow(**params, refresh=args.refresh)
+    t = Table(title=f"evaluation: {Path(metrics['work_dir']) / 'eval'}")
+    for col in ("test set", "system", "utts", "N-WER", "R-WER", "U-WER", "O-WER", "RTF"):
+        t.add_column(col, justify="left" if col in ("test set", "system") else "right")
+
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    for set_name, per_system in metrics["results"].items():
+        for system, m in per_system.items():
+            t.add_row(set_name, system, str(m["utterances"]), pct(m["n_wer"]), pct(m["r_wer"]), pct(m["u_wer"]), pct(m["o_wer"]), "n/a" if m["rtf"] is None else f"{m['rtf']:.3f}")
+    console.print(t)
+    if metrics["problems"]:
+        console.print(f"[yellow]{len(metrics['problems'])} problem(s)[/yellow]: see the Problems section of {Path(metrics['work_dir']) / 'eval' / 'report.md'}")
+    return 0
+
+
 def _task_runner(cfg):
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -151,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.ingest import SourceError
 
     args = build_parser().parse_args(argv)
-    handler = {"data": cmd_data, "train": cmd_train, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
+    handler = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
     try:
         return handler(args)
     except (ConfigError, SourceError) as exc:

@@ -36,8 +36,7 @@ import math
 import re
 import tempfile
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,7 +245,7 @@ def pad_features(feats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 # -------------------------------------------------------------------------------------- systems
 
 
-class System(ABC):
+class System:
     """A named recogniser: ``decode`` audio pieces (audio systems) or ``lookup`` ids (hyp files)."""
 
     needs_audio = True
@@ -533,6 +532,7 @@ class DecodeResult:
     pieces: int = 0
     key: str | None = None  # the decode cache key
     cached: bool = False
+    problems: list[str] = field(default_factory=list)  # about the system's input (e.g. bad hypothesis-file lines)
 
     @property
     def rtf(self) -> float | None:
@@ -616,6 +616,8 @@ def run_system(
     """A hypothesis for every utterance of a test set (pieces joined in time order), or its failure."""
     result = DecodeResult(system=system.name, audio_s=float(sum(durations.get(u.utt_id, 0.0) for u in utts)))
     if not system.needs_audio:
+        system.load()
+        result.problems = list(getattr(system, "problems", []))
         for u in utts:
             try:
                 result.hyps[u.utt_id] = system.lookup(u.utt_id)
@@ -641,8 +643,3 @@ def run_system(
     if result.tokens_per_s is not None:
         log.info("%s: %d pieces, %.1f s audio in %.1f s (RTF %.3f), %.1f tokens/s", system.name, len(pieces), result.audio_s, decode_s, result.rtf or 0.0, result.tokens_per_s)
     return result
-
-
-def utterances_from(items: Iterable[dict[str, Any]]) -> list[TestUtterance]:
-    """TestUtterance records back from dicts (e.g. read from JSON)."""
-    return [TestUtterance(**d) for d in items]

@@ -1,0 +1,23 @@
+"""Prefect artifacts of an evaluation run, under stable keys so their history is browsable in the UI.
+
+Keys: ``eval-metrics`` (table: test set x system, every rate with its counts, RTF) and
+``eval-report`` (markdown: report.md with the WER plot inlined).  The same table, report and plot
+are written under ``<work_dir>/eval/``.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Sequence
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+METRICS_KEY = "eval-metrics"
+REPORT_KEY = "eval-report"
+
+
+def publish(out_dir: str, rows: Sequence[dict[str, Any]], report_md: str, png: bytes) -> None:
+    create_table_artifact(list(rows), key=METRICS_KEY, description=f"O/N/R/U-WER (errors/words) and RTF per test set and system; files in {out_dir}")
+    inline = f"data:image/png;base64,{base64.b64encode(png).decode()}"
+    md = report_md.replace("](wer.png)", f"]({inline})")
+    create_markdown_artifact(md, key=REPORT_KEY, description=f"Evaluation report ({out_dir}/report.md)")

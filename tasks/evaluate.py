@@ -1,0 +1,575 @@
+"""evaluate: test sets x systems -> O/N/R/U-WER, per-utterance alignments, rare-word lists, a report.
+
+Plain functions the flow (flows/evaluate.py) strings together; a test can call them without Prefect.
+
+    sets = [prepare_test_set(name, path, cfg.eval, cfg.segment) for name, path in ...]
+    rare, info, problems = rare_word_set(work_dir, cfg.eval)
+    results = {system: {set: decode_cached(system, set, out_dir, settings)}}
+    metrics = score_and_write(out_dir, sets, systems, results, rare, info, problems, ...)
+
+Files under ``<work_dir>/eval/`` (DESIGN.md, the evaluate row):
+
+    metrics.json                       results[test_set][system] = {o_wer, n_wer, r_wer, u_wer, words,
+                                       rare_words, utterances, rtf, + the error counts, failed, ...}
+    report.md                          one table (systems x test sets, counts beside every rate, RTF),
+                                       the rare-word set, the test sets, a Problems section
+    wer.png                            N-, R- and U-WER per system and test set
+    <set>/<system>.jsonl               per utterance: ref, hyp, normalised texts, counts, alignment
+    <set>/<system>.rare_words.tsv      each rare reference word: training count, hits, misses
+    <set>/<system>.decode.json         the decode cache: hypotheses + the key they were made with
+
+Rare words (DESIGN.md "Metrics (exact)"): words whose count in the training transcripts -- the
+pseudo-labels of the segments the filter kept (``manifests/labels.parquet`` joined with
+``manifests/decisions.parquet``; the shards' json where the manifests are gone) -- is at most
+``eval.max_train_count``, plus the words of ``eval.word_list``.  An utterance a system failed on is
+left out of that system's scores and listed under Problems (its row shows fewer utterances).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmasr.atomic import atomic_path, write_json, write_text
+from llmasr.config import ConfigError, EvalConfig, SegmentConfig
+from llmasr.layout import WorkLayout, safe_id
+from tasks import decode
+from tasks.decode import DecodeResult, DecodeSettings, Piece, System
+from tasks.metrics import CorpusScore, RareWords, UtteranceScore, build_vocabulary, rare_word_report, score_corpus, score_utterance
+from tasks.parts import code_version, fingerprint
+from tasks.testsets import TestSetError, TestUtterance, load_test_set
+
+log = logging.getLogger("llmasr.evaluate")
+
+EVAL_DIR = "eval"
+
+
+class EvalError(ConfigError):
+    """A bad evaluation request (unknown spec, missing test set): raised before any decoding."""
+
+
+# ------------------------------------------------------------------------------------------ specs
+
+
+def parse_named(spec: str, what: str = "test set") -> tuple[str, str]:
+    """``name=path`` -> (name, path)."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise EvalError(f"{what} {spec!r} is not name=path; write e.g. primock57=/data/primock57")
+    return name.strip(), path.strip()
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """A system to evaluate: kind 'llmasr' (target: stage folder), 'faster-whisper' (target: model
+    spec) or 'hyps' (target: hypothesis file)."""
+
+    name: str
+    kind: str
+    target: str
+
+
+def system_specs(work_dir: str | Path, cfg: EvalConfig) -> tuple[list[SystemSpec], list[str]]:
+    """The systems of a run: the LLM-ASR at each complete stage checkpoint of ``cfg.stages``
+    ("llmasr-stage2", "llmasr-stage3"), the faster-whisper baselines, the hypothesis files.
+    Returns (specs, notes): a note for each stage asked for but not (completely) trained."""
+    from tasks.checkpoints import read_stage, stage_dir
+
+    specs: list[SystemSpec] = []
+    notes: list[str] = []
+    for stage in cfg.stages:
+        folder = stage_dir(work_dir, stage)
+        if read_stage(folder) is None:
+            notes.append(f"llmasr-stage{stage}: no complete checkpoint in {folder} (not evaluated)")
+            continue
+        specs.append(SystemSpec(f"llmasr-stage{stage}", "llmasr", str(folder)))
+    for spec in cfg.baselines:
+        if not spec.startswith(decode.FASTER_WHISPER_PREFIX):
+            raise EvalError(f"baseline {spec!r}: write faster-whisper:<model>, e.g. faster-whisper:large-v2")
+        specs.append(SystemSpec(spec, "faster-whisper", spec[len(decode.FASTER_WHISPER_PREFIX) :]))
+    for spec in cfg.hyps:
+        name, path = parse_named(spec, "hypothesis file")
+        if not Path(path).expanduser().is_file():
+            raise EvalError(f"hypothesis file {path} (from {spec!r}) does not exist")
+        specs.append(SystemSpec(name, "hyps", path))
+    names = [s.name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise EvalError(f"system names must be distinct, got {dupes} twice")
+    return specs, notes
+
+
+def make_systems(specs: Sequence[SystemSpec], settings: DecodeSettings) -> list[System]:
+    return [decode.make_system(s.kind, s.name, s.target, settings) for s in specs]
+
+
+# ------------------------------------------------------------------------------------ rare words
+
+
+def training_texts(work_dir: str | Path, splits: Sequence[str] | None = None) -> tuple[list[str], str | None]:
+    """The training transcripts of a run: the pseudo-labels of the kept segments.
+
+    From ``manifests/labels.parquet`` + ``manifests/decisions.parquet`` (kept, in ``splits`` when
+    given); else from the shards (``shards/index.json`` and each sample's ``.json`` text).  Returns
+    (texts, where they came from); (``[]``, None) when the run has neither.
+    """
+    from llmasr.records import Decision, Label, read_records
+
+    layout = WorkLayout(Path(work_dir))
+    wanted = set(splits) if splits else None
+    if layout.labels.is_file() and layout.decisions.is_file():
+        kept = {d.segment_id for d in read_records(layout.decisions, Decision) if d.kept and (wanted is None or d.split in wanted)}
+        texts = [lab.text for lab in read_records(layout.labels, Label) if lab.segment_id in kept]
+        return texts, f"{layout.labels} (kept in {layout.decisions})"
+    if layout.shard_index.is_file():
+        index = json.loads(layout.shard_index.read_text(encoding="utf-8"))
+        texts = []
+        for entry in index.get("shards", []):
+            if wanted is not None and entry.get("split") not in wanted:
+                continue
+            with tarfile.open(layout.shards / entry["path"]) as tar:
+                for member in tar:
+                    if member.isfile() and member.name.endswith(".json"):
+                        data = json.loads(tar.extractfile(member).read().decode("utf-8"))  # type: ignore[union-attr]
+                        texts.append(data.get("text") or "")
+        return texts, str(layout.shard_index)
+    return [], None
+
+
+def read_word_list(path: str | Path) -> list[str]:
+    """Entries of a word-list file: one word or phrase per line; '#' starts a comment."""
+    out = []
+    for line in Path(path).expanduser().read_text(encoding="utf-8-sig").splitlines():
+        entry = line.split("#", 1)[0].strip()
+        if entry:
+            out.append(entry)
+    return out
+
+
+def rare_word_set(work_dir: str | Path, cfg: EvalConfig) -> tuple[RareWords, dict[str, Any], list[str]]:
+    """R for a run: (RareWords, a description for metrics.json and the report, problems)."""
+    problems: list[str] = []
+    texts, source = training_texts(work_dir, cfg.train_splits)
+    counts = build_vocabulary(texts)
+    extra: list[str] = []
+    if cfg.word_list:
+        if not Path(cfg.word_list).expanduser().is_file():
+            raise EvalError(f"eval.word_list: no such file {cfg.word_list}")
+        extra = read_word_list(cfg.word_list)
+    if source is None:
+        problems.append(
+            f"no training transcripts in {Path(work_dir)} (no manifests/labels.parquet + decisions.parquet, no shards): "
+            + ("every reference word counts as rare" if cfg.max_train_count >= 0 else "rare words are the word list alone")
+        )
+    rare = RareWords(counts, cfg.max_train_count, extra)
+    info = {
+        "source": source,
+        "train_texts": len(texts),
+        "train_words": int(sum(counts.values())),
+        "vocabulary": len(counts),
+        "max_train_count": cfg.max_train_count,
+        "train_splits": list(cfg.train_splits) if cfg.train_splits else None,
+        "word_list": cfg.word_list,
+        "word_list_words": len(rare.extra),
+    }
+    return rare, info, problems
+
+
+# ------------------------------------------------------------------------------------- test sets
+
+
+@dataclass
+class PreparedSet:
+    """A test set read, checked and cut into pieces."""
+
+    name: str
+    path: str
+    utterances: list[TestUtterance]
+    pieces: list[Piece]
+    durations: dict[str, float]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def audio_s(self) -> float:
+        return float(sum(self.durations.values()))
+
+    def pieces_key(self) -> str:
+        return fingerprint(
+            [(p.utt_id, p.index, p.audio_path, round(p.start_s, 3), round(p.end_s, 3), _stamp(p.audio_path)) for p in self.pieces],
+            sorted(u.utt_id for u in self.utterances),
+        )
+
+
+def _stamp(path: str) -> list[int] | None:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def prepare_test_set(name: str, path: str | Path, cfg: EvalConfig, segment_cfg: SegmentConfig) -> PreparedSet:
+    """Read a test set (``tasks.testsets.load_test_set``) and plan its pieces (``decode.plan_pieces``).
+
+    Entries the reader skips (missing audio, no transcript, ...) and utterances whose audio cannot be
+    read become problems; an empty reference is kept (a hypothesis then scores as insertions) and noted.
+    """
+    try:
+        utts, problems = load_test_set(path)
+    except (FileNotFoundError, TestSetError) as exc:
+        raise EvalError(f"test set {name}: {exc}") from exc
+    problems = list(problems)
+    for u in utts:
+        if not u.text.strip():
+            problems.append(f"{u.utt_id}: empty reference (scored: any hypothesis words count as insertions)")
+    kept, pieces, durations = decode.plan_pieces(utts, cfg.max_piece_s, segment_cfg, problems)
+    if not kept:
+        problems.append(f"no utterance of {path} could be read: nothing to score")
+    return PreparedSet(name, str(path), kept, pieces, durations, problems)
+
+
+# ---------------------------------------------------------------------------------------- decode
+
+
+def set_dir(out_dir: Path, set_name: str) -> Path:
+    return out_dir / safe_id(set_name)
+
+
+def system_file(out_dir: Path, set_name: str, system: str, suffix: str) -> Path:
+    return set_dir(out_dir, set_name) / f"{safe_id(system)}{suffix}"
+
+
+def decode_key(system: System, prepared: PreparedSet) -> str:
+    return fingerprint("decode", system.identity(), prepared.pieces_key(), code_version("tasks.decode", "llmasr.model"))
+
+
+def decode_cached(system: System, prepared: PreparedSet, out_dir: Path, settings: DecodeSettings, refresh: bool = False, progress=None) -> DecodeResult:
+    """``decode.run_system``, reusing ``<set>/<system>.decode.json`` when it was made from the same
+    pieces by the same system and settings (hypothesis files are always read afresh)."""
+    if not system.needs_audio:
+        return decode.run_system(system, prepared.utterances, prepared.pieces, prepared.durations, settings)
+    key = decode_key(system, prepared)
+    cache = system_file(out_dir, prepared.name, system.name, ".decode.json")
+    if not refresh and cache.is_file():
+        try:
+            data = json.loads(cache.read_text(encoding="utf-8"))
+            if data.get("key") == key:
+                result = DecodeResult.from_dict(data)
+                result.cached = True
+                log.info("%s on %s: reusing %s", system.name, prepared.name, cache)
+                return result
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable decode cache %s: %s", cache, exc)
+    result = decode.run_system(system, prepared.utterances, prepared.pieces, prepared.durations, settings, progress)
+    result.key = key
+    write_json(cache, result.to_dict())
+    return result
+
+
+# --------------------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class SystemScores:
+    """One system on one test set, scored."""
+
+    system: str
+    test_set: str
+    scores: list[UtteranceScore]
+    corpus: CorpusScore
+    result: DecodeResult
+    problems: list[str]
+
+
+def score_result(prepared: PreparedSet, result: DecodeResult, rare: RareWords) -> SystemScores:
+    """Score every utterance the system has a hypothesis for; failures and empty hypotheses noted."""
+    problems: list[str] = [f"{result.system}: {p}" for p in result.problems]
+    scores: list[UtteranceScore] = []
+    for u in prepared.utterances:
+        if u.utt_id in result.failures:
+            problems.append(f"{result.system}: {u.utt_id} failed, not scored: {result.failures[u.utt_id]}")
+            continue
+        hyp = result.hyps.get(u.utt_id)
+        if hyp is None:
+            problems.append(f"{result.system}: {u.utt_id} has no hypothesis, not scored")
+            continue
+        score = score_utterance(u.utt_id, u.text, hyp, rare)
+        if not hyp.strip() and score.n.ref_words:
+            problems.append(f"{result.system}: {u.utt_id}: empty hypothesis (scored: its {score.n.ref_words} reference words are deletions)")
+        scores.append(score)
+    return SystemScores(result.system, prepared.name, scores, score_corpus(scores), result, problems)
+
+
+def rare_reference_words(prepared: PreparedSet, rare: RareWords) -> Counter[str]:
+    """Occurrences of each rare word in the normalised references of a test set."""
+    from llmasr.text import normalize
+
+    out: Counter[str] = Counter()
+    for u in prepared.utterances:
+        out.update(w for w in normalize(u.text).split() if w in rare)
+    return out
+
+
+def metrics_row(s: SystemScores) -> dict[str, Any]:
+    """The metrics.json entry of one system on one test set."""
+    out = s.corpus.to_dict()
+    r = s.result
+    out.update(
+        {
+            "rtf": None if r.rtf is None else round(r.rtf, 4),
+            "audio_s": round(r.audio_s, 3),
+            "decode_s": None if r.decode_s is None else round(r.decode_s, 3),
+            "tokens": r.tokens,
+            "tokens_per_s": None if r.tokens_per_s is None else round(r.tokens_per_s, 2),
+            "pieces": r.pieces,
+            "failed": len(r.failures),
+            "cached": r.cached,
+        }
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------- report
+
+
+def fmt_rate(rate: float | None, errors: int, words: int) -> str:
+    """'12.3% (45/366)'; 'n/a (0 words)' where there is nothing to divide by -- never 0."""
+    if rate is None:
+        return f"n/a ({errors}/{words})" if errors else "n/a (0 words)"
+    return f"{100 * rate:.1f}% ({errors}/{words})"
+
+
+def report_rows(all_scores: Sequence[SystemScores], sets: dict[str, PreparedSet]) -> list[dict[str, Any]]:
+    """The report's table: one row per test set x system, every rate with its counts."""
+    rows = []
+    for s in all_scores:
+        c, r = s.corpus, s.result
+        total = len(sets[s.test_set].utterances)
+        rows.append(
+            {
+                "test set": s.test_set,
+                "system": s.system,
+                "utts": f"{c.utterances}/{total}" if c.utterances != total else str(total),
+                "words": c.words,
+                "rare words": c.rare_words,
+                "O-WER": fmt_rate(c.o_wer, c.o_errors, c.o_words),
+                "N-WER": fmt_rate(c.n_wer, c.n_errors, c.words),
+                "R-WER": fmt_rate(c.r_wer, c.r_errors, c.rare_words),
+                "U-WER": fmt_rate(c.u_wer, c.u_errors, c.u_words),
+                "RTF": "n/a (hyp file)" if r.rtf is None else f"{r.rtf:.3f}" + (" (cached)" if r.cached else ""),
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no results)\n"
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in rows:
+        out.append("| " + " | ".join(str(row[c]).replace("|", "\\|").replace("\n", " ") for c in cols) + " |")
+    return "\n".join(out) + "\n"
+
+
+def render_report(metrics: dict[str, Any], rows: Sequence[dict[str, Any]], plot_name: str | None = "wer.png") -> str:
+    """report.md: the table, how R was built, each test set's rare words, the problems, the files."""
+    info = metrics["rare_words"]
+    lines = [f"# Evaluation: `{metrics['work_dir']}`", ""]
+    lines.append(
+        "Systems: " + ", ".join(f"`{s['name']}` ({s['kind']})" for s in metrics["systems"]) + "."
+        if metrics["systems"]
+        else "Systems: none."
+    )
+    s = metrics["settings"]
+    lines += [
+        f"Decoding: beam {s['num_beams']}, no repeated {s['no_repeat_ngram_size']}-grams, new tokens <= "
+        f"ceil({s['tokens_per_second']:g} x seconds) + {s['min_new_tokens']} (cap {s['max_new_tokens']}); "
+        f"utterances over {s['max_piece_s']:g} s cut by VAD.",
+        "",
+        "## Results",
+        "",
+        "Corpus-level rates, errors/words beside each (O-WER on words as written, N-/R-/U-WER on Whisper-normalised "
+        "words; R = rare words, U = the rest). R-WER is n/a where a test set has no rare reference words. "
+        "RTF = decode time / audio time.",
+        "",
+        markdown_table(rows),
+    ]
+    if plot_name:
+        lines += [f"![WER per system and test set]({plot_name})", ""]
+    lines += ["## Rare words", ""]
+    if info["max_train_count"] >= 0:
+        rule = "never seen in" if info["max_train_count"] == 0 else f"seen at most {info['max_train_count']} times in"
+        base = f"R = the words {rule} the training transcripts"
+    else:
+        base = "R = the words of the word list alone"
+    src = f"{info['train_texts']} kept pseudo-labels, {info['train_words']} words, {info['vocabulary']} distinct, from {info['source']}" if info["source"] else "no training transcripts found"
+    lines.append(f"{base} ({src})" + (f", plus {info['word_list_words']} words of the word list `{info['word_list']}`" if info["word_list"] else "") + ".")
+    lines.append("")
+    for name, ts in metrics["test_sets"].items():
+        unseen = ts["rare_unseen_types"]
+        lines.append(
+            f"- **{name}** (`{ts['path']}`): {ts['utterances']} utterances, {ts['audio_s']:.1f} s of audio; "
+            f"{ts['rare_types']} distinct rare words ({ts['rare_tokens']} occurrences) in the references, "
+            f"{unseen} of them truly unseen in the training labels"
+            + (f": {', '.join(ts['rare_examples'])}" + (" ..." if ts["rare_types"] > len(ts["rare_examples"]) else "") if ts["rare_examples"] else "")
+            + "."
+        )
+    lines += ["", "## Problems", ""]
+    problems = metrics["problems"]
+    lines += [f"- {p}" for p in problems] if problems else ["None."]
+    lines += ["", "## Files", ""]
+    for name, per_system in metrics["files"].items():
+        for system, files in per_system.items():
+            lines.append(f"- {name} / {system}: " + ", ".join(f"[{k}]({v})" for k, v in files.items()))
+    return "\n".join(lines) + "\n"
+
+
+def wer_plot_png(all_scores: Sequence[SystemScores], set_names: Sequence[str]) -> bytes:
+    """Grouped bars: N-, R- and U-WER (%) of each system, one panel per test set; n/a rates left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top = 150.0  # bars above this (a random or looping model) are clipped and labelled with their value
+    panels = max(1, len(set_names))
+    fig, axes = plt.subplots(1, panels, figsize=(max(5.0, 4.5 * panels), 3.8), squeeze=False)
+    metrics = [("n_wer", "N-WER"), ("r_wer", "R-WER"), ("u_wer", "U-WER")]
+    for ax, name in zip(axes[0], set_names or [""]):
+        mine = [s for s in all_scores if s.test_set == name]
+        width = 0.8 / max(1, len(mine))
+        for k, s in enumerate(mine):
+            values = [getattr(s.corpus, m) for m, _ in metrics]
+            xs = [i + (k - (len(mine) - 1) / 2) * width for i in range(len(metrics))]
+            bars = ax.bar(xs, [min(100 * v, top) if v is not None else 0.0 for v in values], width, label=s.system)
+            for x, v, bar in zip(xs, values, bars):
+                if v is None:
+                    ax.text(x, 0.5, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+                    bar.set_alpha(0.0)
+                elif 100 * v > top:
+                    ax.text(x, top, f"{100 * v:.0f}%", ha="center", va="top", fontsize=7, rotation=90, color="white")
+        ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
+        ax.set_title(name)
+        ax.set_ylabel("WER (%)")
+        if any(v is not None and 100 * v > top for sc in mine for v in (sc.corpus.n_wer, sc.corpus.r_wer, sc.corpus.u_wer)):
+            ax.set_ylim(0, top)
+        if mine:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------- writing
+
+
+def write_utterances(path: Path, s: SystemScores, prepared: PreparedSet) -> Path:
+    """``<set>/<system>.jsonl``: one JSON line per utterance (scored, or failed with its error)."""
+    by_id = {sc.utt_id: sc for sc in s.scores}
+    lines = []
+    for u in prepared.utterances:
+        row: dict[str, Any] = {"utt_id": u.utt_id, "audio": u.audio_path, "start_s": u.start_s, "end_s": u.end_s, "duration_s": round(prepared.durations.get(u.utt_id, 0.0), 3)}
+        if u.utt_id in by_id:
+            row.update(by_id[u.utt_id].to_dict())
+        else:
+            row.update({"ref": u.text, "hyp": None, "error": s.result.failures.get(u.utt_id, "no hypothesis")})
+        lines.append(json.dumps(row, ensure_ascii=False))
+    return write_text(path, "".join(line + "\n" for line in lines))
+
+
+def write_rare_words(path: Path, s: SystemScores, rare: RareWords) -> Path:
+    """``<set>/<system>.rare_words.tsv``: word, training count, hits, misses (most missed first)."""
+    rows = ["word\ttrain_count\thits\tmisses"]
+    rows += [f"{st.word}\t{rare.counts.get(st.word, 0)}\t{st.hits}\t{st.misses}" for st in rare_word_report(s.scores)]
+    return write_text(path, "\n".join(rows) + "\n")
+
+
+def score_and_write(
+    out_dir: Path,
+    work_dir: str | Path,
+    sets: Sequence[PreparedSet],
+    specs: Sequence[SystemSpec],
+    results: dict[str, dict[str, DecodeResult]],
+    rare: RareWords,
+    rare_info: dict[str, Any],
+    problems: Sequence[str],
+    settings: dict[str, Any],
+) -> tuple[dict[str, Any], str, bytes, list[dict[str, Any]]]:
+    """Score every (test set, system) result and write metrics.json, report.md, wer.png and the
+    per-system files.  ``results[system][test_set]``; a system missing there (failed to load) is
+    skipped (``problems`` says why).  Returns (metrics, report markdown, plot png, table rows)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_name = {s.name: s for s in sets}
+    all_scores: list[SystemScores] = []
+    all_problems = list(problems)
+    metrics: dict[str, Any] = {
+        "work_dir": str(Path(work_dir).resolve()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": settings,
+        "rare_words": rare_info,
+        "systems": [{"name": s.name, "kind": s.kind, "target": s.target} for s in specs],
+        "test_sets": {},
+        "results": {},
+        "files": {},
+    }
+    for prepared in sets:
+        counts = rare_reference_words(prepared, rare)
+        unseen = sorted(w for w in counts if rare.counts.get(w, 0) == 0)
+        metrics["test_sets"][prepared.name] = {
+            "path": prepared.path,
+            "utterances": len(prepared.utterances),
+            "pieces": len(prepared.pieces),
+            "audio_s": round(prepared.audio_s, 3),
+            "rare_types": len(counts),
+            "rare_tokens": int(sum(counts.values())),
+            "rare_unseen_types": len(unseen),
+            "rare_examples": [w for w, _ in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))][:12],
+            "problems": list(prepared.problems),
+        }
+        all_problems += [f"[{prepared.name}] {p}" for p in prepared.problems]
+        if prepared.utterances and not counts:
+            all_problems.append(f"[{prepared.name}] no rare words in the references: R-WER is n/a")
+        metrics["results"][prepared.name] = {}
+        metrics["files"][prepared.name] = {}
+        for spec in specs:
+            result = results.get(spec.name, {}).get(prepared.name)
+            if result is None:
+                continue
+            s = score_result(prepared, result, rare)
+            all_scores.append(s)
+            all_problems += [f"[{prepared.name}] {p}" for p in s.problems]
+            jsonl = write_utterances(system_file(out_dir, prepared.name, spec.name, ".jsonl"), s, prepared)
+            tsv = write_rare_words(system_file(out_dir, prepared.name, spec.name, ".rare_words.tsv"), s, rare)
+            metrics["results"][prepared.name][spec.name] = metrics_row(s)
+            metrics["files"][prepared.name][spec.name] = {"utterances": jsonl.relative_to(out_dir).as_posix(), "rare_words": tsv.relative_to(out_dir).as_posix()}
+    metrics["problems"] = all_problems
+    png = wer_plot_png(all_scores, [s.name for s in sets])
+    with atomic_path(out_dir / "wer.png") as tmp:
+        tmp.write_bytes(png)
+    rows = report_rows(all_scores, by_name)
+    report = render_report(metrics, rows)
+    write_json(out_dir / "metrics.json", _json_safe(metrics))
+    write_text(out_dir / "report.md", report)
+    return metrics, report, png, rows
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj

@@ -1,0 +1,259 @@
+"""tasks/decode.py: the new-token bound, features, pieces (VAD for long audio), hypothesis files,
+and LLM-ASR decoding of tiny stage-2/stage-3 checkpoints (random weights: the text is garbage, the
+plumbing is what is tested)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from llmasr.config import SegmentConfig
+from llmasr.model import apply_lora, build_model, save_lora, save_projector
+from tasks import decode
+from tasks.checkpoints import stage_dir, write_model_json, write_stage
+from tasks.decode import DecodeSettings, Piece, System, max_new_tokens_for
+from tasks.demo_corpus import ESPEAK_RATE, speak
+from tasks.testsets import TestUtterance
+
+try:
+    from llmasr.tiny_models import tiny_setup
+except ImportError:  # pragma: no cover - before the move
+    from tiny_models import tiny_setup
+
+SENTENCES = [
+    "The weather was warm enough to eat lunch outside on the terrace.",
+    "The doctor prescribed amoxicillin for the chest infection.",
+    "We planted tomatoes and beans in the garden behind the house.",
+    "The nurse checked for hypoglycaemia before the evening meal.",
+    "The museum opens at nine and closes late on Fridays.",
+]
+
+
+def make_checkpoints(root: Path, work_dir: Path, stages: tuple[int, ...] = (2,)) -> dict[int, Path]:
+    """Tiny stage checkpoints as the training stages export them (model.json, projector/, lora/, stage.json)."""
+    setup = tiny_setup(root)
+    torch.manual_seed(0)
+    model = build_model(setup.config)
+    out = {}
+    for stage in stages:
+        folder = stage_dir(work_dir, stage)
+        if stage == 3:
+            apply_lora(model, setup.config)
+            torch.manual_seed(1)
+            with torch.no_grad():  # non-zero LoRA B so the adapter changes the output
+                for name, p in model.llm.named_parameters():
+                    if "lora_B" in name:
+                        p.normal_(std=0.02)
+            save_lora(model, folder / "lora")
+        save_projector(model.projector, folder / "projector")
+        write_model_json(folder, dataclasses.replace(setup.config, projector_path=str(folder / "projector")))
+        write_stage(folder, stage=stage, key=f"test-{stage}", steps=0, samples=0)
+        out[stage] = folder
+    return out
+
+
+def espeak_wav(text: str, path: Path, voice: str = "en", lead_s: float = 0.2) -> Path:
+    """An espeak-ng utterance at 22.05 kHz (the evaluation resamples it)."""
+    audio = speak(text, voice, 160, path.parent)
+    sf.write(str(path), np.concatenate([np.zeros(int(lead_s * ESPEAK_RATE), np.float32), audio]), ESPEAK_RATE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    return make_checkpoints(root / "models", root / "work", stages=(2, 3))
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("wavs")
+    return [espeak_wav(s, folder / f"u{i}.wav") for i, s in enumerate(SENTENCES[:3])]
+
+
+# ------------------------------------------------------------------------------ the token bound
+
+
+def test_max_new_tokens_scales_with_duration_and_is_capped():
+    assert max_new_tokens_for(0.0, 8.0, 16, 448) == 16
+    assert max_new_tokens_for(1.0, 8.0, 16, 448) == 24
+    assert max_new_tokens_for(2.01, 8.0, 16, 448) == 33  # ceil(16.08) + 16
+    assert max_new_tokens_for(10.0, 8.0, 16, 448) == 96
+    assert max_new_tokens_for(30.0, 8.0, 16, 100) == 100  # capped
+    bounds = [max_new_tokens_for(d, 6.0, 8, 10_000) for d in (0.5, 1, 2, 4, 8, 16, 30)]
+    assert bounds == sorted(bounds) and len(set(bounds)) == len(bounds)
+    assert max_new_tokens_for(0.0, 8.0, 0, 448) == 1  # never 0
+
+    s = DecodeSettings(tokens_per_second=4.0, min_new_tokens=2, max_new_tokens=20)
+    assert [s.bound(d) for d in (0.0, 1.0, 10.0)] == [2, 6, 20]
+
+
+def test_settings_from_config_defaults_are_the_papers():
+    from llmasr.config import load_config
+
+    s = DecodeSettings.from_config(load_config().eval)
+    assert (s.num_beams, s.no_repeat_ngram_size) == (8, 6)
+    assert DecodeSettings.from_config(load_config(overrides=["eval.num_beams=1"]).eval).num_beams == 1
+
+
+# --------------------------------------------------------------------------- audio and features
+
+
+def test_log_mel_is_whisper_features_of_the_real_length():
+    audio = (0.1 * np.random.default_rng(0).standard_normal(16000 * 3 + 50)).astype(np.float32)
+    feats = decode.log_mel(audio, 80)
+    assert feats.shape == (80, 300)  # 100 frames per second, no padding to 30 s
+    assert decode.log_mel(audio, 128).shape == (128, 300)
+    assert decode.log_mel(audio, 80, max_frames=200).shape == (80, 200)
+    x, lengths = decode.pad_features([feats, feats[:, :120]])
+    assert x.shape == (2, 80, 300) and lengths.tolist() == [300, 120]
+    assert np.all(x[1, :, 120:] == 0) and np.allclose(x[1, :, :120], feats[:, :120])
+
+
+def test_read_audio_resamples_and_cuts(tmp_path):
+    t = np.arange(int(2.0 * 22050)) / 22050
+    sf.write(str(tmp_path / "a.wav"), (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 22050)
+    whole = decode.read_audio(tmp_path / "a.wav")
+    assert whole.dtype == np.float32 and abs(len(whole) - 32000) <= 2
+    part = decode.read_audio(tmp_path / "a.wav", 0.5, 1.25)
+    assert abs(len(part) - 12000) <= 2
+    stereo = np.stack([np.ones(16000, np.float32) * 0.2, np.zeros(16000, np.float32)], axis=1)
+    sf.write(str(tmp_path / "s.flac"), stereo, 16000)
+    mono = decode.read_audio(tmp_path / "s.flac", 0.25, 0.5)
+    assert mono.shape == (4000,) and np.allclose(mono, 0.1, atol=1e-3)
+    assert decode.audio_duration(tmp_path / "a.wav") == pytest.approx(2.0)
+
+
+def test_plan_pieces_cuts_long_audio_by_vad_and_keeps_times(tmp_path, wavs):
+    # 36 s: the three sentences with long pauses, repeated
+    parts = []
+    for _ in range(4):
+        for w in wavs:
+            parts += [decode.read_audio(w), np.zeros(int(1.5 * 16000), np.float32)]
+    long_audio = np.concatenate(parts)
+    assert len(long_audio) / 16000 > 30
+    sf.write(str(tmp_path / "long.wav"), long_audio, 16000)
+    utts = [
+        TestUtterance("long", str(tmp_path / "long.wav"), "x"),
+        TestUtterance("timed", str(tmp_path / "long.wav"), "y", start_s=2.0, end_s=6.5),
+        TestUtterance("broken", str(tmp_path / "broken.wav"), "z"),
+    ]
+    (tmp_path / "broken.wav").write_bytes(b"not audio")
+    problems: list[str] = []
+    seg = SegmentConfig(max_segment_s=12.0, target_segment_s=8.0)
+    kept, pieces, durations = decode.plan_pieces(utts, 30.0, seg, problems)
+    assert [u.utt_id for u in kept] == ["long", "timed"]
+    assert len(problems) == 1 and "broken" in problems[0] and "not readable" in problems[0]
+    long_pieces = [p for p in pieces if p.utt_id == "long"]
+    assert len(long_pieces) >= 3
+    assert all(p.duration_s < 12.0 for p in long_pieces)
+    assert [p.index for p in long_pieces] == list(range(len(long_pieces)))
+    assert all(a.end_s <= b.start_s for a, b in zip(long_pieces, long_pieces[1:]))
+    assert [(p.start_s, p.end_s) for p in pieces if p.utt_id == "timed"] == [(2.0, 6.5)]
+    assert durations["timed"] == pytest.approx(4.5) and durations["long"] == pytest.approx(len(long_audio) / 16000)
+
+
+# ------------------------------------------------------------------------------ hypothesis files
+
+
+def test_read_hyp_file_formats(tmp_path):
+    (tmp_path / "h.jsonl").write_text(json.dumps({"utt_id": "a", "text": "hello  world"}) + "\n" + json.dumps({"id": "b", "hyp": ["x", "y"]}) + "\nnot json\n")
+    problems: list[str] = []
+    assert decode.read_hyp_file(tmp_path / "h.jsonl", problems) == {"a": "hello world", "b": "x y"}
+    assert len(problems) == 1 and "not valid JSON" in problems[0]
+
+    (tmp_path / "h.tsv").write_text("utt_id\ttext\na\thello world\nb\t\na\tagain\n")
+    problems = []
+    assert decode.read_hyp_file(tmp_path / "h.tsv", problems) == {"a": "hello world", "b": ""}
+    assert "duplicate id 'a'" in problems[0]
+
+    (tmp_path / "recogs-test.txt").write_text("a:\tref=['HELLO', 'WORLD']\na:\thyp=['HELLO', 'WORD']\nsp1-b:\tref=['X']\nsp1-b:\thyp=[]\n")
+    assert decode.read_hyp_file(tmp_path / "recogs-test.txt") == {"a": "HELLO WORD", "sp1-b": ""}
+
+    (tmp_path / "text").write_text("a hello there\nb\n")
+    assert decode.read_hyp_file(tmp_path / "text") == {"a": "hello there", "b": ""}
+
+
+# ------------------------------------------------------------------------------- running systems
+
+
+class Flaky(System):
+    """Echoes the piece length; raises on pieces of one length (and on any batch holding one)."""
+
+    def __init__(self, bad_len: int) -> None:
+        super().__init__("flaky")
+        self.bad_len = bad_len
+        self.calls: list[int] = []
+
+    def decode(self, audios):
+        self.calls.append(len(audios))
+        if any(len(a) == self.bad_len for a in audios):
+            raise RuntimeError("boom")
+        return [f"n{len(a)}" for a in audios]
+
+
+def test_run_system_isolates_a_failing_piece(tmp_path):
+    for name, secs in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
+        sf.write(str(tmp_path / f"{name}.wav"), np.zeros(int(secs * 16000), np.float32), 16000)
+    utts = [TestUtterance(n, str(tmp_path / f"{n}.wav"), "t") for n in "abc"]
+    pieces = [Piece(n, 0, str(tmp_path / f"{n}.wav"), 0.0, s) for n, s in (("a", 1.0), ("b", 2.0))]
+    pieces += [Piece("c", 0, str(tmp_path / "c.wav"), 0.0, 1.0), Piece("c", 1, str(tmp_path / "c.wav"), 1.5, 3.0)]
+    durations = {"a": 1.0, "b": 2.0, "c": 3.0}
+    system = Flaky(bad_len=32000)  # "b"
+    result = decode.run_system(system, utts, pieces, durations, DecodeSettings(batch_size=8))
+    assert result.hyps == {"a": "n16000", "c": "n16000 n24000"}  # pieces joined in time order
+    assert list(result.failures) == ["b"] and "boom" in result.failures["b"]
+    assert system.calls[0] == 4 and sorted(system.calls[1:]) == [1, 1, 1, 1]  # the batch, then one by one
+    assert result.audio_s == 6.0 and result.decode_s is not None and result.rtf is not None
+
+
+def test_hyp_file_system_reports_a_missing_id(tmp_path):
+    (tmp_path / "h.tsv").write_text("a\thello\n")
+    system = decode.make_system("hyps", "ext", str(tmp_path / "h.tsv"), DecodeSettings())
+    utts = [TestUtterance("a", "x.wav", "hello"), TestUtterance("b", "y.wav", "bye")]
+    result = decode.run_system(system, utts, [], {"a": 1.0, "b": 1.0}, DecodeSettings())
+    assert result.hyps == {"a": "hello"} and "no hypothesis for 'b'" in result.failures["b"]
+    assert result.rtf is None
+
+
+# ----------------------------------------------------------------------------------- LLM-ASR
+
+
+def test_llmasr_beam8_decodes_every_utterance_within_its_bound(checkpoints, wavs):
+    settings = DecodeSettings(num_beams=8, no_repeat_ngram_size=6, batch_size=2, tokens_per_second=3.0, min_new_tokens=4, device="cpu")
+    utts = [TestUtterance(f"u{i}", str(w), SENTENCES[i]) for i, w in enumerate(wavs)]
+    kept, pieces, durations = decode.plan_pieces(utts, 30.0, SegmentConfig(), [])
+    system = decode.LLMASRSystem("llmasr-stage2", checkpoints[2], settings)
+    result = decode.run_system(system, kept, pieces, durations, settings)
+    assert not result.failures
+    assert set(result.hyps) == {"u0", "u1", "u2"} and all(isinstance(h, str) for h in result.hyps.values())
+    assert 0 < result.tokens <= sum(settings.bound(p.duration_s) for p in pieces)
+    assert result.rtf > 0 and result.tokens_per_s > 0
+
+    # the per-piece bound holds inside a batch run to the longest piece's bound
+    audios = [decode.read_audio(w) for w in wavs[:2]]
+    short = audios[1][: 16000 // 2]  # 0.5 s -> bound ceil(1.5) + 4 = 6 tokens
+    system.tokens = 0
+    texts = system.decode([audios[0], short])
+    assert len(texts) == 2
+    ids = system.model.tokenizer(texts[1], add_special_tokens=False)["input_ids"]
+    assert len(ids) <= settings.bound(0.5) + 2  # re-tokenising may merge or split a little
+    system.close()
+
+
+def test_llmasr_stage3_lora_greedy(checkpoints, wavs):
+    settings = DecodeSettings(num_beams=1, no_repeat_ngram_size=0, batch_size=4, tokens_per_second=2.0, min_new_tokens=4, device="cpu")
+    system = decode.LLMASRSystem("llmasr-stage3", checkpoints[3], settings)
+    system.load()
+    from llmasr.model import has_lora
+
+    assert has_lora(system.model)
+    texts = system.decode([decode.read_audio(w) for w in wavs])
+    assert len(texts) == 3
+    assert system.identity()["stage"]["stage"] == 3

@@ -1,0 +1,264 @@
+"""The evaluation: rare words from a run's manifests, scoring and the report, the decode cache, and the
+``llmasr-evaluate`` flow end to end under a real Prefect server on espeak-ng speech with three
+systems (a tiny LLM-ASR checkpoint, faster-whisper tiny.en, a hypothesis file) and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from llmasr.config import EvalConfig, SegmentConfig
+from llmasr.layout import WorkLayout
+from llmasr.records import Decision, Label, write_records
+from tasks import evaluate as ev
+from tasks.decode import DecodeResult, DecodeSettings, System
+from tasks.metrics import RareWords
+from test_decode import SENTENCES, espeak_wav, make_checkpoints
+
+# the training labels of the fixture run: every word of the "common" test set, some of "espeak"
+KEPT_LABELS = [
+    SENTENCES[0],  # weather ... terrace
+    SENTENCES[2],  # planted tomatoes ... house
+    SENTENCES[4],  # museum ... Fridays
+    "The doctor said the evening meal was at nine.",
+    "The nurse and the doctor walked to the garden.",
+]
+DROPPED_LABELS = ["Amoxicillin amoxicillin for the infection."]  # dropped by the filter: still rare
+COMMON = ["The doctor walked to the garden.", "The museum opens at nine."]
+
+
+def write_run_manifests(work_dir: Path, kept: list[str], dropped: list[str], validation: list[str] = ()) -> None:
+    layout = WorkLayout(work_dir)
+    labels, decisions = [], []
+    rows = [(t, True, "train") for t in kept] + [(t, False, "train") for t in dropped] + [(t, True, "validation") for t in validation]
+    for i, (text, keep, split) in enumerate(rows):
+        sid = f"item-{i:09d}"
+        labels.append(Label(sid, text, -0.2, 0.01, 1.3, "en", 0.99, "tiny.en"))
+        decisions.append(Decision(sid, "item", keep, [] if keep else ["caption_wer"], 0.1, len(text.split()), 1.0, 3.0, split))
+    write_records(layout.labels, labels, Label)
+    write_records(layout.decisions, decisions, Decision)
+
+
+# ----------------------------------------------------------------------------------- rare words
+
+
+def test_rare_words_come_from_the_kept_labels_and_the_word_list(tmp_path):
+    write_run_manifests(tmp_path, KEPT_LABELS, DROPPED_LABELS, validation=["Tachycardia was seen."])
+    texts, source = ev.training_texts(tmp_path)
+    assert sorted(texts) == sorted(KEPT_LABELS + ["Tachycardia was seen."]) and "labels.parquet" in source
+    assert sorted(ev.training_texts(tmp_path, ["train"])[0]) == sorted(KEPT_LABELS)
+
+    (tmp_path / "words.txt").write_text("# clinic words\nterrace\nMr. Quilter\n")
+    cfg = EvalConfig(word_list=str(tmp_path / "words.txt"), train_splits=["train"])
+    rare, info, problems = ev.rare_word_set(tmp_path, cfg)
+    assert not problems
+    assert "amoxicillin" in rare  # only in a dropped segment
+    assert "tachycardia" in rare  # only in the validation split, not trained on
+    assert "doctor" not in rare and "garden" not in rare
+    assert "terrace" in rare and "quilter" in rare and "mister" in rare  # the word list
+    assert info["train_texts"] == len(KEPT_LABELS) and info["word_list_words"] == 3
+
+    rare1, _, _ = ev.rare_word_set(tmp_path, EvalConfig(max_train_count=1))
+    assert "museum" in rare1 and "the" not in rare1  # seen once -> rare at max_train_count=1
+
+
+def test_rare_words_from_shards_when_the_manifests_are_gone(tmp_path):
+    layout = WorkLayout(tmp_path)
+    layout.shards.mkdir(parents=True)
+    with tarfile.open(layout.shards / "train-000000.tar", "w") as tar:
+        for i, text in enumerate(["hello world", "good morning"]):
+            data = json.dumps({"text": text}).encode()
+            info = tarfile.TarInfo(f"k{i}.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    layout.shard_index.write_text(json.dumps({"version": 1, "shards": [{"path": "train-000000.tar", "split": "train"}]}))
+    texts, source = ev.training_texts(tmp_path)
+    assert sorted(texts) == ["good morning", "hello world"] and source.endswith("index.json")
+    _, _, problems = ev.rare_word_set(tmp_path / "empty", EvalConfig())
+    assert "no training transcripts" in problems[0] and "every reference word counts as rare" in problems[0]
+
+
+# --------------------------------------------------------------------------------- report parts
+
+
+def test_rates_show_counts_and_never_zero_for_nothing():
+    assert ev.fmt_rate(0.25, 3, 12) == "25.0% (3/12)"
+    assert ev.fmt_rate(None, 0, 0) == "n/a (0 words)"
+    assert ev.fmt_rate(None, 2, 0) == "n/a (2/0)"  # insertions against an empty reference
+
+
+class Counting(System):
+    def __init__(self) -> None:
+        super().__init__("counting")
+        self.calls = 0
+
+    def decode(self, audios):
+        self.calls += 1
+        return ["hello" for _ in audios]
+
+
+def test_decode_cache_is_reused_for_the_same_pieces_and_redone_after_a_change(tmp_path):
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), np.zeros(16000, np.float32), 16000)
+    (tmp_path / "set.jsonl").write_text(json.dumps({"audio": "a.wav", "text": "hello"}) + "\n")
+    prepared = ev.prepare_test_set("s", tmp_path / "set.jsonl", EvalConfig(), SegmentConfig())
+    system, settings = Counting(), DecodeSettings()
+    first = ev.decode_cached(system, prepared, tmp_path / "eval", settings)
+    again = ev.decode_cached(system, prepared, tmp_path / "eval", settings)
+    assert system.calls == 1 and again.cached and again.hyps == first.hyps == {"a": "hello"}
+    ev.decode_cached(system, prepared, tmp_path / "eval", settings, refresh=True)
+    assert system.calls == 2
+    sf.write(str(wav), np.zeros(8000, np.float32), 16000)  # the audio changed
+    prepared = ev.prepare_test_set("s", tmp_path / "set.jsonl", EvalConfig(), SegmentConfig())
+    assert not ev.decode_cached(system, prepared, tmp_path / "eval", settings).cached and system.calls == 3
+
+
+def test_score_result_notes_failures_and_empty_hypotheses():
+    prepared = ev.PreparedSet("s", "p", [], [], {})
+    from tasks.testsets import TestUtterance
+
+    prepared.utterances = [TestUtterance("a", "a.wav", "hello world"), TestUtterance("b", "b.wav", "bye"), TestUtterance("c", "c.wav", "")]
+    result = DecodeResult("sys", hyps={"a": "", "c": "oops"}, failures={"b": "RuntimeError: boom"})
+    s = ev.score_result(prepared, result, RareWords({"hello": 3, "world": 2}))
+    assert s.corpus.utterances == 2 and s.corpus.n_errors == 3 and s.corpus.words == 2  # 2 deletions + 1 insertion
+    assert s.corpus.r_wer is None and s.corpus.rare_words == 0
+    assert any("b failed, not scored: RuntimeError: boom" in p for p in s.problems)
+    assert any("a: empty hypothesis" in p for p in s.problems)
+
+
+# ---------------------------------------------------------------------------------- the flow
+
+
+@pytest.fixture(scope="module")
+def eval_run(tmp_path_factory):
+    """A work dir (labels manifests + a tiny stage-2 checkpoint) and two espeak-ng test sets."""
+    root = tmp_path_factory.mktemp("eval-run")
+    work = root / "work"
+    write_run_manifests(work, KEPT_LABELS, DROPPED_LABELS)
+    make_checkpoints(root / "models", work, stages=(2,))
+    audio = root / "espeak"
+    audio.mkdir()
+    voices = ["en", "en-us", "en+f3", "en-gb-x-rp", "en-us+m1"]
+    rows = [{"id": f"u{i}", "audio": espeak_wav(s, audio / f"u{i}.wav", voices[i]).name, "text": s} for i, s in enumerate(SENTENCES)]
+    rows.append({"id": "gone", "audio": "missing.wav", "text": "This file was never written."})
+    sf.write(str(audio / "quiet.wav"), np.zeros(16000, np.float32), 16000)
+    rows.append({"id": "empty_ref", "audio": "quiet.wav", "text": ""})
+    (audio / "espeak.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = [{"id": f"c{i}", "audio": espeak_wav(s, audio / f"c{i}.wav").name, "text": s} for i, s in enumerate(COMMON)]
+    (audio / "common.jsonl").write_text("".join(json.dumps(r) + "\n" for r in common))
+    # external hypotheses (as from a Zipformer-Transducer): u3 is missing
+    hyps = {"u0": SENTENCES[0], "u1": "The doctor prescribed a moxy cillin for the chest infection.", "u2": SENTENCES[2], "u4": SENTENCES[4], "empty_ref": "", "c0": COMMON[0], "c1": COMMON[1]}
+    (root / "zipformer.tsv").write_text("".join(f"{k}\t{v}\n" for k, v in hyps.items()) + "u0\tduplicate line\n")
+    return root, work, audio
+
+
+def test_evaluate_flow_end_to_end(prefect_harness, eval_run):
+    from flows.evaluate import evaluate_flow
+
+    root, work, audio = eval_run
+    state = evaluate_flow(
+        work_dir=str(work),
+        test_sets=[f"espeak={audio / 'espeak.jsonl'}", f"common={audio / 'common.jsonl'}"],
+        baselines=["faster-whisper:bundled:tiny.en", "faster-whisper:bundled:small.en"],  # small.en is not shipped
+        hyps=[f"zipformer={root / 'zipformer.tsv'}"],
+        overrides=["eval.device=cpu", "eval.compute_type=int8", "eval.batch_size=4", "eval.num_beams=2"],  # default token bound
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    metrics = state.result()
+    out = work / "eval"
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["results"] == json.loads(json.dumps(metrics["results"]))
+
+    systems = ["llmasr-stage2", "faster-whisper:bundled:tiny.en", "zipformer"]
+    assert [s["name"] for s in metrics["systems"]] == [*systems[:2], "faster-whisper:bundled:small.en", "zipformer"]
+    for name in ("espeak", "common"):
+        assert list(metrics["results"][name]) == systems
+        for system in systems:
+            m = metrics["results"][name][system]
+            for key in ("o_wer", "n_wer", "r_wer", "u_wer", "words", "rare_words", "utterances", "rtf", "o_errors", "n_errors", "r_errors", "u_errors"):
+                assert key in m, (name, system, key)
+            files = metrics["files"][name][system]
+            lines = [json.loads(x) for x in (out / files["utterances"]).read_text().splitlines()]
+            assert len(lines) == metrics["test_sets"][name]["utterances"]
+            assert all("alignment" in x or "error" in x for x in lines)
+            assert (out / files["rare_words"]).read_text().startswith("word\ttrain_count\thits\tmisses")
+
+    esp = metrics["results"]["espeak"]
+    assert metrics["test_sets"]["espeak"]["utterances"] == 6  # 5 spoken + the empty reference; "gone" skipped
+    # the LLM-ASR (random weights) still gives a hypothesis for every utterance
+    assert esp["llmasr-stage2"]["utterances"] == 6 and esp["llmasr-stage2"]["rtf"] > 0
+    # the baseline hears espeak-ng well
+    base = esp["faster-whisper:bundled:tiny.en"]
+    assert base["n_wer"] < 0.35, base
+    assert base["rare_words"] > 0 and base["r_wer"] is not None and base["rtf"] > 0
+    assert base["words"] + 0 == base["rare_words"] + base["u_words"]
+    # the hypothesis file: u3 missing -> not scored; everything else exact except u1's rare word
+    zf = esp["zipformer"]
+    assert zf["utterances"] == 5 and zf["failed"] == 1 and zf["rtf"] is None
+    assert zf["r_errors"] >= 1 and zf["u_errors"] <= 2
+    # a test set with no rare words: R-WER n/a, never 0
+    for system in systems:
+        assert metrics["results"]["common"][system]["r_wer"] is None
+        assert metrics["results"]["common"][system]["rare_words"] == 0
+    assert metrics["test_sets"]["common"]["rare_types"] == 0
+    assert metrics["test_sets"]["espeak"]["rare_unseen_types"] == metrics["test_sets"]["espeak"]["rare_types"] > 0
+    assert "amoxicillin" in metrics["test_sets"]["espeak"]["rare_examples"]
+
+    report = (out / "report.md").read_text()
+    table = [line for line in report.splitlines() if line.startswith("| common |")]
+    assert len(table) == 3 and all(line.split(" | ")[7].startswith("n/a (") for line in table)  # R-WER column
+    assert "| n/a (0 words) |" in table[1]  # the baseline inserted no rare word there
+    assert "| espeak | zipformer | 5/6 |" in report
+    assert "RTF" in report and "## Problems" in report
+    problems = report.split("## Problems", 1)[1]
+    assert "missing.wav" in problems  # the missing audio file
+    assert "empty_ref: empty reference" in problems
+    assert "zipformer: u3 failed, not scored: no hypothesis for 'u3'" in problems
+    assert "[common] no rare words in the references: R-WER is n/a" in problems
+    assert "llmasr-stage3: no complete checkpoint" in problems
+    assert "faster-whisper:bundled:small.en: not evaluated, the system failed" in problems and "ships only" in problems
+    assert "zipformer: " in problems and "duplicate id 'u0'" in problems
+    assert "truly unseen in the training labels" in report
+    assert (out / "wer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["eval-metrics", "eval-report"])))
+    assert {a.key for a in arts} == {"eval-metrics", "eval-report"}
+    md = next(a for a in arts if a.key == "eval-report").data
+    assert "data:image/png;base64," in md and "## Problems" in md
+
+
+def test_cli_evaluate_fails_early_on_bad_requests(tmp_path, capsys):
+    from llmasr.cli import main
+
+    assert main(["evaluate", "--work-dir", str(tmp_path), "--test-set", f"x={tmp_path / 'nope.jsonl'}", "--baseline", "faster-whisper:bundled:tiny.en"]) == 2
+    (tmp_path / "t.jsonl").write_text("")
+    assert main(["evaluate", "--work-dir", str(tmp_path), "--test-set", f"x={tmp_path / 't.jsonl'}"]) == 2  # no system
+    assert main(["evaluate", "--work-dir", str(tmp_path), "--test-set", "no-equals-sign"]) == 2
+    assert main(["evaluate", "--work-dir", str(tmp_path), "--test-set", f"x={tmp_path / 't.jsonl'}", "--baseline", "whisper:large"]) == 2
+    assert main(["evaluate", "--work-dir", str(tmp_path), "--test-set", f"x={tmp_path / 't.jsonl'}", "--stages", "1"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "does not exist" in err and "nothing to evaluate" in err and "is not name=path" in err
+    assert "faster-whisper:<model>" in err and "eval.stages" in err
+
+
+def test_demo_profile_evaluates_the_zero_shot_set_with_tiny_en():
+    from flows.evaluate import resolve_config
+
+    cfg = resolve_config(profile="demo")
+    assert cfg.work_dir == "runs/demo"
+    assert cfg.eval.test_sets == ["zero_shot=runs/demo-corpus/zero_shot/manifest.jsonl"]
+    assert cfg.eval.baselines == ["faster-whisper:bundled:tiny.en"]
+    assert (cfg.eval.num_beams, cfg.eval.no_repeat_ngram_size) == (8, 6)
+    cfg = resolve_config(profile="demo", test_sets=["a=b"], stages=[3])
+    assert cfg.eval.test_sets == ["a=b"] and cfg.eval.stages == [3]
