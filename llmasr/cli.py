@@ -5,6 +5,8 @@
     llmasr data --source /path/to/folder --work-dir runs/mine --set filter.max_caption_wer=0.15
     llmasr train --profile demo                                    # stages 1 -> 2 -> 3, tiny models on the CPU
     llmasr train --work-dir runs/mine --stages 2,3 --set train.stage3.lr=2e-6
+    llmasr evaluate --profile demo                                 # zero-shot R-WER report of the demo run
+    llmasr run --profile demo                                      # all of it: data -> train -> evaluate
     llmasr demo-corpus --out runs/demo-corpus                      # only generate the demo corpus
     llmasr config --profile demo                                   # print the validated config
 
@@ -54,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--greedy", action="store_true", help="greedy decoding (eval.num_beams=1)")
     evaluate.add_argument("--refresh", action="store_true", help="decode again even where cached hypotheses match")
 
+    run = sub.add_parser("run", help="the full pipeline: data -> train -> evaluate (ends with the WER table)")
+    _config_args(run)
+    run.add_argument("--source", dest="sources", action="append", default=[], help="YouTube URL, folder, audio file or manifest (repeatable)")
+    run.add_argument("--stages", default="1,2,3", help="training stages to run (default 1,2,3)")
+    run.add_argument("--test-set", dest="test_sets", action="append", default=[], metavar="NAME=PATH", help="a test set (repeatable; replaces eval.test_sets)")
+    run.add_argument("--baseline", dest="baselines", action="append", default=[], metavar="faster-whisper:MODEL", help="a faster-whisper baseline (repeatable)")
+
     demo = sub.add_parser("demo-corpus", help="generate the espeak-ng demo corpus")
     demo.add_argument("--out", default="runs/demo-corpus")
     demo.add_argument("--items", type=int, default=30)
@@ -93,12 +102,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from llmasr.config import ConfigError
-
-    try:
-        stages = [int(s) for s in args.stages.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--stages {args.stages!r}: write stage numbers separated by commas, e.g. 2,3") from None
+    stages = _stages(args.stages)
     _load(args)  # validate before Prefect starts
     _prefect_defaults()
     from flows.train import train_flow
@@ -114,14 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from llmasr.config import ConfigError
-
-    stages = None
-    if args.stages is not None:
-        try:
-            stages = [int(s) for s in args.stages.split(",") if s.strip()]
-        except ValueError:
-            raise ConfigError(f"--stages {args.stages!r}: write stage numbers separated by commas, e.g. 2,3") from None
+    stages = None if args.stages is None else _stages(args.stages)
     overrides = [*args.overrides, *(["eval.num_beams=1"] if args.greedy else [])]
     params = dict(
         profile=args.profile,
@@ -144,6 +141,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     with progress.terminal_progress(console):
         metrics = evaluate_flow(**params, refresh=args.refresh)
+    _print_eval_table(metrics)
+    return 0
+
+
+def _print_eval_table(metrics: dict) -> None:
     t = Table(title=f"evaluation: {Path(metrics['work_dir']) / 'eval'}")
     for col in ("test set", "system", "utts", "N-WER", "R-WER", "U-WER", "O-WER", "RTF"):
         t.add_column(col, justify="left" if col in ("test set", "system") else "right")
@@ -157,6 +159,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     console.print(t)
     if metrics["problems"]:
         console.print(f"[yellow]{len(metrics['problems'])} problem(s)[/yellow]: see the Problems section of {Path(metrics['work_dir']) / 'eval' / 'report.md'}")
+
+
+def _stages(text: str) -> list[int]:
+    from llmasr.config import ConfigError
+
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--stages {text!r}: write stage numbers separated by commas, e.g. 2,3") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from llmasr import progress
+    from tasks.ingest import resolve_sources
+
+    cfg = _load(args, args.sources)
+    if cfg.demo is None:
+        resolve_sources(cfg.sources)
+    stages = _stages(args.stages)
+    _prefect_defaults()
+    from flows.pipeline import pipeline_flow
+
+    with progress.terminal_progress(console):
+        result = pipeline_flow(
+            sources=args.sources or None,
+            profile=args.profile,
+            work_dir=args.work_dir,
+            overrides=args.overrides,
+            config_file=args.config_file,
+            stages=stages,
+            test_sets=args.test_sets or None,
+            baselines=args.baselines or None,
+        )
+    _print_eval_table(result["eval"])
     return 0
 
 
@@ -207,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.ingest import SourceError
 
     args = build_parser().parse_args(argv)
-    handler = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
+    handler = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
     try:
         return handler(args)
     except (ConfigError, SourceError) as exc:
