@@ -8,15 +8,17 @@ The plot is also written to ``<work_dir>/reports/filter.png``.
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Sequence
 from uuid import UUID
 
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
-from llmasr.atomic import atomic_path
+from llmasr.atomic import atomic_path, write_text
 from llmasr.layout import WorkLayout
 from llmasr.records import Decision, Item, Label, Segment, read_records
 from tasks import summary
+from tasks.parts import fingerprint
 
 
 def label_progress_start(total_tasks: int) -> UUID | None:
@@ -28,6 +30,20 @@ def label_progress_update(artifact_id: UUID | None, done: int, total: int) -> No
         update_progress_artifact(artifact_id=artifact_id, progress=100.0 * done / total)
 
 
+def _filter_plot(layout: WorkLayout, decisions: Sequence[Decision]) -> tuple[bytes, Path]:
+    """reports/filter.png, redrawn only when the decisions changed (matplotlib costs ~2 s)."""
+    plot_path = layout.root / "reports" / "filter.png"
+    key_path = plot_path.with_suffix(".key")
+    key = fingerprint([(d.segment_id, d.kept, d.reasons, d.duration_s) for d in decisions])
+    if plot_path.is_file() and key_path.is_file() and key_path.read_text() == key:
+        return plot_path.read_bytes(), plot_path
+    png = summary.funnel_plot_png(decisions)
+    with atomic_path(plot_path) as tmp:
+        tmp.write_bytes(png)
+    write_text(key_path, key)
+    return png, plot_path
+
+
 def publish_data_run(layout: WorkLayout, items: Sequence[Item], decisions: Sequence[Decision], index: dict, labelled_now: int, rtfx: float) -> None:
     segments = read_records(layout.segments, Segment)
     labels = read_records(layout.labels, Label)
@@ -35,10 +51,7 @@ def publish_data_run(layout: WorkLayout, items: Sequence[Item], decisions: Seque
     create_table_artifact(counts, key="data-counts", description=f"Counts per stage in {layout.root}")
     create_table_artifact(summary.funnel(decisions), key="data-filter-funnel", description="Segments dropped per filter reason (only_reason: dropped for that reason alone)")
     create_table_artifact(summary.sample_rows(segments, labels, decisions), key="data-samples", description="Sample kept and dropped segments: label vs caption")
-    png = summary.funnel_plot_png(decisions)
-    plot_path = layout.root / "reports" / "filter.png"
-    with atomic_path(plot_path) as tmp:
-        tmp.write_bytes(png)
+    png, plot_path = _filter_plot(layout, decisions)
     failed = [i for i in items if i.status != "ok"]
     md = [
         f"# Data run: `{layout.root}`\n",
