@@ -7,6 +7,7 @@
     llmasr train --work-dir runs/mine --stages 2,3 --set train.stage3.lr=2e-6
     llmasr evaluate --profile demo                                 # zero-shot R-WER report of the demo run
     llmasr run --profile demo                                      # all of it: data -> train -> evaluate
+    llmasr ui --profile demo                                       # Prefect UI on 127.0.0.1:4200 with the deployments
     llmasr demo-corpus --out runs/demo-corpus                      # only generate the demo corpus
     llmasr config --profile demo                                   # print the validated config
 
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", default="1,2,3", help="training stages to run (default 1,2,3)")
     run.add_argument("--test-set", dest="test_sets", action="append", default=[], metavar="NAME=PATH", help="a test set (repeatable; replaces eval.test_sets)")
     run.add_argument("--baseline", dest="baselines", action="append", default=[], metavar="faster-whisper:MODEL", help="a faster-whisper baseline (repeatable)")
+
+    ui = sub.add_parser("ui", help="a Prefect server on 127.0.0.1:4200 serving the project's deployments")
+    _config_args(ui)
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; anything else is reachable from other machines)")
+    ui.add_argument("--port", type=int, default=4200)
 
     demo = sub.add_parser("demo-corpus", help="generate the espeak-ng demo corpus")
     demo.add_argument("--out", default="runs/demo-corpus")
@@ -196,6 +202,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from llmasr import server
+
+    cfg = _load(args)
+    _prefect_defaults()
+    proc = None
+    api_url = os.environ.get("PREFECT_API_URL")
+    if api_url:
+        console.print(f"using the Prefect server at {api_url} (PREFECT_API_URL)")
+    else:
+        if not server.is_loopback(args.host):
+            console.print(f"[yellow]warning:[/yellow] binding to {args.host}: the Prefect UI and API have no authentication and will be reachable from other machines")
+        api_url = f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.port}/api"
+        log = Path(cfg.work_dir) / "logs" / "prefect-server.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        proc = server.start_server(args.host, args.port, log)
+        console.print(f"starting the Prefect server (log: {log}) ...")
+        server.wait_healthy(api_url, proc)
+        console.print(f"Prefect UI: {api_url[:-4]}")
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deployments import build_deployments
+
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            serve(*build_deployments(cfg, args.profile, args.work_dir, args.config_file))
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        if proc is not None:
+            server.stop_server(proc)
+    return 0
+
+
 def _task_runner(cfg):
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -243,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.ingest import SourceError
 
     args = build_parser().parse_args(argv)
-    handler = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
+    handler = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run, "ui": cmd_ui, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
     try:
         return handler(args)
     except (ConfigError, SourceError) as exc:

@@ -199,6 +199,12 @@ class RunnerConfig(_Section):
     lock_wait_s: float = Field(0.0, ge=0)  # a second run on a busy work dir waits this long, then fails
 
 
+class ScheduleConfig(_Section):
+    data_cron: str | None = None  # cron of the scheduled data run (new videos), e.g. "0 3 * * *"
+    timezone: str = "UTC"
+    deployment_prefix: str = "llmasr"  # deployments are named <flow>/<prefix>-<name>
+
+
 class DemoConfig(_Section):
     corpus_dir: str = "runs/demo-corpus"
     n_items: int = Field(30, ge=4)
@@ -216,6 +222,7 @@ class PipelineConfig(_Section):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     demo: DemoConfig | None = None  # set by the demo profile: the espeak-ng corpus to generate
     profile: str | None = None  # which profile produced this config (informational)
 
