@@ -13,6 +13,7 @@ code).  A stage killed mid-way resumes from its last DeepSpeed checkpoint when r
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,26 +52,12 @@ def check_stages(cfg: PipelineConfig, layout: WorkLayout, stages: list[int]) -> 
     first = stages[0]
     if first > 1 and checkpoints.read_stage(checkpoints.stage_dir(layout.root, first - 1)) is None:
         raise ConfigError(f"stage {first} needs the checkpoint of stage {first - 1} in {checkpoints.stage_dir(layout.root, first - 1)}: run --stages {first - 1},{first} (or from 1)")
-    for name in ("encoder", "llm", "tokenizer"):
-        value = getattr(cfg.train, name)
-        if value and _looks_local(value) and not Path(value).exists() and cfg.demo is None:
-            raise ConfigError(f"train.{name}: no such checkpoint folder {value}; set train.{name} to a local folder or a hub name")
-
-
-def _looks_local(value: str) -> bool:
-    return value.startswith((".", "/", "~")) or value.count("/") != 1
-
-
-def _precision(cfg: PipelineConfig) -> str:
-    if cfg.train.precision != "auto":
-        return cfg.train.precision
-    return "bf16" if launch.cuda_available() else "fp32"
 
 
 @task(name="train-stage", cache_key_fn=lambda ctx, params: params["key"], persist_result=True)
 def train_stage_task(stage: int, cfg: PipelineConfig, key: str) -> dict[str, Any]:
     """Launch tasks/train.py for one stage; returns the stage's stage.json."""
-    from tasks.train import write_run_config
+    from tasks import train as trainer
 
     logger = get_run_logger()
     layout = WorkLayout(Path(cfg.work_dir))
@@ -80,35 +67,19 @@ def train_stage_task(stage: int, cfg: PipelineConfig, key: str) -> dict[str, Any
         logger.info("stage %d already complete for this key; nothing to do", stage)
         return done
     logs = layout.root / "logs"
-    run_json = write_run_config(
-        logs / f"stage{stage}.run.json",
-        stage=stage,
-        work_dir=str(layout.root),
-        shard_index=str(layout.shard_index),
-        out_dir=str(out_dir),
-        key=key,
-        model=checkpoints.model_config(cfg.train, layout.root, stage).to_dict(),
-        train=cfg.train.model_dump(mode="json"),
-        stage_cfg=getattr(cfg.train, f"stage{stage}").model_dump(mode="json"),
-        deepspeed_config=str(_resolve(cfg.train.deepspeed_config)),
-        precision=_precision(cfg),
-        metrics_log=str(logs / "train.jsonl"),
-        tensorboard_dir=str(logs / "tensorboard"),
-    )
-    cmd = launch.launch_command(cfg.train, run_json)
+    run = trainer.run_config_for(cfg, stage, key, work_dir=layout.root)
+    trainer.check_run(run)  # paths, hidden sizes, predecessor exports: fail before any compute
+    run_json = trainer.write_run_config(logs / f"stage{stage}.run.json", **run.to_dict())
+    cmd = trainer.launch_command(run_json, cfg.train)
     logger.info("stage %d: %s", stage, " ".join(cmd))
-    launch.run_process(cmd, launch.launch_env(cfg.train), logs / f"stage{stage}.log", cfg.train.timeout_s, on_line=lambda line: logger.info("[stage%d] %s", stage, line), cwd=Path(__file__).resolve().parents[1])
+    env = {**os.environ, **trainer.launch_env(cfg.train)}
+    repo = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
+    launch.run_process(cmd, env, logs / f"stage{stage}.log", cfg.train.timeout_s, on_line=lambda line: logger.info("[stage%d] %s", stage, line), cwd=repo)
     result = checkpoints.read_stage(out_dir)
     if result is None:
         raise launch.TrainingProcessError(f"stage {stage} exited 0 but wrote no complete {out_dir / 'stage.json'}")
     return result
-
-
-def _resolve(path: str) -> Path:
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p.resolve()
-    return Path(__file__).resolve().parents[1] / p  # relative to the checkout (infra/...)
 
 
 @flow(name="llmasr-train", log_prints=True)

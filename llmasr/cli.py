@@ -114,11 +114,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flows.train import train_flow
 
     result = train_flow(profile=args.profile, work_dir=args.work_dir, overrides=args.overrides, config_file=args.config_file, stages=stages)
+    from tasks.checkpoints import stage_dir
+
+    work_dir = _load(args).work_dir
     t = Table(title="training")
     for col in ("stage", "steps", "samples", "checkpoint"):
         t.add_column(col)
     for name, info in result.items():
-        t.add_row(name, str(info.get("steps")), str(info.get("samples")), str(info.get("out_dir", "")))
+        t.add_row(name, str(info.get("steps")), str(info.get("samples")), str(stage_dir(Path(work_dir).resolve(), int(name.removeprefix("stage")))))
     console.print(t)
     return 0
 

@@ -259,7 +259,7 @@ def generate(out: Path | str, n_items: int = 30, seed: int = 0, force: bool = Fa
     """Generate the corpus under ``out`` (skipped when corpus.json shows the same settings)."""
     out = Path(out)
     marker = out / "corpus.json"
-    settings = {"n_items": n_items, "seed": seed, "version": 3}
+    settings = {"n_items": n_items, "seed": seed, "version": 4}
     if not force and marker.is_file() and json.loads(marker.read_text())["settings"] == settings:
         return out
     if shutil.which("espeak-ng") is None:

@@ -1,4 +1,5 @@
-"""Launch the training entry point under torchrun or deepspeed, stream its log, enforce a timeout.
+"""Run the training launcher (tasks.train.launch_command) as a subprocess: stream its log,
+enforce a timeout.
 
 The launcher runs in its own process group; on timeout (a hung stage, a lost rank) or when the
 caller is interrupted, the whole group gets SIGTERM, then SIGKILL, so no rank outlives the task.
@@ -9,65 +10,18 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Callable
-
-from llmasr.config import TrainConfig
 
 TAIL_LINES = 60
 
 
 class TrainingProcessError(RuntimeError):
     """The training process failed or timed out; the message ends with its log's tail."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cuda_available() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:  # torch is a dependency; without it nothing trains anyway
-        return False
-
-
-def launch_command(train: TrainConfig, run_json: Path) -> list[str]:
-    """The command that runs ``tasks.train`` on ``run_json`` with the configured launcher."""
-    if train.launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(train.nproc_per_node), "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "tasks.train", str(run_json)]
-    exe = shutil.which("deepspeed") or str(Path(sys.executable).with_name("deepspeed"))
-    cmd = [exe]
-    if train.hostfile:
-        cmd += ["--hostfile", train.hostfile]
-    else:
-        cmd += ["--num_gpus", str(train.nproc_per_node)]
-    cmd += ["--master_port", str(free_port()), "--module", "tasks.train", str(run_json)]
-    return cmd
-
-
-def launch_env(train: TrainConfig) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "llmasr-torch-extensions"))
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    if not cuda_available():
-        env.setdefault("DS_ACCELERATOR", "cpu")
-        if train.nproc_per_node > 1:
-            env["OMP_NUM_THREADS"] = "1"  # two CPU ranks on two cores: one thread each
-    repo = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 def run_process(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: float, on_line: Callable[[str], None] | None = None, cwd: Path | None = None) -> None:

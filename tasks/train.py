@@ -1,0 +1,1145 @@
+"""torchrun --nproc_per_node N -m tasks.train RUN.json  |  deepspeed --num_gpus N --module tasks.train RUN.json
+
+    # GPUs, one node (several: deepspeed --hostfile HOSTFILE --module tasks.train RUN.json)
+    deepspeed --num_gpus 8 --module tasks.train RUN.json
+    torchrun --standalone --nproc_per_node 8 -m tasks.train RUN.json
+    # CPU: gloo, DeepSpeed's CPU accelerator, one thread per process
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m tasks.train RUN.json
+    OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu deepspeed --num_gpus 1 --module tasks.train RUN.json
+    python -m tasks.train RUN.json              # one process, no launcher
+
+The one training entry point of the three LLM-ASR stages (DESIGN.md "Model"), under DeepSpeed.
+
+``RUN.json`` (written by the flow with ``write_run_config``; see ``RunConfig``) picks the stage:
+
+* stage 1: Whisper (``model["encoder"]``) with its own decoder as the training head
+  (``WhisperStage1Head``); trains the encoder.  Exports ``out_dir/encoder`` and ``out_dir/whisper``.
+* stage 2: ``build_model``; trains the projector alone.  Exports ``out_dir/projector``.
+* stage 3: ``build_model`` with stage 2's projector, LoRA on the LLM; trains LoRA + projector.
+  Exports ``out_dir/lora``, ``out_dir/projector`` (and ``out_dir/merged_llm`` with
+  ``train.merge_lora``).
+* every stage then writes ``model.json`` (the ``LLMASRConfig`` that rebuilds the stage's model
+  from its exports) and, last, ``stage.json`` (tasks/checkpoints.py is the contract).
+
+Config errors (missing checkpoints, stage 3 before stage 2, an LLM the stage-2 projector does not
+fit, a shard index without training samples...) fail before any compute, naming the key, with
+exit status 2.
+
+DeepSpeed: ``deepspeed.initialize`` gets a ``torch.optim.AdamW`` over the trainable parameters (no
+fused-op build), a ``LambdaLR`` (linear warm-up, then cosine / linear / constant over the total
+steps: ``stage_cfg.max_steps``, or epochs x an estimate of the steps per epoch from the index's
+sample and audio totals) and the JSON config with ``train_micro_batch_size_per_gpu`` = 1 (batches
+come pre-built by length bucketing, see tasks/train_data.py), ``gradient_accumulation_steps`` =
+``train.grad_accum``, ``gradient_clipping`` = ``train.grad_clip`` and bf16/fp16 per precision
+("auto": bf16 on GPU, fp32 on CPU).  ZeRO-2 runs on the CPU accelerator over gloo too
+(infra/deepspeed/zero2_cpu.json).  Frozen parameters are outside the optimizer and never change.
+
+Checkpoints: ``engine.save_checkpoint(out_dir/deepspeed, tag=f"step{step}")`` every
+``train.ckpt_every`` steps and at the end (frozen parameters excluded; the last two tags kept).  A
+rerun with the same key loads the latest one, continues the step count and skips the batches
+already trained on (each loader worker's position is in the checkpoint; the batch order is a
+function of the seed, epoch, rank and worker).  It needs the same number of processes and
+loader workers.
+
+Metrics (rank 0): JSON lines appended to ``metrics_log`` and TensorBoard scalars.  Every
+``train.log_every`` steps: {"stage", "step", "loss", "lr", "samples_per_s", "tokens_per_s",
+"audio_s_per_s", "epoch", "time", ...}; throughputs are summed over the ranks; ``tokens`` are
+transcript tokens.  On GPU also
+
+    mfu = 6 * (N_enc * encoder_frames_per_s + N_dec * decoder_positions_per_s) / (world_size * peak)
+
+with N_enc the encoder's parameters, N_dec all the others (projector + LLM in stages 2/3,
+Whisper's decoder in stage 1), frozen ones included (a frozen LLM still runs forward and backward
+to pass gradients to the adapter); encoder frames = mel frames / 2; decoder positions = prompt +
+speech embeddings + target + EOS per example in the LLM (stages 2/3), label tokens in Whisper's
+decoder (stage 1); peak = the GPU's dense bf16 FLOP/s (``peak_bf16_flops``; no mfu for an unknown
+GPU).  6N per position is the usual estimate: it ignores attention FLOPs and over-counts frozen
+weights (no weight gradients: 4N), so it is a comparable number, not an exact one.  Every
+``train.val_every`` steps and at the end: {"stage", "step", "val_loss", ...} on the validation
+split (at most ``train.val_max_batches`` batches per rank).  Each run starts with an
+{"event": "start", "step", "resumed_from"} record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from llmasr.config import ConfigError
+
+log = logging.getLogger("llmasr.train")
+
+REPO = Path(__file__).resolve().parents[1]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+KEEP_CHECKPOINTS = 2
+CKPT_DIR = "deepspeed"
+CKPT_META = "run.json"
+TRAINER_STATE = "trainer_state.json"
+EXIT_CONFIG = 2
+
+
+class TrainConfigError(ConfigError):
+    """A RUN.json problem found before any compute; the message starts with the key at fault."""
+
+
+# ------------------------------------------------------------------------------------ RUN.json
+
+
+def _plain(value: Any) -> Any:
+    """pydantic models / dataclasses -> dicts, for RunConfig fields the flow may pass as objects."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclass
+class RunConfig:
+    """What one stage run needs; RUN.json holds exactly these fields.
+
+    stage: 1, 2 or 3.  work_dir: the pipeline's work dir.  shard_index: shards/index.json.
+    out_dir: ``tasks.checkpoints.stage_dir(work_dir, stage)``.  key: the cache key recorded in
+    stage.json (and in the DeepSpeed checkpoints: a checkpoint of another key is not resumed).
+    model: ``LLMASRConfig`` dict (``tasks.checkpoints.model_config(...)``).  train: ``TrainConfig``
+    dict.  stage_cfg: ``StageConfig`` dict (train.stage<N>).  deepspeed_config: JSON path
+    (relative: to the checkout).  precision: auto | fp32 | bf16 | fp16.  metrics_log: JSON-lines
+    file, appended (default ``<work_dir>/logs/train.jsonl``).  tensorboard_dir: default
+    ``<work_dir>/logs/tensorboard``.  verify_params: fingerprint every parameter before and after
+    training and record in stage.json which frozen ones changed / trained ones did not (tests;
+    costs two passes over the weights).
+    """
+
+    stage: int
+    work_dir: str
+    shard_index: str
+    out_dir: str
+    key: str
+    model: dict[str, Any]
+    train: dict[str, Any]
+    stage_cfg: dict[str, Any]
+    deepspeed_config: str
+    precision: str = "auto"
+    metrics_log: str | None = None
+    tensorboard_dir: str | None = None
+    verify_params: bool = False
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _plain(getattr(self, f.name)))
+        if self.metrics_log is None:
+            self.metrics_log = str(Path(self.work_dir) / "logs" / "train.jsonl")
+        if self.tensorboard_dir is None:
+            self.tensorboard_dir = str(Path(self.work_dir) / "logs" / "tensorboard")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise TrainConfigError(f"RUN.json: unknown keys {unknown}; known: {sorted(known)}")
+        missing = sorted(f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in d)
+        if missing:
+            raise TrainConfigError(f"RUN.json: missing keys {missing}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def write_run_config(path: str | Path, **fields: Any) -> Path:
+    """Write RUN.json (atomically) from ``RunConfig``'s fields; objects (TrainConfig,
+    LLMASRConfig, ...) are turned into dicts.  Returns the path."""
+    from llmasr.atomic import write_json
+
+    cfg = RunConfig.from_dict(fields)
+    return write_json(Path(path), cfg.to_dict())
+
+
+def read_run_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainConfigError(f"RUN.json: no such file {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TrainConfigError(f"RUN.json: {path} is not valid JSON ({exc})") from None
+    return RunConfig.from_dict(data)
+
+
+def run_config_for(cfg: Any, stage: int, key: str, work_dir: str | Path | None = None, **extra: Any) -> RunConfig:
+    """The RunConfig of ``stage`` for a validated ``PipelineConfig`` (what the flow writes)."""
+    from llmasr.layout import WorkLayout
+    from tasks.checkpoints import model_config, stage_dir
+
+    work = Path(work_dir or cfg.work_dir)
+    train = cfg.train
+    fields: dict[str, Any] = dict(
+        stage=stage,
+        work_dir=str(work),
+        shard_index=str(WorkLayout(work).shard_index),
+        out_dir=str(stage_dir(work, stage)),
+        key=key,
+        model=model_config(train, work, stage).to_dict(),
+        train=train.model_dump(mode="json"),
+        stage_cfg=getattr(train, f"stage{stage}").model_dump(mode="json"),
+        deepspeed_config=train.deepspeed_config,
+        precision=train.precision,
+    )
+    fields.update(extra)
+    return RunConfig.from_dict(fields)
+
+
+def launch_command(run_json: str | Path, train: Any, python: str | None = None) -> list[str]:
+    """The command line that runs ``tasks.train`` on ``run_json`` with ``train.launcher``
+    (``train``: a TrainConfig or its dict)."""
+    t = _plain(train)
+    n = int(t.get("nproc_per_node", 1))
+    py = python or sys.executable
+    if t.get("launcher", "deepspeed") == "torchrun":
+        return [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), "-m", "tasks.train", str(run_json)]
+    cmd = [py, "-m", "deepspeed.launcher.runner"]
+    cmd += ["--hostfile", str(t["hostfile"])] if t.get("hostfile") else ["--num_gpus", str(n)]
+    return cmd + ["--module", "tasks.train", str(run_json)]
+
+
+def launch_env(train: Any = None, gpu: bool | None = None) -> dict[str, str]:
+    """Environment additions for ``launch_command``: a cache for DeepSpeed's compiled ops and, on
+    CPU, DeepSpeed's CPU accelerator and one OpenMP thread per process unless OMP_NUM_THREADS is
+    set (the CPU path runs tiny models: their ops are too small to split, and an OpenMP team that
+    shares its cores with other processes spends its time spinning -- 20x slower measured on 2
+    busy cores)."""
+    env = {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "llmasr-torch-extensions"))}
+    if gpu is None:
+        gpu = shutil.which("nvidia-smi") is not None
+    if not gpu:
+        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+# ----------------------------------------------------------------------- validation (no torch)
+
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _resolve_repo_path(p: str) -> Path:
+    path = Path(p).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return REPO / path if (REPO / path).exists() else path
+
+
+def _hub_available(name: str) -> bool:
+    """A hub-style name is usable when it is in the HF cache, or when the hub may be reached."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", ""
+    ).lower() in ("1", "true", "yes")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return True
+    except Exception:  # noqa: BLE001 - no hub library, bad name: treat as not cached
+        pass
+    return not offline
+
+
+def _check_checkpoint(value: Any, key: str, what: str = "checkpoint folder", marker: str = "config.json") -> Path | None:
+    """A local checkpoint folder (returned), a config dict or an available hub name (None)."""
+    if isinstance(value, dict):
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise TrainConfigError(f"{key}: expected a {what} path, got {value!r}")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if marker and not (path / marker).is_file():
+            raise TrainConfigError(f"{key}: {path} has no {marker}: not a {what}")
+        return path
+    if not path.exists() and _HUB_NAME.match(value) and not value.startswith((".", "/", "~")) and _hub_available(value):
+        return None
+    raise TrainConfigError(f"{key}: no such {what} {value}")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _hidden_size(config: dict[str, Any]) -> int | None:
+    for k in ("hidden_size", "n_embd", "d_model"):
+        if isinstance(config.get(k), int):
+            return int(config[k])
+    text = config.get("text_config")
+    return _hidden_size(text) if isinstance(text, dict) else None
+
+
+def _complete(stage_json: Path) -> bool:
+    try:
+        return bool(_read_json(stage_json).get("complete"))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Every config error that can be found without loading weights; raises TrainConfigError."""
+    from pydantic import ValidationError
+
+    from llmasr.config import StageConfig, TrainConfig
+
+    if cfg.stage not in (1, 2, 3):
+        raise TrainConfigError(f"stage: must be 1, 2 or 3, got {cfg.stage!r}")
+    if not str(cfg.key).strip():
+        raise TrainConfigError("key: empty; the flow passes the stage's cache key")
+    try:
+        train = TrainConfig.model_validate(cfg.train)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise TrainConfigError(f"train.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    try:
+        StageConfig.model_validate(cfg.stage_cfg)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise TrainConfigError(f"train.stage{cfg.stage}.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if cfg.precision not in PRECISIONS:
+        raise TrainConfigError(f"train.precision: must be one of {PRECISIONS}, got {cfg.precision!r}")
+    ds = _resolve_repo_path(cfg.deepspeed_config)
+    if not ds.is_file():
+        raise TrainConfigError(f"train.deepspeed_config: no such file {cfg.deepspeed_config}")
+    try:
+        _read_json(ds)
+    except json.JSONDecodeError as exc:
+        raise TrainConfigError(f"train.deepspeed_config: {ds} is not valid JSON ({exc})") from None
+
+    # shards
+    index = Path(cfg.shard_index)
+    if not index.is_file():
+        raise TrainConfigError(f"shard_index: no such file {index} (run the data stages first: llmasr data)")
+    try:
+        entries = _read_json(index).get("shards", [])
+    except json.JSONDecodeError as exc:
+        raise TrainConfigError(f"shard_index: {index} is not valid JSON ({exc})") from None
+    train_entries = [e for e in entries if e.get("split") == "train"]
+    if sum(int(e.get("samples", 0)) for e in train_entries) == 0:
+        raise TrainConfigError(f"shard_index: {index} has no train samples (no kept segments in the train split)")
+    missing = [e["path"] for e in train_entries if not (index.parent / e["path"]).is_file()]
+    if missing:
+        raise TrainConfigError(f"shard_index: {len(missing)} train shard(s) of {index} are missing, e.g. {missing[0]}")
+
+    # checkpoints
+    model = cfg.model
+    enc_key = "train.encoder" if cfg.stage == 1 or model.get("encoder") == train.encoder else "model.encoder (stage 1's export)"
+    enc_dir = _check_checkpoint(model.get("encoder"), enc_key)
+    if cfg.stage == 1:
+        if isinstance(model.get("encoder"), dict):
+            raise TrainConfigError(f"{enc_key}: stage 1 needs a Whisper checkpoint folder, not a config dict")
+        if enc_dir is not None and not any((enc_dir / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+            raise TrainConfigError(f"{enc_key}: {enc_dir} has no tokenizer (tokenizer.json or vocab.json): stage 1 labels need Whisper's tokenizer")
+        return
+    llm_dir = _check_checkpoint(model.get("llm"), "train.llm")
+    if model.get("tokenizer"):
+        _check_checkpoint(model["tokenizer"], "train.tokenizer", "tokenizer folder", marker="")
+    elif isinstance(model.get("llm"), dict):
+        raise TrainConfigError("train.tokenizer: required when the LLM is given as a config dict")
+    if cfg.stage == 3:
+        stage2 = Path(cfg.work_dir) / "checkpoints" / "stage2"
+        proj = model.get("projector_path")
+        if not proj:
+            raise TrainConfigError("stage 3 needs checkpoints/stage2 (run stage 2 first): model.projector_path is not set")
+        proj = Path(proj)
+        if not (proj / "projector.json").is_file():
+            raise TrainConfigError(f"stage 3 needs checkpoints/stage2 (run stage 2 first): no projector at {proj}")
+        if proj.resolve().parent == stage2.resolve() and not _complete(stage2 / "stage.json"):
+            raise TrainConfigError(f"stage 3 needs checkpoints/stage2 (run stage 2 first): {stage2} is not complete (no stage.json)")
+    proj = model.get("projector_path")
+    if proj and (Path(proj) / "projector.json").is_file():
+        pj = _read_json(Path(proj) / "projector.json")
+        if llm_dir is not None or isinstance(model.get("llm"), dict):
+            llm_conf = model["llm"] if isinstance(model.get("llm"), dict) else _read_json(llm_dir / "config.json")
+            hidden = _hidden_size(llm_conf)
+            if hidden is not None and hidden != pj.get("d_llm"):
+                raise TrainConfigError(
+                    f"train.llm: hidden size {hidden} does not match the projector's output width {pj.get('d_llm')} "
+                    f"({proj}, trained for another LLM); rerun stage 2 with this LLM or set train.llm back"
+                )
+        if enc_dir is not None or isinstance(model.get("encoder"), dict):
+            enc_conf = model["encoder"] if isinstance(model.get("encoder"), dict) else _read_json(enc_dir / "config.json")
+            if isinstance(enc_conf.get("d_model"), int) and enc_conf["d_model"] != pj.get("d_enc"):
+                raise TrainConfigError(
+                    f"{enc_key}: d_model {enc_conf['d_model']} does not match the projector's input width {pj.get('d_enc')} ({proj})"
+                )
+
+
+def _config_key(message: str) -> str:
+    """The config key a model-module ValueError is about."""
+    m = message.lower()
+    if "lora" in m:
+        return "train.lora.target_modules"
+    if "hidden size" in m or "projector output dim" in m or "embeds only" in m:
+        return "train.llm"
+    if "tokenizer" in m:
+        return "train.tokenizer"
+    if "encoder" in m or "mel bins" in m:
+        return "train.encoder"
+    if "projector" in m:
+        return "train.projector_hidden / train.downsample_k / train.activation"
+    return "model"
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
+    """LR factor after ``step`` optimizer steps: linear warm-up to 1 over ``warmup_steps``, then
+    cosine / linear decay to 0 at ``total_steps`` (or constant)."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return factor
+
+
+_PEAK_BF16 = (  # dense bf16 FLOP/s, by the first name fragment found in the device name
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("A10G", 125e12),
+    ("L4", 121e12),
+)
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    for frag, flops in _PEAK_BF16:
+        if frag in device_name:
+            return flops
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_launcher() -> None:
+    """Linux: get SIGKILL when the launcher process dies.  torchrun starts each worker in a session
+    of its own, so killing the launcher's process group (a timeout, a cancelled flow run) would
+    otherwise leave the workers training on; this way a killed launcher takes them with it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no glibc: nothing to do
+        return
+    if os.getppid() == 1:  # the launcher died before prctl
+        os._exit(1)
+
+
+def _single_process_env() -> None:
+    """Let ``python -m tasks.train RUN.json`` run without a launcher."""
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+@contextlib.contextmanager
+def _export_folder(out_dir: Path, name: str) -> Iterator[Path]:
+    """Write a folder under a temp name, then swap it in for ``out_dir/name``."""
+    final = out_dir / name
+    tmp = out_dir / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        old = out_dir / f".old-{name}"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_AUX_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "normalizer.json",
+    "added_tokens.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+)
+
+
+def _copy_aux(src: Any, dst: Path) -> None:
+    """Tokenizer and feature-extractor files of a Whisper checkpoint folder, copied beside an export."""
+    if isinstance(src, str) and Path(src).is_dir():
+        for name in _AUX_FILES:
+            if (Path(src) / name).is_file():
+                shutil.copy2(Path(src) / name, dst / name)
+
+
+def _abs_if_local(value: Any) -> Any:
+    if isinstance(value, str) and value and Path(value).expanduser().exists():
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+class MetricsLog:
+    """Rank 0's JSON-lines log (appended) and TensorBoard writer; other ranks write nothing."""
+
+    def __init__(self, path: str | Path, tensorboard_dir: str | Path | None, stage: int, active: bool) -> None:
+        self.active = active
+        self.stage = stage
+        self.path = Path(path)
+        self.writer = None
+        if active:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if tensorboard_dir:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self.writer = SummaryWriter(log_dir=str(tensorboard_dir))
+                except Exception as exc:  # noqa: BLE001 - TensorBoard is optional
+                    log.warning("TensorBoard disabled: %s", exc)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        record = {"stage": self.stage, **record, "time": time.time()}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        if self.writer is not None and "step" in record:
+            kind = "val" if "val_loss" in record else "train"
+            for k, v in record.items():
+                if k not in ("stage", "step", "time", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.writer.add_scalar(f"stage{self.stage}/{kind}/{k}", v, record["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ------------------------------------------------------------------------------------ trainer
+
+
+class Trainer:
+    """One stage run: model, data, DeepSpeed engine, loop, checkpoints, exports."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        import torch
+
+        self.cfg = cfg
+        self.stage = cfg.stage
+        self.out_dir = Path(cfg.out_dir)
+        self.ckpt_dir = self.out_dir / CKPT_DIR
+        self.gpu = torch.cuda.is_available()
+        if not self.gpu:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        precision = cfg.precision
+        if precision == "auto":
+            precision = "bf16" if self.gpu else "fp32"
+        if precision == "fp16" and not self.gpu:
+            raise TrainConfigError("train.precision: fp16 needs a GPU; use fp32 (or bf16) on CPU")
+        self.precision = precision
+
+        from llmasr.config import StageConfig, TrainConfig
+
+        self.train_cfg = TrainConfig.model_validate(cfg.train)
+        self.stage_cfg = StageConfig.model_validate(cfg.stage_cfg)
+
+    # ---- setup
+    def init_distributed(self) -> None:
+        import deepspeed
+        import torch
+        import torch.distributed as dist
+
+        if "RANK" not in os.environ:
+            _single_process_env()
+        deepspeed.init_distributed(dist_backend="nccl" if self.gpu else "gloo")
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if self.gpu:
+            torch.cuda.set_device(self.local_rank)
+            self.device = torch.device("cuda", self.local_rank)
+        else:
+            self.device = torch.device("cpu")
+        self.is_main = self.rank == 0
+        for name in ("DeepSpeed", "deepspeed"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    def build_model(self) -> None:
+        import torch
+
+        from llmasr.model import (
+            LLMASRConfig,
+            WhisperStage1Head,
+            apply_lora,
+            build_model,
+            set_trainable,
+        )
+        from tasks.train_data import LLMTargets, WhisperTargets, whisper_label_tokenizer
+
+        torch.manual_seed(self.train_cfg.seed)  # the same initial projector / LoRA on every rank
+        self.model_cfg = LLMASRConfig.from_dict(self.cfg.model)
+        try:
+            if self.stage == 1:
+                module = WhisperStage1Head.from_pretrained(
+                    self.model_cfg.encoder, trim_padding=self.model_cfg.trim_padding, mask_padding=self.model_cfg.mask_padding
+                )
+                wcfg = module.whisper.config
+                self.targets = WhisperTargets(whisper_label_tokenizer(self.model_cfg.encoder), wcfg.max_target_positions)
+                self.decoder_start = int(wcfg.decoder_start_token_id)
+                enc_cfg = wcfg
+            else:
+                module = build_model(self.model_cfg)
+                if self.stage == 3:
+                    apply_lora(module, self.model_cfg.lora)
+                self.targets = LLMTargets(module.tokenizer)
+                enc_cfg = module.encoder.config
+            self.trainable = set_trainable(module, self.stage)
+        except (ValueError, OSError) as exc:  # OSError: from_pretrained could not find / fetch it
+            raise TrainConfigError(f"{self._config_key(str(exc))}: {exc}") from None
+        self.n_mels = int(enc_cfg.num_mel_bins)
+        self.max_frames = 2 * int(enc_cfg.max_source_positions)
+        self.module = module
+        self.n_params = sum(p.numel() for p in module.parameters())
+        encoder = module.whisper.model.encoder if self.stage == 1 else module.encoder
+        self.n_encoder = sum(p.numel() for p in encoder.parameters())
+        self.n_trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+    def _config_key(self, message: str) -> str:
+        for key, value in (("train.encoder", self.cfg.model.get("encoder")), ("train.llm", self.cfg.model.get("llm")), ("train.tokenizer", self.cfg.model.get("tokenizer"))):
+            if isinstance(value, str) and value and value in message:
+                return key
+        return _config_key(message)
+
+    def _fingerprints(self) -> dict[str, str]:
+        import hashlib
+
+        import torch
+
+        out = {}
+        for name, p in self.module.named_parameters():
+            data = p.detach().to("cpu").contiguous().flatten().view(torch.uint8).numpy().tobytes()
+            out[name] = hashlib.sha1(data).hexdigest()
+        return out
+
+    def build_data(self) -> None:
+        from tasks.train_data import TRAIN, VALIDATION, ShardSpeechDataset, estimate_batches, make_loader, read_split
+
+        t = self.train_cfg
+        common = dict(
+            n_mels=self.n_mels,
+            targets=self.targets,
+            rank=self.rank,
+            world_size=self.world,
+            batch_max_audio_s=t.batch_max_audio_s,
+            max_batch_size=t.max_batch_size,
+            seed=t.seed,
+            max_frames=self.max_frames,
+        )
+        self.train_info = read_split(self.cfg.shard_index, TRAIN)
+        self.val_info = read_split(self.cfg.shard_index, VALIDATION)
+        self.train_ds = ShardSpeechDataset(self.cfg.shard_index, TRAIN, epoch=self.state["epoch"], skip=self.state["skip"], **common)
+        self.train_loader = make_loader(self.train_ds, t.num_workers)
+        self.val_loader = None
+        if self.val_info.samples:
+            val_ds = ShardSpeechDataset(self.cfg.shard_index, VALIDATION, advance_epoch=False, **common)
+            self.val_loader = make_loader(val_ds, min(t.num_workers, 1))
+        batches = estimate_batches(self.train_info, self.world, t.batch_max_audio_s, t.max_batch_size, t.num_workers)
+        self.est_steps_per_epoch = max(1, math.ceil(batches / t.grad_accum))
+        s = self.stage_cfg
+        self.total_steps = s.max_steps or max(1, math.ceil(s.epochs * self.est_steps_per_epoch))
+        # fractional epochs end at the estimated step; whole epochs at the end of the last pass
+        self.stop_step = s.max_steps or (None if float(s.epochs).is_integer() else self.total_steps)
+        self.max_epochs = None if s.max_steps else math.ceil(s.epochs)
+
+    def build_engine(self) -> None:
+        import deepspeed
+        import torch
+        from torch.optim.lr_scheduler import LambdaLR
+
+        t, s = self.train_cfg, self.stage_cfg
+        ds_cfg = {k: v for k, v in _read_json(_resolve_repo_path(self.cfg.deepspeed_config)).items() if not k.startswith("_")}
+        for k in ("optimizer", "scheduler", "train_batch_size"):
+            if ds_cfg.pop(k, None) is not None and k != "train_batch_size":
+                log.warning("ignoring %r of %s: the trainer passes its own", k, self.cfg.deepspeed_config)
+        ds_cfg["train_micro_batch_size_per_gpu"] = 1
+        ds_cfg["gradient_accumulation_steps"] = t.grad_accum
+        ds_cfg["gradient_clipping"] = t.grad_clip
+        ds_cfg["bf16"] = {**ds_cfg.get("bf16", {}), "enabled": self.precision == "bf16"}
+        ds_cfg["fp16"] = {**ds_cfg.get("fp16", {}), "enabled": self.precision == "fp16"}
+        ds_cfg.setdefault("steps_per_print", 10**9)
+        self.zero_stage = int(ds_cfg.get("zero_optimization", {}).get("stage", 0))
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        factor = lr_lambda(s.warmup_steps, self.total_steps, s.schedule)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.module, optimizer=optimizer, lr_scheduler=lambda opt: LambdaLR(opt, factor), config=ds_cfg
+        )
+        self.dtype = next(self.engine.module.parameters()).dtype
+
+    # ---- state and resuming
+    def prepare_out_dir(self) -> None:
+        """Rank 0: the stage is no longer complete; a checkpoint of another key is dropped."""
+        import torch.distributed as dist
+
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "stage.json").unlink(missing_ok=True)
+            meta = self.ckpt_dir / CKPT_META
+            if self.ckpt_dir.exists():
+                old = _read_json(meta) if meta.is_file() else {}
+                if old.get("key") != self.cfg.key or old.get("stage") != self.stage:
+                    log.info("removing %s: its checkpoints are of another run (key %s)", self.ckpt_dir, old.get("key"))
+                    shutil.rmtree(self.ckpt_dir)
+            if not self.ckpt_dir.exists():
+                from llmasr.atomic import write_json
+
+                write_json(meta, {"key": self.cfg.key, "stage": self.stage, "world_size": self.world, "num_workers": self.train_cfg.num_workers})
+        dist.barrier()
+        meta = _read_json(self.ckpt_dir / CKPT_META)
+        if (self.ckpt_dir / "latest").is_file() and (meta.get("world_size"), meta.get("num_workers")) != (self.world, self.train_cfg.num_workers):
+            raise TrainConfigError(
+                f"train.nproc_per_node / train.num_workers: {self.ckpt_dir} was written by {meta.get('world_size')} processes with "
+                f"{meta.get('num_workers')} loader workers each; resume with the same, or delete that folder to start the stage over"
+            )
+
+    def peek_state(self) -> None:
+        """The resume position from the latest checkpoint's client state (read before the data
+        loaders exist, so they start at the right place); the engine loads it later."""
+        self.state = {"step": 0, "epoch": 0, "samples": 0, "audio_s": 0.0, "tokens": 0, "skip": {}, "resumed_from": None}
+        latest = self.ckpt_dir / "latest"
+        if not latest.is_file():
+            return
+        import torch
+
+        tag = latest.read_text().strip()
+        sidecar = self.ckpt_dir / tag / TRAINER_STATE
+        states = self.ckpt_dir / tag / "mp_rank_00_model_states.pt"
+        if sidecar.is_file():
+            client = _read_json(sidecar)
+        elif states.is_file():  # killed between DeepSpeed's save and the sidecar
+            client = torch.load(str(states), map_location="cpu", weights_only=False)
+        else:
+            return
+        consumed = client.get("consumed") or []
+        main = self.rank == 0  # the counters in a checkpoint are global: rank 0 carries them on
+        self.state.update(
+            step=int(client.get("step", 0)),
+            epoch=int(client.get("epoch", 0)),
+            samples=int(client.get("samples", 0)) if main else 0,
+            audio_s=float(client.get("audio_s", 0.0)) if main else 0.0,
+            tokens=int(client.get("tokens", 0)) if main else 0,
+            skip={int(k): int(v) for k, v in (consumed[self.rank] if self.rank < len(consumed) else {}).items()},
+            resumed_from=tag,
+        )
+
+    def load_checkpoint(self) -> None:
+        if self.state["resumed_from"] is None:
+            return
+        path, _ = self.engine.load_checkpoint(str(self.ckpt_dir), tag=self.state["resumed_from"], load_module_strict=False)
+        if path is None:
+            raise RuntimeError(f"could not load the DeepSpeed checkpoint {self.ckpt_dir}/{self.state['resumed_from']}")
+        if self.is_main:
+            log.info("resumed from %s at step %d (epoch %d)", path, self.state["step"], self.state["epoch"])
+
+    def save_checkpoint(self, consumed: dict[int, int]) -> None:
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, {str(k): v for k, v in consumed.items()})
+        counts = self._global_counts()
+        client = {k: self.state[k] for k in ("step", "epoch")}
+        client.update(samples=counts[0], audio_s=counts[1], tokens=counts[2], consumed=gathered, key=self.cfg.key, world_size=self.world, num_workers=self.train_cfg.num_workers)
+        tag = f"step{self.state['step']}"
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client, exclude_frozen_parameters=True)
+        if self.is_main:
+            from llmasr.atomic import write_json
+
+            write_json(self.ckpt_dir / tag / TRAINER_STATE, client)  # the resume position, without torch.load
+            tags = sorted((p for p in self.ckpt_dir.glob("step*") if p.is_dir() and p.name[4:].isdigit()), key=lambda p: int(p.name[4:]))
+            for old in tags[:-KEEP_CHECKPOINTS]:
+                if old.name != tag:
+                    shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+
+    # ---- steps
+    def _set_modes(self) -> None:
+        """Train mode, except the frozen parts (no dropout where nothing learns)."""
+        m = self.engine.module
+        self.engine.train()
+        if self.stage == 1:
+            m.whisper.model.decoder.eval()
+        else:
+            m.encoder.eval()
+            if self.stage == 2:
+                m.llm.eval()
+
+    def _loss(self, batch: dict[str, Any]):
+        from llmasr.model import whisper_labels
+
+        feats = batch["input_features"].to(device=self.device, dtype=self.dtype)  # (B, M, T)
+        lengths = batch["feature_lengths"].to(self.device)  # (B,)
+        if self.stage == 1:
+            labels = whisper_labels(batch["target_ids"], self.decoder_start).to(self.device)  # (B, L)
+            return self.engine(feats, lengths, labels)
+        return self.engine(feats, lengths, batch["target_ids"]).loss
+
+    def _positions(self, batch: dict[str, Any]) -> tuple[int, int]:
+        """(encoder frames, decoder positions) the model runs on (for MFU)."""
+        enc = (batch["feature_lengths"] - 1) // 2 + 1  # encoder frames per example
+        if self.stage == 1:
+            return int(enc.sum()), sum(len(t) for t in batch["target_ids"])
+        m = self.engine.module
+        prompt = len(m.prompt.prefix_ids) + len(m.prompt.suffix_ids)
+        speech = enc // m.projector.k
+        return int(enc.sum()), int(speech.sum()) + len(batch["keys"]) * (prompt + 1) + batch["n_tokens"]
+
+    def validate(self) -> dict[str, Any] | None:
+        import torch
+        import torch.distributed as dist
+
+        if self.val_loader is None:
+            return None
+        self.engine.eval()
+        total = torch.zeros(3, dtype=torch.float64)  # loss x weight, weight, batches
+        with torch.no_grad():
+            for i, batch in enumerate(self.val_loader):
+                if i >= self.train_cfg.val_max_batches:
+                    break
+                weight = batch["n_tokens"] + len(batch["keys"])  # target tokens + EOS per example
+                total += torch.tensor([float(self._loss(batch)) * weight, weight, 1.0], dtype=torch.float64)
+        self._set_modes()
+        total = total.to(self.device)
+        dist.all_reduce(total)
+        if total[1] <= 0:
+            return None
+        return {"step": self.state["step"], "epoch": self.state["epoch"], "val_loss": float(total[0] / total[1]), "val_batches": int(total[2])}
+
+    def loop(self, metrics: MetricsLog) -> dict[str, Any]:
+        import torch
+        import torch.distributed as dist
+
+        from tasks.train_data import synced
+
+        t = self.train_cfg
+        sync_device = self.device
+        peak = peak_bf16_flops(torch.cuda.get_device_name(self.device)) if self.gpu else None
+        consumed: dict[int, int] = dict(self.state["skip"])
+        window = torch.zeros(7, dtype=torch.float64)  # loss sum, micro-batches, samples, audio_s, tokens, enc frames, dec positions
+        window_start = time.time()
+        last_val: dict[str, Any] | None = None
+        last_loss = None
+        logged_samples = 0  # all ranks, since this run started
+        saved_at = self.state["step"]
+        self._set_modes()
+
+        def finished() -> bool:
+            return self.stop_step is not None and self.state["step"] >= self.stop_step
+
+        while not finished():
+            if self.max_epochs is not None and self.state["epoch"] >= self.max_epochs:
+                break
+            micro_this_pass = 0
+            for batch in synced(self.train_loader, sync_device):
+                consumed[batch["worker"]] = batch["worker_batch"] + 1
+                micro_this_pass += 1
+                loss = self._loss(batch)
+                self.engine.backward(loss)
+                boundary = self.engine.is_gradient_accumulation_boundary()
+                self.engine.step()
+                n = len(batch["keys"])
+                window += torch.tensor([float(loss.detach()), 1, n, batch["audio_s"], batch["n_tokens"], *self._positions(batch)], dtype=torch.float64)
+                self.state["samples"] += n
+                self.state["audio_s"] += batch["audio_s"]
+                self.state["tokens"] += batch["n_tokens"]
+                if not boundary:
+                    continue
+                self.state["step"] += 1
+                step = self.state["step"]
+                if step % t.log_every == 0 or finished():
+                    w = window.to(self.device)
+                    dist.all_reduce(w)
+                    w = w.cpu()
+                    elapsed = max(time.time() - window_start, 1e-9)
+                    logged_samples += int(w[2])
+                    record = {
+                        "step": step,
+                        "epoch": self.state["epoch"],
+                        "loss": float(w[0] / max(w[1], 1)),
+                        "lr": float(self.engine.get_lr()[0]),
+                        "samples_per_s": float(w[2] / elapsed),
+                        "audio_s_per_s": float(w[3] / elapsed),
+                        "tokens_per_s": float(w[4] / elapsed),
+                        "encoder_frames_per_s": float(w[5] / elapsed),
+                        "decoder_positions_per_s": float(w[6] / elapsed),
+                        "run_samples": logged_samples,
+                        "world_size": self.world,
+                    }
+                    if peak:
+                        flops = 6.0 * (self.n_encoder * record["encoder_frames_per_s"] + (self.n_params - self.n_encoder) * record["decoder_positions_per_s"])
+                        record["mfu"] = flops / (self.world * peak)
+                    last_loss = record["loss"]
+                    metrics.write(record)
+                    if self.is_main:
+                        log.info("stage %d step %d loss %.4f lr %.2e %.1f samples/s", self.stage, step, record["loss"], record["lr"], record["samples_per_s"])
+                    window.zero_()
+                    window_start = time.time()
+                if step % t.val_every == 0:
+                    last_val = self.validate()
+                    if last_val:
+                        metrics.write(last_val)
+                if step % t.ckpt_every == 0:
+                    self.save_checkpoint(consumed)
+                    saved_at = step
+                if finished():
+                    break
+            else:  # the pass is over on some rank: next epoch
+                if micro_this_pass == 0 and not self.state["skip"]:
+                    raise RuntimeError(
+                        f"an epoch gave no batch on some rank: {self.train_info.samples} train samples "
+                        f"in {self.train_info.shards} shards for {self.world} processes"
+                    )
+                self.state["epoch"] += 1
+                self.state["skip"] = {}
+                consumed = {}
+                continue
+            break
+        if last_val is None or last_val["step"] != self.state["step"]:
+            last_val = self.validate()
+            if last_val:
+                metrics.write(last_val)
+        if saved_at != self.state["step"] or not (self.ckpt_dir / "latest").is_file():
+            self.save_checkpoint(consumed)
+        samples, audio_s, tokens = self._global_counts()
+        return {
+            "final_loss": last_loss,
+            "val_loss": last_val["val_loss"] if last_val else None,
+            "samples": samples,
+            "audio_s": audio_s,
+            "tokens": tokens,
+        }
+
+    def _global_counts(self) -> tuple[int, float, int]:
+        """Samples, audio seconds and target tokens trained on, all ranks (a collective)."""
+        import torch
+        import torch.distributed as dist
+
+        totals = torch.tensor([self.state["samples"], self.state["audio_s"], self.state["tokens"]], dtype=torch.float64).to(self.device)
+        dist.all_reduce(totals)
+        return int(totals[0]), round(float(totals[1]), 3), int(totals[2])
+
+    # ---- exports
+    def _trained_fp32(self) -> dict[str, Any]:
+        """Trainable parameters as full fp32 tensors on CPU (DeepSpeed's fp32 master copies where it
+        keeps them; a collective under ZeRO: every rank calls it)."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        out = {}
+        for name, p in self.engine.module.named_parameters():
+            if p.requires_grad:
+                full = safe_get_full_fp32_param(p)
+                out[name] = (full if full is not None else p.detach()).float().cpu().clone()
+        return out
+
+    def export(self) -> list[str]:
+        import torch
+        import torch.distributed as dist
+
+        from llmasr.model import Projector, build_llm, build_tokenizer, save_encoder, save_projector
+
+        trained = self._trained_fp32()
+        exports: list[str] = []
+        if self.is_main:
+            m = self.engine.module
+            if self.stage == 1:
+                from transformers import WhisperForConditionalGeneration
+
+                from llmasr.model import SpeechEncoder
+
+                # frozen parts from the fp32 source checkpoint, trained ones from the fp32 masters
+                whisper = WhisperForConditionalGeneration.from_pretrained(str(self.model_cfg.encoder), dtype=torch.float32)
+                own = dict(whisper.named_parameters())
+                with torch.no_grad():
+                    for name, value in trained.items():
+                        own[name[len("whisper."):]].copy_(value)
+                with _export_folder(self.out_dir, "whisper") as tmp:
+                    whisper.save_pretrained(str(tmp))
+                    _copy_aux(self.model_cfg.encoder, tmp)
+                with _export_folder(self.out_dir, "encoder") as tmp:
+                    save_encoder(SpeechEncoder(whisper.get_encoder()), tmp)
+                    _copy_aux(self.model_cfg.encoder, tmp)
+                exports = ["encoder", "whisper"]
+            else:
+                projector = Projector(**m.projector.config_dict())
+                projector.load_state_dict({k[len("projector."):]: v for k, v in trained.items() if k.startswith("projector.")})
+                with _export_folder(self.out_dir, "projector") as tmp:
+                    save_projector(projector, tmp)
+                exports = ["projector"]
+                if self.stage == 3:
+                    lora = {k[len("llm."):]: v for k, v in trained.items() if "lora_" in k}
+                    with _export_folder(self.out_dir, "lora") as tmp:
+                        m.llm.save_pretrained(str(tmp), state_dict=lora)
+                    exports.append("lora")
+                    if self.train_cfg.merge_lora:
+                        from peft import PeftModel
+
+                        base = build_llm(self.model_cfg.llm, "float32")
+                        merged = PeftModel.from_pretrained(base, str(self.out_dir / "lora")).merge_and_unload()
+                        tok_source = self.model_cfg.tokenizer or self.model_cfg.llm
+                        with _export_folder(self.out_dir, "merged_llm") as tmp:
+                            merged.save_pretrained(str(tmp))
+                            build_tokenizer(tok_source).save_pretrained(str(tmp))
+                        exports.append("merged_llm")
+        dist.barrier()
+        return exports
+
+    def model_json(self):
+        from llmasr.model import LLMASRConfig
+
+        d = self.model_cfg.to_dict()
+        d.update(encoder=_abs_if_local(d["encoder"]), llm=_abs_if_local(d["llm"]), tokenizer=_abs_if_local(d["tokenizer"]))
+        if self.stage == 1:
+            d["encoder"] = str((self.out_dir / "encoder").resolve())
+        else:
+            d["projector_path"] = str((self.out_dir / "projector").resolve())
+        return LLMASRConfig.from_dict(d)
+
+    def verify(self) -> dict[str, Any] | None:
+        if self.fingerprints is None:
+            return None
+        after = self._fingerprints()
+        trainable = set(self.trainable)
+        return {
+            "frozen": sum(1 for n in after if n not in trainable),
+            "trained": len(trainable),
+            "frozen_changed": sorted(n for n in after if n not in trainable and after[n] != self.fingerprints[n]),
+            "trained_unchanged": sorted(n for n in trainable if after[n] == self.fingerprints[n]),
+        }
+
+    # ---- all of it
+    def run(self) -> dict[str, Any]:
+        import torch.distributed as dist
+
+        from tasks.checkpoints import write_model_json, write_stage
+
+        started = time.time()
+        self.init_distributed()
+        self.prepare_out_dir()
+        self.build_model()
+        self.peek_state()
+        self.build_data()
+        self.build_engine()
+        # after initialize (which casts to bf16/fp16 where asked), before the checkpoint loads
+        self.fingerprints = self._fingerprints() if self.cfg.verify_params else None
+        self.load_checkpoint()
+        metrics = MetricsLog(self.cfg.metrics_log, self.cfg.tensorboard_dir, self.stage, self.is_main)
+        metrics.write({"event": "start", "step": self.state["step"], "epoch": self.state["epoch"], "resumed_from": self.state["resumed_from"],
+                       "world_size": self.world, "precision": self.precision, "zero_stage": self.zero_stage,
+                       "total_steps": self.total_steps, "trainable_params": self.n_trainable, "params": self.n_params})
+        try:
+            summary = self.loop(metrics)
+            verify = self.verify()
+            exports = self.export()
+            info = None
+            if self.is_main:
+                write_model_json(self.out_dir, self.model_json())
+                info = dict(
+                    stage=self.stage,
+                    key=self.cfg.key,
+                    steps=self.state["step"],
+                    epochs=self.state["epoch"],
+                    world_size=self.world,
+                    precision=self.precision,
+                    zero_stage=self.zero_stage,
+                    exports=exports,
+                    trainable_params=self.n_trainable,
+                    params=self.n_params,
+                    time_s=round(time.time() - started, 1),
+                    **summary,
+                )
+                if verify is not None:
+                    info["verify"] = verify
+                write_stage(self.out_dir, **info)  # last: the stage is complete
+                metrics.write({"event": "end", "step": self.state["step"], **summary})
+            dist.barrier()
+            return info or {}
+        finally:
+            metrics.close()
+
+
+# --------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.train", description="Train one LLM-ASR stage from RUN.json.")
+    parser.add_argument("run_json")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
+    args = parser.parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    if args.local_rank is not None or "TORCHELASTIC_RUN_ID" in os.environ:
+        _die_with_launcher()
+    logging.basicConfig(
+        level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        cfg = read_run_config(args.run_json)
+        check_run(cfg)
+        trainer = Trainer(cfg)
+        info = trainer.run()
+    except TrainConfigError as exc:
+        print(f"tasks.train: config error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
+    if info:
+        log.info("stage %d complete: %d steps, exports %s", cfg.stage, info["steps"], info["exports"])
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""infra/: the prefect.yaml entrypoints import, deployments build with parameter descriptions,
+and the DeepSpeed configs parse."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_prefect_yaml_entrypoints_are_the_project_flows():
+    spec = yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())
+    names = set()
+    for dep in spec["deployments"]:
+        path, attr = dep["entrypoint"].split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, attr)
+        assert flow.name.startswith("llmasr-"), dep["entrypoint"]
+        assert dep["concurrency_limit"] == 1  # two runs never write one work dir
+        assert dep["work_pool"]["name"] in {"llmasr-process", "llmasr-k8s-gpu"}
+        names.add(dep["name"])
+    assert {"llmasr-data", "llmasr-train", "llmasr-evaluate", "llmasr-pipeline"} <= names
+    template = json.loads((REPO / "infra" / "k8s" / "gpu-job-template.json").read_text())
+    limits = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "{{ gpus }}"
+
+
+def test_deployments_carry_parameter_descriptions_and_the_cron():
+    from flows.deployments import build_deployments
+    from llmasr.config import load_config
+
+    cfg = load_config("demo", ["schedule.data_cron=0 3 * * *"])
+    deps = {d.name: d for d in build_deployments(cfg, profile="demo")}
+    assert set(deps) == {"llmasr-data", "llmasr-train", "llmasr-evaluate", "llmasr-pipeline"}
+    data = deps["llmasr-data"]
+    assert data.parameters == {"profile": "demo"}
+    props = data._parameter_openapi_schema.properties
+    assert "YouTube" in props["sources"]["description"]
+    assert "key=value" in props["overrides"]["description"]
+    assert [s.schedule.cron for s in data.schedules] == ["0 3 * * *"]
+    assert not deps["llmasr-train"].schedules
+
+
+def test_deepspeed_configs_parse():
+    for name in ("zero2.json", "zero2_cpu.json"):
+        cfg = json.loads((REPO / "infra" / "deepspeed" / name).read_text())
+        assert "zero_optimization" in cfg
