@@ -20,10 +20,10 @@ from typing import Any, Sequence
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.filesystems import LocalFileSystem
 from prefect.futures import wait
 
 from flows import artifacts
+from flows.caching import by_key, cache_options
 from llmasr import progress
 from llmasr.config import PipelineConfig, load_config
 from llmasr.layout import WorkLayout
@@ -33,13 +33,8 @@ from tasks import demo_corpus, filter as filt, ingest, label, segment, shard
 from tasks.parts import code_version, fingerprint
 
 
-def _by_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Cache key of a stage task: the ``key`` argument the flow computed for it."""
-    return parameters["key"]
-
-
 def _cached_task(name: str, **kw: Any):
-    return task(name=name, cache_key_fn=_by_key, persist_result=True, **kw)
+    return task(name=name, cache_key_fn=by_key, persist_result=True, **kw)
 
 
 def batches(seq: Sequence[Any], size: int) -> list[list[Any]]:
@@ -147,18 +142,6 @@ class DataRunResult:
     shards: int
     labelled_items: int  # items labelled by this run (0 when nothing was new)
     label_rtfx: float
-
-
-def _cache_options(layout: WorkLayout, refresh: bool) -> dict:
-    return {"result_storage": _result_storage(layout), "refresh_cache": refresh or None}
-
-
-def _result_storage(layout: WorkLayout) -> LocalFileSystem:
-    """Cached task results live in the work dir (deleting it resets the cache). Prefect needs the
-    storage block saved server-side; its name is derived from the work dir's path."""
-    block = LocalFileSystem(basepath=str(layout.root / ".prefect-results"))
-    block.save(f"llmasr-results-{fingerprint(str(layout.root))[:12]}", overwrite=True)
-    return block
 
 
 def _known_items(layout: WorkLayout) -> dict[str, Item]:
@@ -269,7 +252,7 @@ def data_flow(
 def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Source], refresh: bool, logger) -> DataRunResult:
     if swept := layout.sweep_temp():
         logger.info("removed %d temp files left by an interrupted run", swept)
-    opts = _cache_options(layout, refresh)
+    opts = cache_options(layout, refresh)
 
     items = run_ingest(cfg, layout, sources, opts)
     ok = [i for i in items if i.status == STATUS_OK]

@@ -20,6 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows import train_artifacts
+from flows.caching import by_key, cache_options
 from llmasr.config import ConfigError, PipelineConfig, load_config
 from llmasr.layout import WorkLayout
 from llmasr.lock import work_dir_lock
@@ -54,7 +55,7 @@ def check_stages(cfg: PipelineConfig, layout: WorkLayout, stages: list[int]) -> 
         raise ConfigError(f"stage {first} needs the checkpoint of stage {first - 1} in {checkpoints.stage_dir(layout.root, first - 1)}: run --stages {first - 1},{first} (or from 1)")
 
 
-@task(name="train-stage", cache_key_fn=lambda ctx, params: params["key"], persist_result=True)
+@task(name="train-stage", cache_key_fn=by_key, persist_result=True)
 def train_stage_task(stage: int, cfg: PipelineConfig, key: str) -> dict[str, Any]:
     """Launch tasks/train.py for one stage; returns the stage's stage.json."""
     from tasks import train as trainer
@@ -110,8 +111,9 @@ def train_flow(
     check_stages(cfg, layout, stages)
     results = {}
     with work_dir_lock(layout.root, cfg.runner.lock_wait_s, what="llmasr-train"):
+        stage_task = train_stage_task.with_options(**cache_options(layout))
         for stage in stages:
-            results[stage] = train_stage_task(stage, cfg, key=stage_key(cfg, layout, stage))
+            results[stage] = stage_task(stage, cfg, key=stage_key(cfg, layout, stage))
     train_artifacts.publish(layout, results)
     return {f"stage{s}": r for s, r in results.items()}
 

@@ -28,8 +28,8 @@ def summary_rows(records: list[dict], results: dict[int, dict[str, Any]]) -> lis
     rows = []
     for stage, info in sorted(results.items()):
         recs = [r for r in records if r.get("stage") == stage]
-        train = [r for r in recs if "loss" in r]
-        val = [r for r in recs if "val_loss" in r]
+        train = [r for r in recs if r.get("loss") is not None]
+        val = [r for r in recs if r.get("val_loss") is not None]
         last = train[-1] if train else {}
         rows.append(
             {
@@ -53,8 +53,8 @@ def loss_plot_png(records: list[dict]) -> bytes:
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for stage in sorted({r["stage"] for r in records if "stage" in r}):
-        train = [(r["step"], r["loss"]) for r in records if r.get("stage") == stage and "loss" in r]
-        val = [(r["step"], r["val_loss"]) for r in records if r.get("stage") == stage and "val_loss" in r]
+        train = [(r["step"], r["loss"]) for r in records if r.get("stage") == stage and r.get("loss") is not None]
+        val = [(r["step"], r["val_loss"]) for r in records if r.get("stage") == stage and r.get("val_loss") is not None]
         if train:
             ax.plot(*zip(*train), label=f"stage {stage} train")
         if val:

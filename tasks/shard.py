@@ -159,8 +159,10 @@ def plan_pending(layout: WorkLayout, kept_ids: set[str]) -> tuple[list[dict], di
         log.info("removing shard %s: it holds segments the filter no longer keeps", name)
         (layout.shards / name).unlink(missing_ok=True)
     entries = [e for e in entries if e["path"] not in stale]
-    members = {sid: sh for sid, sh in members.items() if sh not in stale}
     known = {e["path"] for e in entries}
+    # index.json is written after shard_members.parquet: a run killed between the two leaves
+    # members of a shard the index does not list; that shard is an orphan and its segments pending
+    members = {sid: sh for sid, sh in members.items() if sh in known}
     for tar in layout.shards.glob("*.tar") if layout.shards.is_dir() else []:
         if tar.name not in known:
             log.info("removing %s: not in the index (left by an interrupted run)", tar.name)

@@ -21,6 +21,8 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "llma
 
 import pytest  # noqa: E402
 
+from tasks.demo_corpus import generate  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ helpers: tiny_models, webfixtures
@@ -49,3 +51,34 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared test data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# --- the demo corpus and one data run, shared by the flow tests -----------------------------------
+
+N_ITEMS = 16  # enough for every special item of the demo plan (wrong captions, VAD, specials...)
+
+
+def flow_args(corpus: Path, work_dir: Path, extra_sources: list[Path] = (), overrides: list[str] = ()) -> dict:
+    return dict(
+        profile="demo",
+        work_dir=str(work_dir),
+        sources=[str(corpus / "videos"), *map(str, extra_sources)],
+        overrides=[f"demo.corpus_dir={corpus}", f"demo.n_items={N_ITEMS}", *overrides],
+    )
+
+
+@pytest.fixture(scope="session")
+def corpus(session_tmp: Path) -> Path:
+    return generate(session_tmp / "corpus", n_items=N_ITEMS, seed=0)
+
+
+@pytest.fixture(scope="session")
+def reference_run(prefect_harness, corpus: Path, session_tmp: Path):
+    from flows.data import data_flow
+
+    work = session_tmp / "ref-run"
+    state = data_flow(**flow_args(corpus, work), return_state=True)
+    assert state.is_completed(), state.message
+    return work, state.result()
+
+

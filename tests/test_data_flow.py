@@ -26,34 +26,9 @@ import soundfile as sf
 from llmasr.layout import WorkLayout
 from llmasr.records import STATUS_OK, Decision, Item, Label, Segment, read_records
 from tasks.captions import Cue, write_vtt
-from tasks.demo_corpus import ESPEAK_RATE, generate, speak
+from tasks.demo_corpus import ESPEAK_RATE, speak
 
-N_ITEMS = 16  # enough for every special item of the demo plan (wrong captions, VAD, specials...)
-REPO = Path(__file__).resolve().parents[1]
-
-
-def flow_args(corpus: Path, work_dir: Path, extra_sources: list[Path] = (), overrides: list[str] = ()) -> dict:
-    return dict(
-        profile="demo",
-        work_dir=str(work_dir),
-        sources=[str(corpus / "videos"), *map(str, extra_sources)],
-        overrides=[f"demo.corpus_dir={corpus}", f"demo.n_items={N_ITEMS}", *overrides],
-    )
-
-
-@pytest.fixture(scope="session")
-def corpus(session_tmp: Path) -> Path:
-    return generate(session_tmp / "corpus", n_items=N_ITEMS, seed=0)
-
-
-@pytest.fixture(scope="session")
-def reference_run(prefect_harness, corpus: Path, session_tmp: Path):
-    from flows.data import data_flow
-
-    work = session_tmp / "ref-run"
-    state = data_flow(**flow_args(corpus, work), return_state=True)
-    assert state.is_completed(), state.message
-    return work, state.result()
+from conftest import N_ITEMS, REPO, flow_args  # fixtures corpus and reference_run live there too
 
 
 def sha256(path: Path) -> str:

@@ -342,3 +342,16 @@ def test_a_segment_whose_split_changed_moves_to_a_shard_of_its_new_split(work: W
     for e in index["shards"]:
         splits = {json.loads(s["json"])["split"] for s in wds.WebDataset([str(work.layout.shards / e["path"])], shardshuffle=False)}
         assert splits == {e["split"]}
+
+
+
+def test_members_of_a_shard_missing_from_the_index_are_sharded_again(work: Work) -> None:
+    """A run killed after shard_members.parquet was saved but before index.json: the tar the index
+    does not list is an orphan, removed, and its segments are sharded again (none is lost)."""
+    index = json.loads(work.layout.shard_index.read_text())
+    dropped = index["shards"].pop()["path"]
+    work.layout.shard_index.write_text(json.dumps(index))  # the members file still lists it
+    work.shard()
+    keys = _keys_by_tarfile(work)
+    assert set(keys) == work.kept() and all(c == 1 for c in keys.values())
+    assert dropped in {e["path"] for e in json.loads(work.layout.shard_index.read_text())["shards"]}

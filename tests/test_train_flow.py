@@ -1,0 +1,105 @@
+"""The training flow under a real Prefect server, on the shards of the reference data run.
+
+Stages 1 -> 2 -> 3 launched as subprocesses (torchrun, 1 CPU process, tiny models), then: a rerun
+shows Cached stage tasks; a stage asked for without its predecessor fails before any compute; a
+stage that runs past train.timeout_s is killed with its process group and fails with the log's tail.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import N_ITEMS
+from llmasr.config import ConfigError
+from llmasr.tiny_models import build_demo_models
+from tasks import checkpoints
+from tasks.launch import TrainingProcessError
+
+
+@pytest.fixture(scope="module")
+def models(session_tmp: Path) -> dict:
+    return build_demo_models(session_tmp / "demo-models")
+
+
+def train_args(work: Path, corpus: Path, models: dict, *extra: str) -> dict:
+    return dict(
+        profile="demo",
+        work_dir=str(work),
+        overrides=[
+            f"demo.corpus_dir={corpus}",
+            f"demo.n_items={N_ITEMS}",
+            f"train.encoder={models['whisper']}",
+            f"train.llm={models['llm']}",
+            f"train.tokenizer={models['tokenizer']}",
+            "train.stage1.max_steps=2",
+            "train.stage2.max_steps=3",
+            "train.stage3.max_steps=3",
+            *extra,
+        ],
+    )
+
+
+def _task_states(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return sorted(tr.state.name for tr in runs if tr.name.startswith("train-stage"))
+
+
+def test_three_stages_then_a_cached_rerun(reference_run, corpus: Path, models: dict, session_tmp: Path):
+    from flows.train import train_flow
+
+    ref, _ = reference_run
+    work = session_tmp / "train-flow"
+    shutil.copytree(ref, work)
+    state = train_flow(**train_args(work, corpus, models), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert sorted(result) == ["stage1", "stage2", "stage3"]
+    for stage in (1, 2, 3):
+        info = checkpoints.read_stage(checkpoints.stage_dir(work, stage))
+        assert info is not None and info["steps"] >= 1
+    assert (work / "checkpoints" / "stage1" / "encoder" / "config.json").is_file()
+    assert (work / "checkpoints" / "stage3" / "lora" / "adapter_config.json").is_file()
+    records = [json.loads(line) for line in (work / "logs" / "train.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in records if "loss" in r} == {1, 2, 3}
+    assert (work / "reports" / "loss.png").is_file()
+    model = checkpoints.load_llmasr(checkpoints.stage_dir(work, 3))
+    assert model is not None
+
+    again = train_flow(**train_args(work, corpus, models), return_state=True)
+    assert again.is_completed()
+    assert _task_states(again.state_details.flow_run_id) == ["Cached", "Cached", "Cached"]
+
+
+def test_a_stage_without_its_predecessor_fails_before_compute(prefect_harness, corpus: Path, models: dict, reference_run, session_tmp: Path):
+    from flows.train import train_flow
+
+    ref, _ = reference_run
+    work = session_tmp / "train-no-stage2"
+    shutil.copytree(ref, work, ignore=shutil.ignore_patterns("checkpoints"))
+    with pytest.raises(ConfigError, match="stage 3 needs the checkpoint of stage 2"):
+        train_flow(**train_args(work, corpus, models), stages=[3])
+    assert not (work / "checkpoints").exists()
+
+
+def test_a_hung_stage_is_killed_with_its_process_group(prefect_harness, corpus: Path, models: dict, reference_run, session_tmp: Path):
+    from flows.train import train_flow
+
+    ref, _ = reference_run
+    work = session_tmp / "train-timeout"
+    shutil.copytree(ref, work, ignore=shutil.ignore_patterns("checkpoints"))
+    with pytest.raises(TrainingProcessError, match="train.timeout_s=2") as err:
+        train_flow(**train_args(work, corpus, models, "train.timeout_s=2"), stages=[1])
+    assert "last lines" in str(err.value)
+    run_json = work / "logs" / "stage1.run.json"
+    leftovers = subprocess.run(["pgrep", "-f", str(run_json)], capture_output=True, text=True).stdout.split()
+    assert leftovers == []
+    assert checkpoints.read_stage(checkpoints.stage_dir(work, 1)) is None
