@@ -1,11 +1,11 @@
-# make demo   -- set up (.venv, apt packages) and run the pipeline on the embedded CPU demo
+# make demo   -- set up (.venv, apt packages) and run the whole pipeline on the embedded CPU demo
 # make test   -- set up and run the test suite
 .PHONY: setup demo test bench
 setup:
 	bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/llmasr data --profile demo
+	.venv/bin/llmasr run --profile demo
 
 test: setup
 	.venv/bin/python -m pytest -q

@@ -266,8 +266,18 @@ class SpeechEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **kwargs: Any) -> "SpeechEncoder":
-        """Load the encoder of a WhisperModel / WhisperForConditionalGeneration checkpoint."""
-        whisper = WhisperModel.from_pretrained(str(path), dtype=dtype)
+        """Load the encoder of a WhisperModel / WhisperForConditionalGeneration checkpoint.
+
+        An encoder-only export (stage 1's ``encoder/``) has no decoder weights; transformers would
+        list every decoder tensor as MISSING, so its load report is silenced here."""
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            whisper = WhisperModel.from_pretrained(str(path), dtype=dtype)
+        finally:
+            hf_logging.set_verbosity(level)
         return cls(whisper.get_encoder(), **kwargs)  # the decoder is dropped with `whisper`
 
     @classmethod
