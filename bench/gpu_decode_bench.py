@@ -1,0 +1,206 @@
+""".venv/bin/python bench/gpu_decode_bench.py [--llm qwen2-0.5b|qwen2-1.5b] [--utts 16] [--reps 2] [--tokens 64] [--out bench/results/gpu_decode_bench.json]
+
+GPU version of bench/decode_bench.py (for a lent CUDA GPU, a few minutes on one H100): the same four
+configurations -- beam 8 + no_repeat_ngram_size 6 vs greedy, batch_size 8 vs 1 -- through
+``tasks.decode.LLMASRSystem.decode`` / ``run_system`` (RTF = decode wall time, features + generation,
+/ audio seconds; tokens/s = new tokens / decode wall time), but on a mid-size model built from
+configs, random init, bf16, on the GPU: a Whisper-large-like encoder (d_model 1280, 32 layers,
+128 mel bins) + projector + a Qwen2 LLM (``--llm``: 0.5B or 1.5B shapes, 151,936-token vocabulary)
+with an unmerged LoRA (rank 8 on q/k/v/o, as stage 3 decodes by default).  The tokenizer is the
+tiny one (llmasr.tiny_models.tiny_tokenizer, ~50k Whisper BPE): only its special ids and the prompt
+matter.
+
+Random weights emit arbitrary tokens, so generation length is fixed: every piece's bound is
+``--tokens`` (DecodeSettings tokens_per_second ~0, min_new_tokens = max_new_tokens = N) and
+``min_new_tokens=N`` plus pad suppression are passed through ``LLMASR.generate_ids``'s
+``**generate_kwargs`` (the instance's generate_ids is wrapped), so each piece decodes exactly N tokens
+and every configuration does the same decode work.  Audio: espeak-ng utterances when espeak-ng is
+installed, else deterministic noise pieces of 2-12 s (features are all the random encoder sees).
+Repetitions alternate the order of the four configurations; CUDA is synchronised around each batch
+(decode_pieces times each ``system.decode`` call, whose ``.tolist()`` already synchronises).
+
+Exits 2 with "needs a CUDA GPU" when torch sees none.  Prints the table and the GPU; JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LLMS = {
+    "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
+}
+WHISPER_LARGE = dict(
+    num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
+    decoder_layers=2, decoder_attention_heads=20, decoder_ffn_dim=5120, max_source_positions=1500, vocab_size=51866,
+)
+CONFIGS = [("beam8 batch8", 8, 6, 8), ("greedy batch8", 1, 0, 8), ("beam8 batch1", 8, 6, 1), ("greedy batch1", 1, 0, 1)]
+
+
+def make_audio(n: int, tmp: Path):
+    import shutil
+
+    import numpy as np
+    import soundfile as sf
+
+    from tasks.testsets import TestUtterance
+
+    texts = [
+        "The weather was warm enough to eat lunch outside on the terrace.",
+        "The doctor prescribed amoxicillin for the chest infection and asked the patient to come back next week.",
+        "We planted tomatoes and beans in the garden behind the house.",
+        "The museum opens at nine and closes late on Fridays.",
+    ]
+    out = []
+    have_espeak = shutil.which("espeak-ng") is not None
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        path = tmp / f"u{i:02d}.wav"
+        if have_espeak:
+            from tasks.demo_corpus import ESPEAK_RATE, speak
+
+            audio, sr = speak(texts[i % len(texts)] * (1 + i % 2), "en", 150, tmp), ESPEAK_RATE
+        else:
+            sr = 16000
+            audio = (0.05 * rng.standard_normal(int(sr * (2 + 10 * ((i * 7) % n) / max(1, n - 1))))).astype(np.float32)
+        sf.write(str(path), audio, sr)
+        out.append(TestUtterance(utt_id=f"u{i:02d}", audio_path=str(path), text=texts[i % len(texts)]))
+    return ("espeak-ng" if have_espeak else "noise"), out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--llm", choices=sorted(LLMS), default="qwen2-0.5b")
+    ap.add_argument("--utts", type=int, default=16)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=64, help="new tokens per piece, forced")
+    ap.add_argument("--no-lora", action="store_true")
+    ap.add_argument("--out", default=str(REPO / "bench/results/gpu_decode_bench.json"))
+    args = ap.parse_args()
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_decode_bench: needs a CUDA GPU (torch.cuda.is_available() is False); run bench/decode_bench.py for the CPU numbers", file=sys.stderr)
+        return 2
+
+    import transformers
+
+    from llmasr.config import SegmentConfig
+    from llmasr.model import LLMASRConfig, LoraSettings, apply_lora, build_model
+    from llmasr.tiny_models import tiny_tokenizer
+    from tasks.decode import DecodeSettings, LLMASRSystem, plan_pieces, run_system
+
+    t_start = time.perf_counter()
+    tmp_ctx = tempfile.TemporaryDirectory(prefix="llmasr-gpu-decode-bench-")
+    tmp = Path(tmp_ctx.name)
+    tok_dir = tiny_tokenizer(tmp / "tokenizer")
+    cfg = LLMASRConfig(
+        encoder=dict(WHISPER_LARGE),
+        llm={"model_type": "qwen2", "vocab_size": 151936, "max_position_embeddings": 32768, **LLMS[args.llm]},
+        tokenizer=str(tok_dir),
+        projector_hidden=2048,
+        dtype="bfloat16",
+        lora=LoraSettings(rank=8, alpha=16, dropout=0.0),
+    )
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    with torch.device("cuda"):  # random init on the GPU (minutes on CPU for ~1-2B parameters)
+        model = build_model(cfg)
+        if not args.no_lora:
+            apply_lora(model, cfg)
+    model = model.to("cuda", torch.bfloat16).eval()
+    build_s = time.perf_counter() - t0
+    n_params = sum(p.numel() for p in model.parameters())
+
+    source, utts = make_audio(args.utts, tmp)
+    problems: list[str] = []
+    kept, pieces, durations = plan_pieces(utts, 30.0, SegmentConfig(), problems)
+    audio_s = sum(durations.values())
+    n = args.tokens
+    base = DecodeSettings(device="cuda", tokens_per_second=1e-9, min_new_tokens=n, max_new_tokens=n)
+    force = {"min_new_tokens": n, "suppress_tokens": [model.pad_id]}
+    original = model.generate_ids
+
+    @functools.wraps(original)
+    def generate_ids(*a, **kw):
+        return original(*a, **{**kw, **force})
+
+    model.generate_ids = generate_ids
+
+    systems = {}
+    for name, beams, ngram, batch in CONFIGS:
+        s = LLMASRSystem(name, tmp, dataclasses.replace(base, num_beams=beams, no_repeat_ngram_size=ngram, batch_size=batch))
+        s.model, s.device = model, "cuda"
+        systems[name] = s
+
+    def run(name, ps=None):
+        ps = ps or pieces
+        ids = {p.utt_id for p in ps}
+        torch.cuda.synchronize()
+        return run_system(systems[name], [u for u in kept if u.utt_id in ids], ps, durations, systems[name].settings)
+
+    longest = sorted(pieces, key=lambda p: -p.duration_s)[:8]
+    for name in systems:  # warm-up (CUDA kernels, allocator)
+        run(name, longest)
+    torch.cuda.reset_peak_memory_stats()
+    names = [c[0] for c in CONFIGS]
+    reps = []
+    for rep in range(args.reps):
+        order = names[rep % 4 :] + names[: rep % 4]
+        order = order[::-1] if rep % 2 else order
+        res = {}
+        for name in order:
+            r = run(name)
+            res[name] = {"decode_s": r.decode_s, "rtf": r.rtf, "tokens": r.tokens, "tokens_per_s": r.tokens_per_s, "failures": len(r.failures)}
+            print(f"  rep {rep + 1} {name:<14}: {r.decode_s:7.2f} s  RTF {r.rtf:.4f}  {r.tokens} tok ({r.tokens / len(pieces):.1f}/piece)  {r.tokens_per_s:.0f} tok/s  failures {len(r.failures)}", flush=True)
+        reps.append({"order": order, "results": res})
+
+    med = lambda name, k: statistics.median(rp["results"][name][k] for rp in reps)  # noqa: E731
+    ratio = lambda a, b: statistics.median(rp["results"][a]["decode_s"] / rp["results"][b]["decode_s"] for rp in reps)  # noqa: E731
+    rows = []
+    for name in names:
+        rows.append((f"{name}: RTF (median of {args.reps})", f"{med(name, 'rtf'):.4f}"))
+        rows.append((f"{name}: tokens/s", f"{med(name, 'tokens_per_s'):.0f}"))
+        rows.append((f"{name}: new tokens/piece", f"{med(name, 'tokens') / len(pieces):.1f}"))
+    ratios = {
+        "beam8_over_greedy_batch8": ratio("beam8 batch8", "greedy batch8"),
+        "beam8_over_greedy_batch1": ratio("beam8 batch1", "greedy batch1"),
+        "batched_speedup_greedy": ratio("greedy batch1", "greedy batch8"),
+        "batched_speedup_beam8": ratio("beam8 batch1", "beam8 batch8"),
+    }
+    rows += [(k.replace("_", " "), f"{v:.2f}x") for k, v in ratios.items()]
+    rows.append(("peak GPU memory", f"{torch.cuda.max_memory_allocated() / 1024**3:.1f} GB"))
+    gpu = torch.cuda.get_device_name(0)
+    print("\n=== GPU decode bench summary ===")
+    print(f"gpu     : {gpu}; torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"model   : whisper-large-like encoder + {args.llm} (random, bf16{'' if args.no_lora else ', LoRA r8 unmerged'}): {n_params / 1e9:.2f} B params, built in {build_s:.0f} s")
+    print(f"audio   : {source}: {len(pieces)} pieces, {audio_s:.1f} s; {n} new tokens forced per piece")
+    w = max(len(m) for m, _ in rows)
+    print(f"{'metric':<{w}} | value | target | ok")
+    for m, v in rows:
+        print(f"{m:<{w}} | {v} |  |")
+    total_s = time.perf_counter() - t_start
+    print(f"total bench time: {total_s:.0f} s")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "gpu": gpu, "llm": args.llm, "params": n_params, "audio": {"source": source, "pieces": len(pieces), "audio_s": audio_s},
+                               "forced_tokens": n, "reps": reps, "ratios": ratios, "rows": rows, "problems": problems, "total_s": total_s}, indent=1))
+    print(f"wrote {out}")
+    tmp_ctx.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
