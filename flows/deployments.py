@@ -4,7 +4,8 @@
     prefect deploy --prefect-file infra/prefect.yaml --all   # the same on a team's server and work pools
 
 Each deployment's parameter form is the flow's signature; its fields carry the flow docstring's
-descriptions.  Defaults come from the profile/work dir/config that `llmasr ui` was started with,
+descriptions.  Defaults come from the profile, work dir, config file, ``--set`` overrides and ``--source``s that
+`llmasr ui` was started with,
 so the UI's "Run" button runs the same thing the CLI would.
 """
 
@@ -15,8 +16,10 @@ from typing import Any
 from llmasr.config import PipelineConfig
 
 
-def deployment_parameters(profile: str | None, work_dir: str | None, config_file: str | None) -> dict[str, Any]:
+def deployment_parameters(profile: str | None, work_dir: str | None, config_file: str | None, overrides: list[str] | None = None) -> dict[str, Any]:
     params: dict[str, Any] = {}
+    if overrides:
+        params["overrides"] = list(overrides)
     if profile:
         params["profile"] = profile
     if work_dir:
@@ -26,7 +29,7 @@ def deployment_parameters(profile: str | None, work_dir: str | None, config_file
     return params
 
 
-def build_deployments(cfg: PipelineConfig, profile: str | None = None, work_dir: str | None = None, config_file: str | None = None) -> list:
+def build_deployments(cfg: PipelineConfig, profile: str | None = None, work_dir: str | None = None, config_file: str | None = None, overrides: list[str] | None = None, sources: list[str] | None = None) -> list:
     """RunnerDeployments for ``prefect.serve``: names ``<prefix>-data``, ``-train``, ``-evaluate``,
     ``-pipeline``.  The data deployment runs on ``schedule.data_cron`` when it is set."""
     from flows.data import data_flow
@@ -35,7 +38,8 @@ def build_deployments(cfg: PipelineConfig, profile: str | None = None, work_dir:
     from flows.train import train_flow
 
     prefix = cfg.schedule.deployment_prefix
-    params = deployment_parameters(profile, work_dir, config_file)
+    params = deployment_parameters(profile, work_dir, config_file, overrides)
+    data_params = {**params, **({"sources": list(sources)} if sources else {})}
     tags = ["llmasr"] + ([f"profile:{profile}"] if profile else [])
     cron = None
     if cfg.schedule.data_cron:
@@ -45,7 +49,7 @@ def build_deployments(cfg: PipelineConfig, profile: str | None = None, work_dir:
     return [
         data_flow.to_deployment(
             name=f"{prefix}-data",
-            parameters=params,
+            parameters=data_params,
             schedule=cron,
             description="Ingest new audio (yt-dlp archive, cached stages), segment, label, filter, shard. Scheduled by schedule.data_cron.",
             tags=tags + ["data"],

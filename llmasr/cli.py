@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(ui)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; anything else is reachable from other machines)")
     ui.add_argument("--port", type=int, default=4200)
+    ui.add_argument("--source", dest="sources", action="append", default=[], help="default sources of the data deployment (repeatable)")
 
     demo = sub.add_parser("demo-corpus", help="generate the espeak-ng demo corpus")
     demo.add_argument("--out", default="runs/demo-corpus")
@@ -206,9 +207,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    import signal
+
     from llmasr import server
 
-    cfg = _load(args)
+    cfg = _load(args, args.sources)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops us even when started with SIGINT ignored (`&`)
     _prefect_defaults()
     proc = None
     api_url = os.environ.get("PREFECT_API_URL")
@@ -231,7 +235,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     try:
         with temporary_settings({PREFECT_API_URL: api_url}):
-            serve(*build_deployments(cfg, args.profile, args.work_dir, args.config_file))
+            serve(*build_deployments(cfg, args.profile, args.work_dir, args.config_file, args.overrides, args.sources))
     except KeyboardInterrupt:
         console.print("stopping")
     finally:

@@ -13,6 +13,7 @@ import ipaddress
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,8 +39,18 @@ def prefect_binary() -> str:
     return shutil.which("prefect") or str(Path(sys.executable).with_name("prefect"))
 
 
+def port_in_use(host: str, port: int) -> bool:
+    probe = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((probe, port)) == 0
+
+
 def start_server(host: str = "127.0.0.1", port: int = 4200, log_path: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if port_in_use(host, port):
+        raise ServerError(f"port {port} on {host} is already in use (another Prefect server?): pick another with --port, or point PREFECT_API_URL at that server")
+    # the UI learns its API address from these settings, not from --port
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_API_HOST": host, "PREFECT_SERVER_API_PORT": str(port)}
     env.pop("PREFECT_API_URL", None)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     return subprocess.Popen([prefect_binary(), "server", "start", "--host", host, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

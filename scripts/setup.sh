@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 apt_needed=()
 command -v ffmpeg >/dev/null || apt_needed+=(ffmpeg)
 command -v espeak-ng >/dev/null || apt_needed+=(espeak-ng)
+command -v chromium >/dev/null || apt_needed+=(chromium)  # headless screenshots of the Prefect UI (tests/test_ui_server.py)
 if ((${#apt_needed[@]})); then
   echo "setup: installing ${apt_needed[*]} with apt-get"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
