@@ -110,9 +110,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     stages = _stages(args.stages)
-    _load(args)  # validate before Prefect starts
+    from flows.train import check_stages, train_flow
+    from llmasr.layout import WorkLayout
+
+    cfg = _load(args)
+    check_stages(cfg, WorkLayout(Path(cfg.work_dir)), sorted(stages))  # before Prefect starts
     _prefect_defaults()
-    from flows.train import train_flow
 
     result = train_flow(profile=args.profile, work_dir=args.work_dir, overrides=args.overrides, config_file=args.config_file, stages=stages)
     from tasks.checkpoints import stage_dir
