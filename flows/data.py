@@ -282,7 +282,34 @@ def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Sour
         label_rtfx=round(rtfx, 2),
     )
     logger.info("data run done: %s", result)
+    follow_with_training(cfg, layout, index, logger)
     return result
+
+
+def follow_with_training(cfg: PipelineConfig, layout: WorkLayout, index: dict, logger) -> str | None:
+    """Trigger the train deployment when a deployed run brought schedule.train_after_new_hours of
+    new kept audio; otherwise say how much is new.  Returns the triggered flow run's id."""
+    threshold = cfg.schedule.train_after_new_hours
+    if threshold is None:
+        return None
+    from prefect.context import get_run_context
+
+    from tasks.checkpoints import new_train_hours
+
+    new_h = new_train_hours(layout.root, index)
+    if new_h < threshold:
+        logger.info("%.2f h of new kept audio since the last training (< %.2f h): training waits", new_h, threshold)
+        return None
+    flow_run = get_run_context().flow_run
+    if flow_run is None or flow_run.deployment_id is None:
+        logger.info("%.2f h of new kept audio (>= %.2f h): run `llmasr train --work-dir %s` (only deployed runs trigger it)", new_h, threshold, layout.root)
+        return None
+    from prefect.deployments import run_deployment
+
+    name = f"llmasr-train/{cfg.schedule.deployment_prefix}-train"
+    run = run_deployment(name=name, parameters={"profile": cfg.profile, "work_dir": str(layout.root)}, timeout=0, as_subflow=False)
+    logger.info("%.2f h of new kept audio (>= %.2f h): triggered %s (flow run %s)", new_h, threshold, name, run.id)
+    return str(run.id)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ code).  A stage killed mid-way resumes from its last DeepSpeed checkpoint when r
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,8 @@ def train_flow(
         stage_task = train_stage_task.with_options(**cache_options(layout))
         for stage in stages:
             results[stage] = stage_task(stage, cfg, key=stage_key(cfg, layout, stage))
+    if 3 in results:  # the full model now reflects this shard index
+        checkpoints.record_trained_on(layout.root, json.loads(layout.shard_index.read_text(encoding="utf-8")))
     train_artifacts.publish(layout, results)
     return {f"stage{s}": r for s, r in results.items()}
 

@@ -203,6 +203,7 @@ class ScheduleConfig(_Section):
     data_cron: str | None = None  # cron of the scheduled data run (new videos), e.g. "0 3 * * *"
     timezone: str = "UTC"
     deployment_prefix: str = "llmasr"  # deployments are named <flow>/<prefix>-<name>
+    train_after_new_hours: float | None = Field(None, ge=0)  # a deployed data run triggers training past this
 
 
 class DemoConfig(_Section):

@@ -91,3 +91,25 @@ def load_llmasr(folder: Path | str, device: str = "cpu", merged: bool = False):
     if not merged and (folder / "lora").is_dir():
         load_lora(model, folder / "lora")
     return model.to(device).eval()
+
+
+def trained_on_path(work_dir: Path | str) -> Path:
+    return Path(work_dir) / "checkpoints" / "trained_on.json"
+
+
+def train_audio_s(index: dict) -> float:
+    """Seconds of kept audio in the train split of a shard index."""
+    return float(index.get("splits", {}).get("train", {}).get("audio_s", 0.0))
+
+
+def record_trained_on(work_dir: Path | str, index: dict) -> Path:
+    """Remember how much train audio the last full training (through stage 3) saw."""
+    return write_json(trained_on_path(work_dir), {"train_audio_s": train_audio_s(index)})
+
+
+def new_train_hours(work_dir: Path | str, index: dict) -> float:
+    """Hours of train audio in ``index`` beyond what the last full training saw (all of it if none)."""
+    path = trained_on_path(work_dir)
+    seen = json.loads(path.read_text(encoding="utf-8"))["train_audio_s"] if path.is_file() else 0.0
+    return max(0.0, train_audio_s(index) - seen) / 3600.0
+

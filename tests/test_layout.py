@@ -29,3 +29,15 @@ def test_abs_refuses_a_manifest_path_outside_the_work_dir(tmp_path: Path):
     assert layout.abs("raw/x.flac") == layout.root / "raw" / "x.flac"
     with pytest.raises(ValueError, match="escapes the work dir"):
         layout.abs("../../etc/passwd")
+
+
+def test_new_train_hours_counts_train_audio_beyond_the_last_full_training(tmp_path: Path):
+    from tasks.checkpoints import new_train_hours, record_trained_on
+
+    index = {"splits": {"train": {"audio_s": 7200.0}, "validation": {"audio_s": 360.0}}}
+    assert new_train_hours(tmp_path, index) == 2.0  # never trained: all of it is new
+    record_trained_on(tmp_path, index)
+    assert new_train_hours(tmp_path, index) == 0.0
+    grown = {"splits": {"train": {"audio_s": 7200.0 + 1800.0}}}
+    assert new_train_hours(tmp_path, grown) == 0.5
+    assert new_train_hours(tmp_path, {"splits": {}}) == 0.0  # fewer hours (data removed) never goes negative

@@ -73,6 +73,8 @@ def test_three_stages_then_a_cached_rerun(reference_run, corpus: Path, models: d
     assert (work / "reports" / "loss.png").is_file()
     model = checkpoints.load_llmasr(checkpoints.stage_dir(work, 3))
     assert model is not None
+    index = json.loads((work / "shards" / "index.json").read_text())
+    assert checkpoints.new_train_hours(work, index) == 0.0  # a full training records what it saw
 
     again = train_flow(**train_args(work, corpus, models), return_state=True)
     assert again.is_completed()
