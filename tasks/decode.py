@@ -121,7 +121,7 @@ def read_audio(path: str | Path, start_s: float | None = None, end_s: float | No
     path = str(path)
     try:
         info = sf.info(path)
-    except Exception:  # not a libsndfile format (m4a, webm, ...)
+    except RuntimeError:  # soundfile.LibsndfileError: not a libsndfile format (m4a, webm, ...)
         info = None
     if info is not None and info.samplerate == SAMPLE_RATE:
         start = int(round((start_s or 0.0) * SAMPLE_RATE))
@@ -140,7 +140,7 @@ def audio_duration(path: str | Path) -> float:
         info = sf.info(str(path))
         if info.samplerate and info.frames > 0:
             return info.frames / float(info.samplerate)
-    except Exception:
+    except RuntimeError:  # soundfile.LibsndfileError: not a libsndfile format; decode it instead
         pass
     return len(_decode_whole(str(path), Path(path).stat().st_mtime_ns)) / SAMPLE_RATE
 

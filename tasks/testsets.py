@@ -458,7 +458,7 @@ def _find_audio(stem: str, folders: Iterable[Path]) -> Path | None:
 def _audio_duration(path: Path) -> float | None:
     try:
         info = sf.info(str(path))
-    except Exception:  # soundfile cannot read every format (m4a, webm); the check is then skipped
+    except RuntimeError:  # soundfile.LibsndfileError: not every format (m4a, webm); the check is skipped
         return None
     return info.frames / float(info.samplerate) if info.samplerate else None
 
