@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -60,6 +59,9 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers
+from machine import CpuMeter, machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -111,31 +113,6 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
 
-
-def machine() -> dict:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "ram_gb": round(mem / 1024**3, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def versions() -> dict:
@@ -369,40 +346,6 @@ def bench_labelling(cfg, layout, ok, segs, rounds: int) -> dict:
     }
 
 
-class CpuMeter:
-    """CPU used on the machine by processes other than this one and its descendants, over a span:
-    a sign that timings were disturbed (the machine is shared)."""
-
-    def __init__(self) -> None:
-        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
-
-    @staticmethod
-    def _busy() -> float:
-        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = f[3] + (f[4] if len(f) > 4 else 0)
-        return (sum(f[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _own() -> float:
-        import psutil
-
-        t = 0.0
-        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-            ru = resource.getrusage(who)
-            t += ru.ru_utime + ru.ru_stime
-        for c in psutil.Process().children(recursive=True):
-            try:
-                ct = c.cpu_times()
-                t += ct.user + ct.system
-            except psutil.Error:
-                pass
-        return t
-
-    def stop(self) -> dict:
-        wall = time.perf_counter() - self.t0
-        busy, own = self._busy() - self.busy0, self._own() - self.own0
-        other = max(0.0, busy - own)
-        return {"wall_s": round(wall, 1), "own_cpu_s": round(own, 1), "other_cpu_s": round(other, 1), "other_cores_avg": round(other / wall, 2) if wall else 0.0, "loadavg_end": Path("/proc/loadavg").read_text().split()[:3]}
 
 
 # --- children ----------------------------------------------------------------------------------------

@@ -47,12 +47,14 @@ import functools
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers
+from machine import CpuMeter, machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -80,54 +82,7 @@ CONFIGS = [  # (name, num_beams, no_repeat_ngram_size, batch_size)
 # ------------------------------------------------------------------------------------ machine
 
 
-def machine() -> dict:
-    cpu, mem = "?", 0
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        mem = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "ram_gb": round(mem / 1024**3, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
-
-class CpuMeter:
-    """CPU used on the machine by other processes over a span (the machine is shared)."""
-
-    def __init__(self) -> None:
-        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
-
-    @staticmethod
-    def _busy() -> float:
-        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = f[3] + (f[4] if len(f) > 4 else 0)
-        return (sum(f[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def stop(self) -> dict:
-        wall = time.perf_counter() - self.t0
-        busy, own = self._busy() - self.busy0, self._own() - self.own0
-        other = max(0.0, busy - own)
-        return {
-            "wall_s": round(wall, 1),
-            "own_cpu_s": round(own, 1),
-            "other_cpu_s": round(other, 1),
-            "other_cores_avg": round(other / wall, 2) if wall else 0.0,
-            "loadavg_end": Path("/proc/loadavg").read_text().split()[:3],
-        }
 
 
 # ------------------------------------------------------------------------------------- inputs

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -53,6 +52,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers
+from machine import CpuMeter, machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -63,25 +65,6 @@ SEED = 0
 # ------------------------------------------------------------------------------------ machine
 
 
-def machine() -> dict:
-    cpu, mem = "?", 0
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        mem = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "ram_gb": round(mem / 1024**3, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
 
 def versions() -> dict:
     import deepspeed
@@ -91,26 +74,6 @@ def versions() -> dict:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "deepspeed": deepspeed.__version__}
 
 
-class Load:
-    """CPU busy time of the whole machine minus this process tree's: the other jobs' load, in cores."""
-
-    def __init__(self) -> None:
-        self.t0, self.busy0, self.own0 = time.time(), self._busy(), self._own()
-
-    @staticmethod
-    def _busy() -> float:
-        f = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")  # all but idle + iowait
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def stop(self) -> dict:
-        wall = max(time.time() - self.t0, 1e-9)
-        busy, own = self._busy() - self.busy0, self._own() - self.own0
-        return {"wall_s": round(wall, 1), "machine_cores_busy": round(busy / wall, 2), "other_cores_avg": round(max(0.0, busy - own) / wall, 2)}
 
 
 # ------------------------------------------------------------------------------------- shards
@@ -203,7 +166,7 @@ def run_stage(work: Path, stage: int, train, shard_index: Path, log_dir: Path, t
         tensorboard_dir=None,
     )
     env = {**os.environ, **launch_env(train, gpu=False)}
-    load = Load()
+    load = CpuMeter()
     t0 = time.perf_counter()
     with open(log_dir / f"train-{tag}.log", "w") as fh:
         proc = subprocess.run(launch_command(run_json, train), cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=900)
@@ -264,7 +227,7 @@ def bench_loader(shard_index: Path, models: dict, train, n_batches: int) -> dict
         batch_max_audio_s=train.batch_max_audio_s, max_batch_size=train.max_batch_size, seed=train.seed,
         max_frames=2 * int(wcfg["max_source_positions"]),
     )
-    load = Load()
+    load = CpuMeter()
     t_start = time.perf_counter()
     loader = make_loader(ds, train.num_workers)
     got, samples, audio, tokens, passes = 0, 0, 0.0, 0, 0
@@ -321,7 +284,7 @@ def bench_encoder(reps: int, threads: int, batch: int = 4, frames: int = 500) ->
     lengths = torch.full((batch,), frames, dtype=torch.long)
     times = {"trimmed": [], "padded": []}
     shapes = {}
-    load = Load()
+    load = CpuMeter()
     with torch.inference_mode():
         for name, enc in (("trimmed", trimmed), ("padded", padded)):  # warm-up
             shapes[name] = list(enc(feats, lengths)[0].shape)
@@ -379,7 +342,7 @@ def summarize(r: dict) -> list[dict]:
         if key in r["ratios"]:
             q = r["ratios"][key]
             rows.append((f"loader/step ratio vs stage {stage} (samples/s)", f"{q['samples']:.1f}x", ">= 5x", q["samples"] >= 5))
-            rows.append((f"  same, audio-s/s / worst round", f"{q['audio_s']:.1f}x / {q['worst']:.1f}x", "", None))
+            rows.append(("  same, audio-s/s / worst round", f"{q['audio_s']:.1f}x / {q['worst']:.1f}x", "", None))
     e = r["encoder"]
     rows += [
         (f"encoder 4x5 s trimmed (median of {e['reps']})", f"{e['median_s']['trimmed'] * 1000:.0f} ms", "", None),
