@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 
-from flows import artifacts
+from flows import artifacts, runners
 from flows.caching import by_key, cache_options
 from llmasr import progress
 from llmasr.config import PipelineConfig, load_config
@@ -94,9 +94,10 @@ def label_task(items: list[Item], cfg: PipelineConfig, key: str) -> dict:
     layout = WorkLayout(Path(cfg.work_dir))
     segs = segment.read_segments(layout, items, cfg.segment)
     stats = label.label_batch(layout, items, segs, cfg.label, cfg.filter)
+    where = runners.worker_name()
     if stats.items:
-        get_run_logger().info("labelled %d items (%d segments, %.1f s audio): RTFx %.1f", stats.items, stats.segments, stats.audio_s, stats.rtfx)
-    return {"items": stats.items, "segments": stats.segments, "audio_s": stats.audio_s, "wall_s": stats.wall_s}
+        get_run_logger().info("labelled %d items (%d segments, %.1f s audio) on %s: RTFx %.1f", stats.items, stats.segments, stats.audio_s, where, stats.rtfx)
+    return {"items": stats.items, "segments": stats.segments, "audio_s": stats.audio_s, "wall_s": stats.wall_s, "worker": where}
 
 
 @_cached_task("write-labels")
@@ -142,6 +143,7 @@ class DataRunResult:
     shards: int
     labelled_items: int  # items labelled by this run (0 when nothing was new)
     label_rtfx: float
+    label_workers: int = 0  # processes (runner.kind=local) or Ray nodes (ray) that labelled new items
 
 
 def _known_items(layout: WorkLayout) -> dict[str, Item]:
@@ -194,7 +196,16 @@ def run_segment(cfg: PipelineConfig, ok: list[Item], opts: dict) -> str:
     return write_segments_task.with_options(**opts)(ok, cfg, key=fingerprint("segments", keys))
 
 
-def run_label(cfg: PipelineConfig, ok: list[Item], opts: dict) -> tuple[str, int, float]:
+@dataclass(frozen=True)
+class LabelRun:
+    labels_path: str
+    labelled_items: int  # labelled by this run; 0 when every item was done before
+    rtfx: float  # audio seconds labelled per second of the stage's wall time
+    workers: int  # processes (local) or Ray nodes that labelled something
+
+
+def run_label(cfg: PipelineConfig, ok: list[Item], opts: dict) -> LabelRun:
+    """Label ``ok`` in batches of ``label.items_per_task``, in the flow's thread pool or on Ray."""
     layout = WorkLayout(Path(cfg.work_dir))
     segs = segment.read_segments(layout, ok, cfg.segment)
     progress.start("label", len(ok))
@@ -203,19 +214,28 @@ def run_label(cfg: PipelineConfig, ok: list[Item], opts: dict) -> tuple[str, int
     task_ = label_task.with_options(**opts)
     progress_id = artifacts.label_progress_start(len(groups))
     t0 = time.perf_counter()
-    futures = [task_.submit(b, cfg, key=k) for b, k in zip(groups, keys)]
-    labelled, audio_s = 0, 0.0
-    for n, fut in enumerate(futures, 1):
-        stats = fut.result()
-        artifacts.label_progress_update(progress_id, n, len(groups))
-        if fut.state.is_completed() and fut.state.name == "Cached":
-            continue  # done by an earlier run
-        labelled += stats["items"]
-        audio_s += stats["audio_s"]
+    labelled, audio_s, workers = 0, 0.0, set()
+    # Ray workers may start elsewhere: they get the work dir as an absolute path (a shared mount).
+    task_cfg = cfg.model_copy(update={"work_dir": str(layout.root)})
+    with runners.label_submitter(cfg) as (submit, remote):
+        futures = [submit(task_, items=b, cfg=task_cfg, key=k) for b, k in zip(groups, keys)]
+        for n, (fut, group) in enumerate(zip(futures, groups), 1):
+            stats = fut.result()
+            artifacts.label_progress_update(progress_id, n, len(groups))
+            if remote:
+                progress.advance("label", len(group))  # a Ray worker's progress calls stay in its process
+            if fut.state.is_completed() and fut.state.name == "Cached":
+                continue  # done by an earlier run
+            labelled += stats["items"]
+            audio_s += stats["audio_s"]
+            if stats["items"]:
+                workers.add(stats["worker"])
     span_s = time.perf_counter() - t0  # tasks overlap: RTFx is audio over the stage's span, not summed task time
     progress.complete("label")
+    if workers:
+        get_run_logger().info("label stage: %d items on %d worker(s) (runner.kind=%s)", labelled, len(workers), cfg.runner.kind)
     path = write_labels_task.with_options(**opts)(ok, cfg, key=fingerprint("labels", keys))
-    return path, labelled, (audio_s / span_s if labelled else 0.0)
+    return LabelRun(path, labelled, audio_s / span_s if labelled else 0.0, len(workers))
 
 
 @flow(name="llmasr-data", log_prints=True)
@@ -246,10 +266,12 @@ def data_flow(
     sources = ingest.resolve_sources(cfg.sources)  # a bad source fails here, before any work
     layout = WorkLayout(Path(cfg.work_dir))
     with work_dir_lock(layout.root, cfg.runner.lock_wait_s, what="llmasr-data"):
-        return _run_data(cfg, layout, sources, refresh, logger)
+        result, index = _run_data(cfg, layout, sources, refresh, logger)
+    follow_with_training(cfg, layout, index, logger)  # after the lock: the training takes it next
+    return result
 
 
-def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Source], refresh: bool, logger) -> DataRunResult:
+def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Source], refresh: bool, logger) -> tuple[DataRunResult, dict]:
     if swept := layout.sweep_temp():
         logger.info("removed %d temp files left by an interrupted run", swept)
     opts = cache_options(layout, refresh)
@@ -260,7 +282,8 @@ def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Sour
         logger.warning("item %s failed: %s", bad.item_id, bad.error)
 
     run_segment(cfg, ok, opts)
-    _, labelled, rtfx = run_label(cfg, ok, opts)
+    label_run = run_label(cfg, ok, opts)
+    labelled, rtfx = label_run.labelled_items, label_run.rtfx
     segs_by_item = segment.read_segments(layout, ok, cfg.segment)
     n_segments = sum(len(v) for v in segs_by_item.values())
     labels_key = fingerprint([label.item_key(segs_by_item[i.item_id], cfg.label, cfg.filter) for i in ok])
@@ -280,15 +303,20 @@ def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Sour
         shards=len(index["shards"]),
         labelled_items=labelled,
         label_rtfx=round(rtfx, 2),
+        label_workers=label_run.workers,
     )
     logger.info("data run done: %s", result)
-    follow_with_training(cfg, layout, index, logger)
-    return result
+    return result, index
 
 
 def follow_with_training(cfg: PipelineConfig, layout: WorkLayout, index: dict, logger) -> str | None:
     """Trigger the train deployment when a deployed run brought schedule.train_after_new_hours of
-    new kept audio; otherwise say how much is new.  Returns the triggered flow run's id."""
+    new kept audio; otherwise say how much is new.  Returns the triggered flow run's id.
+
+    The training runs with this data run's configuration (profile, config file, overrides) on its
+    work dir.  A train run for the work dir that is already scheduled, pending or running (e.g.
+    waiting for GPUs) is not triggered twice, nor by a retry of the same data run (idempotency key).
+    """
     threshold = cfg.schedule.train_after_new_hours
     if threshold is None:
         return None
@@ -304,10 +332,25 @@ def follow_with_training(cfg: PipelineConfig, layout: WorkLayout, index: dict, l
     if flow_run is None or flow_run.deployment_id is None:
         logger.info("%.2f h of new kept audio (>= %.2f h): run `llmasr train --work-dir %s` (only deployed runs trigger it)", new_h, threshold, layout.root)
         return None
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
 
     name = f"llmasr-train/{cfg.schedule.deployment_prefix}-train"
-    run = run_deployment(name=name, parameters={"profile": cfg.profile, "work_dir": str(layout.root)}, timeout=0, as_subflow=False)
+    waiting = (StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED)
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        active = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]), state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(waiting))))
+        )
+    mine = [r for r in active if r.parameters.get("work_dir") and Path(r.parameters["work_dir"]).resolve() == layout.root.resolve()]
+    if mine:
+        logger.info("%.2f h of new kept audio (>= %.2f h): %s is already %s for this work dir (flow run %s): not triggering another", new_h, threshold, name, mine[0].state_name, mine[0].id)
+        return None
+    given = flow_run.parameters or {}
+    params = {"profile": cfg.profile, "work_dir": str(layout.root), "overrides": given.get("overrides"), "config_file": given.get("config_file")}
+    run = run_deployment(name=name, parameters=params, timeout=0, as_subflow=False, idempotency_key=f"llmasr-data:{flow_run.id}:train")
     logger.info("%.2f h of new kept audio (>= %.2f h): triggered %s (flow run %s)", new_h, threshold, name, run.id)
     return str(run.id)
 

@@ -248,9 +248,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _task_runner(cfg):
-    from prefect.task_runners import ThreadPoolTaskRunner
+    from flows.runners import flow_task_runner
 
-    return ThreadPoolTaskRunner(max_workers=cfg.runner.max_workers)
+    return flow_task_runner(cfg.runner)
 
 
 def _print_summary(work_dir: str, result) -> None:

@@ -194,9 +194,19 @@ class EvalConfig(_Section):
 
 
 class RunnerConfig(_Section):
-    kind: Literal["local"] = "local"
+    kind: Literal["local", "ray"] = "local"  # ray: label tasks on a Ray cluster (flows/runners.py)
     max_workers: int = Field(2, ge=1)
     lock_wait_s: float = Field(0.0, ge=0)  # a second run on a busy work dir waits this long, then fails
+    ray_address: str | None = None  # "ray://head:10001", "head:6379" or "auto"; None: a local Ray for the run
+    ray_namespace: str = "llmasr"
+    label_cpus: float = Field(1.0, gt=0)  # Ray resources one label task asks for
+    label_gpus: float | None = Field(None, ge=0)  # None: 1 when label.device is cuda, else 0
+
+    @model_validator(mode="after")
+    def _ray_keys_need_ray(self) -> "RunnerConfig":
+        if self.kind != "ray" and self.ray_address is not None:
+            raise ValueError(f"runner.ray_address={self.ray_address!r} is set but runner.kind={self.kind!r}; set runner.kind=ray to use it")
+        return self
 
 
 class ScheduleConfig(_Section):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine for llmasr: apt packages, .venv/ with torch==2.13.0 first, then
-# the project (editable) with its test extras.  Safe to rerun: it skips what is already there.
+# the project (editable) with its test and Ray extras.  Safe to rerun: it skips what is already there.
 #
 #     bash scripts/setup.sh            # or: make setup
 set -euo pipefail
@@ -26,5 +26,5 @@ fi
 # torch first, pinned: a plain `torch` (or any newer pin) would pull a multi-GB CUDA build.
 .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
   || .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,ray]'
 echo "setup: done (.venv/bin/llmasr)"

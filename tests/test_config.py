@@ -178,6 +178,21 @@ def test_target_above_max_segment_is_rejected() -> None:
     assert cfg.segment.target_segment_s == 20.0
 
 
+def test_ray_address_without_the_ray_runner_is_rejected() -> None:
+    msg = _error(overrides=["runner.ray_address=head:6379"])
+    assert "runner.ray_address" in msg and "runner.kind=ray" in msg
+    cfg = _load(overrides=["runner.kind=ray", "runner.ray_address=head:6379", "runner.label_gpus=0.5"])
+    assert (cfg.runner.kind, cfg.runner.ray_address, cfg.runner.label_gpus) == ("ray", "head:6379", 0.5)
+
+
+def test_label_gpus_follow_the_label_device_unless_set() -> None:
+    from flows.runners import label_gpus
+
+    assert label_gpus(_load(overrides=["runner.kind=ray", "label.device=cuda"])) == 1.0
+    assert label_gpus(_load(overrides=["runner.kind=ray", "label.device=cpu"])) == 0.0
+    assert label_gpus(_load(overrides=["runner.kind=ray", "label.device=cuda", "runner.label_gpus=0.25"])) == 0.25
+
+
 def test_unknown_profile_lists_the_profiles() -> None:
     msg = _error(profile="demoo")
     assert "demoo" in msg and "demo" in msg.replace("demoo", "")

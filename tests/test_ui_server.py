@@ -3,14 +3,19 @@
 The module starts ``llmasr ui --profile demo`` on a free loopback port (its own PREFECT_HOME, no
 PREFECT_API_URL), then checks through the API: the four deployments and their parameter
 descriptions; a data run triggered on the deployment completes and publishes its artifacts; a
-second run shows every stage task Cached; headless Chromium renders the flow-run page (the
-screenshot is kept as test-artifacts/ui-flow-run.png); SIGINT stops the command and its server.
+second run shows every stage task Cached; below schedule.train_after_new_hours a data run only
+says training waits, past it the run triggers the train deployment (with the data run's config
+and work dir; tiny steps), which trains and records what it saw, so the next data run triggers
+nothing; a train run already waiting for the work dir is not triggered twice; headless Chromium
+renders the flow-run page (the screenshot is kept as test-artifacts/ui-flow-run.png); SIGINT stops
+the command and its server.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -99,7 +104,8 @@ def start_ui(corpus: Path, tmp: Path) -> UI:
     home = tmp / "prefect-home"
     home.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    # run logs at INFO reach the API (the tests read them); the runner picks up new runs within 2 s
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="INFO", PREFECT_RUNNER_POLL_FREQUENCY="2")
     cmd = [
         sys.executable, "-m", "llmasr.cli", "ui", "--profile", "demo", "--port", str(port), "--work-dir", str(work),
         "--set", f"demo.corpus_dir={corpus}", "--set", f"demo.n_items={N_ITEMS}",
@@ -152,11 +158,14 @@ def ui(corpus: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_data(ui: UI):
-    """Trigger the data deployment with the test corpus; return the finished flow run."""
+def run_data(ui: UI, work_dir: Path | None = None, overrides: list[str] = ()):
+    """Trigger the data deployment with the test corpus (on the deployment's work dir unless
+    ``work_dir``, with extra ``overrides``); return the finished flow run."""
     from prefect.deployments import run_deployment
 
-    params = {"sources": [str(ui.corpus / "videos")], "overrides": [f"demo.corpus_dir={ui.corpus}", f"demo.n_items={N_ITEMS}"]}
+    params = {"sources": [str(ui.corpus / "videos")], "overrides": [f"demo.corpus_dir={ui.corpus}", f"demo.n_items={N_ITEMS}", *overrides]}
+    if work_dir is not None:
+        params["work_dir"] = str(work_dir)
     with ui.settings():
         run = run_deployment(name="llmasr-data/llmasr-data", parameters=params, timeout=RUN_TIMEOUT_S, poll_interval=2, as_subflow=False)
     assert run.state is not None and run.state.is_final(), f"flow run {run.id} not finished in {RUN_TIMEOUT_S} s: {run.state}\n{ui.log_tail()}"
@@ -239,6 +248,124 @@ def test_second_deployment_run_shows_cached_stage_tasks(ui: UI, first_run):
         assert states.get(stage) and set(states[stage]) == {"Cached"}, (stage, states.get(stage), states)
 
 
+# --- training follows the data run past schedule.train_after_new_hours ---------------------------
+
+TRAIN_RUN_TIMEOUT_S = 420
+
+
+def tiny_training(models: Path) -> list[str]:
+    """Overrides that keep the triggered training tiny (as tests/test_train_flow.py): the demo's
+    tiny models built under ``models`` (by the train flow itself), a few steps per stage."""
+    return [
+        f"train.encoder={models / 'whisper'}",
+        f"train.llm={models / 'llm'}",
+        f"train.tokenizer={models / 'tokenizer'}",
+        "train.stage1.max_steps=2",
+        "train.stage2.max_steps=2",
+        "train.stage3.max_steps=2",
+    ]
+
+
+def run_logs(ui: UI, flow_run_id, expect: str = "data run done", timeout_s: float = 30) -> str:
+    """The flow run's log messages from the API (waits a little for the last batch to arrive)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with ui.settings(), ui.client() as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        text = "\n".join(log.message for log in logs)
+        if expect in text or time.monotonic() > deadline:
+            return text
+        time.sleep(1)
+
+
+def train_runs(ui: UI, work_dir: Path) -> list:
+    """Flow runs of the llmasr-train deployment whose work_dir parameter is ``work_dir``."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+
+    deployment_id = ui.deployments["llmasr-train"].id
+    with ui.settings(), ui.client() as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id])))
+    return [r for r in runs if r.parameters.get("work_dir") == str(work_dir)]
+
+
+def wait_flow_run(ui: UI, flow_run_id, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with ui.settings(), ui.client() as client:
+            run = client.read_flow_run(flow_run_id)
+        if (run.state and run.state.is_final()) or time.monotonic() > deadline:
+            return run
+        time.sleep(2)
+
+
+def test_below_the_threshold_training_waits(ui: UI, first_run):
+    """The module's work dir holds minutes of kept audio, never trained: a 1000 h threshold is not reached."""
+    run = run_data(ui, overrides=["schedule.train_after_new_hours=1000"])  # stages Cached: nothing new to do
+    logs = run_logs(ui, run.id, expect="training waits")
+    assert re.search(r"(\d+\.\d+) h of new kept audio since the last training \(< 1000\.00 h\): training waits", logs), logs
+    assert "triggered" not in logs, logs
+    assert train_runs(ui, ui.work) == []
+
+
+def test_a_waiting_train_run_is_not_triggered_twice(ui: UI, first_run):
+    """A train run for the work dir already scheduled (e.g. waiting for GPUs): the data run past the
+    threshold says so and triggers no second one."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.states import Scheduled
+
+    later = datetime.now(UTC) + timedelta(days=1)  # far enough that the runner leaves it alone
+    with ui.settings(), ui.client() as client:
+        waiting = client.create_flow_run_from_deployment(ui.deployments["llmasr-train"].id, parameters={"work_dir": str(ui.work)}, state=Scheduled(scheduled_time=later))
+    try:
+        run = run_data(ui, overrides=["schedule.train_after_new_hours=0.0001"])
+        logs = run_logs(ui, run.id, expect="not triggering another")
+        assert f"already Scheduled for this work dir (flow run {waiting.id}): not triggering another" in logs, logs
+        assert [r.id for r in train_runs(ui, ui.work)] == [waiting.id]
+    finally:
+        with ui.settings(), ui.client() as client:
+            client.delete_flow_run(waiting.id)
+
+
+def test_new_hours_trigger_the_train_deployment_once(ui: UI, first_run):
+    """A fresh work dir past a tiny threshold: the deployed data run triggers llmasr-train on that
+    work dir with its own config; the training completes and records the hours it saw, so a second
+    data run (nothing new) triggers no other training."""
+    from tasks import checkpoints
+
+    work = ui.work.parent / "work-train-trigger"
+    overrides = ["schedule.train_after_new_hours=0.0001", *tiny_training(ui.work.parent / "demo-models")]
+    data = run_data(ui, work_dir=work, overrides=overrides)
+    logs = run_logs(ui, data.id, expect="triggered")
+    assert "triggered llmasr-train/llmasr-train (flow run" in logs, logs
+
+    found = train_runs(ui, work)
+    assert len(found) == 1, (found, logs)
+    train = found[0]
+    assert str(train.id) in logs
+    assert train.parameters["profile"] == "demo"
+    assert train.parameters["overrides"] == data.parameters["overrides"]  # the data run's config, tiny steps included
+    assert train.created >= data.created
+
+    train = wait_flow_run(ui, train.id, TRAIN_RUN_TIMEOUT_S)
+    assert train.state.is_final(), f"train run {train.id} not finished in {TRAIN_RUN_TIMEOUT_S} s: {train.state}\n{ui.log_tail()}"
+    assert train.state.is_completed(), f"{train.state.name}: {train.state.message}\n{run_logs(ui, train.id, expect='')[-4000:]}\n{ui.log_tail()}"
+    for stage in (1, 2, 3):
+        info = checkpoints.read_stage(checkpoints.stage_dir(work, stage))
+        assert info is not None and info["steps"] == 2, (stage, info)
+    index = json.loads((work / "shards" / "index.json").read_text())
+    assert checkpoints.train_audio_s(index) > 0
+    assert json.loads(checkpoints.trained_on_path(work).read_text())["train_audio_s"] == checkpoints.train_audio_s(index)
+
+    again = run_data(ui, work_dir=work, overrides=overrides)
+    logs = run_logs(ui, again.id, expect="training waits")
+    assert "0.00 h of new kept audio since the last training" in logs and "training waits" in logs, logs
+    assert "triggered" not in logs, logs
+    assert [r.id for r in train_runs(ui, work)] == [train.id]
+
+
 def chromium(*args: str, timeout_s: float = 180) -> subprocess.CompletedProcess:
     binary = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(binary).exists():
@@ -251,8 +378,6 @@ def chromium(*args: str, timeout_s: float = 180) -> subprocess.CompletedProcess:
 
 
 def test_chromium_renders_the_flow_run_page(ui: UI, first_run, tmp_path: Path):
-    import re
-
     from PIL import Image
 
     url = f"{ui.url}/runs/flow-run/{first_run.id}"
