@@ -1,7 +1,7 @@
 """.venv/bin/python bench/train_bench.py [--steps 40] [--rounds 2] [--utterances 32] [--shards INDEX] [--enc-reps 3] [--threads 1] [--out bench/results/train_bench.json] [--work DIR]
 
 Benchmark of the training half on this machine (CPU only, offline, tiny demo models), all in one run
-so that ratios compare like with like.  About 3-4 minutes with the defaults on 2 busy cores.  On a
+so that ratios compare like with like.  About 2-4 minutes with the defaults on 2 cores (more when busy).  On a
 machine shared with other jobs the absolute numbers move with the background load; the ratios are
 what to read, and the things compared are alternated (a burst of load hits both alike).
 
@@ -23,9 +23,16 @@ what to read, and the things compared are alternated (a burst of load hits both 
 2. Loader alone.  ``make_loader(ShardSpeechDataset(...), train.num_workers)`` over the same shards
    with the same settings and seed (so the same batches the training got), in this process (torch
    at 1 thread), for as many batches as one training run consumed (new passes = next epochs, as in
-   training).  Timed from the first batch to the last (worker start-up and the first batch's
-   latency reported apart).  Ratio loader / training step in samples/s and audio-s/s (target >= 5:
-   the loader is not what limits training).  Runs once after each training run (interleaved).
+   training).  The first ``log_every`` batches (worker start-up, the first passes) are left out of
+   the rate, as the training's first window is; the rest is timed to the last batch.  Ratio loader
+   / training step in samples/s and audio-s/s (target >= 5: the loader is not what limits
+   training).  Runs once after each training run (interleaved).
+   CPU time, which the background load moves much less than wall time: while a stage trains, the
+   trainer's and its loader workers' CPU seconds are read (psutil) each time a metrics window is
+   written, so the steady windows give CPU ms per sample of the step and of the loader in training;
+   the loader-alone run gives its workers' and this process's CPU ms per sample.  Their ratio (step
+   / loader) is how many times the loader could feed the step with a core each; reported beside
+   the wall-time ratio, not a target.
 3. Encoder, trimmed vs padded to 30 s.  A whisper-base-like encoder (d_model 512, 6 layers, 8
    heads, ffn 2048, 80 mels, max_source_positions 1500; random init, fp32) as
    ``llmasr.model.SpeechEncoder.from_config(..., trim_padding=True)`` and the same weights with
@@ -143,6 +150,60 @@ def train_config(models: dict, steps: int):
     )
 
 
+def tree_cpu(root) -> dict:
+    """CPU seconds (user + system) so far of a launcher's process tree: ``trainer`` = its children
+    (one per rank), ``workers`` = their descendants (the DataLoader workers)."""
+    import psutil
+
+    out = {"trainer": 0.0, "workers": 0.0}
+    for child in root.children():
+        try:
+            out["trainer"] += sum(child.cpu_times()[:2])
+            for worker in child.children(recursive=True):
+                out["workers"] += sum(worker.cpu_times()[:2])
+        except psutil.NoSuchProcess:  # exited between listing and reading: the totals miss it, said in window_cpu
+            continue
+    return out
+
+
+def watch_windows(proc: subprocess.Popen, metrics: Path, timeout: float, poll_s: float = 0.02) -> dict[int, dict]:
+    """Wait for ``proc``; whenever a new ``samples_per_s`` record reaches the metrics log, note the
+    trainer's and the workers' CPU seconds (``tree_cpu``), keyed by the record's step."""
+    import psutil
+
+    root, seen, cpu_at = psutil.Process(proc.pid), 0, {}
+    deadline = time.perf_counter() + timeout
+    while proc.poll() is None:
+        if time.perf_counter() > deadline:
+            proc.kill()
+            raise RuntimeError(f"training did not finish within {timeout} s")
+        text = metrics.read_text() if metrics.exists() else ""
+        lines = text[: text.rfind("\n") + 1].splitlines()  # whole lines only: the last may be half written
+        new = [json.loads(x) for x in lines[seen:]]
+        seen = len(lines)
+        steps = [r["step"] for r in new if "samples_per_s" in r]
+        if steps:
+            snap = tree_cpu(root)
+            cpu_at.update({st: snap for st in steps})
+        time.sleep(poll_s)
+    return cpu_at
+
+
+def window_cpu(cpu_at: dict[int, dict], first: int, last: int, samples: int) -> dict | None:
+    """CPU per sample of the trainer and of its loader workers over the steady windows (after
+    step ``first``, up to ``last``), from ``watch_windows``' snapshots; None if one is missing."""
+    if first not in cpu_at or last not in cpu_at or samples <= 0:
+        return None
+    trainer = cpu_at[last]["trainer"] - cpu_at[first]["trainer"]
+    workers = cpu_at[last]["workers"] - cpu_at[first]["workers"]
+    return {
+        "trainer_cpu_s": round(trainer, 3),
+        "workers_cpu_s": round(workers, 3),
+        "trainer_cpu_ms_per_sample": 1000 * trainer / samples,
+        "workers_cpu_ms_per_sample": 1000 * workers / samples,
+    }
+
+
 def run_stage(work: Path, stage: int, train, shard_index: Path, log_dir: Path, tag: str) -> dict:
     from tasks.checkpoints import model_config, stage_dir
     from tasks.train import launch_command, launch_env, write_run_config
@@ -169,7 +230,8 @@ def run_stage(work: Path, stage: int, train, shard_index: Path, log_dir: Path, t
     load = CpuMeter()
     t0 = time.perf_counter()
     with open(log_dir / f"train-{tag}.log", "w") as fh:
-        proc = subprocess.run(launch_command(run_json, train), cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=900)
+        proc = subprocess.Popen(launch_command(run_json, train), cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        cpu_at = watch_windows(proc, metrics, timeout=900)  # metric step -> CPU seconds of trainer / workers then
     wall = time.perf_counter() - t0
     bg = load.stop()
     if proc.returncode != 0:
@@ -183,12 +245,14 @@ def run_stage(work: Path, stage: int, train, shard_index: Path, log_dir: Path, t
         n = r["run_samples"] - prev
         prev = r["run_samples"]
         sec = n / r["samples_per_s"] if r["samples_per_s"] > 0 else 0.0
-        rows.append({"step": r["step"], "samples": n, "seconds": sec, "audio_s": r["audio_s_per_s"] * sec, "tokens": r["tokens_per_s"] * sec})
+        rows.append({"step": r["step"], "samples": n, "seconds": sec, "audio_s": r["audio_s_per_s"] * sec, "tokens": r["tokens_per_s"] * sec,
+                     "data_wait_s": r.get("data_wait_frac", 0.0) * sec})
     steady = rows[1:]
     sec = sum(w["seconds"] for w in steady)
     samples = sum(w["samples"] for w in steady)
     steps = steady[-1]["step"] - rows[0]["step"]
     end = next((r for r in recs if r.get("event") == "end"), {})
+    cpu = window_cpu(cpu_at, rows[0]["step"], steady[-1]["step"], samples)
     return {
         "stage": stage,
         "tag": tag,
@@ -199,6 +263,7 @@ def run_stage(work: Path, stage: int, train, shard_index: Path, log_dir: Path, t
         "audio_s_per_s": sum(w["audio_s"] for w in steady) / sec,
         "tokens_per_s": sum(w["tokens"] for w in steady) / sec,
         "steps_per_s": steps / sec,
+        "data_wait_frac": sum(w["data_wait_s"] for w in steady) / sec,  # the trainer's time in next(loader)
         "first_window_s": round(rows[0]["seconds"], 3),
         "all_windows_s": round(sum(w["seconds"] for w in rows), 3),
         "process_wall_s": round(wall, 1),
@@ -206,6 +271,7 @@ def run_stage(work: Path, stage: int, train, shard_index: Path, log_dir: Path, t
         "samples_trained": end.get("samples"),
         "final_loss": end.get("final_loss"),
         "windows": rows,
+        "cpu": cpu,
         "background_load": bg,
     }
 
@@ -213,7 +279,16 @@ def run_stage(work: Path, stage: int, train, shard_index: Path, log_dir: Path, t
 # ------------------------------------------------------------------------------------- loader
 
 
-def bench_loader(shard_index: Path, models: dict, train, n_batches: int) -> dict:
+def workers_cpu() -> float:
+    """CPU seconds so far of this process's children (the DataLoader workers)."""
+    import psutil
+
+    return sum(sum(c.cpu_times()[:2]) for c in psutil.Process().children(recursive=True))
+
+
+def bench_loader(shard_index: Path, models: dict, train, n_batches: int, warmup: int) -> dict:
+    """``n_batches`` from ``make_loader`` with ``train.num_workers``; the first ``warmup`` batches
+    (worker start, first passes) are left out of the rate, as the training's first window is."""
     import torch
     from transformers import AutoTokenizer
 
@@ -227,38 +302,45 @@ def bench_loader(shard_index: Path, models: dict, train, n_batches: int) -> dict
         batch_max_audio_s=train.batch_max_audio_s, max_batch_size=train.max_batch_size, seed=train.seed,
         max_frames=2 * int(wcfg["max_source_positions"]),
     )
+    warmup = min(warmup, n_batches - 1)
     load = CpuMeter()
     t_start = time.perf_counter()
     loader = make_loader(ds, train.num_workers)
     got, samples, audio, tokens, passes = 0, 0, 0.0, 0, 0
-    t_first = None
+    t_first = cpu_first = None
     while got < n_batches:
         passes += 1
         for batch in loader:
-            if t_first is None:
-                t_first = time.perf_counter()  # the first batch: not counted in the rate
-            else:
+            got += 1
+            if got == warmup:  # the rate counts the batches after this one
+                t_first, cpu_first = time.perf_counter(), (workers_cpu(), time.process_time())
+            elif got > warmup:
                 samples += len(batch["keys"])
                 audio += batch["audio_s"]
                 tokens += batch["n_tokens"]
-            got += 1
             if got >= n_batches:
                 break
-    t_end = time.perf_counter()
+    t_end, cpu_end = time.perf_counter(), (workers_cpu(), time.process_time())
     del loader  # stops the persistent workers
     sec = t_end - t_first
-    n = got - 1
+    n = got - warmup
+    worker_s, main_s = cpu_end[0] - cpu_first[0], cpu_end[1] - cpu_first[1]
     return {
         "batches": got,
         "passes": passes,
+        "warmup_batches": warmup,
         "timed_batches": n,
         "timed_s": round(sec, 3),
-        "first_batch_s": round(t_first - t_start, 3),
+        "warmup_s": round(t_first - t_start, 3),
         "batches_per_s": n / sec,
         "samples_per_s": samples / sec,
         "audio_s_per_s": audio / sec,
         "tokens_per_s": tokens / sec,
         "num_workers": train.num_workers,
+        "workers_cpu_s": round(worker_s, 3),
+        "main_cpu_s": round(main_s, 3),
+        "workers_cpu_ms_per_sample": 1000 * worker_s / samples,
+        "main_cpu_ms_per_sample": 1000 * main_s / samples,
         "background_load": load.stop(),
     }
 
@@ -315,6 +397,27 @@ def bench_encoder(reps: int, threads: int, batch: int = 4, frames: int = 500) ->
 # --------------------------------------------------------------------------------------- main
 
 
+def cpu_ratios(runs: list[dict], loaders: list[dict]) -> dict:
+    """CPU time per sample, the step's over the loader's (medians): how many times the loader could
+    feed the step if each had a core to itself -- a ratio that the background load moves little.
+    ``cpu``: against the loader alone (workers + the receiving process); ``cpu_in_training``:
+    against the training's own loader workers (their CPU over the same steady windows)."""
+    cpus = [t["cpu"] for t in runs if t.get("cpu")]
+    if not cpus:
+        return {}
+    step = statistics.median(c["trainer_cpu_ms_per_sample"] for c in cpus)
+    alone = statistics.median(lo["workers_cpu_ms_per_sample"] + lo["main_cpu_ms_per_sample"] for lo in loaders)
+    in_training = statistics.median(c["workers_cpu_ms_per_sample"] for c in cpus)
+    return {
+        "step_cpu_ms_per_sample": step,
+        "loader_cpu_ms_per_sample": alone,
+        "loader_cpu_ms_per_sample_in_training": in_training,
+        "cpu": step / alone if alone > 0 else None,
+        "cpu_in_training": step / in_training if in_training > 0 else None,
+    }
+
+
+
 def summarize(r: dict) -> list[dict]:
     rows = []
     for stage in (2, 3):
@@ -330,6 +433,7 @@ def summarize(r: dict) -> list[dict]:
             (f"stage {stage} train audio-s/s", f"{aps:.1f}", "", None),
             (f"stage {stage} train tokens/s", f"{tps:.1f}", "", None),
             (f"stage {stage} train steps/s", f"{stp:.2f}", "", None),
+            (f"stage {stage} time waiting for the loader (share of steady windows)", f"{max(x['data_wait_frac'] for x in runs):.1%}", "< 5%", max(x["data_wait_frac"] for x in runs) < 0.05),
         ]
     lo = r["loader"]
     rows += [
@@ -343,6 +447,13 @@ def summarize(r: dict) -> list[dict]:
             q = r["ratios"][key]
             rows.append((f"loader/step ratio vs stage {stage} (samples/s)", f"{q['samples']:.1f}x", ">= 5x", q["samples"] >= 5))
             rows.append(("  same, audio-s/s / worst round", f"{q['audio_s']:.1f}x / {q['worst']:.1f}x", "", None))
+            if q.get("cpu"):
+                rows.append((
+                    "  CPU ms/sample: step / loader alone / loader in training",
+                    f"{q['step_cpu_ms_per_sample']:.1f} / {q['loader_cpu_ms_per_sample']:.1f} / {q['loader_cpu_ms_per_sample_in_training']:.1f}",
+                    "", None,
+                ))
+                rows.append(("  CPU-time ratio step/loader: alone / in training", f"{q['cpu']:.1f}x / {q['cpu_in_training']:.1f}x", "", None))
     e = r["encoder"]
     rows += [
         (f"encoder 4x5 s trimmed (median of {e['reps']})", f"{e['median_s']['trimmed'] * 1000:.0f} ms", "", None),
@@ -351,6 +462,12 @@ def summarize(r: dict) -> list[dict]:
         ("  same, best of reps", f"{e['best_speedup']:.2f}x", "", None),
     ]
     return [{"metric": m, "value": v, "target": t, "ok": ok} for m, v, t, ok in rows]
+
+
+def cpu_text(cpu: dict | None) -> str:
+    if not cpu:
+        return "not measured"
+    return f"{cpu['trainer_cpu_ms_per_sample']:.1f} ms/sample in the trainer + {cpu['workers_cpu_ms_per_sample']:.1f} in its loader workers"
 
 
 def print_summary(r: dict, rows: list[dict]) -> None:
@@ -364,10 +481,13 @@ def print_summary(r: dict, rows: list[dict]) -> None:
         print(
             f"train {t['tag']}: {t['steps']} steps, steady {t['steady_steps']} steps in {t['steady_s']:.1f} s, first window {t['first_window_s']:.1f} s, "
             f"process {t['process_wall_s']:.0f} s (launch/val/export overhead {t['launch_overhead_s']:.0f} s), final loss {t['final_loss']}, "
-            f"other load {t['background_load']['other_cores_avg']} cores"
+            f"CPU {cpu_text(t.get('cpu'))}, other load {t['background_load']['other_cores_avg']} cores"
         )
     for i, lo in enumerate(r["loader"]):
-        print(f"loader {i}: {lo['timed_batches']} timed batches in {lo['timed_s']:.1f} s over {lo['passes']} passes, first batch {lo['first_batch_s']:.1f} s, other load {lo['background_load']['other_cores_avg']} cores")
+        print(
+            f"loader {i}: {lo['timed_batches']} timed batches in {lo['timed_s']:.1f} s over {lo['passes']} passes, warm-up {lo['warmup_batches']} batches in {lo['warmup_s']:.1f} s, "
+            f"CPU {lo['workers_cpu_ms_per_sample']:.1f} ms/sample in workers + {lo['main_cpu_ms_per_sample']:.1f} in this process, other load {lo['background_load']['other_cores_avg']} cores"
+        )
     e = r["encoder"]
     print(
         f"encoder : whisper-base-like, {e['params'] / 1e6:.1f} M params, attn {e['attn_implementation']}, {e['threads']} thread(s), "
@@ -430,7 +550,7 @@ def main() -> int:
                 r["training"].append(t)
                 print(f"stage {stage} round {rnd}: {t['samples_per_s']:.2f} samples/s, {t['audio_s_per_s']:.1f} audio-s/s, {t['tokens_per_s']:.0f} tokens/s ({t['process_wall_s']} s)", flush=True)
                 # as many batches as a run consumes: steps x grad_accum (1)
-                lo = bench_loader(shard_index, models, train, args.steps * train.grad_accum)
+                lo = bench_loader(shard_index, models, train, args.steps * train.grad_accum, warmup=train.log_every * train.grad_accum)
                 r["loader"].append(lo)
                 print(f"loader: {lo['batches_per_s']:.2f} batches/s, {lo['samples_per_s']:.1f} samples/s, {lo['audio_s_per_s']:.1f} audio-s/s", flush=True)
         r["ratios"] = {}
@@ -440,6 +560,7 @@ def main() -> int:
                 "samples": statistics.median(lo["samples_per_s"] for _, lo in pairs) / statistics.median(t["samples_per_s"] for t, _ in pairs),
                 "audio_s": statistics.median(lo["audio_s_per_s"] for _, lo in pairs) / statistics.median(t["audio_s_per_s"] for t, _ in pairs),
                 "worst": min(lo["samples_per_s"] / t["samples_per_s"] for t, lo in pairs),
+                **cpu_ratios([t for t, _ in pairs], [lo for _, lo in pairs]),
             }
 
         r["encoder"] = bench_encoder(args.enc_reps, args.threads)

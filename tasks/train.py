@@ -43,8 +43,9 @@ loader workers.
 
 Metrics (rank 0): JSON lines appended to ``metrics_log`` and TensorBoard scalars.  Every
 ``train.log_every`` steps: {"stage", "step", "loss", "lr", "samples_per_s", "tokens_per_s",
-"audio_s_per_s", "epoch", "time", ...}; throughputs are summed over the ranks; ``tokens`` are
-transcript tokens.  On GPU also
+"audio_s_per_s", "data_wait_frac", "epoch", "time", ...}; throughputs are summed over the ranks;
+``tokens`` are transcript tokens; ``data_wait_frac`` is the share of the ranks' time spent waiting
+for the loader (near 0: the loader is not the bottleneck).  On GPU also
 
     mfu = 6 * (N_enc * encoder_frames_per_s + N_dec * decoder_positions_per_s) / (world_size * peak)
 
@@ -860,13 +861,15 @@ class Trainer:
         import torch
         import torch.distributed as dist
 
-        from tasks.train_data import synced
+        from tasks.train_data import synced, timed
 
         t = self.train_cfg
         sync_device = self.device
         peak = peak_bf16_flops(torch.cuda.get_device_name(self.device)) if self.gpu else None
         consumed: dict[int, int] = dict(self.state["skip"])
-        window = torch.zeros(7, dtype=torch.float64)  # loss sum, micro-batches, samples, audio_s, tokens, enc frames, dec positions
+        # (8,): loss sum, micro-batches, samples, audio_s, tokens, enc frames, dec positions, s waiting for the loader
+        window = torch.zeros(8, dtype=torch.float64)
+        waited = [0.0]  # seconds this rank spent in next(loader) since the last log window
         window_start = time.time()
         last_val: dict[str, Any] | None = None
         last_loss = None
@@ -881,7 +884,7 @@ class Trainer:
             if self.max_epochs is not None and self.state["epoch"] >= self.max_epochs:
                 break
             micro_this_pass = 0
-            for batch in synced(self.train_loader, sync_device):
+            for batch in synced(timed(self.train_loader, waited), sync_device):
                 consumed[batch["worker"]] = batch["worker_batch"] + 1
                 micro_this_pass += 1
                 loss = self._loss(batch)
@@ -889,7 +892,8 @@ class Trainer:
                 boundary = self.engine.is_gradient_accumulation_boundary()
                 self.engine.step()
                 n = len(batch["keys"])
-                window += torch.tensor([float(loss.detach()), 1, n, batch["audio_s"], batch["n_tokens"], *self._positions(batch)], dtype=torch.float64)
+                window += torch.tensor([float(loss.detach()), 1, n, batch["audio_s"], batch["n_tokens"], *self._positions(batch), waited[0]], dtype=torch.float64)
+                waited[0] = 0.0
                 self.state["samples"] += n
                 self.state["audio_s"] += batch["audio_s"]
                 self.state["tokens"] += batch["n_tokens"]
@@ -913,6 +917,8 @@ class Trainer:
                         "tokens_per_s": float(w[4] / elapsed),
                         "encoder_frames_per_s": float(w[5] / elapsed),
                         "decoder_positions_per_s": float(w[6] / elapsed),
+                        # share of the ranks' wall time spent waiting for batches: ~0 = the loader keeps up
+                        "data_wait_frac": float(w[7] / (self.world * elapsed)),
                         "run_samples": logged_samples,
                         "world_size": self.world,
                     }

@@ -17,10 +17,12 @@ In each worker: samples are collected into a buffer of ``bucket_size``, sorted b
 into batches whose padded size (batch size x longest duration) stays within ``batch_max_audio_s``
 (and at most ``max_batch_size`` examples): little padding, steady memory.  The batch order within a
 buffer is shuffled (seeded by seed, epoch, rank and worker).  Only the batches that will be yielded
-are decoded (FLAC -> float32 16 kHz) and turned into Whisper log-mel features
-(``transformers.WhisperFeatureExtractor`` with the encoder's ``num_mel_bins``, not padded to 30 s:
-``T = samples // 160`` frames, odd ``T`` included) and their transcripts tokenized -- all in the
-workers.  A sample longer than the encoder's window (``max_frames``) is skipped with a warning.
+are decoded (FLAC -> float32 16 kHz) and turned into Whisper log-mel features (``LogMel``: the
+numbers of ``transformers.WhisperFeatureExtractor`` with the encoder's ``num_mel_bins``, computed
+with ``torch.stft`` on a cached Hann window and mel filterbank; not padded to 30 s: ``T = samples //
+160`` frames, odd ``T`` included) and their transcripts tokenized -- all in the workers, each at one
+torch thread.  A sample longer than the encoder's window (``max_frames``) is skipped with a warning,
+and so is one shorter than half a Whisper window (``N_FFT // 2`` samples: no frame to compute).
 
 Epochs and resuming.  ``make_loader`` keeps its workers alive between passes; each new pass
 (``iter(loader)``) is the next epoch (``epoch + passes``) unless ``advance_epoch=False``
@@ -42,6 +44,7 @@ import json
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -55,6 +58,7 @@ log = logging.getLogger("llmasr.train_data")
 
 SAMPLE_RATE = 16_000
 HOP_LENGTH = 160  # Whisper's mel hop: 100 frames per second
+N_FFT = 400  # Whisper's STFT window: 25 ms
 TRAIN, VALIDATION = "train", "validation"
 
 
@@ -153,6 +157,51 @@ def whisper_label_tokenizer(path: str | Path, language: str = "english") -> Any:
     return tok
 
 
+# ------------------------------------------------------------------------------------- features
+
+
+def mel_filters(n_mels: int) -> torch.Tensor:
+    """Whisper's mel filterbank (n_mels, N_FFT // 2 + 1), float32: the same call as
+    ``WhisperFeatureExtractor.__init__`` (slaney scale and norm, 0-8 kHz)."""
+    from transformers.audio_utils import mel_filter_bank
+
+    fb = mel_filter_bank(
+        num_frequency_bins=1 + N_FFT // 2,
+        num_mel_filters=n_mels,
+        min_frequency=0.0,
+        max_frequency=8000.0,
+        sampling_rate=SAMPLE_RATE,
+        norm="slaney",
+        mel_scale="slaney",
+    )  # (201, n_mels) float64
+    return torch.from_numpy(fb).to(torch.float32).T.contiguous()  # (n_mels, 201)
+
+
+class LogMel:
+    """Whisper log-mel features of one waveform, as long as it is (not padded to 30 s).
+
+    The numbers of ``WhisperFeatureExtractor(feature_size=n_mels)(audio, padding="longest")`` (its
+    torch path: centred reflect-padded STFT, |X|^2 without the last frame, mel, log10 clamped at
+    1e-10, floor at max - 8, (x + 4) / 4) up to float rounding, without its per-call overhead: the
+    Hann window and the filterbank are built once, and the power is re^2 + im^2 (no sqrt).
+    """
+
+    def __init__(self, n_mels: int) -> None:
+        self.n_mels = n_mels
+        self.window = torch.hann_window(N_FFT)  # (400,) periodic Hann, as WhisperFeatureExtractor's
+        self.filters = mel_filters(n_mels)  # (M, 201)
+
+    def __call__(self, audio: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(n,) float32 samples at 16 kHz, n > N_FFT // 2 -> (M, n // 160) float32, written to
+        ``out`` when given (e.g. a row of a padded batch: no copy afterwards)."""
+        spec = torch.stft(audio, N_FFT, HOP_LENGTH, window=self.window, center=True, pad_mode="reflect", return_complex=True)
+        spec = spec[:, :-1]  # (201, n // 160) complex: the last frame dropped, as Whisper does
+        power = spec.real.square() + spec.imag.square()  # (201, T)
+        log_spec = torch.mm(self.filters, power).clamp_(min=1e-10).log10_()  # (M, T)
+        log_spec.clamp_(min=log_spec.max() - 8.0)  # dynamic range: 8 decades (80 dB) below the peak
+        return torch.div(log_spec.add_(4.0), 4.0, out=out)  # (M, T)
+
+
 # -------------------------------------------------------------------------------------- dataset
 
 
@@ -169,7 +218,17 @@ class _Sample:
 
 
 def flac_frames(data: bytes) -> tuple[int, int]:
-    """(samples, sample rate) from the FLAC header, without decoding."""
+    """(samples, sample rate) from the FLAC header, without decoding.
+
+    Read straight from STREAMINFO (the first metadata block, bytes 8..42 after ``fLaC``); a stream
+    that starts otherwise (an ID3 tag) or leaves the total unset (0) is asked of libsndfile.
+    """
+    if len(data) >= 42 and data[:4] == b"fLaC" and data[4] & 0x7F == 0:
+        info = data[8:42]  # STREAMINFO: 16+16+24+24 bits of block/frame sizes, then the fields below
+        rate = (info[10] << 12) | (info[11] << 4) | (info[12] >> 4)  # 20 bits
+        total = ((info[13] & 0x0F) << 32) | int.from_bytes(info[14:18], "big")  # 36 bits
+        if total > 0 and rate > 0:
+            return total, rate
     with sf.SoundFile(io.BytesIO(data)) as f:
         return int(f.frames), int(f.samplerate)
 
@@ -202,22 +261,33 @@ def assign(urls: Sequence[str], rank: int, world_size: int, worker: int, num_wor
     return urls, mod, res
 
 
+def new_batch_tensor(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialised tensor of ``shape``.  In a loader worker its storage is allocated in shared
+    memory right away (as torch's ``default_collate`` does), so handing the batch to the main
+    process passes a file descriptor instead of copying the whole tensor once more."""
+    shape = tuple(int(d) for d in shape)
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes), 0, shape)
+
+
 def pad_features(features: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """[(n_mels, T_i)] -> (B, n_mels, T_max) zero padded on the right, lengths (B,)."""
     mats = [torch.as_tensor(f, dtype=torch.float32) for f in features]
-    lengths = torch.tensor([m.shape[-1] for m in mats], dtype=torch.long)
-    out = torch.zeros(len(mats), mats[0].shape[0], int(lengths.max()), dtype=torch.float32)  # (B, M, T_max)
+    lengths = torch.tensor([m.shape[-1] for m in mats], dtype=torch.long)  # (B,)
+    out = new_batch_tensor((len(mats), mats[0].shape[0], int(lengths.max())))  # (B, M, T_max)
     for i, m in enumerate(mats):
         out[i, :, : m.shape[-1]] = m
+        out[i, :, m.shape[-1] :] = 0.0
     return out, lengths
 
 
-def collate(
-    keys: Sequence[str], texts: Sequence[str], features: Sequence[np.ndarray], target_ids: Sequence[Sequence[int]], audio_s: float
+def batch_dict(
+    keys: Sequence[str], texts: Sequence[str], input_features: torch.Tensor, lengths: torch.Tensor, target_ids: Sequence[Sequence[int]], audio_s: float
 ) -> dict[str, Any]:
-    """One padded batch: {"input_features" (B, M, T_max), "feature_lengths" (B,), "texts",
+    """The batch format: {"input_features" (B, M, T_max), "feature_lengths" (B,), "texts",
     "target_ids", "keys", "audio_s" (total real seconds), "n_tokens" (target tokens)}."""
-    input_features, lengths = pad_features(features)
     return {
         "input_features": input_features,
         "feature_lengths": lengths,
@@ -227,6 +297,14 @@ def collate(
         "audio_s": float(audio_s),
         "n_tokens": int(sum(len(t) for t in target_ids)),
     }
+
+
+def collate(
+    keys: Sequence[str], texts: Sequence[str], features: Sequence[np.ndarray | torch.Tensor], target_ids: Sequence[Sequence[int]], audio_s: float
+) -> dict[str, Any]:
+    """One padded batch (``batch_dict``'s format) from per-example (M, T_i) features."""
+    input_features, lengths = pad_features(features)  # (B, M, T_max), (B,)
+    return batch_dict(keys, texts, input_features, lengths, target_ids, audio_s)
 
 
 class ShardSpeechDataset(IterableDataset):
@@ -275,7 +353,7 @@ class ShardSpeechDataset(IterableDataset):
         self.max_frames = max_frames
         self.skip = {int(k): int(v) for k, v in (skip or {}).items()}
         self._passes = 0  # passes started by this copy (a worker's copy lives as long as the worker)
-        self._extractor = None
+        self._log_mel: LogMel | None = None  # built in the process that uses it (each worker)
 
     # ---- reading
     def _stream(self, urls: list[str], mod: int, res: int) -> Iterator[_Sample]:
@@ -298,8 +376,8 @@ class ShardSpeechDataset(IterableDataset):
             if self.max_frames is not None and n // HOP_LENGTH > self.max_frames:
                 log.warning("sample %s is %.1f s, longer than the encoder's %d frames; skipped", key, n / SAMPLE_RATE, self.max_frames)
                 continue
-            if n // HOP_LENGTH < 1:
-                log.warning("sample %s has no audio; skipped", key)
+            if n <= N_FFT // 2:  # the STFT's reflect padding needs more; fewer than 2 frames anyway
+                log.warning("sample %s has %d audio samples, too few for one feature frame; skipped", key, n)
                 continue
             yield _Sample(key, raw["flac"], str(meta.get("text", "")), n)
 
@@ -332,20 +410,28 @@ class ShardSpeechDataset(IterableDataset):
             yield from self._buckets(buffer, rng)
 
     # ---- features
-    def features(self, audio: np.ndarray) -> np.ndarray:
-        """Whisper log-mel (n_mels, samples // 160), not padded to 30 s."""
-        if self._extractor is None:
-            from transformers import WhisperFeatureExtractor
+    def features(self, audio: np.ndarray | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Whisper log-mel (n_mels, samples // 160), not padded to 30 s (into ``out`` if given)."""
+        if self._log_mel is None:
+            self._log_mel = LogMel(self.n_mels)
+        return self._log_mel(torch.as_tensor(audio, dtype=torch.float32), out=out)  # (n_mels, T)
 
-            self._extractor = WhisperFeatureExtractor(feature_size=self.n_mels, sampling_rate=SAMPLE_RATE)
-        out = self._extractor(audio, sampling_rate=SAMPLE_RATE, padding="longest", return_tensors="np")
-        return out["input_features"][0]  # (n_mels, T)
+    def _log_mel_batch(self, plan: list[_Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode and featurize ``plan`` straight into one zero-padded (B, M, T_max) tensor, lengths (B,)."""
+        audio = [torch.from_numpy(decode_flac(s.flac)) for s in plan]  # [(n_i,)] float32
+        lengths = torch.tensor([len(a) // HOP_LENGTH for a in audio], dtype=torch.long)  # (B,)
+        out = new_batch_tensor((len(plan), self.n_mels, int(lengths.max())))  # (B, M, T_max)
+        for i, a in enumerate(audio):
+            T = int(lengths[i])
+            self.features(a, out=out[i, :, :T])  # (M, T_i) written in place
+            out[i, :, T:] = 0.0
+        return out, lengths
 
     def _build(self, plan: list[_Sample]) -> dict[str, Any]:
-        feats = [self.features(decode_flac(s.flac)) for s in plan]
+        feats, lengths = self._log_mel_batch(plan)  # (B, M, T_max), (B,)
         texts = [s.text for s in plan]
         ids = [self.targets(t) for t in texts] if self.targets is not None else [[] for _ in texts]
-        return collate([s.key for s in plan], texts, feats, ids, sum(s.duration for s in plan))
+        return batch_dict([s.key for s in plan], texts, feats, lengths, ids, sum(s.duration for s in plan))
 
     # ---- iteration
     def current_epoch(self) -> int:
@@ -398,6 +484,18 @@ def all_ranks_have(has: bool, device: torch.device | str | None = None) -> bool:
     flag = torch.tensor([1 if has else 0], dtype=torch.int32, device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def timed(batches: Iterable[dict[str, Any]], waited: list[float]) -> Iterator[dict[str, Any]]:
+    """Yield ``batches``, adding the seconds spent waiting for each to ``waited[0]``."""
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        waited[0] += time.perf_counter() - t0
+        if batch is None:
+            return
+        yield batch
 
 
 def synced(batches: Iterable[dict[str, Any]], device: torch.device | str | None = None) -> Iterator[dict[str, Any]]:

@@ -27,6 +27,12 @@ def test_prefect_yaml_entrypoints_are_the_project_flows():
     template = json.loads((REPO / "infra" / "k8s" / "gpu-job-template.json").read_text())
     limits = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "{{ gpus }}"
+    pools = spec["definitions"]["work_pools"]
+    for name in ("k8s_gpu_label", "k8s_gpu_train"):
+        assert pools[name]["job_variables"]["gpus"] >= 1, name
+    for name in ("docker_gpu_label", "docker_gpu_train"):  # docker-py DeviceRequest, as `docker run --gpus`
+        (request,) = pools[name]["job_variables"]["container_create_kwargs"]["device_requests"]
+        assert request["capabilities"] == [["gpu"]] and request["count"] != 0, name
 
 
 def test_deployments_carry_parameter_descriptions_and_the_cron():

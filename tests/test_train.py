@@ -180,6 +180,7 @@ def test_three_stages_in_sequence(tiny, shard_index, tmp_path, nproc):
         for r in steps:
             assert {"stage", "step", "loss", "lr", "samples_per_s", "tokens_per_s", "audio_s_per_s", "epoch", "time"} <= set(r)
             assert r["world_size"] == nproc and r["loss"] > 0
+            assert 0.0 <= r["data_wait_frac"] < 1.0  # time in next(loader), never more than the window
         assert any("val_loss" in r for r in recs if r["stage"] == stage)
     assert list((work / "logs" / "tensorboard").glob("events.out.tfevents.*"))
 

@@ -10,6 +10,7 @@ import io
 import json
 import subprocess
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,13 +27,17 @@ from llmasr.records import STATUS_OK, Decision, Item, Label, Segment
 from tasks.shard import write_shards
 from tasks.train_data import (
     HOP_LENGTH,
+    N_FFT,
     LLMTargets,
+    LogMel,
     ShardSpeechDataset,
     WhisperTargets,
     assign,
     collate,
     estimate_batches,
+    flac_frames,
     make_loader,
+    mel_filters,
     pad_features,
     read_split,
     synced,
@@ -232,6 +237,63 @@ def test_features_are_whisper_log_mel_without_30s_padding(index, samples):
     assert checked == len(samples)
 
 
+def _test_signals(n: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(n)
+    t = np.arange(n) / SR
+    return {
+        "noise": (0.1 * rng.standard_normal(n)).astype(np.float32),
+        "chirp": (0.5 * np.sin(2 * np.pi * (100 + 3000 * t / max(t[-1], 1e-9)) * t)).astype(np.float32),
+        "silence": np.zeros(n, dtype=np.float32),  # every bin at the 1e-10 clamp
+    }
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_log_mel_matches_whisper_feature_extractor(n_mels):
+    """LogMel (torch.stft, cached window and filterbank) == WhisperFeatureExtractor with padding="longest"
+    (not padded to 30 s), every frame, odd frame counts and the shortest input included."""
+    from transformers import WhisperFeatureExtractor
+
+    fe = WhisperFeatureExtractor(feature_size=n_mels, sampling_rate=SR)
+    np.testing.assert_array_equal(mel_filters(n_mels).T.numpy(), fe.mel_filters.astype(np.float32))
+    log_mel = LogMel(n_mels)
+    for n in (N_FFT // 2 + 1, 333, ODD_N, 5 * SR + 17, 30 * SR):
+        for name, audio in _test_signals(n).items():
+            want = fe(audio, sampling_rate=SR, padding="longest", return_tensors="np")["input_features"][0]  # (M, T)
+            got = log_mel(torch.from_numpy(audio))
+            assert got.shape == want.shape == (n_mels, n // HOP_LENGTH), (name, n)
+            np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=0, err_msg=f"{name}, {n} samples")
+
+
+def test_log_mel_writes_into_a_padded_row():
+    audio = _test_signals(ODD_N)["noise"]
+    log_mel = LogMel(80)
+    batch = torch.full((2, 80, 120), 7.0)  # (B, M, T_max)
+    log_mel(torch.from_numpy(audio), out=batch[1, :, :107])
+    assert torch.equal(batch[1, :, :107], log_mel(torch.from_numpy(audio)))
+    assert bool((batch[1, :, 107:] == 7.0).all()) and bool((batch[0] == 7.0).all())  # nothing else touched
+
+
+def test_flac_header_parse_matches_libsndfile(index):
+    for url in read_split(index, "train").urls:
+        for s in wds.WebDataset([url], shardshuffle=False):
+            with sf.SoundFile(io.BytesIO(s["flac"])) as f:
+                assert flac_frames(s["flac"]) == (f.frames, f.samplerate)
+    buf = io.BytesIO()  # not a FLAC stream at the start: asked of libsndfile
+    sf.write(buf, np.zeros(1234, dtype=np.float32), SR, format="WAV")
+    assert flac_frames(buf.getvalue()) == (1234, SR)
+
+
+def test_worker_batches_equal_in_process_batches(index):
+    """Batches built in a loader worker (shared-memory tensors) are the in-process ones, bit for bit."""
+    kwargs = dict(batch_max_audio_s=20.0, max_batch_size=4, n_mels=80, seed=3)
+    here = list(ShardSpeechDataset(index, "train", **kwargs))
+    there = list(make_loader(ShardSpeechDataset(index, "train", **kwargs), num_workers=1))
+    assert [b["keys"] for b in there] == [b["keys"] for b in here]
+    for a, b in zip(here, there):
+        assert torch.equal(a["input_features"], b["input_features"]) and torch.equal(a["feature_lengths"], b["feature_lengths"])
+        assert b["input_features"].is_contiguous()
+
+
 def test_odd_frame_count_through_the_encoder(index, samples, tmp_path):
     from llmasr.model import SpeechEncoder
     from llmasr.tiny_models import tiny_whisper
@@ -330,3 +392,17 @@ def test_estimate_and_synced_without_a_process_group(index):
     assert real <= n <= 2 * real
     assert estimate_batches(info, 2, 8.0, 3) < n
     assert list(synced(iter([1, 2, 3]))) == [1, 2, 3]
+
+
+def test_timed_adds_the_wait_for_each_batch_and_stops_with_the_source():
+    from tasks.train_data import timed
+
+    def slow():
+        for i in range(3):
+            time.sleep(0.02)
+            yield {"i": i}
+
+    waited = [0.0]
+    out = [b["i"] for b in timed(slow(), waited)]
+    assert out == [0, 1, 2]
+    assert waited[0] >= 0.06  # three sleeps of 20 ms, all spent inside next()
