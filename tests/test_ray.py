@@ -20,7 +20,7 @@ import pytest
 from conftest import flow_args
 
 pytest.importorskip("prefect_ray")
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
 RAY = str(Path(sys.executable).with_name("ray"))
 pytestmark = pytest.mark.slow
@@ -48,7 +48,11 @@ def _alive_nodes(address: str) -> int:
 
 @pytest.fixture(scope="module")
 def ray_cluster(session_tmp: Path):
-    """`ray start --head` plus `ray start --address` on 127.0.0.1, one CPU each; stopped after."""
+    """`ray start --head` plus `ray start --address` on 127.0.0.1, one CPU each; stopped after.
+
+    Both nodes and this process (the flow's ray.init) use Ray's token authentication with the token
+    conftest puts in the environment, as a real cluster shares it (RAY_AUTH_MODE, RAY_AUTH_TOKEN).
+    """
     temp = Path(f"/tmp/llmasr-ray-{os.getpid()}")  # Ray's socket paths must stay short
     shutil.rmtree(temp, ignore_errors=True)
     port = _free_port()
