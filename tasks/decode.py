@@ -219,18 +219,26 @@ def plan_pieces(
 
 @functools.lru_cache(maxsize=4)
 def feature_extractor(num_mel_bins: int):
-    """Whisper's log-mel extractor for an encoder of ``num_mel_bins`` (80: large-v2, 128: large-v3)."""
-    from transformers import WhisperFeatureExtractor
+    """Whisper's log-mel features for an encoder of ``num_mel_bins`` (80: large-v2, 128: large-v3):
+    the training loader's ``LogMel``, so training and decoding compute the same numbers."""
+    from tasks.train_data import LogMel
 
-    return WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH)
+    return LogMel(num_mel_bins)
 
 
 def log_mel(audio: np.ndarray, num_mel_bins: int, max_frames: int | None = None) -> np.ndarray:
     """Whisper log-mel features of one piece as long as it is: (num_mel_bins, len(audio) // 160),
     at most ``max_frames`` frames.  Not padded to 30 s (the model's encoder runs on the real length)."""
-    fe = feature_extractor(num_mel_bins)
-    feats = fe(audio, sampling_rate=SAMPLE_RATE, padding="longest", truncation=False, return_tensors="np")["input_features"][0]
-    return feats[:, :max_frames] if max_frames else feats  # (M, T)
+    import torch
+
+    from tasks.train_data import N_FFT
+
+    x = torch.as_tensor(np.asarray(audio, dtype=np.float32))  # (n,)
+    n_frames = len(x) // HOP_LENGTH
+    if len(x) <= N_FFT // 2:  # the STFT's reflect padding needs more than half a window
+        x = torch.nn.functional.pad(x, (0, N_FFT // 2 + 1 - len(x)))
+    feats = feature_extractor(num_mel_bins)(x)[:, :n_frames].numpy()  # (M, T)
+    return feats[:, :max_frames] if max_frames else feats
 
 
 def pad_features(feats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -114,6 +114,17 @@ def test_log_mel_is_whisper_features_of_the_real_length():
     x, lengths = decode.pad_features([feats, feats[:, :120]])
     assert x.shape == (2, 80, 300) and lengths.tolist() == [300, 120]
     assert np.all(x[1, :, 120:] == 0) and np.allclose(x[1, :, :120], feats[:, :120])
+    # the numbers of transformers' WhisperFeatureExtractor, which the checkpoints were trained on
+    from transformers import WhisperFeatureExtractor
+
+    ref = WhisperFeatureExtractor(feature_size=80)(audio, sampling_rate=16000, padding="longest", return_tensors="np")["input_features"][0]
+    assert ref.shape == feats.shape and np.abs(ref - feats).max() < 1e-5
+
+
+def test_log_mel_of_a_piece_shorter_than_half_a_window():
+    audio = np.full(170, 0.01, dtype=np.float32)  # 10.6 ms: one 10 ms frame, shorter than the STFT's padding
+    assert decode.log_mel(audio, 80).shape == (80, 1)
+    assert decode.log_mel(audio[:100], 80).shape == (80, 0)
 
 
 def test_read_audio_resamples_and_cuts(tmp_path):
