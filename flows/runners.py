@@ -34,11 +34,21 @@ def flow_task_runner(runner: RunnerConfig):
     return ThreadPoolTaskRunner(max_workers=runner.max_workers)
 
 
-def label_gpus(cfg: PipelineConfig) -> float:
-    """GPUs a Ray label task asks for: ``runner.label_gpus``, else 1 when ``label.device`` is cuda."""
+def label_gpus(cfg: PipelineConfig, cluster_gpus: float) -> float:
+    """GPUs a Ray label task asks for: ``runner.label_gpus`` when set; else 1 when ``label.device``
+    is cuda, or is auto and the cluster has GPUs; else 0."""
     if cfg.runner.label_gpus is not None:
-        return cfg.runner.label_gpus
-    return 1.0 if cfg.label.device == "cuda" else 0.0
+        gpus = cfg.runner.label_gpus
+    elif cfg.label.device == "cuda" or (cfg.label.device == "auto" and cluster_gpus > 0):
+        gpus = 1.0
+    else:
+        gpus = 0.0
+    if gpus > cluster_gpus:  # Ray would keep such tasks pending forever
+        raise RuntimeError(
+            f"runner.label_gpus: a label task asks for {gpus:g} GPU(s) but the Ray cluster has {cluster_gpus:g}; "
+            "add GPU nodes, or set runner.label_gpus=0 and label.device=cpu"
+        )
+    return gpus
 
 
 @contextmanager
@@ -54,8 +64,12 @@ def label_submitter(cfg: PipelineConfig) -> Iterator[tuple[Submit, bool]]:
     runner = _ray_runner(cfg)
     from prefect_ray.context import remote_options
 
-    with runner, remote_options(num_cpus=cfg.runner.label_cpus, num_gpus=label_gpus(cfg)):
-        yield (lambda task, **params: runner.submit(task, params)), True
+    with runner:
+        import ray
+
+        gpus = label_gpus(cfg, ray.cluster_resources().get("GPU", 0.0))
+        with remote_options(num_cpus=cfg.runner.label_cpus, num_gpus=gpus):
+            yield (lambda task, **params: runner.submit(task, params)), True
 
 
 def _ray_runner(cfg: PipelineConfig):

@@ -185,12 +185,18 @@ def test_ray_address_without_the_ray_runner_is_rejected() -> None:
     assert (cfg.runner.kind, cfg.runner.ray_address, cfg.runner.label_gpus) == ("ray", "head:6379", 0.5)
 
 
-def test_label_gpus_follow_the_label_device_unless_set() -> None:
+def test_label_gpus_follow_the_label_device_and_the_cluster_unless_set() -> None:
     from flows.runners import label_gpus
 
-    assert label_gpus(_load(overrides=["runner.kind=ray", "label.device=cuda"])) == 1.0
-    assert label_gpus(_load(overrides=["runner.kind=ray", "label.device=cpu"])) == 0.0
-    assert label_gpus(_load(overrides=["runner.kind=ray", "label.device=cuda", "runner.label_gpus=0.25"])) == 0.25
+    def gpus(*overrides: str, cluster: float) -> float:
+        return label_gpus(_load(overrides=["runner.kind=ray", *overrides]), cluster)
+
+    assert gpus("label.device=cuda", cluster=8) == 1.0
+    assert gpus("label.device=cpu", cluster=8) == 0.0
+    assert gpus("label.device=auto", cluster=8) == 1.0 and gpus("label.device=auto", cluster=0) == 0.0
+    assert gpus("label.device=cuda", "runner.label_gpus=0.25", cluster=1) == 0.25
+    with pytest.raises(RuntimeError, match="runner.label_gpus"):  # would pend forever on a CPU cluster
+        gpus("label.device=cuda", cluster=0)
 
 
 def test_unknown_profile_lists_the_profiles() -> None:
