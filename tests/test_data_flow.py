@@ -29,6 +29,7 @@ from tasks.captions import Cue, write_vtt
 from tasks.demo_corpus import ESPEAK_RATE, speak
 
 from conftest import N_ITEMS, REPO, flow_args  # fixtures corpus and reference_run live there too
+from prefect_states import settled_task_states
 
 
 def sha256(path: Path) -> str:
@@ -134,12 +135,11 @@ def _task_states(flow_run_id) -> dict[str, list[str]]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    states: dict[str, list[str]] = {}
-    for tr in runs:
-        states.setdefault(tr.name.rsplit("-", 1)[0], []).append(tr.state.name)  # "label-a29" -> "label"
-    return states
+    def read_runs():
+        with get_client(sync_client=True) as client:
+            return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    return settled_task_states(read_runs)
 
 
 def test_second_run_does_no_work_and_shows_cached_states(reference_run, corpus: Path):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import flow_args
+from prefect_states import settled_task_states
 
 pytest.importorskip("prefect_ray")
 pytest.importorskip("ray")
@@ -95,7 +96,7 @@ def test_labelling_on_a_ray_cluster_matches_the_local_run(ray_cluster: str, refe
     assert result.kept == ref_result.kept and result.shards == ref_result.shards
 
     ok_items = ref_result.items - ref_result.failed_items
-    states = _task_states(state.state_details.flow_run_id, "label-")
+    states = _task_states(state.state_details.flow_run_id, "label")
     assert len(states) == -(-ok_items // 2) and set(states) == {"Completed"}, states  # one task per 2 items
 
 
@@ -103,9 +104,11 @@ def _task_states(flow_run_id, prefix: str) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return [tr.state.name for tr in runs if tr.name.startswith(prefix)]
+    def read_runs():
+        with get_client(sync_client=True) as client:
+            return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    return settled_task_states(read_runs).get(prefix, [])
 
 
 def test_an_unreachable_ray_address_names_the_key(prefect_harness, corpus: Path, session_tmp: Path):

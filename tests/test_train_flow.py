@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import N_ITEMS
+from prefect_states import settled_task_states
 from llmasr.config import ConfigError
 from llmasr.tiny_models import build_demo_models
 from tasks import checkpoints
@@ -48,9 +49,11 @@ def _task_states(flow_run_id) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return sorted(tr.state.name for tr in runs if tr.name.startswith("train-stage"))
+    def read_runs():
+        with get_client(sync_client=True) as client:
+            return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    return sorted(settled_task_states(read_runs).get("train-stage", []))
 
 
 def test_three_stages_then_a_cached_rerun(reference_run, corpus: Path, models: dict, session_tmp: Path):

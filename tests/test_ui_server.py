@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from conftest import N_ITEMS, REPO
+from prefect_states import settled_task_states
 
 STAGES = ("ingest-local", "write-items", "segment", "write-segments", "label", "write-labels", "filter", "shard")
 DEPLOYMENTS = ("llmasr-data", "llmasr-train", "llmasr-evaluate", "llmasr-pipeline")
@@ -176,12 +177,11 @@ def run_data(ui: UI, work_dir: Path | None = None, overrides: list[str] = ()):
 def task_states(ui: UI, flow_run_id) -> dict[str, list[str]]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with ui.settings(), ui.client() as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    states: dict[str, list[str]] = {}
-    for tr in runs:
-        states.setdefault(tr.name.rsplit("-", 1)[0], []).append(tr.state.name)  # "label-a29" -> "label"
-    return states
+    def read_runs():
+        with ui.settings(), ui.client() as client:
+            return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    return settled_task_states(read_runs)
 
 
 @pytest.fixture(scope="module")
