@@ -61,7 +61,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers
-from machine import CpuMeter, machine  # noqa: E402
+from machine import CpuMeter, machine, print_metric_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -684,12 +684,7 @@ def print_summary(r: dict, rows: list[dict]) -> None:
     print("background load (CPU of other processes on the machine): " + ", ".join(f"{k} {v['other_cores_avg']} cores" for k, v in loads) + f"; loadavg start {' '.join(r['loadavg_start'])}, end {' '.join(r['loadavg_end'])}")
     if rr["second_not_cached_stages"]:
         print(f"WARNING: the rerun was not fully cached (code or inputs changed during the bench?): {rr['second_not_cached_stages']}")
-    w = [max(len(x[k]) for x in rows + [{"metric": "metric", "value": "value", "target": "target"}]) for k in ("metric", "value", "target")]
-    print(f"{'metric':<{w[0]}} | {'value':>{w[1]}} | {'target':<{w[2]}} | ok")
-    print(f"{'-' * w[0]}-+-{'-' * w[1]}-+-{'-' * w[2]}-+---")
-    for x in rows:
-        ok = "" if x["ok"] is None else ("yes" if x["ok"] else "NO")
-        print(f"{x['metric']:<{w[0]}} | {x['value']:>{w[1]}} | {x['target']:<{w[2]}} | {ok}")
+    print_metric_table(rows)
     print(f"total bench time: {r['total_s']:.0f} s")
 
 

@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers
-from machine import CpuMeter, machine  # noqa: E402
+from machine import CpuMeter, machine, print_metric_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -337,12 +337,7 @@ def main() -> int:
     print(f"tokens  : {force_note}")
     print(f"example : greedy batch8 hyp of {example['greedy batch8'][0]}: {example['greedy batch8'][1][:80]!r}")
     print(f"background load (CPU of other processes): {load['other_cores_avg']} cores avg over {load['wall_s']} s; loadavg end {' '.join(load['loadavg_end'])}")
-    w = [max(len(x[k]) for x in rows + [{"metric": "metric", "value": "value", "target": "target"}]) for k in ("metric", "value", "target")]
-    print(f"{'metric':<{w[0]}} | {'value':>{w[1]}} | {'target':<{w[2]}} | ok")
-    print(f"{'-' * w[0]}-+-{'-' * w[1]}-+-{'-' * w[2]}-+---")
-    for x in rows:
-        ok = "" if x["ok"] is None else ("yes" if x["ok"] else "NO")
-        print(f"{x['metric']:<{w[0]}} | {x['value']:>{w[1]}} | {x['target']:<{w[2]}} | {ok}")
+    print_metric_table(rows)
     print(f"total bench time: {total_s:.0f} s")
 
     out = Path(args.out)

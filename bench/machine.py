@@ -2,6 +2,7 @@
 
 ``machine()``: CPU model, cores, RAM, Python, platform.  ``CpuMeter``: CPU that *other* processes
 used over a span (this machine is shared; a busy neighbour makes wall-time numbers worse).
+``print_metric_table``: the metric | value | target | ok table every bench ends with.
 """
 
 from __future__ import annotations
@@ -76,3 +77,13 @@ class CpuMeter:
             "other_cores_avg": round(other / wall, 2),
             "loadavg_end": loadavg(),
         }
+
+
+def print_metric_table(rows: list[dict]) -> None:
+    """Print ``rows`` ({"metric", "value", "target", "ok": True/False/None}) as the benches' table."""
+    w = [max(len(x[k]) for x in rows + [{"metric": "metric", "value": "value", "target": "target"}]) for k in ("metric", "value", "target")]
+    print(f"{'metric':<{w[0]}} | {'value':>{w[1]}} | {'target':<{w[2]}} | ok")
+    print(f"{'-' * w[0]}-+-{'-' * w[1]}-+-{'-' * w[2]}-+---")
+    for x in rows:
+        ok = "" if x["ok"] is None else ("yes" if x["ok"] else "NO")
+        print(f"{x['metric']:<{w[0]}} | {x['value']:>{w[1]}} | {x['target']:<{w[2]}} | {ok}")

@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers
-from machine import CpuMeter, machine  # noqa: E402
+from machine import CpuMeter, machine, print_metric_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -494,12 +494,7 @@ def print_summary(r: dict, rows: list[dict]) -> None:
         f"out {e['out_shapes']}, times {e['times_s']}, other load {e['background_load']['other_cores_avg']} cores"
     )
     print(f"loadavg start {' '.join(r['loadavg_start'])}, end {' '.join(r['loadavg_end'])}\n")
-    w = [max(len(x[k]) for x in rows + [{"metric": "metric", "value": "value", "target": "target"}]) for k in ("metric", "value", "target")]
-    print(f"{'metric':<{w[0]}} | {'value':>{w[1]}} | {'target':<{w[2]}} | ok")
-    print(f"{'-' * w[0]}-+-{'-' * w[1]}-+-{'-' * w[2]}-+---")
-    for x in rows:
-        ok = "" if x["ok"] is None else ("yes" if x["ok"] else "NO")
-        print(f"{x['metric']:<{w[0]}} | {x['value']:>{w[1]}} | {x['target']:<{w[2]}} | {ok}")
+    print_metric_table(rows)
     print(f"total bench time: {r['total_s']:.0f} s")
 
 

@@ -198,7 +198,6 @@ def run_segment(cfg: PipelineConfig, ok: list[Item], opts: dict) -> str:
 
 @dataclass(frozen=True)
 class LabelRun:
-    labels_path: str
     labelled_items: int  # labelled by this run; 0 when every item was done before
     rtfx: float  # audio seconds labelled per second of the stage's wall time
     workers: int  # processes (local) or Ray nodes that labelled something
@@ -234,8 +233,8 @@ def run_label(cfg: PipelineConfig, ok: list[Item], opts: dict) -> LabelRun:
     progress.complete("label")
     if workers:
         get_run_logger().info("label stage: %d items on %d worker(s) (runner.kind=%s)", labelled, len(workers), cfg.runner.kind)
-    path = write_labels_task.with_options(**opts)(ok, cfg, key=fingerprint("labels", keys))
-    return LabelRun(path, labelled, audio_s / span_s if labelled else 0.0, len(workers))
+    write_labels_task.with_options(**opts)(ok, cfg, key=fingerprint("labels", keys))
+    return LabelRun(labelled, audio_s / span_s if labelled else 0.0, len(workers))
 
 
 @flow(name="llmasr-data", log_prints=True)
@@ -283,7 +282,6 @@ def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Sour
 
     run_segment(cfg, ok, opts)
     label_run = run_label(cfg, ok, opts)
-    labelled, rtfx = label_run.labelled_items, label_run.rtfx
     segs_by_item = segment.read_segments(layout, ok, cfg.segment)
     n_segments = sum(len(v) for v in segs_by_item.values())
     labels_key = fingerprint([label.item_key(segs_by_item[i.item_id], cfg.label, cfg.filter) for i in ok])
@@ -293,7 +291,7 @@ def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Sour
     index = shard_task.with_options(**opts)(cfg, key=shard_key)
 
     decisions = read_records(layout.decisions, Decision)
-    artifacts.publish_data_run(layout, items, decisions, index, labelled, rtfx)
+    artifacts.publish_data_run(layout, items, decisions, index, label_run.labelled_items, label_run.rtfx)
     result = DataRunResult(
         work_dir=str(layout.root),
         items=len(items),
@@ -301,8 +299,8 @@ def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Sour
         segments=n_segments,
         kept=sum(d.kept for d in decisions),
         shards=len(index["shards"]),
-        labelled_items=labelled,
-        label_rtfx=round(rtfx, 2),
+        labelled_items=label_run.labelled_items,
+        label_rtfx=round(label_run.rtfx, 2),
         label_workers=label_run.workers,
     )
     logger.info("data run done: %s", result)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from llmasr.config import PipelineConfig, RunnerConfig

@@ -200,7 +200,7 @@ class RunnerConfig(_Section):
     ray_address: str | None = None  # "ray://head:10001", "head:6379" or "auto"; None: a local Ray for the run
     ray_namespace: str = "llmasr"
     label_cpus: float = Field(1.0, gt=0)  # Ray resources one label task asks for
-    label_gpus: float | None = Field(None, ge=0)  # None: 1 when label.device is cuda, else 0
+    label_gpus: float | None = Field(None, ge=0)  # None: 1 when label.device is cuda (or auto on a GPU cluster), else 0
 
     @model_validator(mode="after")
     def _ray_keys_need_ray(self) -> "RunnerConfig":

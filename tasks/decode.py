@@ -242,12 +242,12 @@ def log_mel(audio: np.ndarray, num_mel_bins: int, max_frames: int | None = None)
 
 
 def pad_features(feats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Stack (M, T_i) features into (B, M, max T) with zero frames after each; lengths (B,)."""
-    lengths = np.array([f.shape[1] for f in feats], dtype=np.int64)
-    out = np.zeros((len(feats), feats[0].shape[0], int(lengths.max())), dtype=np.float32)
-    for i, f in enumerate(feats):
-        out[i, :, : f.shape[1]] = f
-    return out, lengths
+    """Stack (M, T_i) features into (B, M, max T) with zero frames after each; lengths (B,): the
+    training loader's ``pad_features``, as arrays (no copy)."""
+    from tasks.train_data import pad_features as pad
+
+    x, lengths = pad(feats)  # (B, M, T_max), (B,) torch
+    return x.numpy(), lengths.numpy()
 
 
 # -------------------------------------------------------------------------------------- systems

@@ -21,10 +21,7 @@ from tasks.decode import DecodeSettings, Piece, System, max_new_tokens_for
 from tasks.demo_corpus import ESPEAK_RATE, speak
 from tasks.testsets import TestUtterance
 
-try:
-    from llmasr.tiny_models import tiny_setup
-except ImportError:  # pragma: no cover - before the move
-    from tiny_models import tiny_setup
+from llmasr.tiny_models import tiny_setup
 
 SENTENCES = [
     "The weather was warm enough to eat lunch outside on the terrace.",
