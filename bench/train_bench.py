@@ -14,7 +14,7 @@ what to read, and the things compared are alternated (a burst of load hits both 
    process, infra/deepspeed/zero2_cpu.json, batch_max_audio_s 60, max_batch_size 8, 1 loader
    worker, fp32) with log_every 5 and validation / checkpoints pushed to the end.  Stage 2 then
    stage 3 (LoRA + projector, from stage 2's projector), ``--steps`` steps each, launched with
-   ``tasks.train.launch_command`` + ``launch_env`` (OMP_NUM_THREADS=1, DS_ACCELERATOR=cpu).
+   ``tasks.launch.launch_command`` + ``launch_env`` (OMP_NUM_THREADS=1, DS_ACCELERATOR=cpu).
    Throughputs come from the metrics JSONL the trainer writes: per log window, window samples =
    difference of ``run_samples``, window seconds = samples / ``samples_per_s``; the first window
    (warm-up: first batches, allocator, lazy inits) is left out, the others are summed.  Process
@@ -206,7 +206,8 @@ def window_cpu(cpu_at: dict[int, dict], first: int, last: int, samples: int) -> 
 
 def run_stage(work: Path, stage: int, train, shard_index: Path, log_dir: Path, tag: str) -> dict:
     from tasks.checkpoints import model_config, stage_dir
-    from tasks.train import launch_command, launch_env, write_run_config
+    from tasks.launch import launch_command, launch_env
+    from tasks.train import write_run_config
 
     metrics = work / "logs" / f"train-{tag}.jsonl"
     metrics.unlink(missing_ok=True)

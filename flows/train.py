@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +71,8 @@ def train_stage_task(stage: int, cfg: PipelineConfig, key: str) -> dict[str, Any
     run = trainer.run_config_for(cfg, stage, key, work_dir=layout.root)
     trainer.check_run(run)  # paths, hidden sizes, predecessor exports: fail before any compute
     run_json = trainer.write_run_config(logs / f"stage{stage}.run.json", **run.to_dict())
-    cmd = trainer.launch_command(run_json, cfg.train)
-    logger.info("stage %d: %s", stage, " ".join(cmd))
-    env = {**os.environ, **trainer.launch_env(cfg.train)}
-    repo = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
-    launch.run_process(cmd, env, logs / f"stage{stage}.log", cfg.train.timeout_s, on_line=lambda line: logger.info("[stage%d] %s", stage, line), cwd=repo)
+    logger.info("stage %d: %s", stage, " ".join(launch.launch_command(run_json, cfg.train)))
+    launch.launch_stage(run_json, cfg.train, logs / f"stage{stage}.log", on_line=lambda line: logger.info("[stage%d] %s", stage, line))
     result = checkpoints.read_stage(out_dir)
     if result is None:
         raise launch.TrainingProcessError(f"stage {stage} exited 0 but wrote no complete {out_dir / 'stage.json'}")

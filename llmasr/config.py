@@ -126,11 +126,14 @@ class TrainConfig(_Section):
     launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
     nproc_per_node: int = Field(8, ge=1)
     hostfile: str | None = None
+    node_launcher: Literal["pdsh", "openmpi", "slurm"] = "pdsh"
+    master_addr: str | None = None
+    master_port: int = Field(29500, ge=1, le=65535)
     deepspeed_config: str = "infra/deepspeed/zero2.json"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     batch_max_audio_s: float = Field(400.0, gt=0)
     max_batch_size: int = Field(64, ge=1)
-    num_workers: int = Field(4, ge=0)
+    num_workers: int = Field(6, ge=0)
     grad_accum: int = Field(1, ge=1)
     grad_clip: float = Field(1.0, ge=0)
     log_every: int = Field(10, ge=1)

@@ -10,6 +10,8 @@ apt_needed=()
 command -v ffmpeg >/dev/null || apt_needed+=(ffmpeg)
 command -v espeak-ng >/dev/null || apt_needed+=(espeak-ng)
 command -v chromium >/dev/null || apt_needed+=(chromium)  # headless screenshots of the Prefect UI (tests/test_ui_server.py)
+command -v pdsh >/dev/null || apt_needed+=(pdsh)  # DeepSpeed's multi-node launcher (train.hostfile; tests/test_multinode.py)
+[ -x /usr/sbin/sshd ] || apt_needed+=(openssh-server)  # the test's two ssh "nodes" on 127.0.0.1; ssh between nodes on a cluster
 if ((${#apt_needed[@]})); then
   echo "setup: installing ${apt_needed[*]} with apt-get"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -80,6 +80,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from llmasr.config import ConfigError
+from tasks.launch import hostfile_problem, resolve_repo_path
 
 log = logging.getLogger("llmasr.train")
 
@@ -208,45 +209,10 @@ def run_config_for(cfg: Any, stage: int, key: str, work_dir: str | Path | None =
     return RunConfig.from_dict(fields)
 
 
-def launch_command(run_json: str | Path, train: Any, python: str | None = None) -> list[str]:
-    """The command line that runs ``tasks.train`` on ``run_json`` with ``train.launcher``
-    (``train``: a TrainConfig or its dict)."""
-    t = _plain(train)
-    n = int(t.get("nproc_per_node", 1))
-    py = python or sys.executable
-    if t.get("launcher", "deepspeed") == "torchrun":
-        return [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), "-m", "tasks.train", str(run_json)]
-    cmd = [py, "-m", "deepspeed.launcher.runner"]
-    cmd += ["--hostfile", str(t["hostfile"])] if t.get("hostfile") else ["--num_gpus", str(n)]
-    return cmd + ["--module", "tasks.train", str(run_json)]
-
-
-def launch_env(train: Any = None, gpu: bool | None = None) -> dict[str, str]:
-    """Environment additions for ``launch_command``: a cache for DeepSpeed's compiled ops and, on
-    CPU, DeepSpeed's CPU accelerator and one OpenMP thread per process unless OMP_NUM_THREADS is
-    set (the CPU path runs tiny models: their ops are too small to split, and an OpenMP team that
-    shares its cores with other processes spends its time spinning -- 20x slower measured on 2
-    busy cores)."""
-    env = {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "llmasr-torch-extensions"))}
-    if gpu is None:
-        gpu = shutil.which("nvidia-smi") is not None
-    if not gpu:
-        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
-        env["DS_ACCELERATOR"] = "cpu"
-    return env
-
-
 # ----------------------------------------------------------------------- validation (no torch)
 
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def _resolve_repo_path(p: str) -> Path:
-    path = Path(p).expanduser()
-    if path.is_absolute() or path.exists():
-        return path
-    return REPO / path if (REPO / path).exists() else path
 
 
 def _hub_available(name: str) -> bool:
@@ -321,13 +287,16 @@ def check_run(cfg: RunConfig) -> None:
         raise TrainConfigError(f"train.stage{cfg.stage}.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     if cfg.precision not in PRECISIONS:
         raise TrainConfigError(f"train.precision: must be one of {PRECISIONS}, got {cfg.precision!r}")
-    ds = _resolve_repo_path(cfg.deepspeed_config)
+    ds = resolve_repo_path(cfg.deepspeed_config)
     if not ds.is_file():
         raise TrainConfigError(f"train.deepspeed_config: no such file {cfg.deepspeed_config}")
     try:
         _read_json(ds)
     except json.JSONDecodeError as exc:
         raise TrainConfigError(f"train.deepspeed_config: {ds} is not valid JSON ({exc})") from None
+    problem = hostfile_problem(train)
+    if problem:
+        raise TrainConfigError(problem)
 
     # shards
     index = Path(cfg.shard_index)
@@ -604,6 +573,12 @@ class Trainer:
         else:
             self.device = torch.device("cpu")
         self.is_main = self.rank == 0
+        # nodes taking part: distinct (host, launcher node rank) over the ranks -- DeepSpeed's
+        # launcher sets CROSS_RANK, torchrun GROUP_RANK (two "nodes" may share a host in tests)
+        node = f"{socket.gethostname()}/{os.environ.get('CROSS_RANK', os.environ.get('GROUP_RANK', '0'))}"
+        nodes: list[str | None] = [None] * self.world
+        dist.all_gather_object(nodes, node)
+        self.nodes = len(set(nodes))
         for name in ("DeepSpeed", "deepspeed"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -700,7 +675,7 @@ class Trainer:
         from torch.optim.lr_scheduler import LambdaLR
 
         t, s = self.train_cfg, self.stage_cfg
-        ds_cfg = {k: v for k, v in _read_json(_resolve_repo_path(self.cfg.deepspeed_config)).items() if not k.startswith("_")}
+        ds_cfg = {k: v for k, v in _read_json(resolve_repo_path(self.cfg.deepspeed_config)).items() if not k.startswith("_")}
         for k in ("optimizer", "scheduler", "train_batch_size"):
             if ds_cfg.pop(k, None) is not None and k != "train_batch_size":
                 log.warning("ignoring %r of %s: the trainer passes its own", k, self.cfg.deepspeed_config)
@@ -1081,7 +1056,7 @@ class Trainer:
         self.load_checkpoint()
         metrics = MetricsLog(self.cfg.metrics_log, self.cfg.tensorboard_dir, self.stage, self.is_main)
         metrics.write({"event": "start", "step": self.state["step"], "epoch": self.state["epoch"], "resumed_from": self.state["resumed_from"],
-                       "world_size": self.world, "precision": self.precision, "zero_stage": self.zero_stage,
+                       "world_size": self.world, "nodes": self.nodes, "precision": self.precision, "zero_stage": self.zero_stage,
                        "total_steps": self.total_steps, "trainable_params": self.n_trainable, "params": self.n_params})
         try:
             summary = self.loop(metrics)
@@ -1096,6 +1071,7 @@ class Trainer:
                     steps=self.state["step"],
                     epochs=self.state["epoch"],
                     world_size=self.world,
+                    nodes=self.nodes,
                     precision=self.precision,
                     zero_stage=self.zero_stage,
                     exports=exports,

@@ -71,6 +71,18 @@ def test_given_throughput_and_epochs_from_the_config(tmp_path):
     assert total["gpu_hours"] == pytest.approx(sum(r["gpu_hours"] for n, r in rows(res).items() if n != "total"))
 
 
+def test_loader_check_scales_with_workers_and_stage_speed(tmp_path):
+    # the loader rate is the one measured by bench/train_bench.py (committed in bench/results/)
+    six = run(tmp_path, "--hours", "10", "--set", "train.num_workers=6", "--audio-s-per-s", "1=2000")
+    three = run(tmp_path, "--hours", "10", "--set", "train.num_workers=3", "--audio-s-per-s", "1=2000")
+    lo = six["loader"]
+    assert lo["ratios"]["1"] == pytest.approx(6 * lo["per_worker"] / 2000)
+    for s in ("1", "2", "3"):
+        assert three["loader"]["ratios"][s] == pytest.approx(lo["ratios"][s] / 2)
+        assert lo["ratios"][s] == pytest.approx(6 * lo["per_worker"] / rows(six)[f"stage {s}"]["audio_s_per_s"])
+    assert lo["need_audio_s_per_s"] == 2000 and lo["workers"] == -(-2000 // lo["per_worker"])
+
+
 def test_flops_mfu_and_the_frozen_parts(tmp_path):
     base = rows(run(tmp_path, "--hours", "10", "--mfu", "0.4"))
     half = rows(run(tmp_path, "--hours", "10", "--mfu", "0.2"))

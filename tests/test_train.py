@@ -27,7 +27,8 @@ from llmasr.config import LoraConfig, StageConfig, TrainConfig
 from llmasr.text import normalize
 from llmasr.tiny_models import tiny_setup
 from tasks.checkpoints import load_llmasr, model_config, read_stage, stage_dir
-from tasks.train import launch_command, launch_env, write_run_config
+from tasks.launch import launch_command, launch_env
+from tasks.train import write_run_config
 from tasks.train_data import ShardSpeechDataset, make_loader
 from test_train_data import SENTENCES, VALIDATION_SENTENCES, make_shards
 
@@ -322,7 +323,7 @@ def test_run_config_for_the_flow(tmp_path):
     cmd = launch_command(path, cfg.train, python="py")
     assert cmd == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "tasks.train", str(path)]
     ds = launch_command(path, {"launcher": "deepspeed", "nproc_per_node": 8}, python="py")
-    assert ds == ["py", "-m", "deepspeed.launcher.runner", "--num_gpus", "8", "--module", "tasks.train", str(path)]
+    assert ds == ["py", "-m", "deepspeed.launcher.runner", "--master_port", "29500", "--num_gpus", "8", "--module", "tasks.train", str(path)]
     with pytest.raises(ValueError, match="unknown keys"):
         write_run_config(tmp_path / "bad.json", **rc.to_dict(), extra=1)
 
