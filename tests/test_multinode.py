@@ -1,7 +1,7 @@
 """Training across nodes: DeepSpeed's launcher with a hostfile, reaching the nodes with pdsh over ssh.
 
 Two "nodes" on this machine: a real sshd on 127.0.0.1 (its own host key, an authorized key made
-here, no PAM) and a hostfile naming it twice (``localhost`` and ``127.0.0.1``, one slot each), so
+here, no PAM; started by the test's user, root or not) and a hostfile naming it twice (``localhost`` and ``127.0.0.1``, one slot each), so
 DeepSpeed's runner takes its multi-node path: an ssh check, the master address from the first
 host's ``hostname -I``, ``pdsh -w localhost,127.0.0.1`` running ``deepspeed.launcher.launch
 --node_rank=%n`` on each.  The one fake is the ssh client configuration: ``ssh`` on PATH is a
@@ -49,8 +49,6 @@ def ssh_nodes(tmp_path_factory):
     """A running sshd on 127.0.0.1 and a folder holding an ``ssh`` that reaches it; yields that folder."""
     if not SSHD.is_file() or shutil.which("pdsh") is None or shutil.which("ssh") is None:
         _need("openssh-server, openssh-client and pdsh are needed for the multi-node test")
-    if os.geteuid() != 0:
-        _need("sshd must start as root to log a user in")
     d = tmp_path_factory.mktemp("ssh")
     for name in ("client_key", "host_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
@@ -69,7 +67,8 @@ def ssh_nodes(tmp_path_factory):
     bin_dir.mkdir()
     (bin_dir / "ssh").write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {d / "ssh_config"} "$@"\n')
     (bin_dir / "ssh").chmod(0o755)
-    Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation folder
+    if os.geteuid() == 0:  # root's sshd needs its privilege-separation folder; a user's sshd logs in only that user
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
     sshd = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")], stderr=open(d / "sshd.log", "w"))
     try:
         for _ in range(100):
