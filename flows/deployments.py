@@ -56,5 +56,5 @@ def build_deployments(cfg: PipelineConfig, profile: str | None = None, work_dir:
         ),
         train_flow.to_deployment(name=f"{prefix}-train", parameters=params, description="Stages 1 -> 2 -> 3 on the work dir's shards (DeepSpeed).", tags=tags + ["train"]),
         evaluate_flow.to_deployment(name=f"{prefix}-evaluate", parameters=params, description="Decode test sets with checkpoints and baselines; O/N/R/U-WER report.", tags=tags + ["evaluate"]),
-        pipeline_flow.to_deployment(name=f"{prefix}-pipeline", parameters=params, description="data -> train -> evaluate.", tags=tags + ["pipeline"]),
+        pipeline_flow.to_deployment(name=f"{prefix}-pipeline", parameters=data_params, description="data -> train -> evaluate.", tags=tags + ["pipeline"]),
     ]

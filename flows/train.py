@@ -45,7 +45,8 @@ def stage_key(cfg: PipelineConfig, layout: WorkLayout, stage: int) -> str:
 
 
 def check_stages(cfg: PipelineConfig, layout: WorkLayout, stages: list[int]) -> None:
-    """Fail before any compute: no shards, unknown stages, a stage without its predecessor."""
+    """Fail before any compute: no shards, unknown stages, a stage without its predecessor, a
+    hostfile that cannot launch."""
     if not stages or any(s not in checkpoints.STAGES for s in stages) or sorted(set(stages)) != stages:
         raise ConfigError(f"--stages must be increasing stage numbers from {checkpoints.STAGES}, got {stages}")
     if not layout.shard_index.is_file():
@@ -53,6 +54,9 @@ def check_stages(cfg: PipelineConfig, layout: WorkLayout, stages: list[int]) -> 
     first = stages[0]
     if first > 1 and checkpoints.read_stage(checkpoints.stage_dir(layout.root, first - 1)) is None:
         raise ConfigError(f"stage {first} needs the checkpoint of stage {first - 1} in {checkpoints.stage_dir(layout.root, first - 1)}: run --stages {first - 1},{first} (or from 1)")
+    problem = launch.hostfile_problem(cfg.train)
+    if problem:
+        raise ConfigError(problem)
 
 
 @task(name="train-stage", cache_key_fn=by_key, persist_result=True)

@@ -219,24 +219,24 @@ def cmd_ui(args: argparse.Namespace) -> int:
     _prefect_defaults()
     proc = None
     api_url = os.environ.get("PREFECT_API_URL")
-    if api_url:
-        console.print(f"using the Prefect server at {api_url} (PREFECT_API_URL)")
-    else:
-        if not server.is_loopback(args.host):
-            console.print(f"[yellow]warning:[/yellow] binding to {args.host}: the Prefect UI and API have no authentication and will be reachable from other machines")
-        api_url = f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.port}/api"
-        log = Path(cfg.work_dir) / "logs" / "prefect-server.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        proc = server.start_server(args.host, args.port, log)
-        console.print(f"starting the Prefect server (log: {log}) ...")
-        server.wait_healthy(api_url, proc)
-        console.print(f"Prefect UI: {api_url[:-4]}")
-    from prefect import serve
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.deployments import build_deployments
-
     try:
+        if api_url:
+            console.print(f"using the Prefect server at {api_url} (PREFECT_API_URL)")
+        else:
+            if not server.is_loopback(args.host):
+                console.print(f"[yellow]warning:[/yellow] binding to {args.host}: the Prefect UI and API have no authentication and will be reachable from other machines")
+            api_url = f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.port}/api"
+            log = Path(cfg.work_dir) / "logs" / "prefect-server.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            proc = server.start_server(args.host, args.port, log)
+            console.print(f"starting the Prefect server (log: {log}) ...")
+            server.wait_healthy(api_url, proc)  # a timeout or Ctrl-C here still stops the server (finally)
+            console.print(f"Prefect UI: {api_url[:-4]}")
+        from prefect import serve
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from flows.deployments import build_deployments
+
         with temporary_settings({PREFECT_API_URL: api_url}):
             serve(*build_deployments(cfg, args.profile, args.work_dir, args.config_file, args.overrides, args.sources))
     except KeyboardInterrupt:
@@ -291,13 +291,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from llmasr.config import ConfigError
+    from llmasr.server import ServerError
     from tasks.ingest import SourceError
 
     args = build_parser().parse_args(argv)
     handler = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run, "ui": cmd_ui, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
     try:
         return handler(args)
-    except (ConfigError, SourceError) as exc:
+    except (ConfigError, SourceError, ServerError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
 

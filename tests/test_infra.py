@@ -49,6 +49,11 @@ def test_deployments_carry_parameter_descriptions_and_the_cron():
     assert "key=value" in props["overrides"]["description"]
     assert [s.schedule.cron for s in data.schedules] == ["0 3 * * *"]
     assert not deps["llmasr-train"].schedules
+    # `llmasr ui --source URL`: the Run buttons of the data and pipeline deployments use it
+    with_src = {d.name: d for d in build_deployments(cfg, profile="demo", sources=["https://youtu.be/x"])}
+    for name in ("llmasr-data", "llmasr-pipeline"):
+        assert with_src[name].parameters == {"profile": "demo", "sources": ["https://youtu.be/x"]}, name
+    assert with_src["llmasr-train"].parameters == {"profile": "demo"}
 
 
 def test_deepspeed_configs_parse():

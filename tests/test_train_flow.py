@@ -93,6 +93,10 @@ def test_a_stage_without_its_predecessor_fails_before_compute(prefect_harness, c
     with pytest.raises(ConfigError, match="stage 3 needs the checkpoint of stage 2"):
         train_flow(**train_args(work, corpus, models), stages=[3])
     assert not (work / "checkpoints").exists()
+    # a hostfile under torchrun: refused before stage 1, naming the key
+    with pytest.raises(ConfigError, match=r"^train.hostfile: set, but train.launcher is 'torchrun'"):
+        train_flow(**train_args(work, corpus, models, "train.hostfile=infra/hostfile.example"))
+    assert not (work / "checkpoints").exists()
 
 
 def test_a_hung_stage_is_killed_with_its_process_group(prefect_harness, corpus: Path, models: dict, reference_run, session_tmp: Path):
