@@ -94,8 +94,8 @@ def resolve_config(
         raise ConfigError(_format_validation_error(exc)) from None
 
 
-def check_request(cfg: PipelineConfig) -> tuple[list[ev.SystemSpec], list[str]]:
-    """Fail before any decoding: no test set, a test set that does not exist, no system."""
+def check_test_sets(cfg: PipelineConfig) -> None:
+    """Fail before any work: no test set, names twice, a test set path that does not exist."""
     if not cfg.eval.test_sets:
         raise ConfigError("no test sets: pass --test-set name=path (or set eval.test_sets)")
     names = [ev.parse_named(s)[0] for s in cfg.eval.test_sets]
@@ -104,7 +104,16 @@ def check_request(cfg: PipelineConfig) -> tuple[list[ev.SystemSpec], list[str]]:
     for spec in cfg.eval.test_sets:
         name, path = ev.parse_named(spec)
         if not Path(path).expanduser().exists() and cfg.demo is None:
-            raise ConfigError(f"test set {name}: {path} does not exist")
+            raise ConfigError(f"eval.test_sets: test set {name}: {path} does not exist (fix the path with --test-set NAME=PATH or in pipeline_config.yaml)")
+    for spec in cfg.eval.hyps:
+        name, path = ev.parse_named(spec, "hypothesis file")
+        if not Path(path).expanduser().is_file():
+            raise ConfigError(f"eval.hyps: hypothesis file {path} (from {spec!r}) does not exist (fix it with --hyps NAME=PATH)")
+
+
+def check_request(cfg: PipelineConfig) -> tuple[list[ev.SystemSpec], list[str]]:
+    """Fail before any decoding: the test sets (``check_test_sets``), no system to evaluate."""
+    check_test_sets(cfg)
     specs, notes = ev.system_specs(cfg.work_dir, cfg.eval)
     if not specs:
         raise ConfigError(
@@ -182,4 +191,4 @@ def _run_evaluate(cfg: PipelineConfig, specs: list[ev.SystemSpec], notes: list[s
 if __name__ == "__main__":
     from llmasr.cli import main
 
-    main(["evaluate", *__import__("sys").argv[1:]])
+    raise SystemExit(main(["evaluate", *__import__("sys").argv[1:]]))

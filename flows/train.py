@@ -44,11 +44,15 @@ def stage_key(cfg: PipelineConfig, layout: WorkLayout, stage: int) -> str:
     return fingerprint("train", stage, _sha256(layout.shard_index), prev and prev.get("key"), settings, stage_cfg, code_version(*TRAIN_CODE))
 
 
+def check_stage_numbers(stages: list[int]) -> None:
+    if not stages or any(s not in checkpoints.STAGES for s in stages) or sorted(set(stages)) != stages:
+        raise ConfigError(f"--stages must be increasing stage numbers from {checkpoints.STAGES}, got {stages}")
+
+
 def check_stages(cfg: PipelineConfig, layout: WorkLayout, stages: list[int]) -> None:
     """Fail before any compute: no shards, unknown stages, a stage without its predecessor, a
     hostfile that cannot launch."""
-    if not stages or any(s not in checkpoints.STAGES for s in stages) or sorted(set(stages)) != stages:
-        raise ConfigError(f"--stages must be increasing stage numbers from {checkpoints.STAGES}, got {stages}")
+    check_stage_numbers(stages)
     if not layout.shard_index.is_file():
         raise ConfigError(f"no shard index at {layout.shard_index}: run `llmasr data` for this work_dir first")
     first = stages[0]

@@ -187,10 +187,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from llmasr import progress
     from tasks.ingest import resolve_sources
 
+    from flows.evaluate import check_test_sets, resolve_config
+    from flows.train import check_stage_numbers
+
     cfg = _load(args, args.sources)
+    stages = _stages(args.stages)
+    # everything that can be checked before hours of labelling and training: sources, stage
+    # numbers, test sets and hypothesis files (the demo generates its test set in the data flow)
+    check_stage_numbers(sorted(stages or [1, 2, 3]))
     if cfg.demo is None:
         resolve_sources(cfg.sources)
-    stages = _stages(args.stages)
+        eval_cfg = resolve_config(args.profile, args.work_dir, args.overrides, args.config_file, args.test_sets or None, args.baselines or None)
+        check_test_sets(eval_cfg)
     _prefect_defaults()
     from flows.pipeline import pipeline_flow
 

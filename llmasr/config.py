@@ -101,7 +101,7 @@ class LoraConfig(_Section):
     rank: int = Field(8, ge=1)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["c_attn", "c_proj", "w1", "w2"], min_length=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_length=1)
 
 
 class StageConfig(_Section):
@@ -115,7 +115,7 @@ class StageConfig(_Section):
 
 class TrainConfig(_Section):
     encoder: str = "openai/whisper-large-v2"
-    llm: str = "Qwen/Qwen-7B-Chat"
+    llm: str = "Qwen/Qwen2-7B-Instruct"
     tokenizer: str | None = None
     projector_hidden: int = Field(2048, ge=1)
     downsample_k: int = Field(2, ge=1)
@@ -169,6 +169,14 @@ class EvalConfig(_Section):
     max_train_count: int = 0
     word_list: str | None = None
     train_splits: list[str] | None = None
+
+    @field_validator("train_splits")
+    @classmethod
+    def _known_splits(cls, v: list[str] | None) -> list[str] | None:
+        bad = [s for s in v or [] if s not in ("train", "validation")]
+        if bad:
+            raise ValueError(f"unknown split(s) {bad}: the shards have 'train' and 'validation'; use e.g. eval.train_splits=[train], or null for every kept segment")
+        return v
 
     @field_validator("stages")
     @classmethod
@@ -299,7 +307,7 @@ def apply_override(data: dict, assignment: str) -> dict:
     key, raw = assignment.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override {assignment!r} has an empty key")
+        raise ConfigError(f"override {assignment!r} has an empty key: write --set section.key=value, e.g. --set label.batch_size=8")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
@@ -320,7 +328,8 @@ def apply_override(data: dict, assignment: str) -> dict:
 def _format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        # a list item's location ends in its index (eval.stages.0): name the list, which --set can set
+        key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key{_suggest(key)}")
         else:

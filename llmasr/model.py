@@ -203,8 +203,10 @@ def _trimmed_forward(
 ) -> torch.Tensor:
     """Our own forward over the HF encoder's submodules (HF's forward insists on 3000 frames)."""
     if features.shape[-1] % 2:
-        # Odd T: pad by one zero frame so the stride-2 conv gives exactly ceil(T/2) frames; the
-        # zero frame equals conv2's own zero padding, so the output matches an even-length run.
+        # Odd T: pad to T+1 with a zero feature frame (the conv stack gives ceil(T/2) frames either
+        # way).  The pad makes a solo odd-length example see what it sees inside a longer batch,
+        # where the frame after its end is a zeroed padding frame too: conv1 turns that zero frame
+        # into gelu(bias) (not zero), which reaches the example's last output frame through conv2.
         features = F.pad(features, (0, 1))  # (B, M, T+1)
     frames = features.shape[-1]
     # Zero frames past each length: the convs then see what a solo run of that example sees.

@@ -206,8 +206,13 @@ def plan_pieces(
         if end - start <= max_piece_s:
             pieces.append(Piece(utt.utt_id, 0, utt.audio_path, start, end))
             continue
-        audio = read_audio(utt.audio_path, start, end)
-        spans = vad_pieces(audio, start, segment_cfg)
+        try:
+            spans = vad_pieces(read_audio(utt.audio_path, start, end), start, segment_cfg)
+        except Exception as exc:  # noqa: BLE001 -- one unreadable long file is that utterance's problem, not the set's
+            problems.append(f"{utt.utt_id}: audio not readable ({utt.audio_path}, {start:.1f}-{end:.1f} s): {exc}")
+            kept.pop()
+            del durations[utt.utt_id]
+            continue
         if not spans:
             problems.append(f"{utt.utt_id}: VAD found no speech in {end - start:.1f} s of audio; hypothesis left empty")
         pieces += [Piece(utt.utt_id, i, utt.audio_path, s, e) for i, (s, e) in enumerate(spans)]

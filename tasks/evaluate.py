@@ -5,7 +5,7 @@ Plain functions the flow (flows/evaluate.py) strings together; a test can call t
     sets = [prepare_test_set(name, path, cfg.eval, cfg.segment) for name, path in ...]
     rare, info, problems = rare_word_set(work_dir, cfg.eval)
     results = {system: {set: decode_cached(system, set, out_dir, settings)}}
-    metrics = score_and_write(out_dir, sets, systems, results, rare, info, problems, ...)
+    metrics = score_and_write(out_dir, work_dir, sets, systems, results, rare, info, problems, ...)
 
 Files under ``<work_dir>/eval/`` (DESIGN.md, the evaluate row):
 
@@ -99,12 +99,12 @@ def system_specs(work_dir: str | Path, cfg: EvalConfig) -> tuple[list[SystemSpec
     for spec in cfg.hyps:
         name, path = parse_named(spec, "hypothesis file")
         if not Path(path).expanduser().is_file():
-            raise EvalError(f"hypothesis file {path} (from {spec!r}) does not exist")
+            raise EvalError(f"eval.hyps: hypothesis file {path} (from {spec!r}) does not exist (fix it with --hyps NAME=PATH)")
         specs.append(SystemSpec(name, "hyps", path))
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise EvalError(f"system names must be distinct, got {dupes} twice")
+        raise EvalError(f"eval.hyps / eval.baselines: system names must be distinct, got {dupes} twice (rename one: --hyps OTHER=PATH)")
     return specs, notes
 
 
@@ -170,6 +170,9 @@ def rare_word_set(work_dir: str | Path, cfg: EvalConfig) -> tuple[RareWords, dic
             f"no training transcripts in {Path(work_dir)} (no manifests/labels.parquet + decisions.parquet, no shards): "
             + ("every reference word counts as rare" if cfg.max_train_count >= 0 else "rare words are the word list alone")
         )
+    elif not texts:
+        problems.append(f"no training transcripts in {source}" + (f" for eval.train_splits={list(cfg.train_splits)}" if cfg.train_splits else "")
+                        + ": every reference word counts as rare")
     rare = RareWords(counts, cfg.max_train_count, extra)
     info = {
         "source": source,
@@ -291,20 +294,22 @@ class SystemScores:
 
 
 def score_result(prepared: PreparedSet, result: DecodeResult, rare: RareWords) -> SystemScores:
-    """Score every utterance the system has a hypothesis for; failures and empty hypotheses noted."""
+    """Score every utterance of the test set.  One the system failed on or has no hypothesis for is
+    scored as an empty hypothesis (its reference words are deletions, as sclite scores a missing
+    hypothesis), so every system is scored on the same words; failures and empty hypotheses are
+    noted in ``problems``."""
     problems: list[str] = [f"{result.system}: {p}" for p in result.problems]
     scores: list[UtteranceScore] = []
     for u in prepared.utterances:
-        if u.utt_id in result.failures:
-            problems.append(f"{result.system}: {u.utt_id} failed, not scored: {result.failures[u.utt_id]}")
-            continue
         hyp = result.hyps.get(u.utt_id)
-        if hyp is None:
-            problems.append(f"{result.system}: {u.utt_id} has no hypothesis, not scored")
-            continue
-        score = score_utterance(u.utt_id, u.text, hyp, rare)
-        if not hyp.strip() and score.n.ref_words:
-            problems.append(f"{result.system}: {u.utt_id}: empty hypothesis (scored: its {score.n.ref_words} reference words are deletions)")
+        if u.utt_id in result.failures or hyp is None:
+            why = result.failures.get(u.utt_id, "no hypothesis")
+            score = score_utterance(u.utt_id, u.text, "", rare)
+            problems.append(f"{result.system}: {u.utt_id} failed, scored as an empty hypothesis ({score.n.ref_words} deletions): {why}")
+        else:
+            score = score_utterance(u.utt_id, u.text, hyp, rare)
+            if not hyp.strip() and score.n.ref_words:
+                problems.append(f"{result.system}: {u.utt_id}: empty hypothesis (scored: its {score.n.ref_words} reference words are deletions)")
         scores.append(score)
     return SystemScores(result.system, prepared.name, scores, score_corpus(scores), result, problems)
 
@@ -353,12 +358,14 @@ def report_rows(all_scores: Sequence[SystemScores], sets: dict[str, PreparedSet]
     rows = []
     for s in all_scores:
         c, r = s.corpus, s.result
-        total = len(sets[s.test_set].utterances)
+        utts = sets[s.test_set].utterances
+        total = len(utts)
+        failed = sum(1 for u in utts if u.utt_id in r.failures or u.utt_id not in r.hyps)  # scored as empty
         rows.append(
             {
                 "test set": s.test_set,
                 "system": s.system,
-                "utts": f"{c.utterances}/{total}" if c.utterances != total else str(total),
+                "utts": f"{total} ({failed} failed)" if failed else str(total),
                 "words": c.words,
                 "rare words": c.rare_words,
                 "O-WER": fmt_rate(c.o_wer, c.o_errors, c.o_words),

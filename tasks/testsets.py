@@ -166,7 +166,10 @@ def _jsonl_rows(path: Path, sink: _Sink) -> Iterator[tuple[str, Mapping[str, Any
     text = path.read_text(encoding="utf-8-sig")
     stripped = text.lstrip()
     if path.suffix.lower() == ".json" and stripped.startswith("["):
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TestSetError(f"{path}: not valid JSON: {exc}") from None
         for i, row in enumerate(data, 1):
             if isinstance(row, Mapping):
                 yield f"{path}: item {i}", row
@@ -217,7 +220,12 @@ def read_manifest(path: str | Path, problems: list[str] | None = None) -> list[T
         return read_kincaid46(path, problems)
     else:
         raise TestSetError(f"{path}: unknown manifest type {suffix!r} (expected one of {', '.join(MANIFEST_EXTENSIONS)}, .tsv)")
-    return _rows_to_utterances(rows, path.parent, sink)
+    import pyarrow as pa
+
+    try:
+        return _rows_to_utterances(rows, path.parent, sink)
+    except (UnicodeDecodeError, csv.Error, pa.ArrowException) as exc:  # the file as a whole cannot be read
+        raise TestSetError(f"{path}: cannot read this {suffix} manifest: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def test_flops_mfu_and_the_frozen_parts(tmp_path):
     from llmasr.config import load_config
 
     m = capacity.model_counts(load_config().train)
-    assert 7.6e9 < m["llm_params"] < 7.8e9 and 6.3e8 < m["encoder_params"] < 6.4e8  # Qwen-7B, Whisper large-v2 encoder
+    assert 7.6e9 < m["llm_params"] < 7.8e9 and 6.3e8 < m["encoder_params"] < 6.4e8  # Qwen2-7B, Whisper large-v2 encoder
     r = {"encoder_fps": 50.0, "downsample_k": 2, "segment_s": 10.0, "prompt_tokens": 25, "whisper_special_tokens": 5, "text_tps": 0.0}
     f2, f3 = capacity.flops_per_audio_s(2, m, r), capacity.flops_per_audio_s(3, m, r)
     pos = 25 + 26 / 10.0

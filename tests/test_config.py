@@ -162,12 +162,15 @@ def test_setting_a_key_below_a_scalar_is_rejected() -> None:
         ("shard.validation_fraction=1.0", "shard.validation_fraction"),
         ("segment.max_segment_s=45", "segment.max_segment_s"),
         ("work_dir=' '", "work_dir"),
+        ("eval.train_splits=[trian]", "eval.train_splits"),
+        ("eval.stages=[x]", "eval.stages"),
     ],
 )
 def test_bad_value_names_the_key(override: str, key: str) -> None:
     msg = _error(overrides=[override])
     assert f"{key}:" in msg
     assert "unknown key" not in msg
+    assert f"--set {key}.0" not in msg  # a list is set whole: --set key=[...]
 
 
 def test_target_above_max_segment_is_rejected() -> None:

@@ -126,9 +126,12 @@ def test_score_result_notes_failures_and_empty_hypotheses():
     prepared.utterances = [TestUtterance("a", "a.wav", "hello world"), TestUtterance("b", "b.wav", "bye"), TestUtterance("c", "c.wav", "")]
     result = DecodeResult("sys", hyps={"a": "", "c": "oops"}, failures={"b": "RuntimeError: boom"})
     s = ev.score_result(prepared, result, RareWords({"hello": 3, "world": 2}))
-    assert s.corpus.utterances == 2 and s.corpus.n_errors == 3 and s.corpus.words == 2  # 2 deletions + 1 insertion
-    assert s.corpus.r_wer is None and s.corpus.rare_words == 0
-    assert any("b failed, not scored: RuntimeError: boom" in p for p in s.problems)
+    # every utterance scored: b (failed) as an empty hypothesis -> "bye" deleted
+    assert s.corpus.utterances == 3 and s.corpus.n_errors == 4 and s.corpus.words == 3  # 3 deletions + 1 insertion
+    # "bye" (never in training) is rare: deleted, plus the inserted unseen "oops" -> R-WER 2/1
+    assert s.corpus.rare_words == 1 and s.corpus.r_errors == 2 and s.corpus.r_wer == 2.0
+    assert s.corpus.u_words == 2 and s.corpus.u_wer == 1.0  # hello world: seen in training, both deleted
+    assert any("b failed, scored as an empty hypothesis (1 deletions): RuntimeError: boom" in p for p in s.problems)
     assert any("a: empty hypothesis" in p for p in s.problems)
 
 
@@ -199,10 +202,13 @@ def test_evaluate_flow_end_to_end(prefect_harness, eval_run):
     assert base["n_wer"] < 0.35, base
     assert base["rare_words"] > 0 and base["r_wer"] is not None and base["rtf"] > 0
     assert base["words"] + 0 == base["rare_words"] + base["u_words"]
-    # the hypothesis file: u3 missing -> not scored; everything else exact except u1's rare word
+    # the hypothesis file: u3 missing -> scored as empty (its words deleted); the rest exact except u1's rare word
     zf = esp["zipformer"]
-    assert zf["utterances"] == 5 and zf["failed"] == 1 and zf["rtf"] is None
-    assert zf["r_errors"] >= 1 and zf["u_errors"] <= 2
+    assert zf["utterances"] == 6 and zf["failed"] == 1 and zf["rtf"] is None
+    assert zf["words"] == base["words"] == esp["llmasr-stage2"]["words"]  # every system scored on the same words
+    from llmasr.text import normalize
+
+    assert zf["r_errors"] >= 1 and zf["n_errors"] >= len(normalize(SENTENCES[3]).split()) + 1  # u3 deleted, u1's rare word
     # a test set with no rare words: R-WER n/a, never 0
     for system in systems:
         assert metrics["results"]["common"][system]["r_wer"] is None
@@ -215,12 +221,12 @@ def test_evaluate_flow_end_to_end(prefect_harness, eval_run):
     table = [line for line in report.splitlines() if line.startswith("| common |")]
     assert len(table) == 3 and all(line.split(" | ")[7].startswith("n/a (") for line in table)  # R-WER column
     assert "| n/a (0 words) |" in table[1]  # the baseline inserted no rare word there
-    assert "| espeak | zipformer | 5/6 |" in report
+    assert "| espeak | zipformer | 6 (1 failed) |" in report
     assert "RTF" in report and "## Problems" in report
     problems = report.split("## Problems", 1)[1]
     assert "missing.wav" in problems  # the missing audio file
     assert "empty_ref: empty reference" in problems
-    assert "zipformer: u3 failed, not scored: no hypothesis for 'u3'" in problems
+    assert "zipformer: u3 failed, scored as an empty hypothesis (" in problems and "no hypothesis for 'u3'" in problems
     assert "[common] no rare words in the references: R-WER is n/a" in problems
     assert "llmasr-stage3: no complete checkpoint" in problems
     assert "faster-whisper:bundled:small.en: not evaluated, the system failed" in problems and "ships only" in problems
@@ -250,6 +256,22 @@ def test_cli_evaluate_fails_early_on_bad_requests(tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "does not exist" in err and "nothing to evaluate" in err and "is not name=path" in err
     assert "faster-whisper:<model>" in err and "eval.stages" in err
+
+
+def test_cli_run_checks_the_evaluation_inputs_before_any_work(tmp_path, capsys):
+    from llmasr.cli import main
+
+    src = tmp_path / "audio"
+    src.mkdir()
+    work = tmp_path / "work"
+    base = ["run", "--work-dir", str(work), "--source", str(src)]
+    assert main([*base, "--test-set", f"x={tmp_path / 'nope.jsonl'}"]) == 2
+    assert main(base) == 2  # no test set at all: the evaluate stage would fail after training
+    (tmp_path / "t.jsonl").write_text("")
+    assert main([*base, "--test-set", f"x={tmp_path / 't.jsonl'}", "--stages", "1,4"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "eval.test_sets: test set x:" in err and "no test sets" in err and "--stages must be" in err
+    assert not work.exists()  # nothing ran
 
 
 def test_demo_profile_evaluates_the_zero_shot_set_with_tiny_en():

@@ -331,6 +331,21 @@ def test_read_manifest_parquet(tmp_path: Path) -> None:
     assert [(u.utt_id, Path(u.audio_path).name, u.text) for u in utts] == [("u1", "x.wav", "first"), ("y", "y.wav", "second")]
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("m.json", b'[{"audio": "x.wav", "text": "a"},', "not valid JSON"),
+        ("m.parquet", b"PAR1 but not parquet", "cannot read this .parquet manifest"),
+        ("m.csv", b"audio,text\nx.wav,\xff\xfe broken utf-8\n", "cannot read this .csv manifest"),
+    ],
+)
+def test_an_unreadable_manifest_is_a_test_set_error_naming_the_file(tmp_path: Path, name: str, content: bytes, says: str) -> None:
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(TestSetError, match=says) as err:
+        load_test_set(str(tmp_path / name))
+    assert str(tmp_path / name) in str(err.value)
+
+
 @pytest.mark.skipif(not (REAL_SPEECH / "manifest.jsonl").is_file(), reason="shared real-speech clips not present")
 def test_load_real_speech_folder_uses_its_manifest() -> None:
     utts, problems = load_test_set(str(REAL_SPEECH))
