@@ -16,6 +16,31 @@ from typing import Any, Iterator
 TMP_PREFIX = ".tmp-"
 
 
+def _read_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc/self/status, 4.7+).
+
+    Elsewhere it can only be read by setting it (``os.umask``) and setting it back, which changes
+    the process umask for an instant (were it set to 0, a file another thread created then would be
+    world-writable).  So it is read once, here at import, before tasks run in threads -- never per
+    write -- and set to 0o022 meanwhile, not 0.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass  # no /proc (macOS, a locked-down container): fall back to the set-and-restore below
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+# The mode of final files: what open() would give, 0o666 less the umask.  A process that changes
+# its umask after this import keeps the old one here (this project never does).
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on clean exit it is renamed onto ``path``."""
@@ -24,9 +49,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; final files get the usual mode
+    os.chmod(tmp_path, _FILE_MODE)  # mkstemp makes 0600; final files get the usual mode
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:

@@ -55,7 +55,8 @@ def convert_to_flac16k(src: Path | str, dst: Path | str, max_duration_s: float |
         except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError
             raise AudioError(f"ffmpeg produced no readable audio: {exc}") from exc
         duration = info.frames / float(info.samplerate)
-        if info.frames == 0:
+        # a FLAC of 0 samples stores total_samples 0 ("unknown"), which libsndfile reports as 2**63-1
+        if info.frames == 0 or info.frames >= 2**63 - 1:
             raise AudioError("no audio samples (empty or truncated stream)")
         if max_duration_s is not None and duration > max_duration_s:
             raise AudioError(f"too long: more than {max_duration_s:.0f} s (ingest.max_item_duration_s)")

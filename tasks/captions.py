@@ -1,13 +1,15 @@
 """Caption files: parse WebVTT and SubRip into cues, clean YouTube's markup, write WebVTT.
 
 YouTube's automatic captions "roll": each cue repeats the previous cue's line and adds words, with
-10 ms filler cues in between.  ``parse_captions`` drops the repeated lines and the empty fillers so
-the cue texts concatenate to the spoken text once.
+10 ms filler cues in between.  In a file laid out so, ``parse_captions`` drops each cue's carried-over
+lines (and so the fillers) so the cue texts concatenate to the spoken text once.  Other files --
+manual captions, SubRip -- keep every cue: "No." followed by "No." was said twice.
 """
 
 from __future__ import annotations
 
 import html
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,15 @@ def _clean(line: str) -> str:
     return " ".join(html.unescape(_TAG.sub("", line)).split())
 
 
+@dataclass(frozen=True)
+class _Block:
+    """One timed cue as written: its cleaned, non-empty lines (bracketed sounds still in)."""
+
+    start_s: float
+    end_s: float
+    lines: list[str]
+
+
 def parse_captions(path: Path | str) -> list[Cue]:
     """Cues of a .vtt or .srt file, in time order, markup removed, rolling repeats dropped.
 
@@ -51,14 +62,31 @@ def parse_captions(path: Path | str) -> list[Cue]:
         raw = path.read_bytes().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise CaptionError(f"cannot read captions {path.name}: {exc}") from exc
+    blocks = _timed_blocks(raw)
+    rolling = _is_rolling(blocks)
+    cues: list[Cue] = []
+    prev_lines: list[str] = []
+    for b in blocks:
+        # carry-overs are matched before "[Music]"-style lines go: YouTube rolls those over like words
+        new_lines = b.lines[_carried_over(prev_lines, b.lines) :] if rolling else b.lines
+        prev_lines = b.lines
+        words = [t for t in new_lines if not _BRACKETED.match(t)]
+        if b.end_s > b.start_s and words:
+            cues.append(Cue(b.start_s, b.end_s, " ".join(words)))
+    if not cues and "-->" not in raw:
+        raise CaptionError(f"{path.name}: no timed cues (not a WebVTT/SubRip file?)")
+    cues.sort(key=lambda c: (c.start_s, c.end_s))
+    return cues
+
+
+def _timed_blocks(raw: str) -> list[_Block]:
+    """The cues with text, in file order (headers, NOTE/STYLE blocks and empty cues left out)."""
     text = raw.replace("\r\n", "\n")
     # YouTube's auto-captions put a line of only a space right after the timing line; it is part
     # of the cue, not the blank line that ends it (else the words lose their timing).
     text = re.sub(r"(?m)^([ \t]*\d[^\n]*-->[^\n]*)\n[ \t]+(?=\n[^\n]*\S)", r"\1", text)
-    blocks = re.split(r"\n\s*\n", text)
-    cues: list[Cue] = []
-    prev_lines: list[str] = []
-    for block in blocks:
+    out: list[_Block] = []
+    for block in re.split(r"\n\s*\n", text):
         lines = [ln for ln in block.split("\n") if ln.strip()]
         for i, line in enumerate(lines):
             m = _ARROW.match(line)
@@ -66,18 +94,27 @@ def parse_captions(path: Path | str) -> list[Cue]:
                 continue
             start = _seconds(_TIME.match(m.group(1)))  # type: ignore[arg-type]
             end = _seconds(_TIME.match(m.group(6)))  # type: ignore[arg-type]
-            text_lines = [_clean(t) for t in lines[i + 1 :]]
-            text_lines = [t for t in text_lines if t and not _BRACKETED.match(t)]
-            new_lines = [t for t in text_lines if t not in prev_lines]
+            text_lines = [t for t in (_clean(t) for t in lines[i + 1 :]) if t]
             if text_lines:
-                prev_lines = text_lines
-            if end > start and new_lines:
-                cues.append(Cue(start, end, " ".join(new_lines)))
+                out.append(_Block(start, end, text_lines))
             break
-    if not cues and "-->" not in raw:
-        raise CaptionError(f"{path.name}: no timed cues (not a WebVTT/SubRip file?)")
-    cues.sort(key=lambda c: (c.start_s, c.end_s))
-    return cues
+    return out
+
+
+def _carried_over(prev: list[str], lines: list[str]) -> int:
+    """How many leading ``lines`` repeat the last lines of the previous cue (a rolling carry-over)."""
+    for k in range(min(len(prev), len(lines)), 0, -1):
+        if lines[:k] == prev[-k:]:
+            return k
+    return 0
+
+
+def _is_rolling(blocks: list[_Block]) -> bool:
+    """True for rolling captions: some cue starts with the previous cue's last line(s) and goes on.
+
+    Manual captions that repeat a whole cue ("No." then "No.") are not rolling: their repeats stay.
+    """
+    return any(0 < _carried_over(a.lines, b.lines) < len(b.lines) for a, b in itertools.pairwise(blocks))
 
 
 def _ts(seconds: float) -> str:

@@ -175,7 +175,11 @@ def ingest_local_file(f: LocalFile, layout: WorkLayout, cfg: IngestConfig) -> It
     base = dict(item_id=f.item_id, source=f.source, url=None, title=src.name)
     if not src.is_file():
         return Item(**base, path=None, duration_s=None, caption_path=None, status=STATUS_FAILED, error="file disappeared before ingest")
-    stamp = fingerprint(_file_stamp(src), f.caption_path and _file_stamp(Path(f.caption_path)), cfg.max_item_duration_s)
+    # a captions path that does not exist (a manifest's typo) is noted on the item, never raised;
+    # its stamp is None, so the item is ingested again once the file appears
+    captions = Path(f.caption_path) if f.caption_path else None
+    captions_found = captions is not None and captions.is_file()
+    stamp = fingerprint(_file_stamp(src), _file_stamp(captions) if captions_found else None, cfg.max_item_duration_s)
     if record_path.is_file():
         prev = json.loads(record_path.read_text(encoding="utf-8"))
         if prev.pop("_stamp", None) == stamp and (prev["status"] != STATUS_OK or layout.abs(prev["path"]).is_file()):
@@ -186,15 +190,22 @@ def ingest_local_file(f: LocalFile, layout: WorkLayout, cfg: IngestConfig) -> It
     except AudioError as exc:
         layout.audio(f.item_id).unlink(missing_ok=True)
         item = Item(**base, path=None, duration_s=None, caption_path=None, status=STATUS_FAILED, error=str(exc))
-    if item.status == STATUS_OK and f.caption_path:
-        try:
-            cues = parse_captions(f.caption_path)
-            write_vtt(layout.captions(f.item_id), cues)
-            item = dataclasses.replace(item, caption_path=layout.rel(layout.captions(f.item_id)), caption_kind="local")
-        except CaptionError as exc:
-            item = dataclasses.replace(item, error=f"captions ignored ({exc}); segmented by VAD")
+    if item.status == STATUS_OK and captions is not None:
+        item = _with_captions(item, captions, captions_found, layout)
     write_json(record_path, {**dataclasses.asdict(item), "_stamp": stamp})
     return item
+
+
+def _with_captions(item: Item, captions: Path, found: bool, layout: WorkLayout) -> Item:
+    """``item`` with its captions converted to raw/<id>.vtt; or, where they are missing or
+    unreadable, without captions (segment then cuts by VAD) and a note in ``error`` saying so."""
+    if not found:
+        return dataclasses.replace(item, error=f"captions {captions} not found; segmented by VAD")
+    try:
+        write_vtt(layout.captions(item.item_id), parse_captions(captions))
+    except CaptionError as exc:
+        return dataclasses.replace(item, error=f"captions ignored ({exc}); segmented by VAD")
+    return dataclasses.replace(item, caption_path=layout.rel(layout.captions(item.item_id)), caption_kind="local")
 
 
 def ingest_local(files: list[LocalFile], layout: WorkLayout, cfg: IngestConfig, progress: Callable[[int], None] | None = None) -> list[Item]:

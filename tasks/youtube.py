@@ -526,23 +526,47 @@ def fetch_web_source(
 ) -> list[Item]:
     """All items of one URL (a video, playlist, channel or page with HTML5 media).
 
-    Entries whose item is in ``known`` (or has a record in ``raw/``) with status ok and audio on disk
-    are returned as-is without downloading.  A URL that cannot be listed at all (unreachable,
-    unsupported) gives one failed Item with id ``url_item_id(url)`` instead of raising.
+    ``known`` is this source's items from the last run.  Entries whose item is in ``known`` (or has
+    a record in ``raw/``) with status ok and audio on disk are returned as-is without downloading.
+    Known ok items the listing no longer shows (deleted or private videos) are carried forward, so
+    their segments and shards stay.  A URL that cannot be listed at all (unreachable, unsupported)
+    gives one failed Item with id ``url_item_id(url)`` instead of raising, plus the known items.
     ``progress(n_done, n_total)`` is called after each entry.
     """
     try:
         entries = _raw_entries(url, opts)
     except Exception as exc:  # noqa: BLE001 -- a source that cannot be listed is one failed item
         error = _error_text(exc, opts)
-        log.warning("could not list %s: %s", url, error)
-        return [_save_record(layout, _failed(url_item_id(url), url, url, error))]
+        kept = _carry_forward(layout, url, known, set(), f"{url} could not be listed")
+        log.warning("could not list %s: %s (kept %d items of earlier runs)", url, error, len(kept))
+        return kept + [_save_record(layout, _failed(url_item_id(url), url, url, error))]
     items: list[Item] = []
     for n, entry in enumerate(entries, start=1):
         items.append(_fetch_entry(entry, url, layout, opts, known))
         if progress is not None:
             progress(n, len(entries))
-    return items
+    return items + _carry_forward(layout, url, known, {i.item_id for i in items}, f"{url} no longer lists it")
+
+
+def _carry_forward(layout: WorkLayout, url: str, known: dict[str, Item] | None, listed: set[str], why: str) -> list[Item]:
+    """The items of ``known`` not in ``listed`` that stay: ok items with audio on disk, as they were.
+
+    A network blip or a deleted video must not drop data an earlier run fetched ("nothing is lost").
+    Known ok items whose audio is gone can be neither kept nor fetched: they are listed as failed.
+    Known failed items not listed again are dropped (they never had data); so is the url item of
+    an earlier listing failure.
+    """
+    out: list[Item] = []
+    for item_id, item in sorted((known or {}).items()):
+        if item_id in listed or item.status != STATUS_OK:
+            continue
+        if _reusable(layout, item):
+            log.info("kept %s from an earlier run: %s", item_id, why)
+            out.append(item)
+        else:
+            log.warning("%s: %s and its audio %s is missing; listed as failed", item_id, why, item.path)
+            out.append(_failed(item_id, url, item.url, f"{why} and its audio {item.path} is missing", item.title))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,12 +604,20 @@ def cookies_from_env_or_secret(env_var: str = "LLMASR_YTDLP_COOKIES", secret_blo
             return value
         if _looks_like_cookies(value):
             return _write_private(value)
-        raise ValueError(f"${env_var} is neither an existing file nor cookies-file contents")
+        # never echo the value: it may be the cookies themselves
+        raise ValueError(
+            f"${env_var} (named by the config key ingest.cookies_env) is neither the path of an existing file "
+            "nor Netscape cookies-file contents: set it to the path of a cookies.txt file or to that file's "
+            "text, or unset it (optionally naming a Prefect Secret block in ingest.cookies_secret instead)"
+        )
     if secret_block:
         from prefect.blocks.system import Secret
 
         secret = Secret.load(secret_block, _sync=True).get()  # type: ignore[call-arg,union-attr]  # sync even in async code
         if not isinstance(secret, str) or not secret.strip():
-            raise ValueError(f"Prefect Secret block {secret_block!r} does not hold cookies-file text")
+            raise ValueError(
+                f"Prefect Secret block {secret_block!r} (named by the config key ingest.cookies_secret) does not hold "
+                "cookies-file text: store a Netscape cookies.txt file's contents in it, or unset ingest.cookies_secret"
+            )
         return _write_private(secret)
     return None

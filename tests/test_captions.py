@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -175,6 +178,72 @@ def test_youtube_rolling_captions_with_crlf(tmp_path: Path) -> None:
     assert cues[0].start_s == 0.0
 
 
+# Manual captions (and SubRip) repeat a cue when the words are said again: every cue is kept.
+MANUAL_REPEATS = """1
+00:00:01,000 --> 00:00:01,600
+No.
+
+2
+00:00:01,600 --> 00:00:02,200
+No.
+
+3
+00:00:02,200 --> 00:00:03,000
+I said no.
+
+4
+00:00:03,000 --> 00:00:04,000
+Yes,
+yes.
+
+5
+00:00:04,000 --> 00:00:05,000
+Yes,
+yes.
+"""
+
+
+@pytest.mark.parametrize("name", ["manual.srt", "manual.vtt"])
+def test_manual_captions_keep_repeated_cues(tmp_path: Path, name: str) -> None:
+    text = MANUAL_REPEATS if name.endswith(".srt") else "WEBVTT\n\n" + re.sub(r"(\d),(\d{3})", r"\1.\2", MANUAL_REPEATS)
+    cues = parse_captions(_write(tmp_path, name, text))
+    assert cues == [
+        Cue(1.0, 1.6, "No."),
+        Cue(1.6, 2.2, "No."),
+        Cue(2.2, 3.0, "I said no."),
+        Cue(3.0, 4.0, "Yes, yes."),
+        Cue(4.0, 5.0, "Yes, yes."),
+    ]
+
+
+# Rolling captions where the same words are said twice: only the carried-over line is dropped.
+YOUTUBE_AUTO_REPEAT = """WEBVTT
+Kind: captions
+Language: en
+
+00:00:00.000 --> 00:00:01.000 align:start position:0%
+ 
+no<00:00:00.500><c> way</c>
+
+00:00:01.000 --> 00:00:01.010 align:start position:0%
+no way
+ 
+
+00:00:01.010 --> 00:00:02.000 align:start position:0%
+no way
+no<00:00:01.500><c> way</c>
+
+00:00:02.000 --> 00:00:02.010 align:start position:0%
+no way
+ 
+"""
+
+
+def test_rolling_captions_keep_words_said_twice(tmp_path: Path) -> None:
+    cues = parse_captions(_write(tmp_path, "yt.en.vtt", YOUTUBE_AUTO_REPEAT))
+    assert cues == [Cue(0.0, 1.0, "no way"), Cue(1.01, 2.0, "no way")]
+
+
 def test_random_bytes_are_a_caption_error(tmp_path: Path) -> None:
     p = tmp_path / "junk.vtt"
     p.write_bytes(bytes(random.Random(0).randrange(256) for _ in range(2000)))
@@ -226,3 +295,20 @@ def test_write_vtt_round_trip(tmp_path: Path) -> None:
 def test_write_vtt_of_parsed_youtube_captions_round_trips(tmp_path: Path) -> None:
     cues = parse_captions(_write(tmp_path, "yt.vtt", YOUTUBE_AUTO))
     assert parse_captions(write_vtt(tmp_path / "clean.vtt", cues)) == cues
+
+
+def test_write_vtt_never_changes_the_umask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Atomic writes run in task threads: setting the process umask to 0, even for an instant,
+    would let another thread create a world-writable file."""
+    current = os.umask(0o022)
+    os.umask(current)
+    calls: list[int] = []
+
+    def spy(mask: int) -> int:
+        calls.append(mask)
+        return current
+
+    monkeypatch.setattr(os, "umask", spy)
+    out = write_vtt(tmp_path / "u.vtt", [Cue(0.0, 1.0, "hi")])
+    assert calls == []
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~current

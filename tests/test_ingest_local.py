@@ -178,7 +178,9 @@ def folder(tmp_path: Path) -> dict[str, Path]:
     files["truncated"] = d / "truncated.mp3"
     mp3 = d / "full.mp3.src"  # not an audio extension: only the truncated copy is ingested
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=f=440:d=2", "-f", "mp3", str(mp3)], check=True)
-    files["truncated"].write_bytes(mp3.read_bytes()[:1000])
+    files["truncated"].write_bytes(mp3.read_bytes()[:1000])  # a few mp3 frames: still decodable
+    files["garbage"] = d / "garbage.m4a"  # no container, no codec: certainly undecodable
+    files["garbage"].write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
     (d / "captioned.srt").write_text(SRT, encoding="utf-8")
     (d / "badcaps.vtt").write_bytes(b"\x00\x01garbage without any timing\xff\xfe")
     (d / "readme.txt").write_text("not audio, not listed", encoding="utf-8")
@@ -237,14 +239,31 @@ def test_bad_files_fail_with_a_reason(folder: dict[str, Path], tmp_path: Path) -
     assert not list(layout.raw.glob(".tmp-*"))
 
 
-def test_truncated_file_is_recorded_not_raised(folder: dict[str, Path], tmp_path: Path) -> None:
+def test_truncated_but_decodable_file_keeps_what_decodes(folder: dict[str, Path], tmp_path: Path) -> None:
     items, layout = _ingest(folder, tmp_path / "work")
     trunc = _by_name(items, folder)["truncated"]
-    if trunc.status == STATUS_OK:  # ffmpeg decodes the first frames of a cut mp3
-        assert trunc.duration_s is not None and 0 < trunc.duration_s < 2.0
-        assert sf.info(str(layout.abs(trunc.path))).frames > 0  # type: ignore[arg-type]
-    else:
-        assert trunc.error and trunc.path is None
+    # ffmpeg decodes the whole mp3 frames in the first 1000 bytes of a 2 s file (about 0.08 s)
+    assert trunc.status == STATUS_OK and trunc.error is None
+    assert trunc.duration_s is not None and 0 < trunc.duration_s < 0.5
+    assert sf.info(str(layout.abs(trunc.path))).frames / 16_000 == pytest.approx(trunc.duration_s, abs=0.001)  # type: ignore[arg-type]
+
+
+def test_undecodable_bytes_with_an_audio_extension_fail_naming_the_file(folder: dict[str, Path], tmp_path: Path) -> None:
+    items, layout = _ingest(folder, tmp_path / "work")
+    garbage = _by_name(items, folder)["garbage"]
+    assert garbage.status == STATUS_FAILED
+    assert garbage.error is not None and "not decodable" in garbage.error and "garbage.m4a" in garbage.error
+    assert garbage.path is None and garbage.duration_s is None
+    assert not layout.audio(garbage.item_id).exists()
+
+
+def test_header_only_wav_fails_as_empty(tmp_path: Path) -> None:
+    wav = tmp_path / "header_only.wav"
+    sf.write(str(wav), np.zeros(0, dtype=np.float32), 16_000)  # a valid RIFF header, no frames
+    (src,) = resolve_sources([str(wav)])
+    files, _ = expand_source(src)
+    (item,) = ingest_local(files, WorkLayout(tmp_path / "work"), CFG)
+    assert item.status == STATUS_FAILED and "no audio samples" in (item.error or "")
 
 
 def test_unicode_name_with_spaces_gets_a_safe_id(folder: dict[str, Path], tmp_path: Path) -> None:
@@ -312,6 +331,32 @@ def test_a_raised_duration_limit_retries_a_too_long_file(folder: dict[str, Path]
     again = ingest_local(files, layout, IngestConfig(max_item_duration_s=10.0))
     long_ = _by_name(again, folder)["long"]
     assert long_.status == STATUS_OK and long_.duration_s == pytest.approx(3.0, abs=0.01)
+
+
+def test_a_manifest_row_whose_captions_are_missing_is_ingested_without_them(tmp_path: Path) -> None:
+    a = _wav(tmp_path / "a.wav", 0.5)
+    b = _wav(tmp_path / "b.wav", 0.5)
+    (tmp_path / "b.srt").write_text(SRT, encoding="utf-8")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"audio": "a.wav", "captions": "a-typo.vtt"}\n{"audio": "b.wav", "captions": "b.srt"}\n', encoding="utf-8")
+    (src,) = resolve_sources([str(manifest)])
+    files, _ = expand_source(src)
+    layout = WorkLayout(tmp_path / "work")
+    missing = tmp_path / "a-typo.vtt"
+
+    items = ingest_local(files, layout, CFG)  # one bad row does not stop the batch
+
+    got = {it.item_id: it for it in items}
+    ia, ib = got[local_item_id(a)], got[local_item_id(b)]
+    assert ia.status == STATUS_OK and layout.abs(ia.path).is_file()  # type: ignore[arg-type]
+    assert ia.caption_path is None and ia.caption_kind is None  # segment cuts it by VAD
+    assert ia.error == f"captions {missing} not found; segmented by VAD"
+    assert ib.status == STATUS_OK and ib.error is None and ib.caption_kind == "local"
+    assert ingest_local(files, layout, CFG) == items  # a rerun gives the same, without raising
+
+    missing.write_text("WEBVTT\n\n00:00:00.000 --> 00:00:00.400\nhi\n", encoding="utf-8")
+    again = {it.item_id: it for it in ingest_local(files, layout, CFG)}[ia.item_id]
+    assert again.error is None and again.caption_path == f"raw/{ia.item_id}.vtt"  # picked up once it exists
 
 
 def test_a_file_that_disappeared_is_failed(tmp_path: Path) -> None:

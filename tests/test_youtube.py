@@ -177,6 +177,78 @@ def test_page_without_media_fails_without_retry(state: Site, layout: WorkLayout)
     assert state.state.requests.count("/empty.html") == 1
 
 
+def _playlist_page(site: Site, name: str, n: int = 3) -> str:
+    """A page of this test's own listing ``n`` of the playlist clips (the module's pages stay as they are)."""
+    tags = [video_tag(f"p{i}.m4a", f"p{i}.vtt") for i in range(1, n + 1)]
+    (site.root / name).write_text(page("Listing", *tags))
+    return site.url(name)
+
+
+@pytest.mark.parametrize("failure", ["gone", "blip"])
+def test_a_source_that_cannot_be_listed_keeps_its_earlier_items(
+    state: Site, layout: WorkLayout, caplog: pytest.LogCaptureFixture, failure: str
+) -> None:
+    name = f"listing-{failure}.html"
+    url = _playlist_page(state, name)
+    try:
+        first = fetch_web_source(url, layout, FAST)
+        assert [i.status for i in first] == [STATUS_OK] * 3, [i.error for i in first]
+        state.state.reset()
+        if failure == "gone":  # the playlist was deleted: 404
+            (state.root / name).unlink()
+        else:  # a network blip that outlasts every retry: 503
+            state.state.fail_503[f"/{name}"] = 100
+        caplog.set_level(logging.INFO, logger="llmasr.ingest")
+        again = fetch_web_source(url, layout, FAST, known={i.item_id: i for i in first})
+    finally:
+        (state.root / name).unlink(missing_ok=True)
+
+    assert again[:3] == first  # unchanged, so their segments and shards stay
+    assert all((layout.root / i.path).is_file() for i in again[:3])  # type: ignore[operator]
+    (failed,) = again[3:]
+    assert failed.item_id == youtube.url_item_id(url) and failed.status == STATUS_FAILED
+    assert ("404" if failure == "gone" else "503") in (failed.error or "")
+    assert state.media_requests() == []
+    assert any("could not list" in r.getMessage() and "kept 3" in r.getMessage() for r in caplog.records)
+
+
+def test_a_known_item_without_audio_is_listed_failed_when_the_source_cannot_be_listed(state: Site, layout: WorkLayout) -> None:
+    name = "listing-lost.html"
+    url = _playlist_page(state, name)
+    try:
+        first = fetch_web_source(url, layout, FAST)
+        (state.root / name).unlink()
+        (layout.root / first[1].path).unlink()  # type: ignore[operator]
+        again = fetch_web_source(url, layout, FAST, known={i.item_id: i for i in first})
+    finally:
+        (state.root / name).unlink(missing_ok=True)
+
+    assert [i.item_id for i in again] == [i.item_id for i in first] + [youtube.url_item_id(url)]
+    assert [again[0], again[2]] == [first[0], first[2]]
+    lost = again[1]
+    assert lost.status == STATUS_FAILED and lost.path is None and lost.title == first[1].title
+    assert "could not be listed" in (lost.error or "") and first[1].path in (lost.error or "")  # type: ignore[operator]
+
+
+def test_items_the_listing_no_longer_shows_are_kept(state: Site, layout: WorkLayout, caplog: pytest.LogCaptureFixture) -> None:
+    name = "listing-shrinks.html"
+    url = _playlist_page(state, name)
+    try:
+        first = fetch_web_source(url, layout, FAST)
+        assert [i.status for i in first] == [STATUS_OK] * 3, [i.error for i in first]
+        _playlist_page(state, name, n=2)  # the third video was deleted or made private
+        state.state.reset()
+        caplog.set_level(logging.INFO, logger="llmasr.ingest")
+        again = fetch_web_source(url, layout, FAST, known={i.item_id: i for i in first})
+    finally:
+        (state.root / name).unlink(missing_ok=True)
+
+    assert again == first
+    assert state.media_requests() == []
+    kept = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kept ")]
+    assert kept == [f"kept {first[2].item_id} from an earlier run: {url} no longer lists it"]
+
+
 @pytest.mark.parametrize("failure", ["fail_503", "drop"])
 def test_network_error_is_retried(state: Site, layout: WorkLayout, caplog: pytest.LogCaptureFixture, failure: str) -> None:
     opts = YtdlpOptions(backoff_s=0.01, retries=1, socket_timeout_s=5)
@@ -274,6 +346,19 @@ def test_cookies_none_and_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError) as err:
         cookies_from_env_or_secret()
     assert "/no/such" not in str(err.value)
+    # the message names the variable, the config keys behind it, and what to do
+    for part in ("$LLMASR_YTDLP_COOKIES", "ingest.cookies_env", "ingest.cookies_secret", "path of a cookies.txt file"):
+        assert part in str(err.value)
+
+
+def test_a_secret_without_cookies_names_the_config_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.blocks.system import Secret
+
+    monkeypatch.delenv("LLMASR_YTDLP_COOKIES", raising=False)
+    monkeypatch.setattr(Secret, "load", staticmethod(lambda name, *a, **k: Secret(value="  ")))  # type: ignore[arg-type]
+    with pytest.raises(ValueError) as err:
+        cookies_from_env_or_secret(secret_block="yt-cookies")
+    assert "'yt-cookies'" in str(err.value) and "ingest.cookies_secret" in str(err.value)
 
 
 def test_cookies_from_prefect_secret(monkeypatch: pytest.MonkeyPatch) -> None:
