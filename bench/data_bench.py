@@ -306,7 +306,7 @@ def bench_labelling(cfg, layout, ok, segs, rounds: int) -> dict:
     # both paths must have produced the same text
     same = total = 0
     for i in work_items:
-        labels = read_part(layout.part("labels", i.item_id), Label, label.item_key(segs[i.item_id], cfg.label, cfg.filter)) or []
+        labels = read_part(layout.part("labels", i.item_id), Label, label.item_key(layout, i, segs[i.item_id], cfg.label, cfg.filter)) or []
         for lab, txt in zip(labels, direct_texts[i.item_id]):
             total += 1
             same += lab.text == txt

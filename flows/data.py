@@ -184,6 +184,8 @@ def _stat(path: str | None) -> list[int] | None:
 
 
 def run_segment(cfg: PipelineConfig, ok: list[Item], opts: dict) -> str:
+    """Segment ``ok`` and write segments.parquet; returns the key of its content (the per-item
+    segment keys: audio stamps, caption files' text, settings, code)."""
     progress.start("segment", len(ok))
     task_ = segment_task.with_options(**opts)
     layout = WorkLayout(Path(cfg.work_dir))
@@ -193,7 +195,9 @@ def run_segment(cfg: PipelineConfig, ok: list[Item], opts: dict) -> str:
     for f in futures:
         f.result()  # re-raise the first failure
     progress.complete("segment")
-    return write_segments_task.with_options(**opts)(ok, cfg, key=fingerprint("segments", keys))
+    segments_key = fingerprint("segments", keys)
+    write_segments_task.with_options(**opts)(ok, cfg, key=segments_key)
+    return segments_key
 
 
 @dataclass(frozen=True)
@@ -209,7 +213,7 @@ def run_label(cfg: PipelineConfig, ok: list[Item], opts: dict) -> LabelRun:
     segs = segment.read_segments(layout, ok, cfg.segment)
     progress.start("label", len(ok))
     groups = batches(ok, cfg.label.items_per_task)
-    keys = [fingerprint("label", [label.item_key(segs[i.item_id], cfg.label, cfg.filter) for i in b]) for b in groups]
+    keys = [fingerprint("label", [label.item_key(layout, i, segs[i.item_id], cfg.label, cfg.filter) for i in b]) for b in groups]
     task_ = label_task.with_options(**opts)
     progress_id = artifacts.label_progress_start(len(groups))
     t0 = time.perf_counter()
@@ -273,6 +277,10 @@ def data_flow(
 def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Source], refresh: bool, logger) -> tuple[DataRunResult, dict]:
     if swept := layout.sweep_temp():
         logger.info("removed %d temp files left by an interrupted run", swept)
+    from tasks import youtube  # lazy, as in ingest_web_task
+
+    if swept_dl := youtube.sweep_download_dirs(layout):
+        logger.info("removed %d raw/.dl-* download folders left by an interrupted run", swept_dl)
     opts = cache_options(layout, refresh)
 
     items = run_ingest(cfg, layout, sources, opts)
@@ -280,14 +288,18 @@ def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Sour
     for bad in (i for i in items if i.status != STATUS_OK):
         logger.warning("item %s failed: %s", bad.item_id, bad.error)
 
-    run_segment(cfg, ok, opts)
+    segments_key = run_segment(cfg, ok, opts)
     label_run = run_label(cfg, ok, opts)
     segs_by_item = segment.read_segments(layout, ok, cfg.segment)
     n_segments = sum(len(v) for v in segs_by_item.values())
-    labels_key = fingerprint([label.item_key(segs_by_item[i.item_id], cfg.label, cfg.filter) for i in ok])
-    filter_key = fingerprint("filter", labels_key, cfg.filter, cfg.shard.validation_fraction, code_version("tasks.filter", "llmasr.text"))
+    labels_key = fingerprint([label.item_key(layout, i, segs_by_item[i.item_id], cfg.label, cfg.filter) for i in ok])
+    # the filter reads segments.parquet (caption texts) and labels.parquet: its key covers both, since
+    # corrected captions with the same timing change the segments but not the labels' key
+    filter_key = fingerprint("filter", segments_key, labels_key, cfg.filter, cfg.shard.validation_fraction, code_version("tasks.filter", "llmasr.text"))
     filter_task.with_options(**opts)(cfg, key=filter_key)
-    shard_key = fingerprint("shard", filter_key, cfg.shard, code_version("tasks.shard"))
+    # the shard writes segment times and captions, labels, decisions and audio: all in these keys
+    # (segments_key and labels_key stamp each item's audio file)
+    shard_key = fingerprint("shard", segments_key, labels_key, filter_key, cfg.shard, code_version("tasks.shard"))
     index = shard_task.with_options(**opts)(cfg, key=shard_key)
 
     decisions = read_records(layout.decisions, Decision)
@@ -356,4 +368,4 @@ def follow_with_training(cfg: PipelineConfig, layout: WorkLayout, index: dict, l
 if __name__ == "__main__":
     from llmasr.cli import main
 
-    main(["data", *__import__("sys").argv[1:]])
+    raise SystemExit(main(["data", *__import__("sys").argv[1:]]))

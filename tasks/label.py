@@ -21,6 +21,7 @@ from llmasr.layout import WorkLayout
 from llmasr.records import Item, Label, Segment
 from tasks.filter import duration_reasons
 from tasks.parts import code_version, fingerprint, read_part, write_part
+from tasks.segment import audio_stamp
 
 log = logging.getLogger("llmasr.label")
 
@@ -122,8 +123,12 @@ class LabelStats:
         return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def item_key(segments: Sequence[Segment], label_cfg: LabelConfig, filter_cfg: FilterConfig) -> str:
+def item_key(layout: WorkLayout, item: Item, segments: Sequence[Segment], label_cfg: LabelConfig, filter_cfg: FilterConfig) -> str:
+    """What an item's labels are computed from: its audio (stamped as the segment stage stamps it:
+    a file replaced under the same name has another size or mtime), the segments' times, the
+    settings (not ``items_per_task``, a batching knob) and the code."""
     return fingerprint(
+        audio_stamp(layout, item),
         [(s.segment_id, s.start_s, s.end_s) for s in segments],
         label_cfg.model_dump(exclude={"items_per_task"}),
         (filter_cfg.min_duration_s, filter_cfg.max_duration_s),
@@ -144,7 +149,7 @@ def label_batch(layout: WorkLayout, items: Sequence[Item], segments: dict[str, l
     t0 = time.perf_counter()
     for item in items:
         segs = segments[item.item_id]
-        key = item_key(segs, label_cfg, filter_cfg)
+        key = item_key(layout, item, segs, label_cfg, filter_cfg)
         part = layout.part("labels", item.item_id)
         if read_part(part, Label, key) is None:
             labeller = labeller or load_labeller(label_cfg)
@@ -163,7 +168,7 @@ def label_batch(layout: WorkLayout, items: Sequence[Item], segments: dict[str, l
 def read_labels(layout: WorkLayout, items: Sequence[Item], segments: dict[str, list[Segment]], label_cfg: LabelConfig, filter_cfg: FilterConfig) -> list[Label]:
     out: list[Label] = []
     for item in items:
-        labels = read_part(layout.part("labels", item.item_id), Label, item_key(segments[item.item_id], label_cfg, filter_cfg))
+        labels = read_part(layout.part("labels", item.item_id), Label, item_key(layout, item, segments[item.item_id], label_cfg, filter_cfg))
         if labels is None:
             raise RuntimeError(f"labels of {item.item_id} are missing or stale: run the label stage")
         out += labels

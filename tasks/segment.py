@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llmasr import progress
-from llmasr.audio import SAMPLE_RATE, load_audio
+from llmasr.audio import SAMPLE_RATE, duration_s as audio_duration_s, load_audio
 from llmasr.config import SegmentConfig
 from llmasr.layout import WorkLayout
 from llmasr.records import Item, Segment
@@ -89,29 +89,55 @@ def vad_regions(audio_path: Path, cfg: SegmentConfig) -> list[Cue]:
 
 
 def segment_item(item_id: str, audio_path: Path, caption_path: Path | None, duration_s: float, cfg: SegmentConfig) -> tuple[list[Segment], str | None]:
-    """Segments of one item, and a note when captions were present but unusable (VAD used)."""
+    """Segments of one item, and a note when captions were present but unusable (VAD used).
+
+    Captions are unusable when they cannot be read, hold no text cue, or no cue survives clipping
+    to [0, duration_s] (captions of another, longer video): VAD then cuts the item instead.
+    """
     note = None
     if caption_path is not None:
         try:
             cues = parse_captions(caption_path)
-            if cues:
-                return segments_from_runs(item_id, merge_cues(cues, cfg, duration_s), "captions"), None
-            note = "captions have no text cues; segmented by VAD"
         except (OSError, ValueError) as exc:
-            note = f"captions unusable ({exc}); segmented by VAD"
+            cues, note = [], f"captions unusable ({exc}); segmented by VAD"
+        runs = merge_cues(cues, cfg, duration_s)
+        if runs:
+            return segments_from_runs(item_id, runs, "captions"), None
+        if cues:  # cues exist, but none overlaps [0, duration_s]: captions of something else
+            note = f"no caption cue lies within the audio ({duration_s:.3f} s); segmented by VAD"
+        elif note is None:
+            note = "captions have no text cues; segmented by VAD"
     regions = vad_regions(audio_path, cfg)
     return segments_from_runs(item_id, merge_cues(regions, cfg, duration_s), "vad"), note
 
 
-def _audio_stamp(layout: WorkLayout, item: Item) -> dict:
+def audio_stamp(layout: WorkLayout, item: Item) -> dict:
+    """What identifies an item's audio file without reading it: size and mtime (ingest writes a new
+    file when its source changed).  Keys of later stages (label, shard) include it too."""
     st = layout.abs(item.path).stat()  # type: ignore[arg-type]
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def item_key(layout: WorkLayout, item: Item, cfg: SegmentConfig) -> str:
-    """What an item's segments are computed from: its audio and captions, the settings, the code."""
+    """What an item's segments are computed from: its audio and captions, the settings, the code.
+
+    ``items_per_task`` only batches items into tasks; it does not change any segment, so it is not
+    part of the key (as label.item_key leaves out label.items_per_task)."""
     caption = layout.abs(item.caption_path).read_bytes() if item.caption_path else b""
-    return fingerprint(item.item_id, _audio_stamp(layout, item), fingerprint(caption.decode("utf-8", "replace")), cfg, code_version("tasks.segment", "tasks.captions"))
+    settings = cfg.model_dump(mode="json", exclude={"items_per_task"})
+    return fingerprint(item.item_id, audio_stamp(layout, item), fingerprint(caption.decode("utf-8", "replace")), settings, code_version("tasks.segment", "tasks.captions"))
+
+
+def item_duration_s(layout: WorkLayout, item: Item) -> float:
+    """The item's duration: from its record, or (a record without one) from its audio file's header.
+
+    Caption cues are clipped to this duration, so a guess (0, or none) would drop or keep cues
+    wrongly; the FLAC header written by ingest holds the exact frame count."""
+    if item.duration_s is not None:
+        return item.duration_s
+    duration = audio_duration_s(layout.abs(item.path))  # type: ignore[arg-type]
+    log.warning("%s: no duration_s in its item record; %.3f s read from %s", item.item_id, duration, item.path)
+    return duration
 
 
 def segment_batch(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig) -> int:
@@ -122,7 +148,7 @@ def segment_batch(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig)
         part = layout.part("segments", item.item_id)
         if read_part(part, Segment, key) is None:
             caption = layout.abs(item.caption_path) if item.caption_path else None
-            segs, note = segment_item(item.item_id, layout.abs(item.path), caption, item.duration_s or 0.0, cfg)  # type: ignore[arg-type]
+            segs, note = segment_item(item.item_id, layout.abs(item.path), caption, item_duration_s(layout, item), cfg)  # type: ignore[arg-type]
             if note:
                 log.warning("%s: %s", item.item_id, note)
             write_part(part, segs, Segment, key)

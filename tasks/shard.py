@@ -5,8 +5,13 @@ start_s, end_s, scores); ``key`` is the segment id (no dots, as WebDataset needs
 incremental: segments already in a shard stay where they are (old tars are never rewritten), new
 kept segments go into new shards numbered after the last one of their split.  A shard holding a
 segment that is no longer kept (the filter settings changed) is removed and its other segments are
-sharded again.  Tars are written under a temp name and renamed, with fixed mtimes and owners, so
-the same input gives byte-identical shards and a killed run leaves no partial tar.
+sharded again; so is a shard holding a segment whose sample would now differ (relabelled with
+another model, caption corrected, segment re-cut with other times, item audio replaced): the
+members manifest records each sample's content hash (``Sample.content_hash``).  Tars are
+written under a temp name and renamed, with fixed mtimes and owners, so the same input gives
+byte-identical shards and a killed run leaves no partial tar.
+
+manifests/shard_members.parquet: one row per sharded segment: segment_id, shard, content (hash).
 
 index.json: {"version": 1, "shards": [{"path", "split", "samples", "bytes", "sha256",
 "audio_s"}], "splits": {split: {"shards", "samples", "audio_s"}}}; shard paths are relative to
@@ -35,11 +40,13 @@ from llmasr.audio import SAMPLE_RATE
 from llmasr.config import ShardConfig
 from llmasr.layout import WorkLayout
 from llmasr.records import Decision, Item, Label, Segment
+from tasks.parts import fingerprint
+from tasks.segment import audio_stamp
 
 log = logging.getLogger("llmasr.shard")
 
 INDEX_VERSION = 1
-MEMBERS_SCHEMA = pa.schema([("segment_id", pa.string()), ("shard", pa.string())])
+MEMBERS_SCHEMA = pa.schema([("segment_id", pa.string()), ("shard", pa.string()), ("content", pa.string())])
 _SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-(?P<num>\d{6})\.tar$")
 
 
@@ -51,6 +58,7 @@ class Sample:
     label: Label
     decision: Decision
     audio_path: Path
+    audio: dict[str, int]  # the item's audio stamp (tasks.segment.audio_stamp): the .flac comes from that file
 
     def metadata(self) -> dict:
         s, lab, d = self.segment, self.label, self.decision
@@ -73,6 +81,20 @@ class Sample:
             },
             "model": lab.model,
         }
+
+    def content_hash(self) -> str:
+        """Hash of everything the sample's .json and .flac are made of: a shard whose members' hashes
+        differ from the recorded ones holds stale samples and is written again."""
+        return fingerprint(self.metadata(), self.audio)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A sharded segment: the shard holding it and its sample's content hash (None: written before
+    hashes were recorded, treated as stale)."""
+
+    shard: str
+    content: str | None
 
 
 def encode_flac(audio_path: Path, start_s: float, end_s: float) -> bytes:
@@ -100,16 +122,20 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_index(layout: WorkLayout) -> tuple[list[dict], dict[str, str]]:
-    """(shard entries, segment_id -> shard name) of the last run; empty when there is none."""
+def load_index(layout: WorkLayout) -> tuple[list[dict], dict[str, Member]]:
+    """(shard entries, segment_id -> Member) of the last run; empty when there is none."""
     if not layout.shard_index.is_file() or not layout.shard_members.is_file():
         return [], {}
     entries = json.loads(layout.shard_index.read_text(encoding="utf-8"))["shards"]
     members = pq.read_table(layout.shard_members).to_pydict()
-    return entries, dict(zip(members["segment_id"], members["shard"]))
+    # a members file from before content hashes has no "content" column: every hash is None, so
+    # every shard counts as stale and is written once more (the old tars cannot be trusted to
+    # match the current labels and segments, and hashing their contents back is not worth it)
+    contents = members.get("content", [None] * len(members["segment_id"]))
+    return entries, {sid: Member(shard, c) for sid, shard, c in zip(members["segment_id"], members["shard"], contents)}
 
 
-def save_index(layout: WorkLayout, entries: list[dict], members: dict[str, str]) -> dict:
+def save_index(layout: WorkLayout, entries: list[dict], members: dict[str, Member]) -> dict:
     entries = sorted(entries, key=lambda e: e["path"])
     splits: dict[str, dict] = defaultdict(lambda: {"shards": 0, "samples": 0, "audio_s": 0.0, "bytes": 0})
     for e in entries:
@@ -120,7 +146,7 @@ def save_index(layout: WorkLayout, entries: list[dict], members: dict[str, str])
         agg["bytes"] += e["bytes"]
     index = {"version": INDEX_VERSION, "shards": entries, "splits": dict(sorted(splits.items()))}
     ids = sorted(members)
-    table = pa.table({"segment_id": ids, "shard": [members[i] for i in ids]}, schema=MEMBERS_SCHEMA)
+    table = pa.table({"segment_id": ids, "shard": [members[i].shard for i in ids], "content": [members[i].content for i in ids]}, schema=MEMBERS_SCHEMA)
     with atomic_path(layout.shard_members) as tmp:
         pq.write_table(table, tmp)
     write_json(layout.shard_index, index)
@@ -146,28 +172,28 @@ def write_shard(path: Path, samples: Sequence[tuple[Sample, bytes]]) -> dict:
     return entry
 
 
-def plan_pending(layout: WorkLayout, kept_ids: set[str]) -> tuple[list[dict], dict[str, str], set[str]]:
-    """Drop shards that hold segments no longer kept, and tars the index does not know (left by a
-    killed run).  Returns (entries kept, members kept, kept segment ids still to shard)."""
+def plan_pending(layout: WorkLayout, wanted: dict[str, str]) -> tuple[list[dict], dict[str, Member], set[str]]:
+    """Drop shards that hold a segment not in ``wanted`` (kept segment id -> its sample's content
+    hash) or whose recorded hash differs, and tars the index does not know (left by a killed run).
+    Returns (entries kept, members kept, wanted segment ids still to shard)."""
     sweep_temp(layout.shards)
     entries, members = load_index(layout)
-    by_shard: dict[str, list[str]] = defaultdict(list)
-    for sid, shard in members.items():
-        by_shard[shard].append(sid)
-    stale = {e["path"] for e in entries if not set(by_shard[e["path"]]) <= kept_ids or not (layout.shards / e["path"]).is_file()}
-    for name in stale:
-        log.info("removing shard %s: it holds segments the filter no longer keeps", name)
+    stale = {m.shard for sid, m in members.items() if m.content is None or wanted.get(sid) != m.content}
+    stale |= {e["path"] for e in entries if not (layout.shards / e["path"]).is_file()}
+    for name in sorted(stale):
+        if (layout.shards / name).is_file():
+            log.info("removing shard %s: it holds segments the filter no longer keeps or whose sample changed", name)
         (layout.shards / name).unlink(missing_ok=True)
     entries = [e for e in entries if e["path"] not in stale]
     known = {e["path"] for e in entries}
     # index.json is written after shard_members.parquet: a run killed between the two leaves
     # members of a shard the index does not list; that shard is an orphan and its segments pending
-    members = {sid: sh for sid, sh in members.items() if sh in known}
+    members = {sid: m for sid, m in members.items() if m.shard in known}
     for tar in layout.shards.glob("*.tar") if layout.shards.is_dir() else []:
         if tar.name not in known:
             log.info("removing %s: not in the index (left by an interrupted run)", tar.name)
             tar.unlink()
-    return entries, members, kept_ids - set(members)
+    return entries, members, set(wanted) - set(members)
 
 
 def next_number(entries: list[dict], split: str) -> int:
@@ -184,22 +210,24 @@ def write_shards(
     cfg: ShardConfig,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
-    """Shard every kept segment not yet in a shard; returns the new index."""
+    """Shard every kept segment not yet in a shard with its current content; returns the new index."""
     layout.shards.mkdir(parents=True, exist_ok=True)
     kept = {d.segment_id: d for d in decisions if d.kept}
-    # a segment whose split changed (shard.validation_fraction changed) must leave its old shard too
-    old_entries, old_members = load_index(layout)
-    shard_split = {e["path"]: e["split"] for e in old_entries}
-    in_place = {sid for sid, d in kept.items() if sid not in old_members or shard_split.get(old_members[sid]) == d.split}
-    entries, members, _ = plan_pending(layout, in_place)
-    pending = set(kept) - set(members)
     seg_by_id = {s.segment_id: s for s in segments}
     lab_by_id = {lab.segment_id: lab for lab in labels}
-    audio_of = {it.item_id: layout.abs(it.path) for it in items if it.path}
+    kept_items = {seg_by_id[sid].item_id for sid in kept}
+    item_by_id = {it.item_id: it for it in items if it.item_id in kept_items}
+    stamps = {iid: audio_stamp(layout, it) for iid, it in item_by_id.items()}
+    samples = {}
+    for sid, d in kept.items():
+        seg = seg_by_id[sid]
+        samples[sid] = Sample(seg, lab_by_id[sid], d, layout.abs(item_by_id[seg.item_id].path), stamps[seg.item_id])  # type: ignore[arg-type]
+    # the hash covers the split too: a segment whose split changed (shard.validation_fraction
+    # changed) leaves its old shard like one relabelled or re-cut
+    entries, members, pending = plan_pending(layout, {sid: s.content_hash() for sid, s in samples.items()})
     todo: dict[str, list[Sample]] = defaultdict(list)
     for sid in sorted(pending, key=lambda s: (seg_by_id[s].item_id, seg_by_id[s].start_s, s)):
-        seg = seg_by_id[sid]
-        todo[kept[sid].split].append(Sample(seg, lab_by_id[sid], kept[sid], audio_of[seg.item_id]))
+        todo[kept[sid].split].append(samples[sid])
     limit = int(cfg.target_mb * 1024 * 1024)
     for split in sorted(todo):
         number = next_number(entries, split)
@@ -211,7 +239,7 @@ def write_shards(
             name = f"{split}-{number:06d}.tar"
             entry = write_shard(layout.shards / name, batch)
             entries.append(entry)
-            members.update({s.segment.segment_id: name for s, _ in batch})
+            members.update({s.segment.segment_id: Member(name, s.content_hash()) for s, _ in batch})
             save_index(layout, entries, members)  # after every shard: a kill loses one shard at most
             log.info("wrote %s: %d samples, %.1f MB", name, entry["samples"], entry["bytes"] / 1e6)
             batch, size, number = [], 0, number + 1

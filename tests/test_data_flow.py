@@ -25,7 +25,7 @@ import soundfile as sf
 
 from llmasr.layout import WorkLayout
 from llmasr.records import STATUS_OK, Decision, Item, Label, Segment, read_records
-from tasks.captions import Cue, write_vtt
+from tasks.captions import Cue, parse_captions, write_vtt
 from tasks.demo_corpus import ESPEAK_RATE, speak
 
 from conftest import N_ITEMS, REPO, flow_args  # fixtures corpus and reference_run live there too
@@ -199,6 +199,50 @@ def test_new_items_are_labelled_alone_and_old_shards_stay(reference_run, corpus:
     new_keys = [k for name, keys in shard_contents(layout).items() if name not in old for k in keys]
     assert new_keys and all(k.startswith("extra_") for k in new_keys)
     check_invariants(layout, source_files(corpus / "videos", extra))
+
+
+def test_corrected_captions_with_the_same_timing_refilter_and_reshard(reference_run, corpus: Path, session_tmp: Path):
+    """An item's captions change text but not timing (re-fetched, corrected): its segments keep
+    their ids and times and its labels are reused, but the filter must compare the labels with the
+    new captions and the shards must carry them; shards without the item stay byte-identical."""
+    from flows.data import data_flow
+
+    ref, first = reference_run
+    work = session_tmp / "recaptioned-run"
+    shutil.copytree(ref, work)
+    layout = WorkLayout(work)
+    segments = read_records(layout.segments, Segment)
+    kept = {d.segment_id for d in read_records(layout.decisions, Decision) if d.kept}
+    captioned = {s.item_id for s in segments if s.segment_id in kept and s.cut_by == "captions"}
+    item = min((i for i in read_records(layout.items, Item) if i.item_id in captioned), key=lambda i: i.item_id)
+    mine = {s.segment_id: s for s in segments if s.item_id == item.item_id}
+    shards_before = shard_contents(layout)
+    untouched = {name: sha256(layout.shards / name) for name, keys in shards_before.items() if not set(keys) & set(mine)}
+    assert untouched and len(untouched) < len(shards_before)
+
+    # the captions of the item, as ingest left them in raw/: same cues, words that were never said
+    caption_file = layout.abs(item.caption_path)
+    wrong = "purple elephants quietly juggle seven frozen pineapples"
+    write_vtt(caption_file, [Cue(c.start_s, c.end_s, wrong) for c in parse_captions(caption_file)])
+
+    state = data_flow(**flow_args(corpus, work), return_state=True)
+    result = state.result()
+    states = _task_states(state.state_details.flow_run_id)
+    assert result.labelled_items == 0 and set(states["label"]) == {"Cached"}  # the audio did not change
+    assert "Cached" not in states["write-segments"] and "Cached" not in states["filter"] and "Cached" not in states["shard"]
+
+    new_segs = {s.segment_id: s for s in read_records(layout.segments, Segment) if s.item_id == item.item_id}
+    assert {k: (s.start_s, s.end_s) for k, s in new_segs.items()} == {k: (s.start_s, s.end_s) for k, s in mine.items()}
+    assert all(wrong in s.caption_text for s in new_segs.values())
+    decisions = {d.segment_id: d for d in read_records(layout.decisions, Decision)}
+    for sid in new_segs:
+        assert not decisions[sid].kept and "caption_mismatch" in decisions[sid].reasons, decisions[sid]
+    in_shards = {k for keys in shard_contents(layout).values() for k in keys}
+    assert not in_shards & set(new_segs)
+    assert result.kept == first.kept - len(set(mine) & kept)
+    for name, digest in untouched.items():
+        assert sha256(layout.shards / name) == digest, name
+    check_invariants(layout, source_files(corpus / "videos"))
 
 
 def test_missing_source_fails_before_any_work(prefect_harness, corpus: Path, session_tmp: Path):

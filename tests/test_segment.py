@@ -14,9 +14,12 @@ import soundfile as sf
 
 from llmasr.audio import convert_to_flac16k
 from llmasr.config import FilterConfig, SegmentConfig
-from tasks.captions import Cue, parse_captions
+from llmasr.layout import WorkLayout
+from llmasr.records import STATUS_OK, Item, Segment
+from tasks.captions import Cue, parse_captions, write_vtt
 from tasks.filter import duration_reasons
-from tasks.segment import merge_cues, segment_id, segment_item, segments_from_runs
+from tasks.parts import read_part
+from tasks.segment import item_key, merge_cues, read_segments, segment_batch, segment_id, segment_item, segments_from_runs
 
 CFG = SegmentConfig()  # max 20 s, target 15 s, gap 1 s
 
@@ -252,3 +255,59 @@ def test_pure_silence_gives_no_segments(tmp_path: Path) -> None:
     duration = convert_to_flac16k(wav, tmp_path / "silence.flac")
     segs, note = segment_item("quiet", tmp_path / "silence.flac", None, duration, SegmentConfig())
     assert segs == [] and note is None
+
+
+@needs_espeak
+def test_captions_entirely_past_the_end_fall_back_to_vad_with_a_note(speech_silence_speech, tmp_path: Path) -> None:
+    """Captions of another, longer video: every cue lies past the end of the audio.  The item is cut
+    by VAD (as for captions without text cues), with a note, instead of yielding no segment."""
+    flac, _, _, duration = speech_silence_speech
+    cap = tmp_path / "other_video.vtt"
+    cap.write_text("WEBVTT\n\n00:01:40.000 --> 00:01:45.000\nsomething said much later\n\n00:01:50.000 --> 00:01:52.000\nand more\n", encoding="utf-8")
+    assert parse_captions(cap) and duration < 100.0
+    segs, note = segment_item("gen", flac, cap, duration, SegmentConfig())
+    assert note is not None and "VAD" in note and "within the audio" in note
+    vad_only, _ = segment_item("gen", flac, None, duration, SegmentConfig())
+    assert segs == vad_only and len(segs) >= 2
+    assert all(s.cut_by == "vad" and s.caption_text is None for s in segs)
+
+
+# --------------------------------------------------------------------------------------------------
+# segment_batch: the item record, the part key
+
+
+def _captioned_item(layout: WorkLayout, item_id: str, duration_s: float | None, cues: list[Cue]) -> Item:
+    """A noise 'video' of 10 s in raw/ with WebVTT captions beside it (no speech needed)."""
+    audio = layout.audio(item_id)
+    audio.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    sf.write(str(audio), (0.1 * rng.standard_normal(10 * 16000)).astype(np.float32), 16000, format="FLAC", subtype="PCM_16")
+    write_vtt(layout.captions(item_id), cues)
+    return Item(item_id, "/src", None, layout.rel(audio), duration_s, layout.rel(layout.captions(item_id)), STATUS_OK)
+
+
+def test_an_item_without_duration_is_clipped_to_its_audio_not_to_zero(tmp_path: Path) -> None:
+    """An ok item whose record lacks duration_s: cues are clipped to the audio file's own length
+    (read from its header), not to 0 s (which dropped every cue and gave no segment)."""
+    layout = WorkLayout(tmp_path / "work")
+    cues = [Cue(1.0, 3.0, "first words"), Cue(8.0, 12.0, "runs past the end"), Cue(30.0, 31.0, "beyond")]
+    item = _captioned_item(layout, "nodur", None, cues)
+    assert segment_batch(layout, [item], SegmentConfig(max_gap_s=0.0)) == 1
+    [segs] = read_segments(layout, [item], SegmentConfig(max_gap_s=0.0)).values()
+    assert [(s.start_s, s.end_s, s.caption_text, s.cut_by) for s in segs] == [(1.0, 3.0, "first words", "captions"), (8.0, 10.0, "runs past the end", "captions")]
+
+
+def test_items_per_task_is_not_part_of_the_segment_key(tmp_path: Path) -> None:
+    """items_per_task only batches items into Prefect tasks: changing it re-segments nothing."""
+    layout = WorkLayout(tmp_path / "work")
+    item = _captioned_item(layout, "vid", 10.0, [Cue(1.0, 3.0, "first words"), Cue(4.0, 6.0, "second words")])
+    cfg = SegmentConfig()
+    assert segment_batch(layout, [item], cfg) == 1
+    part = layout.part("segments", item.item_id)
+    mtime = part.stat().st_mtime_ns
+    rebatched = cfg.model_copy(update={"items_per_task": cfg.items_per_task + 7})
+    assert item_key(layout, item, rebatched) == item_key(layout, item, cfg)
+    assert segment_batch(layout, [item], rebatched) == 0
+    assert part.stat().st_mtime_ns == mtime and read_part(part, Segment, item_key(layout, item, rebatched)) is not None
+    # a setting that does change the cut still does
+    assert item_key(layout, item, cfg.model_copy(update={"max_gap_s": 0.0})) != item_key(layout, item, cfg)

@@ -355,3 +355,91 @@ def test_members_of_a_shard_missing_from_the_index_are_sharded_again(work: Work)
     keys = _keys_by_tarfile(work)
     assert set(keys) == work.kept() and all(c == 1 for c in keys.values())
     assert dropped in {e["path"] for e in json.loads(work.layout.shard_index.read_text())["shards"]}
+
+
+# --------------------------------------------------------------------------------------------------
+# stale content: a sample that would now differ rewrites its shard, and only its shard
+
+
+def _relabel(w: Work, item_id: str) -> set[str]:
+    """label.model changed: new text, scores and model for every segment of ``item_id``."""
+    w.labels = [dataclasses.replace(lab, text=lab.text + " relabelled", avg_logprob=-0.5, model="small.en") if lab.segment_id.startswith(item_id) else lab for lab in w.labels]
+    return {lab.segment_id for lab in w.labels if lab.segment_id.startswith(item_id)}
+
+
+def _recaption(w: Work, item_id: str) -> set[str]:
+    """Corrected captions with the same timing (the filter's caption_wer changes with them)."""
+    w.segments = [dataclasses.replace(s, caption_text=f"corrected {s.caption_text}") if s.item_id == item_id else s for s in w.segments]
+    w.decisions = [dataclasses.replace(d, caption_wer=0.1) if d.item_id == item_id else d for d in w.decisions]
+    return {s.segment_id for s in w.segments if s.item_id == item_id}
+
+
+def _recut(w: Work, item_id: str) -> set[str]:
+    """Re-segmented with the same segment ids (same starts) but earlier ends."""
+    w.segments = [dataclasses.replace(s, end_s=s.start_s + 1.5, duration_s=1.5) if s.item_id == item_id else s for s in w.segments]
+    return {s.segment_id for s in w.segments if s.item_id == item_id}
+
+
+def _new_audio(w: Work, item_id: str) -> set[str]:
+    """The item's audio file replaced (ingest converted a new source file under the same name)."""
+    [item] = [it for it in w.items if it.item_id == item_id]
+    t = np.arange(int(ITEM_S * SR)) / SR
+    sf.write(str(w.layout.abs(item.path)), (0.2 * np.sin(2 * np.pi * 1234 * t)).astype(np.float32), SR, format="FLAC", subtype="PCM_16")
+    return {s.segment_id for s in w.segments if s.item_id == item_id}
+
+
+@pytest.mark.parametrize("change", [_relabel, _recaption, _recut, _new_audio], ids=lambda f: f.__name__.strip("_"))
+def test_changed_samples_rewrite_their_shards_and_other_shards_stay_byte_identical(work: Work, change) -> None:
+    before = _file_state(_tars(work))
+    shard_of = _shard_of(work)
+    changed = change(work, "item01") & work.kept()
+    assert changed
+    touched = {shard_of[sid] for sid in changed}
+
+    index = work.shard()
+
+    after = _file_state(_tars(work))
+    for name, state in before.items():
+        if name not in touched:
+            assert after[name] == state, name  # untouched shards: same bytes, same mtime
+    keys = _keys_by_tarfile(work)
+    assert set(keys) == work.kept() and all(c == 1 for c in keys.values())
+    # every sample in the shards is the current one: json and audio
+    segs = {s.segment_id: s for s in work.segments}
+    labels = {lab.segment_id: lab for lab in work.labels}
+    decisions = {d.segment_id: d for d in work.decisions}
+    sources = {it.item_id: sf.read(str(work.layout.abs(it.path)), dtype="int16")[0] for it in work.items if it.path}
+    for s in _samples_by_webdataset(work):
+        meta, seg, lab = json.loads(s["json"]), segs[s["__key__"]], labels[s["__key__"]]
+        assert (meta["text"], meta["model"], meta["scores"]["avg_logprob"]) == (lab.text, lab.model, lab.avg_logprob)
+        assert (meta["caption"], meta["start_s"], meta["end_s"]) == (seg.caption_text, seg.start_s, seg.end_s)
+        assert meta["scores"]["caption_wer"] == decisions[s["__key__"]].caption_wer
+        audio, _ = sf.read(io.BytesIO(s["flac"]), dtype="int16")
+        start = int(round(seg.start_s * SR))
+        assert np.array_equal(audio, sources[seg.item_id][start : int(round(seg.end_s * SR))])
+    for e in index["shards"]:
+        assert e["sha256"] == hashlib.sha256((work.layout.shards / e["path"]).read_bytes()).hexdigest()
+    # and a second run with the same inputs does nothing
+    assert work.shard() == index and _file_state(_tars(work)) == after
+
+
+def test_a_members_file_without_content_hashes_is_read_and_every_shard_rewritten(work: Work) -> None:
+    """A members manifest written before content hashes: no crash; no hash means stale, so every
+    shard is written again (the same inputs give the same bytes) and the hashes are recorded."""
+    import pyarrow.parquet as pq
+
+    index_before = json.loads(work.layout.shard_index.read_text(encoding="utf-8"))
+    bytes_before = {p.name: p.read_bytes() for p in _tars(work)}
+    members = pq.read_table(work.layout.shard_members)
+    pq.write_table(members.select(["segment_id", "shard"]), work.layout.shard_members)
+
+    index = work.shard()
+
+    assert index == index_before
+    assert {p.name: p.read_bytes() for p in _tars(work)} == bytes_before
+    table = pq.read_table(work.layout.shard_members)
+    assert "content" in table.column_names and table["content"].null_count == 0
+    assert sorted(table["segment_id"].to_pylist()) == sorted(work.kept())
+    mtimes = {p.name: p.stat().st_mtime_ns for p in _tars(work)}
+    work.shard()  # hashes recorded now: nothing is rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in _tars(work)} == mtimes
