@@ -29,7 +29,7 @@ from tasks.parts import code_version, fingerprint
 
 TRAIN_CODE = ("tasks.train", "tasks.train_data", "llmasr.model", "tasks.checkpoints")
 # settings that change where or how fast a stage runs, not what it learns
-RUNTIME_KEYS = {"launcher", "nproc_per_node", "hostfile", "num_workers", "log_every", "val_every", "val_max_batches", "ckpt_every", "timeout_s", "merge_lora"}
+RUNTIME_KEYS = {"launcher", "nproc_per_node", "hostfile", "node_launcher", "master_addr", "master_port", "num_workers", "log_every", "val_every", "val_max_batches", "ckpt_every", "timeout_s", "merge_lora"}
 
 
 def _sha256(path: Path) -> str:
@@ -40,6 +40,8 @@ def stage_key(cfg: PipelineConfig, layout: WorkLayout, stage: int) -> str:
     """What a stage's result depends on: the shard index, the stage before, its settings, the code."""
     prev = checkpoints.read_stage(checkpoints.stage_dir(layout.root, stage - 1)) if stage > 1 else None
     settings = cfg.train.model_dump(mode="json", exclude=RUNTIME_KEYS | {"stage1", "stage2", "stage3"})
+    if stage == 3:
+        settings["merge_lora"] = cfg.train.merge_lora  # stage 3's exports depend on it (merged_llm/)
     stage_cfg = getattr(cfg.train, f"stage{stage}").model_dump(mode="json")
     return fingerprint("train", stage, _sha256(layout.shard_index), prev and prev.get("key"), settings, stage_cfg, code_version(*TRAIN_CODE))
 

@@ -26,6 +26,8 @@ from llmasr.config import TrainConfig
 from llmasr.model import LLMASRConfig, LoraSettings
 
 STAGES = (1, 2, 3)
+# the export folders a stage may write (the listing above); a new run of the stage removes them first
+STAGE_EXPORTS = {1: ("encoder", "whisper"), 2: ("projector",), 3: ("lora", "projector", "merged_llm")}
 
 
 def stage_dir(work_dir: Path | str, stage: int) -> Path:

@@ -19,11 +19,13 @@ The one training entry point of the three LLM-ASR stages (DESIGN.md "Model"), un
   Exports ``out_dir/lora``, ``out_dir/projector`` (and ``out_dir/merged_llm`` with
   ``train.merge_lora``).
 * every stage then writes ``model.json`` (the ``LLMASRConfig`` that rebuilds the stage's model
-  from its exports) and, last, ``stage.json`` (tasks/checkpoints.py is the contract).
+  from its exports) and, last, ``stage.json`` (tasks/checkpoints.py is the contract).  A run starts
+  by removing the stage's stage.json, model.json and export folders: no export of an earlier run
+  (an old ``merged_llm``) outlives it.
 
 Config errors (missing checkpoints, stage 3 before stage 2, an LLM the stage-2 projector does not
-fit, a shard index without training samples...) fail before any compute, naming the key, with
-exit status 2.
+fit, a shard index without training samples or with fewer than processes, ZeRO-3...) fail before any
+compute, naming the key, with exit status 2.
 
 DeepSpeed: ``deepspeed.initialize`` gets a ``torch.optim.AdamW`` over the trainable parameters (no
 fused-op build), a ``LambdaLR`` (linear warm-up, then cosine / linear / constant over the total
@@ -32,7 +34,9 @@ sample and audio totals) and the JSON config with ``train_micro_batch_size_per_g
 come pre-built by length bucketing, see tasks/train_data.py), ``gradient_accumulation_steps`` =
 ``train.grad_accum``, ``gradient_clipping`` = ``train.grad_clip`` and bf16/fp16 per precision
 ("auto": bf16 on GPU, fp32 on CPU).  ZeRO-2 runs on the CPU accelerator over gloo too
-(infra/deepspeed/zero2_cpu.json).  Frozen parameters are outside the optimizer and never change.
+(infra/deepspeed/zero2_cpu.json); ZeRO-3 is refused (validation runs outside ``synced``, and the
+parameter fingerprints and exports read whole parameters).  Frozen parameters are outside the
+optimizer and never change.
 
 Checkpoints: ``engine.save_checkpoint(out_dir/deepspeed, tag=f"step{step}")`` every
 ``train.ckpt_every`` steps and at the end (frozen parameters excluded; the last two tags kept).  A
@@ -44,8 +48,9 @@ loader workers.
 Metrics (rank 0): JSON lines appended to ``metrics_log`` and TensorBoard scalars.  Every
 ``train.log_every`` steps: {"stage", "step", "loss", "lr", "samples_per_s", "tokens_per_s",
 "audio_s_per_s", "data_wait_frac", "epoch", "time", ...}; throughputs are summed over the ranks;
-``tokens`` are transcript tokens; ``data_wait_frac`` is the share of the ranks' time spent waiting
-for the loader (near 0: the loader is not the bottleneck).  On GPU also
+``tokens`` are transcript tokens (in stage 1 too: Whisper's start, prefix and <|endoftext|> not
+counted); ``data_wait_frac`` is the share of the ranks' time spent waiting for the loader (near 0:
+the loader is not the bottleneck).  On GPU also
 
     mfu = 6 * (N_enc * encoder_frames_per_s + N_dec * decoder_positions_per_s) / (world_size * peak)
 
@@ -53,12 +58,14 @@ with N_enc the encoder's parameters, N_dec all the others (projector + LLM in st
 Whisper's decoder in stage 1), frozen ones included (a frozen LLM still runs forward and backward
 to pass gradients to the adapter); encoder frames = mel frames / 2; decoder positions = prompt +
 speech embeddings + target + EOS per example in the LLM (stages 2/3), label tokens in Whisper's
-decoder (stage 1); peak = the GPU's dense bf16 FLOP/s (``peak_bf16_flops``; no mfu for an unknown
-GPU).  6N per position is the usual estimate: it ignores attention FLOPs and over-counts frozen
-weights (no weight gradients: 4N), so it is a comparable number, not an exact one.  Every
+decoder (stage 1: the ids after the start token, ``whisper_label_count``); peak = the GPU's dense
+bf16 FLOP/s (``peak_bf16_flops``; no mfu for an unknown GPU).  6N per position is the usual
+estimate: it ignores attention FLOPs and over-counts frozen weights (no weight gradients: 4N), so it
+is a comparable number, not an exact one.  Every
 ``train.val_every`` steps and at the end: {"stage", "step", "val_loss", ...} on the validation
-split (at most ``train.val_max_batches`` batches per rank).  Each run starts with an
-{"event": "start", "step", "resumed_from"} record.
+split (at most ``train.val_max_batches`` batches per rank; batches weighted by the target positions
+their loss averages over).  Each run starts with an {"event": "start", "step", "resumed_from"}
+record.
 """
 
 from __future__ import annotations
@@ -80,7 +87,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from llmasr.config import ConfigError
-from tasks.launch import hostfile_problem, resolve_repo_path
+from tasks.launch import hostfile_problem, read_hostfile, resolve_repo_path
 
 log = logging.getLogger("llmasr.train")
 
@@ -265,6 +272,36 @@ def _complete(stage_json: Path) -> bool:
         return False
 
 
+def _check_zero_stage(ds_cfg: dict[str, Any], path: Path) -> None:
+    """ZeRO 0-2 only: under ZeRO-3 every forward is a collective over partitioned parameters, but
+    validation runs each rank's own number of batches (not under ``synced``), and the parameter
+    fingerprints and the exports read whole parameters from each rank's module."""
+    zero = ds_cfg.get("zero_optimization") or {}
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else 0
+    if not isinstance(stage, int) or not 0 <= stage <= 2:
+        raise TrainConfigError(
+            f"train.deepspeed_config: {path} sets zero_optimization.stage {stage!r}; the trainer supports ZeRO stages 0-2 "
+            "(ZeRO-3 partitions the parameters: validation, the parameter fingerprints and the exports assume whole ones on every rank)"
+        )
+
+
+def world_size_of(train: Any) -> int:
+    """The processes a launch of ``train`` starts: the hostfile's slots summed, else nproc_per_node."""
+    if train.hostfile:
+        return sum(read_hostfile(resolve_repo_path(train.hostfile)).values())
+    return int(train.nproc_per_node)
+
+
+def _check_world_size(train_samples: int, world: int, hostfile: str | None, index: Path) -> None:
+    """Every rank needs a train sample (ranks take the same steps: one without a batch stops them all)."""
+    if train_samples < world:
+        key, launch = ("train.hostfile", f"its slots start {world} processes") if hostfile else ("train.nproc_per_node", f"{world} processes")
+        raise TrainConfigError(
+            f"{key}: {launch}, but {index} has only {train_samples} train samples; every process needs at least one "
+            "(run fewer processes, or shard more data)"
+        )
+
+
 def check_run(cfg: RunConfig) -> None:
     """Every config error that can be found without loading weights; raises TrainConfigError."""
     from pydantic import ValidationError
@@ -291,9 +328,10 @@ def check_run(cfg: RunConfig) -> None:
     if not ds.is_file():
         raise TrainConfigError(f"train.deepspeed_config: no such file {cfg.deepspeed_config}")
     try:
-        _read_json(ds)
+        ds_cfg = _read_json(ds)
     except json.JSONDecodeError as exc:
         raise TrainConfigError(f"train.deepspeed_config: {ds} is not valid JSON ({exc})") from None
+    _check_zero_stage(ds_cfg, ds)
     problem = hostfile_problem(train)
     if problem:
         raise TrainConfigError(problem)
@@ -307,8 +345,10 @@ def check_run(cfg: RunConfig) -> None:
     except json.JSONDecodeError as exc:
         raise TrainConfigError(f"shard_index: {index} is not valid JSON ({exc})") from None
     train_entries = [e for e in entries if e.get("split") == "train"]
-    if sum(int(e.get("samples", 0)) for e in train_entries) == 0:
+    train_samples = sum(int(e.get("samples", 0)) for e in train_entries)
+    if train_samples == 0:
         raise TrainConfigError(f"shard_index: {index} has no train samples (no kept segments in the train split)")
+    _check_world_size(train_samples, world_size_of(train), train.hostfile, index)
     missing = [e["path"] for e in train_entries if not (index.parent / e["path"]).is_file()]
     if missing:
         raise TrainConfigError(f"shard_index: {len(missing)} train shard(s) of {index} are missing, e.g. {missing[0]}")
@@ -332,12 +372,12 @@ def check_run(cfg: RunConfig) -> None:
         stage2 = Path(cfg.work_dir) / "checkpoints" / "stage2"
         proj = model.get("projector_path")
         if not proj:
-            raise TrainConfigError("stage 3 needs checkpoints/stage2 (run stage 2 first): model.projector_path is not set")
+            raise TrainConfigError("model.projector_path: not set; stage 3 needs checkpoints/stage2/projector (run stage 2 first)")
         proj = Path(proj)
         if not (proj / "projector.json").is_file():
-            raise TrainConfigError(f"stage 3 needs checkpoints/stage2 (run stage 2 first): no projector at {proj}")
+            raise TrainConfigError(f"model.projector_path: no projector at {proj}; stage 3 needs checkpoints/stage2 (run stage 2 first)")
         if proj.resolve().parent == stage2.resolve() and not _complete(stage2 / "stage.json"):
-            raise TrainConfigError(f"stage 3 needs checkpoints/stage2 (run stage 2 first): {stage2} is not complete (no stage.json)")
+            raise TrainConfigError(f"model.projector_path: {stage2} is not complete (no stage.json); stage 3 needs checkpoints/stage2 (run stage 2 first)")
     proj = model.get("projector_path")
     if proj and (Path(proj) / "projector.json").is_file():
         pj = _read_json(Path(proj) / "projector.json")
@@ -374,6 +414,13 @@ def _config_key(message: str) -> str:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def whisper_label_count(target_ids: Any, decoder_start: int) -> int:
+    """Stage 1: the labels Whisper's loss is the mean over -- each example's ids after the
+    decoder-start token, which ``llmasr.model.whisper_labels`` drops (prefix and <|endoftext|>
+    included).  Also the positions Whisper's decoder runs on (the labels shifted right)."""
+    return sum(len(t) - (1 if len(t) and t[0] == decoder_start else 0) for t in target_ids)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
@@ -528,6 +575,57 @@ class MetricsLog:
             self.writer.close()
 
 
+# ------------------------------------------------------------------------- out dir, resuming
+
+
+def clear_stage(out_dir: Path, stage: int) -> None:
+    """The stage is made again: its stage.json goes first (no longer complete), then model.json and
+    every export folder of the stage (``tasks.checkpoints.STAGE_EXPORTS``), half-swapped ones
+    included.  This run writes its own; an old one kept (say merged_llm/ from a run with
+    train.merge_lora, now off) would be loaded with this run's projector."""
+    from tasks.checkpoints import STAGE_EXPORTS
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "stage.json").unlink(missing_ok=True)
+    (out_dir / "model.json").unlink(missing_ok=True)
+    for name in STAGE_EXPORTS[stage]:
+        for folder in (out_dir / name, out_dir / f".tmp-{name}", out_dir / f".old-{name}"):
+            if folder.exists():
+                log.info("removing %s: an export of an earlier run", folder)
+                shutil.rmtree(folder)
+
+
+def claim_checkpoints(ckpt_dir: Path, key: str, stage: int, world: int, num_workers: int) -> None:
+    """Checkpoints of another run (key or stage) are dropped; while there is none to resume (no
+    ``latest``) run.json is (re)written with this run's key and shape -- also over the run.json of a
+    run that died before its first checkpoint, whose shape must not bind the next one."""
+    from llmasr.atomic import write_json
+
+    meta = ckpt_dir / CKPT_META
+    if ckpt_dir.exists():
+        old = _read_json(meta) if meta.is_file() else {}
+        if old.get("key") != key or old.get("stage") != stage:
+            log.info("removing %s: its checkpoints are of another run (key %s)", ckpt_dir, old.get("key"))
+            shutil.rmtree(ckpt_dir)
+    if not (ckpt_dir / "latest").is_file():
+        write_json(meta, {"key": key, "stage": stage, "world_size": world, "num_workers": num_workers})
+
+
+def resume_problem(ckpt_dir: Path, world: int, num_workers: int) -> str | None:
+    """Why the checkpoint in ``ckpt_dir`` cannot be resumed by ``world`` processes with
+    ``num_workers`` loader workers each (the batch order is per rank and worker), naming the key;
+    None when it can, or when there is none."""
+    if not (ckpt_dir / "latest").is_file():
+        return None
+    meta = _read_json(ckpt_dir / CKPT_META)
+    if (meta.get("world_size"), meta.get("num_workers")) == (world, num_workers):
+        return None
+    return (
+        f"train.nproc_per_node / train.num_workers: {ckpt_dir} was written by {meta.get('world_size')} processes with "
+        f"{meta.get('num_workers')} loader workers each; resume with the same, or delete that folder to start the stage over"
+    )
+
+
 # ------------------------------------------------------------------------------------ trainer
 
 
@@ -581,6 +679,13 @@ class Trainer:
         self.nodes = len(set(nodes))
         for name in ("DeepSpeed", "deepspeed"):
             logging.getLogger(name).setLevel(logging.WARNING)
+
+    def check_world(self) -> None:
+        """check_run's world-size check against the processes actually started (a launch by hand)."""
+        from tasks.train_data import TRAIN, read_split
+
+        samples = read_split(self.cfg.shard_index, TRAIN).samples
+        _check_world_size(samples, self.world, self.train_cfg.hostfile, Path(self.cfg.shard_index))
 
     def build_model(self) -> None:
         import torch
@@ -696,29 +801,17 @@ class Trainer:
 
     # ---- state and resuming
     def prepare_out_dir(self) -> None:
-        """Rank 0: the stage is no longer complete; a checkpoint of another key is dropped."""
+        """Rank 0: the stage is no longer complete and its old exports go; a checkpoint of another
+        key is dropped.  Then every rank: a checkpoint to resume must be of this run's shape."""
         import torch.distributed as dist
 
         if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "stage.json").unlink(missing_ok=True)
-            meta = self.ckpt_dir / CKPT_META
-            if self.ckpt_dir.exists():
-                old = _read_json(meta) if meta.is_file() else {}
-                if old.get("key") != self.cfg.key or old.get("stage") != self.stage:
-                    log.info("removing %s: its checkpoints are of another run (key %s)", self.ckpt_dir, old.get("key"))
-                    shutil.rmtree(self.ckpt_dir)
-            if not self.ckpt_dir.exists():
-                from llmasr.atomic import write_json
-
-                write_json(meta, {"key": self.cfg.key, "stage": self.stage, "world_size": self.world, "num_workers": self.train_cfg.num_workers})
+            clear_stage(self.out_dir, self.stage)
+            claim_checkpoints(self.ckpt_dir, self.cfg.key, self.stage, self.world, self.train_cfg.num_workers)
         dist.barrier()
-        meta = _read_json(self.ckpt_dir / CKPT_META)
-        if (self.ckpt_dir / "latest").is_file() and (meta.get("world_size"), meta.get("num_workers")) != (self.world, self.train_cfg.num_workers):
-            raise TrainConfigError(
-                f"train.nproc_per_node / train.num_workers: {self.ckpt_dir} was written by {meta.get('world_size')} processes with "
-                f"{meta.get('num_workers')} loader workers each; resume with the same, or delete that folder to start the stage over"
-            )
+        problem = resume_problem(self.ckpt_dir, self.world, self.train_cfg.num_workers)
+        if problem:
+            raise TrainConfigError(problem)
 
     def peek_state(self) -> None:
         """The resume position from the latest checkpoint's client state (read before the data
@@ -801,11 +894,23 @@ class Trainer:
             return self.engine(feats, lengths, labels)
         return self.engine(feats, lengths, batch["target_ids"]).loss
 
+    def _scored(self, batch: dict[str, Any]) -> int:
+        """Target positions the batch's loss is the mean over (validation weights batches by it)."""
+        if self.stage == 1:
+            return whisper_label_count(batch["target_ids"], self.decoder_start)
+        return batch["n_tokens"] + len(batch["keys"])  # transcript tokens + EOS per example
+
+    def _tokens(self, batch: dict[str, Any]) -> int:
+        """Transcript tokens: stage 1's ids less the start, prefix and <|endoftext|> around each."""
+        if self.stage == 1:
+            return sum(max(0, len(t) - self.targets.extra) for t in batch["target_ids"])
+        return batch["n_tokens"]
+
     def _positions(self, batch: dict[str, Any]) -> tuple[int, int]:
         """(encoder frames, decoder positions) the model runs on (for MFU)."""
         enc = (batch["feature_lengths"] - 1) // 2 + 1  # encoder frames per example
-        if self.stage == 1:
-            return int(enc.sum()), sum(len(t) for t in batch["target_ids"])
+        if self.stage == 1:  # Whisper's decoder runs on its labels shifted right: one position each
+            return int(enc.sum()), whisper_label_count(batch["target_ids"], self.decoder_start)
         m = self.engine.module
         prompt = len(m.prompt.prefix_ids) + len(m.prompt.suffix_ids)
         speech = enc // m.projector.k
@@ -823,7 +928,7 @@ class Trainer:
             for i, batch in enumerate(self.val_loader):
                 if i >= self.train_cfg.val_max_batches:
                     break
-                weight = batch["n_tokens"] + len(batch["keys"])  # target tokens + EOS per example
+                weight = self._scored(batch)
                 total += torch.tensor([float(self._loss(batch)) * weight, weight, 1.0], dtype=torch.float64)
         self._set_modes()
         total = total.to(self.device)
@@ -867,11 +972,12 @@ class Trainer:
                 boundary = self.engine.is_gradient_accumulation_boundary()
                 self.engine.step()
                 n = len(batch["keys"])
-                window += torch.tensor([float(loss.detach()), 1, n, batch["audio_s"], batch["n_tokens"], *self._positions(batch), waited[0]], dtype=torch.float64)
+                tokens = self._tokens(batch)
+                window += torch.tensor([float(loss.detach()), 1, n, batch["audio_s"], tokens, *self._positions(batch), waited[0]], dtype=torch.float64)
                 waited[0] = 0.0
                 self.state["samples"] += n
                 self.state["audio_s"] += batch["audio_s"]
-                self.state["tokens"] += batch["n_tokens"]
+                self.state["tokens"] += tokens
                 if not boundary:
                     continue
                 self.state["step"] += 1
@@ -1046,6 +1152,7 @@ class Trainer:
 
         started = time.time()
         self.init_distributed()
+        self.check_world()
         self.prepare_out_dir()
         self.build_model()
         self.peek_state()

@@ -7,11 +7,16 @@
         batch["feature_lengths"]                    # (B,) valid frames per example
 
 Who reads what.  The split's shards (sorted by path, then shuffled per epoch with the seed, the same
-permutation on every rank) are dealt out to the ranks (``shards[rank::world_size]``) when there are
-at least ``world_size`` of them; otherwise every rank reads all of them and keeps sample ``i`` of the
-stream when ``i % world_size == rank``.  The same rule splits a rank's part among its loader
-workers.  So across ranks x workers every sample of the split is read by exactly one reader once per
-epoch.
+permutation on every rank) are split among the ranks by one rule: of ``S`` shards the first
+``world_size x (S // world_size)`` are dealt out whole (``shards[rank::world_size]`` of them); the
+``S % world_size`` left over are read by every rank, which keeps sample ``i`` of their stream when
+``i % world_size == rank``.  The same rule splits a rank's part among its loader workers (a part
+already kept by sample index is dealt out, or split further by sample index, the same way).  So
+across ranks x workers every sample of the split is read by exactly one reader once per epoch; with
+shards of equal size the ranks' shares differ by a sample or two per worker, never by a shard
+(dealing every shard out whole would leave some ranks a shard short, and ``synced`` would stop them
+all there: about ``S % world_size`` shards a pass would go untrained).  The left-over
+shards cost IO: each of their readers reads them whole to keep its samples.
 
 In each worker: samples are collected into a buffer of ``bucket_size``, sorted by duration and cut
 into batches whose padded size (batch size x longest duration) stays within ``batch_max_audio_s``
@@ -34,7 +39,8 @@ rank and worker only.
 
 Ranks must take the same number of steps (a DeepSpeed step is a collective): ``synced`` stops
 every rank as soon as one runs out (an all_reduce MIN of a "has a batch" flag per step).  The few
-batches the other ranks still had are left out of that epoch.
+batches the other ranks still had (their shares are balanced as above; bucketing may still cut
+them into a batch or so more) are left out of that epoch.
 """
 
 from __future__ import annotations
@@ -125,12 +131,14 @@ class WhisperTargets:
     """Transcript -> Whisper decoder ids ``[<|startoftranscript|>, (<|en|>, <|transcribe|>,)
     <|notimestamps|>, text.., <|endoftext|>]`` (stage 1; ``whisper_labels`` drops the start token).
 
-    Longer sequences are cut to ``max_length`` keeping the final <|endoftext|>.
+    Longer sequences are cut to ``max_length`` keeping the final <|endoftext|>.  ``extra``: the ids
+    around the transcript (start, prefix, <|endoftext|>): the ids of an empty text.
     """
 
     def __init__(self, tokenizer: Any, max_length: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.extra = len(tokenizer("")["input_ids"])
 
     def __call__(self, text: str) -> list[int]:
         ids = list(self.tokenizer(text)["input_ids"])
@@ -243,22 +251,31 @@ def decode_flac(data: bytes) -> np.ndarray:
     return audio
 
 
-def assign(urls: Sequence[str], rank: int, world_size: int, worker: int, num_workers: int) -> tuple[list[str], int, int]:
-    """Which shards one (rank, worker) reads and which of their samples it keeps.
+Part = tuple[list[str], int, int]  # (urls, modulus, residue): keep sample i of the urls' stream iff i % modulus == residue
 
-    Returns (urls, modulus, residue): keep sample ``i`` of the stream of ``urls`` (counted in
-    order over those shards) iff ``i % modulus == residue``.
+
+def split_parts(parts: Sequence[Part], n: int, k: int) -> list[Part]:
+    """Reader ``k``'s share of ``parts`` when ``n`` readers split them: of each part's ``S`` shards
+    the first ``n x (S // n)`` are dealt out whole (``[k::n]``, the part's own filter kept); the
+    ``S % n`` left over are read by all ``n``, each keeping every ``n``-th of the samples the part
+    keeps (sample ``i`` with ``i % mod == res`` is ``res + mod x j``; reader ``k`` keeps ``j % n == k``).
     """
-    urls = list(urls)
-    if len(urls) >= world_size:
-        urls, mod, res = urls[rank::world_size], 1, 0
-    else:
-        mod, res = world_size, rank  # every rank reads every shard, keeps every world_size-th sample
-    if len(urls) >= num_workers:
-        urls = urls[worker::num_workers]
-    else:
-        mod, res = mod * num_workers, res * num_workers + worker
-    return urls, mod, res
+    out: list[Part] = []
+    for urls, mod, res in parts:
+        whole = len(urls) - len(urls) % n
+        if urls[k:whole:n]:
+            out.append((list(urls[k:whole:n]), mod, res))
+        if whole < len(urls):
+            out.append((list(urls[whole:]), mod * n, res + mod * k))
+    return out
+
+
+def assign(urls: Sequence[str], rank: int, world_size: int, worker: int, num_workers: int) -> list[Part]:
+    """What one (rank, worker) reads: parts ``(urls, modulus, residue)``, read in order, each a
+    stream of its own; keep sample ``i`` of a part's stream (counted over its shards in order) iff
+    ``i % modulus == residue``.  The split's shards are split among the ranks, then each rank's
+    share among its workers, by ``split_parts``'s rule (see the module docstring)."""
+    return split_parts(split_parts([(list(urls), 1, 0)], world_size, rank), num_workers, worker)
 
 
 def new_batch_tensor(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -356,7 +373,12 @@ class ShardSpeechDataset(IterableDataset):
         self._log_mel: LogMel | None = None  # built in the process that uses it (each worker)
 
     # ---- reading
-    def _stream(self, urls: list[str], mod: int, res: int) -> Iterator[_Sample]:
+    def _stream(self, parts: Sequence[Part]) -> Iterator[_Sample]:
+        """The samples ``assign``'s parts keep, part after part (one stream: one bucketing)."""
+        for urls, mod, res in parts:
+            yield from self._part_stream(urls, mod, res)
+
+    def _part_stream(self, urls: list[str], mod: int, res: int) -> Iterator[_Sample]:
         import webdataset as wds
 
         if not urls:
@@ -446,9 +468,9 @@ class ShardSpeechDataset(IterableDataset):
         urls = list(self.info.urls)
         if self.shuffle:
             random.Random(f"shards|{self.seed}|{epoch}").shuffle(urls)  # the same on every rank
-        urls, mod, res = assign(urls, self.rank, self.world_size, worker, workers)
+        parts = assign(urls, self.rank, self.world_size, worker, workers)
         rng = random.Random(f"batches|{self.seed}|{epoch}|{self.rank}|{worker}")
-        for index, plan in enumerate(self._plans(self._stream(urls, mod, res), rng)):
+        for index, plan in enumerate(self._plans(self._stream(parts), rng)):
             if index < skip:
                 continue  # consumed before the checkpoint this run resumed from: not decoded
             batch = self._build(plan)

@@ -10,6 +10,7 @@ well enough that greedy decoding of ``load_llmasr(stage3)`` reproduces it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -113,6 +114,10 @@ def tensors(folder: Path, name: str = "model.safetensors") -> dict[str, torch.Te
     return load_file(str(folder / name))
 
 
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 # ------------------------------------------------------------------------------ three stages
 
 
@@ -125,6 +130,7 @@ def test_three_stages_in_sequence(tiny, shard_index, tmp_path, nproc):
 
     work = tmp_path / "work"
     train = train_config(tiny, nproc_per_node=nproc, merge_lora=True, grad_accum=2 if nproc == 2 else 1)
+    sources = {f: sha256(f) for f in (tiny.llm / "model.safetensors", tiny.whisper / "model.safetensors")}
     for stage in (1, 2, 3):
         launch(write_run(work, stage, train, shard_index), train)
         info = read_stage(stage_dir(work, stage))
@@ -159,7 +165,7 @@ def test_three_stages_in_sequence(tiny, shard_index, tmp_path, nproc):
     peft = PeftModel.from_pretrained(base, str(s3 / "lora"))
     lora_b = [p for n, p in peft.named_parameters() if "lora_B" in n]
     assert lora_b and any(bool(p.abs().sum() > 0) for p in lora_b)  # B starts at zero: it trained
-    assert all(torch.equal(v, tensors(tiny.llm)[k]) for k, v in tensors(tiny.llm).items() if k in base_sd)
+    assert {f: sha256(f) for f in sources} == sources  # the source checkpoints' files: not written to
     merged = AutoModelForCausalLM.from_pretrained(str(s3 / "merged_llm"))
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged.state_dict()[q], base_sd[q])
@@ -280,7 +286,8 @@ def test_config_errors_fail_fast_naming_the_key(tiny, shard_index, tmp_path):
     # stage 3 before stage 2
     train = train_config(tiny)
     proc, _ = run_direct(write_run(tmp_path / "b", 3, train, shard_index))
-    assert proc.returncode == 2 and "stage 3 needs checkpoints/stage2 (run stage 2 first)" in proc.stderr
+    assert proc.returncode == 2 and "model.projector_path: no projector at" in proc.stderr
+    assert "stage 3 needs checkpoints/stage2 (run stage 2 first)" in proc.stderr
 
     # a stage-2 projector built for another LLM width
     work = tmp_path / "c"
@@ -305,6 +312,90 @@ def test_config_errors_fail_fast_naming_the_key(tiny, shard_index, tmp_path):
     (stage_dir(work, 2) / "stage.json").write_text(json.dumps({"stage": 2, "complete": True}))
     proc, _ = run_direct(write_run(work, 3, train_config(tiny, lora=LoraConfig(target_modules=["c_attn"])), shard_index))
     assert proc.returncode == 2 and "train.lora.target_modules:" in proc.stderr and "c_attn" in proc.stderr, proc.stderr[-2000:]
+
+
+def check_error(run_json: Path) -> str:
+    """check_run's TrainConfigError message for RUN.json (in-process: no launch)."""
+    from tasks.train import TrainConfigError, check_run, read_run_config
+
+    with pytest.raises(TrainConfigError) as err:
+        check_run(read_run_config(run_json))
+    return str(err.value)
+
+
+def test_check_run_names_the_key_for_world_size_zero_3_and_stage_2(tiny, shard_index, tmp_path):
+    from tasks.train import check_run, read_run_config
+
+    samples = sum(e["samples"] for e in json.loads(shard_index.read_text())["shards"] if e["split"] == "train")
+    assert samples == 8
+    check_run(read_run_config(write_run(tmp_path / "ok", 2, train_config(tiny, nproc_per_node=8), shard_index)))
+
+    # more processes than train samples: a rank would get no batch
+    msg = check_error(write_run(tmp_path / "a", 2, train_config(tiny, nproc_per_node=9), shard_index))
+    assert msg.startswith("train.nproc_per_node: 9 processes, but") and "only 8 train samples" in msg
+    # with a hostfile the processes are its slots, summed
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=5\nnode-b slots=4\n")
+    multi = train_config(tiny, launcher="deepspeed", hostfile=str(hostfile), nproc_per_node=1)
+    assert check_error(write_run(tmp_path / "b", 2, multi, shard_index)).startswith("train.hostfile: its slots start 9 processes")
+
+    # ZeRO-3: refused, naming the DeepSpeed config
+    zero3 = tmp_path / "zero3.json"
+    zero3.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    msg = check_error(write_run(tmp_path / "c", 2, train_config(tiny, deepspeed_config=str(zero3)), shard_index))
+    assert msg.startswith(f"train.deepspeed_config: {zero3} sets zero_optimization.stage 3") and "ZeRO stages 0-2" in msg
+
+    # stage 3 without stage 2's projector: the key first
+    msg = check_error(write_run(tmp_path / "d", 3, train_config(tiny), shard_index))
+    assert msg.startswith("model.projector_path: no projector at") and "run stage 2 first" in msg
+    from llmasr.model import Projector, save_projector
+
+    save_projector(Projector(64, 32, hidden=32), stage_dir(tmp_path / "e", 2) / "projector")  # no stage.json
+    msg = check_error(write_run(tmp_path / "e", 3, train_config(tiny), shard_index))
+    assert msg.startswith("model.projector_path: ") and "is not complete" in msg
+
+
+def test_out_dir_of_a_new_run_keeps_no_stale_export_or_run_shape(tmp_path):
+    from tasks.train import CKPT_META, claim_checkpoints, clear_stage, resume_problem
+
+    # an earlier stage-3 run's exports (merged_llm with train.merge_lora), half-swapped folders included
+    out = stage_dir(tmp_path, 3)
+    for name in ("lora", "projector", "merged_llm", ".tmp-lora", ".old-merged_llm"):
+        (out / name).mkdir(parents=True)
+        (out / name / "f").write_text("old")
+    (out / "model.json").write_text("{}")
+    (out / "stage.json").write_text(json.dumps({"stage": 3, "key": "old", "complete": True}))
+    (out / "deepspeed").mkdir()
+    clear_stage(out, 3)
+    assert sorted(p.name for p in out.iterdir()) == ["deepspeed"]  # checkpoints: claim_checkpoints's call
+
+    # a run died before its first checkpoint: its run.json must not bind the next run's shape
+    ckpt = out / "deepspeed"
+    claim_checkpoints(ckpt, "k", 3, world=1, num_workers=2)
+    assert json.loads((ckpt / CKPT_META).read_text())["world_size"] == 1
+    claim_checkpoints(ckpt, "k", 3, world=2, num_workers=2)  # same key, other world size, nothing to resume
+    assert json.loads((ckpt / CKPT_META).read_text())["world_size"] == 2
+    (ckpt / "latest").write_text("step2")  # that run checkpoints, then dies
+    claim_checkpoints(ckpt, "k", 3, world=2, num_workers=2)
+    assert resume_problem(ckpt, 2, 2) is None
+    # a checkpoint to resume keeps its run.json; another shape is refused, naming the keys
+    claim_checkpoints(ckpt, "k", 3, world=4, num_workers=2)
+    assert json.loads((ckpt / CKPT_META).read_text())["world_size"] == 2
+    assert resume_problem(ckpt, 4, 2).startswith("train.nproc_per_node / train.num_workers: ")
+    # another key: its checkpoints go
+    claim_checkpoints(ckpt, "other", 3, world=4, num_workers=2)
+    assert not (ckpt / "latest").exists() and json.loads((ckpt / CKPT_META).read_text())["key"] == "other"
+
+
+def test_stage_1_counts_the_labels_whisper_scores():
+    from llmasr.model import IGNORE_INDEX, whisper_labels
+    from tasks.train import whisper_label_count
+
+    sot, nots, eot = 50258, 50363, 50257
+    ids = [[sot, nots, 10, 11, 12, eot], [sot, nots, 13, eot]]  # WhisperTargets' form: start .. <|endoftext|>
+    labels = whisper_labels(ids, sot)  # (2, 5): the start token dropped
+    assert whisper_label_count(ids, sot) == int((labels != IGNORE_INDEX).sum()) == 8
+    assert whisper_label_count([[nots, 10, eot]], sot) == 3  # no start token: nothing dropped
 
 
 def test_run_config_for_the_flow(tmp_path):

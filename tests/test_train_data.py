@@ -177,22 +177,65 @@ def test_length_buckets_keep_padding_small(index, samples):
 
 
 def test_every_sample_once_per_epoch_over_2_ranks_x_2_workers(index, samples):
+    info = read_split(index, "train")
+    assert info.shards % 2 == 1  # 5 shards: one left over after dealing 2 to each rank
     seen: list[str] = []
-    per_rank = []
+    per_rank, per_reader, batches = [], {}, []
     for rank in range(2):
         ds = ShardSpeechDataset(index, "train", rank=rank, world_size=2, batch_max_audio_s=10.0, max_batch_size=4, seed=3)
-        keys = [k for b in make_loader(ds, num_workers=2) for k in b["keys"]]
+        got = list(make_loader(ds, num_workers=2))
+        keys = [k for b in got for k in b["keys"]]
+        for b in got:
+            per_reader[rank, b["worker"]] = per_reader.get((rank, b["worker"]), 0) + len(b["keys"])
         per_rank.append(set(keys))
+        batches.append(len(got))
         seen += keys
     assert Counter(seen) == Counter(samples.keys())  # each exactly once
     assert per_rank[0] and per_rank[1] and not per_rank[0] & per_rank[1]
+    # the left-over shard is split by sample index, not given whole to one rank (9 vs 6 samples)
+    assert abs(len(per_rank[0]) - len(per_rank[1])) <= 1
+    assert sorted(per_reader) == [(0, 0), (0, 1), (1, 0), (1, 1)] and max(per_reader.values()) - min(per_reader.values()) <= 1
+    assert max(batches) <= estimate_batches(info, 2, 10.0, 4, num_workers=2)  # still an over-estimate
+
+
+def reader_samples(urls: list[str], world: int, workers: int) -> dict[tuple[int, int], list[str]]:
+    """(rank, worker) -> the sample keys ``assign`` gives that reader, read from the shards."""
+    keys = {u: shard_samples_of([u]) for u in urls}
+    out = {}
+    for rank in range(world):
+        for worker in range(workers):
+            got = []
+            for part, mod, res in assign(urls, rank, world, worker, workers):
+                stream = [k for u in part for k in keys[u]]
+                got += [k for i, k in enumerate(stream) if i % mod == res]
+            out[rank, worker] = got
+    return out
+
+
+@pytest.mark.parametrize("n_shards, world, workers", [(5, 2, 1), (5, 2, 2), (3, 1, 2), (5, 4, 3), (4, 3, 2), (2, 3, 2), (5, 1, 1)])
+def test_shard_counts_not_a_multiple_of_the_readers_are_split_evenly(index, n_shards, world, workers):
+    """Shards are dealt out whole only while every reader gets one; the rest is split by sample
+    index, so no rank (or worker) is a whole shard short of another -- ``synced`` would stop every
+    rank there, leaving the others' extra shards untrained."""
+    urls = read_split(index, "train").urls[:n_shards]
+    sizes = {len(shard_samples_of([u])) for u in urls}
+    assert sizes == {3}  # equal shards: the ranks' shares may differ by one sample at most here
+    got = reader_samples(urls, world, workers)
+    assert Counter(k for keys in got.values() for k in keys) == Counter(shard_samples_of(urls))  # each once
+    ranks = [sum(len(got[r, w]) for w in range(workers)) for r in range(world)]
+    assert max(ranks) - min(ranks) <= 1, ranks
+    for r in range(world):  # a rank's workers: each part's rounding may add up, but never to a shard
+        workers_of_r = [len(got[r, w]) for w in range(workers)]
+        assert max(workers_of_r) - min(workers_of_r) < 3, (r, workers_of_r)
+    # a function of the shard order, rank and worker only: the same again
+    assert reader_samples(urls, world, workers) == got
 
 
 def test_one_shard_is_split_by_sample_index(index, samples):
     urls = read_split(index, "train").urls
     # fewer shards than readers: everyone reads all and keeps every (world x workers)-th sample
-    assert assign(urls[:1], 1, 2, 1, 2) == (urls[:1], 4, 3)
-    assert assign(urls, 0, 2, 1, 2)[1:] == (1, 0)  # enough shards: shards are dealt out
+    assert assign(urls[:1], 1, 2, 1, 2) == [(urls[:1], 4, 3)]
+    assert assign(urls[:4], 0, 2, 1, 2) == [([urls[2]], 1, 0)]  # enough shards: shards are dealt out whole
     seen = []
     for rank in range(3):
         ds = ShardSpeechDataset(index, "train", rank=rank, world_size=3, batch_max_audio_s=10.0)
@@ -346,6 +389,8 @@ def test_targets_match_the_model_and_whisper(index, llm_tokenizer, tmp_path):
     ids = WhisperTargets(wtok)("Hello world.")
     assert wtok.convert_ids_to_tokens(ids[:2]) == ["<|startoftranscript|>", "<|notimestamps|>"]
     assert ids[-1] == wtok.convert_tokens_to_ids("<|endoftext|>")
+    text_ids = wtok("Hello world.", add_special_tokens=False)["input_ids"]
+    assert WhisperTargets(wtok).extra == 3 and len(ids) - 3 == len(text_ids)  # start, <|notimestamps|>, end
     cut = WhisperTargets(wtok, max_length=4)("one two three four five six")
     assert len(cut) == 4 and cut[-1] == ids[-1]
 

@@ -20,6 +20,7 @@ from llmasr.config import ConfigError
 from llmasr.tiny_models import build_demo_models
 from tasks import checkpoints
 from tasks.launch import TrainingProcessError
+from tasks.train_data import ShardSpeechDataset
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +67,23 @@ def test_three_stages_then_a_cached_rerun(reference_run, corpus: Path, models: d
     assert state.is_completed(), state.message
     result = state.result()
     assert sorted(result) == ["stage1", "stage2", "stage3"]
-    for stage in (1, 2, 3):
+    for stage, max_steps in ((1, 2), (2, 3), (3, 3)):  # train_args's train.stage<N>.max_steps
         info = checkpoints.read_stage(checkpoints.stage_dir(work, stage))
-        assert info is not None and info["steps"] >= 1
+        assert info is not None and info["steps"] == max_steps, (stage, info)
     assert (work / "checkpoints" / "stage1" / "encoder" / "config.json").is_file()
     assert (work / "checkpoints" / "stage3" / "lora" / "adapter_config.json").is_file()
     records = [json.loads(line) for line in (work / "logs" / "train.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in records if "loss" in r} == {1, 2, 3}
     assert (work / "reports" / "loss.png").is_file()
+    # the stage-3 model loads and transcribes a batch of the shards
     model = checkpoints.load_llmasr(checkpoints.stage_dir(work, 3))
-    assert model is not None
+    enc = model.encoder.config
+    ds = ShardSpeechDataset(
+        work / "shards" / "index.json", "train", n_mels=enc.num_mel_bins, max_frames=2 * enc.max_source_positions, max_batch_size=2, shuffle=False
+    )
+    batch = next(iter(ds))
+    texts = model.generate(batch["input_features"], batch["feature_lengths"], max_new_tokens=4)
+    assert len(texts) == len(batch["keys"]) >= 1 and all(isinstance(t, str) for t in texts)
     index = json.loads((work / "shards" / "index.json").read_text())
     assert checkpoints.new_train_hours(work, index) == 0.0  # a full training records what it saw
 
@@ -112,3 +120,25 @@ def test_a_hung_stage_is_killed_with_its_process_group(prefect_harness, corpus: 
     leftovers = subprocess.run(["pgrep", "-f", str(run_json)], capture_output=True, text=True).stdout.split()
     assert leftovers == []
     assert checkpoints.read_stage(checkpoints.stage_dir(work, 1)) is None
+
+
+def test_stage_keys_follow_what_each_stage_learns_and_exports(tmp_path: Path):
+    """Launch settings never retrain; merge_lora reruns stage 3 only (its merged_llm/ export)."""
+    from flows.train import stage_key
+    from llmasr.config import load_config
+    from llmasr.layout import WorkLayout
+
+    layout = WorkLayout(tmp_path)
+    layout.shard_index.parent.mkdir(parents=True)
+    layout.shard_index.write_text('{"shards": []}')
+
+    def keys(*overrides: str) -> list[str]:
+        cfg = load_config("demo", list(overrides), work_dir=str(tmp_path))
+        return [stage_key(cfg, layout, s) for s in (1, 2, 3)]
+
+    base = keys()
+    assert keys("train.master_port=29611", "train.num_workers=3", "train.node_launcher=slurm") == base
+    merged = keys("train.merge_lora=true")
+    assert merged[:2] == base[:2] and merged[2] != base[2]
+    lr2 = keys("train.stage2.lr=0.5")
+    assert lr2[0] == base[0] and lr2[1] != base[1]
