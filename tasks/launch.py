@@ -158,11 +158,19 @@ def launch_stage(run_json: str | Path, train: Any, log_path: Path, on_line: Call
     folder, the caller's environment plus ``launch_env`` and, with a hostfile, a DeepSpeed env file
     beside ``log_path`` for the other nodes.  Raises TrainingProcessError (see ``run_process``)."""
     t = _train_dict(train)
+    env = stage_env(t, log_path, gpu=gpu)
+    run_process(launch_command(run_json, t), env, log_path, float(t.get("timeout_s", 7 * 24 * 3600.0)), on_line=on_line, cwd=REPO)
+
+
+def stage_env(train: Any, log_path: Path, gpu: bool | None = None) -> dict[str, str]:
+    """The launcher's environment: the caller's plus ``launch_env``, the repository on PYTHONPATH
+    and, with a hostfile, ``DS_ENV_FILE`` naming the env file written beside ``log_path``."""
+    t = _train_dict(train)
     env = {**os.environ, **launch_env(t, gpu=gpu)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if t.get("hostfile"):
         env["DS_ENV_FILE"] = str(node_env_file(log_path.with_suffix(".nodes.env"), env).resolve())
-    run_process(launch_command(run_json, t), env, log_path, float(t.get("timeout_s", 7 * 24 * 3600.0)), on_line=on_line, cwd=REPO)
+    return env
 
 
 def run_process(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: float, on_line: Callable[[str], None] | None = None, cwd: Path | None = None) -> None:
