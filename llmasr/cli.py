@@ -299,6 +299,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from llmasr.config import ConfigError
+    from llmasr.lock import WorkDirBusy
     from llmasr.server import ServerError
     from tasks.ingest import SourceError
 
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run, "ui": cmd_ui, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
     try:
         return handler(args)
-    except (ConfigError, SourceError, ServerError) as exc:
+    except (ConfigError, SourceError, ServerError, WorkDirBusy) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
 

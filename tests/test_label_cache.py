@@ -77,3 +77,31 @@ def test_audio_replaced_under_the_same_name_is_labelled_again(tmp_path: Path) ->
     assert second.text != first.text
     assert _words(second.text) & {"robot", "vacuum", "stuck", "sofa"}, second.text
     assert not _words(second.text) & {"lighthouse", "keeper", "painted", "stairs"}, second.text
+
+
+def test_a_captioned_stretch_of_silence_is_labelled_and_dropped_not_lost(tmp_path: Path) -> None:
+    """Digital silence under a caption (a music break with lyrics captioned, a muted stretch): the
+    labeller still gives the segment a label, and the filter drops it for a hallucination reason --
+    the segment is decided, not lost, and nothing of it reaches the kept set."""
+    from tasks.filter import decide_all
+
+    cfg = load_config("demo", work_dir=str(tmp_path / "work"))
+    layout = WorkLayout(tmp_path / "work")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    sf.write(scratch / "quiet.wav", np.zeros(int(ITEM_S * ESPEAK_RATE), np.float32), ESPEAK_RATE)
+    dst = layout.audio("quiet")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    convert_to_flac16k(scratch / "quiet.wav", dst)
+    write_vtt(layout.captions("quiet"), [Cue(0.0, ITEM_S, "words nobody said out loud")])
+    item = Item("quiet", "/src", None, layout.rel(dst), ITEM_S, layout.rel(layout.captions("quiet")), STATUS_OK)
+
+    segment.segment_batch(layout, [item], cfg.segment)
+    segs = segment.read_segments(layout, [item], cfg.segment)
+    assert [s.caption_text for s in segs["quiet"]] == ["words nobody said out loud"]
+    assert label.label_batch(layout, [item], segs, cfg.label, cfg.filter).items == 1
+    labels = label.read_labels(layout, [item], segs, cfg.label, cfg.filter)
+    assert [lab.segment_id for lab in labels] == [s.segment_id for s in segs["quiet"]]  # labelled, not skipped
+    [decision] = decide_all(segs["quiet"], labels, cfg.filter, cfg.shard.validation_fraction)
+    assert not decision.kept
+    assert set(decision.reasons) & {"empty_label", "no_speech", "high_compression_ratio", "caption_mismatch"}, decision

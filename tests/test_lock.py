@@ -64,3 +64,19 @@ def test_lock_file_names_the_current_holder(tmp_path: Path):
         with work_dir_lock(tmp_path, what=what):
             info = json.loads((tmp_path / ".llmasr.lock").read_text())
             assert info["what"] == what and info["pid"] == os.getpid()
+
+
+def test_the_cli_reports_a_busy_work_dir_as_an_error_not_a_traceback(tmp_path: Path, capsys):
+    from llmasr.cli import main
+
+    work, src = tmp_path / "work", tmp_path / "audio"
+    work.mkdir()
+    src.mkdir()
+    proc = _holder(work, 120)
+    try:
+        assert main(["data", "--work-dir", str(work), "--source", str(src)]) == 2
+    finally:
+        proc.kill()
+        proc.wait()
+    err = " ".join(capsys.readouterr().err.split())
+    assert "error:" in err and "is in use by another run" in err and str(proc.pid) in err
