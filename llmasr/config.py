@@ -117,6 +117,7 @@ class TrainConfig(_Section):
     encoder: str = "openai/whisper-large-v2"
     llm: str = "Qwen/Qwen2-7B-Instruct"
     tokenizer: str | None = None
+    trust_remote_code: bool = False
     projector_hidden: int = Field(2048, ge=1)
     downsample_k: int = Field(2, ge=1)
     activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"

@@ -89,6 +89,8 @@ class LLMASRConfig:
     ``encoder`` / ``llm``: a checkpoint directory (or hub-style path) or a config dict (random
     init; the llm dict needs ``model_type``).  ``tokenizer`` defaults to the ``llm`` path.
     ``projector_path``: a folder written by ``save_projector`` to start from (stage 3 after 2).
+    ``trust_remote_code``: let transformers run the LLM checkpoint's own modeling/tokenizer code
+    (an ``auto_map`` in its config.json), for model types transformers does not ship.
     """
 
     encoder: str | dict[str, Any]
@@ -103,6 +105,7 @@ class LLMASRConfig:
     instruction: str = DEFAULT_INSTRUCTION
     dtype: str = "float32"
     lora: LoraSettings = field(default_factory=LoraSettings)
+    trust_remote_code: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LLMASRConfig":
@@ -368,9 +371,9 @@ class PromptLayout:
     chat_template: bool
 
 
-def build_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
+def build_tokenizer(source: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """AutoTokenizer with an EOS (required) and a pad token (falls back to EOS)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer at {source} has no eos_token: targets must end with one")
     if tokenizer.pad_token_id is None:
@@ -591,14 +594,14 @@ def build_encoder(source: str | Path | dict[str, Any] | WhisperConfig, cfg: LLMA
     return SpeechEncoder.from_pretrained(source, dtype=_torch_dtype(cfg.dtype), **kwargs)
 
 
-def build_llm(source: str | Path | dict[str, Any], dtype: str = "float32") -> PreTrainedModel:
+def build_llm(source: str | Path | dict[str, Any], dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
     if isinstance(source, dict):
         d = dict(source)
         if "model_type" not in d:
             raise ValueError("an llm config dict needs 'model_type' (e.g. 'qwen2')")
         config = AutoConfig.for_model(d.pop("model_type"), **d)
         return AutoModelForCausalLM.from_config(config).to(_torch_dtype(dtype))
-    return AutoModelForCausalLM.from_pretrained(str(source), dtype=_torch_dtype(dtype))
+    return AutoModelForCausalLM.from_pretrained(str(source), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
 
 
 def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> LLMASR:
@@ -607,9 +610,9 @@ def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = N
         source = cfg.tokenizer or (cfg.llm if not isinstance(cfg.llm, dict) else None)
         if source is None:
             raise ValueError("cfg.tokenizer is required when cfg.llm is a config dict")
-        tokenizer = build_tokenizer(source)
+        tokenizer = build_tokenizer(source, cfg.trust_remote_code)
     encoder = build_encoder(cfg.encoder, cfg)
-    llm = build_llm(cfg.llm, cfg.dtype)
+    llm = build_llm(cfg.llm, cfg.dtype, cfg.trust_remote_code)
     if cfg.projector_path:
         projector = load_projector(cfg.projector_path)
         if (projector.k, projector.activation, projector.hidden) != (cfg.k, cfg.activation, cfg.projector_hidden):

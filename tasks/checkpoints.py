@@ -69,6 +69,7 @@ def model_config(train: TrainConfig, work_dir: Path | str, stage: int) -> LLMASR
         trim_padding=train.trim_padding,
         instruction=train.instruction,
         lora=LoraSettings(rank=train.lora.rank, alpha=train.lora.alpha, dropout=train.lora.dropout, target_modules=list(train.lora.target_modules)),
+        trust_remote_code=train.trust_remote_code,
     )
 
 

@@ -728,6 +728,8 @@ class Trainer:
         self.n_trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
 
     def _config_key(self, message: str) -> str:
+        if "trust_remote_code" in message:  # transformers: the checkpoint ships its own code
+            return "train.trust_remote_code"
         for key, value in (("train.encoder", self.cfg.model.get("encoder")), ("train.llm", self.cfg.model.get("llm")), ("train.tokenizer", self.cfg.model.get("tokenizer"))):
             if isinstance(value, str) and value and value in message:
                 return key
@@ -1111,12 +1113,12 @@ class Trainer:
                     if self.train_cfg.merge_lora:
                         from peft import PeftModel
 
-                        base = build_llm(self.model_cfg.llm, "float32")
+                        base = build_llm(self.model_cfg.llm, "float32", self.model_cfg.trust_remote_code)
                         merged = PeftModel.from_pretrained(base, str(self.out_dir / "lora")).merge_and_unload()
                         tok_source = self.model_cfg.tokenizer or self.model_cfg.llm
                         with _export_folder(self.out_dir, "merged_llm") as tmp:
                             merged.save_pretrained(str(tmp))
-                            build_tokenizer(tok_source).save_pretrained(str(tmp))
+                            build_tokenizer(tok_source, self.model_cfg.trust_remote_code).save_pretrained(str(tmp))
                         exports.append("merged_llm")
         dist.barrier()
         return exports

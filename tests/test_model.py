@@ -355,3 +355,47 @@ def test_tokenizer_loads_with_autotokenizer(setup):
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     assert tok("hello world", add_special_tokens=True)["input_ids"] == tok("hello world", add_special_tokens=False)["input_ids"]
     assert Path(setup.tokenizer, "tokenizer_config.json").is_file()
+
+
+# ------------------------------------------------------------------------- remote-code LLMs
+
+REMOTE_CONFIG = '''from transformers import Qwen2Config
+
+
+class TinyRemoteConfig(Qwen2Config):
+    model_type = "tinyremote"
+'''
+REMOTE_MODELING = '''from transformers import Qwen2ForCausalLM
+
+from .configuration_tinyremote import TinyRemoteConfig
+
+
+class TinyRemoteForCausalLM(Qwen2ForCausalLM):
+    config_class = TinyRemoteConfig
+'''
+
+
+def test_an_llm_with_its_own_code_needs_trust_remote_code(setup, tmp_path):
+    """A checkpoint whose model type transformers does not ship (config.json ``auto_map`` -> code in
+    the folder, as Qwen-7B-Chat's): refused unless ``trust_remote_code``, then built and run."""
+    import shutil
+
+    remote = tmp_path / "remote-llm"
+    shutil.copytree(setup.llm, remote)
+    (remote / "configuration_tinyremote.py").write_text(REMOTE_CONFIG)
+    (remote / "modeling_tinyremote.py").write_text(REMOTE_MODELING)
+    cfg_json = json.loads((remote / "config.json").read_text())
+    cfg_json.update(
+        model_type="tinyremote",
+        architectures=["TinyRemoteForCausalLM"],
+        auto_map={"AutoConfig": "configuration_tinyremote.TinyRemoteConfig", "AutoModelForCausalLM": "modeling_tinyremote.TinyRemoteForCausalLM"},
+    )
+    (remote / "config.json").write_text(json.dumps(cfg_json))
+
+    base = setup.config.to_dict()
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        build_model(LLMASRConfig.from_dict({**base, "llm": str(remote)}))
+    model = build_model(LLMASRConfig.from_dict({**base, "llm": str(remote), "trust_remote_code": True}))
+    assert type(model.llm).__name__ == "TinyRemoteForCausalLM"
+    texts = model.generate(mel(2, 120), torch.tensor([120, 90]), max_new_tokens=3)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
