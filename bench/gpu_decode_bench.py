@@ -1,4 +1,5 @@
 """.venv/bin/python bench/gpu_decode_bench.py [--llm qwen2-0.5b|qwen2-1.5b] [--utts 16] [--reps 2] [--tokens 64] [--out bench/results/gpu_decode_bench.json]
+.venv/bin/python bench/gpu_decode_bench.py --cpu-smoke    # CPU: the same code path with tiny models, to check it runs
 
 GPU version of bench/decode_bench.py (for a lent CUDA GPU, a few minutes on one H100): the same four
 configurations -- beam 8 + no_repeat_ngram_size 6 vs greedy, batch_size 8 vs 1 -- through
@@ -18,6 +19,8 @@ and every configuration does the same decode work.  Audio: espeak-ng utterances 
 installed, else deterministic noise pieces of 2-12 s (features are all the random encoder sees).
 Repetitions alternate the order of the four configurations; CUDA is synchronised around each batch
 (decode_pieces times each ``system.decode`` call, whose ``.tolist()`` already synchronises).
+``--cpu-smoke``: a tiny encoder and LLM in fp32 on the CPU, 3 utterances, 4 tokens, one repetition,
+results to a temp folder -- the check (tests/test_gpu_bench.py) that the device call will run.
 
 Exits 2 with "needs a CUDA GPU" when torch sees none.  Prints the table and the GPU; JSON to --out.
 """
@@ -40,10 +43,15 @@ sys.path.insert(0, str(REPO))
 LLMS = {
     "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
     "qwen2-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
 }
 WHISPER_LARGE = dict(
     num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
     decoder_layers=2, decoder_attention_heads=20, decoder_ffn_dim=5120, max_source_positions=1500, vocab_size=51866,
+)
+WHISPER_TINY = dict(  # --cpu-smoke
+    num_mel_bins=128, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
+    decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=128, max_source_positions=1500, vocab_size=51866,
 )
 CONFIGS = [("beam8 batch8", 8, 6, 8), ("greedy batch8", 1, 0, 8), ("beam8 batch1", 8, 6, 1), ("greedy batch1", 1, 0, 1)]
 
@@ -79,7 +87,7 @@ def make_audio(n: int, tmp: Path):
     return ("espeak-ng" if have_espeak else "noise"), out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llm", choices=sorted(LLMS), default="qwen2-0.5b")
     ap.add_argument("--utts", type=int, default=16)
@@ -87,11 +95,15 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per piece, forced")
     ap.add_argument("--no-lora", action="store_true")
     ap.add_argument("--out", default=str(REPO / "bench/results/gpu_decode_bench.json"))
-    args = ap.parse_args()
+    ap.add_argument("--cpu-smoke", action="store_true", help="tiny models on the CPU, to check the bench runs (numbers meaningless)")
+    args = ap.parse_args(argv)
+    smoke = args.cpu_smoke
+    if smoke:
+        args.llm, args.utts, args.reps, args.tokens = "tiny", 3, 1, 4
 
     import torch
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not smoke:
         print("gpu_decode_bench: needs a CUDA GPU (torch.cuda.is_available() is False); run bench/decode_bench.py for the CPU numbers", file=sys.stderr)
         return 2
 
@@ -105,22 +117,25 @@ def main() -> int:
     t_start = time.perf_counter()
     tmp_ctx = tempfile.TemporaryDirectory(prefix="llmasr-gpu-decode-bench-")
     tmp = Path(tmp_ctx.name)
+    if smoke and args.out == str(REPO / "bench/results/gpu_decode_bench.json"):
+        args.out = str(tmp / "gpu_decode_bench.smoke.json")  # never over the GPU numbers
+    device, dtype = ("cpu", torch.float32) if smoke else ("cuda", torch.bfloat16)
     tok_dir = tiny_tokenizer(tmp / "tokenizer")
     cfg = LLMASRConfig(
-        encoder=dict(WHISPER_LARGE),
+        encoder=dict(WHISPER_TINY if smoke else WHISPER_LARGE),
         llm={"model_type": "qwen2", "vocab_size": 151936, "max_position_embeddings": 32768, **LLMS[args.llm]},
         tokenizer=str(tok_dir),
         projector_hidden=2048,
-        dtype="bfloat16",
+        dtype="float32" if smoke else "bfloat16",
         lora=LoraSettings(rank=8, alpha=16, dropout=0.0),
     )
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    with torch.device("cuda"):  # random init on the GPU (minutes on CPU for ~1-2B parameters)
+    with torch.device(device):  # random init on the GPU (minutes on CPU for ~1-2B parameters)
         model = build_model(cfg)
         if not args.no_lora:
             apply_lora(model, cfg)
-    model = model.to("cuda", torch.bfloat16).eval()
+    model = model.to(device, dtype).eval()
     build_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -129,7 +144,7 @@ def main() -> int:
     kept, pieces, durations = plan_pieces(utts, 30.0, SegmentConfig(), problems)
     audio_s = sum(durations.values())
     n = args.tokens
-    base = DecodeSettings(device="cuda", tokens_per_second=1e-9, min_new_tokens=n, max_new_tokens=n)
+    base = DecodeSettings(device=device, tokens_per_second=1e-9, min_new_tokens=n, max_new_tokens=n)
     force = {"min_new_tokens": n, "suppress_tokens": [model.pad_id]}
     original = model.generate_ids
 
@@ -142,19 +157,21 @@ def main() -> int:
     systems = {}
     for name, beams, ngram, batch in CONFIGS:
         s = LLMASRSystem(name, tmp, dataclasses.replace(base, num_beams=beams, no_repeat_ngram_size=ngram, batch_size=batch))
-        s.model, s.device = model, "cuda"
+        s.model, s.device = model, device
         systems[name] = s
 
     def run(name, ps=None):
         ps = ps or pieces
         ids = {p.utt_id for p in ps}
-        torch.cuda.synchronize()
+        if device == "cuda":
+            torch.cuda.synchronize()
         return run_system(systems[name], [u for u in kept if u.utt_id in ids], ps, durations, systems[name].settings)
 
     longest = sorted(pieces, key=lambda p: -p.duration_s)[:8]
     for name in systems:  # warm-up (CUDA kernels, allocator)
         run(name, longest)
-    torch.cuda.reset_peak_memory_stats()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     names = [c[0] for c in CONFIGS]
     reps = []
     for rep in range(args.reps):
@@ -181,11 +198,12 @@ def main() -> int:
         "batched_speedup_beam8": ratio("beam8 batch1", "beam8 batch8"),
     }
     rows += [(k.replace("_", " "), f"{v:.2f}x") for k, v in ratios.items()]
-    rows.append(("peak GPU memory", f"{torch.cuda.max_memory_allocated() / 1024**3:.1f} GB"))
-    gpu = torch.cuda.get_device_name(0)
+    if device == "cuda":
+        rows.append(("peak GPU memory", f"{torch.cuda.max_memory_allocated() / 1024**3:.1f} GB"))
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke run)"
     print("\n=== GPU decode bench summary ===")
     print(f"gpu     : {gpu}; torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"model   : whisper-large-like encoder + {args.llm} (random, bf16{'' if args.no_lora else ', LoRA r8 unmerged'}): {n_params / 1e9:.2f} B params, built in {build_s:.0f} s")
+    print(f"model   : whisper-large-like encoder + {args.llm} (random, {'fp32' if smoke else 'bf16'}{'' if args.no_lora else ', LoRA r8 unmerged'}): {n_params / 1e9:.2f} B params, built in {build_s:.0f} s")
     print(f"audio   : {source}: {len(pieces)} pieces, {audio_s:.1f} s; {n} new tokens forced per piece")
     w = max(len(m) for m, _ in rows)
     print(f"{'metric':<{w}} | value | target | ok")

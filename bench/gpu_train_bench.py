@@ -1,9 +1,13 @@
 """.venv/bin/python bench/gpu_train_bench.py [--steps 300] [--llm 0.5b|1.5b] [--encoder large-v2|medium|base] [--batch 16] [--audio-s 8] [--out bench/results/gpu_train_bench.json]
+.venv/bin/python bench/gpu_train_bench.py --cpu-smoke     # CPU: the same code path with tiny models, to check it runs
 
 Stage-3 training throughput and MFU on ONE CUDA GPU (meant for a lent H100 / H200: one command,
 under 8 minutes with the defaults, most of it building the random-init models on the CPU).  Without
 CUDA it exits with status 2 and "needs a CUDA GPU" (nothing to measure on a CPU machine; see
-bench/train_bench.py for the CPU bench).
+bench/train_bench.py for the CPU bench), unless ``--cpu-smoke``: then a tiny encoder and LLM run
+20 steps in fp32 with infra/deepspeed/zero2_cpu.json and DeepSpeed's CPU accelerator, through the
+same Trainer subclass, and the results go to the work folder -- the check (tests/test_gpu_bench.py)
+that the one device call will not die on a Trainer change.
 
 What runs: the real ``tasks.train.Trainer`` (one process, NCCL world of 1, bf16, DeepSpeed ZeRO-2 with
 infra/deepspeed/zero2.json, torch AdamW + LambdaLR, LoRA on the LLM + the projector trained, encoder
@@ -42,10 +46,12 @@ ENCODERS = {  # Whisper encoder configs (random init)
     "large-v2": dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120),
     "medium": dict(d_model=1024, encoder_layers=24, encoder_attention_heads=16, encoder_ffn_dim=4096),
     "base": dict(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048),
+    "tiny": dict(d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128),  # --cpu-smoke
 }
 LLMS = {  # Qwen2 configs (random init)
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2),
     "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),  # --cpu-smoke
 }
 
 
@@ -100,7 +106,7 @@ def steady(records: list[dict]) -> dict:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="stage-3 throughput / MFU on one CUDA GPU through tasks.train.Trainer")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--llm", choices=sorted(LLMS), default="0.5b")
@@ -111,11 +117,20 @@ def main() -> int:
     ap.add_argument("--deepspeed-config", default="infra/deepspeed/zero2.json")
     ap.add_argument("--out", default="bench/results/gpu_train_bench.json")
     ap.add_argument("--work", default=None, help="work folder (default: a temp folder)")
-    args = ap.parse_args()
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="check the bench still runs, on the CPU: tiny encoder and LLM, fp32, zero2_cpu.json, --steps 20, "
+                         "results to the work folder (numbers meaningless; run it before spending device time)")
+    args = ap.parse_args(argv)
+    if args.cpu_smoke:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
+        args.encoder, args.llm, args.batch, args.audio_s = "tiny", "tiny", 4, 4.0
+        args.deepspeed_config = "infra/deepspeed/zero2_cpu.json"
+        if args.steps == 300:
+            args.steps = 20
 
     import torch
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not args.cpu_smoke:
         print("gpu_train_bench: needs a CUDA GPU (torch.cuda.is_available() is False); "
               "run bench/train_bench.py for the CPU benchmark", file=sys.stderr)
         return 2
@@ -127,7 +142,10 @@ def main() -> int:
     t_all, t_wall = time.perf_counter(), time.time()
     work = Path(args.work or tempfile.mkdtemp(prefix="llmasr-gpu-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    gpu = torch.cuda.get_device_name(0)
+    gpu = torch.cuda.get_device_name(0) if not args.cpu_smoke else "cpu (smoke run)"
+    precision = "fp32" if args.cpu_smoke else "bf16"
+    if args.cpu_smoke and args.out == "bench/results/gpu_train_bench.json":
+        args.out = str(work / "gpu_train_bench.smoke.json")  # never over the GPU numbers
     print(f"GPU: {gpu}, peak bf16 {peak_bf16_flops(gpu)}; work {work}", flush=True)
     tok_dir = tiny_tokenizer(work / "tokenizer", vocab_size=None)
     encoder = dict(num_mel_bins=80, max_source_positions=1500, decoder_layers=1, decoder_attention_heads=8, decoder_ffn_dim=1024,
@@ -138,7 +156,7 @@ def main() -> int:
     train = TrainConfig(
         encoder="config", llm="config", tokenizer=str(tok_dir), projector_hidden=2048,
         lora=LoraConfig(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.05, target_modules=targets),
-        launcher="deepspeed", nproc_per_node=1, deepspeed_config=args.deepspeed_config, precision="bf16",
+        launcher="deepspeed", nproc_per_node=1, deepspeed_config=args.deepspeed_config, precision=precision,
         batch_max_audio_s=1e6, max_batch_size=args.batch, num_workers=0, log_every=10, val_every=10**6, ckpt_every=10**6,
         stage3=StageConfig(lr=1e-4, max_steps=args.steps, warmup_steps=10),
     )
@@ -148,10 +166,13 @@ def main() -> int:
     metrics = work / "logs" / "train.jsonl"
     cfg = RunConfig(stage=3, work_dir=str(work), shard_index=str(work / "none" / "index.json"), out_dir=str(work / "checkpoints" / "stage3"),
                     key="gpu-bench", model=model, train=train.model_dump(mode="json"), stage_cfg=train.stage3.model_dump(mode="json"),
-                    deepspeed_config=args.deepspeed_config, precision="bf16", metrics_log=str(metrics), tensorboard_dir=None)
+                    deepspeed_config=args.deepspeed_config, precision=precision, metrics_log=str(metrics), tensorboard_dir=None)
 
     class BenchTrainer(Trainer):
         """The real Trainer with synthetic batches in place of the shard loader."""
+
+        def check_world(self) -> None:  # no shard index to hold the world size against
+            pass
 
         def build_data(self) -> None:
             from types import SimpleNamespace
@@ -182,7 +203,7 @@ def main() -> int:
         "precision": trainer.precision,
         "setup_s": round(start["time"] - t_wall, 1),  # to the "start" record: models built, engine up
         "steady": st,
-        "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2),
+        "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2) if torch.cuda.is_available() else None,
         "final_loss": info.get("final_loss"),
         "steps": info.get("steps"),
         "first_window_samples_per_s": first["samples_per_s"],
@@ -196,7 +217,7 @@ def main() -> int:
     rows = [
         ("model", f"whisper-{args.encoder} enc ({trainer.n_encoder / 1e6:.0f} M) + qwen2-{args.llm} ({(trainer.n_params - trainer.n_encoder) / 1e6:.0f} M incl. projector)"),
         ("trainable (LoRA + projector)", f"{trainer.n_trainable / 1e6:.1f} M"),
-        ("batch", f"{args.batch} x ~{args.audio_s} s, bf16, ZeRO-{trainer.zero_stage}"),
+        ("batch", f"{args.batch} x ~{args.audio_s} s, {trainer.precision}, ZeRO-{trainer.zero_stage}"),
         ("steady steps / seconds", f"{st['steps']} / {st['seconds']}"),
         ("steps/s", f"{st['steps_per_s']:.2f}"),
         ("samples/s", f"{st['samples_per_s']:.1f}"),
