@@ -108,7 +108,7 @@ def _task_states(flow_run_id, prefix: str) -> list[str]:
         with get_client(sync_client=True) as client:
             return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 
-    return settled_task_states(read_runs).get(prefix, [])
+    return settled_task_states(read_runs, [prefix]).get(prefix, [])
 
 
 def test_an_unreachable_ray_address_names_the_key(prefect_harness, corpus: Path, session_tmp: Path):

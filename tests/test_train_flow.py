@@ -54,7 +54,7 @@ def _task_states(flow_run_id) -> list[str]:
         with get_client(sync_client=True) as client:
             return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 
-    return sorted(settled_task_states(read_runs).get("train-stage", []))
+    return sorted(settled_task_states(read_runs, ["train-stage"]).get("train-stage", []))
 
 
 def test_three_stages_then_a_cached_rerun(reference_run, corpus: Path, models: dict, session_tmp: Path):
