@@ -105,10 +105,10 @@ def check_test_sets(cfg: PipelineConfig) -> None:
         name, path = ev.parse_named(spec)
         if not Path(path).expanduser().exists() and cfg.demo is None:
             raise ConfigError(f"eval.test_sets: test set {name}: {path} does not exist (fix the path with --test-set NAME=PATH or in pipeline_config.yaml)")
-    for spec in cfg.eval.hyps:
-        name, path = ev.parse_named(spec, "hypothesis file")
-        if not Path(path).expanduser().is_file():
-            raise ConfigError(f"eval.hyps: hypothesis file {path} (from {spec!r}) does not exist (fix it with --hyps NAME=PATH)")
+    try:
+        ev.hyp_specs(cfg.eval)
+    except ev.EvalError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_request(cfg: PipelineConfig) -> tuple[list[ev.SystemSpec], list[str]]:

@@ -96,16 +96,23 @@ def system_specs(work_dir: str | Path, cfg: EvalConfig) -> tuple[list[SystemSpec
         if not spec.startswith(decode.FASTER_WHISPER_PREFIX):
             raise EvalError(f"baseline {spec!r}: write faster-whisper:<model>, e.g. faster-whisper:large-v2")
         specs.append(SystemSpec(spec, "faster-whisper", spec[len(decode.FASTER_WHISPER_PREFIX) :]))
-    for spec in cfg.hyps:
-        name, path = parse_named(spec, "hypothesis file")
-        if not Path(path).expanduser().is_file():
-            raise EvalError(f"eval.hyps: hypothesis file {path} (from {spec!r}) does not exist (fix it with --hyps NAME=PATH)")
-        specs.append(SystemSpec(name, "hyps", path))
+    specs += hyp_specs(cfg)
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise EvalError(f"eval.hyps / eval.baselines: system names must be distinct, got {dupes} twice (rename one: --hyps OTHER=PATH)")
     return specs, notes
+
+
+def hyp_specs(cfg: EvalConfig) -> list[SystemSpec]:
+    """The hypothesis-file systems of ``eval.hyps``; a file that does not exist raises EvalError."""
+    specs = []
+    for spec in cfg.hyps:
+        name, path = parse_named(spec, "hypothesis file")
+        if not Path(path).expanduser().is_file():
+            raise EvalError(f"eval.hyps: hypothesis file {path} (from {spec!r}) does not exist (fix it with --hyps NAME=PATH)")
+        specs.append(SystemSpec(name, "hyps", path))
+    return specs
 
 
 def make_systems(specs: Sequence[SystemSpec], settings: DecodeSettings) -> list[System]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -28,16 +27,11 @@ import pytest
 from llmasr.config import TrainConfig
 from tasks.checkpoints import read_stage, stage_dir
 from tasks.launch import hostfile_problem, kill_group, launch_command, launch_stage, node_env, read_hostfile, stage_env
+from tasks.train import _free_port
 from test_train import records, shard_index, tiny, train_config, trainers_of, write_run  # noqa: F401 - fixtures
 
 SSHD = Path("/usr/sbin/sshd")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _need(what: str) -> None:
