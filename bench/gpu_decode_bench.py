@@ -56,6 +56,15 @@ WHISPER_TINY = dict(  # --cpu-smoke
 CONFIGS = [("beam8 batch8", 8, 6, 8), ("greedy batch8", 1, 0, 8), ("beam8 batch1", 8, 6, 1), ("greedy batch1", 1, 0, 1)]
 
 
+def parse_config(name: str) -> tuple[str, int, int, int]:
+    """'beam8 batch8' / 'greedy batch32' -> (name, num_beams, no_repeat_ngram_size, batch_size)."""
+    words = name.split()
+    if len(words) != 2 or not words[1].startswith("batch") or not (words[0] == "greedy" or words[0].startswith("beam")):
+        raise ValueError(f"--configs: {name!r} is not '<greedy|beamN> batchM' (e.g. 'beam8 batch8', 'greedy batch32')")
+    beams = 1 if words[0] == "greedy" else int(words[0][4:])
+    return name, beams, (6 if beams > 1 else 0), int(words[1][5:])
+
+
 def make_audio(n: int, tmp: Path):
     import shutil
 
@@ -93,11 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--utts", type=int, default=16)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per piece, forced")
-    ap.add_argument("--no-lora", action="store_true")
+    ap.add_argument("--no-lora", action="store_true", help="no LoRA at all (the LLM alone)")
+    ap.add_argument("--merge-lora", action="store_true", help="fold the LoRA into the LLM weights before decoding (llmasr.model.merge_lora)")
+    ap.add_argument("--sdpa", choices=["auto", "no-cudnn", "math"], default="auto",
+                    help="scaled-dot-product attention backends torch may pick (no-cudnn: disable cuDNN attention, "
+                         "which builds a plan per new shape; math: the reference kernel only)")
+    ap.add_argument("--configs", default=",".join(c[0] for c in CONFIGS),
+                    help="comma-separated '<greedy|beamN> batchM' (default: the four of bench/decode_bench.py)")
     ap.add_argument("--out", default=str(REPO / "bench/results/gpu_decode_bench.json"))
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny models on the CPU, to check the bench runs (numbers meaningless)")
     args = ap.parse_args(argv)
     smoke = args.cpu_smoke
+    try:
+        configs = [parse_config(c.strip()) for c in args.configs.split(",") if c.strip()]
+    except ValueError as exc:
+        ap.error(str(exc))  # exit 2 with the usage line
     if smoke:
         args.llm, args.utts, args.reps, args.tokens = "tiny", 3, 1, 4
 
@@ -109,8 +128,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import transformers
 
+    if args.sdpa == "no-cudnn":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    elif args.sdpa == "math":
+        for off in (torch.backends.cuda.enable_cudnn_sdp, torch.backends.cuda.enable_flash_sdp, torch.backends.cuda.enable_mem_efficient_sdp):
+            off(False)
+
     from llmasr.config import SegmentConfig
-    from llmasr.model import LLMASRConfig, LoraSettings, apply_lora, build_model
+    from llmasr.model import LLMASRConfig, LoraSettings, apply_lora, build_model, merge_lora
     from llmasr.tiny_models import tiny_tokenizer
     from tasks.decode import DecodeSettings, LLMASRSystem, plan_pieces, run_system
 
@@ -135,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(cfg)
         if not args.no_lora:
             apply_lora(model, cfg)
+            if args.merge_lora:
+                merge_lora(model)
     model = model.to(device, dtype).eval()
     build_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
@@ -146,16 +173,28 @@ def main(argv: list[str] | None = None) -> int:
     n = args.tokens
     base = DecodeSettings(device=device, tokens_per_second=1e-9, min_new_tokens=n, max_new_tokens=n)
     force = {"min_new_tokens": n, "suppress_tokens": [model.pad_id]}
+    calls: list[dict] = []  # one per generate call: config, batch, frames, beams, seconds
+    current = ["warm-up"]
     original = model.generate_ids
 
     @functools.wraps(original)
     def generate_ids(*a, **kw):
-        return original(*a, **{**kw, **force})
+        # each generate call timed on its own (CUDA synchronised): the per-call cost of new shapes
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        ids = original(*a, **{**kw, **force})
+        if device == "cuda":
+            torch.cuda.synchronize()
+        feats = a[0] if a else kw["input_features"]  # (B, M, T)
+        calls.append({"config": current[0], "batch": int(feats.shape[0]), "frames": int(feats.shape[-1]),
+                      "beams": int(kw.get("num_beams", 1)), "seconds": round(time.perf_counter() - t, 4)})
+        return ids
 
     model.generate_ids = generate_ids
 
     systems = {}
-    for name, beams, ngram, batch in CONFIGS:
+    for name, beams, ngram, batch in configs:
         s = LLMASRSystem(name, tmp, dataclasses.replace(base, num_beams=beams, no_repeat_ngram_size=ngram, batch_size=batch))
         s.model, s.device = model, device
         systems[name] = s
@@ -167,18 +206,20 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
         return run_system(systems[name], [u for u in kept if u.utt_id in ids], ps, durations, systems[name].settings)
 
-    longest = sorted(pieces, key=lambda p: -p.duration_s)[:8]
-    for name in systems:  # warm-up (CUDA kernels, allocator)
-        run(name, longest)
+    longest = sorted(pieces, key=lambda p: -p.duration_s)
+    for name, _, _, batch in configs:  # warm-up (CUDA kernels, allocator): one batch of each configuration
+        current[0] = f"warm-up {name}"
+        run(name, longest[:batch])
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    names = [c[0] for c in CONFIGS]
+    names = [c[0] for c in configs]
     reps = []
     for rep in range(args.reps):
-        order = names[rep % 4 :] + names[: rep % 4]
+        order = names[rep % len(names) :] + names[: rep % len(names)]
         order = order[::-1] if rep % 2 else order
         res = {}
         for name in order:
+            current[0] = f"rep {rep + 1} {name}"
             r = run(name)
             res[name] = {"decode_s": r.decode_s, "rtf": r.rtf, "tokens": r.tokens, "tokens_per_s": r.tokens_per_s, "failures": len(r.failures)}
             print(f"  rep {rep + 1} {name:<14}: {r.decode_s:7.2f} s  RTF {r.rtf:.4f}  {r.tokens} tok ({r.tokens / len(pieces):.1f}/piece)  {r.tokens_per_s:.0f} tok/s  failures {len(r.failures)}", flush=True)
@@ -191,30 +232,34 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"{name}: RTF (median of {args.reps})", f"{med(name, 'rtf'):.4f}"))
         rows.append((f"{name}: tokens/s", f"{med(name, 'tokens_per_s'):.0f}"))
         rows.append((f"{name}: new tokens/piece", f"{med(name, 'tokens') / len(pieces):.1f}"))
-    ratios = {
-        "beam8_over_greedy_batch8": ratio("beam8 batch8", "greedy batch8"),
-        "beam8_over_greedy_batch1": ratio("beam8 batch1", "greedy batch1"),
-        "batched_speedup_greedy": ratio("greedy batch1", "greedy batch8"),
-        "batched_speedup_beam8": ratio("beam8 batch1", "beam8 batch8"),
+    wanted = {
+        "beam8_over_greedy_batch8": ("beam8 batch8", "greedy batch8"),
+        "beam8_over_greedy_batch1": ("beam8 batch1", "greedy batch1"),
+        "batched_speedup_greedy": ("greedy batch1", "greedy batch8"),
+        "batched_speedup_beam8": ("beam8 batch1", "beam8 batch8"),
     }
+    ratios = {k: ratio(a, b) for k, (a, b) in wanted.items() if a in names and b in names}
     rows += [(k.replace("_", " "), f"{v:.2f}x") for k, v in ratios.items()]
     if device == "cuda":
         rows.append(("peak GPU memory", f"{torch.cuda.max_memory_allocated() / 1024**3:.1f} GB"))
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke run)"
     print("\n=== GPU decode bench summary ===")
     print(f"gpu     : {gpu}; torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"model   : whisper-large-like encoder + {args.llm} (random, {'fp32' if smoke else 'bf16'}{'' if args.no_lora else ', LoRA r8 unmerged'}): {n_params / 1e9:.2f} B params, built in {build_s:.0f} s")
+    print(f"model   : whisper-large-like encoder + {args.llm} (random, {'fp32' if smoke else 'bf16'}{'' if args.no_lora else ', LoRA r8 ' + ('merged' if args.merge_lora else 'unmerged')}): {n_params / 1e9:.2f} B params, built in {build_s:.0f} s")
     print(f"audio   : {source}: {len(pieces)} pieces, {audio_s:.1f} s; {n} new tokens forced per piece")
     w = max(len(m) for m, _ in rows)
     print(f"{'metric':<{w}} | value | target | ok")
     for m, v in rows:
         print(f"{m:<{w}} | {v} |  |")
     total_s = time.perf_counter() - t_start
+    print("generate calls (config, batch, frames, seconds):")
+    for c in calls:
+        print(f"  {c['config']:<26} B={c['batch']:<3} T={c['frames']:<5} beams={c['beams']}  {c['seconds']:.3f} s")
     print(f"total bench time: {total_s:.0f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "gpu": gpu, "llm": args.llm, "params": n_params, "audio": {"source": source, "pieces": len(pieces), "audio_s": audio_s},
-                               "forced_tokens": n, "reps": reps, "ratios": ratios, "rows": rows, "problems": problems, "total_s": total_s}, indent=1))
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "gpu": gpu, "llm": args.llm, "lora": "none" if args.no_lora else ("merged" if args.merge_lora else "unmerged"), "params": n_params, "audio": {"source": source, "pieces": len(pieces), "audio_s": audio_s},
+                               "forced_tokens": n, "reps": reps, "ratios": ratios, "sdpa": args.sdpa, "generate_calls": calls, "rows": rows, "problems": problems, "total_s": total_s}, indent=1))
     print(f"wrote {out}")
     tmp_ctx.cleanup()
     return 0

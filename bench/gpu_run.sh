@@ -4,23 +4,27 @@
 # BEFORE (here, on the CPU machine; ~1 min, needs PyPI):
 #     bash bench/gpu_prepare.sh        # .whl/ (py3.12 wheels) + .gpu_assets/tokenizer.json, size check
 #
-# THE DEVICE CALL (the device tool's `run`; kind left out = nvidia-h100-x1):
-#     command:   bash bench/gpu_run.sh
+# THE DEVICE CALL (the device tool's `run`; kind left out):
+#     command:   bash bench/gpu_run.sh          (or GPU_RUN_BENCHES="train_0.5b train_1.5b" bash bench/gpu_run.sh)
 #     carry:     [".whl", ".gpu_assets"]
 #     timeout_s: 600
-#   The script keeps itself under GPU_RUN_BUDGET_S (480 s) of bench time; the rest of the 600 s is
-#   margin.  With the machine's start (1-2 min) that is ~10-11 of the session's 15 device minutes:
-#   no room for a second full call, so do not run anything else on the device first.  Give the
-#   machine back (give_back) right after the call unless you rerun at once.
+#   The script keeps itself under GPU_RUN_BUDGET_S (480 s) of bench time.  Measured 2026-11-26 on an
+#   H200 (two calls, 15 device minutes in all): the machine's start ~30 s, install + preflight 25 s,
+#   train_0.5b 101 s, train_1.5b 119 s, decode_0.5b_merged 67 s, decode_0.5b_unmerged 50 s;
+#   decode_0.5b (four configurations, two reps) does NOT fit its 210 s (the batch-1 configurations
+#   cost ~4 s per generate call).  Two calls of ~5 min fit the 15 minutes; give the machine back
+#   (give_back) after each call unless you rerun at once.
 #
 # AFTER (here): the files come back under the reply's files_at:
 #     gpu_run.log                   this script's whole output: nvidia-smi, versions, preflight, summary
-#     gpu_train_bench.json          + train_0.5b.log        (bench/gpu_train_bench.py, qwen2-0.5b, 200 steps)
-#     gpu_decode_bench.json         + decode_0.5b.log       (bench/gpu_decode_bench.py, defaults)
-#     gpu_train_bench_1.5b.json     + train_1.5b.log        (only if time was left: qwen2-1.5b, 100 steps)
+#     <bench>.log                   one per bench run
+#     gpu_train_bench.json          train_0.5b (qwen2-0.5b, TRAIN_STEPS=200)
+#     gpu_train_bench_1.5b.json     train_1.5b (qwen2-1.5b, TRAIN2_STEPS=100)
+#     gpu_train_bench_shapes.json   train_0.5b_shapes
+#     gpu_decode_bench*.json        decode_0.5b / _merged / _unmerged / _nocudnn (each generate call timed)
 #     <name>.train.jsonl            the trainer's metrics, only when a train bench left no JSON
 #   cp FILES_AT/gpu_*bench*.json bench/results/
-#   .venv/bin/python bench/capacity.py --from-gpu-bench bench/results/gpu_train_bench.json
+#   .venv/bin/python bench/capacity.py --from-gpu-bench bench/results/gpu_train_bench_1.5b.json
 #   then update the numbers in bench/README.md / README.md (GPU, torch/CUDA versions, samples/s,
 #   audio-s/s, MFU, peak memory; decode RTF and tokens/s per configuration) and commit.
 #
@@ -28,8 +32,8 @@
 # PYTHONPATH=$SITE_DIR:$PWD, LLMASR_TOKENIZER_JSON=.gpu_assets/tokenizer.json; prints nvidia-smi and
 # versions; a preflight imports everything the benches import after their CUDA check and builds the
 # tokenizer, a synthetic train batch and the decode bench's audio pieces on the CPU (so a missing
-# module shows in seconds); then each bench under its own `timeout`, logs tee'd to $OUT.  Order:
-# train 0.5b (defaults but --steps 200), decode (defaults), then train 1.5b if >= 150 s are left.
+# module shows in seconds); then each bench of $GPU_RUN_BENCHES in order, under its own `timeout`
+# (its cap, or what is left of the budget; skipped below its minimum), logs tee'd to $OUT.
 # Exit: 0 all benches wrote their JSON; 2 no CUDA GPU (each bench said "needs a CUDA GPU": the
 # dry run off the GPU machine); 1 otherwise.
 #
@@ -39,7 +43,12 @@
 #
 # Env: GPU_RUN_PYTHON (python3), WHL_DIR (.whl), ASSETS_DIR (.gpu_assets), SITE_DIR (/tmp/site),
 # OUT (set by the device tool; else /tmp/gpuout), GPU_RUN_BUDGET_S (480), GPU_RUN_SECOND_LLM (1: run
-# the 1.5b train bench when time allows; 0: never), TRAIN_STEPS (200), TRAIN2_STEPS (100).
+# the 1.5b train bench when time allows; 0: never), TRAIN_STEPS (200), TRAIN2_STEPS (100),
+# GPU_RUN_BENCHES (in order; default "decode_0.5b_merged decode_0.5b_nocudnn train_0.5b_shapes": the open
+# questions after the 2026-11-26 H200 run, see bench/README.md).  All entries: train_0.5b, train_1.5b,
+# decode_0.5b (the four configurations), decode_0.5b_unmerged / decode_0.5b_merged (batched configurations,
+# LoRA unmerged / merged, 32 pieces, 1 rep), decode_0.5b_nocudnn (merged, cuDNN attention off),
+# train_0.5b_shapes (a new batch shape every step).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PY=${GPU_RUN_PYTHON:-python3}
@@ -52,6 +61,7 @@ SECOND_LLM=${GPU_RUN_SECOND_LLM:-1}
 TRAIN_STEPS=${TRAIN_STEPS:-200}
 TRAIN2_STEPS=${TRAIN2_STEPS:-100}
 WORK=${GPU_RUN_WORK:-/tmp/gpubench}
+BENCHES=${GPU_RUN_BENCHES:-decode_0.5b_merged decode_0.5b_nocudnn train_0.5b_shapes}
 export OUT
 mkdir -p "$OUT" "$WORK"
 DEADLINE=$((SECONDS + BUDGET))
@@ -246,9 +256,6 @@ EOF
     RESULTS+=("preflight: OK")
   fi
 
-  run_bench train_0.5b 240 60 "$OUT/gpu_train_bench.json" "$WORK/train-0.5b" \
-    "$PY" bench/gpu_train_bench.py --llm 0.5b --steps "$TRAIN_STEPS" --work "$WORK/train-0.5b" --out bench/results/gpu_train_bench.json
-
   local decode=("$PY" bench/gpu_decode_bench.py)
   if ((hide_espeak)); then
     decode=("$PY" -c 'import runpy, shutil, sys
@@ -257,13 +264,33 @@ shutil.which = lambda c, *a, **k: None if c == "espeak-ng" else w(c, *a, **k)
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")' bench/gpu_decode_bench.py)
   fi
-  run_bench decode_0.5b 210 60 "$OUT/gpu_decode_bench.json" "" \
-    "${decode[@]}" --llm qwen2-0.5b --out "$OUT/gpu_decode_bench.json"
-
-  if ((SECOND_LLM)); then
-    run_bench train_1.5b 240 150 "$OUT/gpu_train_bench_1.5b.json" "$WORK/train-1.5b" \
-      "$PY" bench/gpu_train_bench.py --llm 1.5b --steps "$TRAIN2_STEPS" --work "$WORK/train-1.5b" --out bench/results/gpu_train_bench_1.5b.json
-  fi
+  local b
+  for b in $BENCHES; do
+    case $b in
+      train_0.5b)
+        run_bench train_0.5b 240 60 "$OUT/gpu_train_bench.json" "$WORK/train-0.5b" \
+          "$PY" bench/gpu_train_bench.py --llm 0.5b --steps "$TRAIN_STEPS" --work "$WORK/train-0.5b" --out "$OUT/gpu_train_bench.json" ;;
+      train_1.5b)
+        ((SECOND_LLM)) || continue
+        run_bench train_1.5b 240 150 "$OUT/gpu_train_bench_1.5b.json" "$WORK/train-1.5b" \
+          "$PY" bench/gpu_train_bench.py --llm 1.5b --steps "$TRAIN2_STEPS" --work "$WORK/train-1.5b" --out "$OUT/gpu_train_bench_1.5b.json" ;;
+      decode_0.5b)  # the four configurations of bench/decode_bench.py, LoRA unmerged
+        run_bench decode_0.5b 210 60 "$OUT/gpu_decode_bench.json" "" "${decode[@]}" --llm qwen2-0.5b --out "$OUT/gpu_decode_bench.json" ;;
+      decode_0.5b_unmerged)  # batched configurations only, LoRA unmerged (as tasks.decode loads stage 3 before merge)
+        run_bench decode_0.5b_unmerged 150 60 "$OUT/gpu_decode_bench_unmerged.json" "" "${decode[@]}" --llm qwen2-0.5b \
+          --utts 32 --reps 1 --configs "greedy batch8,greedy batch32" --out "$OUT/gpu_decode_bench_unmerged.json" ;;
+      decode_0.5b_merged)  # the same with the LoRA folded into the weights
+        run_bench decode_0.5b_merged 150 60 "$OUT/gpu_decode_bench_merged.json" "" "${decode[@]}" --llm qwen2-0.5b --merge-lora \
+          --utts 32 --reps 1 --configs "greedy batch8,beam8 batch8,greedy batch32" --out "$OUT/gpu_decode_bench_merged.json" ;;
+      decode_0.5b_nocudnn)  # decode_0.5b_merged's greedy batch 8 with cuDNN attention disabled (the per-new-shape cost lead)
+        run_bench decode_0.5b_nocudnn 150 60 "$OUT/gpu_decode_bench_nocudnn.json" "" "${decode[@]}" --llm qwen2-0.5b --merge-lora \
+          --utts 32 --reps 1 --sdpa no-cudnn --configs "greedy batch8,greedy batch32" --out "$OUT/gpu_decode_bench_nocudnn.json" ;;
+      train_0.5b_shapes)  # train_0.5b with a new batch shape at every step (as real data), 100 steps
+        run_bench train_0.5b_shapes 200 60 "$OUT/gpu_train_bench_shapes.json" "$WORK/train-0.5b-shapes" \
+          "$PY" bench/gpu_train_bench.py --llm 0.5b --steps 100 --distinct 100 --work "$WORK/train-0.5b-shapes" --out "$OUT/gpu_train_bench_shapes.json" ;;
+      *) echo "unknown bench in GPU_RUN_BENCHES: $b"; FAILED=$((FAILED + 1)) ;;
+    esac
+  done
 
   say "summary (${SECONDS} s of ${BUDGET} s)"
   printf '  %s\n' "${RESULTS[@]}"

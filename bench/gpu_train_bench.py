@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16, help="examples per micro-batch")
     ap.add_argument("--audio-s", type=float, default=8.0, help="mean seconds per example (+-20%%)")
     ap.add_argument("--lora-rank", type=int, default=8)
+    ap.add_argument("--distinct", type=int, default=8,
+                    help="distinct synthetic batches, cycled (8: shapes repeat every 8 steps; >= --steps: every step a new shape, as real data)")
     ap.add_argument("--deepspeed-config", default="infra/deepspeed/zero2.json")
     ap.add_argument("--out", default="bench/results/gpu_train_bench.json")
     ap.add_argument("--work", default=None, help="work folder (default: a temp folder)")
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             from types import SimpleNamespace
 
             self.t_data = time.perf_counter()
-            self.train_loader = SyntheticBatches(self.module.tokenizer, args.batch, args.audio_s, n_mels=self.n_mels)
+            self.train_loader = SyntheticBatches(self.module.tokenizer, args.batch, args.audio_s, n_distinct=args.distinct, n_mels=self.n_mels)
             self.val_loader = None
             self.train_info = SimpleNamespace(samples=10**9, shards=1)
             self.total_steps = self.stop_step = self.stage_cfg.max_steps

@@ -37,3 +37,22 @@ def test_gpu_decode_bench_runs_every_configuration(tmp_path):
     assert set(results) == {"beam8 batch8", "greedy batch8", "beam8 batch1", "greedy batch1"}
     for name, res in results.items():
         assert res["failures"] == 0 and res["tokens"] == 4 * r["audio"]["pieces"], name  # 4 tokens forced per piece
+    # every generate call is timed: the warm-up's one batch per configuration, then the rep's batches
+    assert [c["config"] for c in r["generate_calls"]][:4] == [f"warm-up {n}" for n in results]
+    assert sum(c["batch"] for c in r["generate_calls"] if c["config"] == "rep 1 greedy batch1") == r["audio"]["pieces"]
+
+
+def test_gpu_decode_bench_merged_lora_and_chosen_configurations(tmp_path):
+    r = _run("gpu_decode_bench.py", tmp_path / "decode.json", "--merge-lora", "--sdpa", "no-cudnn", "--configs", "greedy batch32,beam4 batch2")
+    assert r["lora"] == "merged" and r["sdpa"] == "no-cudnn"
+    results = r["reps"][0]["results"]
+    assert set(results) == {"greedy batch32", "beam4 batch2"}
+    assert all(res["failures"] == 0 and res["tokens"] == 4 * r["audio"]["pieces"] for res in results.values())
+    assert {c["beams"] for c in r["generate_calls"] if c["config"] == "rep 1 beam4 batch2"} == {4}
+    assert max(c["batch"] for c in r["generate_calls"] if c["config"] == "rep 1 beam4 batch2") == 2
+
+
+def test_gpu_decode_bench_rejects_a_malformed_configuration(tmp_path):
+    proc = subprocess.run([sys.executable, "bench/gpu_decode_bench.py", "--cpu-smoke", "--configs", "beam8"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode != 0 and "is not '<greedy|beamN> batchM'" in proc.stderr
