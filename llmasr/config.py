@@ -159,6 +159,7 @@ class EvalConfig(_Section):
     num_beams: int = Field(8, ge=1)
     no_repeat_ngram_size: int = Field(6, ge=0)
     batch_size: int = Field(8, ge=1)
+    merge_lora: bool = True
     tokens_per_second: float = Field(8.0, gt=0)
     min_new_tokens: int = Field(16, ge=1)
     max_new_tokens: int = Field(448, ge=1)

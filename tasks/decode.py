@@ -72,6 +72,7 @@ class DecodeSettings:
     num_beams: int = 8
     no_repeat_ngram_size: int = 6
     batch_size: int = 8
+    merge_lora: bool = True  # fold a stage-3 LoRA into the LLM weights in memory before decoding
     tokens_per_second: float = 8.0
     min_new_tokens: int = 16
     max_new_tokens: int = 448
@@ -304,15 +305,21 @@ class LLMASRSystem(System):
             "stage": read_stage(self.stage_dir),
             "stage_dir": str(self.stage_dir.resolve()),
             "decode": [s.num_beams, s.no_repeat_ngram_size, s.tokens_per_second, s.min_new_tokens, s.max_new_tokens],
+            "merge_lora": s.merge_lora,
         }
 
     def load(self) -> None:
+        from llmasr.model import has_lora, merge_lora
         from tasks.checkpoints import load_llmasr
 
         t0 = time.perf_counter()
         self.device = torch_device(self.settings.device)
         self.model = load_llmasr(self.stage_dir, device=self.device)
-        log.info("%s: loaded %s on %s in %.1f s", self.name, self.stage_dir, self.device, time.perf_counter() - t0)
+        merged = ""
+        if self.settings.merge_lora and has_lora(self.model):
+            merge_lora(self.model)  # the adapters' B A folded into W: one matmul per projection, not three
+            merged = ", LoRA merged in memory"
+        log.info("%s: loaded %s on %s in %.1f s%s", self.name, self.stage_dir, self.device, time.perf_counter() - t0, merged)
 
     def close(self) -> None:
         self.model = None
@@ -375,6 +382,7 @@ class FasterWhisperSystem(System):
             "spec": self.spec,
             "runtime": [s.device, s.compute_type, s.language],
             "decode": [s.num_beams, s.no_repeat_ngram_size, s.tokens_per_second, s.min_new_tokens, s.max_new_tokens],
+            "merge_lora": s.merge_lora,
         }
 
     def load(self) -> None:

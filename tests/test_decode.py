@@ -255,13 +255,22 @@ def test_llmasr_beam8_decodes_every_utterance_within_its_bound(checkpoints, wavs
     system.close()
 
 
-def test_llmasr_stage3_lora_greedy(checkpoints, wavs):
-    settings = DecodeSettings(num_beams=1, no_repeat_ngram_size=0, batch_size=4, tokens_per_second=2.0, min_new_tokens=4, device="cpu")
-    system = decode.LLMASRSystem("llmasr-stage3", checkpoints[3], settings)
-    system.load()
+def test_llmasr_stage3_lora_greedy_merged_in_memory_equals_attached(checkpoints, wavs):
+    """eval.merge_lora (default) folds the adapters into the weights at load: same greedy hypotheses
+    as decoding with them attached, the checkpoint untouched, and a different decode cache key."""
     from llmasr.model import has_lora
 
-    assert has_lora(system.model)
-    texts = system.decode([decode.read_audio(w) for w in wavs])
-    assert len(texts) == 3
-    assert system.identity()["stage"]["stage"] == 3
+    settings = DecodeSettings(num_beams=1, no_repeat_ngram_size=0, batch_size=4, tokens_per_second=2.0, min_new_tokens=4, device="cpu")
+    audios = [decode.read_audio(w) for w in wavs]
+    merged = decode.LLMASRSystem("llmasr-stage3", checkpoints[3], settings)
+    merged.load()
+    assert not has_lora(merged.model)  # plain LLM weights now
+    attached = decode.LLMASRSystem("llmasr-stage3", checkpoints[3], dataclasses.replace(settings, merge_lora=False))
+    attached.load()
+    assert has_lora(attached.model)
+    texts = merged.decode(audios)
+    assert len(texts) == 3 and texts == attached.decode(audios)
+    assert merged.tokens == attached.tokens > 0
+    assert (Path(checkpoints[3]) / "lora" / "adapter_config.json").is_file()  # nothing written back
+    assert merged.identity()["stage"]["stage"] == 3
+    assert merged.identity() != attached.identity()
