@@ -29,6 +29,7 @@ Pieces:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -409,9 +410,31 @@ def build_prompt(tokenizer: PreTrainedTokenizerBase, instruction: str = DEFAULT_
 @dataclass
 class LLMASROutput:
     loss: torch.Tensor  # scalar: mean cross-entropy over target tokens (incl. EOS)
-    logits: torch.Tensor  # (B, L, V)
+    logits: torch.Tensor  # (B, K, V): the positions in logit_positions only (K = L when the LLM cannot slice)
     labels: torch.Tensor  # (B, L): -100 except target tokens
     attention_mask: torch.Tensor  # (B, L)
+    logit_positions: torch.Tensor  # (K,): logits[:, j] is the prediction at position logit_positions[j],
+    #                                 scored against labels[:, logit_positions[j] + 1]
+
+
+def _keeps_logits(llm: nn.Module) -> bool:
+    """Whether the LLM's forward takes ``logits_to_keep`` (transformers' causal LMs do; some remote-code
+    models do not, and then every position gets its logits)."""
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # under a peft wrapper
+    return _forward_takes_logits_to_keep(type(base))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+def scored_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, L) labels -> (K,) sorted positions t (over the batch) whose next label labels[:, t + 1]
+    is scored: the only positions whose logits the loss needs."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero(as_tuple=True)[0]
 
 
 def _llm_hidden_size(llm: nn.Module) -> int:
@@ -455,6 +478,12 @@ class LLMASR(nn.Module):
         self.prompt = build_prompt(tokenizer, instruction)
         self.eos_id = int(tokenizer.eos_token_id)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+
+    @property
+    def slice_logits(self) -> bool:
+        """Training computes logits at scored positions only (``forward``); the LLM may be swapped for
+        a peft wrapper or a merged model, so this is read from the current one."""
+        return _keeps_logits(self.llm)
 
     # ---- speech
     def speech_embeds(
@@ -530,8 +559,17 @@ class LLMASR(nn.Module):
             raise ValueError(f"{len(target_ids)} targets for a batch of {input_features.shape[0]}")
         speech, speech_lengths = self.speech_embeds(input_features, feature_lengths)
         embeds, attention_mask, labels = self._assemble(speech, speech_lengths, target_ids, left_pad=False)
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
-        return LLMASROutput(loss=out.loss, logits=out.logits, labels=labels, attention_mask=attention_mask)
+        if not self.slice_logits:
+            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
+            everywhere = torch.arange(labels.shape[1], device=labels.device)
+            return LLMASROutput(out.loss, out.logits, labels, attention_mask, everywhere)
+        # Logits only where the loss looks: prompt and speech positions (~90% of a batch) never meet
+        # the (B, L, V) vocabulary projection -- the largest activation of the step at V = 152k.
+        keep = scored_positions(labels)  # (K,)
+        logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep).logits  # (B, K, V)
+        targets = labels[:, keep + 1]  # (B, K): -100 where this row's position is not scored
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)  # HF's causal-LM loss, on K
+        return LLMASROutput(loss, logits, labels, attention_mask, keep)
 
     # ---- inference
     @torch.no_grad()

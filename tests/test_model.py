@@ -166,8 +166,21 @@ def test_loss_on_target_tokens_only(model):
         last = int(mask.sum()) - 1
         assert int(row[last]) == model.eos_id and bool((row[last + 1 :] == IGNORE_INDEX).all())
 
+    # Logits exist only where the loss looks: every scored (shifted) label has its position, and the
+    # positions are fewer than the sequence (prompt and speech never reach the vocabulary projection).
+    assert model.slice_logits
+    pos = out.logit_positions
+    scored = (out.labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)[1]
+    assert set(scored.tolist()) == set(pos.tolist()) and len(pos) < out.labels.shape[1] - 1
+    assert out.logits.shape[:2] == (2, len(pos))
+    # They equal the full forward's logits there, and the loss equals HF's own causal-LM loss over
+    # every position with the same labels.
+    embeds, mask, labels = model._assemble(*model.speech_embeds(x, lengths), targets, left_pad=False)
+    full = model.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(out.logits, full.logits[:, pos], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, full.loss, atol=1e-5, rtol=1e-5)
     # Manual CE over the (shifted) target positions equals the model's loss.
-    logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
+    logits = full.logits[:, :-1].reshape(-1, full.logits.shape[-1])
     labels = out.labels[:, 1:].reshape(-1)
     keep = labels != IGNORE_INDEX
     manual = F.cross_entropy(logits[keep], labels[keep])
@@ -399,3 +412,43 @@ def test_an_llm_with_its_own_code_needs_trust_remote_code(setup, tmp_path):
     assert type(model.llm).__name__ == "TinyRemoteForCausalLM"
     texts = model.generate(mel(2, 120), torch.tensor([120, 90]), max_new_tokens=3)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+# ------------------------------------------------------------------------- logits at scored positions
+
+
+def test_sliced_logits_train_exactly_as_full_logits(model, setup):
+    """Training asks the LLM for logits at scored positions only (``logits_to_keep``); an LLM whose
+    forward has no such argument (older remote code) gets logits everywhere.  Both give the same loss
+    and the same LoRA and projector gradients."""
+    from transformers import Qwen2ForCausalLM
+
+    class NoKeepLM(Qwen2ForCausalLM):  # an older forward: no logits_to_keep
+        def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, **kwargs):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels, **kwargs)
+
+    old_llm = NoKeepLM(model.llm.config)
+    old_llm.load_state_dict(model.llm.state_dict())
+    old = LLMASR(model.encoder, model.projector, old_llm, model.tokenizer)
+    apply_lora(model, setup.config)
+    apply_lora(old, setup.config)
+    old.llm.load_state_dict(model.llm.state_dict())  # the same LoRA init
+    assert model.slice_logits and not old.slice_logits
+
+    x, lengths = mel(3, 300), torch.tensor([300, 120, 211])  # odd frame count, different speech lengths
+    targets = model.encode_targets(["hello world", "the cat sat on the mat", "a"])
+    grads = []
+    for m in (model, old):
+        set_trainable(m, 3)
+        m.zero_grad(set_to_none=True)
+        out = m(x, lengths, targets)
+        out.loss.backward()
+        grads.append((out, {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}))
+    (new_out, new_g), (old_out, old_g) = grads
+    assert new_out.logits.shape[1] == len(new_out.logit_positions)
+    assert old_out.logits.shape[1] == old_out.labels.shape[1]  # every position
+    assert new_out.logits.shape[1] < old_out.labels.shape[1] // 2  # prompt + speech dominate the sequence
+    torch.testing.assert_close(new_out.loss, old_out.loss, atol=1e-6, rtol=1e-6)
+    assert new_g.keys() == old_g.keys() and any("lora_B" in n for n in new_g) and any(n.startswith("projector.") for n in new_g)
+    for n in new_g:
+        torch.testing.assert_close(new_g[n], old_g[n], atol=1e-6, rtol=1e-5, msg=n)
