@@ -44,11 +44,13 @@
 # Env: GPU_RUN_PYTHON (python3), WHL_DIR (.whl), ASSETS_DIR (.gpu_assets), SITE_DIR (/tmp/site),
 # OUT (set by the device tool; else /tmp/gpuout), GPU_RUN_BUDGET_S (480), GPU_RUN_SECOND_LLM (1: run
 # the 1.5b train bench when time allows; 0: never), TRAIN_STEPS (200), TRAIN2_STEPS (100),
-# GPU_RUN_BENCHES (in order; default "train_1.5b_paper_batch decode_0.5b_merged decode_0.5b_nocudnn
-# train_0.5b_shapes": the open questions after the 2026-11-26 H200 run, see bench/README.md).  All entries: train_0.5b, train_1.5b,
+# GPU_RUN_BENCHES (in order; default "train_0.5b_shapes train_0.5b_shapes_cudnn decode_0.5b_merged
+# decode_0.5b_nocudnn train_1.5b_paper_batch": the open questions after the 2026-11-26 H200 run, see
+# bench/README.md).  All entries: train_0.5b, train_1.5b,
 # decode_0.5b (the four configurations), decode_0.5b_unmerged / decode_0.5b_merged (batched configurations,
 # LoRA unmerged / merged, 32 pieces, 1 rep), decode_0.5b_nocudnn (merged, cuDNN attention off),
-# train_0.5b_shapes (a new batch shape every step), train_1.5b_paper_batch (32 x ~12 s: the pipeline's
+# train_0.5b_shapes (a new batch shape every step; the pipeline's train.cudnn_attention false),
+# train_0.5b_shapes_cudnn (the same with cuDNN attention allowed), train_1.5b_paper_batch (32 x ~12 s: the pipeline's
 # train.batch_max_audio_s 400 per micro-batch, 3x the other train benches').
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -62,7 +64,7 @@ SECOND_LLM=${GPU_RUN_SECOND_LLM:-1}
 TRAIN_STEPS=${TRAIN_STEPS:-200}
 TRAIN2_STEPS=${TRAIN2_STEPS:-100}
 WORK=${GPU_RUN_WORK:-/tmp/gpubench}
-BENCHES=${GPU_RUN_BENCHES:-train_1.5b_paper_batch decode_0.5b_merged decode_0.5b_nocudnn train_0.5b_shapes}
+BENCHES=${GPU_RUN_BENCHES:-train_0.5b_shapes train_0.5b_shapes_cudnn decode_0.5b_merged decode_0.5b_nocudnn train_1.5b_paper_batch}
 export OUT
 mkdir -p "$OUT" "$WORK"
 DEADLINE=$((SECONDS + BUDGET))
@@ -289,6 +291,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")' bench/gpu_decode_bench.py)
       train_0.5b_shapes)  # train_0.5b with a new batch shape at every step (as real data), 100 steps
         run_bench train_0.5b_shapes 200 60 "$OUT/gpu_train_bench_shapes.json" "$WORK/train-0.5b-shapes" \
           "$PY" bench/gpu_train_bench.py --llm 0.5b --steps 100 --distinct 100 --work "$WORK/train-0.5b-shapes" --out "$OUT/gpu_train_bench_shapes.json" ;;
+      train_0.5b_shapes_cudnn)  # train_0.5b_shapes with cuDNN attention allowed (torch's default; the pipeline's is off)
+        run_bench train_0.5b_shapes_cudnn 200 60 "$OUT/gpu_train_bench_shapes_cudnn.json" "$WORK/train-0.5b-shapes-cudnn" \
+          "$PY" bench/gpu_train_bench.py --llm 0.5b --steps 100 --distinct 100 --cudnn-attention --work "$WORK/train-0.5b-shapes-cudnn" \
+          --out "$OUT/gpu_train_bench_shapes_cudnn.json" ;;
       train_1.5b_paper_batch)  # the pipeline's default micro-batch (train.batch_max_audio_s 400): 32 x ~12 s, 100 steps
         run_bench train_1.5b_paper_batch 200 90 "$OUT/gpu_train_bench_1.5b_b32.json" "$WORK/train-1.5b-b32" \
           "$PY" bench/gpu_train_bench.py --llm 1.5b --batch 32 --audio-s 12 --steps 100 --work "$WORK/train-1.5b-b32" --out "$OUT/gpu_train_bench_1.5b_b32.json" ;;

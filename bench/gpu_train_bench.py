@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lora-rank", type=int, default=8)
     ap.add_argument("--distinct", type=int, default=8,
                     help="distinct synthetic batches, cycled (8: shapes repeat every 8 steps; >= --steps: every step a new shape, as real data)")
+    ap.add_argument("--cudnn-attention", action="store_true",
+                    help="train.cudnn_attention=true: let torch pick cuDNN attention (off by default in the pipeline)")
     ap.add_argument("--deepspeed-config", default="infra/deepspeed/zero2.json")
     ap.add_argument("--out", default="bench/results/gpu_train_bench.json")
     ap.add_argument("--work", default=None, help="work folder (default: a temp folder)")
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder="config", llm="config", tokenizer=str(tok_dir), projector_hidden=2048,
         lora=LoraConfig(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.05, target_modules=targets),
         launcher="deepspeed", nproc_per_node=1, deepspeed_config=args.deepspeed_config, precision=precision,
-        batch_max_audio_s=1e6, max_batch_size=args.batch, num_workers=0, log_every=10, val_every=10**6, ckpt_every=10**6,
+        cudnn_attention=args.cudnn_attention, batch_max_audio_s=1e6, max_batch_size=args.batch, num_workers=0, log_every=10, val_every=10**6, ckpt_every=10**6,
         stage3=StageConfig(lr=1e-4, max_steps=args.steps, warmup_steps=10),
     )
     model = dict(encoder=encoder, llm=llm, tokenizer=str(tok_dir), projector_path=None, projector_hidden=2048, k=2, activation="gelu",

@@ -132,6 +132,7 @@ class TrainConfig(_Section):
     master_port: int = Field(29500, ge=1, le=65535)
     deepspeed_config: str = "infra/deepspeed/zero2.json"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    cudnn_attention: bool = False
     batch_max_audio_s: float = Field(400.0, gt=0)
     max_batch_size: int = Field(64, ge=1)
     num_workers: int = Field(6, ge=0)
@@ -160,6 +161,7 @@ class EvalConfig(_Section):
     no_repeat_ngram_size: int = Field(6, ge=0)
     batch_size: int = Field(8, ge=1)
     merge_lora: bool = True
+    cudnn_attention: bool = False
     tokens_per_second: float = Field(8.0, gt=0)
     min_new_tokens: int = Field(16, ge=1)
     max_new_tokens: int = Field(448, ge=1)

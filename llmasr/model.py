@@ -437,6 +437,18 @@ def scored_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero(as_tuple=True)[0]
 
 
+def allow_cudnn_attention(allowed: bool) -> None:
+    """Whether torch's scaled-dot-product attention may pick cuDNN attention (process-wide).
+
+    From torch 2.10 on H100/H200 with cuDNN >= 9.15 it is torch's first choice, and it builds an
+    execution plan per input shape: every new (batch, length) -- most batches of variable-length
+    speech, every step of ``generate``'s growing KV cache -- pays for one. On an H200 (README,
+    Benchmarks) calls with unseen shapes ran 2.8x (decode) to 4.4x (first training steps) slower
+    than repeats. False leaves flash / memory-efficient attention (torch's choice before 2.10).
+    """
+    torch.backends.cuda.enable_cudnn_sdp(allowed)
+
+
 def _llm_hidden_size(llm: nn.Module) -> int:
     return int(llm.get_input_embeddings().embedding_dim)
 

@@ -73,6 +73,7 @@ class DecodeSettings:
     no_repeat_ngram_size: int = 6
     batch_size: int = 8
     merge_lora: bool = True  # fold a stage-3 LoRA into the LLM weights in memory before decoding
+    cudnn_attention: bool = False  # llmasr.model.allow_cudnn_attention (process-wide, set at load)
     tokens_per_second: float = 8.0
     min_new_tokens: int = 16
     max_new_tokens: int = 448
@@ -309,10 +310,11 @@ class LLMASRSystem(System):
         }
 
     def load(self) -> None:
-        from llmasr.model import has_lora, merge_lora
+        from llmasr.model import allow_cudnn_attention, has_lora, merge_lora
         from tasks.checkpoints import load_llmasr
 
         t0 = time.perf_counter()
+        allow_cudnn_attention(self.settings.cudnn_attention)
         self.device = torch_device(self.settings.device)
         self.model = load_llmasr(self.stage_dir, device=self.device)
         merged = ""

@@ -653,6 +653,9 @@ class Trainer:
 
         self.train_cfg = TrainConfig.model_validate(cfg.train)
         self.stage_cfg = StageConfig.model_validate(cfg.stage_cfg)
+        from llmasr.model import allow_cudnn_attention
+
+        allow_cudnn_attention(self.train_cfg.cudnn_attention)
 
     # ---- setup
     def init_distributed(self) -> None:
@@ -1148,6 +1151,7 @@ class Trainer:
 
     # ---- all of it
     def run(self) -> dict[str, Any]:
+        import torch
         import torch.distributed as dist
 
         from tasks.checkpoints import write_model_json, write_stage
@@ -1166,7 +1170,8 @@ class Trainer:
         metrics = MetricsLog(self.cfg.metrics_log, self.cfg.tensorboard_dir, self.stage, self.is_main)
         metrics.write({"event": "start", "step": self.state["step"], "epoch": self.state["epoch"], "resumed_from": self.state["resumed_from"],
                        "world_size": self.world, "nodes": self.nodes, "precision": self.precision, "zero_stage": self.zero_stage,
-                       "total_steps": self.total_steps, "trainable_params": self.n_trainable, "params": self.n_params})
+                       "total_steps": self.total_steps, "trainable_params": self.n_trainable, "params": self.n_params,
+                       "cudnn_attention": torch.backends.cuda.cudnn_sdp_enabled()})
         try:
             summary = self.loop(metrics)
             verify = self.verify()

@@ -262,12 +262,16 @@ def test_llmasr_stage3_lora_greedy_merged_in_memory_equals_attached(checkpoints,
 
     settings = DecodeSettings(num_beams=1, no_repeat_ngram_size=0, batch_size=4, tokens_per_second=2.0, min_new_tokens=4, device="cpu")
     audios = [decode.read_audio(w) for w in wavs]
+    before = torch.backends.cuda.cudnn_sdp_enabled()
     merged = decode.LLMASRSystem("llmasr-stage3", checkpoints[3], settings)
     merged.load()
     assert not has_lora(merged.model)  # plain LLM weights now
-    attached = decode.LLMASRSystem("llmasr-stage3", checkpoints[3], dataclasses.replace(settings, merge_lora=False))
+    assert torch.backends.cuda.cudnn_sdp_enabled() is False  # eval.cudnn_attention default, set at load
+    attached = decode.LLMASRSystem("llmasr-stage3", checkpoints[3], dataclasses.replace(settings, merge_lora=False, cudnn_attention=True))
     attached.load()
     assert has_lora(attached.model)
+    assert torch.backends.cuda.cudnn_sdp_enabled() is True
+    torch.backends.cuda.enable_cudnn_sdp(before)
     texts = merged.decode(audios)
     assert len(texts) == 3 and texts == attached.decode(audios)
     assert merged.tokens == attached.tokens > 0

@@ -139,6 +139,8 @@ def test_three_stages_in_sequence(tiny, shard_index, tmp_path, nproc):
         assert info["verify"]["frozen_changed"] == [], stage  # frozen: bit-identical in the engine
         assert info["verify"]["trained_unchanged"] == [], stage  # every trained tensor moved
         assert info["key"] == f"stage{stage}-key" and info["samples"] > 0 and info["val_loss"] is not None
+    starts = [r for r in records(work) if r.get("event") == "start"]
+    assert len(starts) == 3 and all(r["cudnn_attention"] is False for r in starts)  # train.cudnn_attention default
 
     s1, s2, s3 = (stage_dir(work, s) for s in (1, 2, 3))
     # stage 1: encoder trained, Whisper's decoder (the head) and the position table untouched
@@ -417,6 +419,22 @@ def test_run_config_for_the_flow(tmp_path):
     assert ds == ["py", "-m", "deepspeed.launcher.runner", "--master_port", "29500", "--num_gpus", "8", "--module", "tasks.train", str(path)]
     with pytest.raises(ValueError, match="unknown keys"):
         write_run_config(tmp_path / "bad.json", **rc.to_dict(), extra=1)
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_trainer_sets_cudnn_attention_from_config(tmp_path, allowed):
+    """train.cudnn_attention reaches torch's SDPA backend switch when the trainer starts."""
+    from llmasr.config import load_config
+    from tasks.train import Trainer, run_config_for
+
+    cfg = load_config(profile="demo", overrides=[f"train.cudnn_attention={str(allowed).lower()}"])
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(not allowed)
+        Trainer(run_config_for(cfg, 2, "k", work_dir=tmp_path))
+        assert torch.backends.cuda.cudnn_sdp_enabled() is allowed
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
 
 
 # ---------------------------------------------------------------------------------- learning
