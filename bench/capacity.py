@@ -243,7 +243,7 @@ def gpu_bench_mfu(path: Path, rates: dict) -> dict:
     flops = (2 * (b["encoder_params"] - 1500 * d) * f + enc_attn + 6 * projector * f / 2
              + 4 * llm_params * p + 6 * lora * p + 3 * llm_attn)
     peak = b.get("peak_bf16_flops") or H100_BF16_DENSE
-    return {"gpu": b.get("gpu"), "mfu": flops / peak, "mfu_6n": st.get("mfu"), "audio_s_per_s": st.get("audio_s_per_s"),
+    return {"gpu": b.get("gpu"), "mfu": flops / peak, "mfu_6n": st.get("mfu_6n", st.get("mfu")),  # before 2026-11-26 the trainer's "mfu" was the 6N figure "audio_s_per_s": st.get("audio_s_per_s"),
                 "model": f"whisper-{b['args']['encoder']} encoder + qwen2-{b['args']['llm']}", "batch": b["args"].get("batch")}
 
 

@@ -24,9 +24,11 @@ is out of the measurement.  Models, random init from configs (no hub, no downloa
 
 Reported from the metrics JSONL the trainer writes (log_every 10; the first window -- warm-up,
 cuDNN/cuBLAS autotune, allocator growth -- left out): samples/s, audio-s/s, transcript tokens/s,
-decoder positions/s, steps/s and MFU (the trainer's: 6 x (N_enc x encoder frames/s + N_dec x
-decoder positions/s) / ``tasks.train.peak_bf16_flops(GPU name)``; frozen weights counted as 6N, so
-it is a comparable number, not an exact one), plus peak GPU memory and the setup time.
+decoder positions/s, steps/s, model TFLOP/s and MFU (the trainer's: ``tasks.flops`` -- trained
+weights 6N, frozen ones 4N or 2N, attention, logits where computed -- over
+``tasks.train.peak_bf16_flops(GPU name)``), the usual 6N estimate beside it (``mfu_6n``; the
+H200 results of 2026-11-26 predate the split: their "mfu" is the 6N one), plus peak GPU memory
+and the setup time.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def steady(records: list[dict]) -> dict:
     rows = rows[1:] or rows
     sec = sum(s for _, s, _ in rows)
     out = {"windows": len(rows), "seconds": round(sec, 2), "steps": sum(n for _, _, n in rows)}
-    for k in ("samples_per_s", "audio_s_per_s", "tokens_per_s", "encoder_frames_per_s", "decoder_positions_per_s", "mfu"):
+    for k in ("samples_per_s", "audio_s_per_s", "tokens_per_s", "encoder_frames_per_s", "decoder_positions_per_s", "model_tflops", "mfu", "mfu_6n"):
         if all(k in r for r, _, _ in rows):
             out[k] = sum(r[k] * s for r, s, _ in rows) / sec  # time-weighted mean over the windows
     out["steps_per_s"] = out["steps"] / sec if sec else None
@@ -228,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         ("audio-s/s", f"{st['audio_s_per_s']:.0f}"),
         ("tokens/s (transcript)", f"{st['tokens_per_s']:.0f}"),
         ("decoder positions/s", f"{st['decoder_positions_per_s']:.0f}"),
-        ("MFU (6N estimate)", f"{100 * st['mfu']:.1f}%" if "mfu" in st else "n/a (unknown GPU)"),
+        ("model TFLOP/s (tasks.flops)", f"{st['model_tflops']:.3g}" if "model_tflops" in st else "n/a"),
+        ("MFU (tasks.flops)", f"{100 * st['mfu']:.1f}%" if "mfu" in st else "n/a (unknown GPU)"),
+        ("MFU (6N estimate)", f"{100 * st['mfu_6n']:.1f}%" if "mfu_6n" in st else "n/a (unknown GPU)"),
         ("peak GPU memory", f"{r['peak_gpu_mem_gb']} GB"),
         ("setup (models, engine)", f"{r['setup_s']} s"),
         ("total", f"{r['total_s']} s"),

@@ -50,18 +50,15 @@ Metrics (rank 0): JSON lines appended to ``metrics_log`` and TensorBoard scalars
 "audio_s_per_s", "data_wait_frac", "epoch", "time", ...}; throughputs are summed over the ranks;
 ``tokens`` are transcript tokens (in stage 1 too: Whisper's start, prefix and <|endoftext|> not
 counted); ``data_wait_frac`` is the share of the ranks' time spent waiting for the loader (near 0:
-the loader is not the bottleneck).  On GPU also
-
-    mfu = 6 * (N_enc * encoder_frames_per_s + N_dec * decoder_positions_per_s) / (world_size * peak)
-
-with N_enc the encoder's parameters, N_dec all the others (projector + LLM in stages 2/3,
-Whisper's decoder in stage 1), frozen ones included (a frozen LLM still runs forward and backward
-to pass gradients to the adapter); encoder frames = mel frames / 2; decoder positions = prompt +
-speech embeddings + target + EOS per example in the LLM (stages 2/3), label tokens in Whisper's
-decoder (stage 1: the ids after the start token, ``whisper_label_count``); peak = the GPU's dense
-bf16 FLOP/s (``peak_bf16_flops``; no mfu for an unknown GPU).  6N per position is the usual
-estimate: it ignores attention FLOPs and over-counts frozen weights (no weight gradients: 4N), so it
-is a comparable number, not an exact one.  Every
+the loader is not the bottleneck).  ``model_tflops``: model FLOP/s per process, in TFLOP/s, the
+FLOPs the step must compute by what the stage does with each part (``tasks.flops``: 6N per token
+for trained weights, 4N for frozen ones gradients pass through, 2N forward-only, attention, the
+vocabulary projection only where logits are computed; held within 0.5% of torch's FLOP counter
+by tests/test_flops.py).  On GPU also ``mfu`` = model FLOP/s / (world_size x peak), peak = the
+GPU's dense bf16 FLOP/s (``peak_bf16_flops``; none for an unknown GPU), and ``mfu_6n``, the
+usual 6N estimate for comparison (6 x (N_enc x encoder frames/s + N_other x decoder positions/s)
+/ (world_size x peak): every weight as if trained, no attention; what ``mfu`` was before
+2026-11-26).  Every
 ``train.val_every`` steps and at the end: {"stage", "step", "val_loss", ...} on the validation
 split (at most ``train.val_max_batches`` batches per rank; batches weighted by the target positions
 their loss averages over).  Each run starts with an {"event": "start", "step", "resumed_from"}
@@ -87,6 +84,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from llmasr.config import ConfigError
+from tasks.flops import step_flops
 from tasks.launch import hostfile_problem, read_hostfile, resolve_repo_path
 
 log = logging.getLogger("llmasr.train")
@@ -729,6 +727,8 @@ class Trainer:
         encoder = module.whisper.model.encoder if self.stage == 1 else module.encoder
         self.n_encoder = sum(p.numel() for p in encoder.parameters())
         self.n_trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        self.flops = step_flops(module, self.stage)
+        self.logit_rows = 0
 
     def _config_key(self, message: str) -> str:
         if "trust_remote_code" in message:  # transformers: the checkpoint ships its own code
@@ -897,7 +897,9 @@ class Trainer:
         if self.stage == 1:
             labels = whisper_labels(batch["target_ids"], self.decoder_start).to(self.device)  # (B, L)
             return self.engine(feats, lengths, labels)
-        return self.engine(feats, lengths, batch["target_ids"]).loss
+        out = self.engine(feats, lengths, batch["target_ids"])
+        self.logit_rows = out.logits.shape[0] * out.logits.shape[1]  # (B, K, V): the scored columns only
+        return out.loss
 
     def _scored(self, batch: dict[str, Any]) -> int:
         """Target positions the batch's loss is the mean over (validation weights batches by it)."""
@@ -910,6 +912,20 @@ class Trainer:
         if self.stage == 1:
             return sum(max(0, len(t) - self.targets.extra) for t in batch["target_ids"])
         return batch["n_tokens"]
+
+    def _model_flops(self, batch: dict[str, Any]) -> float:
+        """Forward + backward model FLOPs of the batch just trained on (``tasks.flops``; no padding)."""
+        enc = [(int(n) - 1) // 2 + 1 for n in batch["feature_lengths"]]  # encoder frames per example
+        if self.stage == 1:
+            pos = [len(t) - (1 if len(t) and t[0] == self.decoder_start else 0) for t in batch["target_ids"]]
+            rows = sum(pos)  # Whisper's head runs on every label position
+        else:
+            m = self.engine.module
+            prompt = len(m.prompt.prefix_ids) + len(m.prompt.suffix_ids)
+            pos = [e // m.projector.k + prompt + len(t) + 1 for e, t in zip(enc, batch["target_ids"])]
+            rows = self.logit_rows
+        return self.flops(sum(enc), sum(e * e for e in enc), sum(pos), sum(p * p for p in pos), rows,
+                          sum(p * e for p, e in zip(pos, enc)) if self.stage == 1 else 0.0)  # fmt: skip
 
     def _positions(self, batch: dict[str, Any]) -> tuple[int, int]:
         """(encoder frames, decoder positions) the model runs on (for MFU)."""
@@ -952,8 +968,9 @@ class Trainer:
         sync_device = self.device
         peak = peak_bf16_flops(torch.cuda.get_device_name(self.device)) if self.gpu else None
         consumed: dict[int, int] = dict(self.state["skip"])
-        # (8,): loss sum, micro-batches, samples, audio_s, tokens, enc frames, dec positions, s waiting for the loader
-        window = torch.zeros(8, dtype=torch.float64)
+        # (9,): loss sum, micro-batches, samples, audio_s, tokens, enc frames, dec positions, s waiting for
+        # the loader, model FLOPs (tasks.flops)
+        window = torch.zeros(9, dtype=torch.float64)
         waited = [0.0]  # seconds this rank spent in next(loader) since the last log window
         window_start = time.time()
         last_val: dict[str, Any] | None = None
@@ -978,7 +995,8 @@ class Trainer:
                 self.engine.step()
                 n = len(batch["keys"])
                 tokens = self._tokens(batch)
-                window += torch.tensor([float(loss.detach()), 1, n, batch["audio_s"], tokens, *self._positions(batch), waited[0]], dtype=torch.float64)
+                window += torch.tensor([float(loss.detach()), 1, n, batch["audio_s"], tokens, *self._positions(batch), waited[0],
+                                        self._model_flops(batch)], dtype=torch.float64)  # fmt: skip
                 waited[0] = 0.0
                 self.state["samples"] += n
                 self.state["audio_s"] += batch["audio_s"]
@@ -1008,9 +1026,11 @@ class Trainer:
                         "run_samples": logged_samples,
                         "world_size": self.world,
                     }
+                    record["model_tflops"] = float(w[8] / elapsed / self.world / 1e12)  # per process
                     if peak:
-                        flops = 6.0 * (self.n_encoder * record["encoder_frames_per_s"] + (self.n_params - self.n_encoder) * record["decoder_positions_per_s"])
-                        record["mfu"] = flops / (self.world * peak)
+                        record["mfu"] = float(w[8] / elapsed) / (self.world * peak)
+                        flops_6n = 6.0 * (self.n_encoder * record["encoder_frames_per_s"] + (self.n_params - self.n_encoder) * record["decoder_positions_per_s"])
+                        record["mfu_6n"] = flops_6n / (self.world * peak)
                     last_loss = record["loss"]
                     metrics.write(record)
                     if self.is_main:

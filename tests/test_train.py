@@ -141,6 +141,8 @@ def test_three_stages_in_sequence(tiny, shard_index, tmp_path, nproc):
         assert info["key"] == f"stage{stage}-key" and info["samples"] > 0 and info["val_loss"] is not None
     starts = [r for r in records(work) if r.get("event") == "start"]
     assert len(starts) == 3 and all(r["cudnn_attention"] is False for r in starts)  # train.cudnn_attention default
+    logged = [r for r in records(work) if "loss" in r and "step" in r and "lr" in r]
+    assert logged and all(r["model_tflops"] > 0 and "mfu" not in r for r in logged)  # no peak FLOP/s on a CPU
 
     s1, s2, s3 = (stage_dir(work, s) for s in (1, 2, 3))
     # stage 1: encoder trained, Whisper's decoder (the head) and the position table untouched
