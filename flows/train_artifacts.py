@@ -40,6 +40,8 @@ def summary_rows(records: list[dict], results: dict[int, dict[str, Any]]) -> lis
                 "val_loss": round(val[-1]["val_loss"], 4) if val else None,
                 "samples_per_s": round(last.get("samples_per_s", 0.0), 2) if train else None,
                 "tokens_per_s": round(last.get("tokens_per_s", 0.0), 1) if train else None,
+                "model_tflops": round(last["model_tflops"], 4) if "model_tflops" in last else None,  # per process
+                "mfu": round(last["mfu"], 4) if "mfu" in last else None,  # GPU only (tasks/flops.py)
             }
         )
     return rows

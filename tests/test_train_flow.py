@@ -75,6 +75,17 @@ def test_three_stages_then_a_cached_rerun(reference_run, corpus: Path, models: d
     records = [json.loads(line) for line in (work / "logs" / "train.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in records if "loss" in r} == {1, 2, 3}
     assert (work / "reports" / "loss.png").is_file()
+    # the summary artifact: a row per stage with its throughput and model FLOP/s (no MFU on a CPU)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["train-summary"]), flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    assert len(arts) == 1
+    rows = json.loads(arts[0].data) if isinstance(arts[0].data, str) else arts[0].data
+    assert [r["stage"] for r in rows] == [1, 2, 3]
+    assert all(r["samples_per_s"] > 0 and r["model_tflops"] > 0 and r["mfu"] is None for r in rows), rows
     # the stage-3 model loads and transcribes a batch of the shards
     model = checkpoints.load_llmasr(checkpoints.stage_dir(work, 3))
     enc = model.encoder.config
