@@ -288,12 +288,12 @@ runpy.run_path(sys.argv[0], run_name="__main__")' bench/gpu_decode_bench.py)
       decode_0.5b_nocudnn)  # decode_0.5b_merged's greedy batch 8 with cuDNN attention disabled (the per-new-shape cost lead)
         run_bench decode_0.5b_nocudnn 150 60 "$OUT/gpu_decode_bench_nocudnn.json" "" "${decode[@]}" --llm qwen2-0.5b --merge-lora \
           --utts 32 --reps 1 --sdpa no-cudnn --configs "greedy batch8,greedy batch32" --out "$OUT/gpu_decode_bench_nocudnn.json" ;;
-      train_0.5b_shapes)  # train_0.5b with a new batch shape at every step (as real data), 100 steps
+      train_0.5b_shapes)  # train_0.5b with a new batch shape at every step (as real data), 60 steps
         run_bench train_0.5b_shapes 200 60 "$OUT/gpu_train_bench_shapes.json" "$WORK/train-0.5b-shapes" \
-          "$PY" bench/gpu_train_bench.py --llm 0.5b --steps 100 --distinct 100 --work "$WORK/train-0.5b-shapes" --out "$OUT/gpu_train_bench_shapes.json" ;;
+          "$PY" bench/gpu_train_bench.py --llm 0.5b --steps 60 --distinct 60 --work "$WORK/train-0.5b-shapes" --out "$OUT/gpu_train_bench_shapes.json" ;;
       train_0.5b_shapes_cudnn)  # train_0.5b_shapes with cuDNN attention allowed (torch's default; the pipeline's is off)
         run_bench train_0.5b_shapes_cudnn 200 60 "$OUT/gpu_train_bench_shapes_cudnn.json" "$WORK/train-0.5b-shapes-cudnn" \
-          "$PY" bench/gpu_train_bench.py --llm 0.5b --steps 100 --distinct 100 --cudnn-attention --work "$WORK/train-0.5b-shapes-cudnn" \
+          "$PY" bench/gpu_train_bench.py --llm 0.5b --steps 60 --distinct 60 --cudnn-attention --work "$WORK/train-0.5b-shapes-cudnn" \
           --out "$OUT/gpu_train_bench_shapes_cudnn.json" ;;
       train_1.5b_paper_batch)  # the pipeline's default micro-batch (train.batch_max_audio_s 400): 32 x ~12 s, 100 steps
         run_bench train_1.5b_paper_batch 200 90 "$OUT/gpu_train_bench_1.5b_b32.json" "$WORK/train-1.5b-b32" \
