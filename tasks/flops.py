@@ -105,13 +105,18 @@ def step_flops(module: nn.Module, stage: int) -> StepFlops:
         p -= 2 * first.numel()
     upstream = enc_trains or proj_trains
     llm = module.llm
-    head = llm.get_output_embeddings().weight  # (V, h)
-    lm, _ = _matmul_params(llm, ("embed_tokens", "lm_head"), upstream_trains=upstream)
+    out = llm.get_output_embeddings()  # the vocabulary projection (V, h); None in some remote-code models
+    head = getattr(out, "weight", None)
+    # the input embedding is a lookup; the head, where found, is counted per logit row
+    skip = ("embed_tokens", "wte", "lm_head") if head is not None else ("embed_tokens", "wte")
+    lm, _ = _matmul_params(llm, skip, upstream_trains=upstream)
     lcfg, ecfg = llm.config, module.encoder.config
+    width = getattr(lcfg, "hidden_size", None) or getattr(lcfg, "n_embd", 0)  # n_embd / n_layer: GPT-2-style configs
+    layers = getattr(lcfg, "num_hidden_layers", None) or getattr(lcfg, "n_layer", 0)
     return StepFlops(
         per_frame=e + p / module.projector.k,  # the adapter runs once per k frames
         per_position=lm,
-        per_logit_row=_factor(head.requires_grad, upstream) * head.numel(),
+        per_logit_row=_factor(head.requires_grad, upstream) * head.numel() if head is not None else 0.0,
         per_frame_pair=4 * ecfg.d_model * ecfg.encoder_layers * (3 if enc_trains else 1),
-        per_position_pair=4 * lcfg.hidden_size * lcfg.num_hidden_layers * (3 if upstream else 1),
+        per_position_pair=4 * width * layers * (3 if upstream else 1),
     )
