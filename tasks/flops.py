@@ -108,7 +108,8 @@ def step_flops(module: nn.Module, stage: int) -> StepFlops:
     out = llm.get_output_embeddings()  # the vocabulary projection (V, h); None in some remote-code models
     head = getattr(out, "weight", None)
     # the input embedding is a lookup; the head, where found, is counted per logit row
-    skip = ("embed_tokens", "wte", "lm_head") if head is not None else ("embed_tokens", "wte")
+    lookups = ("embed_tokens", "wte", "wpe", "embed_positions", "position_embeddings")  # token / position tables
+    skip = (*lookups, "lm_head") if head is not None else lookups
     lm, _ = _matmul_params(llm, skip, upstream_trains=upstream)
     lcfg, ecfg = llm.config, module.encoder.config
     width = getattr(lcfg, "hidden_size", None) or getattr(lcfg, "n_embd", 0)  # n_embd / n_layer: GPT-2-style configs

@@ -84,3 +84,23 @@ def test_stage1_step_flops_match_torch_count(setup):
     positions = labels.shape[1]  # the decoder runs on the labels shifted right
     want = step_flops(head, 1)(B * frames, B * frames**2, B * positions, B * positions**2, B * positions, B * positions * frames)
     assert want == pytest.approx(got, rel=0.005), (want, got)
+
+
+def test_a_gpt2_style_llm_is_counted_too(setup):
+    """Config names differ by family (GPT-2: n_embd, n_layer; wte for the embedding): the count holds."""
+    from llmasr.model import LLMASRConfig
+
+    cfg = LLMASRConfig.from_dict({**setup.config.to_dict(), "llm": {"model_type": "gpt2", "vocab_size": 50368, "n_embd": 64,
+                                                                     "n_layer": 2, "n_head": 4, "n_positions": 1024}})  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    set_trainable(model, 2)
+    x, lengths = features(model.encoder.num_mel_bins)
+    targets = model.encode_targets(["the cat sat on the mat"] * B)
+    outs = []
+    got = measured(lambda: outs.append(model(x, lengths, targets)) or outs[-1].loss.backward())
+    frames = (MEL_FRAMES - 1) // 2 + 1
+    positions = frames // model.projector.k + len(model.prompt.prefix_ids) + len(model.prompt.suffix_ids) + len(targets[0]) + 1
+    rows = outs[0].logits.shape[0] * outs[0].logits.shape[1]
+    want = step_flops(model, 2)(B * frames, B * frames**2, B * positions, B * positions**2, rows)
+    assert want == pytest.approx(got, rel=0.005), (want, got)
