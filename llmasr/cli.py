@@ -118,14 +118,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     _prefect_defaults()
 
     result = train_flow(profile=args.profile, work_dir=args.work_dir, overrides=args.overrides, config_file=args.config_file, stages=stages)
+    from flows.train_artifacts import read_metrics, summary_rows
     from tasks.checkpoints import stage_dir
 
-    work_dir = _load(args).work_dir
-    t = Table(title="training")
-    for col in ("stage", "steps", "samples", "checkpoint"):
-        t.add_column(col)
-    for name, info in result.items():
-        t.add_row(name, str(info.get("steps")), str(info.get("samples")), str(stage_dir(Path(work_dir).resolve(), int(name.removeprefix("stage")))))
+    root = Path(_load(args).work_dir).resolve()
+    rows = summary_rows(read_metrics(WorkLayout(root)), {int(name.removeprefix("stage")): info for name, info in result.items()})
+    t = Table(title=f"training: {root}")
+    cols = ("stage", "steps", "samples", "loss", "val loss", "samples/s", "tokens/s", "model TFLOP/s", "MFU", "checkpoint")
+    for col in cols:
+        t.add_column(col, justify="left" if col == "checkpoint" else "right")
+    fmt = lambda v, f="{}": "-" if v is None else f.format(v)  # noqa: E731
+    for r in rows:  # the last log window of each stage (train.jsonl), as the train-summary artifact
+        t.add_row(str(r["stage"]), fmt(r["steps"]), fmt(r["samples"]), fmt(r["final_loss"], "{:.4f}"), fmt(r["val_loss"], "{:.4f}"),
+                  fmt(r["samples_per_s"], "{:.1f}"), fmt(r["tokens_per_s"], "{:.0f}"), fmt(r["model_tflops"], "{:.3g}"),
+                  fmt(r["mfu"], "{:.1%}"), str(stage_dir(root, r["stage"])))  # fmt: skip
     console.print(t)
     return 0
 

@@ -57,7 +57,7 @@ def _task_states(flow_run_id) -> list[str]:
     return sorted(settled_task_states(read_runs, ["train-stage"]).get("train-stage", []))
 
 
-def test_three_stages_then_a_cached_rerun(reference_run, corpus: Path, models: dict, session_tmp: Path):
+def test_three_stages_then_a_cached_rerun(reference_run, corpus: Path, models: dict, session_tmp: Path, capsys, monkeypatch):
     from flows.train import train_flow
 
     ref, _ = reference_run
@@ -101,6 +101,22 @@ def test_three_stages_then_a_cached_rerun(reference_run, corpus: Path, models: d
     again = train_flow(**train_args(work, corpus, models), return_state=True)
     assert again.is_completed()
     assert _task_states(again.state_details.flow_run_id) == ["Cached", "Cached", "Cached"]
+
+    # `llmasr train` (cached here too) prints each stage's numbers from the metrics log
+    from rich.console import Console
+
+    from llmasr import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=400))  # no column folded
+    args = train_args(work, corpus, models)
+    assert cli.main(["train", "--profile", "demo", "--work-dir", str(work), *[a for o in args["overrides"] for a in ("--set", o)]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if "model TFLOP/s" in line)
+    assert [c.strip() for c in header.strip("┃│ ").split("┃")][:9] == ["stage", "steps", "samples", "loss", "val loss", "samples/s", "tokens/s", "model TFLOP/s", "MFU"]
+    for stage in (1, 2, 3):
+        row = next(line for line in lines if line.rstrip(" │").endswith(str(checkpoints.stage_dir(work.resolve(), stage))))
+        cells = [c.strip() for c in row.strip("│ ").split("│")]
+        assert cells[0] == str(stage) and float(cells[5]) > 0 and float(cells[7]) > 0 and cells[8] == "-", cells  # no MFU on a CPU
 
 
 def test_a_stage_without_its_predecessor_fails_before_compute(prefect_harness, corpus: Path, models: dict, reference_run, session_tmp: Path):
