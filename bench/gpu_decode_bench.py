@@ -128,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import transformers
 
+    from llmasr.model import allow_cudnn_attention
+
     if args.sdpa == "no-cudnn":
-        torch.backends.cuda.enable_cudnn_sdp(False)
+        allow_cudnn_attention(False)  # as eval.cudnn_attention: false
     elif args.sdpa == "math":
         for off in (torch.backends.cuda.enable_cudnn_sdp, torch.backends.cuda.enable_flash_sdp, torch.backends.cuda.enable_mem_efficient_sdp):
             off(False)

@@ -121,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flows.train_artifacts import read_metrics, summary_rows
     from tasks.checkpoints import stage_dir
 
-    root = Path(_load(args).work_dir).resolve()
+    root = Path(cfg.work_dir).resolve()
     rows = summary_rows(read_metrics(WorkLayout(root)), {int(name.removeprefix("stage")): info for name, info in result.items()})
     t = Table(title=f"training: {root}")
     cols = ("stage", "steps", "samples", "loss", "val loss", "samples/s", "tokens/s", "model TFLOP/s", "MFU", "checkpoint")

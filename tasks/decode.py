@@ -384,7 +384,6 @@ class FasterWhisperSystem(System):
             "spec": self.spec,
             "runtime": [s.device, s.compute_type, s.language],
             "decode": [s.num_beams, s.no_repeat_ngram_size, s.tokens_per_second, s.min_new_tokens, s.max_new_tokens],
-            "merge_lora": s.merge_lora,
         }
 
     def load(self) -> None:

@@ -57,11 +57,11 @@ def _factor(trains: bool, upstream_trains: bool) -> int:
     return 6 if trains else 4 if upstream_trains else 2
 
 
-def _matmul_params(module: nn.Module, skip: tuple[str, ...], upstream_trains: bool) -> tuple[float, bool]:
-    """sum of factor x numel over ``module``'s parameters (names containing a ``skip`` part are
-    lookups or counted elsewhere); and whether any of them trains (then every frozen weight inside
-    passes gradients: 4N)."""
-    params = [(n, p) for n, p in module.named_parameters() if not any(s in n for s in skip)]
+def _matmul_params(module: nn.Module, skip: tuple[str, ...], upstream_trains: bool, only: tuple[str, ...] = ()) -> tuple[float, bool]:
+    """sum of factor x numel over ``module``'s matrices (names containing a ``skip`` part are
+    lookups or counted elsewhere; with ``only``, just the names containing one of its parts); and
+    whether any of them trains (then every frozen weight inside passes gradients: 4N)."""
+    params = [(n, p) for n, p in module.named_parameters() if not any(s in n for s in skip) and (not only or any(s in n for s in only))]
     trains = any(p.requires_grad for _, p in params)
     total = sum(_factor(p.requires_grad, upstream_trains or trains) * p.numel() for _, p in params if p.dim() > 1)
     return float(total), trains
@@ -85,7 +85,7 @@ def step_flops(module: nn.Module, stage: int) -> StepFlops:
         # the cross-attention's keys and values are projections of the encoder's frames, not of the labels
         kv = ("encoder_attn.k_proj", "encoder_attn.v_proj")
         d, _ = _matmul_params(dec, ("embed_tokens", "embed_positions", *kv), upstream_trains=enc_trains)
-        cross_kv = sum(_factor(p.requires_grad, enc_trains) * p.numel() for n, p in dec.named_parameters() if any(s in n for s in kv) and p.dim() > 1)
+        cross_kv, _ = _matmul_params(dec, (), upstream_trains=enc_trains, only=kv)
         head = whisper.get_output_embeddings().weight  # (V, d): tied to embed_tokens in Whisper
         cfg = whisper.config
         grad = 3 if enc_trains else 1

@@ -913,29 +913,21 @@ class Trainer:
             return sum(max(0, len(t) - self.targets.extra) for t in batch["target_ids"])
         return batch["n_tokens"]
 
-    def _model_flops(self, batch: dict[str, Any]) -> float:
-        """Forward + backward model FLOPs of the batch just trained on (``tasks.flops``; no padding)."""
-        enc = [(int(n) - 1) // 2 + 1 for n in batch["feature_lengths"]]  # encoder frames per example
-        if self.stage == 1:
-            pos = [len(t) - (1 if len(t) and t[0] == self.decoder_start else 0) for t in batch["target_ids"]]
-            rows = sum(pos)  # Whisper's head runs on every label position
-        else:
-            m = self.engine.module
-            prompt = len(m.prompt.prefix_ids) + len(m.prompt.suffix_ids)
-            pos = [e // m.projector.k + prompt + len(t) + 1 for e, t in zip(enc, batch["target_ids"])]
-            rows = self.logit_rows
-        return self.flops(sum(enc), sum(e * e for e in enc), sum(pos), sum(p * p for p in pos), rows,
-                          sum(p * e for p, e in zip(pos, enc)) if self.stage == 1 else 0.0)  # fmt: skip
-
-    def _positions(self, batch: dict[str, Any]) -> tuple[int, int]:
-        """(encoder frames, decoder positions) the model runs on (for MFU)."""
-        enc = (batch["feature_lengths"] - 1) // 2 + 1  # encoder frames per example
+    def _lengths(self, batch: dict[str, Any]) -> tuple[list[int], list[int]]:
+        """Per example: the encoder frames and decoder positions the model runs on (no padding)."""
+        enc = [(int(n) - 1) // 2 + 1 for n in batch["feature_lengths"]]  # mel frames / 2, rounded up
         if self.stage == 1:  # Whisper's decoder runs on its labels shifted right: one position each
-            return int(enc.sum()), whisper_label_count(batch["target_ids"], self.decoder_start)
+            return enc, [len(t) - (1 if len(t) and t[0] == self.decoder_start else 0) for t in batch["target_ids"]]
         m = self.engine.module
         prompt = len(m.prompt.prefix_ids) + len(m.prompt.suffix_ids)
-        speech = enc // m.projector.k
-        return int(enc.sum()), int(speech.sum()) + len(batch["keys"]) * (prompt + 1) + batch["n_tokens"]
+        return enc, [e // m.projector.k + prompt + len(t) + 1 for e, t in zip(enc, batch["target_ids"])]  # + EOS
+
+    def _model_flops(self, enc: list[int], pos: list[int]) -> float:
+        """Forward + backward model FLOPs of the batch just trained on (``tasks.flops``)."""
+        if self.stage == 1:  # Whisper's head runs on every label position; cross-attention labels x frames
+            return self.flops(sum(enc), sum(e * e for e in enc), sum(pos), sum(p * p for p in pos), sum(pos),
+                              sum(p * e for p, e in zip(pos, enc)))  # fmt: skip
+        return self.flops(sum(enc), sum(e * e for e in enc), sum(pos), sum(p * p for p in pos), self.logit_rows)
 
     def validate(self) -> dict[str, Any] | None:
         import torch
@@ -995,8 +987,9 @@ class Trainer:
                 self.engine.step()
                 n = len(batch["keys"])
                 tokens = self._tokens(batch)
-                window += torch.tensor([float(loss.detach()), 1, n, batch["audio_s"], tokens, *self._positions(batch), waited[0],
-                                        self._model_flops(batch)], dtype=torch.float64)  # fmt: skip
+                enc, pos = self._lengths(batch)
+                window += torch.tensor([float(loss.detach()), 1, n, batch["audio_s"], tokens, sum(enc), sum(pos), waited[0],
+                                        self._model_flops(enc, pos)], dtype=torch.float64)  # fmt: skip
                 waited[0] = 0.0
                 self.state["samples"] += n
                 self.state["audio_s"] += batch["audio_s"]

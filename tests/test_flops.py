@@ -98,7 +98,12 @@ def test_a_gpt2_style_llm_is_counted_too(setup):
     x, lengths = features(model.encoder.num_mel_bins)
     targets = model.encode_targets(["the cat sat on the mat"] * B)
     outs = []
-    got = measured(lambda: outs.append(model(x, lengths, targets)) or outs[-1].loss.backward())
+
+    def step():
+        outs.append(model(x, lengths, targets))
+        outs[-1].loss.backward()
+
+    got = measured(step)
     frames = (MEL_FRAMES - 1) // 2 + 1
     positions = frames // model.projector.k + len(model.prompt.prefix_ids) + len(model.prompt.suffix_ids) + len(targets[0]) + 1
     rows = outs[0].logits.shape[0] * outs[0].logits.shape[1]
