@@ -21,7 +21,9 @@ joined with a space.  Utterances with ``start_s``/``end_s`` (Primock57) are cut 
 
 The number of new tokens is bounded per piece by its length (``max_new_tokens_for``), so a
 repetition loop stops after a few seconds' worth of tokens.  A batch that raises is retried piece by
-piece; a piece that still raises fails its utterance (reported, not scored) and the rest goes on.
+piece; a piece that still raises fails its utterance and the rest goes on: the failure is recorded
+in ``DecodeResult.failures`` and the evaluation scores that utterance as an empty hypothesis (its
+reference words are deletions; ``tasks.evaluate.score_result``).
 RTF = decode wall time (features + generation, not audio reading or model loading) / audio seconds.
 """
 
