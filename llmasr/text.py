@@ -1,37 +1,54 @@
 """Text normalisation and word error counting shared by the filter and the evaluation.
 
-``normalize`` is Whisper's English text normaliser (the ``whisper-normalizer`` package, a copy of
-openai/whisper's ``EnglishTextNormalizer``): lower case, no punctuation, spelled-out numbers to
-digits, British to American spelling, fillers ("uh", "um") removed.  N-WER and the filter's
-caption WER both use it, so a caption and a label that differ only in style count as equal.
+``normalize`` is OpenAI Whisper's ``EnglishTextNormalizer`` (the N-WER normaliser of DESIGN.md
+"Metrics"), through transformers' port of it (``transformers.models.whisper.english_normalizer``):
+lower case, bracketed and parenthesised spans removed, fillers ("hmm", "mm", "mhm", "mmm", "uh",
+"um") removed, contractions expanded, spelled-out numbers and currencies to digits, British to
+American spelling, punctuation removed.  N-WER and the filter's caption WER both use it, so a
+caption and a label that differ only in style count as equal.
+
+The port needs Whisper's English spelling map, which transformers reads from a Whisper tokenizer's
+``normalizer.json`` on the hub; it ships here as ``whisper_english_spelling.json`` (openai/whisper's
+``whisper/normalizers/english.json``, 1,739 entries, the same map as that ``normalizer.json``), so
+normalising never downloads anything.  The ``whisper-normalizer`` package is not used: it adds rules
+Whisper does not have (kinda -> kind of, sorta -> sort of, dunno -> do not know, cause -> because),
+which would score "the cause" and "the because" as equal.
 """
 
 from __future__ import annotations
 
 import functools
-import re
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import jiwer
+
+SPELLING_MAP = Path(__file__).with_name("whisper_english_spelling.json")
+
+
+@functools.lru_cache(maxsize=1)
+def spelling_map() -> dict[str, str]:
+    """Whisper's British -> American spelling map (the port's ``english_spelling_mapping``)."""
+    return json.loads(SPELLING_MAP.read_text(encoding="utf-8"))
 
 
 @functools.lru_cache(maxsize=1)
 def _normalizer():
-    from whisper_normalizer.english import EnglishTextNormalizer
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-    return EnglishTextNormalizer()
+    return EnglishTextNormalizer(spelling_map())
 
 
 def normalize(text: str | None) -> str:
-    """Whisper's English normaliser, with runs of whitespace collapsed. None -> ''."""
+    """Whisper's English normaliser, output unchanged (None -> '').
+
+    The output can keep one leading or trailing space ("$ 5" -> " 5"), as Whisper's does; every
+    caller splits it into words.
+    """
     if not text:
         return ""
-    return " ".join(_normalizer()(text).split())
-
-
-def words(text: str | None) -> list[str]:
-    """Whitespace tokens of ``text`` as written (O-WER's tokens)."""
-    return (text or "").split()
+    return _normalizer()(text)
 
 
 @dataclass(frozen=True)
@@ -54,7 +71,11 @@ class WordErrors:
 
 
 def word_errors(reference: str, hypothesis: str) -> WordErrors:
-    """Levenshtein alignment counts on whitespace tokens (jiwer). Either side may be empty."""
+    """Levenshtein alignment counts on whitespace tokens (jiwer). Either side may be empty.
+
+    The filter's caption WER uses it; the evaluation counts with its own alignment
+    (``tasks.alignment``), which has the same number of errors and a documented tie rule.
+    """
     ref, hyp = reference.split(), hypothesis.split()
     if not ref:
         return WordErrors(0, 0, len(hyp), 0)
@@ -62,16 +83,3 @@ def word_errors(reference: str, hypothesis: str) -> WordErrors:
         return WordErrors(0, len(ref), 0, len(ref))
     out = jiwer.process_words(" ".join(ref), " ".join(hyp))
     return WordErrors(out.substitutions, out.deletions, out.insertions, len(ref))
-
-
-def normalized_wer(reference: str | None, hypothesis: str | None) -> float | None:
-    """WER after Whisper normalisation of both sides; None when the normalised reference is empty."""
-    return word_errors(normalize(reference), normalize(hypothesis)).wer
-
-
-_NON_WORD = re.compile(r"[^\w']+")
-
-
-def plain_words(text: str | None) -> list[str]:
-    """Lower-cased word tokens without punctuation (for counting, not for scoring)."""
-    return [w for w in _NON_WORD.split((text or "").lower()) if w.strip("'")]
