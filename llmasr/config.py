@@ -154,9 +154,9 @@ class EvalConfig(_Section):
     """The evaluate stage: test sets, systems, decoding and the rare-word set (DESIGN.md "Metrics")."""
 
     test_sets: list[str] = Field(default_factory=list)  # "name=path" (manifest, tsv, Primock57 folder, ...)
-    baselines: list[str] = Field(default_factory=list)  # "faster-whisper:<model spec>"
+    baselines: list[str] = Field(default_factory=list)  # "faster-whisper:<model spec>" or "transformers:<Whisper checkpoint>"
     hyps: list[str] = Field(default_factory=list)  # "name=path": external hypothesis files scored as systems
-    stages: list[int] = Field(default_factory=lambda: [2, 3])  # LLM-ASR stage checkpoints to decode (those present)
+    stages: list[int] = Field(default_factory=lambda: [1, 2, 3])  # stage checkpoints to decode (those present); 1: Whisper with the stage-1 encoder
     num_beams: int = Field(8, ge=1)
     no_repeat_ngram_size: int = Field(6, ge=0)
     batch_size: int = Field(8, ge=1)
@@ -170,6 +170,7 @@ class EvalConfig(_Section):
     compute_type: str = "default"
     cpu_threads: int = Field(0, ge=0)
     language: str | None = "en"
+    whisper_trim_padding: bool | None = None  # transformers Whisper systems: None = stock padded to 30 s, stage 1 as trained
     max_train_count: int = 0
     word_list: str | None = None
     train_splits: list[str] | None = None
@@ -185,9 +186,9 @@ class EvalConfig(_Section):
     @field_validator("stages")
     @classmethod
     def _known_stages(cls, v: list[int]) -> list[int]:
-        bad = [s for s in v if s not in (2, 3)]
+        bad = [s for s in v if s not in (1, 2, 3)]
         if bad:
-            raise ValueError(f"stages {bad}: only stage 2 and 3 checkpoints hold a whole LLM-ASR model; use eval.stages=[2, 3]")
+            raise ValueError(f"stages {bad}: the stage checkpoints are 1 (Whisper with the stage-1 encoder), 2 and 3 (LLM-ASR); use e.g. eval.stages=[1, 2, 3]")
         return v
 
     @field_validator("test_sets", "hyps")
@@ -203,8 +204,12 @@ class EvalConfig(_Section):
     @classmethod
     def _baseline_kind(cls, v: list[str]) -> list[str]:
         for spec in v:
-            if not spec.startswith("faster-whisper:") or not spec[len("faster-whisper:") :].strip():
-                raise ValueError(f"{spec!r}: a baseline is faster-whisper:<model>, e.g. faster-whisper:large-v2 or faster-whisper:bundled:tiny.en")
+            kind = next((k for k in ("faster-whisper:", "transformers:") if spec.startswith(k)), None)
+            if kind is None or not spec[len(kind) :].strip():
+                raise ValueError(
+                    f"{spec!r}: a baseline is faster-whisper:<model> (e.g. faster-whisper:large-v2, faster-whisper:bundled:tiny.en) "
+                    "or transformers:<Whisper checkpoint> (a folder, a hub name, or transformers:bundled:whisper-base)"
+                )
         return v
 
 

@@ -589,31 +589,53 @@ class LLMASR(nn.Module):
         self,
         input_features: torch.Tensor,
         feature_lengths: torch.Tensor | None = None,
-        max_new_tokens: int = 128,
+        max_new_tokens: int | Sequence[int] = 128,
         num_beams: int = 1,
         no_repeat_ngram_size: int = 0,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """New token ids (B, N), EOS/pad included (or HF's generate output object when
-        ``return_dict_in_generate=True``); the prefix is left-padded. Runs in eval mode."""
+        ``return_dict_in_generate=True``); the prefix is left-padded. Runs in eval mode.
+
+        ``max_new_tokens``: one bound for every row, or one per row (B,).  Row i ends at its own
+        bound and end token whatever else is in the batch (``llmasr.generation.RowBound``: EOS is
+        forced after ``bound_i`` tokens), so N <= max(bound) + 1.  The generation configuration is
+        complete and ours (``llmasr.generation.explicit_config``): nothing comes from the LLM
+        checkpoint's ``generation_config.json``.  ``generate_kwargs`` (benches: ``min_new_tokens``,
+        ``suppress_tokens``, ``output_scores``, ...) are applied on top of it.
+        """
+        from transformers import LogitsProcessorList
+
+        from llmasr.generation import checkpoint_defaults_off, explicit_config, generate_kwargs_for
+
+        batch = input_features.shape[0]
+        bounds = [int(max_new_tokens)] * batch if isinstance(max_new_tokens, int) else [int(b) for b in max_new_tokens]
+        if len(bounds) != batch:
+            raise ValueError(f"{len(bounds)} new-token bounds for a batch of {batch}")
+        steps, row_bound = generate_kwargs_for(bounds, self.eos_id)  # max(bounds) + 1 steps
+        config = explicit_config(
+            max_new_tokens=steps,
+            num_beams=num_beams,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+        )
+        processors = LogitsProcessorList([*generate_kwargs.pop("logits_processor", []), row_bound])
+        model_kwargs = config.update(**generate_kwargs)  # settings the caller adds; the rest go to forward
         was_training = self.training
         self.eval()
         try:
             speech, speech_lengths = self.speech_embeds(input_features, feature_lengths)
             embeds, attention_mask, _ = self._assemble(speech, speech_lengths, None, left_pad=True)
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), checkpoint_defaults_off(self.llm):
                 # no_repeat_ngram_size with inputs_embeds only looks at new tokens: what we want.
                 warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*")
                 return self.llm.generate(
                     inputs_embeds=embeds,
                     attention_mask=attention_mask,
-                    max_new_tokens=max_new_tokens,
-                    num_beams=num_beams,
-                    no_repeat_ngram_size=no_repeat_ngram_size or None,
-                    do_sample=False,
-                    eos_token_id=self.eos_id,
-                    pad_token_id=self.pad_id,
-                    **generate_kwargs,
+                    generation_config=config,
+                    logits_processor=processors,
+                    **model_kwargs,
                 )  # (B, N): with inputs_embeds and no input_ids, HF returns only the new tokens
         finally:
             self.train(was_training)
@@ -622,7 +644,7 @@ class LLMASR(nn.Module):
         self,
         input_features: torch.Tensor,
         feature_lengths: torch.Tensor | None = None,
-        max_new_tokens: int = 128,
+        max_new_tokens: int | Sequence[int] = 128,
         num_beams: int = 1,
         no_repeat_ngram_size: int = 0,
         **generate_kwargs: Any,

@@ -53,6 +53,7 @@ from tasks.testsets import TestUtterance
 log = logging.getLogger("llmasr.decode")
 
 FASTER_WHISPER_PREFIX = "faster-whisper:"
+TRANSFORMERS_PREFIX = "transformers:"  # tasks.whisper_hf
 HOP_LENGTH = 160  # Whisper's feature hop: 100 mel frames per second
 CHUNK_PIECES = 256  # pieces whose audio is held in memory at once (read in file order)
 
@@ -83,6 +84,7 @@ class DecodeSettings:
     compute_type: str = "default"
     cpu_threads: int = 0
     language: str | None = "en"
+    whisper_trim_padding: bool | None = None  # transformers Whisper systems: None = stock padded to 30 s, stage 1 as trained
 
     @classmethod
     def from_config(cls, cfg: EvalConfig, **changes: Any) -> "DecodeSettings":
@@ -347,18 +349,50 @@ class LLMASRSystem(System):
         ids = model.generate_ids(
             torch.from_numpy(x).to(self.device, dtype),
             torch.from_numpy(lengths).to(self.device),
-            max_new_tokens=max(bounds),
+            max_new_tokens=bounds,  # one per piece: each row ends at its own bound (RowBound)
             num_beams=self.settings.num_beams,
             no_repeat_ngram_size=self.settings.no_repeat_ngram_size,
-        )  # (B, N) new tokens only
+        )  # (B, N) new tokens only, N <= max(bounds) + 1
         stop = {model.eos_id, model.pad_id}
         rows = []
         for row, bound in zip(ids.tolist(), bounds):
-            row = row[:bound]  # each piece's own bound (the batch ran to the longest one's)
+            row = row[:bound]  # the forced end token after `bound` tokens, and pads past it
             n = next((i for i, t in enumerate(row) if t in stop), len(row))
             rows.append(row[:n])
             self.tokens += n
         return [t.strip() for t in model.tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
+
+# faster-whisper's transcribe options besides language, beam_size, no_repeat_ngram_size and
+# max_new_tokens (from DecodeSettings), each set to what every other system does:
+FASTER_WHISPER_OPTIONS: dict[str, Any] = {
+    "task": "transcribe",
+    "best_of": 1,  # candidates when sampling: there is no sampling
+    "patience": 1.0,  # beam search ends with num_beams finished hypotheses (HF: early_stopping=True)
+    "length_penalty": 1.0,  # hypotheses ranked by summed log-probability / length, as HF's 1.0
+    "repetition_penalty": 1.0,  # no penalty: a word that truly repeats is not penalised
+    "temperature": 0.0,  # one deterministic pass: no temperature fallback list
+    "compression_ratio_threshold": None,  # no fallback triggers (nothing to fall back to) ...
+    "log_prob_threshold": None,
+    "no_speech_threshold": None,  # ... and no "silence" skipping: every piece gets its hypothesis
+    "condition_on_previous_text": False,  # each piece on its own (a piece is at most one 30 s window)
+    "prompt_reset_on_temperature": 0.5,  # unused without conditioning; given for completeness
+    "initial_prompt": None,
+    "prefix": None,
+    "hotwords": None,
+    "suppress_blank": True,  # Whisper's decoding rule: no space or end token first (HF: begin_suppress_tokens)
+    "suppress_tokens": [-1],  # Whisper's non-speech symbols + specials (HF: tasks.whisper_hf.suppress_tokens)
+    "without_timestamps": True,
+    "max_initial_timestamp": 1.0,  # unused without timestamps
+    "word_timestamps": False,
+    "multilingual": False,  # one language per piece (eval.language)
+    "vad_filter": False,  # pieces are already cut (tasks.decode.plan_pieces)
+    "chunk_length": None,  # the model's 30 s window
+    "clip_timestamps": "0",  # the whole piece
+    "hallucination_silence_threshold": None,
+    "language_detection_threshold": 0.5,  # only read when eval.language is null
+    "language_detection_segments": 1,
+}
 
 
 @functools.lru_cache(maxsize=2)
@@ -401,16 +435,15 @@ class FasterWhisperSystem(System):
         s = self.settings
         out = []
         for audio in audios:
+            # Every option of faster-whisper 1.2's WhisperModel.transcribe that shapes the tokens is
+            # given, none left to its defaults (FASTER_WHISPER_OPTIONS says what each is and why).
             segments, _ = self.model.transcribe(  # type: ignore[union-attr]
                 audio,
                 language=s.language,
                 beam_size=s.num_beams,
                 no_repeat_ngram_size=s.no_repeat_ngram_size,
                 max_new_tokens=min(s.bound(len(audio) / SAMPLE_RATE), 440),  # Whisper's context holds 448
-                temperature=0.0,
-                without_timestamps=True,
-                condition_on_previous_text=False,
-                vad_filter=False,
+                **FASTER_WHISPER_OPTIONS,
             )
             segments = list(segments)
             self.tokens += sum(len(seg.tokens) for seg in segments)
@@ -529,12 +562,17 @@ class HypFileSystem(System):
 
 
 def make_system(kind: str, name: str, target: str, settings: DecodeSettings) -> System:
-    """``kind``: 'llmasr' (target: a stage folder), 'faster-whisper' (target: a model spec) or
-    'hyps' (target: a hypothesis file)."""
+    """``kind``: 'llmasr' (target: a stage folder), 'faster-whisper' (target: a model spec),
+    'transformers' (target: a Whisper model spec, or the stage-1 checkpoint folder) or 'hyps'
+    (target: a hypothesis file)."""
     if kind == "llmasr":
         return LLMASRSystem(name, target, settings)
     if kind == "faster-whisper":
         return FasterWhisperSystem(name, target, settings)
+    if kind == "transformers":
+        from tasks.whisper_hf import TransformersWhisperSystem
+
+        return TransformersWhisperSystem(name, target, settings)
     if kind == "hyps":
         return HypFileSystem(name, target)
     raise ValueError(f"unknown system kind {kind!r}")

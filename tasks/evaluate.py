@@ -71,7 +71,8 @@ def parse_named(spec: str, what: str = "test set") -> tuple[str, str]:
 @dataclass(frozen=True)
 class SystemSpec:
     """A system to evaluate: kind 'llmasr' (target: stage folder), 'faster-whisper' (target: model
-    spec) or 'hyps' (target: hypothesis file)."""
+    spec), 'transformers' (target: Whisper model spec, or the stage-1 folder) or 'hyps' (target:
+    hypothesis file)."""
 
     name: str
     kind: str
@@ -79,8 +80,9 @@ class SystemSpec:
 
 
 def system_specs(work_dir: str | Path, cfg: EvalConfig) -> tuple[list[SystemSpec], list[str]]:
-    """The systems of a run: the LLM-ASR at each complete stage checkpoint of ``cfg.stages``
-    ("llmasr-stage2", "llmasr-stage3"), the faster-whisper baselines, the hypothesis files.
+    """The systems of a run: each complete stage checkpoint of ``cfg.stages`` ("llmasr-stage1":
+    Whisper with the stage-1 encoder, through transformers; "llmasr-stage2", "llmasr-stage3": the
+    LLM-ASR), the faster-whisper and transformers Whisper baselines, the hypothesis files.
     Returns (specs, notes): a note for each stage asked for but not (completely) trained."""
     from tasks.checkpoints import read_stage, stage_dir
 
@@ -91,11 +93,15 @@ def system_specs(work_dir: str | Path, cfg: EvalConfig) -> tuple[list[SystemSpec
         if read_stage(folder) is None:
             notes.append(f"llmasr-stage{stage}: no complete checkpoint in {folder} (not evaluated)")
             continue
-        specs.append(SystemSpec(f"llmasr-stage{stage}", "llmasr", str(folder)))
+        # stage 1: its Whisper export (fine-tuned encoder + Whisper's decoder) through transformers
+        specs.append(SystemSpec(f"llmasr-stage{stage}", "transformers" if stage == 1 else "llmasr", str(folder)))
     for spec in cfg.baselines:
-        if not spec.startswith(decode.FASTER_WHISPER_PREFIX):
-            raise EvalError(f"baseline {spec!r}: write faster-whisper:<model>, e.g. faster-whisper:large-v2")
-        specs.append(SystemSpec(spec, "faster-whisper", spec[len(decode.FASTER_WHISPER_PREFIX) :]))
+        if spec.startswith(decode.FASTER_WHISPER_PREFIX):
+            specs.append(SystemSpec(spec, "faster-whisper", spec[len(decode.FASTER_WHISPER_PREFIX) :]))
+        elif spec.startswith(decode.TRANSFORMERS_PREFIX):
+            specs.append(SystemSpec(spec, "transformers", spec[len(decode.TRANSFORMERS_PREFIX) :]))
+        else:
+            raise EvalError(f"baseline {spec!r}: write faster-whisper:<model> or transformers:<Whisper checkpoint>, e.g. faster-whisper:large-v2")
     specs += hyp_specs(cfg)
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -259,7 +265,7 @@ def system_file(out_dir: Path, set_name: str, system: str, suffix: str) -> Path:
 
 
 def decode_key(system: System, prepared: PreparedSet) -> str:
-    return fingerprint("decode", system.identity(), prepared.pieces_key(), code_version("tasks.decode", "llmasr.model"))
+    return fingerprint("decode", system.identity(), prepared.pieces_key(), code_version("tasks.decode", "llmasr.model", "llmasr.generation", "tasks.whisper_hf"))
 
 
 def decode_cached(system: System, prepared: PreparedSet, out_dir: Path, settings: DecodeSettings, refresh: bool = False, progress=None) -> DecodeResult:
