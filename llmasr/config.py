@@ -172,6 +172,9 @@ class EvalConfig(_Section):
     language: str | None = "en"
     whisper_trim_padding: bool | None = None  # transformers Whisper systems: None = stock padded to 30 s, stage 1 as trained
     max_train_count: int = 0
+    # the N most frequent English words (wordfreq's list, normalised) are never rare by training
+    # count (a small training set leaves "an", "test" unseen); word_list words stay rare; 0 = off
+    common_words: int = Field(5000, ge=0)
     word_list: str | None = None
     train_splits: list[str] | None = None
 

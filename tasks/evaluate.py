@@ -21,8 +21,14 @@ Files under ``<work_dir>/eval/`` (DESIGN.md, the evaluate row):
 Rare words (DESIGN.md "Metrics (exact)"): words whose count in the training transcripts -- the
 pseudo-labels of the segments the filter kept (``manifests/labels.parquet`` joined with
 ``manifests/decisions.parquet``; the shards' json where the manifests are gone) -- is at most
-``eval.max_train_count``, plus the words of ``eval.word_list``.  An utterance a system failed on is
-left out of that system's scores and listed under Problems (its row shows fewer utterances).
+``eval.max_train_count`` and that are not among the ``eval.common_words`` most frequent English
+words (``tasks.metrics.common_word_set``), plus the words of ``eval.word_list`` (rare even when
+common).  report.md and metrics.json count what each rule took out or added.
+
+An utterance a system failed on (or a hypothesis file lacks) is scored as an empty hypothesis: its
+reference words are deletions, so every system is scored on the same words.  It is listed under
+Problems, counted as failed in the report's table, and its row in ``<set>/<system>.jsonl`` carries
+the error.  An utterance whose audio cannot be read is left out for every system (a test-set problem).
 """
 
 from __future__ import annotations
@@ -44,7 +50,17 @@ from llmasr.config import ConfigError, EvalConfig, SegmentConfig
 from llmasr.layout import WorkLayout, safe_id
 from tasks import decode
 from tasks.decode import DecodeResult, DecodeSettings, Piece, System
-from tasks.metrics import CorpusScore, RareWords, UtteranceScore, build_vocabulary, rare_word_report, score_corpus, score_utterance
+from tasks.metrics import (
+    CorpusScore,
+    RareWords,
+    UtteranceScore,
+    build_vocabulary,
+    common_word_set,
+    common_word_source,
+    rare_word_report,
+    score_corpus,
+    score_utterance,
+)
 from tasks.parts import code_version, fingerprint
 from tasks.testsets import TestSetError, TestUtterance, load_test_set
 
@@ -186,7 +202,10 @@ def rare_word_set(work_dir: str | Path, cfg: EvalConfig) -> tuple[RareWords, dic
     elif not texts:
         problems.append(f"no training transcripts in {source}" + (f" for eval.train_splits={list(cfg.train_splits)}" if cfg.train_splits else "")
                         + ": every reference word counts as rare")
-    rare = RareWords(counts, cfg.max_train_count, extra)
+    if problems and cfg.max_train_count >= 0 and cfg.common_words > 0:
+        problems[-1] += f" except the {cfg.common_words} most common English words (eval.common_words)"
+    common = common_word_set(cfg.common_words) if cfg.max_train_count >= 0 else frozenset()
+    rare = RareWords(counts, cfg.max_train_count, extra, common)
     info = {
         "source": source,
         "train_texts": len(texts),
@@ -196,6 +215,9 @@ def rare_word_set(work_dir: str | Path, cfg: EvalConfig) -> tuple[RareWords, dic
         "train_splits": list(cfg.train_splits) if cfg.train_splits else None,
         "word_list": cfg.word_list,
         "word_list_words": len(rare.extra),
+        "common_words": cfg.common_words if common else 0,
+        "common_source": common_word_source(cfg.common_words) if common else None,
+        "common_types": len(common),
     }
     return rare, info, problems
 
@@ -315,8 +337,8 @@ def score_result(prepared: PreparedSet, result: DecodeResult, rare: RareWords) -
     scores: list[UtteranceScore] = []
     for u in prepared.utterances:
         hyp = result.hyps.get(u.utt_id)
-        if u.utt_id in result.failures or hyp is None:
-            why = result.failures.get(u.utt_id, "no hypothesis")
+        why = utterance_error(result, u.utt_id)
+        if why is not None:
             score = score_utterance(u.utt_id, u.text, "", rare)
             problems.append(f"{result.system}: {u.utt_id} failed, scored as an empty hypothesis ({score.n.ref_words} deletions): {why}")
         else:
@@ -327,14 +349,32 @@ def score_result(prepared: PreparedSet, result: DecodeResult, rare: RareWords) -
     return SystemScores(result.system, prepared.name, scores, score_corpus(scores), result, problems)
 
 
-def rare_reference_words(prepared: PreparedSet, rare: RareWords) -> Counter[str]:
-    """Occurrences of each rare word in the normalised references of a test set."""
+def reference_words(prepared: PreparedSet) -> Counter[str]:
+    """Occurrences of each word in the normalised references of a test set."""
     from llmasr.text import normalize
 
     out: Counter[str] = Counter()
     for u in prepared.utterances:
-        out.update(w for w in normalize(u.text).split() if w in rare)
+        out.update(normalize(u.text).split())
     return out
+
+
+def rare_rule_counts(words: Counter[str], rare: RareWords) -> dict[str, Any]:
+    """What each part of the rare-word rule did to a test set's reference words (types and tokens):
+    passed the training-count rule, excluded from those as common, added by the word list alone."""
+    by_count = {w for w in words if rare.max_train_count >= 0 and rare.by_count(w)}
+    common = {w for w in by_count if w in rare.common and w not in rare.extra}
+    listed = {w for w in words if w in rare.extra and (w not in by_count or w in rare.common)}
+    tokens = lambda ws: int(sum(words[w] for w in ws))  # noqa: E731
+    return {
+        "by_count_types": len(by_count),
+        "by_count_tokens": tokens(by_count),
+        "common_excluded_types": len(common),
+        "common_excluded_tokens": tokens(common),
+        "common_excluded_examples": sorted(common, key=lambda w: (-words[w], w))[:12],
+        "word_list_added_types": len(listed),
+        "word_list_added_tokens": tokens(listed),
+    }
 
 
 def metrics_row(s: SystemScores) -> dict[str, Any]:
@@ -373,7 +413,7 @@ def report_rows(all_scores: Sequence[SystemScores], sets: dict[str, PreparedSet]
         c, r = s.corpus, s.result
         utts = sets[s.test_set].utterances
         total = len(utts)
-        failed = sum(1 for u in utts if u.utt_id in r.failures or u.utt_id not in r.hyps)  # scored as empty
+        failed = sum(1 for u in utts if utterance_error(r, u.utt_id) is not None)  # scored as empty
         rows.append(
             {
                 "test set": s.test_set,
@@ -433,15 +473,33 @@ def render_report(metrics: dict[str, Any], rows: Sequence[dict[str, Any]], plot_
     else:
         base = "R = the words of the word list alone"
     src = f"{info['train_texts']} kept pseudo-labels, {info['train_words']} words, {info['vocabulary']} distinct, from {info['source']}" if info["source"] else "no training transcripts found"
-    lines.append(f"{base} ({src})" + (f", plus {info['word_list_words']} words of the word list `{info['word_list']}`" if info["word_list"] else "") + ".")
+    if info.get("common_words"):
+        base += (
+            f" ({src}), except the {info['common_words']} most frequent English words ({info['common_source']}, "
+            f"{info['common_types']} words once normalised), which are never rare by count"
+        )
+    else:
+        base += f" ({src})" + ("; no common-word exclusion (eval.common_words 0)" if info["max_train_count"] >= 0 else "")
+    lines.append(base + (f"; plus the {info['word_list_words']} words of the word list `{info['word_list']}`, rare even when common" if info["word_list"] else "") + ".")
     lines.append("")
     for name, ts in metrics["test_sets"].items():
         unseen = ts["rare_unseen_types"]
+        rule = ts["rare_rule"]
+        excluded = rule["common_excluded_examples"]
         lines.append(
             f"- **{name}** (`{ts['path']}`): {ts['utterances']} utterances, {ts['audio_s']:.1f} s of audio; "
             f"{ts['rare_types']} distinct rare words ({ts['rare_tokens']} occurrences) in the references, "
             f"{unseen} of them truly unseen in the training labels"
             + (f": {', '.join(ts['rare_examples'])}" + (" ..." if ts["rare_types"] > len(ts["rare_examples"]) else "") if ts["rare_examples"] else "")
+            + f". Training-count rule: {rule['by_count_types']} words ({rule['by_count_tokens']} occurrences)"
+            + (
+                f"; common-word rule: {rule['common_excluded_types']} of them excluded ({rule['common_excluded_tokens']} occurrences"
+                + (f": {', '.join(excluded)}" + (" ..." if rule["common_excluded_types"] > len(excluded) else "") if excluded else "")
+                + ")"
+                if info.get("common_words")
+                else ""
+            )
+            + (f"; word list: {rule['word_list_added_types']} words added ({rule['word_list_added_tokens']} occurrences)" if info["word_list"] else "")
             + "."
         )
     lines += ["", "## Problems", ""]
@@ -495,16 +553,25 @@ def wer_plot_png(all_scores: Sequence[SystemScores], set_names: Sequence[str]) -
 # ---------------------------------------------------------------------------------------- writing
 
 
+def utterance_error(result: DecodeResult, utt_id: str) -> str | None:
+    """Why a system has no hypothesis for an utterance (it is then scored as an empty one); None if it has one."""
+    if utt_id in result.failures:
+        return result.failures[utt_id]
+    return None if result.hyps.get(utt_id) is not None else "no hypothesis"
+
+
 def write_utterances(path: Path, s: SystemScores, prepared: PreparedSet) -> Path:
-    """``<set>/<system>.jsonl``: one JSON line per utterance (scored, or failed with its error)."""
+    """``<set>/<system>.jsonl``: one JSON line per utterance, with its scores and ``error``: None, or
+    why the system failed on it (then it was scored as an empty hypothesis: ``hyp`` is "")."""
     by_id = {sc.utt_id: sc for sc in s.scores}
     lines = []
     for u in prepared.utterances:
         row: dict[str, Any] = {"utt_id": u.utt_id, "audio": u.audio_path, "start_s": u.start_s, "end_s": u.end_s, "duration_s": round(prepared.durations.get(u.utt_id, 0.0), 3)}
         if u.utt_id in by_id:
             row.update(by_id[u.utt_id].to_dict())
-        else:
-            row.update({"ref": u.text, "hyp": None, "error": s.result.failures.get(u.utt_id, "no hypothesis")})
+        else:  # not scored (score_result scores every utterance; kept for a partial SystemScores)
+            row.update({"ref": u.text, "hyp": None})
+        row["error"] = utterance_error(s.result, u.utt_id)
         lines.append(json.dumps(row, ensure_ascii=False))
     return write_text(path, "".join(line + "\n" for line in lines))
 
@@ -545,7 +612,8 @@ def score_and_write(
         "files": {},
     }
     for prepared in sets:
-        counts = rare_reference_words(prepared, rare)
+        words = reference_words(prepared)
+        counts = Counter({w: c for w, c in words.items() if w in rare})
         unseen = sorted(w for w in counts if rare.counts.get(w, 0) == 0)
         metrics["test_sets"][prepared.name] = {
             "path": prepared.path,
@@ -556,6 +624,7 @@ def score_and_write(
             "rare_tokens": int(sum(counts.values())),
             "rare_unseen_types": len(unseen),
             "rare_examples": [w for w, _ in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))][:12],
+            "rare_rule": rare_rule_counts(words, rare),
             "problems": list(prepared.problems),
         }
         all_problems += [f"[{prepared.name}] {p}" for p in prepared.problems]

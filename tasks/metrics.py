@@ -3,14 +3,24 @@
 - **O-WER**: WER on the texts as written (case and punctuation count), whitespace tokens.
 - **N-WER**: WER after Whisper's English text normaliser (``llmasr.text.normalize``) on both sides.
 - **R-WER**: on normalised text.  The rare words R are the words whose count in the training
-  transcripts is at most ``max_train_count`` (default 0: never seen, the zero-shot case), plus the
-  words of an optional user word list (normalised the same way).  Reference and hypothesis are aligned
-  (Levenshtein on normalised words, ``jiwer.process_words``) and
+  transcripts is at most ``max_train_count`` (default 0: never seen, the zero-shot case) and that are
+  not among the ``common_words`` most frequent English words (default 5000, ``common_word_set``:
+  wordfreq's English list, each entry normalised like the references; 0 = no such exclusion), plus
+  the words of an optional user word list (normalised the same way), which are rare even when
+  common: the list is the user's explicit choice, the common-word rule only guards the count rule
+  against a small training set (fbai-speech is21_deep_bias: rare = outside the 5,000 most common
+  words).  Reference and hypothesis are aligned (normalised words, ``align_words``) and
 
       R-WER = (substituted or deleted reference words in R + inserted hypothesis words in R)
               / (reference words in R)
 
 - **U-WER**: the same over the words not in R.
+
+Alignment (``tasks.alignment.align``): of all alignments, one with the fewest errors (so N-WER is the
+usual Levenshtein WER); among those, one with the fewest substitutions (most matched words: the
+preference of sclite's and is21_deep_bias's word costs 0/3/3/4); remaining ties as is21_deep_bias's
+``score.py`` breaks them (in each cell of the dynamic programme the diagonal move first, then the
+insertion, then the deletion; read back from the end).  O-WER's tokens are aligned the same way.
 
 Classification rule: substitutions and deletions are classified by the *reference* word, insertions
 (which have no reference word) by the *hypothesis* word.  So a substitution whose reference word is
@@ -27,16 +37,14 @@ makes every reference word a deletion; both empty contribute nothing.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
-import jiwer
-
-from llmasr.text import WordErrors, normalize, word_errors
-
-Op = Literal["equal", "substitute", "delete", "insert"]
+from llmasr.text import WordErrors, normalize
+from tasks.alignment import Op, align
 
 
 def build_vocabulary(train_texts: Iterable[str | None]) -> Counter[str]:
@@ -47,27 +55,57 @@ def build_vocabulary(train_texts: Iterable[str | None]) -> Counter[str]:
     return counts
 
 
+@functools.lru_cache(maxsize=4)
+def common_word_set(n: int) -> frozenset[str]:
+    """The normalised forms of the ``n`` most frequent English words (``wordfreq.top_n_list('en', n)``).
+
+    Each entry is normalised like the references and every word it gives is kept ("it's" gives
+    "it" and "is", "one" gives "1", "mr" gives "mister"), so 5000 entries give about 4,900 words.
+    ``n <= 0``: the empty set.
+    """
+    if n <= 0:
+        return frozenset()
+    from wordfreq import top_n_list
+
+    return frozenset(w for entry in top_n_list("en", n) for w in normalize(entry).split())
+
+
+def common_word_source(n: int) -> str | None:
+    """Where ``common_word_set(n)`` comes from, for the report; None when the rule is off."""
+    if n <= 0:
+        return None
+    from importlib.metadata import version
+
+    return f"wordfreq {version('wordfreq')} top_n_list('en', {n})"
+
+
 class RareWords:
     """The rare-word set R: ``word in rare`` for a *normalised* word.
 
-    A word is rare when its training count is ``<= max_train_count`` (words never seen have count 0),
-    or when it is one of the ``extra`` words (a user word list).  Each ``extra`` entry is normalised
-    with the same Whisper normaliser, and every word it normalises to is added ("Mr. Quilter" adds
-    "mister" and "quilter").  A negative ``max_train_count`` makes R exactly the word list.
+    A word is rare when its training count is ``<= max_train_count`` (words never seen have count 0)
+    and it is not in ``common`` (``common_word_set``), or when it is one of the ``extra`` words (a
+    user word list; rare even when common).  Each ``extra`` entry is normalised with the same Whisper
+    normaliser, and every word it normalises to is added ("Mr. Quilter" adds "mister" and
+    "quilter").  A negative ``max_train_count`` makes R exactly the word list.
     """
 
-    def __init__(self, counts: Mapping[str, int], max_train_count: int = 0, extra: Iterable[str] = ()) -> None:
+    def __init__(self, counts: Mapping[str, int], max_train_count: int = 0, extra: Iterable[str] = (), common: Iterable[str] = ()) -> None:
         self.counts: Mapping[str, int] = counts
         self.max_train_count = int(max_train_count)
         self.extra: frozenset[str] = frozenset(w for entry in extra for w in normalize(entry).split())
+        self.common: frozenset[str] = frozenset(common)
+
+    def by_count(self, word: str) -> bool:
+        """The training-count rule alone (before the common-word exclusion)."""
+        return self.counts.get(word, 0) <= self.max_train_count
 
     def __contains__(self, word: object) -> bool:
         if not isinstance(word, str):
             return False
-        return word in self.extra or self.counts.get(word, 0) <= self.max_train_count
+        return word in self.extra or (self.by_count(word) and word not in self.common)
 
     def __repr__(self) -> str:
-        return f"RareWords(vocabulary={len(self.counts)}, max_train_count={self.max_train_count}, extra={len(self.extra)})"
+        return f"RareWords(vocabulary={len(self.counts)}, max_train_count={self.max_train_count}, extra={len(self.extra)}, common={len(self.common)})"
 
 
 class AlignedWord(NamedTuple):
@@ -107,25 +145,14 @@ class UtteranceScore:
 
 
 def align_words(ref_words: list[str], hyp_words: list[str]) -> list[tuple[Op, str | None, str | None]]:
-    """Levenshtein word alignment (jiwer) as (op, ref_word, hyp_word) steps; either side may be empty."""
-    if not ref_words:
-        return [("insert", None, h) for h in hyp_words]
-    if not hyp_words:
-        return [("delete", r, None) for r in ref_words]
-    out = jiwer.process_words(" ".join(ref_words), " ".join(hyp_words))
-    steps: list[tuple[Op, str | None, str | None]] = []
-    for chunk in out.alignments[0]:
-        refs = ref_words[chunk.ref_start_idx : chunk.ref_end_idx]
-        hyps = hyp_words[chunk.hyp_start_idx : chunk.hyp_end_idx]
-        if chunk.type in ("equal", "substitute"):
-            steps.extend((chunk.type, r, h) for r, h in zip(refs, hyps, strict=True))
-        elif chunk.type == "delete":
-            steps.extend(("delete", r, None) for r in refs)
-        elif chunk.type == "insert":
-            steps.extend(("insert", None, h) for h in hyps)
-        else:  # pragma: no cover - jiwer's alignment types are exactly the four above
-            raise ValueError(f"unknown jiwer alignment type {chunk.type!r}")
-    return steps
+    """(op, ref_word, hyp_word) steps of the scoring alignment (``tasks.alignment.align``: fewest
+    errors, then most matches, then is21_deep_bias's move order); either side may be empty."""
+    return align(ref_words, hyp_words)
+
+
+def _step_counts(steps: list[tuple[Op, str | None, str | None]]) -> WordErrors:
+    ops = Counter(op for op, _, _ in steps)
+    return WordErrors(ops["substitute"], ops["delete"], ops["insert"], len(steps) - ops["insert"])
 
 
 def score_utterance(utt_id: str, ref: str | None, hyp: str | None, rare: Container[str]) -> UtteranceScore:
@@ -165,7 +192,7 @@ def score_utterance(utt_id: str, ref: str | None, hyp: str | None, rare: Contain
         hyp=hyp,
         ref_norm=ref_norm,
         hyp_norm=hyp_norm,
-        o=word_errors(ref, hyp),
+        o=_step_counts(align_words(ref.split(), hyp.split())),
         n=n,
         r_errors=r_errors,
         r_words=r_words,

@@ -64,8 +64,51 @@ def test_rare_words_come_from_the_kept_labels_and_the_word_list(tmp_path):
     assert "terrace" in rare and "quilter" in rare and "mister" in rare  # the word list
     assert info["train_texts"] == len(KEPT_LABELS) and info["word_list_words"] == 3
 
-    rare1, _, _ = ev.rare_word_set(tmp_path, EvalConfig(max_train_count=1))
+    assert info["common_words"] == 5000 and info["common_types"] > 4500 and info["common_source"].startswith("wordfreq ")
+
+    rare1, _, _ = ev.rare_word_set(tmp_path, EvalConfig(max_train_count=1, common_words=0))
     assert "museum" in rare1 and "the" not in rare1  # seen once -> rare at max_train_count=1
+    rare1, info1, _ = ev.rare_word_set(tmp_path, EvalConfig(max_train_count=1))
+    assert "museum" not in rare1 and "tachycardia" in rare1  # "museum" is a common English word
+    assert info1["common_words"] == 5000
+
+
+def test_common_words_never_rare_and_report_counts_each_rule(tmp_path):
+    """With 5 training labels "an", "test", "against" and "among" are unseen; the 5000-common-word
+    rule keeps them out of R, the word list puts "test" back, and report.md counts each part."""
+    from tasks.testsets import TestUtterance
+
+    write_run_manifests(tmp_path, KEPT_LABELS, [])
+    (tmp_path / "words.txt").write_text("test\n")
+    rare, info, problems = ev.rare_word_set(tmp_path, EvalConfig(word_list=str(tmp_path / "words.txt")))
+    assert not problems
+    assert [w in rare for w in ("an", "test", "against", "among", "amoxicillin", "doctor")] == [False, True, False, False, True, False]
+    utts = [
+        TestUtterance("a", "a.wav", "An amoxicillin test against an infection among doctors."),
+        TestUtterance("b", "b.wav", "The doctor said the test was fine."),
+    ]
+    prepared = ev.PreparedSet("clinic", "clinic.jsonl", utts, [], {"a": 3.0, "b": 2.0})
+    result = DecodeResult("sys", hyps={"a": "An amoxicillin test against an infection among doctors."}, failures={"b": "RuntimeError: out of memory"})
+    metrics, report, _, _ = ev.score_and_write(tmp_path / "eval", tmp_path, [prepared], [ev.SystemSpec("sys", "hyps", "h.tsv")],
+                                               {"sys": {"clinic": result}}, rare, info, problems, EvalConfig().model_dump(mode="json"))
+    rule = metrics["test_sets"]["clinic"]["rare_rule"]
+    # unseen in training: an (twice), amoxicillin, test (twice), against, infection, among, doctors, fine
+    assert rule["by_count_types"] == 8 and rule["by_count_tokens"] == 10
+    assert sorted(rule["common_excluded_examples"]) == ["against", "among", "an", "doctors", "fine", "infection"]
+    assert rule["common_excluded_types"] == 6 and rule["common_excluded_tokens"] == 7
+    assert rule["word_list_added_types"] == 1 and rule["word_list_added_tokens"] == 2  # "test": common, rare by the list alone
+    assert sorted(metrics["test_sets"]["clinic"]["rare_examples"]) == ["amoxicillin", "test"]
+    assert "except the 5000 most frequent English words (wordfreq " in report
+    assert "rare even when common" in report and "word list: 1 words added (2 occurrences)" in report
+    assert "common-word rule: 6 of them excluded (7 occurrences: an, against" in report
+    # the failed utterance: scored as an empty hypothesis, and its row says why
+    rows = {r["utt_id"]: r for r in map(json.loads, (tmp_path / "eval" / "clinic" / "sys.jsonl").read_text().splitlines())}
+    assert rows["b"]["error"] == "RuntimeError: out of memory" and rows["b"]["hyp"] == "" and rows["b"]["n"]["deletions"] == 7
+    assert rows["a"]["error"] is None
+    assert metrics["results"]["clinic"]["sys"]["failed"] == 1 and metrics["results"]["clinic"]["sys"]["words"] == 15
+
+    _, info0, _ = ev.rare_word_set(tmp_path, EvalConfig(common_words=0))
+    assert info0["common_words"] == 0 and info0["common_source"] is None
 
 
 def test_rare_words_from_shards_when_the_manifests_are_gone(tmp_path):

@@ -14,6 +14,7 @@ from tasks.metrics import (
     RareWords,
     RareWordStat,
     build_vocabulary,
+    common_word_set,
     rare_word_report,
     score_corpus,
     score_utterance,
@@ -63,6 +64,61 @@ def test_rare_words_negative_threshold_means_word_list_only() -> None:
     rare = RareWords(build_vocabulary(TRAIN), max_train_count=-1, extra=["dioralyte"])
     assert "dioralyte" in rare
     assert "gastroenteritis" not in rare
+
+
+def test_common_words_are_never_rare_by_count() -> None:
+    """With 3 training sentences "an", "test", "against", "among" and "symptoms" are unseen, but they
+    are among the 5000 most frequent English words: not rare (is21_deep_bias's convention)."""
+    common = common_word_set(5000)
+    rare = RareWords(build_vocabulary(TRAIN), common=common)
+    for word in ("an", "test", "against", "among", "symptoms", "cause", "doctor"):
+        assert word in common and word not in rare, word
+    assert "gastroenteritis" in rare and "dioralyte" in rare and "quilter" in rare
+    assert rare.by_count("test") and not rare.by_count("the")
+    assert RareWords(build_vocabulary(TRAIN), common=common_word_set(0)).__contains__("test")  # 0 turns it off
+
+
+def test_common_word_list_is_normalised_like_the_references() -> None:
+    common = common_word_set(5000)
+    assert "mister" in common  # "mr"
+    assert "one" in common and "1" not in common and "2" in common  # Whisper writes a lone 1 as "one"
+    assert "color" in common and "colour" not in common  # British entries map to American spelling
+    assert "it's" not in common and "is" in common  # "it's" normalises to "it is"
+    assert all(w == w.strip() and w for w in common)
+    assert 4500 < len(common) <= 5000
+    assert common_word_set(0) == frozenset() and common_word_set(-1) == frozenset()
+
+
+def test_word_list_words_are_rare_even_when_common() -> None:
+    rare = RareWords(build_vocabulary(TRAIN), extra=["test", "Dioralyte"], common=common_word_set(5000))
+    assert "test" in rare  # listed: the user's choice wins over the common-word rule
+    assert "against" not in rare  # unseen but common and not listed
+    s = score_utterance("u", "a test against dioralyte", "a toast against dioralight", rare)
+    assert (s.r_errors, s.r_words, s.u_errors, s.u_words) == (2, 2, 0, 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# alignment ties
+
+
+def test_equally_short_alignments_put_errors_by_the_documented_rule() -> None:
+    """Reference "b c a b", hypothesis "a b c": 3 errors either deleting "b c" (then "a b" match,
+    "c" inserted) or inserting "a" (then "b c" match, "a b" deleted).  The rule reads back from the
+    end taking the diagonal first, so "a" matches and R (= {a}) has no error."""
+    rare = RareWords({"b": 1, "c": 1})  # "a" unseen: rare
+    s = score_utterance("u", "b c a b", "a b c", rare)
+    assert [(a.op, a.ref, a.hyp) for a in s.alignment] == [
+        ("delete", "b", None), ("delete", "c", None), ("equal", "a", "a"), ("equal", "b", "b"), ("insert", None, "c")
+    ]
+    assert (s.r_errors, s.r_words, s.u_errors, s.u_words) == (0, 1, 3, 3)
+    assert s.n == WordErrors(0, 2, 1, 4)
+
+
+def test_among_equally_short_alignments_the_one_with_most_matches_wins() -> None:
+    # 2 substitutions, or delete "quilter", match "said", insert "so": both 2 errors
+    s = score_utterance("u", "quilter said", "said so", RareWords({"said": 2, "so": 2}))
+    assert [(a.op, a.ref, a.hyp) for a in s.alignment] == [("delete", "quilter", None), ("equal", "said", "said"), ("insert", None, "so")]
+    assert (s.r_errors, s.r_words, s.u_errors, s.u_words) == (1, 1, 1, 1)
 
 
 # --------------------------------------------------------------------------------------------------
