@@ -48,6 +48,16 @@ SPEAKER_COLUMNS = ("speaker",)
 # an interval may end this much after the end of its audio file before it is reported
 _DURATION_TOLERANCE_S = 0.5
 
+# csv's default field limit, 131,072 characters, is shorter than a long-form transcript (a Kincaid46
+# row holds a whole video's text).  The limit is one setting for the whole process: it is only ever
+# raised, to this, before a csv or tsv is read.
+_CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def _allow_long_fields() -> None:
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
+
 
 class TestSetError(ValueError):
     """A test set (or one entry of it) that cannot be read."""
@@ -192,10 +202,14 @@ def _jsonl_rows(path: Path, sink: _Sink) -> Iterator[tuple[str, Mapping[str, Any
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    _allow_long_fields()
     with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
-        for row in reader:
-            yield f"{path}:{reader.line_num}", row
+        try:
+            for row in reader:
+                yield f"{path}:{reader.line_num}", row
+        except csv.Error as exc:
+            raise TestSetError(f"{path}:{reader.line_num}: cannot read this csv row: {exc}") from None
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -545,8 +559,13 @@ def read_kincaid46(folder_or_tsv: str | Path, problems: list[str] | None = None)
     if path.is_dir():
         path = _find_tsv(path)
     sink = _Sink(problems)
+    _allow_long_fields()
     with path.open(encoding="utf-8-sig", newline="") as f:
-        lines = [(i, row) for i, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1) if any(c.strip() for c in row)]
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        try:
+            lines = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+        except csv.Error as exc:
+            raise TestSetError(f"{path}:{reader.line_num}: cannot read this tsv row: {exc}") from None
     if not lines:
         return []
     header = lines[0][1]

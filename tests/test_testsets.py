@@ -403,6 +403,32 @@ def test_read_kincaid46_without_header_from_folder(tmp_path: Path) -> None:
     assert read_kincaid46(tmp_path / "list.tsv", []) == utts
 
 
+def test_read_kincaid46_transcript_longer_than_csvs_default_field_limit(tmp_path: Path) -> None:
+    """A whole video's transcript in one row: over csv's default 131,072-character field limit."""
+    _clips(tmp_path, "k1.wav", "k2.wav")
+    long_text = " ".join(f"word{i}" for i in range(40_000))  # ~308,000 characters
+    assert len(long_text) > 131_072
+    (tmp_path / "list.tsv").write_text(f"k1.wav\t{long_text}\nk2.wav\tshort\n", encoding="utf-8")
+    utts, problems = load_test_set(str(tmp_path / "list.tsv"))
+    assert not problems and [(u.utt_id, len(u.text)) for u in utts] == [("k1", len(long_text)), ("k2", 5)]
+    (tmp_path / "m.csv").write_text(f'audio,text\nk1.wav,"{long_text}"\n', encoding="utf-8")  # a csv manifest too
+    assert read_manifest(tmp_path / "m.csv")[0].text == long_text
+
+
+def test_an_unreadable_tsv_row_fails_naming_the_file_and_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.testsets as ts
+
+    _clips(tmp_path, "k1.wav")
+    (tmp_path / "list.tsv").write_text("k1.wav\tfine\nk1.wav\t" + "x" * 2000 + "\n", encoding="utf-8")
+    monkeypatch.setattr(ts, "_CSV_FIELD_LIMIT", 1000)  # a row longer than whatever limit csv has
+    old = csv.field_size_limit(1000)
+    try:
+        with pytest.raises(TestSetError, match=r"list\.tsv:2: cannot read this tsv row: field larger than field limit"):
+            read_kincaid46(tmp_path / "list.tsv", [])
+    finally:
+        csv.field_size_limit(old)
+
+
 # --------------------------------------------------------------------------------------------------
 # dispatch errors
 
