@@ -385,6 +385,8 @@ FASTER_WHISPER_OPTIONS: dict[str, Any] = {
     "without_timestamps": True,
     "max_initial_timestamp": 1.0,  # unused without timestamps
     "word_timestamps": False,
+    "prepend_punctuations": "\"'“¿([{-",  # word timestamps only (off): faster-whisper's values
+    "append_punctuations": "\"'.。,，!！?？:：”)]}、",
     "multilingual": False,  # one language per piece (eval.language)
     "vad_filter": False,  # pieces are already cut (tasks.decode.plan_pieces)
     "chunk_length": None,  # the model's 30 s window
