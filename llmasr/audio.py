@@ -7,6 +7,7 @@ unicode or shell metacharacters are safe.
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -80,3 +81,55 @@ def load_audio(path: Path | str, start_s: float = 0.0, end_s: float | None = Non
 def duration_s(path: Path | str) -> float:
     info = sf.info(str(path))
     return info.frames / float(info.samplerate)
+
+
+def _wav_declared_s(path: Path) -> float | None:
+    """A RIFF/WAVE file's ``data`` chunk size over its ``fmt `` byte rate; None when it is not one, or
+    the size is a streaming placeholder (0 or 0xFFFFFFFF)."""
+    with path.open("rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        byte_rate = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"fmt ":
+                fmt = f.read(size)
+                if len(fmt) < 12:
+                    return None
+                byte_rate = struct.unpack("<I", fmt[8:12])[0]
+                if size & 1:
+                    f.seek(1, 1)
+            elif cid == b"data":
+                if not byte_rate or size in (0, 0xFFFFFFFF):
+                    return None
+                return size / byte_rate
+            else:
+                f.seek(size + (size & 1), 1)
+
+
+def declared_duration_s(path: Path | str) -> float | None:
+    """How long a file says it is, as opposed to what decodes: a WAV's data chunk size (ffmpeg would
+    estimate a cut WAV's length from its size), else ffprobe's container duration (FLAC's
+    STREAMINFO, an MP3's Xing/Info frame count, ...; for formats that declare nothing ffprobe
+    estimates from the size, which then agrees with the decoded length).  None when neither tells,
+    or ffprobe is not installed."""
+    path = Path(path)
+    try:
+        wav = _wav_declared_s(path)
+    except (OSError, struct.error):
+        wav = None
+    if wav is not None:
+        return wav
+    exe = shutil.which("ffprobe")
+    if exe is None:
+        return None
+    cmd = [exe, "-v", "error", "-show_entries", "format=duration", "-of", "default=noprint_wrappers=1:nokey=1", str(path)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout.split()
+        return float(out[0]) if out else None
+    except (subprocess.TimeoutExpired, OSError, ValueError):
+        return None

@@ -4,8 +4,10 @@ Sources are checked before any work (``resolve_sources``): an ``http(s)`` URL go
 (tasks/youtube.py); a folder is searched for audio files with optional ``<stem>.vtt``/``.srt``
 captions beside them; a manifest (``.jsonl``, ``.csv``, ``.txt``) lists audio paths or URLs.
 Every local file becomes an Item: ``ok`` with its converted audio, or ``failed`` with the reason
-(zero bytes, not audio, too long, ...).  A file already ingested with the same size and mtime is
-not converted again.
+(zero bytes, not audio, too long, ...).  A truncated file whose first part decodes (a WAV whose
+header declares 12 s and that holds 0.09 s) is ``ok`` with what decodes, and a note in ``error``
+giving the declared and the decoded length.  A file already ingested with the same size and mtime
+is not converted again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Callable, Iterable
 from urllib.parse import urlparse
 
 from llmasr.atomic import write_json
-from llmasr.audio import AudioError, convert_to_flac16k
+from llmasr.audio import AudioError, convert_to_flac16k, declared_duration_s
 from llmasr.config import IngestConfig
 from llmasr.layout import WorkLayout, safe_id
 from llmasr.records import STATUS_FAILED, STATUS_OK, Item
@@ -33,6 +35,10 @@ log = logging.getLogger("llmasr.ingest")
 AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".webm", ".mp4", ".mkv", ".mov", ".wma", ".aiff", ".aif"}
 CAPTION_EXTENSIONS = (".vtt", ".srt")
 MANIFEST_EXTENSIONS = {".jsonl", ".csv", ".txt"}
+
+# a file decoding this much shorter than its header declares (and by more than 1 %) is noted as
+# truncated: encoder padding and rounding stay well below it
+TRUNCATION_TOLERANCE_S = 0.5
 
 
 class SourceError(ValueError):
@@ -186,7 +192,8 @@ def ingest_local_file(f: LocalFile, layout: WorkLayout, cfg: IngestConfig) -> It
             return Item(**prev)
     try:
         duration = convert_to_flac16k(src, layout.audio(f.item_id), max_duration_s=cfg.max_item_duration_s)
-        item = Item(**base, path=layout.rel(layout.audio(f.item_id)), duration_s=round(duration, 3), caption_path=None, status=STATUS_OK)
+        item = Item(**base, path=layout.rel(layout.audio(f.item_id)), duration_s=round(duration, 3), caption_path=None, status=STATUS_OK,
+                    error=truncation_note(src, duration))
     except AudioError as exc:
         layout.audio(f.item_id).unlink(missing_ok=True)
         item = Item(**base, path=None, duration_s=None, caption_path=None, status=STATUS_FAILED, error=str(exc))
@@ -196,15 +203,29 @@ def ingest_local_file(f: LocalFile, layout: WorkLayout, cfg: IngestConfig) -> It
     return item
 
 
+def truncation_note(src: Path, decoded_s: float) -> str | None:
+    """A note when ``src`` decodes to less than its header declares (a cut download or copy); None
+    otherwise.  What decodes is kept: it is real audio, and segment and filter judge it like any."""
+    declared = declared_duration_s(src)
+    if declared is None or declared - decoded_s <= max(TRUNCATION_TOLERANCE_S, 0.01 * declared):
+        return None
+    log.warning("%s: truncated, the header declares %.2f s, %.2f s decoded", src, declared, decoded_s)
+    return f"truncated: the header declares {declared:.2f} s, {decoded_s:.2f} s decoded (kept)"
+
+
+def _add_note(item: Item, note: str) -> Item:
+    return dataclasses.replace(item, error=f"{item.error}; {note}" if item.error else note)
+
+
 def _with_captions(item: Item, captions: Path, found: bool, layout: WorkLayout) -> Item:
     """``item`` with its captions converted to raw/<id>.vtt; or, where they are missing or
     unreadable, without captions (segment then cuts by VAD) and a note in ``error`` saying so."""
     if not found:
-        return dataclasses.replace(item, error=f"captions {captions} not found; segmented by VAD")
+        return _add_note(item, f"captions {captions} not found; segmented by VAD")
     try:
         write_vtt(layout.captions(item.item_id), parse_captions(captions))
     except CaptionError as exc:
-        return dataclasses.replace(item, error=f"captions ignored ({exc}); segmented by VAD")
+        return _add_note(item, f"captions ignored ({exc}); segmented by VAD")
     return dataclasses.replace(item, caption_path=layout.rel(layout.captions(item.item_id)), caption_kind="local")
 
 

@@ -242,10 +242,46 @@ def test_bad_files_fail_with_a_reason(folder: dict[str, Path], tmp_path: Path) -
 def test_truncated_but_decodable_file_keeps_what_decodes(folder: dict[str, Path], tmp_path: Path) -> None:
     items, layout = _ingest(folder, tmp_path / "work")
     trunc = _by_name(items, folder)["truncated"]
-    # ffmpeg decodes the whole mp3 frames in the first 1000 bytes of a 2 s file (about 0.08 s)
-    assert trunc.status == STATUS_OK and trunc.error is None
+    # ffmpeg decodes the whole mp3 frames in the first 1000 bytes of a 2 s file (about 0.08 s); the
+    # mp3's Info frame still declares 2.04 s
+    assert trunc.status == STATUS_OK
     assert trunc.duration_s is not None and 0 < trunc.duration_s < 0.5
+    assert trunc.error == f"truncated: the header declares 2.04 s, {trunc.duration_s:.2f} s decoded (kept)"
     assert sf.info(str(layout.abs(trunc.path))).frames / 16_000 == pytest.approx(trunc.duration_s, abs=0.001)  # type: ignore[arg-type]
+
+
+def _truncated_wav(path: Path, declared_s: float, kept_s: float) -> Path:
+    """A 16 kHz 16-bit WAV whose header declares ``declared_s`` and that holds ``kept_s`` (a cut copy)."""
+    _wav(path, declared_s, sr=16_000, channels=1)
+    data = path.read_bytes()
+    start = data.index(b"data") + 8
+    path.write_bytes(data[: start + int(kept_s * 16_000) * 2])
+    return path
+
+
+def test_truncated_wav_is_kept_with_a_note_of_declared_and_decoded_length(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    _truncated_wav(tmp_path / "in" / "cut.wav", 12.0, 0.09)
+    _wav(tmp_path / "in" / "whole.wav", 1.0, sr=16_000, channels=1)
+    (src,) = resolve_sources([str(tmp_path / "in")])
+    files, _ = expand_source(src)
+    layout = WorkLayout(tmp_path / "work")
+    got = {Path(it.title).stem: it for it in ingest_local(files, layout, CFG)}
+    cut = got["cut"]
+    assert cut.status == STATUS_OK and cut.duration_s == pytest.approx(0.09, abs=0.002)
+    assert cut.error == "truncated: the header declares 12.00 s, 0.09 s decoded (kept)"
+    assert sf.info(str(layout.abs(cut.path))).frames == pytest.approx(0.09 * 16_000, abs=2)  # type: ignore[arg-type]
+    assert got["whole"].status == STATUS_OK and got["whole"].error is None
+
+
+def test_a_truncation_note_and_a_captions_note_are_both_kept(tmp_path: Path) -> None:
+    wav = _truncated_wav(tmp_path / "cut.wav", 5.0, 1.0)
+    (tmp_path / "cut.vtt").write_bytes(b"\x00garbage")
+    (src,) = resolve_sources([str(wav)])
+    files, _ = expand_source(src)
+    (item,) = ingest_local(files, WorkLayout(tmp_path / "work"), CFG)
+    assert item.status == STATUS_OK and item.error is not None
+    assert item.error.startswith("truncated: the header declares 5.00 s, 1.00 s decoded (kept); captions ignored (")
 
 
 def test_undecodable_bytes_with_an_audio_extension_fail_naming_the_file(folder: dict[str, Path], tmp_path: Path) -> None:
