@@ -278,3 +278,47 @@ def test_llmasr_stage3_lora_greedy_merged_in_memory_equals_attached(checkpoints,
     assert (Path(checkpoints[3]) / "lora" / "adapter_config.json").is_file()  # nothing written back
     assert merged.identity()["stage"]["stage"] == 3
     assert merged.identity() != attached.identity()
+
+
+# ------------------------------------------------------------- explicit settings, per-row bounds
+
+
+@pytest.mark.parametrize("beams", [1, 4], ids=["greedy", "beam4"])
+def test_llmasr_piece_decodes_the_same_alone_and_in_a_batch(checkpoints, wavs, beams):
+    """Each row stops at its own bound and end token (llmasr.generation.RowBound): the short piece,
+    with the smallest bound, gets the same hypothesis alone as beside longer pieces."""
+    settings = DecodeSettings(num_beams=beams, no_repeat_ngram_size=3, batch_size=3, tokens_per_second=2.0, min_new_tokens=3, device="cpu")
+    audios = [decode.read_audio(w) for w in wavs]
+    audios[2] = audios[2][: 16000 * 3 // 4]  # 0.75 s: bound ceil(1.5) + 3 = 5 tokens
+    system = decode.LLMASRSystem("llmasr-stage2", checkpoints[2], settings)
+    batch = system.decode(audios)
+    alone = [system.decode([a])[0] for a in audios]
+    assert batch == alone
+    assert settings.bound(0.75) < settings.bound(len(audios[0]) / 16000)
+    system.close()
+
+
+def test_llmasr_ignores_the_llms_generation_config(tmp_path, wavs):
+    """An LLM checkpoint whose generation_config.json asks for sampling, a repetition penalty and
+    top-p decodes to the same hypotheses as the same checkpoint without that file."""
+    from transformers import AutoModelForCausalLM
+
+    checkpoints = make_checkpoints(tmp_path / "models", tmp_path / "work", stages=(2,))
+    llm = tmp_path / "models" / "llm"
+    (llm / "generation_config.json").unlink(missing_ok=True)
+    audios = [decode.read_audio(w) for w in wavs]
+    want = {}
+    for beams in (1, 3):
+        settings = DecodeSettings(num_beams=beams, no_repeat_ngram_size=3, batch_size=3, tokens_per_second=3.0, min_new_tokens=4, device="cpu")
+        want[beams] = decode.LLMASRSystem("plain", checkpoints[2], settings).decode(audios)
+    (llm / "generation_config.json").write_text(json.dumps({
+        "do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.3,
+        "no_repeat_ngram_size": 1, "length_penalty": 2.0, "num_beams": 5, "max_new_tokens": 2,
+        "bad_words_ids": [[5], [6]], "min_new_tokens": 3,
+    }))
+    assert AutoModelForCausalLM.from_pretrained(str(llm)).generation_config.repetition_penalty == 1.3  # it is read
+    for beams in (1, 3):
+        settings = DecodeSettings(num_beams=beams, no_repeat_ngram_size=3, batch_size=3, tokens_per_second=3.0, min_new_tokens=4, device="cpu")
+        system = decode.LLMASRSystem("with-file", checkpoints[2], settings)
+        assert system.decode(audios) == want[beams]
+        assert system.model.llm.generation_config.do_sample is True  # restored after each call
