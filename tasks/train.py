@@ -531,6 +531,19 @@ def _copy_aux(src: Any, dst: Path) -> None:
                 shutil.copy2(Path(src) / name, dst / name)
 
 
+def _complete_whisper_folder(src: Any, dst: Path, num_mel_bins: int) -> None:
+    """Make the stage-1 ``whisper/`` export a folder Whisper loaders take whole (the
+    ``llmasr-stage1`` evaluation system, ``WhisperProcessor.from_pretrained``): the source's
+    tokenizer when none was copied (a hub-name source has no files to copy), and Whisper's feature
+    extractor settings for its mel bins when the source has no preprocessor_config.json."""
+    from transformers import AutoTokenizer, WhisperFeatureExtractor
+
+    if not any((dst / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+        AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(dst))
+    if not (dst / "preprocessor_config.json").is_file():
+        WhisperFeatureExtractor(feature_size=int(num_mel_bins)).save_pretrained(str(dst))
+
+
 def _abs_if_local(value: Any) -> Any:
     if isinstance(value, str) and value and Path(value).expanduser().exists():
         return str(Path(value).expanduser().resolve())
@@ -1111,6 +1124,7 @@ class Trainer:
                 with _export_folder(self.out_dir, "whisper") as tmp:
                     whisper.save_pretrained(str(tmp))
                     _copy_aux(self.model_cfg.encoder, tmp)
+                    _complete_whisper_folder(self.model_cfg.encoder, tmp, whisper.config.num_mel_bins)
                 with _export_folder(self.out_dir, "encoder") as tmp:
                     save_encoder(SpeechEncoder(whisper.get_encoder()), tmp)
                     _copy_aux(self.model_cfg.encoder, tmp)

@@ -195,3 +195,19 @@ def test_converted_whisper_base_agrees_with_faster_whisper_on_real_speech():
     for u in short:
         assert normalize(hyps["transformers"][u.utt_id]) == normalize(hyps["faster-whisper"][u.utt_id]), u.utt_id
         assert normalize(hyps["transformers"][u.utt_id]).split()[:2] == normalize(u.text).split()[:2]  # it transcribes
+
+
+def test_stage1_export_is_a_complete_whisper_folder(whisper_dir, tmp_path):
+    """The stage-1 export gets a tokenizer and a preprocessor_config.json even where its source has
+    none to copy (tasks.train._complete_whisper_folder): a Whisper loader takes the folder whole."""
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from tasks.train import _complete_whisper_folder
+
+    out = tmp_path / "whisper"
+    WhisperForConditionalGeneration.from_pretrained(str(whisper_dir)).save_pretrained(str(out))  # weights only
+    assert not (out / "tokenizer.json").exists() and not (whisper_dir / "preprocessor_config.json").exists()
+    _complete_whisper_folder(str(whisper_dir), out, 80)
+    assert WhisperFeatureExtractor.from_pretrained(str(out)).feature_size == 80
+    system = TransformersWhisperSystem("s", str(out), settings())
+    assert system.decode([np.zeros(8000, np.float32)])[0] is not None
