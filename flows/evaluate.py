@@ -5,8 +5,9 @@
     llmasr evaluate --profile demo        # runs/demo checkpoints + tiny.en on the zero-shot set
     python -m flows.evaluate --profile demo
 
-Systems: the LLM-ASR at each complete stage checkpoint (``llmasr-stage2``, ``llmasr-stage3``),
-faster-whisper baselines (``faster-whisper:<model>``) and hypothesis files (``name=path``).  One
+Systems: each complete stage checkpoint (``llmasr-stage1``: Whisper with the stage-1 encoder,
+through transformers; ``llmasr-stage2``, ``llmasr-stage3``: the LLM-ASR), Whisper baselines
+(``faster-whisper:<model>``, ``transformers:<model>``) and hypothesis files (``name=path``).  One
 Prefect task reads each test set, one decodes all test sets with one system (its model loaded once),
 one scores and writes ``<work_dir>/eval/`` (tasks/evaluate.py).  A system that cannot be loaded is
 reported and the others still run.  Hypotheses are cached per (test set, system) in
@@ -144,10 +145,11 @@ def evaluate_flow(
         config_file: another pipeline_config.yaml.
         test_sets: "name=path": a manifest, a Kincaid46 tsv, a Primock57 folder, a folder of audio +
             .txt; empty uses eval.test_sets.
-        baselines: "faster-whisper:<model>", e.g. "faster-whisper:large-v2"; empty uses eval.baselines.
+        baselines: "faster-whisper:<model>" or "transformers:<model>", e.g. "faster-whisper:large-v2",
+            "transformers:bundled:whisper-base"; empty uses eval.baselines.
         hyps: "name=path" hypothesis files (jsonl/tsv of utt_id and text, icefall recogs-*.txt);
             empty uses eval.hyps.
-        stages: LLM-ASR stage checkpoints to decode; empty uses eval.stages (2 and 3, where complete).
+        stages: stage checkpoints to decode; empty uses eval.stages (1, 2 and 3, where complete).
         refresh: decode again even where eval/<set>/<system>.decode.json matches.
 
     Returns:

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--test-set", dest="test_sets", action="append", default=[], metavar="NAME=PATH", help="a test set: manifest, Kincaid46 tsv, Primock57 folder, audio + .txt folder (repeatable; replaces eval.test_sets)")
     evaluate.add_argument("--baseline", dest="baselines", action="append", default=[], metavar="faster-whisper:MODEL", help="a faster-whisper baseline, e.g. faster-whisper:large-v2 (repeatable; replaces eval.baselines)")
     evaluate.add_argument("--hyps", action="append", default=[], metavar="NAME=PATH", help="a hypothesis file scored as a system: jsonl/tsv of utt_id and text, or icefall recogs-*.txt (repeatable)")
-    evaluate.add_argument("--stages", default=None, help="LLM-ASR stage checkpoints to decode, e.g. 3 (default eval.stages: 2,3 where complete)")
+    evaluate.add_argument("--stages", default=None, help="stage checkpoints to decode, e.g. 3 (default eval.stages: 1,2,3 where complete; 1 = Whisper with the stage-1 encoder)")
     evaluate.add_argument("--greedy", action="store_true", help="greedy decoding (eval.num_beams=1)")
     evaluate.add_argument("--refresh", action="store_true", help="decode again even where cached hypotheses match")
 

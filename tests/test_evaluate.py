@@ -295,7 +295,7 @@ def test_cli_evaluate_fails_early_on_bad_requests(tmp_path, capsys):
     assert main(["evaluate", "--work-dir", str(tmp_path), "--test-set", f"x={tmp_path / 't.jsonl'}"]) == 2  # no system
     assert main(["evaluate", "--work-dir", str(tmp_path), "--test-set", "no-equals-sign"]) == 2
     assert main(["evaluate", "--work-dir", str(tmp_path), "--test-set", f"x={tmp_path / 't.jsonl'}", "--baseline", "whisper:large"]) == 2
-    assert main(["evaluate", "--work-dir", str(tmp_path), "--test-set", f"x={tmp_path / 't.jsonl'}", "--stages", "1"]) == 2
+    assert main(["evaluate", "--work-dir", str(tmp_path), "--test-set", f"x={tmp_path / 't.jsonl'}", "--stages", "4"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "does not exist" in err and "nothing to evaluate" in err and "is not name=path" in err
     assert "faster-whisper:<model>" in err and "eval.stages" in err
