@@ -365,7 +365,10 @@ def rare_rule_counts(words: Counter[str], rare: RareWords) -> dict[str, Any]:
     by_count = {w for w in words if rare.max_train_count >= 0 and rare.by_count(w)}
     common = {w for w in by_count if w in rare.common and w not in rare.extra}
     listed = {w for w in words if w in rare.extra and (w not in by_count or w in rare.common)}
-    tokens = lambda ws: int(sum(words[w] for w in ws))  # noqa: E731
+
+    def tokens(ws: set[str]) -> int:
+        return int(sum(words[w] for w in ws))
+
     return {
         "by_count_types": len(by_count),
         "by_count_tokens": tokens(by_count),
