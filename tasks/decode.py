@@ -10,7 +10,16 @@ Systems (``System``):
   the model runs the encoder on the real length and masks the padding (``llmasr.model``).
 * ``FasterWhisperSystem`` -- any faster-whisper model as a baseline (``faster-whisper:<spec>``,
   spec as ``tasks.label.resolve_model`` takes it), one piece at a time, same beam width,
-  no-repeat n-gram size and new-token bound, temperature 0 (deterministic, no fallback).
+  no-repeat n-gram size and new-token bound, every other transcribe option given explicitly
+  (``FASTER_WHISPER_OPTIONS``: temperature 0 with no fallback, no no-speech skipping, ...).
+* ``tasks.whisper_hf.TransformersWhisperSystem`` -- a Hugging Face Whisper checkpoint through
+  transformers (``transformers:<model>``) and the stage-1 model (``llmasr-stage1``), batched, same
+  settings, Whisper's prompt and suppression rules.
+
+Every transformers ``generate`` gets a complete generation configuration of ours
+(``llmasr.generation.explicit_config``; nothing from a checkpoint's ``generation_config.json``),
+and each row of a batch stops at its own new-token bound and end token (``RowBound``): a piece's
+hypothesis does not depend on the pieces batched with it.
 * ``HypFileSystem`` -- an external hypothesis file (jsonl/json, tsv, Kaldi ``text``, or icefall's
   ``recogs-*.txt``), looked up by utterance id.
 
