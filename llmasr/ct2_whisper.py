@@ -387,7 +387,7 @@ def build_tokenizer(ct2_dir: Path, vocab_size: int):
 # ------------------------------------------------------------------------------ generation
 
 
-def generation_config(ct2_config: dict[str, Any], tokenizer, report: ConversionReport, n_dec_layers: int) -> dict[str, Any]:
+def generation_config(ct2_config: dict[str, Any], tokenizer, report: ConversionReport) -> dict[str, Any]:
     """generation_config.json for HF's Whisper ``generate``: ids from the tokenizer, suppression
     lists and alignment heads from CTranslate2's config.json; languages for multilingual models."""
     ids = tokenizer.convert_tokens_to_ids
@@ -451,7 +451,7 @@ def convert(ct2_dir: str | Path, out_dir: str | Path) -> ConversionReport:
     config.dtype = "float32"  # the file's float16 weights, widened: exact
     out_dir.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(out_dir))
-    GenerationConfig(**generation_config(ct2_config, tokenizer, report, report.decoder_layers)).save_pretrained(str(out_dir))
+    GenerationConfig(**generation_config(ct2_config, tokenizer, report)).save_pretrained(str(out_dir))
     tensors = {k: v.contiguous() for k, v in sd.items()}
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     os.chmod(out_dir / "model.safetensors", 0o644)  # safetensors writes 0600; a shared cache wants readable files

@@ -358,7 +358,7 @@ def test_killed_build_leaves_no_half_folder(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_three_training_stages_from_bundled_names(tmp_path):
     """train.encoder bundled:whisper-base, train.llm bundled:smollm2-135m-instruct, train.tokenizer
-    null, through tasks.train (2 steps a stage, one process, ~1 min): check_run accepts the names,
+    null, through tasks.train (2 steps a stage, one process; 1-4 min on 2 shared cores): check_run accepts the names,
     model.json records the converted folders' absolute paths, and load_llmasr rebuilds stage 3."""
     sys.path.insert(0, str(Path(__file__).parent))
     from test_train_data import SENTENCES, VALIDATION_SENTENCES, make_shards
