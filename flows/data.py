@@ -25,7 +25,7 @@ from prefect.futures import wait
 from flows import artifacts, runners
 from flows.caching import by_key, cache_options
 from llmasr import progress
-from llmasr.config import PipelineConfig, load_config
+from llmasr.config import DemoConfig, PipelineConfig, load_config
 from llmasr.layout import WorkLayout
 from llmasr.lock import work_dir_lock
 from llmasr.records import STATUS_OK, Decision, Item, Label, Segment, read_records, write_records
@@ -45,8 +45,9 @@ def batches(seq: Sequence[Any], size: int) -> list[list[Any]]:
 
 
 @task(name="demo-corpus", cache_policy=NO_CACHE)
-def make_demo_corpus(corpus_dir: str, n_items: int, seed: int) -> str:
-    return str(demo_corpus.generate(Path(corpus_dir), n_items=n_items, seed=seed))
+def make_demo_corpus(demo: DemoConfig) -> str:
+    """The demo or small profile's espeak-ng corpus (``demo.kind``), generated once."""
+    return str(demo_corpus.generate_corpus(demo))
 
 
 @_cached_task("ingest-local")
@@ -265,7 +266,7 @@ def data_flow(
     logger = get_run_logger()
     cfg = load_config(profile, overrides, config_file, work_dir=work_dir, sources=sources or None)
     if cfg.demo is not None:
-        make_demo_corpus(cfg.demo.corpus_dir, cfg.demo.n_items, cfg.demo.seed)
+        make_demo_corpus(cfg.demo)
     sources = ingest.resolve_sources(cfg.sources)  # a bad source fails here, before any work
     layout = WorkLayout(Path(cfg.work_dir))
     with work_dir_lock(layout.root, cfg.runner.lock_wait_s, what="llmasr-data"):

@@ -160,7 +160,7 @@ def evaluate_flow(
     if cfg.demo is not None:
         from tasks import demo_corpus
 
-        demo_corpus.generate(Path(cfg.demo.corpus_dir), n_items=cfg.demo.n_items, seed=cfg.demo.seed)
+        demo_corpus.generate_corpus(cfg.demo)
     specs, notes = check_request(cfg)
     out_dir = WorkLayout(Path(cfg.work_dir)).root / ev.EVAL_DIR
     with work_dir_lock(out_dir, cfg.runner.lock_wait_s, what="llmasr-evaluate"):  # eval/ only: training may go on

@@ -110,7 +110,7 @@ def train_flow(
     cfg = load_config(profile, overrides, config_file, work_dir=work_dir)
     layout = WorkLayout(Path(cfg.work_dir))
     stages = sorted(stages or [1, 2, 3])
-    if cfg.demo is not None:
+    if cfg.demo is not None and cfg.demo.kind == "demo":  # the small profile trains pretrained models
         from llmasr.tiny_models import build_demo_models
 
         build_demo_models(Path(cfg.train.encoder).parent)

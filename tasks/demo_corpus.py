@@ -2,6 +2,10 @@
 
     llmasr demo-corpus --out runs/demo-corpus        # also run by `llmasr data --profile demo`
 
+``generate_corpus(cfg.demo)`` serves every profile with a ``demo:`` section: kind ``demo`` is this
+module's ``generate``; kind ``small`` is ``tasks.small_corpus.generate`` (an hour or more of varied
+voices and text, with held-out and zero-shot test sets).
+
 Layout written under ``out``:
 
     videos/         <name>.wav|.flac|.mp3 with <name>.vtt or .srt captions (some have none)
@@ -25,6 +29,7 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -32,6 +37,9 @@ import soundfile as sf
 from llmasr.atomic import write_json, write_text
 from llmasr.text import normalize
 from tasks.captions import Cue, write_vtt
+
+if TYPE_CHECKING:
+    from llmasr.config import DemoConfig
 
 ESPEAK_RATE = 22050
 
@@ -292,3 +300,13 @@ def generate(out: Path | str, n_items: int = 30, seed: int = 0, force: bool = Fa
     shutil.rmtree(work)
     write_json(marker, {"settings": settings, "items": [asdict(i) for i in plan], "rare_words": sorted(rare_words())})
     return out
+
+
+def generate_corpus(demo: "DemoConfig", out: Path | str | None = None, force: bool = False) -> Path:
+    """Generate the corpus a config's ``demo:`` section describes (once; reused while it matches)."""
+    target = Path(out if out is not None else demo.corpus_dir)
+    if demo.kind == "small":
+        from tasks import small_corpus
+
+        return small_corpus.generate(target, force=force, **demo.generate_kwargs())
+    return generate(target, force=force, **demo.generate_kwargs())

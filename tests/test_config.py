@@ -205,7 +205,7 @@ def test_label_gpus_follow_the_label_device_and_the_cluster_unless_set() -> None
 def test_unknown_profile_lists_the_profiles() -> None:
     msg = _error(profile="demoo")
     assert "demoo" in msg and "demo" in msg.replace("demoo", "")
-    assert "['demo']" in msg
+    assert "['demo', 'small']" in msg
 
 
 def test_missing_explicit_config_file(tmp_path: Path) -> None:
