@@ -62,7 +62,7 @@ from tasks.testsets import TestUtterance
 log = logging.getLogger("llmasr.decode")
 
 FASTER_WHISPER_PREFIX = "faster-whisper:"
-TRANSFORMERS_PREFIX = "transformers:"  # tasks.whisper_hf
+TRANSFORMERS_PREFIX = "transformers:"  # tasks.whisper_hf, tasks.evaluate
 HOP_LENGTH = 160  # Whisper's feature hop: 100 mel frames per second
 CHUNK_PIECES = 256  # pieces whose audio is held in memory at once (read in file order)
 

@@ -46,12 +46,11 @@ from typing import Any
 import numpy as np
 
 from llmasr.audio import SAMPLE_RATE
-from tasks.decode import System
+from llmasr.bundled import BUNDLED_PREFIX, resolve_hf
+from tasks.decode import TRANSFORMERS_PREFIX, System
 
 log = logging.getLogger("llmasr.decode")
 
-TRANSFORMERS_PREFIX = "transformers:"
-BUNDLED_PREFIX = "bundled:"
 CHUNK_SAMPLES = 30 * SAMPLE_RATE  # Whisper's window: 480,000 samples -> 3,000 mel frames
 MULTILINGUAL_VOCAB = 51865  # OpenAI's is_multilingual: n_vocab >= 51865
 
@@ -62,10 +61,6 @@ def resolve_model(spec: str) -> str:
     absolute path, anything else as a hub name."""
     spec = spec[len(TRANSFORMERS_PREFIX) :] if spec.startswith(TRANSFORMERS_PREFIX) else spec
     if spec.startswith(BUNDLED_PREFIX):
-        try:
-            from llmasr.bundled import resolve_hf
-        except ImportError as exc:  # the bundled-model module is not in this tree
-            raise RuntimeError(f"{spec}: bundled models need llmasr.bundled ({exc})") from exc
         return str(resolve_hf(spec))
     path = Path(spec).expanduser()
     return str(path.resolve()) if path.exists() else spec
