@@ -213,6 +213,14 @@ class EvalConfig(_Section):
                     f"{spec!r}: a baseline is faster-whisper:<model> (e.g. faster-whisper:large-v2, faster-whisper:bundled:tiny.en) "
                     "or transformers:<Whisper checkpoint> (a folder, a hub name, or transformers:bundled:whisper-base)"
                 )
+            model = spec[len(kind) :].strip()
+            if model.startswith("bundled:"):  # the name only: no package or file is looked at here
+                from llmasr.bundled import MODELS, known_names
+
+                name = model[len("bundled:") :]
+                if name not in MODELS or MODELS[name].kind != "whisper":
+                    whisper = [n for n in known_names() if MODELS[n[len("bundled:") :]].kind == "whisper"]
+                    raise ValueError(f"{spec!r}: unknown bundled Whisper model {model!r}; the bundled Whisper models are {', '.join(whisper)}")
         return v
 
 

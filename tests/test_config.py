@@ -8,7 +8,7 @@ import pydantic
 import pytest
 import yaml
 
-from llmasr.config import ConfigError, PipelineConfig, apply_override, load_config
+from llmasr.config import ConfigError, DemoConfig, PipelineConfig, apply_override, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "pipeline_config.yaml"
@@ -225,3 +225,31 @@ def test_section_hash_changes_with_the_section_only() -> None:
     b = _load(profile="demo", overrides=["filter.min_words=4"])
     assert a.section_hash("segment") == b.section_hash("segment")
     assert a.section_hash("filter") != b.section_hash("filter")
+
+
+def test_small_profile_loads_and_validates() -> None:
+    """The small profile (tasks/small_corpus.py) as configured; needs no espeak-ng."""
+    cfg = load_config(profile="small", config_file=CONFIG)
+    assert cfg.demo is not None and cfg.demo.kind == "small" and cfg.demo.hours >= 1.0
+    assert cfg.work_dir == "runs/small" and cfg.sources == [f"{cfg.demo.corpus_dir}/videos"]
+    assert cfg.label.model == "bundled:whisper-base" and cfg.label.device == "cpu" and cfg.label.compute_type == "int8"
+    assert (cfg.train.encoder, cfg.train.llm, cfg.train.tokenizer) == ("bundled:whisper-base", "bundled:smollm2-135m-instruct", None)
+    assert cfg.train.lora.rank == 16 and "gate_proj" in cfg.train.lora.target_modules
+    assert cfg.train.launcher == "torchrun" and cfg.train.deepspeed_config.endswith("zero2_cpu.json")
+    tests = dict(spec.split("=", 1) for spec in cfg.eval.test_sets)
+    assert tests == {"heldout": f"{cfg.demo.corpus_dir}/heldout/manifest.jsonl", "zero_shot": f"{cfg.demo.corpus_dir}/zero_shot/manifest.jsonl"}
+    assert "transformers:bundled:whisper-base" in cfg.eval.baselines and cfg.eval.stages == [1, 2, 3]
+    # the demo profile keeps its corpus; keys of the other kind are refused
+    demo = load_config(profile="demo", config_file=CONFIG).demo
+    assert demo is not None and (demo.kind, demo.corpus_dir, demo.n_items, demo.hours) == ("demo", "runs/demo-corpus", 30, None)
+    with pytest.raises(ConfigError, match="demo.hours: only for demo.kind=small"):
+        load_config(profile="demo", config_file=CONFIG, overrides=["demo.hours=2"])
+    assert DemoConfig(kind="small").corpus_dir == "runs/small-corpus"
+
+
+@pytest.mark.parametrize("baseline", ["transformers:bundled:typo", "faster-whisper:bundled:typo", "transformers:bundled:smollm2-135m-instruct"])
+def test_an_unknown_bundled_baseline_fails_at_validation_listing_the_names(baseline: str) -> None:
+    with pytest.raises(ConfigError, match=r"eval\.baselines.*bundled:whisper-base, bundled:tiny\.en"):
+        load_config(config_file=CONFIG, overrides=[f"eval.baselines=[{baseline}]"])
+    cfg = load_config(config_file=CONFIG, overrides=["eval.baselines=[transformers:bundled:tiny.en, faster-whisper:bundled:whisper-base]"])
+    assert cfg.eval.baselines == ["transformers:bundled:tiny.en", "faster-whisper:bundled:whisper-base"]

@@ -16,14 +16,12 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from llmasr.config import ConfigError, DemoConfig, load_config
+from llmasr.config import DemoConfig
 from tasks import small_corpus
 from tasks.captions import parse_captions
 from tasks.demo_corpus import ZERO_SHOT_SENTENCES, generate_corpus
 from tasks.ingest import expand_source, resolve_sources
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "pipeline_config.yaml"
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (scripts/setup.sh installs it)")
 
 TINY = {"hours": 0.006, "heldout": 3, "zero_shot": 3, "video_s": [6.0, 10.0], "seed": 7}
@@ -120,22 +118,3 @@ def test_zero_shot_rare_words_occur_in_no_training_sentence(corpus: Path) -> Non
     record = json.loads((corpus / "corpus.json").read_text(encoding="utf-8"))
     spoken = set().union(*(small_corpus.words(s) for i in record["items"] for s in i["sentences"]))
     assert record["rare_words"] and not spoken & set(record["rare_words"])
-
-
-def test_small_profile_loads_and_validates() -> None:
-    cfg = load_config(profile="small", config_file=CONFIG)
-    assert cfg.demo is not None and cfg.demo.kind == "small" and cfg.demo.hours >= 1.0
-    assert cfg.work_dir == "runs/small" and cfg.sources == [f"{cfg.demo.corpus_dir}/videos"]
-    assert cfg.label.model == "bundled:whisper-base" and cfg.label.device == "cpu" and cfg.label.compute_type == "int8"
-    assert (cfg.train.encoder, cfg.train.llm, cfg.train.tokenizer) == ("bundled:whisper-base", "bundled:smollm2-135m-instruct", None)
-    assert cfg.train.lora.rank == 16 and "gate_proj" in cfg.train.lora.target_modules
-    assert cfg.train.launcher == "torchrun" and cfg.train.deepspeed_config.endswith("zero2_cpu.json")
-    tests = dict(spec.split("=", 1) for spec in cfg.eval.test_sets)
-    assert tests == {"heldout": f"{cfg.demo.corpus_dir}/heldout/manifest.jsonl", "zero_shot": f"{cfg.demo.corpus_dir}/zero_shot/manifest.jsonl"}
-    assert "transformers:bundled:whisper-base" in cfg.eval.baselines and cfg.eval.stages == [1, 2, 3]
-    # the demo profile keeps its corpus; keys of the other kind are refused
-    demo = load_config(profile="demo", config_file=CONFIG).demo
-    assert demo is not None and (demo.kind, demo.corpus_dir, demo.n_items, demo.hours) == ("demo", "runs/demo-corpus", 30, None)
-    with pytest.raises(ConfigError, match="demo.hours: only for demo.kind=small"):
-        load_config(profile="demo", config_file=CONFIG, overrides=["demo.hours=2"])
-    assert DemoConfig(kind="small").corpus_dir == "runs/small-corpus"
