@@ -6,7 +6,6 @@ import hashlib
 import json
 
 import pytest
-from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from llmasr.text import normalize, spelling_map
 
@@ -34,36 +33,30 @@ EXPECTED = {
     "The grey axe, the yoghurt and the mould.": "the gray ax the yogurt and the mold",
 }
 
-MORE = [
-    "",
-    "   ",
-    "$ 5",
-    "Café naïve coöperate Œuvre straße.",
-    "one two three four five six seven eight nine ten eleven",
-    "a million and a half, two hundred and fifty thousand",
-    "The 1st, 2nd and 3rd places; 50% off; 3.14 and one point five.",
-    "O'Brien's I'd've it's we're they'll",
-    "Take 2 tablets, 3 times a day, 500 mg, 1,000 IU of vitamin D.",
-    "Covid-19 and H1N1, 24/7, 9:30 am.",
-    "nought point five; oh seven; double-o seven",
-    "Hmm, um, uh... hmm.",
-    "The patient's haemoglobin was low; we'll organise an oesophagus scan at the centre.",
-    "I've been feeling kinda dizzy 'cause of the tablets, dunno why, sorta since Tuesday.",
-    "Twenty-two pounds fifty, five euros, a hundred and one dollars, ninety nine cents.",
-]
+# More of Whisper's outputs, computed once from transformers' port (5.24.0) with Whisper's
+# spelling map and fixed here as the contract (Whisper's number rules, odd as some are).
+MORE = {
+    "": "",
+    "colour": "color",
+    "$5.50": "$5.50",
+    "   ": "",
+    "$ 5": " 5",
+    "Café naïve coöperate Œuvre straße.": "cafe naive cooperate oeuvre strasse",
+    "one two three four five six seven eight nine ten eleven": "1234567891011",
+    "a million and a half, two hundred and fifty thousand": "a 10000005250000",
+    "The 1st, 2nd and 3rd places; 50% off; 3.14 and one point five.": "the 1st 2nd and 3rd places 50% off 3.14 and one.5",
+    "O'Brien's I'd've it's we're they'll": "0 brien is i would have it is we are they will",
+    "Take 2 tablets, 3 times a day, 500 mg, 1,000 IU of vitamin D.": "take 2 tablets 3 times a day 500 mg 1000 iu of vitamin d",
+    "Covid-19 and H1N1, 24/7, 9:30 am.": "covid 19 and h one n one 24 7 9 30 am",
+    "nought point five; oh seven; double-o seven": "nought .507007",
+    "Hmm, um, uh... hmm.": ".",
+    "The patient's haemoglobin was low; we'll organise an oesophagus scan at the centre.": "the patient is hemoglobin was low we will organize an esophagus scan at the center",
+    "I've been feeling kinda dizzy 'cause of the tablets, dunno why, sorta since Tuesday.": "i have been feeling kinda dizzy cause of the tablets dunno why sorta since tuesday",
+    "Twenty-two pounds fifty, five euros, a hundred and one dollars, ninety nine cents.": "£22 €55 a $101.99",
+}
 
 
-@pytest.fixture(scope="module")
-def whisper() -> EnglishTextNormalizer:
-    return EnglishTextNormalizer(spelling_map())
-
-
-@pytest.mark.parametrize("text", [*EXPECTED, *MORE])
-def test_normalize_equals_transformers_port_of_whisper(text: str, whisper: EnglishTextNormalizer) -> None:
-    assert normalize(text) == whisper(text)
-
-
-@pytest.mark.parametrize(("text", "expected"), EXPECTED.items())
+@pytest.mark.parametrize(("text", "expected"), [*EXPECTED.items(), *MORE.items()])
 def test_normalize_gives_whispers_output(text: str, expected: str) -> None:
     assert normalize(text) == expected
 
