@@ -27,7 +27,7 @@ from llmasr.lock import work_dir_lock
 from tasks import checkpoints, launch
 from tasks.parts import code_version, fingerprint
 
-TRAIN_CODE = ("tasks.train", "tasks.train_data", "llmasr.model", "tasks.checkpoints")
+TRAIN_CODE = ("tasks.train", "tasks.train_data", "llmasr.model", "tasks.checkpoints", "llmasr.bundled", "llmasr.ct2_whisper")
 # settings that change where or how fast a stage runs, not what it learns
 RUNTIME_KEYS = {"launcher", "nproc_per_node", "hostfile", "node_launcher", "master_addr", "master_port", "num_workers", "log_every", "val_every", "val_max_batches", "ckpt_every", "timeout_s", "merge_lora", "cudnn_attention"}
 
@@ -36,14 +36,38 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def bundled_folders(*settings: Any) -> dict[str, str]:
+    """Each ``bundled:`` name in the settings -> the cache folder name it resolves to for training
+    (the package versions and the converter version are in it): an upgrade retrains."""
+    from llmasr.bundled import cache_name, is_bundled
+
+    found: dict[str, str] = {}
+
+    def walk(value: Any) -> None:
+        if is_bundled(value):
+            found[value] = cache_name(value, "hf")
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+
+    for s in settings:
+        walk(s)
+    return dict(sorted(found.items()))
+
+
 def stage_key(cfg: PipelineConfig, layout: WorkLayout, stage: int) -> str:
-    """What a stage's result depends on: the shard index, the stage before, its settings, the code."""
+    """What a stage's result depends on: the shard index, the stage before, its settings (with the
+    cache folders of their bundled: names), the code."""
     prev = checkpoints.read_stage(checkpoints.stage_dir(layout.root, stage - 1)) if stage > 1 else None
     settings = cfg.train.model_dump(mode="json", exclude=RUNTIME_KEYS | {"stage1", "stage2", "stage3"})
     if stage == 3:
         settings["merge_lora"] = cfg.train.merge_lora  # stage 3's exports depend on it (merged_llm/)
     stage_cfg = getattr(cfg.train, f"stage{stage}").model_dump(mode="json")
-    return fingerprint("train", stage, _sha256(layout.shard_index), prev and prev.get("key"), settings, stage_cfg, code_version(*TRAIN_CODE))
+    bundled = bundled_folders(settings, stage_cfg)
+    return fingerprint("train", stage, _sha256(layout.shard_index), prev and prev.get("key"), settings, stage_cfg, bundled, code_version(*TRAIN_CODE))
 
 
 def check_stage_numbers(stages: list[int]) -> None:

@@ -466,6 +466,14 @@ def prepared(spec: str, target: str, search_path: Sequence[str | Path] | None = 
     return folder if _complete(folder) else None
 
 
+def cache_name(spec: str, target: str, search_path: Sequence[str | Path] | None = None) -> str:
+    """The cache folder name ``spec`` resolves to for ``target`` (``folder_name``: the installed
+    package versions and ``CONVERTER_VERSION``), without building or hashing anything: for cache
+    keys, so an upgraded package or converter is another key."""
+    model = lookup(spec)
+    return folder_name(model, target, locate(model, search_path, verify=False))
+
+
 def targets(model: BundledModel) -> list[str]:
     """What a model resolves to: Whisper models for faster-whisper and transformers, LLMs for transformers."""
     return ["ct2", "hf"] if model.kind == "whisper" else ["hf"]

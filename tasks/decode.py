@@ -424,11 +424,17 @@ class FasterWhisperSystem(System):
         self.model = None
 
     def identity(self) -> dict[str, Any]:
+        from llmasr.bundled import resolve_ct2
+        from tasks.whisper_hf import _file_stamps
+
         s = self.settings
+        source = resolve_ct2(self.spec)  # a bundled name's folder names its package versions
         return {
             "name": self.name,
             "kind": "faster-whisper",
             "spec": self.spec,
+            "source": source,
+            "files": _file_stamps(Path(source)),  # a rewritten model folder is another system
             "runtime": [s.device, s.compute_type, s.language],
             "decode": [s.num_beams, s.no_repeat_ngram_size, s.tokens_per_second, s.min_new_tokens, s.max_new_tokens],
         }

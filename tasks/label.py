@@ -122,7 +122,7 @@ def item_key(layout: WorkLayout, item: Item, segments: Sequence[Segment], label_
         [(s.segment_id, s.start_s, s.end_s) for s in segments],
         label_cfg.model_dump(exclude={"items_per_task"}),
         (filter_cfg.min_duration_s, filter_cfg.max_duration_s),
-        code_version("tasks.label", "llmasr.audio"),
+        code_version("tasks.label", "llmasr.audio", "llmasr.bundled"),
     )
 
 

@@ -169,3 +169,21 @@ def test_stage_keys_follow_what_each_stage_learns_and_exports(tmp_path: Path):
     assert merged[:2] == base[:2] and merged[2] != base[2]
     lr2 = keys("train.stage2.lr=0.5")
     assert lr2[0] == base[0] and lr2[1] != base[1]
+
+
+def test_a_bundled_models_package_or_converter_upgrade_retrains(tmp_path: Path, monkeypatch):
+    """A bundled: name keys a stage by the cache folder it resolves to (package versions and
+    CONVERTER_VERSION in the name), not by its text alone."""
+    import llmasr.bundled
+    from flows.train import stage_key
+    from llmasr.config import load_config
+    from llmasr.layout import WorkLayout
+
+    layout = WorkLayout(tmp_path)
+    layout.shard_index.parent.mkdir(parents=True)
+    layout.shard_index.write_text('{"shards": []}')
+    cfg = load_config("demo", ["train.encoder=bundled:tiny.en"], work_dir=str(tmp_path))
+    before = stage_key(cfg, layout, 1)
+    assert stage_key(cfg, layout, 1) == before
+    monkeypatch.setattr(llmasr.bundled, "CONVERTER_VERSION", llmasr.bundled.CONVERTER_VERSION + 1)
+    assert stage_key(cfg, layout, 1) != before

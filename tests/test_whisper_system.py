@@ -50,13 +50,11 @@ def test_suppress_tokens_are_whispers_rule_as_faster_whisper_builds_it():
     fw = Tokenizer(tokenizers.Tokenizer.from_file(str(shipped_tokenizer_file())), multilingual=False, task="transcribe", language="en")
     assert ours == list(get_suppressed_tokens(fw, [-1]))  # 90 ids for the English-only vocabulary
     assert begin == [220, fw.eot]  # " " and <|endoftext|>
-    try:
-        from llmasr.bundled import resolve_hf
-
-        folder = Path(resolve_hf("bundled:whisper-base"))
-    except Exception as exc:  # noqa: BLE001 - the bundled packages are an optional install
-        pytest.skip(f"bundled:whisper-base not available: {exc}")
     from transformers import AutoTokenizer
+
+    from llmasr.bundled import resolve_hf
+
+    folder = Path(resolve_hf("bundled:whisper-base"))  # scripts/setup.sh installs its packages: no skip
 
     shipped = json.loads((folder / "generation_config.json").read_text())
     ours, begin = suppress_tokens(AutoTokenizer.from_pretrained(str(folder)))
@@ -137,10 +135,34 @@ def test_stage1_and_transformers_baselines_are_systems(whisper_dir, tmp_path):
     kept, pieces, durations = decode.plan_pieces([TestUtterance("a", str(wav), "hello")], 30.0, SegmentConfig(), [])
     result = decode.run_system(stage, kept, pieces, durations, s)
     assert not result.failures and result.hyps["a"] and 0 < result.tokens <= s.bound(1.5)
-    # a rewritten model folder is another system as far as the decode cache goes
-    before = stock.identity()
-    (whisper_dir / "config.json").write_text((whisper_dir / "config.json").read_text() + "\n")
-    assert stock.identity() != before
+    # a rewritten model folder is another system as far as the decode cache goes (rewritten in a
+    # copy: whisper_dir is shared by the module's tests)
+    own = Path(shutil.copytree(whisper_dir, tmp_path / "stock"))
+    copy = TransformersWhisperSystem("stock", f"transformers:{own}", s)
+    before = copy.identity()
+    (own / "config.json").write_text((own / "config.json").read_text() + "\n")
+    assert copy.identity() != before
+
+
+def test_faster_whisper_identity_follows_the_resolved_model_folder(tmp_path, monkeypatch):
+    """The decode cache key of faster-whisper:bundled:<name> names the folder it resolves to (its
+    package versions) and that folder's files: an upgrade or a rewritten file is another system."""
+    import llmasr.bundled
+
+    a, b = tmp_path / "whisper-base-ct2--pkg-1.0.0--v1", tmp_path / "whisper-base-ct2--pkg-1.0.1--v1"
+    for d in (a, b):
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+    folder = {"now": a}
+    monkeypatch.setattr(llmasr.bundled, "resolve_ct2", lambda spec, search_path=None: str(folder["now"]))
+    system = decode.FasterWhisperSystem("fw", "faster-whisper:bundled:whisper-base", settings())
+    first = system.identity()
+    assert first["source"] == str(a) and [f[0] for f in first["files"]] == ["config.json"]
+    folder["now"] = b
+    assert system.identity() != first
+    folder["now"] = a
+    (a / "config.json").write_text('{"changed": true}')
+    assert system.identity() != first
 
 
 def test_eval_config_takes_transformers_baselines_and_stage_1():
@@ -171,12 +193,9 @@ def test_faster_whisper_gets_every_decoding_option():
 def test_converted_whisper_base_agrees_with_faster_whisper_on_real_speech():
     """The fidelity check on real weights: transformers:bundled:whisper-base and faster-whisper's
     base, greedy, on the three shortest real clips: the same normalised words."""
-    try:
-        from llmasr.bundled import resolve_ct2, resolve_hf
+    from llmasr.bundled import resolve_ct2, resolve_hf
 
-        resolve_hf("bundled:whisper-base"), resolve_ct2("bundled:whisper-base")
-    except Exception as exc:  # noqa: BLE001 - the bundled packages are an optional install
-        pytest.skip(f"bundled:whisper-base not available: {exc}")
+    resolve_hf("bundled:whisper-base"), resolve_ct2("bundled:whisper-base")  # scripts/setup.sh installs them: no skip
     if not REAL_SPEECH.is_file():
         pytest.skip(f"no real speech at {REAL_SPEECH}")
     from llmasr.text import normalize
@@ -210,4 +229,7 @@ def test_stage1_export_is_a_complete_whisper_folder(whisper_dir, tmp_path):
     _complete_whisper_folder(str(whisper_dir), out, 80)
     assert WhisperFeatureExtractor.from_pretrained(str(out)).feature_size == 80
     system = TransformersWhisperSystem("s", str(out), settings())
-    assert system.decode([np.zeros(8000, np.float32)])[0] is not None
+    reference = TransformersWhisperSystem("r", str(whisper_dir), settings())
+    audio = (0.1 * np.random.default_rng(2).standard_normal(16000)).astype(np.float32)
+    hyp = system.decode([audio])[0]
+    assert isinstance(hyp, str) and hyp == reference.decode([audio])[0]  # the same weights: the same words
