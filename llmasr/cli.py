@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="run the evaluation flow: decode test sets, score O/N/R/U-WER, write eval/report.md")
     _config_args(evaluate)
     evaluate.add_argument("--test-set", dest="test_sets", action="append", default=[], metavar="NAME=PATH", help="a test set: manifest, Kincaid46 tsv, Primock57 folder, audio + .txt folder (repeatable; replaces eval.test_sets)")
-    evaluate.add_argument("--baseline", dest="baselines", action="append", default=[], metavar="faster-whisper:MODEL", help="a faster-whisper baseline, e.g. faster-whisper:large-v2 (repeatable; replaces eval.baselines)")
+    evaluate.add_argument("--baseline", dest="baselines", action="append", default=[], metavar="faster-whisper:MODEL|transformers:MODEL", help="a Whisper baseline: faster-whisper:MODEL (e.g. faster-whisper:large-v2) or transformers:MODEL (e.g. transformers:openai/whisper-large-v2, transformers:bundled:whisper-base) (repeatable; replaces eval.baselines)")
     evaluate.add_argument("--hyps", action="append", default=[], metavar="NAME=PATH", help="a hypothesis file scored as a system: jsonl/tsv of utt_id and text, or icefall recogs-*.txt (repeatable)")
     evaluate.add_argument("--stages", default=None, help="stage checkpoints to decode, e.g. 3 (default eval.stages: 1,2,3 where complete; 1 = Whisper with the stage-1 encoder)")
     evaluate.add_argument("--greedy", action="store_true", help="greedy decoding (eval.num_beams=1)")
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source", dest="sources", action="append", default=[], help="YouTube URL, folder, audio file or manifest (repeatable)")
     run.add_argument("--stages", default="1,2,3", help="training stages to run (default 1,2,3)")
     run.add_argument("--test-set", dest="test_sets", action="append", default=[], metavar="NAME=PATH", help="a test set (repeatable; replaces eval.test_sets)")
-    run.add_argument("--baseline", dest="baselines", action="append", default=[], metavar="faster-whisper:MODEL", help="a faster-whisper baseline (repeatable)")
+    run.add_argument("--baseline", dest="baselines", action="append", default=[], metavar="faster-whisper:MODEL|transformers:MODEL", help="a Whisper baseline, faster-whisper:MODEL or transformers:MODEL (repeatable)")
 
     ui = sub.add_parser("ui", help="a Prefect server on 127.0.0.1:4200 serving the project's deployments")
     _config_args(ui)
