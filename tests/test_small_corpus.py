@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from llmasr.config import DemoConfig
+from llmasr.config import ConfigError, DemoConfig
 from tasks import small_corpus
 from tasks.captions import parse_captions
 from tasks.demo_corpus import ZERO_SHOT_SENTENCES, generate_corpus
@@ -118,3 +118,12 @@ def test_zero_shot_rare_words_occur_in_no_training_sentence(corpus: Path) -> Non
     record = json.loads((corpus / "corpus.json").read_text(encoding="utf-8"))
     spoken = set().union(*(small_corpus.words(s) for i in record["items"] for s in i["sentences"]))
     assert record["rare_words"] and not spoken & set(record["rare_words"])
+
+
+def test_an_existing_folder_that_is_not_a_corpus_is_never_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="demo.corpus_dir"):
+        small_corpus.generate(out, **TINY)
+    assert (out / "notes.txt").read_text() == "keep me" and not out.with_name("mine.partial").exists()
