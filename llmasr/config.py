@@ -122,6 +122,10 @@ class TrainConfig(_Section):
     downsample_k: int = Field(2, ge=1)
     activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
     trim_padding: bool = True
+    adapter_norm: bool = False  # adapter outputs scaled to the LLM's mean token-embedding norm
+    ctc_compress: bool = False  # adapter CTC head over the LLM's token embeddings; the LLM reads non-blank frames only
+    ctc_weight: float = Field(0.5, ge=0)  # CTC loss beside the LLM loss in stages 2-3 (with ctc_compress)
+    ctc_align_steps: int = Field(0, ge=0)  # stage 2's first steps: CTC loss only, no LLM forward
     instruction: str = "Transcribe the audio."
     lora: LoraConfig = Field(default_factory=LoraConfig)
     launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
@@ -148,6 +152,15 @@ class TrainConfig(_Section):
     stage1: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-4))
     stage2: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-4))
     stage3: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-6))
+
+    @model_validator(mode="after")
+    def _ctc_needs_head(self) -> "TrainConfig":
+        if self.ctc_align_steps and not self.ctc_compress:
+            raise ValueError(
+                f"ctc_align_steps={self.ctc_align_steps} trains the adapter's CTC head, which train.ctc_compress=false "
+                "does not build; set train.ctc_compress=true or train.ctc_align_steps=0"
+            )
+        return self
 
 
 class EvalConfig(_Section):

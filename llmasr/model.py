@@ -108,6 +108,8 @@ class LLMASRConfig:
     dtype: str = "float32"
     lora: LoraSettings = field(default_factory=LoraSettings)
     trust_remote_code: bool = False
+    adapter_norm: bool = False
+    ctc_compress: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LLMASRConfig":
@@ -324,21 +326,44 @@ class Projector(nn.Module):
 
     (B, T, D_enc) -> (B, T//k, D_llm).  The odd tail (T % k frames) is DROPPED, lengths are
     floor(len / k): no zero frames reach the LLM.
+
+    ``norm_to``: each output frame is scaled to this L2 norm (the LLM's mean token-embedding norm),
+    so speech embeddings sit at the scale of the text embeddings around them.
+    ``ctc``: a CTC head over the LLM's own token embeddings (``ctc_logits``: output . embedding row,
+    plus a learned blank), trained to spell the transcript in LLM tokens.  It aligns the adapter's
+    outputs with token embeddings without running the LLM, and ``compress`` keeps only the frames it
+    labels non-blank (runs of one label averaged): the LLM reads about one embedding per token.
     """
 
-    def __init__(self, d_enc: int, d_llm: int, hidden: int = 2048, k: int = 2, activation: str = "gelu") -> None:
+    def __init__(
+        self,
+        d_enc: int,
+        d_llm: int,
+        hidden: int = 2048,
+        k: int = 2,
+        activation: str = "gelu",
+        norm_to: float | None = None,
+        ctc: bool = False,
+    ) -> None:
         super().__init__()
         if k < 1:
             raise ValueError(f"projector k must be >= 1, got {k}")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"projector activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if norm_to is not None and not norm_to > 0:
+            raise ValueError(f"projector norm_to must be > 0, got {norm_to}")
         self.d_enc, self.d_llm, self.hidden, self.k, self.activation = d_enc, d_llm, hidden, k, activation
+        self.norm_to, self.ctc = norm_to, ctc
         self.linear1 = nn.Linear(k * d_enc, hidden)
         self.act = _ACTIVATIONS[activation]()
         self.linear2 = nn.Linear(hidden, d_llm)
+        if ctc:
+            self.ctc_blank = nn.Parameter(torch.zeros(d_llm))  # the blank's "embedding"
+            self.ctc_scale = nn.Parameter(torch.ones(1))  # logit temperature (outputs may be norm-fixed); (1,): DeepSpeed broadcasts no 0-dim tensor
 
     def config_dict(self) -> dict[str, Any]:
-        return {"d_enc": self.d_enc, "d_llm": self.d_llm, "hidden": self.hidden, "k": self.k, "activation": self.activation}
+        return {"d_enc": self.d_enc, "d_llm": self.d_llm, "hidden": self.hidden, "k": self.k, "activation": self.activation,
+                "norm_to": self.norm_to, "ctc": self.ctc}  # fmt: skip
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return lengths // self.k  # odd tail dropped
@@ -353,7 +378,45 @@ class Projector(nn.Module):
         x = x[:, : steps * self.k]  # (B, T//k * k, D_enc): drop the odd tail
         x = x.reshape(batch, steps, self.k * dim)  # (B, T//k, k*D_enc)
         x = self.linear2(self.act(self.linear1(x)))  # (B, T//k, D_llm)
+        if self.norm_to is not None:
+            x = x * (self.norm_to / x.norm(dim=-1, keepdim=True).clamp_min(1e-6))  # (B, T//k, D_llm), each row norm_to
         return x, self.output_lengths(lengths)
+
+    def ctc_logits(self, speech: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, S, D_llm) adapter outputs, (V, D_llm) LLM token embeddings -> (B, S, V + 1) logits; the
+        blank is the last class (index V)."""
+        if not self.ctc:
+            raise ValueError("this projector has no CTC head (train.ctc_compress: false)")
+        tokens = speech @ embeddings.to(speech.dtype).T  # (B, S, V)
+        blank = (speech @ self.ctc_blank.to(speech.dtype))[..., None]  # (B, S, 1)
+        return torch.cat([tokens, blank], dim=-1) * self.ctc_scale  # (B, S, V + 1)
+
+    @staticmethod
+    def compress(speech: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep the frames whose best CTC class is not the blank, one embedding per run of a label
+        (the run's mean): (B, S, D), (B,), logits (B, S, V + 1) -> (B, S', D), (B,) with S' <= S.
+
+        A row whose every frame is blank keeps the one frame most sure of a token, so no row is empty.
+        """
+        blank = logits.shape[-1] - 1
+        best = logits.detach().argmax(-1)  # (B, S)
+        rows = []
+        for b in range(speech.shape[0]):
+            n = int(lengths[b])
+            labels = best[b, :n]
+            keep = labels != blank  # (n,)
+            if not bool(keep.any()):
+                frame = int(logits[b, :n, :blank].detach().max(-1).values.argmax())
+                rows.append(speech[b, frame : frame + 1])  # (1, D)
+                continue
+            starts = keep & torch.cat([labels.new_ones(1, dtype=torch.bool), (labels[1:] != labels[:-1]) | ~keep[:-1]])  # (n,)
+            run = torch.cumsum(starts.long(), 0) - 1  # (n,): each frame's run index (blanks ignored below)
+            count = int(starts.sum())
+            sums = speech.new_zeros(count, speech.shape[-1]).index_add(0, run[keep], speech[b, :n][keep])  # (R, D)
+            sizes = torch.bincount(run[keep], minlength=count).clamp_min(1).to(speech.dtype)  # (R,)
+            rows.append(sums / sizes[:, None])  # (R, D)
+        out_lengths = torch.tensor([r.shape[0] for r in rows], dtype=torch.long, device=speech.device)
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), out_lengths  # (B, max R, D), (B,)
 
 
 def save_projector(projector: Projector, path: str | Path) -> Path:
@@ -432,6 +495,7 @@ class LLMASROutput:
     attention_mask: torch.Tensor  # (B, L)
     logit_positions: torch.Tensor  # (K,): logits[:, j] is the prediction at position logit_positions[j],
     #                                 scored against labels[:, logit_positions[j] + 1]
+    speech_lengths: torch.Tensor | None = None  # (B,): speech embeddings the LLM read per example (0: it did not run)
 
 
 def _keeps_logits(llm: nn.Module) -> bool:
@@ -518,10 +582,18 @@ class LLMASR(nn.Module):
     def speech_embeds(
         self, input_features: torch.Tensor, feature_lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, M, T) mel -> speech embeds (B, S, D_llm) and their valid lengths (B,).
+        """(B, M, T) mel -> speech embeds (B, S, D_llm) and their valid lengths (B,): what the LLM reads
+        (CTC-compressed when the projector has a CTC head).
 
         A frozen encoder (stages 2 and 3) runs under no_grad: no activations kept for it.
         """
+        speech, speech_lengths, _ = self._speech(input_features, feature_lengths)
+        return speech, speech_lengths
+
+    def _speech(
+        self, input_features: torch.Tensor, feature_lengths: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """speech_embeds, plus (CTC logits (B, S, V + 1), frame lengths (B,)) before compression, or None."""
         encoder_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
         with torch.set_grad_enabled(encoder_trains):
             hidden, lengths = self.encoder(input_features, feature_lengths)  # (B, T/2, D_enc), (B,)
@@ -531,7 +603,20 @@ class LLMASR(nn.Module):
                 f"an input is too short: {speech_lengths.tolist()} speech embeddings after the projector "
                 f"(need >= 1, i.e. >= {2 * self.projector.k - 1} mel frames)"
             )
-        return speech, speech_lengths
+        if not self.projector.ctc:
+            return speech, speech_lengths, None
+        logits = self.projector.ctc_logits(speech, self.llm.get_input_embeddings().weight)  # (B, S, V + 1)
+        compressed, compressed_lengths = self.projector.compress(speech, speech_lengths, logits)  # (B, S', D_llm)
+        return compressed, compressed_lengths, (logits, speech_lengths)
+
+    def ctc_loss(self, ctc: tuple[torch.Tensor, torch.Tensor], target_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Mean CTC loss of the projector's head spelling each transcript in LLM tokens (no EOS)."""
+        logits, lengths = ctc  # (B, S, V + 1), (B,)
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (S, B, V + 1)
+        flat = torch.tensor([t for row in target_ids for t in row], dtype=torch.long, device=logits.device)
+        target_lengths = torch.tensor([len(row) for row in target_ids], dtype=torch.long, device=logits.device)
+        # zero_infinity: a transcript longer than its frames (too fast for k) adds nothing instead of inf
+        return F.ctc_loss(log_probs, flat, lengths, target_lengths, blank=logits.shape[-1] - 1, zero_infinity=True)
 
     def encode_targets(self, texts: Sequence[str]) -> list[list[int]]:
         """Target token ids, without EOS (``forward`` appends it)."""
@@ -581,24 +666,38 @@ class LLMASR(nn.Module):
         input_features: torch.Tensor,
         feature_lengths: torch.Tensor | None,
         target_ids: Sequence[Sequence[int]],
+        ctc_weight: float = 0.0,
+        ctc_only: bool = False,
     ) -> LLMASROutput:
         """``target_ids``: per-example token ids without EOS (see ``encode_targets``).
-        Returns ``LLMASROutput``; ``.loss`` is the mean CE over target tokens + EOS."""
+        Returns ``LLMASROutput``; ``.loss`` is the mean CE over target tokens + EOS, plus
+        ``ctc_weight`` x the projector's CTC loss when it has a CTC head.  ``ctc_only``: the CTC loss
+        alone, without running the LLM (stage 2's alignment steps; ``logits`` is then (B, 0, V))."""
         if len(target_ids) != input_features.shape[0]:
             raise ValueError(f"{len(target_ids)} targets for a batch of {input_features.shape[0]}")
-        speech, speech_lengths = self.speech_embeds(input_features, feature_lengths)
+        if (ctc_only or ctc_weight) and not self.projector.ctc:
+            raise ValueError("a CTC loss needs a projector with a CTC head (train.ctc_compress: true)")
+        speech, speech_lengths, ctc = self._speech(input_features, feature_lengths)
+        if ctc_only:
+            loss = self.ctc_loss(ctc, target_ids)
+            empty = speech.new_zeros(speech.shape[0], 0, int(self.llm.get_input_embeddings().num_embeddings))
+            none = torch.zeros(0, dtype=torch.long, device=speech.device)
+            return LLMASROutput(loss, empty, none, none, none, speech_lengths * 0)
         embeds, attention_mask, labels = self._assemble(speech, speech_lengths, target_ids, left_pad=False)
         if not self.slice_logits:
             out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
             everywhere = torch.arange(labels.shape[1], device=labels.device)
-            return LLMASROutput(out.loss, out.logits, labels, attention_mask, everywhere)
-        # Logits only where the loss looks: prompt and speech positions (~90% of a batch) never meet
-        # the (B, L, V) vocabulary projection -- the largest activation of the step at V = 152k.
-        keep = scored_positions(labels)  # (K,)
-        logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep).logits  # (B, K, V)
-        targets = labels[:, keep + 1]  # (B, K): -100 where this row's position is not scored
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)  # HF's causal-LM loss, on K
-        return LLMASROutput(loss, logits, labels, attention_mask, keep)
+            loss, logits, keep = out.loss, out.logits, everywhere
+        else:
+            # Logits only where the loss looks: prompt and speech positions (~90% of a batch) never meet
+            # the (B, L, V) vocabulary projection -- the largest activation of the step at V = 152k.
+            keep = scored_positions(labels)  # (K,)
+            logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep).logits  # (B, K, V)
+            targets = labels[:, keep + 1]  # (B, K): -100 where this row's position is not scored
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)  # HF's causal-LM loss, on K
+        if ctc is not None and ctc_weight:
+            loss = loss + ctc_weight * self.ctc_loss(ctc, target_ids)
+        return LLMASROutput(loss, logits, labels, attention_mask, keep, speech_lengths)
 
     # ---- inference
     @torch.no_grad()
@@ -702,6 +801,7 @@ def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = N
         tokenizer = build_tokenizer(source, cfg.trust_remote_code)
     encoder = build_encoder(cfg.encoder, cfg)
     llm = build_llm(cfg.llm, cfg.dtype, cfg.trust_remote_code)
+    norm_to = float(llm.get_input_embeddings().weight.detach().norm(dim=-1).mean()) if cfg.adapter_norm else None
     if cfg.projector_path:
         projector = load_projector(cfg.projector_path)
         if (projector.k, projector.activation, projector.hidden) != (cfg.k, cfg.activation, cfg.projector_hidden):
@@ -710,8 +810,13 @@ def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = N
                 f"hidden={projector.hidden}; config says k={cfg.k}, activation={cfg.activation}, "
                 f"hidden={cfg.projector_hidden}"
             )
+        if (projector.norm_to is not None, projector.ctc) != (cfg.adapter_norm, cfg.ctc_compress):
+            raise ValueError(
+                f"projector at {cfg.projector_path} has norm={projector.norm_to is not None}, ctc={projector.ctc}; "
+                f"config says train.adapter_norm={cfg.adapter_norm}, train.ctc_compress={cfg.ctc_compress}"
+            )
     else:
-        projector = Projector(encoder.d_model, _llm_hidden_size(llm), cfg.projector_hidden, cfg.k, cfg.activation)
+        projector = Projector(encoder.d_model, _llm_hidden_size(llm), cfg.projector_hidden, cfg.k, cfg.activation, norm_to, cfg.ctc_compress)
     projector = projector.to(_torch_dtype(cfg.dtype))
     return LLMASR(encoder, projector, llm, tokenizer, cfg.instruction)
 

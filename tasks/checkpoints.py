@@ -70,6 +70,8 @@ def model_config(train: TrainConfig, work_dir: Path | str, stage: int) -> LLMASR
         instruction=train.instruction,
         lora=LoraSettings(rank=train.lora.rank, alpha=train.lora.alpha, dropout=train.lora.dropout, target_modules=list(train.lora.target_modules)),
         trust_remote_code=train.trust_remote_code,
+        adapter_norm=train.adapter_norm,
+        ctc_compress=train.ctc_compress,
     )
 
 

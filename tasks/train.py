@@ -922,8 +922,12 @@ class Trainer:
         if self.stage == 1:
             labels = whisper_labels(batch["target_ids"], self.decoder_start).to(self.device)  # (B, L)
             return self.engine(feats, lengths, labels)
-        out = self.engine(feats, lengths, batch["target_ids"])
+        t = self.train_cfg
+        # stage 2's first ctc_align_steps steps: the adapter's CTC head alone, no LLM forward
+        ctc_only = self.stage == 2 and t.ctc_compress and self.state["step"] < t.ctc_align_steps
+        out = self.engine(feats, lengths, batch["target_ids"], ctc_weight=t.ctc_weight if t.ctc_compress else 0.0, ctc_only=ctc_only)
         self.logit_rows = out.logits.shape[0] * out.logits.shape[1]  # (B, K, V): the scored columns only
+        self.speech_lengths = out.speech_lengths.tolist()  # what the LLM read: 0 on CTC-only steps
         return out.loss
 
     def _scored(self, batch: dict[str, Any]) -> int:
@@ -945,6 +949,8 @@ class Trainer:
             return enc, [len(t) - (1 if len(t) and t[0] == self.decoder_start else 0) for t in batch["target_ids"]]
         m = self.engine.module
         prompt = len(m.prompt.prefix_ids) + len(m.prompt.suffix_ids)
+        if m.projector.ctc:  # the LLM read the CTC-compressed frames (none on a CTC-only step)
+            return enc, [s + prompt + len(t) + 1 if s else 0 for s, t in zip(self.speech_lengths, batch["target_ids"])]
         return enc, [e // m.projector.k + prompt + len(t) + 1 for e, t in zip(enc, batch["target_ids"])]  # + EOS
 
     def _model_flops(self, enc: list[int], pos: list[int]) -> float:
