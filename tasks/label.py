@@ -51,7 +51,13 @@ class Labeller:
 @functools.lru_cache(maxsize=2)
 def _load(model: str, device: str, compute_type: str, cpu_threads: int):
     from faster_whisper import BatchedInferencePipeline, WhisperModel
+    from threadpoolctl import threadpool_limits
 
+    # faster-whisper's log-mel goes through numpy's BLAS, whose sums depend on its thread count: with
+    # one thread a segment gets the same label in every process (the flow's, a rerun's after kill -9,
+    # a Ray worker's with OMP_NUM_THREADS=1).  Process-wide and never restored: per-call limits race
+    # between labelling threads.  The mel is a small share of labelling; CTranslate2 keeps its threads.
+    threadpool_limits(limits=1, user_api="blas")
     t0 = time.perf_counter()
     whisper = WhisperModel(resolve_model(model), device=device, compute_type=compute_type, cpu_threads=cpu_threads)
     log.info("loaded faster-whisper %s on %s (%s) in %.1f s", model, device, compute_type, time.perf_counter() - t0)
