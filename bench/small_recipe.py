@@ -131,6 +131,9 @@ def main() -> None:
     ap.add_argument("--lora-lr", type=float, default=None, help="default: --lr")
     ap.add_argument("--ctc-lr", type=float, default=2e-3)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--norm", action="store_true", help="scale each adapter output to the LLM's mean token-embedding norm")
+    ap.add_argument("--compress", action="store_true", help="feed the LLM only the frames the CTC head labels non-blank, repeats averaged (needs a ctc recipe)")
+    ap.add_argument("--ctc-weight", type=float, default=0.0, help="CTC loss kept beside the LLM loss after pre-alignment")
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=30)
@@ -176,9 +179,10 @@ def main() -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     log = out_path.open("w")
     t_start = time.time()
+    tag = args.recipe + ("+norm" if args.norm else "") + ("+compress" if args.compress else "") + (f"+ctc{args.ctc_weight:g}" if args.ctc_weight else "")
 
     def record(**r):
-        r = {"recipe": args.recipe, **r, "elapsed_s": round(time.time() - t_start, 1)}
+        r = {"recipe": tag, **r, "elapsed_s": round(time.time() - t_start, 1)}
         log.write(json.dumps(r) + "\n")
         log.flush()
         print(json.dumps(r), flush=True)
@@ -197,6 +201,45 @@ def main() -> None:
             rng.shuffle(chunks)
             yield from chunks
 
+    head: dict = {}  # the CTC head, once a ctc recipe builds it: rows, blank, scale, blank_id
+    embed_rms = float(llm.get_input_embeddings().weight.norm(dim=-1).mean())
+
+    def adapt(hidden, lengths):
+        """(B, T/2, 512) encoder frames -> adapter outputs (B, S, D) and lengths, normalised if --norm."""
+        speech, slen = model.projector(hidden, lengths)
+        if args.norm:
+            speech = speech * (embed_rms / speech.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        return speech, slen
+
+    def compress(speech, slen, logits):
+        """Keep the frames the CTC head labels non-blank, averaging runs of one label: (B, S', D), (B,)."""
+        best = logits.argmax(-1)  # (B, S)
+        rows = []
+        for b in range(speech.shape[0]):
+            n = int(slen[b])
+            groups, prev = [], None
+            for j, t in enumerate(best[b, :n].tolist()):
+                if t == head["blank_id"]:
+                    prev = None
+                elif t == prev:
+                    groups[-1].append(j)
+                else:
+                    groups.append([j])
+                    prev = t
+            if not groups:  # all blank: the frame most sure of a token
+                groups = [[int(logits[b, :n, : head["blank_id"]].max(-1).values.argmax())]]
+            rows.append(torch.stack([speech[b, g].mean(0) for g in groups]))
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), torch.tensor([r.shape[0] for r in rows])
+
+    def llm_speech(hidden, lengths):
+        """What the LLM gets: adapter outputs, compressed by the CTC head if asked; also the CTC logits."""
+        speech, slen = adapt(hidden, lengths)
+        logits = head["logits"](speech) if head else None
+        if args.compress:
+            speech, slen_c = compress(speech, slen, logits.detach())
+            return speech, slen_c, logits, slen
+        return speech, slen, logits, slen
+
     def evaluate(step: int, phase: str) -> float:
         model.eval()
         hyps = []
@@ -204,7 +247,7 @@ def main() -> None:
             for j in range(0, len(test), 16):
                 ids = test[j : j + 16]
                 hidden, lengths = batch_of(ids)
-                speech, slen = model.projector(hidden, lengths)
+                speech, slen, _, _ = llm_speech(hidden, lengths)
                 embeds, mask, _ = model._assemble(speech, slen, None, left_pad=True)
                 bound = int(max(math.ceil(8 * plan[i]["seconds"]) + 16 for i in ids))
                 out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=bound, do_sample=False, num_beams=1,
@@ -239,6 +282,8 @@ def main() -> None:
         def ctc_logits(speech):  # (B, S, D) -> (B, S, |vocab| + 1)
             return torch.cat([speech @ embed_matrix[rows].T, (speech @ blank)[..., None]], dim=-1) * scale
 
+        head.update(logits=ctc_logits, blank_id=blank_id)
+
         def ctc_greedy(logits, n):
             best = logits[:n].argmax(-1).tolist()
             return tok.decode([vocab[t] for j, t in enumerate(best) if t != blank_id and (j == 0 or t != best[j - 1])])
@@ -246,7 +291,7 @@ def main() -> None:
         for step in range(1, args.ctc_steps + 1):
             ids = next(stream)
             hidden, lengths = batch_of(ids)
-            speech, slen = projector(hidden, lengths)  # (B, S, D)
+            speech, slen = adapt(hidden, lengths)  # (B, S, D)
             logits = ctc_logits(speech)
             logp = logits.log_softmax(-1).transpose(0, 1)  # (S, B, V'+1)
             targets = [[index[t] for t in texts[i]] for i in ids]
@@ -263,7 +308,7 @@ def main() -> None:
                 with torch.no_grad():
                     hyps = []
                     for i in test:
-                        sp, sl = projector(*batch_of([i]))
+                        sp, sl = adapt(*batch_of([i]))
                         hyps.append(ctc_greedy(ctc_logits(sp)[0], int(sl[0])))
                 record(phase="ctc_eval", step=step, ctc_nwer=round(100 * nwer([plan[i]["text"] for i in test], hyps), 2), examples=list(zip([plan[i]["text"] for i in test[:3]], hyps[:3])))
         evaluate(0, "after_ctc")
@@ -272,6 +317,8 @@ def main() -> None:
     for p in trainable:
         p.requires_grad_(True)
     groups = [{"params": trainable, "lr": args.lr}]
+    if head and args.ctc_weight > 0:
+        groups.append({"params": [blank, scale], "lr": args.lr})
     if args.recipe in ("lora", "lora_ctc"):
         apply_lora(model, LoraSettings(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.0,
                                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
@@ -289,12 +336,16 @@ def main() -> None:
     for step in range(1, args.steps + 1):
         ids = next(stream)
         hidden, lengths = batch_of(ids)
-        speech, slen = model.projector(hidden, lengths)
+        speech, slen, logits, slen_full = llm_speech(hidden, lengths)
         targets = model.encode_targets([plan[i]["text"] for i in ids])
         embeds, mask, labels = model._assemble(speech, slen, targets, left_pad=False)
         keep = scored_positions(labels)
-        logits = model.llm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep).logits  # (B, K, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels[:, keep + 1].flatten(), ignore_index=IGNORE_INDEX)
+        out = model.llm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep).logits  # (B, K, V)
+        loss = F.cross_entropy(out.float().flatten(0, 1), labels[:, keep + 1].flatten(), ignore_index=IGNORE_INDEX)
+        if head and args.ctc_weight > 0:
+            ctc_t = [[index[t] for t in texts[i]] for i in ids]
+            loss = loss + args.ctc_weight * F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), torch.tensor(sum(ctc_t, [])), slen_full,
+                                                       torch.tensor([len(t) for t in ctc_t]), blank=head["blank_id"], zero_infinity=True)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
