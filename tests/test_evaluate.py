@@ -208,10 +208,12 @@ def test_evaluate_flow_end_to_end(prefect_harness, eval_run):
     from flows.evaluate import evaluate_flow
 
     root, work, audio = eval_run
+    broken = root / "broken-model"  # a folder without model.bin: the system fails when it loads
+    broken.mkdir(exist_ok=True)
     state = evaluate_flow(
         work_dir=str(work),
         test_sets=[f"espeak={audio / 'espeak.jsonl'}", f"common={audio / 'common.jsonl'}"],
-        baselines=["faster-whisper:bundled:tiny.en", "faster-whisper:bundled:small.en"],  # small.en is not shipped
+        baselines=["faster-whisper:bundled:tiny.en", f"faster-whisper:{broken}"],
         hyps=[f"zipformer={root / 'zipformer.tsv'}"],
         overrides=["eval.device=cpu", "eval.compute_type=int8", "eval.batch_size=4", "eval.num_beams=2"],  # default token bound
         return_state=True,
@@ -223,7 +225,7 @@ def test_evaluate_flow_end_to_end(prefect_harness, eval_run):
     assert on_disk["results"] == json.loads(json.dumps(metrics["results"]))
 
     systems = ["llmasr-stage2", "faster-whisper:bundled:tiny.en", "zipformer"]
-    assert [s["name"] for s in metrics["systems"]] == [*systems[:2], "faster-whisper:bundled:small.en", "zipformer"]
+    assert [s["name"] for s in metrics["systems"]] == [*systems[:2], f"faster-whisper:{broken}", "zipformer"]
     for name in ("espeak", "common"):
         assert list(metrics["results"][name]) == systems
         for system in systems:
@@ -272,7 +274,7 @@ def test_evaluate_flow_end_to_end(prefect_harness, eval_run):
     assert "zipformer: u3 failed, scored as an empty hypothesis (" in problems and "no hypothesis for 'u3'" in problems
     assert "[common] no rare words in the references: R-WER is n/a" in problems
     assert "llmasr-stage3: no complete checkpoint" in problems
-    assert "faster-whisper:bundled:small.en: not evaluated, the system failed" in problems and "ships only" in problems
+    assert f"faster-whisper:{broken}: not evaluated, the system failed" in problems and "model.bin" in problems
     assert "zipformer: " in problems and "duplicate id 'u0'" in problems
     assert "truly unseen in the training labels" in report
     assert (out / "wer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
