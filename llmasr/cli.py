@@ -91,6 +91,9 @@ def _load(args: argparse.Namespace, sources: list[str] | None = None):
 
 def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect waits 20 s for the temporary server a run starts without PREFECT_API_URL; on a busy
+    # 2-core laptop it can take longer, and the run then dies before any work: wait up to 2 min
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def cmd_data(args: argparse.Namespace) -> int:
