@@ -129,3 +129,13 @@ def write_vtt(path: Path | str, cues: list[Cue]) -> Path:
     """Write cues as a plain WebVTT file (atomically)."""
     body = "".join(f"{_ts(c.start_s)} --> {_ts(c.end_s)}\n{c.text}\n\n" for c in cues)
     return write_text(path, "WEBVTT\n\n" + body)
+
+
+def write_srt(path: Path | str, cues: list[Cue]) -> Path:
+    """Write cues as a numbered SubRip file (atomically; comma before the milliseconds)."""
+
+    def ts(x: float) -> str:
+        ms = int(round(x * 1000))
+        return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+    return write_text(path, "".join(f"{n}\n{ts(c.start_s)} --> {ts(c.end_s)}\n{c.text}\n\n" for n, c in enumerate(cues, 1)))

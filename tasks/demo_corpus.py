@@ -36,7 +36,7 @@ import soundfile as sf
 
 from llmasr.atomic import write_json, write_text
 from llmasr.text import normalize
-from tasks.captions import Cue, write_vtt
+from tasks.captions import Cue, write_srt, write_vtt
 
 if TYPE_CHECKING:
     from llmasr.config import DemoConfig
@@ -245,13 +245,6 @@ def render_item(item: DemoItem, rng: random.Random, nprng: np.random.Generator, 
     return np.concatenate(pieces), cues
 
 
-def _write_srt(path: Path, cues: list[Cue]) -> None:
-    def ts(x: float) -> str:
-        ms = int(round(x * 1000))
-        return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
-
-    write_text(path, "".join(f"{n}\n{ts(c.start_s)} --> {ts(c.end_s)}\n{c.text}\n\n" for n, c in enumerate(cues, 1)))
-
 
 def _save_audio(path: Path, audio: np.ndarray) -> None:
     if path.suffix == ".mp3":
@@ -287,7 +280,7 @@ def generate(out: Path | str, n_items: int = 30, seed: int = 0, force: bool = Fa
         if item.captions == "vtt":
             write_vtt(videos / f"{item.name}.vtt", cues)
         elif item.captions == "srt":
-            _write_srt(videos / f"{item.name}.srt", cues)
+            write_srt(videos / f"{item.name}.srt", cues)
     (videos / "broken.wav").write_bytes(b"")  # zero bytes: a failed item
     (videos / "not_audio.mp3").write_text("this is a text file, not audio\n")
     rows = []

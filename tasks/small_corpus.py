@@ -52,7 +52,7 @@ import soundfile as sf
 
 from llmasr.atomic import write_json, write_text
 from llmasr.text import normalize
-from tasks.captions import Cue, write_vtt
+from tasks.captions import Cue, write_srt, write_vtt
 
 RATE = 16000
 VERSION = 2  # bump when the output for the same settings changes
@@ -242,13 +242,6 @@ def _render(jobs: list[tuple[str, Voice]], workers: int) -> list[np.ndarray]:
         return list(pool.map(lambda job: speak16k(*job), jobs))
 
 
-def _write_srt(path: Path, cues: list[Cue]) -> None:
-    def ts(x: float) -> str:
-        ms = int(round(x * 1000))
-        return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
-
-    write_text(path, "".join(f"{n}\n{ts(c.start_s)} --> {ts(c.end_s)}\n{c.text}\n\n" for n, c in enumerate(cues, 1)))
-
 
 def _save(path: Path, audio: np.ndarray) -> None:
     if path.suffix == ".mp3":
@@ -388,7 +381,7 @@ def generate(
             if video.captions == "vtt":
                 write_vtt(videos_dir / f"{video.name}.vtt", cues)
             elif video.captions == "srt":
-                _write_srt(videos_dir / f"{video.name}.srt", cues)
+                write_srt(videos_dir / f"{video.name}.srt", cues)
             speech_s += video.speech_s
             plan.append(video)
 
