@@ -8,6 +8,7 @@ a whole part or none.  The stage's manifest is then the concatenation of the cur
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib
@@ -42,13 +43,46 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    """``tree`` with the docstring of its module, classes and functions removed (in place)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:]
+    return tree
+
+
+def source_meaning(source: str) -> str:
+    """What a module's source does, as text: its syntax tree without docstrings, positions or
+    comments (``ast.dump`` of the parsed source), so a comment, a docstring or a reformat leaves it
+    unchanged and any change to a name, a constant or an operator does not."""
+    return ast.dump(_without_docstrings(ast.parse(source)), annotate_fields=True, include_attributes=False)
+
+
+def _module_sources(name: str) -> list[tuple[str, str]]:
+    """(file name, source) of a module; of every .py file below it for a package, so a stage that
+    names a package covers its submodules too."""
+    module = importlib.import_module(name)
+    if not hasattr(module, "__path__"):
+        return [(name, inspect.getsource(module))]
+    return [
+        (f"{name}/{f.relative_to(folder).as_posix()}", f.read_text(encoding="utf-8"))  # relative: the same key on every machine
+        for folder in module.__path__
+        for f in sorted(Path(folder).rglob("*.py"))
+    ]
+
+
 @functools.lru_cache(maxsize=None)
 def code_version(*modules: str) -> str:
-    """Hash of the source of the named modules: a change in a stage's code invalidates its results,
-    a change elsewhere (the CLI, another stage) does not."""
+    """The code part of a stage's cache keys: a hash of what the named modules do
+    (``source_meaning``), so a change in a stage's logic invalidates its results, while a comment,
+    a docstring, a reformat, or a change elsewhere (the CLI, another stage) does not.  Every cache
+    key that covers code goes through this function."""
     h = hashlib.sha256()
     for name in modules:
-        h.update(inspect.getsource(importlib.import_module(name)).encode("utf-8"))
+        for label, source in _module_sources(name):
+            h.update(label.encode("utf-8") + b"\0" + source_meaning(source).encode("utf-8") + b"\0")
     return h.hexdigest()[:16]
 
 
