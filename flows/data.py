@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
+from prefect.utilities.annotations import quote
 
 from flows import artifacts, runners
 from flows.caching import by_key, cache_options
@@ -79,22 +80,19 @@ def write_items_task(items: list[Item], cfg: PipelineConfig, key: str) -> str:
 
 
 @_cached_task("segment")
-def segment_task(items: list[Item], cfg: PipelineConfig, key: str) -> int:
-    return segment.segment_batch(WorkLayout(Path(cfg.work_dir)), items, cfg.segment)
+def segment_task(items: list[Item], cfg: PipelineConfig, item_keys: dict[str, str], key: str) -> int:
+    return segment.segment_batch(WorkLayout(Path(cfg.work_dir)), items, cfg.segment, item_keys)
 
 
 @_cached_task("write-segments")
-def write_segments_task(items: list[Item], cfg: PipelineConfig, key: str) -> str:
-    layout = WorkLayout(Path(cfg.work_dir))
-    per_item = segment.read_segments(layout, items, cfg.segment)
-    return str(write_records(layout.segments, [s for i in items for s in per_item[i.item_id]], Segment))
+def write_segments_task(segments: list[Segment], cfg: PipelineConfig, key: str) -> str:
+    return str(write_records(WorkLayout(Path(cfg.work_dir)).segments, segments, Segment))
 
 
 @_cached_task("label")
-def label_task(items: list[Item], cfg: PipelineConfig, key: str) -> dict:
+def label_task(items: list[Item], segments: dict[str, list[Segment]], cfg: PipelineConfig, item_keys: dict[str, str], key: str) -> dict:
     layout = WorkLayout(Path(cfg.work_dir))
-    segs = segment.read_segments(layout, items, cfg.segment)
-    stats = label.label_batch(layout, items, segs, cfg.label, cfg.filter)
+    stats = label.label_batch(layout, items, segments, cfg.label, cfg.filter, item_keys)
     where = runners.worker_name()
     if stats.items:
         get_run_logger().info("labelled %d items (%d segments, %.1f s audio) on %s: RTFx %.1f", stats.items, stats.segments, stats.audio_s, where, stats.rtfx)
@@ -102,10 +100,9 @@ def label_task(items: list[Item], cfg: PipelineConfig, key: str) -> dict:
 
 
 @_cached_task("write-labels")
-def write_labels_task(items: list[Item], cfg: PipelineConfig, key: str) -> str:
+def write_labels_task(items: list[Item], segments: dict[str, list[Segment]], cfg: PipelineConfig, item_keys: dict[str, str], key: str) -> str:
     layout = WorkLayout(Path(cfg.work_dir))
-    segs = segment.read_segments(layout, items, cfg.segment)
-    return str(write_records(layout.labels, label.read_labels(layout, items, segs, cfg.label, cfg.filter), Label))
+    return str(write_records(layout.labels, label.read_labels(layout, items, segments, cfg.label, cfg.filter, item_keys), Label))
 
 
 @_cached_task("filter")
@@ -168,8 +165,7 @@ def run_ingest(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Sou
     local_task = ingest_local_task.with_options(**opts)
     futures = []
     for batch in batches(local, cfg.ingest.items_per_task):
-        stamps = [(f.path, f.caption_path, _stat(f.path), _stat(f.caption_path)) for f in batch]
-        futures.append(local_task.submit(batch, cfg, key=fingerprint("ingest", stamps, cfg.ingest, code_version("tasks.ingest", "llmasr.audio", "tasks.captions"))))
+        futures.append(local_task.submit(batch, cfg, key=ingest_key(batch, cfg)))
     futures += [ingest_web_task.submit(url, cfg, {k: v for k, v in known.items() if v.source == url}) for url in urls]
     items = ingest.merge_items(f.result() for f in futures)
     progress.complete("ingest")
@@ -184,21 +180,49 @@ def _stat(path: str | None) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def run_segment(cfg: PipelineConfig, ok: list[Item], opts: dict) -> str:
-    """Segment ``ok`` and write segments.parquet; returns the key of its content (the per-item
-    segment keys: audio stamps, caption files' text, settings, code)."""
+# --- the stages' cache keys: each computed once per run, from what its stage's output depends on --
+
+
+def ingest_key(batch: list[ingest.LocalFile], cfg: PipelineConfig) -> str:
+    stamps = [(f.path, f.caption_path, _stat(f.path), _stat(f.caption_path)) for f in batch]
+    return fingerprint("ingest", stamps, cfg.ingest, code_version("tasks.ingest", "llmasr.audio", "tasks.captions"))
+
+
+def filter_key(segments_key: str, labels_key: str, cfg: PipelineConfig) -> str:
+    """The filter reads segments.parquet (caption texts) and labels.parquet: its key covers both,
+    since corrected captions with the same timing change the segments but not the labels' key."""
+    return fingerprint("filter", segments_key, labels_key, cfg.filter, cfg.shard.validation_fraction, code_version("tasks.filter", "llmasr.text"))
+
+
+def shard_key(segments_key: str, labels_key: str, decisions_key: str, cfg: PipelineConfig) -> str:
+    """The shard writes segment times and captions, labels, decisions and audio: all in these keys
+    (segments_key and labels_key stamp each item's audio file; decisions_key is the filter's key)."""
+    return fingerprint("shard", segments_key, labels_key, decisions_key, cfg.shard, code_version("tasks.shard"))
+
+
+@dataclass(frozen=True)
+class SegmentRun:
+    key: str  # of segments.parquet's content: the per-item segment keys
+    segments: dict[str, list[Segment]]  # item_id -> its segments, read once for the later stages
+
+
+def run_segment(cfg: PipelineConfig, ok: list[Item], opts: dict) -> SegmentRun:
+    """Segment ``ok`` and write segments.parquet."""
     progress.start("segment", len(ok))
     task_ = segment_task.with_options(**opts)
     layout = WorkLayout(Path(cfg.work_dir))
-    keys = [fingerprint("segment", [segment.item_key(layout, i, cfg.segment) for i in b]) for b in batches(ok, cfg.segment.items_per_task)]
-    futures = [task_.submit(b, cfg, key=k) for b, k in zip(batches(ok, cfg.segment.items_per_task), keys)]
+    item_keys = segment.item_keys(layout, ok, cfg.segment)
+    groups = batches(ok, cfg.segment.items_per_task)
+    keys = [fingerprint("segment", [item_keys[i.item_id] for i in b]) for b in groups]
+    futures = [task_.submit(b, cfg, {i.item_id: item_keys[i.item_id] for i in b}, key=k) for b, k in zip(groups, keys)]
     wait(futures)
     for f in futures:
         f.result()  # re-raise the first failure
     progress.complete("segment")
+    segs = segment.read_segments(layout, ok, cfg.segment, item_keys)
     segments_key = fingerprint("segments", keys)
-    write_segments_task.with_options(**opts)(ok, cfg, key=segments_key)
-    return segments_key
+    write_segments_task.with_options(**opts)(quote([s for i in ok for s in segs[i.item_id]]), cfg, key=segments_key)
+    return SegmentRun(segments_key, segs)
 
 
 @dataclass(frozen=True)
@@ -206,15 +230,17 @@ class LabelRun:
     labelled_items: int  # labelled by this run; 0 when every item was done before
     rtfx: float  # audio seconds labelled per second of the stage's wall time
     workers: int  # processes (local) or Ray nodes that labelled something
+    key: str  # of labels.parquet's content: the per-item label keys
 
 
-def run_label(cfg: PipelineConfig, ok: list[Item], opts: dict) -> LabelRun:
-    """Label ``ok`` in batches of ``label.items_per_task``, in the flow's thread pool or on Ray."""
+def run_label(cfg: PipelineConfig, ok: list[Item], segs: dict[str, list[Segment]], opts: dict) -> LabelRun:
+    """Label ``ok`` (``segs``: their segments) in batches of ``label.items_per_task``, in the flow's
+    thread pool or on Ray."""
     layout = WorkLayout(Path(cfg.work_dir))
-    segs = segment.read_segments(layout, ok, cfg.segment)
     progress.start("label", len(ok))
     groups = batches(ok, cfg.label.items_per_task)
-    keys = [fingerprint("label", [label.item_key(layout, i, segs[i.item_id], cfg.label, cfg.filter) for i in b]) for b in groups]
+    item_keys = label.item_keys(layout, ok, segs, cfg.label, cfg.filter)
+    keys = [fingerprint("label", [item_keys[i.item_id] for i in b]) for b in groups]
     task_ = label_task.with_options(**opts)
     progress_id = artifacts.label_progress_start(len(groups))
     t0 = time.perf_counter()
@@ -222,7 +248,10 @@ def run_label(cfg: PipelineConfig, ok: list[Item], opts: dict) -> LabelRun:
     # Ray workers may start elsewhere: they get the work dir as an absolute path (a shared mount).
     task_cfg = cfg.model_copy(update={"work_dir": str(layout.root)})
     with runners.label_submitter(cfg) as (submit, remote):
-        futures = [submit(task_, items=b, cfg=task_cfg, key=k) for b, k in zip(groups, keys)]
+        futures = [
+            submit(task_, items=b, segments=quote({i.item_id: segs[i.item_id] for i in b}), cfg=task_cfg, item_keys={i.item_id: item_keys[i.item_id] for i in b}, key=k)
+            for b, k in zip(groups, keys)
+        ]
         for n, (fut, group) in enumerate(zip(futures, groups), 1):
             stats = fut.result()
             artifacts.label_progress_update(progress_id, n, len(groups))
@@ -238,8 +267,8 @@ def run_label(cfg: PipelineConfig, ok: list[Item], opts: dict) -> LabelRun:
     progress.complete("label")
     if workers:
         get_run_logger().info("label stage: %d items on %d worker(s) (runner.kind=%s)", labelled, len(workers), cfg.runner.kind)
-    write_labels_task.with_options(**opts)(ok, cfg, key=fingerprint("labels", keys))
-    return LabelRun(labelled, audio_s / span_s if labelled else 0.0, len(workers))
+    write_labels_task.with_options(**opts)(ok, quote(segs), cfg, item_keys, key=fingerprint("labels", keys))
+    return LabelRun(labelled, audio_s / span_s if labelled else 0.0, len(workers), fingerprint([item_keys[i.item_id] for i in ok]))
 
 
 @flow(name="llmasr-data", log_prints=True)
@@ -289,19 +318,12 @@ def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Sour
     for bad in (i for i in items if i.status != STATUS_OK):
         logger.warning("item %s failed: %s", bad.item_id, bad.error)
 
-    segments_key = run_segment(cfg, ok, opts)
-    label_run = run_label(cfg, ok, opts)
-    segs_by_item = segment.read_segments(layout, ok, cfg.segment)
-    n_segments = sum(len(v) for v in segs_by_item.values())
-    labels_key = fingerprint([label.item_key(layout, i, segs_by_item[i.item_id], cfg.label, cfg.filter) for i in ok])
-    # the filter reads segments.parquet (caption texts) and labels.parquet: its key covers both, since
-    # corrected captions with the same timing change the segments but not the labels' key
-    filter_key = fingerprint("filter", segments_key, labels_key, cfg.filter, cfg.shard.validation_fraction, code_version("tasks.filter", "llmasr.text"))
-    filter_task.with_options(**opts)(cfg, key=filter_key)
-    # the shard writes segment times and captions, labels, decisions and audio: all in these keys
-    # (segments_key and labels_key stamp each item's audio file)
-    shard_key = fingerprint("shard", segments_key, labels_key, filter_key, cfg.shard, code_version("tasks.shard"))
-    index = shard_task.with_options(**opts)(cfg, key=shard_key)
+    segment_run = run_segment(cfg, ok, opts)
+    label_run = run_label(cfg, ok, segment_run.segments, opts)
+    n_segments = sum(len(v) for v in segment_run.segments.values())
+    decisions_key = filter_key(segment_run.key, label_run.key, cfg)
+    filter_task.with_options(**opts)(cfg, key=decisions_key)
+    index = shard_task.with_options(**opts)(cfg, key=shard_key(segment_run.key, label_run.key, decisions_key, cfg))
 
     decisions = read_records(layout.decisions, Decision)
     artifacts.publish_data_run(layout, items, decisions, index, label_run.labelled_items, label_run.rtfx)

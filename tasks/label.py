@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from llmasr import progress
 from llmasr.audio import SAMPLE_RATE, load_audio
@@ -132,20 +132,29 @@ def item_key(layout: WorkLayout, item: Item, segments: Sequence[Segment], label_
     )
 
 
+def item_keys(layout: WorkLayout, items: Sequence[Item], segments: Mapping[str, Sequence[Segment]], label_cfg: LabelConfig, filter_cfg: FilterConfig) -> dict[str, str]:
+    """item_id -> ``item_key``: a run computes them once and passes them to every step that needs them."""
+    return {item.item_id: item_key(layout, item, segments[item.item_id], label_cfg, filter_cfg) for item in items}
+
+
 def labellable(segments: Sequence[Segment], filter_cfg: FilterConfig) -> list[Segment]:
     """Segments worth labelling: those the duration rule keeps (the rest are dropped anyway)."""
     return [s for s in segments if not duration_reasons(s.duration_s, filter_cfg)]
 
 
-def label_batch(layout: WorkLayout, items: Sequence[Item], segments: dict[str, list[Segment]], label_cfg: LabelConfig, filter_cfg: FilterConfig) -> LabelStats:
-    """Label the items whose part is missing or stale (a rerun labels only new items)."""
+def label_batch(
+    layout: WorkLayout, items: Sequence[Item], segments: Mapping[str, list[Segment]], label_cfg: LabelConfig, filter_cfg: FilterConfig, keys: Mapping[str, str] | None = None
+) -> LabelStats:
+    """Label the items whose part is missing or stale (a rerun labels only new items).
+    ``keys``: the items' ``item_keys`` when the caller has them."""
+    keys = keys if keys is not None else item_keys(layout, items, segments, label_cfg, filter_cfg)
     labeller = None
     n_items = n_segs = 0
     audio_s = 0.0
     t0 = time.perf_counter()
     for item in items:
         segs = segments[item.item_id]
-        key = item_key(layout, item, segs, label_cfg, filter_cfg)
+        key = keys[item.item_id]
         part = layout.part("labels", item.item_id)
         if read_part(part, Label, key) is None:
             labeller = labeller or load_labeller(label_cfg)
@@ -161,10 +170,15 @@ def label_batch(layout: WorkLayout, items: Sequence[Item], segments: dict[str, l
     return stats
 
 
-def read_labels(layout: WorkLayout, items: Sequence[Item], segments: dict[str, list[Segment]], label_cfg: LabelConfig, filter_cfg: FilterConfig) -> list[Label]:
+def read_labels(
+    layout: WorkLayout, items: Sequence[Item], segments: Mapping[str, list[Segment]], label_cfg: LabelConfig, filter_cfg: FilterConfig, keys: Mapping[str, str] | None = None
+) -> list[Label]:
+    """The items' current labels, from their parts; raises if a part is missing or stale.
+    ``keys``: the items' ``item_keys`` when the caller has them."""
+    keys = keys if keys is not None else item_keys(layout, items, segments, label_cfg, filter_cfg)
     out: list[Label] = []
     for item in items:
-        labels = read_part(layout.part("labels", item.item_id), Label, item_key(layout, item, segments[item.item_id], label_cfg, filter_cfg))
+        labels = read_part(layout.part("labels", item.item_id), Label, keys[item.item_id])
         if labels is None:
             raise RuntimeError(f"labels of {item.item_id} are missing or stale: run the label stage")
         out += labels

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from llmasr import progress
 from llmasr.audio import SAMPLE_RATE, duration_s as audio_duration_s, load_audio
@@ -128,6 +128,11 @@ def item_key(layout: WorkLayout, item: Item, cfg: SegmentConfig) -> str:
     return fingerprint(item.item_id, audio_stamp(layout, item), fingerprint(caption.decode("utf-8", "replace")), settings, code_version("tasks.segment", "tasks.captions"))
 
 
+def item_keys(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig) -> dict[str, str]:
+    """item_id -> ``item_key``: a run computes them once and passes them to every step that needs them."""
+    return {item.item_id: item_key(layout, item, cfg) for item in items}
+
+
 def item_duration_s(layout: WorkLayout, item: Item) -> float:
     """The item's duration: from its record, or (a record without one) from its audio file's header.
 
@@ -140,11 +145,13 @@ def item_duration_s(layout: WorkLayout, item: Item) -> float:
     return duration
 
 
-def segment_batch(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig) -> int:
-    """Segment the items whose part is missing or stale; returns how many were (re)computed."""
+def segment_batch(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig, keys: Mapping[str, str] | None = None) -> int:
+    """Segment the items whose part is missing or stale; returns how many were (re)computed.
+    ``keys``: the items' ``item_keys`` when the caller has them."""
+    keys = keys if keys is not None else item_keys(layout, items, cfg)
     done = 0
     for item in items:
-        key = item_key(layout, item, cfg)
+        key = keys[item.item_id]
         part = layout.part("segments", item.item_id)
         if read_part(part, Segment, key) is None:
             caption = layout.abs(item.caption_path) if item.caption_path else None
@@ -157,11 +164,13 @@ def segment_batch(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig)
     return done
 
 
-def read_segments(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig) -> dict[str, list[Segment]]:
-    """Each item's current segments, from its part; raises if a part is missing or stale."""
+def read_segments(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig, keys: Mapping[str, str] | None = None) -> dict[str, list[Segment]]:
+    """Each item's current segments, from its part; raises if a part is missing or stale.
+    ``keys``: the items' ``item_keys`` when the caller has them."""
+    keys = keys if keys is not None else item_keys(layout, items, cfg)
     out = {}
     for item in items:
-        segs = read_part(layout.part("segments", item.item_id), Segment, item_key(layout, item, cfg))
+        segs = read_part(layout.part("segments", item.item_id), Segment, keys[item.item_id])
         if segs is None:
             raise RuntimeError(f"segments of {item.item_id} are missing or stale: run the segment stage")
         out[item.item_id] = segs
