@@ -7,6 +7,8 @@
     llmasr train --work-dir runs/mine --stages 2,3 --set train.stage3.lr=2e-6
     llmasr evaluate --profile demo                                 # zero-shot R-WER report of the demo run
     llmasr run --profile demo                                      # all of it: data -> train -> evaluate
+    llmasr transcribe --work-dir runs/mine talk.mp3 recordings/    # your own audio with the run's trained model
+    llmasr transcribe --profile demo --out subs --format srt a.wav # .srt per file (txt, srt, jsonl)
     llmasr ui --profile demo                                       # Prefect UI on 127.0.0.1:4200 with the deployments
     llmasr demo-corpus --out runs/demo-corpus                      # only generate the demo corpus
     llmasr config --profile demo                                   # print the validated config
@@ -63,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", default="1,2,3", help="training stages to run (default 1,2,3)")
     run.add_argument("--test-set", dest="test_sets", action="append", default=[], metavar="NAME=PATH", help="a test set (repeatable; replaces eval.test_sets)")
     run.add_argument("--baseline", dest="baselines", action="append", default=[], metavar="faster-whisper:MODEL|transformers:MODEL", help="a Whisper baseline, faster-whisper:MODEL or transformers:MODEL (repeatable)")
+
+    tr = sub.add_parser("transcribe", help="transcribe your own audio files with the run's trained model (stage 3, 2 or 1)")
+    _config_args(tr)
+    tr.add_argument("paths", nargs="+", metavar="FILE_OR_FOLDER", help="audio files of any length and format ffmpeg reads; folders are walked for audio files")
+    tr.add_argument("--stage", type=int, choices=[1, 2, 3], default=None, help="3: LLM-ASR with LoRA, 2: without LoRA, 1: Whisper with the stage-1 encoder (default: the highest complete stage)")
+    tr.add_argument("--out", default=None, metavar="DIR", help="write files there instead of printing the text")
+    tr.add_argument("--format", choices=["txt", "srt", "jsonl"], default=None, help="with --out: <stem>.txt, <stem>.srt (a cue per VAD piece) or one transcripts.jsonl (default txt)")
+    beams = tr.add_mutually_exclusive_group()
+    beams.add_argument("--greedy", action="store_true", help="greedy decoding (eval.num_beams=1)")
+    beams.add_argument("--num-beams", type=int, default=None, metavar="N", help="beam width (default eval.num_beams)")
 
     ui = sub.add_parser("ui", help="a Prefect server on 127.0.0.1:4200 serving the project's deployments")
     _config_args(ui)
@@ -228,6 +240,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from llmasr import progress
+    from tasks import transcribe as tr
+
+    beams = ["eval.num_beams=1"] if args.greedy else [f"eval.num_beams={args.num_beams}"] if args.num_beams is not None else []
+    args.overrides = [*args.overrides, *beams]
+    cfg = _load(args)
+    tr.check_output(args.out, args.format)  # every check before the model loads
+    stage = tr.choose_stage(cfg.work_dir, args.stage)
+    files = tr.find_audio(args.paths)
+    with progress.terminal_progress(console) if len(files) > 1 else contextlib.nullcontext():
+        result = tr.transcribe(files, cfg, stage)
+    if args.out:
+        written = tr.write_outputs(result.records, args.out, args.format or "txt")
+        console.print(f"wrote {len(written)} file(s) to {args.out}")
+    else:
+        print(tr.stdout_text(result.records))
+    console.print(tr.summary(result))
+    for r in result.failed:
+        console.print(f"[yellow]warning:[/yellow] {r.path}: {r.error}")
+    return 1 if result.failed else 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import signal
 
@@ -321,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.ingest import SourceError
 
     args = build_parser().parse_args(argv)
-    handler = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run, "ui": cmd_ui, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
+    handler = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run, "transcribe": cmd_transcribe, "ui": cmd_ui, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
     try:
         return handler(args)
     except (ConfigError, SourceError, ServerError, WorkDirBusy) as exc:
