@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(stderr=True)
@@ -362,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except (ConfigError, SourceError, ServerError, WorkDirBusy) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        # one line whatever the terminal's width (soft_wrap), the message as written (no rich markup)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         return 2
 
 
