@@ -58,7 +58,7 @@ KEEP_CHECKPOINTS = 2  # tasks/train.py KEEP_CHECKPOINTS
 DS_BYTES_PER_TRAINABLE = 2 + 4 + 8  # bf16 weights + fp32 master + Adam m and v
 
 # Architectures (published configs) of the models the paper profile names.  A local folder with a
-# config.json (e.g. the demo profile's runs/demo-models) is read instead.
+# config.json (e.g. the demo profile's runs/demo/demo-models) is read instead.
 WHISPER = {  # openai/whisper-<size> (HF config.json; Radford et al. 2022, Table 1)
     "tiny": {"d": 384, "enc_layers": 4, "dec_layers": 4, "ffn": 1536, "n_mels": 80, "vocab": 51865},
     "base": {"d": 512, "enc_layers": 6, "dec_layers": 6, "ffn": 2048, "n_mels": 80, "vocab": 51865},
@@ -243,7 +243,8 @@ def gpu_bench_mfu(path: Path, rates: dict) -> dict:
     flops = (2 * (b["encoder_params"] - 1500 * d) * f + enc_attn + 6 * projector * f / 2
              + 4 * llm_params * p + 6 * lora * p + 3 * llm_attn)
     peak = b.get("peak_bf16_flops") or H100_BF16_DENSE
-    return {"gpu": b.get("gpu"), "mfu": flops / peak, "mfu_6n": st.get("mfu_6n", st.get("mfu")),  # before 2026-11-26 the trainer's "mfu" was the 6N figure "audio_s_per_s": st.get("audio_s_per_s"),
+    # a result without "mfu_6n" (bench/results/gpu_train_bench*.json) logged the 6N estimate as "mfu"
+    return {"gpu": b.get("gpu"), "mfu": flops / peak, "mfu_6n": st.get("mfu_6n", st.get("mfu")), "audio_s_per_s": st.get("audio_s_per_s"),
                 "model": f"whisper-{b['args']['encoder']} encoder + qwen2-{b['args']['llm']}", "batch": b["args"].get("batch")}
 
 

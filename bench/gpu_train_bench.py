@@ -26,8 +26,8 @@ Reported from the metrics JSONL the trainer writes (log_every 10; the first wind
 cuDNN/cuBLAS autotune, allocator growth -- left out): samples/s, audio-s/s, transcript tokens/s,
 decoder positions/s, steps/s, model TFLOP/s and MFU (the trainer's: ``tasks.flops`` -- trained
 weights 6N, frozen ones 4N or 2N, attention, logits where computed -- over
-``tasks.train.peak_bf16_flops(GPU name)``), the usual 6N estimate beside it (``mfu_6n``; the
-H200 results of 2026-11-26 predate the split: their "mfu" is the 6N one), plus peak GPU memory
+``tasks.train.peak_bf16_flops(GPU name)``), the usual 6N estimate beside it (``mfu_6n``; in a
+result without it, bench/results/gpu_train_bench*.json, "mfu" is the 6N estimate), plus peak GPU memory
 and the setup time.
 """
 

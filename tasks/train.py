@@ -57,9 +57,8 @@ vocabulary projection only where logits are computed; held within 0.5% of torch'
 by tests/test_flops.py).  On GPU also ``mfu`` = model FLOP/s / (world_size x peak), peak = the
 GPU's dense bf16 FLOP/s (``peak_bf16_flops``; none for an unknown GPU), and ``mfu_6n``, the
 usual 6N estimate for comparison (6 x (N_enc x encoder frames/s + N_other x decoder positions/s)
-/ (world_size x peak): every weight as if trained, no attention; what ``mfu`` was before
-2026-11-26).  Every
-``train.val_every`` steps and at the end: {"stage", "step", "val_loss", ...} on the validation
+/ (world_size x peak): every weight as if trained, no attention).
+Every ``train.val_every`` steps and at the end: {"stage", "step", "val_loss", ...} on the validation
 split (at most ``train.val_max_batches`` batches per rank; batches weighted by the target positions
 their loss averages over).  Each run starts with an {"event": "start", "step", "resumed_from"}
 record.
