@@ -9,7 +9,7 @@ decode wall time).
 Model: ``--checkpoint`` (a stage-2/3 folder) when given and complete (stage.json complete=true),
 else a tiny random stage-3 checkpoint built in a temp folder the way tests/test_decode.py builds it
 (``tiny_setup`` + LoRA with non-zero B).  The model is loaded once (``load_llmasr``) and shared by
-the four systems.  Audio: the demo zero-shot set (runs/demo-corpus/zero_shot/manifest.jsonl) when
+the four systems.  Audio: the demo zero-shot set (runs/demo/demo-corpus/zero_shot/manifest.jsonl) when
 present, else ``--utts`` espeak-ng utterances (``tasks.demo_corpus.speak``); at most ``--utts``.
 
 Four configurations, all with the evaluation's token bound (``DecodeSettings`` defaults:
@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-ZERO_SHOT = REPO / "runs/demo-corpus/zero_shot/manifest.jsonl"
+ZERO_SHOT = REPO / "runs/demo/demo-corpus/zero_shot/manifest.jsonl"
 SENTENCES = [
     "The weather was warm enough to eat lunch outside on the terrace.",
     "The doctor prescribed amoxicillin for the chest infection.",

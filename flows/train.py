@@ -29,7 +29,7 @@ from tasks.parts import code_version, fingerprint
 
 TRAIN_CODE = ("tasks.train", "tasks.train_data", "llmasr.model", "tasks.checkpoints", "llmasr.bundled", "llmasr.ct2_whisper")
 # settings that change where or how fast a stage runs, not what it learns
-RUNTIME_KEYS = {"launcher", "nproc_per_node", "hostfile", "node_launcher", "master_addr", "master_port", "num_workers", "log_every", "val_every", "val_max_batches", "ckpt_every", "timeout_s", "merge_lora", "cudnn_attention"}
+RUNTIME_KEYS = {"launcher", "nproc_per_node", "hostfile", "node_launcher", "master_addr", "master_port", "num_workers", "log_every", "val_every", "val_max_batches", "ckpt_every", "timeout_s", "merge_lora", "cudnn_attention", "cache_encoder_outputs"}
 
 
 def _sha256(path: Path) -> str:

@@ -10,7 +10,7 @@
     llmasr transcribe --work-dir runs/mine talk.mp3 recordings/    # your own audio with the run's trained model
     llmasr transcribe --profile demo --out subs --format srt a.wav # .srt per file (txt, srt, jsonl)
     llmasr ui --profile demo                                       # Prefect UI on 127.0.0.1:4200 with the deployments
-    llmasr demo-corpus --out runs/demo-corpus                      # only generate the demo corpus
+    llmasr demo-corpus                                             # only generate the demo corpus (runs/demo/demo-corpus)
     llmasr config --profile demo                                   # print the validated config
 
 Every subcommand validates the whole configuration (and the sources) before any work and exits
@@ -84,11 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--source", dest="sources", action="append", default=[], help="default sources of the data deployment (repeatable)")
 
     demo = sub.add_parser("demo-corpus", help="generate the espeak-ng demo corpus (or, with --profile small, the small profile's)")
-    demo.add_argument("--profile", default=None, help="generate the corpus of this profile's demo: section (demo, small); --out, --items, --seed override it")
-    demo.add_argument("--config", dest="config_file", default=None)
-    demo.add_argument("--out", default=None, help="default: the profile's demo.corpus_dir (runs/demo-corpus)")
-    demo.add_argument("--items", type=int, default=None)
-    demo.add_argument("--seed", type=int, default=None)
+    demo.add_argument("--profile", default=None, help="generate the corpus of this profile's demo: section (default demo; or small); --out, --items, --seed override it")
+    demo.add_argument("--config", dest="config_file", default=None, help="another pipeline_config.yaml")
+    demo.add_argument("--out", default=None, help="the corpus folder (default: the profile's demo.corpus_dir, <work_dir>/demo-corpus)")
+    demo.add_argument("--items", type=int, default=None, help="videos in the corpus (default: demo.n_items)")
+    demo.add_argument("--seed", type=int, default=None, help="seed of voices, sentences and caption faults (default: demo.seed)")
     demo.add_argument("--force", action="store_true", help="regenerate even if it exists")
 
     show = sub.add_parser("config", help="print the validated configuration")
@@ -335,7 +335,7 @@ def cmd_demo_corpus(args: argparse.Namespace) -> int:
     from llmasr.config import DemoConfig, load_config
     from tasks.demo_corpus import generate_corpus
 
-    demo = load_config(args.profile, config_file=args.config_file).demo if args.profile else DemoConfig()
+    demo = load_config(args.profile or "demo", config_file=args.config_file).demo  # corpus_dir resolved under its work dir
     if demo is None:
         raise SystemExit(f"profile {args.profile!r} has no demo: section (no corpus to generate)")
     update = {k: v for k, v in (("n_items", args.items), ("seed", args.seed)) if v is not None}

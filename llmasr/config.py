@@ -122,6 +122,7 @@ class TrainConfig(_Section):
     downsample_k: int = Field(2, ge=1)
     activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
     trim_padding: bool = True
+    cache_encoder_outputs: bool = False  # stages 2-3: keep the frozen encoder's outputs in memory (tasks/encoder_cache.py)
     adapter_norm: bool = False  # adapter outputs scaled to the LLM's mean token-embedding norm
     ctc_compress: bool = False  # adapter CTC head over the LLM's token embeddings; the LLM reads non-blank frames only
     ctc_weight: float = Field(0.5, ge=0)  # CTC loss beside the LLM loss in stages 2-3 (with ctc_compress)

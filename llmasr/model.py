@@ -591,12 +591,21 @@ class LLMASR(nn.Module):
         return speech, speech_lengths
 
     def _speech(
-        self, input_features: torch.Tensor, feature_lengths: torch.Tensor | None
+        self,
+        input_features: torch.Tensor | None,
+        feature_lengths: torch.Tensor | None,
+        encoded: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """speech_embeds, plus (CTC logits (B, S, V + 1), frame lengths (B,)) before compression, or None."""
-        encoder_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
-        with torch.set_grad_enabled(encoder_trains):
-            hidden, lengths = self.encoder(input_features, feature_lengths)  # (B, T/2, D_enc), (B,)
+        """speech_embeds, plus (CTC logits (B, S, V + 1), frame lengths (B,)) before compression, or None.
+
+        ``encoded``: the frozen encoder's output for these features, computed earlier
+        (``tasks.encoder_cache``): (B, T/2, D_enc) and its valid lengths (B,); the features are then unused."""
+        if encoded is not None:
+            hidden, lengths = encoded  # (B, T/2, D_enc), (B,)
+        else:
+            encoder_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
+            with torch.set_grad_enabled(encoder_trains):
+                hidden, lengths = self.encoder(input_features, feature_lengths)  # (B, T/2, D_enc), (B,)
         speech, speech_lengths = self.projector(hidden, lengths)  # (B, T/2//k, D_llm), (B,)
         if bool((speech_lengths < 1).any()):
             raise ValueError(
@@ -668,16 +677,19 @@ class LLMASR(nn.Module):
         target_ids: Sequence[Sequence[int]],
         ctc_weight: float = 0.0,
         ctc_only: bool = False,
+        encoded: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> LLMASROutput:
         """``target_ids``: per-example token ids without EOS (see ``encode_targets``).
         Returns ``LLMASROutput``; ``.loss`` is the mean CE over target tokens + EOS, plus
         ``ctc_weight`` x the projector's CTC loss when it has a CTC head.  ``ctc_only``: the CTC loss
-        alone, without running the LLM (stage 2's alignment steps; ``logits`` is then (B, 0, V))."""
-        if len(target_ids) != input_features.shape[0]:
-            raise ValueError(f"{len(target_ids)} targets for a batch of {input_features.shape[0]}")
+        alone, without running the LLM (stage 2's alignment steps; ``logits`` is then (B, 0, V)).
+        ``encoded``: the frozen encoder's output for ``input_features`` (see ``_speech``)."""
+        batch = encoded[0].shape[0] if encoded is not None else input_features.shape[0]
+        if len(target_ids) != batch:
+            raise ValueError(f"{len(target_ids)} targets for a batch of {batch}")
         if (ctc_only or ctc_weight) and not self.projector.ctc:
             raise ValueError("a CTC loss needs a projector with a CTC head (train.ctc_compress: true)")
-        speech, speech_lengths, ctc = self._speech(input_features, feature_lengths)
+        speech, speech_lengths, ctc = self._speech(input_features, feature_lengths, encoded)
         if ctc_only:
             loss = self.ctc_loss(ctc, target_ids)
             empty = speech.new_zeros(speech.shape[0], 0, int(self.llm.get_input_embeddings().num_embeddings))

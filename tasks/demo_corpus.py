@@ -297,6 +297,10 @@ def generate(out: Path | str, n_items: int = 30, seed: int = 0, force: bool = Fa
 
 def generate_corpus(demo: "DemoConfig", out: Path | str | None = None, force: bool = False) -> Path:
     """Generate the corpus a config's ``demo:`` section describes (once; reused while it matches)."""
+    if out is None and "${" in demo.corpus_dir:  # a DemoConfig outside a PipelineConfig: nothing expanded it
+        from llmasr.config import ConfigError
+
+        raise ConfigError(f"demo.corpus_dir {demo.corpus_dir!r} is not a folder yet: load the config (llmasr.config.load_config) or pass out=")
     target = Path(out if out is not None else demo.corpus_dir)
     if demo.kind == "small":
         from tasks import small_corpus

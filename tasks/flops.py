@@ -3,6 +3,7 @@
     from tasks.flops import step_flops
     f = step_flops(module, stage)           # once, after set_trainable (and apply_lora for stage 3)
     flops = f(frames, frames_sq, positions, positions_sq, logit_rows)   # per batch, forward + backward
+    flops = f(frames, frames_sq, positions, positions_sq, logit_rows, adapter_frames=sum(t // k for t in frames_i))
 
 The logged MFU of ``tasks.train`` (``mfu`` = model FLOP/s / peak) and ``model_tflops``: what the
 step must compute, not what the hardware did (no recomputation, no padding).  Per parameter of a
@@ -37,18 +38,25 @@ from torch import nn
 class StepFlops:
     """FLOPs (forward + backward) per unit of a batch."""
 
-    per_frame: float  # encoder (+ stage 2/3 adapter) matmuls per encoder frame
+    per_frame: float  # encoder matmuls per encoder frame
     per_position: float  # decoder / LLM matmuls per position, the vocabulary projection excluded
     per_logit_row: float  # vocabulary projection per row that gets logits
     per_frame_pair: float  # encoder attention per (frame, frame) pair of one example, all layers
     per_position_pair: float  # decoder attention per (position, position) pair of one example
     per_cross_pair: float = 0.0  # stage 1: Whisper's cross-attention per (label, frame) pair
+    per_adapter_frame: float = 0.0  # stages 2/3: the adapter (and its CTC head) per adapter frame
+    k: int = 1  # encoder frames per adapter frame
 
     def __call__(self, frames: float, frames_sq: float, positions: float, positions_sq: float, logit_rows: float,
-                 cross_pairs: float = 0.0) -> float:  # fmt: skip
+                 cross_pairs: float = 0.0, adapter_frames: float | None = None, cached_frames: float = 0.0,
+                 cached_frames_sq: float = 0.0) -> float:  # fmt: skip
         """frames / positions: summed over the batch; *_sq: summed squares of each example's count;
-        cross_pairs: summed positions x frames of each example (stage 1)."""
-        return (self.per_frame * frames + self.per_frame_pair * frames_sq + self.per_position * positions
+        cross_pairs: summed positions x frames of each example (stage 1); adapter_frames: summed
+        ``frames_i // k`` (None: frames / k, which counts each row's dropped tail); cached_frames(_sq):
+        the frames (and squares) among ``frames`` whose encoder output came from ``tasks.encoder_cache``."""
+        adapter = frames / self.k if adapter_frames is None else adapter_frames
+        return (self.per_frame * (frames - cached_frames) + self.per_frame_pair * (frames_sq - cached_frames_sq)
+                + self.per_adapter_frame * adapter + self.per_position * positions
                 + self.per_position_pair * positions_sq + self.per_logit_row * logit_rows
                 + self.per_cross_pair * cross_pairs)  # fmt: skip
 
@@ -114,10 +122,15 @@ def step_flops(module: nn.Module, stage: int) -> StepFlops:
     lcfg, ecfg = llm.config, module.encoder.config
     width = getattr(lcfg, "hidden_size", None) or getattr(lcfg, "n_embd", 0)  # n_embd / n_layer: GPT-2-style configs
     layers = getattr(lcfg, "num_hidden_layers", None) or getattr(lcfg, "n_layer", 0)
+    ctc = 0.0
+    if module.projector.ctc:  # the CTC head: adapter frames x (the LLM's token embeddings + blank), frozen
+        ctc = (4 if upstream else 2) * (llm.get_input_embeddings().weight.numel() + module.projector.d_llm)
     return StepFlops(
-        per_frame=e + p / module.projector.k,  # the adapter runs once per k frames
+        per_frame=e,
         per_position=lm,
         per_logit_row=_factor(head.requires_grad, upstream) * head.numel() if head is not None else 0.0,
         per_frame_pair=4 * ecfg.d_model * ecfg.encoder_layers * (3 if enc_trains else 1),
         per_position_pair=4 * width * layers * (3 if upstream else 1),
+        per_adapter_frame=p + ctc,
+        k=module.projector.k,
     )

@@ -753,6 +753,11 @@ class Trainer:
         self.n_trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
         self.flops = step_flops(module, self.stage)
         self.logit_rows = 0
+        self.encoder_cache = None
+        if self.stage != 1 and self.train_cfg.cache_encoder_outputs:
+            from tasks.encoder_cache import EncoderCache
+
+            self.encoder_cache = EncoderCache(module.encoder)  # frozen in stages 2 and 3
 
     def _config_key(self, message: str) -> str:
         if "trust_remote_code" in message:  # transformers: the checkpoint ships its own code
@@ -924,7 +929,9 @@ class Trainer:
         t = self.train_cfg
         # stage 2's first ctc_align_steps steps: the adapter's CTC head alone, no LLM forward
         ctc_only = self.stage == 2 and t.ctc_compress and self.state["step"] < t.ctc_align_steps
-        out = self.engine(feats, lengths, batch["target_ids"], ctc_weight=t.ctc_weight if t.ctc_compress else 0.0, ctc_only=ctc_only)
+        encoded = None if self.encoder_cache is None else self.encoder_cache(batch["keys"], feats, lengths)
+        out = self.engine(feats, lengths, batch["target_ids"], ctc_weight=t.ctc_weight if t.ctc_compress else 0.0,
+                          ctc_only=ctc_only, encoded=encoded)  # fmt: skip
         self.logit_rows = out.logits.shape[0] * out.logits.shape[1]  # (B, K, V): the scored columns only
         self.speech_lengths = out.speech_lengths.tolist()  # what the LLM read: 0 on CTC-only steps
         return out.loss
@@ -957,7 +964,10 @@ class Trainer:
         if self.stage == 1:  # Whisper's head runs on every label position; cross-attention labels x frames
             return self.flops(sum(enc), sum(e * e for e in enc), sum(pos), sum(p * p for p in pos), sum(pos),
                               sum(p * e for p, e in zip(pos, enc)))  # fmt: skip
-        return self.flops(sum(enc), sum(e * e for e in enc), sum(pos), sum(p * p for p in pos), self.logit_rows)
+        cached = [e for e, fresh in zip(enc, self.encoder_cache.fresh) if not fresh] if self.encoder_cache else []
+        return self.flops(sum(enc), sum(e * e for e in enc), sum(pos), sum(p * p for p in pos), self.logit_rows,
+                          adapter_frames=sum(e // self.flops.k for e in enc), cached_frames=sum(cached),
+                          cached_frames_sq=sum(e * e for e in cached))  # fmt: skip
 
     def validate(self) -> dict[str, Any] | None:
         import torch

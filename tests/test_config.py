@@ -8,7 +8,7 @@ import pydantic
 import pytest
 import yaml
 
-from llmasr.config import ConfigError, DemoConfig, PipelineConfig, apply_override, load_config
+from llmasr.config import PATH_KEYS, ConfigError, DemoConfig, PipelineConfig, apply_override, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "pipeline_config.yaml"
@@ -50,14 +50,14 @@ def test_every_key_of_the_shipped_file_is_known_and_taken_as_written() -> None:
     raw = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
     profiles = raw.pop("profiles")
     base = _load()
-    for key, value in _leaves(raw).items():
-        assert _get(base, key) == value, key
+    for key, value in _leaves(raw).items():  # paths are made absolute: tests/test_paths.py
+        assert key in PATH_KEYS or _get(base, key) == value, key
     assert base.profile is None
     assert base.label.model == "large-v3"  # the paper's labeller at the top level
 
     demo = _load(profile="demo")
     for key, value in _leaves(profiles["demo"]).items():
-        assert _get(demo, key) == value, key
+        assert key in PATH_KEYS or _get(demo, key) == value, key
     # keys the profile does not mention keep the top level's values
     assert demo.filter.hallucination_phrases == raw["filter"]["hallucination_phrases"]
     assert demo.segment.max_segment_s == raw["segment"]["max_segment_s"]
@@ -68,8 +68,8 @@ def test_demo_profile_overlays_the_top_level() -> None:
     assert cfg.label.model == "bundled:tiny.en"
     assert cfg.label.device == "cpu"
     assert cfg.profile == "demo"
-    assert cfg.work_dir == "runs/demo"
-    assert cfg.demo is not None and cfg.demo.corpus_dir == "runs/demo-corpus"
+    assert cfg.work_dir == str(REPO / "runs/demo")  # relative to the config file's folder
+    assert cfg.demo is not None and cfg.demo.corpus_dir == str(REPO / "runs/demo/demo-corpus")  # under the work dir
     assert cfg.shard.max_samples == 40
     # deep merge: the label section's other keys come from the top level
     assert cfg.label.language == "en"
@@ -78,7 +78,7 @@ def test_demo_profile_overlays_the_top_level() -> None:
 def test_top_level_keyword_arguments_set_keys_and_none_is_ignored(tmp_path: Path) -> None:
     cfg = _load(profile="demo", work_dir=str(tmp_path), sources=None)
     assert cfg.work_dir == str(tmp_path)
-    assert cfg.sources == ["runs/demo-corpus/videos"]
+    assert cfg.sources == [str(tmp_path / "demo-corpus" / "videos")]  # the corpus follows the work dir
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_small_profile_loads_and_validates() -> None:
     """The small profile (tasks/small_corpus.py) as configured; needs no espeak-ng."""
     cfg = load_config(profile="small", config_file=CONFIG)
     assert cfg.demo is not None and cfg.demo.kind == "small" and cfg.demo.hours >= 1.0
-    assert cfg.work_dir == "runs/small" and cfg.sources == [f"{cfg.demo.corpus_dir}/videos"]
+    assert cfg.work_dir == str(REPO / "runs/small") and cfg.sources == [f"{cfg.demo.corpus_dir}/videos"]
     assert cfg.label.model == "bundled:whisper-base" and cfg.label.device == "cpu" and cfg.label.compute_type == "int8"
     assert (cfg.train.encoder, cfg.train.llm, cfg.train.tokenizer) == ("bundled:whisper-base", "bundled:smollm2-135m-instruct", None)
     assert cfg.train.lora.rank == 16 and "gate_proj" in cfg.train.lora.target_modules
@@ -241,10 +241,10 @@ def test_small_profile_loads_and_validates() -> None:
     assert "transformers:bundled:whisper-base" in cfg.eval.baselines and cfg.eval.stages == [1, 2, 3]
     # the demo profile keeps its corpus; keys of the other kind are refused
     demo = load_config(profile="demo", config_file=CONFIG).demo
-    assert demo is not None and (demo.kind, demo.corpus_dir, demo.n_items, demo.hours) == ("demo", "runs/demo-corpus", 30, None)
+    assert demo is not None and (demo.kind, demo.corpus_dir, demo.n_items, demo.hours) == ("demo", str(REPO / "runs/demo/demo-corpus"), 30, None)
     with pytest.raises(ConfigError, match="demo.hours: only for demo.kind=small"):
         load_config(profile="demo", config_file=CONFIG, overrides=["demo.hours=2"])
-    assert DemoConfig(kind="small").corpus_dir == "runs/small-corpus"
+    assert DemoConfig(kind="small").corpus_dir == "${work_dir}/small-corpus"  # PipelineConfig expands it
 
 
 @pytest.mark.parametrize("baseline", ["transformers:bundled:typo", "faster-whisper:bundled:typo", "transformers:bundled:smollm2-135m-instruct"])

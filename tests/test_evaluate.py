@@ -323,9 +323,10 @@ def test_demo_profile_evaluates_the_zero_shot_set_with_tiny_en():
     from flows.evaluate import resolve_config
 
     cfg = resolve_config(profile="demo")
-    assert cfg.work_dir == "runs/demo"
-    assert cfg.eval.test_sets == ["zero_shot=runs/demo-corpus/zero_shot/manifest.jsonl"]
+    REPO = Path(__file__).resolve().parents[1]  # the shipped config's folder: its relative paths start there
+    assert cfg.work_dir == str(REPO / "runs/demo")
+    assert cfg.eval.test_sets == [f"zero_shot={REPO}/runs/demo/demo-corpus/zero_shot/manifest.jsonl"]
     assert cfg.eval.baselines == ["faster-whisper:bundled:tiny.en"]
     assert (cfg.eval.num_beams, cfg.eval.no_repeat_ngram_size) == (8, 6)
     cfg = resolve_config(profile="demo", test_sets=["a=b"], stages=[3])
-    assert cfg.eval.test_sets == ["a=b"] and cfg.eval.stages == [3]
+    assert cfg.eval.test_sets == [f"a={Path.cwd() / 'b'}"] and cfg.eval.stages == [3]  # the command line's: the current folder

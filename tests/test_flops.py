@@ -109,3 +109,29 @@ def test_a_gpt2_style_llm_is_counted_too(setup):
     rows = outs[0].logits.shape[0] * outs[0].logits.shape[1]
     want = step_flops(model, 2)(B * frames, B * frames**2, B * positions, B * positions**2, rows)
     assert want == pytest.approx(got, rel=0.005), (want, got)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_ctc_only_step_counts_the_ctc_head_and_no_cached_encoder(setup, cached):
+    """Stage 2's CTC-only step (train.ctc_align_steps): encoder (forward, unless its output comes from
+    tasks.encoder_cache), adapter and the CTC head over the LLM's embeddings; the LLM does not run."""
+    import dataclasses
+
+    from tasks.encoder_cache import EncoderCache
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(setup.config, adapter_norm=True, ctc_compress=True))
+    set_trainable(model, 2)
+    x, lengths = features(model.encoder.num_mel_bins)
+    targets = model.encode_targets(["the cat sat"] * B)
+    encoded = EncoderCache(model.encoder)([str(i) for i in range(B)], x, lengths) if cached else None  # not counted
+
+    def step():
+        model(x, lengths, targets, ctc_only=True, encoded=encoded).loss.backward()
+
+    got = measured(step)
+    frames = (MEL_FRAMES - 1) // 2 + 1
+    skipped = B * frames if cached else 0
+    f = step_flops(model, 2)
+    want = f(B * frames, B * frames**2, 0, 0, 0, adapter_frames=B * (frames // f.k), cached_frames=skipped, cached_frames_sq=skipped * frames)
+    assert want == pytest.approx(got, rel=0.005), (want, got)

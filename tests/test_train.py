@@ -410,7 +410,7 @@ def test_run_config_for_the_flow(tmp_path):
     rc = run_config_for(cfg, 3, "abc", work_dir=tmp_path)
     assert rc.out_dir == str(stage_dir(tmp_path, 3)) and rc.shard_index == str(tmp_path.resolve() / "shards" / "index.json")
     assert rc.model["projector_path"] == str(stage_dir(tmp_path, 2) / "projector")
-    assert rc.model["encoder"] == "runs/demo-models/whisper"  # stage 1 has not run here
+    assert rc.model["encoder"] == str(Path(cfg.work_dir) / "demo-models/whisper")  # stage 1 has not run here
     assert rc.stage_cfg == cfg.train.stage3.model_dump(mode="json") and rc.train["launcher"] == "torchrun"
     assert rc.metrics_log == str(tmp_path / "logs" / "train.jsonl")
     path = write_run_config(tmp_path / "RUN.json", **rc.to_dict())
