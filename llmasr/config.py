@@ -6,6 +6,14 @@
 The YAML's top level is the paper's settings; ``profiles.<name>`` is deep-merged over it; then
 ``--set key=value`` overrides (values parsed as YAML, so ``0.15``, ``true``, ``[en, de]`` work).
 Unknown keys and bad values raise ``ConfigError`` naming the dotted key and the fix.
+
+Paths (``PATH_KEYS``) are made absolute here, once, so the flow and every subprocess it starts
+read the same files whatever their working folder: a relative path written in a config file is
+relative to that file's folder; one given on the command line (``--work-dir``, ``--source``,
+``--test-set``, ``--hyps``, ``--baseline``, ``--set key=path``) to the current folder.  A path may
+start with ``${work_dir}`` or ``${demo.corpus_dir}`` (those keys' resolved values): the demo
+profiles keep their corpus and models under the work dir with them.  Hub names, size names and
+``bundled:`` names are not paths and are kept as written (``_is_model_path`` says which is which).
 """
 
 from __future__ import annotations
@@ -23,6 +31,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 CONFIG_ENV = "LLMASR_CONFIG"
 CONFIG_NAME = "pipeline_config.yaml"
+CHECKOUT = Path(__file__).resolve().parents[1]  # the repository: infra/ and the default config live here
+WORK_DIR_REF = "${work_dir}"
+PATH_REFS = ("work_dir", "demo.corpus_dir")  # keys a path may start with, as ${key}
+
+# Every key whose value names a file or folder, by how its value is read:
+#   path: a path; model: a path, or a hub / size / bundled: name; sources: a path or a URL;
+#   named: name=path items; baseline: faster-whisper:MODEL / transformers:MODEL items (MODEL as model)
+PATH_KEYS: dict[str, str] = {
+    "work_dir": "path",
+    "sources": "sources",
+    "demo.corpus_dir": "path",
+    "label.model": "model",
+    "train.encoder": "model",
+    "train.llm": "model",
+    "train.tokenizer": "model",
+    "train.deepspeed_config": "path",
+    "train.hostfile": "path",
+    "eval.test_sets": "named",
+    "eval.hyps": "named",
+    "eval.baselines": "baseline",
+    "eval.word_list": "path",
+}
+_BASELINE_KINDS = ("faster-whisper:", "transformers:")
 
 
 class ConfigError(ValueError):
@@ -135,7 +166,7 @@ class TrainConfig(_Section):
     node_launcher: Literal["pdsh", "openmpi", "slurm"] = "pdsh"
     master_addr: str | None = None
     master_port: int = Field(29500, ge=1, le=65535)
-    deepspeed_config: str = "infra/deepspeed/zero2.json"
+    deepspeed_config: str = str(CHECKOUT / "infra/deepspeed/zero2.json")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     cudnn_attention: bool = False
     batch_max_audio_s: float = Field(400.0, gt=0)
@@ -261,9 +292,9 @@ class ScheduleConfig(_Section):
     train_after_new_hours: float | None = Field(None, ge=0)  # a deployed data run triggers training past this
 
 
-DEMO_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "demo": {"corpus_dir": "runs/demo-corpus", "n_items": 30},
-    "small": {"corpus_dir": "runs/small-corpus", "hours": 1.0, "heldout": 150, "zero_shot": 120, "video_s": [60.0, 180.0]},
+DEMO_KIND_DEFAULTS: dict[str, dict[str, Any]] = {  # corpora live under the work dir: a profile writes nowhere else
+    "demo": {"corpus_dir": f"{WORK_DIR_REF}/demo-corpus", "n_items": 30},
+    "small": {"corpus_dir": f"{WORK_DIR_REF}/small-corpus", "hours": 1.0, "heldout": 150, "zero_shot": 120, "video_s": [60.0, 180.0]},
 }
 _SMALL_ONLY = ("hours", "heldout", "zero_shot", "video_s")
 
@@ -278,7 +309,7 @@ class DemoConfig(_Section):
     """
 
     kind: Literal["demo", "small"] = "demo"
-    corpus_dir: str = ""  # where the corpus is generated (once; reused while its settings match); "" = the kind's default
+    corpus_dir: str = ""  # where the corpus is generated (once; reused while its settings match); "" = the kind's default, under the work dir
     n_items: int | None = Field(None, ge=1)  # demo: videos (>= 4); small: at most this many videos (None: as hours needs)
     hours: float | None = Field(None, gt=0)  # small: hours of speech in videos/ (at least)
     heldout: int | None = Field(None, ge=0)  # small: held-out test sentences
@@ -333,6 +364,13 @@ class PipelineConfig(_Section):
     demo: DemoConfig | None = None  # set by the demo and small profiles: the espeak-ng corpus to generate
     profile: str | None = None  # which profile produced this config (informational)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _absolute_paths(cls, data: Any) -> Any:
+        # load_config has resolved the config file's paths against its folder; what is still
+        # relative here came from the command line or from code: the current folder
+        return absolute_paths(data, Path.cwd()) if isinstance(data, dict) else data
+
     @field_validator("work_dir")
     @classmethod
     def _work_dir_not_empty(cls, v: str) -> str:
@@ -344,6 +382,96 @@ class PipelineConfig(_Section):
         """A stable hash of the named config sections (a stage's settings, for cache keys)."""
         payload = {n: getattr(self, n).model_dump(mode="json") for n in names}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_model_path(value: str, base: Path) -> bool:
+    """A model key's value is a path when it starts with /, ~, ./, ../ or ${...}, has more than one
+    '/' (a hub name is ``org/name``), or names something that exists under ``base``; else it is a
+    hub or size name (``openai/whisper-large-v2``, ``large-v3``), kept as written."""
+    if value.startswith(("/", "~", "./", "../", "${")) or value in (".", "..") or value.count("/") > 1:
+        return True
+    return (base / value).exists()
+
+
+def _absolute(value: str, base: Path, refs: dict[str, str] | None, key: str) -> str:
+    """One path made absolute: a leading ``${name}`` replaced by ``refs[name]`` (left as is while
+    ``refs`` is None), ``~`` expanded, a relative path joined to ``base``."""
+    if "${" in value:
+        name = value[2 : value.find("}")] if value.startswith("${") and "}" in value else ""
+        if name not in PATH_REFS or "${" in value[len(name) + 3 :]:
+            known = " or ".join("${" + r + "}" for r in PATH_REFS)
+            raise ConfigError(f"{key}: {value!r}: a path may only start with {known}; write e.g. {WORK_DIR_REF}/demo-corpus")
+        if refs is None:
+            return value
+        if name not in refs:
+            raise ConfigError(f"{key}: {value!r} needs {name}, which is not set here (no demo: section); write the path itself")
+        value = refs[name] + value[len(name) + 3 :]
+    path = Path(value).expanduser()
+    return str((path if path.is_absolute() else base / path).resolve())
+
+
+def _resolve_value(kind: str, value: Any, base: Path, refs: dict[str, str] | None, key: str) -> Any:
+    """``value`` of a ``PATH_KEYS`` key with its paths absolute; what is malformed is left to the validators."""
+    if kind in ("path", "model"):
+        if not isinstance(value, str) or not value.strip() or value.startswith("bundled:"):
+            return value
+        if kind == "model" and not _is_model_path(value, base):
+            return value
+        return _absolute(value, base, refs, key)
+    if not isinstance(value, list):
+        return value
+    out = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            out.append(item)
+        elif kind == "sources":
+            out.append(item if "://" in item else _absolute(item.strip(), base, refs, key))
+        elif kind == "named":
+            name, sep, path = item.partition("=")
+            out.append(f"{name}={_absolute(path.strip(), base, refs, key)}" if sep and name.strip() and path.strip() else item)
+        else:  # baseline
+            prefix = next((k for k in _BASELINE_KINDS if item.startswith(k)), None)
+            out.append(item if prefix is None else prefix + _resolve_value("model", item[len(prefix) :].strip(), base, refs, key))
+    return out
+
+
+def resolve_paths(data: dict, base: Path, refs: dict[str, str] | None = None) -> dict:
+    """A copy of raw config ``data`` with every ``PATH_KEYS`` value present made absolute against
+    ``base`` (a leading ``${name}`` expanded from ``refs``, or left for later when it is None)."""
+    out = copy.deepcopy(data)
+    for key, kind in PATH_KEYS.items():
+        *sections, leaf = key.split(".")
+        node: Any = out
+        for name in sections:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] is not None:
+            node[leaf] = _resolve_value(kind, node[leaf], base, refs, key)
+    return out
+
+
+def absolute_paths(data: dict, base: Path) -> dict:
+    """Raw config ``data`` with every path absolute: relative ones against ``base``, ``${work_dir}``
+    and ``${demo.corpus_dir}`` expanded with those keys' absolute values; the demo corpus's default
+    folder filled in."""
+    out = copy.deepcopy(data)
+    demo = out.get("demo")
+    if isinstance(demo, dict) and demo.get("corpus_dir") in (None, ""):
+        default = DEMO_KIND_DEFAULTS.get(demo.get("kind", "demo"), {}).get("corpus_dir")
+        if default:
+            out["demo"] = {**demo, "corpus_dir": default}
+    work = out.get("work_dir", PipelineConfig.model_fields["work_dir"].default)
+    if not isinstance(work, str) or not work.strip():
+        return out  # the work_dir validator names the problem
+    if work.startswith("${"):
+        raise ConfigError(f"work_dir: {work!r}: the work dir cannot start with a ${{...}} reference; write a folder, e.g. --work-dir runs/mine")
+    refs = {"work_dir": _absolute(work, base, None, "work_dir")}
+    out["work_dir"] = refs["work_dir"]
+    corpus = out["demo"].get("corpus_dir") if isinstance(out.get("demo"), dict) else None
+    if isinstance(corpus, str) and corpus.strip():
+        if corpus.startswith("${demo.corpus_dir}"):
+            raise ConfigError(f"demo.corpus_dir: {corpus!r} refers to itself; write a folder, e.g. {WORK_DIR_REF}/demo-corpus")
+        refs["demo.corpus_dir"] = out["demo"]["corpus_dir"] = _absolute(corpus, base, refs, "demo.corpus_dir")
+    return resolve_paths(out, base, refs)
 
 
 def find_config_file(explicit: str | Path | None = None) -> Path:
@@ -450,11 +578,14 @@ def load_config(
             raise ConfigError(f"profile {profile!r} is not defined; choose one of {sorted(profiles)} (profiles: in {path.name})")
         data = deep_merge(data, profiles[profile])
         data["profile"] = profile
+    data.setdefault("work_dir", PipelineConfig.model_fields["work_dir"].default)
+    data = resolve_paths(data, path.resolve().parent)  # the file's paths: relative to its folder
     for k, v in top_level.items():
         if v is not None:
             data[k] = v
     for ov in overrides or []:
         data = apply_override(data, ov)
+    data = absolute_paths(data, Path.cwd())  # the command line's: relative to the current folder
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
