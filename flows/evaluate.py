@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import eval_artifacts
-from llmasr import progress
+from llmasr import preflight, progress
 from llmasr.config import ConfigError, EvalConfig, PipelineConfig, SegmentConfig, load_config
 from llmasr.layout import WorkLayout
 from llmasr.lock import work_dir_lock
@@ -96,7 +96,9 @@ def resolve_config(
 
 
 def check_test_sets(cfg: PipelineConfig) -> None:
-    """Fail before any work: no test set, names twice, a test set path that does not exist."""
+    """Fail before any work: no test set, names twice, a test set path that does not exist (one
+    the profile generates, in its corpus, is checked once generated: ``preflight.generated_later``).
+    ``preflight.check_scorable`` then reads each set."""
     if not cfg.eval.test_sets:
         raise ConfigError("no test sets: pass --test-set name=path (or set eval.test_sets)")
     names = [ev.parse_named(s)[0] for s in cfg.eval.test_sets]
@@ -104,7 +106,7 @@ def check_test_sets(cfg: PipelineConfig) -> None:
         raise ConfigError(f"test set names must be distinct, got {names}")
     for spec in cfg.eval.test_sets:
         name, path = ev.parse_named(spec)
-        if not Path(path).expanduser().exists() and cfg.demo is None:
+        if not Path(path).expanduser().exists() and not preflight.generated_later(cfg, path):
             raise ConfigError(f"eval.test_sets: test set {name}: {path} does not exist (fix the path with --test-set NAME=PATH or in pipeline_config.yaml)")
     try:
         ev.hyp_specs(cfg.eval)
@@ -113,7 +115,8 @@ def check_test_sets(cfg: PipelineConfig) -> None:
 
 
 def check_request(cfg: PipelineConfig) -> tuple[list[ev.SystemSpec], list[str]]:
-    """Fail before any decoding: the test sets (``check_test_sets``), no system to evaluate."""
+    """Fail before any decoding: the test sets (``check_test_sets``), no system to evaluate, a test
+    set with nothing to score (``preflight.check_scorable``: it reads each set)."""
     check_test_sets(cfg)
     specs, notes = ev.system_specs(cfg.work_dir, cfg.eval)
     if not specs:
@@ -121,6 +124,7 @@ def check_request(cfg: PipelineConfig) -> tuple[list[ev.SystemSpec], list[str]]:
             f"nothing to evaluate: no complete checkpoint of stages {cfg.eval.stages} under {Path(cfg.work_dir) / 'checkpoints'}, "
             "no --baseline and no --hyps"
         )
+    preflight.check_scorable(cfg)
     return specs, notes
 
 
@@ -173,6 +177,9 @@ def _run_evaluate(cfg: PipelineConfig, specs: list[ev.SystemSpec], notes: list[s
     for note in notes:
         logger.warning(note)
     sets = [prepare_task(*ev.parse_named(spec), cfg.eval, cfg.segment) for spec in cfg.eval.test_sets]
+    for prepared in sets:  # audio found but none of it readable: stop before any system loads
+        if not prepared.utterances:
+            raise ev.EvalError(f"eval.test_sets: test set {prepared.name} ({prepared.path}) has nothing to score: {'; '.join(prepared.problems[:3])}")
     results: dict[str, dict[str, DecodeResult]] = {}
     for spec in specs:
         state = decode_task(spec, sets, str(out_dir), settings, refresh, return_state=True)

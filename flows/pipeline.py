@@ -13,8 +13,9 @@ from typing import Any
 from prefect import flow
 
 from flows.data import data_flow
-from flows.evaluate import evaluate_flow
+from flows.evaluate import check_test_sets, evaluate_flow, resolve_config
 from flows.train import train_flow
+from llmasr import preflight
 
 
 @flow(name="llmasr-pipeline", log_prints=True)
@@ -46,6 +47,11 @@ def pipeline_flow(
     """
     common = dict(profile=profile, work_dir=work_dir, overrides=overrides, config_file=config_file)
     data = data_flow(sources=sources, **common)
+    # a test set the profile's corpus brings exists only now: each must have something to score
+    # before hours of training (the CLI checked the others before the data flow)
+    eval_cfg = resolve_config(test_sets=test_sets, baselines=baselines, **common)
+    check_test_sets(eval_cfg)
+    preflight.check_scorable(eval_cfg)
     train = train_flow(stages=stages, **common)
     metrics = evaluate_flow(test_sets=test_sets, baselines=baselines, **common)
     return {"data": data.__dict__, "train": train, "eval": metrics}

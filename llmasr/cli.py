@@ -109,13 +109,38 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+def _check_models(cfg, label: bool = False, train_stages=(), baselines: bool = False) -> None:
+    """The models the command will load, before Prefect starts (``llmasr.preflight``); a large
+    labeller bound for the CPU is a warning."""
+    from llmasr import preflight
+
+    warning = preflight.label_device_warning(cfg) if label else None
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+    preflight.check_models(preflight.model_refs(cfg, label=label, train_stages=train_stages, baselines=baselines))
+
+
+def _print_browse_hint(args: argparse.Namespace, cfg) -> None:
+    """Where this run's history and artifacts stay browsable once the command has ended."""
+    import shlex
+
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        console.print(f"runs and artifacts: {api.removesuffix('/').removesuffix('/api')} (the Prefect server of PREFECT_API_URL)", soft_wrap=True)
+        return
+    cmd = ["llmasr", "ui"]
+    for flag, value in (("--profile", args.profile), ("--config", args.config_file), ("--work-dir", args.work_dir and cfg.work_dir)):
+        if value:
+            cmd += [flag, str(value)]
+    console.print(f"browse this run, earlier ones and their artifacts: {shlex.join(cmd)} (then http://127.0.0.1:4200)", soft_wrap=True)
+
+
 def cmd_data(args: argparse.Namespace) -> int:
-    from llmasr import progress
-    from tasks.ingest import resolve_sources
+    from llmasr import preflight, progress
 
     cfg = _load(args, args.sources)
-    if cfg.demo is None:
-        resolve_sources(cfg.sources)  # a bad source fails here, before Prefect starts
+    preflight.check_sources(cfg)  # a bad source or manifest row fails here, before Prefect starts
+    _check_models(cfg, label=True)
     _prefect_defaults()
     from flows.data import data_flow
 
@@ -123,6 +148,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     with progress.terminal_progress(console):
         result = runner_flow(sources=args.sources or None, profile=args.profile, work_dir=args.work_dir, overrides=args.overrides, config_file=args.config_file, refresh=args.refresh)
     _print_summary(cfg.work_dir, result)
+    _print_browse_hint(args, cfg)
     return 0
 
 
@@ -133,6 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     check_stages(cfg, WorkLayout(Path(cfg.work_dir)), sorted(stages))  # before Prefect starts
+    _check_models(cfg, train_stages=stages)
     _prefect_defaults()
 
     result = train_flow(profile=args.profile, work_dir=args.work_dir, overrides=args.overrides, config_file=args.config_file, stages=stages)
@@ -151,6 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   fmt(r["samples_per_s"], "{:.1f}"), fmt(r["tokens_per_s"], "{:.0f}"), fmt(r["model_tflops"], "{:.3g}"),
                   fmt(r["mfu"], "{:.1%}"), str(stage_dir(root, r["stage"])))  # fmt: skip
     console.print(t)
+    _print_browse_hint(args, cfg)
     return 0
 
 
@@ -170,8 +198,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.evaluate import check_request, resolve_config
 
     cfg = resolve_config(**params)
-    if cfg.demo is None:
-        check_request(cfg)  # fail before Prefect starts (the demo generates its test set first)
+    check_request(cfg)  # before Prefect starts (a test set the demo generates is checked once it exists)
+    _check_models(cfg, baselines=True)
     _prefect_defaults()
     from flows.evaluate import evaluate_flow
     from llmasr import progress
@@ -179,6 +207,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with progress.terminal_progress(console):
         metrics = evaluate_flow(**params, refresh=args.refresh)
     _print_eval_table(metrics)
+    _print_browse_hint(args, cfg)
     return 0
 
 
@@ -208,21 +237,22 @@ def _stages(text: str) -> list[int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from llmasr import progress
-    from tasks.ingest import resolve_sources
+    from llmasr import preflight, progress
 
     from flows.evaluate import check_test_sets, resolve_config
     from flows.train import check_stage_numbers
 
     cfg = _load(args, args.sources)
     stages = _stages(args.stages)
-    # everything that can be checked before hours of labelling and training: sources, stage
-    # numbers, test sets and hypothesis files (the demo generates its test set in the data flow)
+    # everything that can be checked before hours of labelling and training: stage numbers,
+    # sources, test sets (each with something to score) and hypothesis files, then the models; what
+    # the profile generates (the demo's corpus and its test set) is checked once it exists
     check_stage_numbers(sorted(stages or [1, 2, 3]))
-    if cfg.demo is None:
-        resolve_sources(cfg.sources)
-        eval_cfg = resolve_config(args.profile, args.work_dir, args.overrides, args.config_file, args.test_sets or None, args.baselines or None)
-        check_test_sets(eval_cfg)
+    preflight.check_sources(cfg)
+    eval_cfg = resolve_config(args.profile, args.work_dir, args.overrides, args.config_file, args.test_sets or None, args.baselines or None)
+    check_test_sets(eval_cfg)
+    preflight.check_scorable(eval_cfg)
+    _check_models(eval_cfg, label=True, train_stages=stages or [1, 2, 3], baselines=True)
     _prefect_defaults()
     from flows.pipeline import pipeline_flow
 
@@ -238,6 +268,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             baselines=args.baselines or None,
         )
     _print_eval_table(result["eval"])
+    _print_browse_hint(args, cfg)
     return 0
 
 
@@ -319,7 +350,9 @@ def _print_summary(work_dir: str, result) -> None:
     t = Table(title=f"data run: {layout.root}")
     for col in ("items", "failed", "segments", "kept", "shards", "labelled now", "label RTFx"):
         t.add_column(col, justify="right")
-    t.add_row(*map(str, (result.items, result.failed_items, result.segments, result.kept, result.shards, result.labelled_items, result.label_rtfx)))
+    # nothing new to label: every label came from an earlier run's parts or cached tasks
+    rtfx = f"{result.label_rtfx:.1f}" if result.labelled_items else ("cached" if result.segments else "-")
+    t.add_row(*map(str, (result.items, result.failed_items, result.segments, result.kept, result.shards, result.labelled_items, rtfx)))
     console.print(t)
     f = Table(title="filter funnel")
     f.add_column("reason")

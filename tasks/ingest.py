@@ -84,12 +84,13 @@ def resolve_sources(sources: Iterable[str]) -> list[Source]:
             out.append(Source("folder", str(p.resolve())))
         elif p.is_file() and p.suffix.lower() in MANIFEST_EXTENSIONS:
             out.append(Source("manifest", str(p.resolve())))
+            bad += manifest_problems(p.resolve())
         elif p.is_file():
             out.append(Source("file", str(p.resolve())))
         else:
             bad.append(f"{s!r}: no such file or folder")
     if bad:
-        raise SourceError("bad --source:\n  " + "\n  ".join(bad))
+        raise SourceError("bad --source: " + "; ".join(bad))  # one line: the CLI's one error: line
     if not out:
         raise SourceError("no sources: pass --source (a URL, folder or manifest) or set sources: in the config")
     return out
@@ -133,32 +134,52 @@ def expand_source(src: Source) -> tuple[list[LocalFile], list[str]]:
             if is_url(target):
                 urls.append(target)
                 continue
-            p = Path(target).expanduser()
-            p = p if p.is_absolute() else base / p
             cap = entry.get("captions")
-            cap_p = None
-            if cap:
-                cap_p = Path(cap).expanduser()
-                cap_p = cap_p if cap_p.is_absolute() else base / cap_p
-            add(p, cap_p)
+            add(_manifest_path(base, target), _manifest_path(base, cap) if cap else None)
     return files, urls
 
 
+def _manifest_path(base: Path, value: str) -> Path:
+    """A manifest's path: absolute, ``~``, or relative to the manifest's folder."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def manifest_problems(path: Path) -> list[str]:
+    """What makes manifest ``path`` fail before any work: it cannot be read (no audio column, bad
+    JSON), or rows name local audio files that do not exist (the first such row, and how many)."""
+    try:
+        rows = read_manifest(path)
+    except SourceError as exc:
+        return [str(exc)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return [f"{path}: cannot read this manifest ({exc})"]
+    missing = []
+    for n, row in enumerate(rows, 1):
+        if not is_url(row["audio"]) and not (p := _manifest_path(path.parent, row["audio"])).is_file():
+            missing.append(f"{path}: row {n}: audio file {p} does not exist")
+    if not missing:
+        return []
+    more = f" (and {len(missing) - 1} more rows whose audio is missing)" if len(missing) > 1 else ""
+    return [f"{missing[0]}{more}; relative paths are read from the manifest's folder"]
+
+
 def read_manifest(path: Path) -> list[dict]:
-    """Rows with ``audio`` (path or URL) and optional ``captions`` from .jsonl, .csv or .txt."""
+    """Rows with ``audio`` (path or URL) and optional ``captions`` from .jsonl, .csv or .txt
+    (UTF-8, with or without the byte-order mark spreadsheets write)."""
     suffix = path.suffix.lower()
     rows: list[dict] = []
     if suffix == ".txt":
-        rows = [{"audio": ln.strip()} for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+        rows = [{"audio": ln.strip()} for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip() and not ln.startswith("#")]
     elif suffix == ".jsonl":
-        for n, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, ln in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
             if ln.strip():
                 try:
                     rows.append(json.loads(ln))
                 except json.JSONDecodeError as exc:
                     raise SourceError(f"{path}:{n}: not JSON ({exc.msg})") from exc
     elif suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
     for n, row in enumerate(rows, 1):
         audio = row.get("audio") or row.get("url") or row.get("path")

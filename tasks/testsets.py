@@ -506,7 +506,8 @@ def read_primock57(folder: str | Path, problems: list[str] | None = None) -> lis
         stems.add(stem)
         audio = _find_audio(stem, [grid.parent, *audio_dirs])
         if audio is None:
-            sink.report(f"{grid}: audio not found ({stem}.wav in {', '.join(str(d) for d in [grid.parent, *audio_dirs] if d.is_dir())})")
+            searched = dict.fromkeys(str(d) for d in [grid.parent, *audio_dirs] if d.is_dir())  # each folder once
+            sink.report(f"{grid}: audio not found ({stem}.wav in {', '.join(searched)})")
             continue
         try:
             intervals = read_textgrid(grid)
