@@ -392,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.ingest import SourceError
 
     args = build_parser().parse_args(argv)
+    _prefect_defaults()  # before any import of prefect: its settings are read once, at import
     handler = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run, "transcribe": cmd_transcribe, "ui": cmd_ui, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
     try:
         return handler(args)
