@@ -158,6 +158,7 @@ class TrainConfig(_Section):
     ctc_compress: bool = False  # adapter CTC head over the LLM's token embeddings; the LLM reads non-blank frames only
     ctc_weight: float = Field(0.5, ge=0)  # CTC loss beside the LLM loss in stages 2-3 (with ctc_compress)
     ctc_align_steps: int = Field(0, ge=0)  # stage 2's first steps: CTC loss only, no LLM forward
+    ctc_vocab: Literal["llm", "transcripts"] = "llm"  # the CTC head spells every LLM token, or only the shards' transcripts' tokens
     instruction: str = "Transcribe the audio."
     lora: LoraConfig = Field(default_factory=LoraConfig)
     launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
@@ -191,6 +192,11 @@ class TrainConfig(_Section):
             raise ValueError(
                 f"ctc_align_steps={self.ctc_align_steps} trains the adapter's CTC head, which train.ctc_compress=false "
                 "does not build; set train.ctc_compress=true or train.ctc_align_steps=0"
+            )
+        if self.ctc_vocab != "llm" and not self.ctc_compress:
+            raise ValueError(
+                f"ctc_vocab={self.ctc_vocab!r} sets the vocabulary of the adapter's CTC head, which train.ctc_compress=false "
+                "does not build; set train.ctc_compress=true or train.ctc_vocab=llm"
             )
         return self
 

@@ -333,6 +333,8 @@ class Projector(nn.Module):
     plus a learned blank), trained to spell the transcript in LLM tokens.  It aligns the adapter's
     outputs with token embeddings without running the LLM, and ``compress`` keeps only the frames it
     labels non-blank (runs of one label averaged): the LLM reads about one embedding per token.
+    ``ctc_vocab``: the head spells only this many of the LLM's tokens (buffer ``ctc_tokens``, set by
+    ``restrict_ctc``: e.g. the tokens of the training transcripts); None: every token.
     """
 
     def __init__(
@@ -344,6 +346,7 @@ class Projector(nn.Module):
         activation: str = "gelu",
         norm_to: float | None = None,
         ctc: bool = False,
+        ctc_vocab: int | None = None,
     ) -> None:
         super().__init__()
         if k < 1:
@@ -360,10 +363,25 @@ class Projector(nn.Module):
         if ctc:
             self.ctc_blank = nn.Parameter(torch.zeros(d_llm))  # the blank's "embedding"
             self.ctc_scale = nn.Parameter(torch.ones(1))  # logit temperature (outputs may be norm-fixed); (1,): DeepSpeed broadcasts no 0-dim tensor
+        if ctc_vocab is not None and (not ctc or ctc_vocab < 1):
+            raise ValueError(f"ctc_vocab={ctc_vocab} needs ctc=True and at least one token")
+        # (V',) the LLM token ids the head spells, sorted (load_state_dict fills them); None: all
+        self.register_buffer("ctc_tokens", None if ctc_vocab is None else torch.zeros(ctc_vocab, dtype=torch.long))
+
+    def restrict_ctc(self, token_ids: Sequence[int]) -> None:
+        """The CTC head spells only ``token_ids`` (+ blank): (B, S, V' + 1) logits instead of
+        (B, S, V + 1).  Tokens outside it are dropped from the CTC targets (``LLMASR.ctc_loss``)."""
+        if not self.ctc:
+            raise ValueError("this projector has no CTC head (train.ctc_compress: false)")
+        ids = sorted({int(t) for t in token_ids})
+        if not ids:
+            raise ValueError("restrict_ctc needs at least one token id")
+        self.ctc_tokens = torch.tensor(ids, dtype=torch.long, device=self.ctc_blank.device)
 
     def config_dict(self) -> dict[str, Any]:
         return {"d_enc": self.d_enc, "d_llm": self.d_llm, "hidden": self.hidden, "k": self.k, "activation": self.activation,
-                "norm_to": self.norm_to, "ctc": self.ctc}  # fmt: skip
+                "norm_to": self.norm_to, "ctc": self.ctc,
+                "ctc_vocab": None if self.ctc_tokens is None else int(self.ctc_tokens.numel())}  # fmt: skip
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return lengths // self.k  # odd tail dropped
@@ -384,9 +402,12 @@ class Projector(nn.Module):
 
     def ctc_logits(self, speech: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, S, D_llm) adapter outputs, (V, D_llm) LLM token embeddings -> (B, S, V + 1) logits; the
-        blank is the last class (index V)."""
+        blank is the last class (index V).  Restricted (``restrict_ctc``): (B, S, V' + 1), class j < V'
+        is token ``ctc_tokens[j]``."""
         if not self.ctc:
             raise ValueError("this projector has no CTC head (train.ctc_compress: false)")
+        if self.ctc_tokens is not None:
+            embeddings = embeddings.index_select(0, self.ctc_tokens)  # (V', D_llm)
         tokens = speech @ embeddings.to(speech.dtype).T  # (B, S, V)
         blank = (speech @ self.ctc_blank.to(speech.dtype))[..., None]  # (B, S, 1)
         return torch.cat([tokens, blank], dim=-1) * self.ctc_scale  # (B, S, V + 1)
@@ -622,6 +643,10 @@ class LLMASR(nn.Module):
         """Mean CTC loss of the projector's head spelling each transcript in LLM tokens (no EOS)."""
         logits, lengths = ctc  # (B, S, V + 1), (B,)
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (S, B, V + 1)
+        tokens = self.projector.ctc_tokens
+        if tokens is not None:  # LLM ids -> the head's classes; ids it cannot spell are left out
+            classes = {int(t): j for j, t in enumerate(tokens.tolist())}
+            target_ids = [[classes[t] for t in row if t in classes] for row in target_ids]
         flat = torch.tensor([t for row in target_ids for t in row], dtype=torch.long, device=logits.device)
         target_lengths = torch.tensor([len(row) for row in target_ids], dtype=torch.long, device=logits.device)
         # zero_infinity: a transcript longer than its frames (too fast for k) adds nothing instead of inf

@@ -124,7 +124,9 @@ def step_flops(module: nn.Module, stage: int) -> StepFlops:
     layers = getattr(lcfg, "num_hidden_layers", None) or getattr(lcfg, "n_layer", 0)
     ctc = 0.0
     if module.projector.ctc:  # the CTC head: adapter frames x (the LLM's token embeddings + blank), frozen
-        ctc = (4 if upstream else 2) * (llm.get_input_embeddings().weight.numel() + module.projector.d_llm)
+        tokens = module.projector.ctc_tokens
+        vocab = llm.get_input_embeddings().weight.shape[0] if tokens is None else tokens.numel()
+        ctc = (4 if upstream else 2) * (vocab + 1) * module.projector.d_llm
     return StepFlops(
         per_frame=e,
         per_position=lm,

@@ -737,6 +737,8 @@ class Trainer:
                 enc_cfg = wcfg
             else:
                 module = build_model(self.model_cfg)
+                if self.stage == 2 and module.projector.ctc and self.train_cfg.ctc_vocab == "transcripts" and not self.model_cfg.projector_path:
+                    module.projector.restrict_ctc(self._transcript_tokens(module.tokenizer))
                 if self.stage == 3:
                     apply_lora(module, self.model_cfg.lora)
                 self.targets = LLMTargets(module.tokenizer)
@@ -758,6 +760,16 @@ class Trainer:
             from tasks.encoder_cache import EncoderCache
 
             self.encoder_cache = EncoderCache(module.encoder)  # frozen in stages 2 and 3
+
+    def _transcript_tokens(self, tokenizer: Any) -> set[int]:
+        """The LLM tokens of every transcript in the shards (train and validation): what a CTC head
+        with ``train.ctc_vocab: transcripts`` spells."""
+        from tasks.train_data import TRAIN, VALIDATION, read_split, split_texts
+
+        texts = [t for split in (TRAIN, VALIDATION) for t in split_texts(read_split(self.cfg.shard_index, split))]
+        ids = {i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"]}
+        log.info("CTC head over the transcripts' %d distinct tokens (of %d) from %d transcripts", len(ids), len(tokenizer), len(texts))
+        return ids
 
     def _config_key(self, message: str) -> str:
         if "trust_remote_code" in message:  # transformers: the checkpoint ships its own code
@@ -1158,7 +1170,8 @@ class Trainer:
                 exports = ["encoder", "whisper"]
             else:
                 projector = Projector(**m.projector.config_dict())
-                projector.load_state_dict({k[len("projector."):]: v for k, v in trained.items() if k.startswith("projector.")})
+                buffers = {k: v.detach().cpu() for k, v in m.projector.named_buffers()}  # the CTC head's token ids
+                projector.load_state_dict({**buffers, **{k[len("projector."):]: v for k, v in trained.items() if k.startswith("projector.")}})
                 with _export_folder(self.out_dir, "projector") as tmp:
                     save_projector(projector, tmp)
                 exports = ["projector"]

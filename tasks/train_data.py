@@ -100,6 +100,20 @@ def read_split(shard_index: str | Path, split: str) -> SplitInfo:
     )
 
 
+def split_texts(info: SplitInfo) -> list[str]:
+    """The transcripts of a split's samples, read from the shards' ``.json`` members only (no audio
+    decoded), in shard order."""
+    import tarfile
+
+    texts = []
+    for url in info.urls:
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".json"):
+                    texts.append(str(json.loads(tar.extractfile(member).read()).get("text", "")))
+    return texts
+
+
 def estimate_batches(
     info: SplitInfo, world_size: int, batch_max_audio_s: float, max_batch_size: int, num_workers: int = 0, slack: float = 1.25
 ) -> int:

@@ -1,5 +1,5 @@
 """The adapter's CTC head over the LLM's token embeddings (train.ctc_compress / adapter_norm /
-ctc_weight / ctc_align_steps): compression rule, losses, norm, round trip, and a stage-2 run."""
+ctc_weight / ctc_align_steps / ctc_vocab): compression rule, losses, norm, round trip, and a stage-2 run."""
 
 from __future__ import annotations
 
@@ -124,15 +124,51 @@ def test_stage_2_aligns_with_ctc_then_stages_2_and_3_train_and_decode(tmp_path):
     tiny = tiny_models(tmp_path / "models", vocab_size=512, llm_init_std=0.3)
     index = make_shards(tmp_path / "data", {"train": SENTENCES[:4]}, per_shard=2)
     work = tmp_path / "work"
-    train = train_config(tiny, adapter_norm=True, ctc_compress=True, ctc_align_steps=3, ctc_weight=0.5, val_every=1000)
+    train = train_config(tiny, adapter_norm=True, ctc_compress=True, ctc_align_steps=3, ctc_weight=0.5, val_every=1000,
+                         ctc_vocab="transcripts")  # fmt: skip
     launch(write_run(work, 2, train, index, max_steps=5), train)
     launch(write_run(work, 3, train, index, max_steps=2), train)
     stage2 = [r for r in records(work) if r.get("stage") == 2 and "loss" in r]
     assert [r["step"] for r in stage2] == [1, 2, 3, 4, 5]
     assert all(r["decoder_positions_per_s"] == 0 for r in stage2[:3])  # CTC-only: the LLM did not run
     assert all(r["decoder_positions_per_s"] > 0 for r in stage2[3:])
-    assert json.loads((stage_dir(work, 2) / "projector" / "projector.json").read_text())["ctc"] is True
+    projector = json.loads((stage_dir(work, 2) / "projector" / "projector.json").read_text())
+    assert projector["ctc"] is True
     model = load_llmasr(stage_dir(work, 3))
     assert model.projector.ctc and model.projector.norm_to
+    # ctc_vocab: transcripts -- the head spells the shards' transcripts' tokens, kept through stage 3
+    spoken = {t for row in model.encode_targets(SENTENCES[:4]) for t in row}
+    assert projector["ctc_vocab"] == len(spoken) < len(model.tokenizer)
+    assert set(model.projector.ctc_tokens.tolist()) == spoken
     texts = model.generate(torch.randn(2, N_MELS, 300), torch.tensor([300, 200]), max_new_tokens=4)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_a_restricted_head_spells_only_its_tokens_and_round_trips(model, setup, tmp_path):
+    """train.ctc_vocab: transcripts -- logits over the kept tokens + blank; targets map to the head's
+    classes (tokens it cannot spell are left out); save/load keeps the token list."""
+    targets = model.encode_targets(["the cat sat", "a dog"])
+    kept = sorted({t for row in targets for t in row})
+    speech = torch.randn(2, 20, model.projector.d_llm)
+    embeddings = model.llm.get_input_embeddings().weight
+    full = model.projector.ctc_logits(speech, embeddings)  # (2, 20, V + 1)
+    model.projector.restrict_ctc(kept + kept[:1])  # duplicates collapse
+    restricted = model.projector.ctc_logits(speech, embeddings)  # (2, 20, V' + 1)
+    assert restricted.shape == (2, 20, len(kept) + 1)
+    torch.testing.assert_close(restricted[..., :-1], full[..., kept])
+    torch.testing.assert_close(restricted[..., -1], full[..., -1])
+    lengths = torch.tensor([20, 20])
+    loss = model.ctc_loss((restricted, lengths), targets)
+    unseen = model.ctc_loss((restricted, lengths), [row + [max(kept) + 1] for row in targets])  # an unspellable token
+    assert torch.isfinite(loss) and torch.equal(loss, unseen)
+    save_projector(model.projector, tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "projector.json").read_text())["ctc_vocab"] == len(kept)
+    loaded = load_projector(tmp_path / "p")
+    assert loaded.ctc_tokens.tolist() == kept
+
+
+def test_config_refuses_a_ctc_vocabulary_without_a_head():
+    from llmasr.config import TrainConfig
+
+    with pytest.raises(ValueError, match="train.ctc_compress=true or train.ctc_vocab=llm"):
+        TrainConfig(ctc_vocab="transcripts")
