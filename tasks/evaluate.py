@@ -13,7 +13,11 @@ Files under ``<work_dir>/eval/`` (DESIGN.md, the evaluate row):
                                        rare_words, utterances, rtf, + the error counts, failed, ...}
     report.md                          one table (systems x test sets, counts beside every rate, RTF),
                                        the rare-word set, the test sets, a Problems section
-    wer.png                            N-, R- and U-WER per system and test set
+    wer.png                            N-, R- and U-WER per system and test set (none when no rate exists)
+
+metrics.json, report.md and wer.png cover every test set evaluated in the work dir: an evaluation
+replaces the sets it evaluated (all their systems) and keeps the others as an earlier run left them
+(``merge_metrics``); each set records when it was evaluated, with which settings and rare-word set.
     <set>/<system>.jsonl               per utterance: ref, hyp, normalised texts, counts, alignment
     <set>/<system>.rare_words.tsv      each rare reference word: training count, hits, misses
     <set>/<system>.decode.json         the decode cache: hypotheses + the key they were made with
@@ -393,6 +397,7 @@ def metrics_row(s: SystemScores) -> dict[str, Any]:
             "tokens_per_s": None if r.tokens_per_s is None else round(r.tokens_per_s, 2),
             "pieces": r.pieces,
             "failed": len(r.failures),
+            "failed_utterances": sum(1 for sc in s.scores if utterance_error(r, sc.utt_id) is not None),  # scored as empty
             "cached": r.cached,
         }
     )
@@ -409,28 +414,39 @@ def fmt_rate(rate: float | None, errors: int, words: int) -> str:
     return f"{100 * rate:.1f}% ({errors}/{words})"
 
 
-def report_rows(all_scores: Sequence[SystemScores], sets: dict[str, PreparedSet]) -> list[dict[str, Any]]:
-    """The report's table: one row per test set x system, every rate with its counts."""
+def rtf_label(row: dict[str, Any], kind: str | None) -> str:
+    """The RTF cell: the ratio, or why there is none (a hypothesis file has no decoding time, a set
+    without audio nothing to divide by)."""
+    if row.get("rtf") is not None:
+        return f"{row['rtf']:.3f}" + (" (cached)" if row.get("cached") else "")
+    if kind == "hyps" or row.get("decode_s") is None:
+        return "n/a (hyp file)"
+    return "n/a (no audio)" if not row.get("audio_s") else "n/a"
+
+
+def report_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's table: one row per test set x system of ``metrics`` (every set in it), every
+    rate with its counts."""
+    kinds = {s["name"]: s["kind"] for s in metrics["systems"]}
     rows = []
-    for s in all_scores:
-        c, r = s.corpus, s.result
-        utts = sets[s.test_set].utterances
-        total = len(utts)
-        failed = sum(1 for u in utts if utterance_error(r, u.utt_id) is not None)  # scored as empty
-        rows.append(
-            {
-                "test set": s.test_set,
-                "system": s.system,
-                "utts": f"{total} ({failed} failed)" if failed else str(total),
-                "words": c.words,
-                "rare words": c.rare_words,
-                "O-WER": fmt_rate(c.o_wer, c.o_errors, c.o_words),
-                "N-WER": fmt_rate(c.n_wer, c.n_errors, c.words),
-                "R-WER": fmt_rate(c.r_wer, c.r_errors, c.rare_words),
-                "U-WER": fmt_rate(c.u_wer, c.u_errors, c.u_words),
-                "RTF": "n/a (hyp file)" if r.rtf is None else f"{r.rtf:.3f}" + (" (cached)" if r.cached else ""),
-            }
-        )
+    for set_name, per_system in metrics["results"].items():
+        total = metrics["test_sets"].get(set_name, {}).get("utterances", 0)
+        for system, m in per_system.items():
+            failed = m.get("failed_utterances", m.get("failed", 0))
+            rows.append(
+                {
+                    "test set": set_name,
+                    "system": system,
+                    "utts": f"{total} ({failed} failed)" if failed else str(total),
+                    "words": m["words"],
+                    "rare words": m["rare_words"],
+                    "O-WER": fmt_rate(m["o_wer"], m["o_errors"], m["o_words"]),
+                    "N-WER": fmt_rate(m["n_wer"], m["n_errors"], m["words"]),
+                    "R-WER": fmt_rate(m["r_wer"], m["r_errors"], m["rare_words"]),
+                    "U-WER": fmt_rate(m["u_wer"], m["u_errors"], m["u_words"]),
+                    "RTF": rtf_label(m, kinds.get(system)),
+                }
+            )
     return rows
 
 
@@ -455,21 +471,44 @@ def render_report(metrics: dict[str, Any], rows: Sequence[dict[str, Any]], plot_
     )
     s = metrics["settings"]
     lines += [
-        f"Decoding: beam {s['num_beams']}, no repeated {s['no_repeat_ngram_size']}-grams, new tokens <= "
-        f"ceil({s['tokens_per_second']:g} x seconds) + {s['min_new_tokens']} (cap {s['max_new_tokens']}); "
-        f"utterances over {s['max_piece_s']:g} s cut by VAD.",
+        f"Decoding: {_decoding_text(s)}.",
         "",
         "## Results",
         "",
         "Corpus-level rates, errors/words beside each (O-WER on words as written, N-/R-/U-WER on Whisper-normalised "
         "words; R = rare words, U = the rest). R-WER is n/a where a test set has no rare reference words. "
-        "RTF = decode time / audio time.",
+        "RTF = decode time / audio time. Every test set evaluated in this work dir is here; a set's results are "
+        "those of its latest evaluation (when, below).",
         "",
         markdown_table(rows),
     ]
     if plot_name:
         lines += [f"![WER per system and test set]({plot_name})", ""]
-    lines += ["## Rare words", ""]
+    else:
+        lines += ["No WER chart: no system has a rate to plot (no reference words were scored).", ""]
+    lines += ["## Rare words", "", _rare_rule_text(info), ""]
+    for name, ts in metrics["test_sets"].items():
+        lines.append(_test_set_text(name, ts, info, s))
+    lines += ["", "## Problems", ""]
+    problems = metrics["problems"]
+    lines += [f"- {p}" for p in problems] if problems else ["None."]
+    lines += ["", "## Files", ""]
+    for name, per_system in metrics["files"].items():
+        for system, files in per_system.items():
+            lines.append(f"- {name} / {system}: " + ", ".join(f"[{k}]({v})" for k, v in files.items()))
+    return "\n".join(lines) + "\n"
+
+
+def _decoding_text(s: dict[str, Any]) -> str:
+    return (
+        f"beam {s['num_beams']}, no repeated {s['no_repeat_ngram_size']}-grams, new tokens <= "
+        f"ceil({s['tokens_per_second']:g} x seconds) + {s['min_new_tokens']} (cap {s['max_new_tokens']}); "
+        f"utterances over {s['max_piece_s']:g} s cut by VAD"
+    )
+
+
+def _rare_rule_text(info: dict[str, Any]) -> str:
+    """How R was built (metrics.json's ``rare_words``), as one sentence."""
     if info["max_train_count"] >= 0:
         rule = "never seen in" if info["max_train_count"] == 0 else f"seen at most {info['max_train_count']} times in"
         base = f"R = the words {rule} the training transcripts"
@@ -483,69 +522,78 @@ def render_report(metrics: dict[str, Any], rows: Sequence[dict[str, Any]], plot_
         )
     else:
         base += f" ({src})" + ("; no common-word exclusion (eval.common_words 0)" if info["max_train_count"] >= 0 else "")
-    lines.append(base + (f"; plus the {info['word_list_words']} words of the word list `{info['word_list']}`, rare even when common" if info["word_list"] else "") + ".")
-    lines.append("")
-    for name, ts in metrics["test_sets"].items():
-        unseen = ts["rare_unseen_types"]
-        rule = ts["rare_rule"]
-        excluded = rule["common_excluded_examples"]
-        lines.append(
-            f"- **{name}** (`{ts['path']}`): {ts['utterances']} utterances, {ts['audio_s']:.1f} s of audio; "
-            f"{ts['rare_types']} distinct rare words ({ts['rare_tokens']} occurrences) in the references, "
-            f"{unseen} of them truly unseen in the training labels"
-            + (f": {', '.join(ts['rare_examples'])}" + (" ..." if ts["rare_types"] > len(ts["rare_examples"]) else "") if ts["rare_examples"] else "")
-            + f". Training-count rule: {rule['by_count_types']} words ({rule['by_count_tokens']} occurrences)"
-            + (
-                f"; common-word rule: {rule['common_excluded_types']} of them excluded ({rule['common_excluded_tokens']} occurrences"
-                + (f": {', '.join(excluded)}" + (" ..." if rule["common_excluded_types"] > len(excluded) else "") if excluded else "")
-                + ")"
-                if info.get("common_words")
-                else ""
-            )
-            + (f"; word list: {rule['word_list_added_types']} words added ({rule['word_list_added_tokens']} occurrences)" if info["word_list"] else "")
-            + "."
+    return base + (f"; plus the {info['word_list_words']} words of the word list `{info['word_list']}`, rare even when common" if info["word_list"] else "") + "."
+
+
+def _test_set_text(name: str, ts: dict[str, Any], info: dict[str, Any], settings: dict[str, Any]) -> str:
+    """A test set's line: its audio and rare words, when it was evaluated, and how that differs from
+    the latest evaluation's settings or rare-word set (a set kept from an earlier one)."""
+    unseen = ts["rare_unseen_types"]
+    rule = ts["rare_rule"]
+    excluded = rule["common_excluded_examples"]
+    own_info = ts.get("rare_words") or info
+    when = f" Evaluated {ts['evaluated']}" if ts.get("evaluated") else ""
+    if ts.get("settings") not in (None, settings):
+        when += f", decoded with {_decoding_text(ts['settings'])}"
+    if own_info != info:
+        when += f", scored with the rare-word set of that evaluation ({_rare_rule_text(own_info)[:-1]})"
+    return (
+        f"- **{name}** (`{ts['path']}`): {ts['utterances']} utterances, {ts['audio_s']:.1f} s of audio; "
+        f"{ts['rare_types']} distinct rare words ({ts['rare_tokens']} occurrences) in the references, "
+        f"{unseen} of them truly unseen in the training labels"
+        + (f": {', '.join(ts['rare_examples'])}" + (" ..." if ts["rare_types"] > len(ts["rare_examples"]) else "") if ts["rare_examples"] else "")
+        + f". Training-count rule: {rule['by_count_types']} words ({rule['by_count_tokens']} occurrences)"
+        + (
+            f"; common-word rule: {rule['common_excluded_types']} of them excluded ({rule['common_excluded_tokens']} occurrences"
+            + (f": {', '.join(excluded)}" + (" ..." if rule["common_excluded_types"] > len(excluded) else "") if excluded else "")
+            + ")"
+            if own_info.get("common_words")
+            else ""
         )
-    lines += ["", "## Problems", ""]
-    problems = metrics["problems"]
-    lines += [f"- {p}" for p in problems] if problems else ["None."]
-    lines += ["", "## Files", ""]
-    for name, per_system in metrics["files"].items():
-        for system, files in per_system.items():
-            lines.append(f"- {name} / {system}: " + ", ".join(f"[{k}]({v})" for k, v in files.items()))
-    return "\n".join(lines) + "\n"
+        + (f"; word list: {rule['word_list_added_types']} words added ({rule['word_list_added_tokens']} occurrences)" if own_info["word_list"] else "")
+        + "."
+        + (when + "." if when else "")
+    )
 
 
-def wer_plot_png(all_scores: Sequence[SystemScores], set_names: Sequence[str]) -> bytes:
-    """Grouped bars: N-, R- and U-WER (%) of each system, one panel per test set; n/a rates left out."""
+WER_KEYS = (("n_wer", "N-WER"), ("r_wer", "R-WER"), ("u_wer", "U-WER"))
+
+
+def wer_plot_png(results: dict[str, dict[str, dict[str, Any]]]) -> bytes | None:
+    """Grouped bars: N-, R- and U-WER (%) of each system, one panel per test set of ``results``
+    (metrics.json's: set -> system -> row); n/a rates marked.  None when no rate exists at all
+    (nothing was scored): an empty chart says nothing."""
+    if not any(m.get(key) is not None for per_system in results.values() for m in per_system.values() for key, _ in WER_KEYS):
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     top = 150.0  # bars above this (a random or looping model) are clipped and labelled with their value
-    panels = max(1, len(set_names))
-    fig, axes = plt.subplots(1, panels, figsize=(max(5.0, 4.5 * panels), 3.8), squeeze=False)
-    metrics = [("n_wer", "N-WER"), ("r_wer", "R-WER"), ("u_wer", "U-WER")]
-    for ax, name in zip(axes[0], set_names or [""]):
-        mine = [s for s in all_scores if s.test_set == name]
-        width = 0.8 / max(1, len(mine))
-        for k, s in enumerate(mine):
-            values = [getattr(s.corpus, m) for m, _ in metrics]
-            xs = [i + (k - (len(mine) - 1) / 2) * width for i in range(len(metrics))]
-            bars = ax.bar(xs, [min(100 * v, top) if v is not None else 0.0 for v in values], width, label=s.system)
+    names = [n for n, per_system in results.items() if per_system]
+    fig, axes = plt.subplots(1, len(names), figsize=(max(5.0, 4.5 * len(names)), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        mine = list(results[name].items())
+        width = 0.8 / len(mine)
+        values_all = []
+        for k, (system, m) in enumerate(mine):
+            values = [m.get(key) for key, _ in WER_KEYS]
+            values_all += [v for v in values if v is not None]
+            xs = [i + (k - (len(mine) - 1) / 2) * width for i in range(len(WER_KEYS))]
+            bars = ax.bar(xs, [min(100 * v, top) if v is not None else 0.0 for v in values], width, label=system)
             for x, v, bar in zip(xs, values, bars):
                 if v is None:
                     ax.text(x, 0.5, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
                     bar.set_alpha(0.0)
                 elif 100 * v > top:
                     ax.text(x, top, f"{100 * v:.0f}%", ha="center", va="top", fontsize=7, rotation=90, color="white")
-        ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
+        ax.set_xticks(range(len(WER_KEYS)), [label for _, label in WER_KEYS])
         ax.set_title(name)
         ax.set_ylabel("WER (%)")
-        if any(v is not None and 100 * v > top for sc in mine for v in (sc.corpus.n_wer, sc.corpus.r_wer, sc.corpus.u_wer)):
-            ax.set_ylim(0, top)
-        if mine:
-            ax.legend(fontsize=7)
+        highest = max((100 * v for v in values_all), default=0.0)
+        ax.set_ylim(0, top if highest > top else max(10.0, 1.15 * highest))  # all-zero bars still get an axis
+        ax.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
@@ -596,13 +644,13 @@ def score_and_write(
     rare_info: dict[str, Any],
     problems: Sequence[str],
     settings: dict[str, Any],
-) -> tuple[dict[str, Any], str, bytes, list[dict[str, Any]]]:
-    """Score every (test set, system) result and write metrics.json, report.md, wer.png and the
-    per-system files.  ``results[system][test_set]``; a system missing there (failed to load) is
-    skipped (``problems`` says why).  Returns (metrics, report markdown, plot png, table rows)."""
+) -> tuple[dict[str, Any], str, bytes | None, list[dict[str, Any]]]:
+    """Score every (test set, system) result and write the per-system files, then metrics.json,
+    report.md and wer.png over these sets and those an earlier evaluation left in ``out_dir``
+    (``merge_metrics``).  ``results[system][test_set]``; a system missing there (failed to load) is
+    skipped (``problems`` says why).  Returns (metrics, report markdown, plot png or None when there
+    is no rate to plot, table rows)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    by_name = {s.name: s for s in sets}
-    all_scores: list[SystemScores] = []
     all_problems = list(problems)
     metrics: dict[str, Any] = {
         "work_dir": str(Path(work_dir).resolve()),
@@ -640,21 +688,69 @@ def score_and_write(
             if result is None:
                 continue
             s = score_result(prepared, result, rare)
-            all_scores.append(s)
             all_problems += [f"[{prepared.name}] {p}" for p in s.problems]
             jsonl = write_utterances(system_file(out_dir, prepared.name, spec.name, ".jsonl"), s, prepared)
             tsv = write_rare_words(system_file(out_dir, prepared.name, spec.name, ".rare_words.tsv"), s, rare)
             metrics["results"][prepared.name][spec.name] = metrics_row(s)
             metrics["files"][prepared.name][spec.name] = {"utterances": jsonl.relative_to(out_dir).as_posix(), "rare_words": tsv.relative_to(out_dir).as_posix()}
     metrics["problems"] = all_problems
-    png = wer_plot_png(all_scores, [s.name for s in sets])
-    with atomic_path(out_dir / "wer.png") as tmp:
-        tmp.write_bytes(png)
-    rows = report_rows(all_scores, by_name)
-    report = render_report(metrics, rows)
+    for name, ts in metrics["test_sets"].items():  # what a later evaluation of other sets keeps beside them
+        others = [f"[{n}]" for n in metrics["test_sets"] if n != name]
+        ts.update(evaluated=metrics["created"], settings=settings, rare_words=rare_info,
+                  run_problems=[p for p in all_problems if not p.startswith(tuple(others))])  # fmt: skip
+    metrics = merge_metrics(read_metrics(out_dir), metrics)
+    png = wer_plot_png(metrics["results"])
+    if png is None:
+        (out_dir / "wer.png").unlink(missing_ok=True)  # an earlier chart would describe other results
+    else:
+        with atomic_path(out_dir / "wer.png") as tmp:
+            tmp.write_bytes(png)
+    rows = report_rows(metrics)
+    report = render_report(metrics, rows, "wer.png" if png is not None else None)
     write_json(out_dir / "metrics.json", _json_safe(metrics))
     write_text(out_dir / "report.md", report)
     return metrics, report, png, rows
+
+
+def read_metrics(out_dir: Path) -> dict[str, Any] | None:
+    """The metrics.json an earlier evaluation left in ``out_dir``; None if none (or unreadable: logged)."""
+    path = out_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data.get("test_sets"), dict) and isinstance(data.get("results"), dict):
+            return data
+        log.warning("%s has no test_sets/results: starting a new one", path)
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("ignoring unreadable %s (%s): starting a new one", path, exc)
+    return None
+
+
+def merge_metrics(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """One metrics.json over every test set evaluated in the work dir: ``new``'s sets (all their
+    systems) replace the same sets of ``old``; ``old``'s other sets stay as they were, in their
+    place, with their problems and systems.  The top level's settings and rare_words are the newest
+    evaluation's (each set keeps its own)."""
+    if not old:
+        return new
+    kept = [n for n in old["test_sets"] if n not in new["test_sets"]]
+    if not kept:
+        return new
+    order = list(old["test_sets"]) + [n for n in new["test_sets"] if n not in old["test_sets"]]
+    pick = lambda field, name: (new if name in new["test_sets"] else old).get(field, {}).get(name, {})  # noqa: E731
+    merged = {**new, **{field: {n: pick(field, n) for n in order} for field in ("test_sets", "results", "files")}}
+    problems: list[str] = []
+    for name in order:
+        ts = merged["test_sets"][name]
+        # an earlier metrics.json without run_problems: its problems about this set, by their prefix
+        own = ts.get("run_problems", [p for p in old.get("problems", []) if p.startswith(f"[{name}]")]) if name in kept else ts["run_problems"]
+        problems += [p for p in own if p not in problems]
+    merged["problems"] = problems
+    used = {system for per_system in merged["results"].values() for system in per_system}
+    new_names = {s["name"] for s in new["systems"]}
+    merged["systems"] = list(new["systems"]) + [s for s in old.get("systems", []) if s["name"] in used and s["name"] not in new_names]
+    return merged
 
 
 def _json_safe(obj: Any) -> Any:

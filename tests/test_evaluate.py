@@ -178,6 +178,44 @@ def test_score_result_notes_failures_and_empty_hypotheses():
     assert any("a: empty hypothesis" in p for p in s.problems)
 
 
+def test_each_evaluation_keeps_the_other_test_sets_results(tmp_path):
+    """metrics.json and report.md cover every set evaluated in the work dir: a second evaluation of
+    set a (another system, greedy) replaces a whole and keeps b with its systems, files, problems and
+    settings; RTF says why it is missing; no chart when no rate exists."""
+    from tasks.testsets import TestUtterance
+
+    write_run_manifests(tmp_path, KEPT_LABELS, [])
+    rare, info, _ = ev.rare_word_set(tmp_path, EvalConfig(common_words=0))
+    out = tmp_path / "eval"
+    a = ev.PreparedSet("a", "a.jsonl", [TestUtterance("a1", "a1.wav", "The doctor walked to the garden.")], [], {"a1": 2.0})
+    b = ev.PreparedSet("b", "b.jsonl", [TestUtterance("b1", "b1.wav", "Amoxicillin for the infection.")], [], {"b1": 2.0}, problems=["b1.wav: clipped"])
+    beam8 = EvalConfig().model_dump(mode="json")
+    zf = {"a": DecodeResult("zf", hyps={"a1": "The doctor walked to the garden."}), "b": DecodeResult("zf", hyps={"b1": "a moxy cillin for the infection"})}
+    ev.score_and_write(out, tmp_path, [a, b], [ev.SystemSpec("zf", "hyps", "zf.tsv")], {"zf": zf}, rare, info, ["zf: duplicate id 'x'"], beam8)
+
+    fw = {"a": DecodeResult("fw", hyps={"a1": "the doctor walked"}, audio_s=2.0, decode_s=0.5, pieces=1)}
+    greedy = {**beam8, "num_beams": 1}
+    metrics, report, png, rows = ev.score_and_write(out, tmp_path, [a], [ev.SystemSpec("fw", "faster-whisper", "tiny.en")], {"fw": fw}, rare, info, [], greedy)
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert {name: list(per_system) for name, per_system in metrics["results"].items()} == {"a": ["fw"], "b": ["zf"]}
+    assert metrics["results"]["b"]["zf"]["r_errors"] > 0 and metrics["results"]["a"]["fw"]["n_errors"] == 3
+    assert [s["name"] for s in metrics["systems"]] == ["fw", "zf"] and (out / metrics["files"]["b"]["zf"]["utterances"]).is_file()
+    assert metrics["settings"]["num_beams"] == 1 and metrics["test_sets"]["b"]["settings"]["num_beams"] == 8
+    assert metrics["problems"] == ["[a] no rare words in the references: R-WER is n/a", "zf: duplicate id 'x'", "[b] b1.wav: clipped"]  # b's kept with it
+    assert {(r["test set"], r["system"]): r["RTF"] for r in rows} == {("a", "fw"): "0.250", ("b", "zf"): "n/a (hyp file)"}
+    assert "| a | fw | 1 |" in report and "| b | zf | 1 |" in report and f"]({metrics['files']['b']['zf']['utterances']})" in report
+    b_line = next(line for line in report.splitlines() if line.startswith("- **b**"))
+    assert f"Evaluated {metrics['test_sets']['b']['evaluated']}, decoded with beam 8" in b_line
+    assert png is not None and (out / "wer.png").read_bytes() == png and "](wer.png)" in report
+
+    # a set with no audio and nothing scored, alone in a new eval/: no chart, RTF says why
+    empty = ev.PreparedSet("empty", "e.jsonl", [], [], {})
+    _, report, png, rows = ev.score_and_write(tmp_path / "eval2", tmp_path, [empty], [ev.SystemSpec("fw", "faster-whisper", "tiny.en")],
+                                              {"fw": {"empty": DecodeResult("fw", decode_s=0.01)}}, rare, info, [], beam8)
+    assert png is None and not (tmp_path / "eval2" / "wer.png").exists()
+    assert rows[0]["RTF"] == "n/a (no audio)" and "No WER chart: no system has a rate to plot" in report and "wer.png" not in report
+
+
 # ---------------------------------------------------------------------------------- the flow
 
 
