@@ -53,11 +53,23 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def _dump(value: Any) -> str:
+    """A syntax tree as text: node types, fields and constants; no positions.  Like ``ast.dump``
+    with empty fields left out (as Python 3.13's does), so fields that newer Pythons add empty
+    (``type_params``) do not change the text of unchanged code."""
+    if isinstance(value, ast.AST):
+        fields = ((name, _dump(getattr(value, name, None))) for name in value._fields)
+        return f"{type(value).__name__}({', '.join(f'{n}={v}' for n, v in fields if v not in ('None', '[]'))})"
+    if isinstance(value, list):
+        return f"[{', '.join(_dump(v) for v in value)}]"
+    return repr(value)
+
+
 def source_meaning(source: str) -> str:
     """What a module's source does, as text: its syntax tree without docstrings, positions or
-    comments (``ast.dump`` of the parsed source), so a comment, a docstring or a reformat leaves it
-    unchanged and any change to a name, a constant or an operator does not."""
-    return ast.dump(_without_docstrings(ast.parse(source)), annotate_fields=True, include_attributes=False)
+    comments, so a comment, a docstring or a reformat leaves it unchanged and any change to a name,
+    a constant or an operator does not."""
+    return _dump(_without_docstrings(ast.parse(source)))
 
 
 def _module_sources(name: str) -> list[tuple[str, str]]:

@@ -91,12 +91,13 @@ print(json.dumps({
 """
 
 
-def _code_copy(dst: Path) -> Path:
-    """The repository's code and config, copied to ``dst``: it imports under the same module names."""
+def _code_copy(src: Path, dst: Path) -> Path:
+    """The code and config of ``src`` (the repository or a copy), copied to ``dst``: it imports
+    under the same module names."""
     ignore = shutil.ignore_patterns("__pycache__")
-    for package in ("flows", "tasks", "llmasr"):
-        shutil.copytree(REPO / package, dst / package, ignore=ignore)
-    shutil.copy(REPO / "pipeline_config.yaml", dst)
+    for package in ("flows", "tasks", "llmasr", "infra"):  # infra/: the DeepSpeed configs the train keys read
+        shutil.copytree(src / package, dst / package, ignore=ignore)
+    shutil.copy(src / "pipeline_config.yaml", dst)
     return dst
 
 
@@ -124,13 +125,15 @@ def test_a_comment_in_the_labelling_and_model_modules_keeps_data_and_train_runs_
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 
-    before = _stage_keys(REPO, work)
-    commented = _code_copy(tmp_path / "commented")
+    # every variant is a copy of one snapshot of the code, so the comparison holds while the checkout changes
+    original = _code_copy(REPO, tmp_path / "original")
+    before = _stage_keys(original, work)
+    commented = _code_copy(original, tmp_path / "commented")
     for module in ("tasks.label", "llmasr.model"):
         _append(commented, module, "\n# a comment fixed for a typo\n")
     assert _stage_keys(commented, work) == before
 
-    changed = _code_copy(tmp_path / "changed")
+    changed = _code_copy(original, tmp_path / "changed")
     _append(changed, "tasks.label", "\nSEGMENTS_PER_CALL = 32\n")
     _append(changed, "llmasr.model", "\n_PROBE = 1\n")
     after = _stage_keys(changed, work)
