@@ -58,6 +58,18 @@ def bundled_folders(*settings: Any) -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
+def _deepspeed_settings(path: str) -> Any:
+    """The DeepSpeed config as the trainer reads it (its "_" keys are comments), not where it lies: a
+    checkout elsewhere keeps the stages cached, an edit of the file reruns them.  A missing or
+    broken file stays its path; the stage's own checks name the problem."""
+    from tasks.launch import resolve_repo_path
+
+    try:
+        return {k: v for k, v in json.loads(resolve_repo_path(path).read_text(encoding="utf-8")).items() if not k.startswith("_")}
+    except (OSError, ValueError, AttributeError):
+        return path
+
+
 def stage_key(cfg: PipelineConfig, layout: WorkLayout, stage: int) -> str:
     """What a stage's result depends on: the shard index, the stage before, its settings (with the
     cache folders of their bundled: names), the code."""
@@ -65,6 +77,7 @@ def stage_key(cfg: PipelineConfig, layout: WorkLayout, stage: int) -> str:
     settings = cfg.train.model_dump(mode="json", exclude=RUNTIME_KEYS | {"stage1", "stage2", "stage3"})
     if stage == 3:
         settings["merge_lora"] = cfg.train.merge_lora  # stage 3's exports depend on it (merged_llm/)
+    settings["deepspeed_config"] = _deepspeed_settings(cfg.train.deepspeed_config)
     stage_cfg = getattr(cfg.train, f"stage{stage}").model_dump(mode="json")
     bundled = bundled_folders(settings, stage_cfg)
     return fingerprint("train", stage, _sha256(layout.shard_index), prev and prev.get("key"), settings, stage_cfg, bundled, code_version(*TRAIN_CODE))

@@ -171,6 +171,31 @@ def test_stage_keys_follow_what_each_stage_learns_and_exports(tmp_path: Path):
     assert lr2[0] == base[0] and lr2[1] != base[1]
 
 
+def test_stage_keys_follow_the_deepspeed_configs_content_not_its_path(tmp_path: Path):
+    """A copy of the DeepSpeed config elsewhere (another checkout) or a new "_comment" keeps the
+    stages cached; a changed setting reruns them."""
+    from flows.train import stage_key
+    from llmasr.config import load_config
+    from llmasr.layout import WorkLayout
+    from tasks.launch import resolve_repo_path
+
+    layout = WorkLayout(tmp_path)
+    layout.shard_index.parent.mkdir(parents=True)
+    layout.shard_index.write_text('{"shards": []}')
+    base_cfg = load_config("demo", work_dir=str(tmp_path))
+    ds = json.loads(resolve_repo_path(base_cfg.train.deepspeed_config).read_text())
+
+    def key(config: dict) -> str:
+        path = tmp_path / f"ds-{len(list(tmp_path.glob('ds-*')))}.json"
+        path.write_text(json.dumps(config))
+        return stage_key(load_config("demo", [f"train.deepspeed_config={path}"], work_dir=str(tmp_path)), layout, 1)
+
+    base = stage_key(base_cfg, layout, 1)
+    assert key(ds) == base
+    assert key({**ds, "_comment": "another note"}) == base
+    assert key({**ds, "zero_optimization": {**ds["zero_optimization"], "stage": 1}}) != base
+
+
 def test_a_bundled_models_package_or_converter_upgrade_retrains(tmp_path: Path, monkeypatch):
     """A bundled: name keys a stage by the cache folder it resolves to (package versions and
     CONVERTER_VERSION in the name), not by its text alone."""
