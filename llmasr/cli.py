@@ -341,6 +341,13 @@ def _task_runner(cfg):
     return flow_task_runner(cfg.runner)
 
 
+def _label_rtfx_cell(result) -> str:
+    """The data summary's label RTFx: "cached" when every label came from an earlier run."""
+    if result.labelled_items:
+        return f"{result.label_rtfx:.1f}"
+    return "cached" if result.segments else "-"
+
+
 def _print_summary(work_dir: str, result) -> None:
     from llmasr.layout import WorkLayout
     from llmasr.records import Decision, read_records
@@ -350,9 +357,7 @@ def _print_summary(work_dir: str, result) -> None:
     t = Table(title=f"data run: {layout.root}")
     for col in ("items", "failed", "segments", "kept", "shards", "labelled now", "label RTFx"):
         t.add_column(col, justify="right")
-    # nothing new to label: every label came from an earlier run's parts or cached tasks
-    rtfx = f"{result.label_rtfx:.1f}" if result.labelled_items else ("cached" if result.segments else "-")
-    t.add_row(*map(str, (result.items, result.failed_items, result.segments, result.kept, result.shards, result.labelled_items, rtfx)))
+    t.add_row(*map(str, (result.items, result.failed_items, result.segments, result.kept, result.shards, result.labelled_items, _label_rtfx_cell(result))))
     console.print(t)
     f = Table(title="filter funnel")
     f.add_column("reason")
