@@ -291,7 +291,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         console.print(f"wrote {len(written)} file(s) to {args.out}")
     else:
         print(tr.stdout_text(result.records))
-    console.print(tr.summary(result))
+    console.print(tr.summary(result), soft_wrap=True)
     for r in result.failed:
         console.print(f"[yellow]warning:[/yellow] {r.path}: {r.error}")
     return 1 if result.failed else 0

@@ -317,12 +317,16 @@ def stdout_text(records: Sequence[Transcript]) -> str:
     return "\n".join(f"{r.path}\t{' '.join(r.text.split())}" for r in records)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def summary(result: TranscribeResult) -> str:
     """One line for the terminal: what ran and its throughput."""
     rtfx = "n/a" if result.rtfx is None else f"{result.rtfx:.1f}"
     return (
-        f"{result.system} ({STAGE_KINDS[result.stage]}, beam {result.num_beams}): {len(result.records)} files, "
-        f"{result.pieces} pieces, {result.audio_s:.1f} s of audio in {result.decode_s:.1f} s, RTFx {rtfx} "
+        f"{result.system} ({STAGE_KINDS[result.stage]}, beam {result.num_beams}): {_count(len(result.records), 'file')}, "
+        f"{_count(result.pieces, 'piece')}, {result.audio_s:.1f} s of audio in {result.decode_s:.1f} s, RTFx {rtfx} "
         f"(model loaded in {result.load_s:.1f} s)"
     )
 
