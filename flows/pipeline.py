@@ -28,6 +28,8 @@ def pipeline_flow(
     stages: list[int] | None = None,
     test_sets: list[str] | None = None,
     baselines: list[str] | None = None,
+    hyps: list[str] | None = None,
+    refresh: bool = False,
 ) -> dict[str, Any]:
     """Web audio -> shards -> LLM-ASR in three stages -> rare-word error rates.
 
@@ -40,18 +42,20 @@ def pipeline_flow(
         config_file: another pipeline_config.yaml.
         stages: training stages to run (default 1, 2, 3).
         test_sets: "name=path" test sets; empty uses eval.test_sets.
-        baselines: "faster-whisper:<model>" baselines; empty uses eval.baselines.
+        baselines: "faster-whisper:<model>" or "transformers:<model>" baselines; empty uses eval.baselines.
+        hyps: "name=path" hypothesis files scored as systems; empty uses eval.hyps.
+        refresh: ignore the data flow's cached task results and decode the test sets again.
 
     Returns:
         {"data": the data run's counts, "train": each stage's stage.json, "eval": metrics.json}.
     """
     common = dict(profile=profile, work_dir=work_dir, overrides=overrides, config_file=config_file)
-    data = data_flow(sources=sources, **common)
+    data = data_flow(sources=sources, refresh=refresh, **common)
     # a test set the profile's corpus brings exists only now: each must have something to score
     # before hours of training (the CLI checked the others before the data flow)
-    eval_cfg = resolve_config(test_sets=test_sets, baselines=baselines, **common)
+    eval_cfg = resolve_config(test_sets=test_sets, baselines=baselines, hyps=hyps, **common)
     check_test_sets(eval_cfg)
     preflight.check_scorable(eval_cfg)
     train = train_flow(stages=stages, **common)
-    metrics = evaluate_flow(test_sets=test_sets, baselines=baselines, **common)
+    metrics = evaluate_flow(test_sets=test_sets, baselines=baselines, hyps=hyps, refresh=refresh, **common)
     return {"data": data.__dict__, "train": train, "eval": metrics}

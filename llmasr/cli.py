@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", default="1,2,3", help="training stages to run (default 1,2,3)")
     run.add_argument("--test-set", dest="test_sets", action="append", default=[], metavar="NAME=PATH", help="a test set (repeatable; replaces eval.test_sets)")
     run.add_argument("--baseline", dest="baselines", action="append", default=[], metavar="faster-whisper:MODEL|transformers:MODEL", help="a Whisper baseline, faster-whisper:MODEL or transformers:MODEL (repeatable)")
+    run.add_argument("--hyps", action="append", default=[], metavar="NAME=PATH", help="a hypothesis file scored as a system: jsonl/tsv of utt_id and text, or icefall recogs-*.txt (repeatable)")
+    run.add_argument("--greedy", action="store_true", help="greedy decoding in the evaluation (eval.num_beams=1)")
+    run.add_argument("--refresh", action="store_true", help="ignore the data flow's cached task results and decode the test sets again (training redoes only what changed)")
 
     tr = sub.add_parser("transcribe", help="transcribe your own audio files with the run's trained model (stage 3, 2 or 1)")
     _config_args(tr)
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="a Prefect server on 127.0.0.1:4200 serving the project's deployments")
     _config_args(ui)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; anything else is reachable from other machines)")
-    ui.add_argument("--port", type=int, default=4200)
+    ui.add_argument("--port", type=int, default=4200, help="port of the UI and API (default 4200)")
     ui.add_argument("--source", dest="sources", action="append", default=[], help="default sources of the data deployment (repeatable)")
 
     demo = sub.add_parser("demo-corpus", help="generate the espeak-ng demo corpus (or, with --profile small, the small profile's)")
@@ -212,6 +215,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_eval_table(metrics: dict) -> None:
+    from tasks.evaluate import rtf_label
+
+    kinds = {s["name"]: s["kind"] for s in metrics["systems"]}
     t = Table(title=f"evaluation: {Path(metrics['work_dir']) / 'eval'}")
     for col in ("test set", "system", "utts", "N-WER", "R-WER", "U-WER", "O-WER", "RTF"):
         t.add_column(col, justify="left" if col in ("test set", "system") else "right")
@@ -221,7 +227,7 @@ def _print_eval_table(metrics: dict) -> None:
 
     for set_name, per_system in metrics["results"].items():
         for system, m in per_system.items():
-            t.add_row(set_name, system, str(m["utterances"]), pct(m["n_wer"]), pct(m["r_wer"]), pct(m["u_wer"]), pct(m["o_wer"]), "n/a" if m["rtf"] is None else f"{m['rtf']:.3f}")
+            t.add_row(set_name, system, str(m["utterances"]), pct(m["n_wer"]), pct(m["r_wer"]), pct(m["u_wer"]), pct(m["o_wer"]), rtf_label(m, kinds.get(system)))
     console.print(t)
     if metrics["problems"]:
         console.print(f"[yellow]{len(metrics['problems'])} problem(s)[/yellow]: see the Problems section of {Path(metrics['work_dir']) / 'eval' / 'report.md'}")
@@ -242,6 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.evaluate import check_test_sets, resolve_config
     from flows.train import check_stage_numbers
 
+    args.overrides = [*args.overrides, *(["eval.num_beams=1"] if args.greedy else [])]
     cfg = _load(args, args.sources)
     stages = _stages(args.stages)
     # everything that can be checked before hours of labelling and training: stage numbers,
@@ -249,7 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # the profile generates (the demo's corpus and its test set) is checked once it exists
     check_stage_numbers(sorted(stages or [1, 2, 3]))
     preflight.check_sources(cfg)
-    eval_cfg = resolve_config(args.profile, args.work_dir, args.overrides, args.config_file, args.test_sets or None, args.baselines or None)
+    eval_cfg = resolve_config(args.profile, args.work_dir, args.overrides, args.config_file, args.test_sets or None, args.baselines or None, args.hyps or None)
     check_test_sets(eval_cfg)
     preflight.check_scorable(eval_cfg)
     _check_models(eval_cfg, label=True, train_stages=stages or [1, 2, 3], baselines=True)
@@ -266,6 +273,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             stages=stages,
             test_sets=args.test_sets or None,
             baselines=args.baselines or None,
+            hyps=args.hyps or None,
+            refresh=args.refresh,
         )
     _print_eval_table(result["eval"])
     _print_browse_hint(args, cfg)

@@ -357,6 +357,26 @@ def test_cli_run_checks_the_evaluation_inputs_before_any_work(tmp_path, capsys):
     assert not work.exists()  # nothing ran
 
 
+def test_cli_run_takes_the_evaluation_options_and_every_option_has_help(tmp_path, capsys):
+    import argparse
+
+    from llmasr.cli import build_parser, main
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    options = {name: {o for a in p._actions for o in a.option_strings} for name, p in sub.choices.items()}
+    assert options["evaluate"] <= options["run"]  # run = data + train + evaluate: --hyps, --greedy, --refresh too
+    assert [(name, a.option_strings or a.dest) for name, p in sub.choices.items() for a in p._actions if not a.help] == []
+    # run's --hyps reaches the checks made before any work
+    (tmp_path / "audio").mkdir()
+    sf.write(str(tmp_path / "audio" / "a.wav"), np.zeros(16000, np.float32), 16000)
+    (tmp_path / "t.jsonl").write_text(json.dumps({"audio": "audio/a.wav", "text": "hello"}) + "\n")
+    work = tmp_path / "work"
+    args = ["run", "--work-dir", str(work), "--source", str(tmp_path / "audio"), "--test-set", f"x={tmp_path / 't.jsonl'}"]
+    assert main([*args, "--hyps", f"zf={tmp_path / 'nope.tsv'}", "--greedy", "--refresh"]) == 2
+    assert f"eval.hyps: hypothesis file {tmp_path / 'nope.tsv'}" in " ".join(capsys.readouterr().err.split())
+    assert not work.exists()
+
+
 def test_demo_profile_evaluates_the_zero_shot_set_with_tiny_en():
     from flows.evaluate import resolve_config
 
