@@ -140,12 +140,9 @@ def model_refs(cfg: PipelineConfig, label: bool = False, train_stages: Iterable[
         refs.append(ModelRef("label.model", cfg.label.model, "faster-whisper", "whisper", "--set label.model={name}"))
     stages = set(train_stages)
     if stages:
-        from tasks.checkpoints import read_stage, stage_dir
-
         demo_dir = _demo_models_dir(cfg)
-        stage1_done = read_stage(stage_dir(work_dir or cfg.work_dir, 1)) is not None
         wanted = []
-        if 1 in stages or not stage1_done:
+        if 1 in stages or not _stage1_done(work_dir or cfg.work_dir):
             wanted.append(("train.encoder", cfg.train.encoder, "whisper"))
         if stages & {2, 3}:
             wanted.append(("train.llm", cfg.train.llm, "llm"))
@@ -161,6 +158,12 @@ def model_refs(cfg: PipelineConfig, label: bool = False, train_stages: Iterable[
             loader, _, name = spec.partition(":")
             refs.append(ModelRef("eval.baselines", name.strip(), loader, "whisper", f"--baseline {loader}:{{name}}"))
     return refs
+
+
+def _stage1_done(work_dir: str | Path) -> bool:
+    from tasks.checkpoints import read_stage, stage_dir  # imports torch: only asked when stage 1 does not run
+
+    return read_stage(stage_dir(work_dir, 1)) is not None
 
 
 def _offline() -> str | None:
@@ -182,9 +185,10 @@ def _in_hub_cache(repo: str, files: Iterable[str]) -> bool:
     return False
 
 
-def hub_answer(repo: str, timeout_s: float = HUB_TIMEOUT_S) -> str:
-    """Ask the hub about ``repo`` within ``timeout_s`` (DNS included): "found", "missing" (the hub
-    says no such repository), or "unreachable" (no answer in time, no connection)."""
+def hub_answer(repo: str, timeout_s: float = HUB_TIMEOUT_S, endpoint: str | None = None) -> str:
+    """Ask the hub (``endpoint``, default ``HF_ENDPOINT``'s) about ``repo`` within ``timeout_s``
+    (DNS included): "found", "missing" (the hub says no such repository), or "unreachable" (no
+    answer in time, no connection)."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
@@ -192,7 +196,7 @@ def hub_answer(repo: str, timeout_s: float = HUB_TIMEOUT_S) -> str:
 
     def ask() -> None:
         try:
-            HfApi().model_info(repo, timeout=timeout_s)
+            HfApi(endpoint=endpoint).model_info(repo, timeout=timeout_s)
             answer.append("found")
         except GatedRepoError:
             answer.append("found")  # it exists; the download needs a token with access

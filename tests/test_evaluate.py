@@ -327,6 +327,22 @@ def test_evaluate_flow_end_to_end(prefect_harness, eval_run):
     assert "data:image/png;base64," in md and "## Problems" in md
 
 
+def test_a_set_whose_audio_cannot_be_read_stops_the_flow_before_any_system_loads(prefect_harness, tmp_path):
+    """The audio is there and so is the transcript (preflight passes), but nothing decodes."""
+    from flows.evaluate import evaluate_flow
+
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "x.wav").write_text("not audio")
+    (tmp_path / "set" / "x.txt").write_text("hello world")
+    (tmp_path / "hyps.jsonl").write_text(json.dumps({"utt_id": "x", "text": "hello world"}) + "\n")
+    work = tmp_path / "work"
+    state = evaluate_flow(work_dir=str(work), test_sets=[f"b={tmp_path / 'set'}"], hyps=[f"h={tmp_path / 'hyps.jsonl'}"], return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ev.EvalError, match=r"test set b \(.*\) has nothing to score: x: audio not readable"):
+        state.result()
+    assert not (work / "eval" / "metrics.json").exists() and not (work / "eval" / "b").exists()
+
+
 def test_cli_evaluate_fails_early_on_bad_requests(tmp_path, capsys):
     from llmasr.cli import main
 

@@ -127,6 +127,31 @@ def test_manifest_rows_without_audio_are_rejected(tmp_path: Path) -> None:
         read_manifest(bad)
 
 
+def test_a_spreadsheet_csv_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
+    a = _wav(tmp_path / "a.wav", 0.5)
+    caps = tmp_path / "a.srt"
+    caps.write_text(SRT, encoding="utf-8")
+    for name, text in (("m.csv", "audio,captions\na.wav,a.srt\n"), ("m.jsonl", '{"audio": "a.wav", "captions": "a.srt"}\n'), ("m.txt", "a.wav\n")):
+        manifest = tmp_path / name
+        manifest.write_bytes(text.encode("utf-8-sig"))  # Excel's and Notepad's "UTF-8"
+        (src,) = resolve_sources([str(manifest)])
+        files, urls = expand_source(src)
+        assert [Path(f.path) for f in files] == [a] and urls == [], name
+        assert Path(files[0].caption_path) == caps, name  # type: ignore[arg-type]
+
+
+def test_a_manifest_row_whose_audio_never_existed_fails_before_any_work(tmp_path: Path) -> None:
+    _wav(tmp_path / "a.wav", 0.5)
+    m = tmp_path / "m.jsonl"
+    url = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
+    m.write_text(f'{{"audio": "a.wav"}}\n{{"audio": "{url}"}}\n{{"audio": "sub/gone.wav"}}\n{{"audio": "/nowhere/b.wav"}}\n', encoding="utf-8")
+    with pytest.raises(SourceError) as info:
+        resolve_sources([str(m)])
+    msg = str(info.value)
+    assert f"{m.resolve()}: row 3: audio file {tmp_path.resolve() / 'sub' / 'gone.wav'} does not exist (and 1 more rows whose audio is missing)" in msg
+    assert "\n" not in msg and "a.wav" not in msg.replace("gone.wav", "")
+
+
 def test_find_captions_beside_the_audio(tmp_path: Path) -> None:
     a = tmp_path / "Talk [abc123].wav"
     a.write_bytes(b"")

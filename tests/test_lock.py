@@ -81,3 +81,52 @@ def test_the_cli_reports_a_busy_work_dir_as_an_error_not_a_traceback(tmp_path: P
         proc.wait()
     err = " ".join(capsys.readouterr().err.split())
     assert "error:" in err and "is in use by another run" in err and str(proc.pid) in err
+
+
+def test_an_ended_run_leaves_no_lock_file_and_a_killed_ones_is_taken_over_and_logged(tmp_path: Path, caplog):
+    import json
+    import logging
+
+    with work_dir_lock(tmp_path, what="llmasr-data"):
+        pass
+    assert not (tmp_path / ".llmasr.lock").exists()  # removed by the run that held it
+
+    proc = _holder(tmp_path, 60)
+    proc.kill()  # kill -9: no chance to remove the file
+    proc.wait()
+    assert json.loads((tmp_path / ".llmasr.lock").read_text())["pid"] == proc.pid  # left behind
+    with caplog.at_level(logging.WARNING, logger="llmasr.lock"):
+        with work_dir_lock(tmp_path, what="llmasr-train"):
+            assert json.loads((tmp_path / ".llmasr.lock").read_text())["what"] == "llmasr-train"
+    assert f"left by pid {proc.pid} (holder on " in caplog.text and "which no longer runs" in caplog.text
+    assert not (tmp_path / ".llmasr.lock").exists()
+
+
+TURN = """
+import os, sys, time
+from pathlib import Path
+from llmasr.lock import work_dir_lock
+root = Path(sys.argv[1])
+for _ in range(30):
+    with work_dir_lock(root, wait_s=300, poll_s=0.01, what="turn"):
+        with open(root / "turns.log", "a") as f:
+            f.write(f"in {os.getpid()}\\n")
+        time.sleep(0.001)
+        with open(root / "turns.log", "a") as f:
+            f.write(f"out {os.getpid()}\\n")
+"""
+
+
+def test_runs_that_wait_for_each_other_never_overlap_while_lock_files_come_and_go(tmp_path: Path):
+    # each release removes the lock file, which another waiter may have opened already: a waiter
+    # that then gets the flock of the removed file must not run (it locks the file at the path).
+    # Locking whatever file was opened let two of these six overlap in about every other try.
+    procs = [subprocess.Popen([sys.executable, "-c", TURN, str(tmp_path)], stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, errs
+    assert not any("took over" in e for e in errs)  # every holder removed its own file
+    lines = (tmp_path / "turns.log").read_text().split("\n")[:-1]
+    assert len(lines) == 2 * 6 * 30
+    for enter, leave in zip(lines[::2], lines[1::2]):
+        assert enter.startswith("in ") and leave == "out " + enter[3:], lines
+    assert not (tmp_path / ".llmasr.lock").exists()
