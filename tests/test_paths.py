@@ -129,3 +129,22 @@ def test_demo_training_from_another_folder_records_absolute_paths(prefect_harnes
     llm = AutoPeftModelForCausalLM.from_pretrained(str(lora))
     assert type(llm).__name__ == "PeftModelForCausalLM" and llm.peft_config["default"].base_model_name_or_path == base
     assert checkpoints.load_llmasr(checkpoints.stage_dir(work, 3)) is not None  # model.json rebuilds the whole model here too
+
+
+def test_the_demo_profile_with_ones_own_source_writes_only_under_the_work_dir(prefect_harness, corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    """`llmasr data --profile demo --source clips --work-dir w`, run from another folder: the demo
+    corpus (its zero-shot set is the profile's test set) is generated under w, and only the user's
+    clip is ingested; nothing is written beside w."""
+    from llmasr import cli
+    from llmasr.layout import WorkLayout
+    from llmasr.records import Item, read_records
+
+    (tmp_path / "clips").mkdir()
+    clip = next(p for p in sorted((corpus / "videos").glob("*.wav")) if p.stat().st_size > 0)
+    shutil.copy(clip, tmp_path / "clips" / "mine.wav")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["data", "--profile", "demo", "--source", "clips", "--work-dir", "w", "--set", "demo.n_items=4"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clips", "w"]
+    assert (tmp_path / "w" / "demo-corpus" / "zero_shot" / "manifest.jsonl").is_file()
+    items = read_records(WorkLayout(tmp_path / "w").items, Item)
+    assert [Path(i.source) for i in items] == [tmp_path / "clips"] and (tmp_path / "w" / items[0].path).is_file()  # paths in manifests: relative to the work dir
