@@ -140,7 +140,7 @@ class DataRunResult:
     kept: int
     shards: int
     labelled_items: int  # items labelled by this run (0 when nothing was new)
-    label_rtfx: float
+    label_rtfx: float  # of this run's labelling; 0.0 when nothing was labelled (a rerun: "cached")
     label_workers: int = 0  # processes (runner.kind=local) or Ray nodes (ray) that labelled new items
 
 
@@ -338,7 +338,9 @@ def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Sour
         label_rtfx=round(label_run.rtfx, 2),
         label_workers=label_run.workers,
     )
-    logger.info("data run done: %s", result)
+    labelled = f"labelled {result.labelled_items} items at RTFx {result.label_rtfx:.1f}" if result.labelled_items else "labels cached (nothing new to label)"
+    logger.info("data run done in %s: %d items (%d failed), %d segments, %d kept, %d shards; %s",
+                result.work_dir, result.items, result.failed_items, result.segments, result.kept, result.shards, labelled)  # fmt: skip
     return result, index
 
 

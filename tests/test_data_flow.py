@@ -142,7 +142,7 @@ def _task_states(flow_run_id, expect: tuple[str, ...] = ()) -> dict[str, list[st
     return settled_task_states(read_runs, expect)
 
 
-def test_second_run_does_no_work_and_shows_cached_states(reference_run, corpus: Path):
+def test_second_run_does_no_work_and_shows_cached_states(reference_run, corpus: Path, capsys):
     from flows.data import data_flow
 
     work, first = reference_run
@@ -159,6 +159,12 @@ def test_second_run_does_no_work_and_shows_cached_states(reference_run, corpus: 
     after = {p: p.stat().st_mtime_ns for p in before}
     changed = [str(p) for p in before if after[p] != before[p] and "reports" not in p.parts]
     assert changed == []
+    from llmasr import cli
+
+    capsys.readouterr()
+    cli._print_summary(str(work), second)  # the CLI's table after the rerun: labels cached, no "RTFx 0.0"
+    table = capsys.readouterr().err
+    assert "label RTFx" in table and "cached" in table and "0.0" not in table
 
 
 def _extra_items(folder: Path) -> Path:
@@ -290,9 +296,10 @@ def _kill_when(cmd: list[str], ready, timeout_s: float = 300) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
 
 
 def _same_outputs(a: WorkLayout, b: WorkLayout) -> None:
@@ -320,7 +327,10 @@ def test_kill_during_labelling_then_rerun_gives_the_same_files(reference_run, co
 
     _kill_when(_cli(corpus, work), labelling_half_done)
     assert not layout.labels.exists()  # killed before the manifest
-    _run(_cli(corpus, work))
+    killed = json.loads((work / ".llmasr.lock").read_text())  # kill -9 left its lock file behind
+    rerun = _run(_cli(corpus, work))
+    assert f"left by pid {killed['pid']} (llmasr-data on " in rerun.stderr and "which no longer runs" in rerun.stderr  # taken over, logged
+    assert not (work / ".llmasr.lock").exists()
     check_invariants(layout, source_files(corpus / "videos"))
     _same_outputs(WorkLayout(ref), layout)
 
