@@ -30,6 +30,14 @@ from tasks.parts import code_version, fingerprint
 TRAIN_CODE = ("tasks.train", "tasks.train_data", "llmasr.model", "tasks.checkpoints", "llmasr.bundled", "llmasr.ct2_whisper")
 # settings that change where or how fast a stage runs, not what it learns
 RUNTIME_KEYS = {"launcher", "nproc_per_node", "hostfile", "node_launcher", "master_addr", "master_port", "num_workers", "log_every", "val_every", "val_max_batches", "ckpt_every", "timeout_s", "merge_lora", "cudnn_attention", "cache_encoder_outputs"}
+# settings a stage does not read, so changing one keeps its key: stage 1 trains the encoder under
+# Whisper's own decoder (no LLM, adapter or prompt); stage 2 applies no LoRA
+NOT_READ_BY = {
+    1: {"llm", "tokenizer", "trust_remote_code", "llm_init", "projector", "projector_hidden", "downsample_k", "activation",
+        "adapter_norm", "ctc_compress", "ctc_weight", "ctc_align_steps", "ctc_vocab", "instruction", "lora", "skip_stage1"},
+    2: {"lora"},
+    3: set(),
+}
 
 
 def _sha256(path: Path) -> str:
@@ -71,10 +79,12 @@ def _deepspeed_settings(path: str) -> Any:
 
 
 def stage_key(cfg: PipelineConfig, layout: WorkLayout, stage: int) -> str:
-    """What a stage's result depends on: the shard index, the stage before, its settings (with the
-    cache folders of their bundled: names), the code."""
-    prev = checkpoints.read_stage(checkpoints.stage_dir(layout.root, stage - 1)) if stage > 1 else None
-    settings = cfg.train.model_dump(mode="json", exclude=RUNTIME_KEYS | {"stage1", "stage2", "stage3"})
+    """What a stage's result depends on: the shard index, the stage before (none for stage 2 with
+    train.skip_stage1), the settings it reads (with the cache folders of their bundled: names), the
+    code.  A setting only later stages read leaves the earlier stages' keys alone."""
+    after_stage1 = stage > 2 or (stage == 2 and not cfg.train.skip_stage1)
+    prev = checkpoints.read_stage(checkpoints.stage_dir(layout.root, stage - 1)) if after_stage1 else None
+    settings = cfg.train.model_dump(mode="json", exclude=RUNTIME_KEYS | NOT_READ_BY[stage] | {"stage1", "stage2", "stage3"})
     if stage == 3:
         settings["merge_lora"] = cfg.train.merge_lora  # stage 3's exports depend on it (merged_llm/)
     settings["deepspeed_config"] = _deepspeed_settings(cfg.train.deepspeed_config)
@@ -88,14 +98,25 @@ def check_stage_numbers(stages: list[int]) -> None:
         raise ConfigError(f"--stages must be increasing stage numbers from {checkpoints.STAGES}, got {stages}")
 
 
+def stages_to_train(cfg: PipelineConfig, stages: list[int]) -> list[int]:
+    """``stages`` less stage 1 under train.skip_stage1 (stages 2-3 then read the stock encoder)."""
+    if not cfg.train.skip_stage1:
+        return stages
+    if stages == [1]:
+        raise ConfigError("--stages 1 with train.skip_stage1=true trains nothing; set train.skip_stage1=false to train stage 1")
+    return [s for s in stages if s != 1]
+
+
 def check_stages(cfg: PipelineConfig, layout: WorkLayout, stages: list[int]) -> None:
     """Fail before any compute: no shards, unknown stages, a stage without its predecessor, a
     hostfile that cannot launch."""
     check_stage_numbers(stages)
+    stages = stages_to_train(cfg, stages)
     if not layout.shard_index.is_file():
         raise ConfigError(f"no shard index at {layout.shard_index}: run `llmasr data` for this work_dir first")
     first = stages[0]
-    if first > 1 and checkpoints.read_stage(checkpoints.stage_dir(layout.root, first - 1)) is None:
+    needs_prev = first > 2 or (first == 2 and not cfg.train.skip_stage1)
+    if needs_prev and checkpoints.read_stage(checkpoints.stage_dir(layout.root, first - 1)) is None:
         raise ConfigError(f"stage {first} needs the checkpoint of stage {first - 1} in {checkpoints.stage_dir(layout.root, first - 1)}: run --stages {first - 1},{first} (or from 1)")
     problem = launch.hostfile_problem(cfg.train)
     if problem:
@@ -152,6 +173,7 @@ def train_flow(
 
         build_demo_models(Path(cfg.train.encoder).parent)
     check_stages(cfg, layout, stages)
+    stages = stages_to_train(cfg, stages)
     results = {}
     with work_dir_lock(layout.root, cfg.runner.lock_wait_s, what="llmasr-train"):
         stage_task = train_stage_task.with_options(**cache_options(layout))

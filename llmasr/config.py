@@ -149,6 +149,7 @@ class TrainConfig(_Section):
     llm: str = "Qwen/Qwen2-7B-Instruct"
     tokenizer: str | None = None
     trust_remote_code: bool = False
+    projector: Literal["mlp", "linear"] = "mlp"  # the adapter: Linear -> activation -> Linear, or one Linear
     projector_hidden: int = Field(2048, ge=1)
     downsample_k: int = Field(2, ge=1)
     activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
@@ -181,6 +182,8 @@ class TrainConfig(_Section):
     ckpt_every: int = Field(1000, ge=1)
     timeout_s: float = Field(7 * 24 * 3600.0, gt=0)
     seed: int = 0
+    skip_stage1: bool = False  # stages 2-3 on the stock train.encoder; stage 1 is not trained
+    llm_init: Literal["pretrained", "random"] = "pretrained"  # random: the LLM's architecture, fresh weights from train.seed
     merge_lora: bool = False
     stage1: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-4))
     stage2: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-4))

@@ -17,8 +17,9 @@ Pieces:
   example's length are zeroed and masked out of self-attention, so an example gives the same
   output alone or in a padded batch.  ``trim_padding=False`` pads to 2*max_source_positions and
   runs HF's stock ``WhisperEncoder.forward``.
-* ``Projector`` stacks k consecutive encoder frames, Linear -> activation -> Linear.  An odd tail
-  (T % k frames) is DROPPED, as SLAM-LLM does; output lengths are floor(len / k).
+* ``Projector`` stacks k consecutive encoder frames, Linear -> activation -> Linear (kind "mlp"),
+  or one Linear (kind "linear").  An odd tail (T % k frames) is DROPPED, as SLAM-LLM does; output
+  lengths are floor(len / k).
 * ``LLMASR`` glues encoder + projector + any ``AutoModelForCausalLM``; ``forward`` gives the loss,
   ``generate`` decoded text.
 * Stage 1 trains the encoder with Whisper's own decoder as the head (``WhisperStage1Head`` /
@@ -68,6 +69,7 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
 }
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RANDOM_INIT_SALT = 7919  # added to the seed of a randomly initialised LLM (build_llm)
 
 
 # ----------------------------------------------------------------------------------- config
@@ -93,6 +95,9 @@ class LLMASRConfig:
     ``projector_path``: a folder written by ``save_projector`` to start from (stage 3 after 2).
     ``trust_remote_code``: let transformers run the LLM checkpoint's own modeling/tokenizer code
     (an ``auto_map`` in its config.json), for model types transformers does not ship.
+    ``projector``: "mlp" (Linear -> activation -> Linear) or "linear" (one Linear(k*d_enc, d_llm)).
+    ``llm_init``: "pretrained" loads the LLM's weights; "random" builds its architecture with fresh
+    weights drawn from ``llm_seed`` (the same weights every time: decoding rebuilds what training saw).
     """
 
     encoder: str | dict[str, Any]
@@ -110,6 +115,9 @@ class LLMASRConfig:
     trust_remote_code: bool = False
     adapter_norm: bool = False
     ctc_compress: bool = False
+    projector: str = "mlp"
+    llm_init: str = "pretrained"
+    llm_seed: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LLMASRConfig":
@@ -321,8 +329,13 @@ class SpeechEncoder(nn.Module):
 # -------------------------------------------------------------------------------- projector
 
 
+PROJECTOR_KINDS = ("mlp", "linear")
+
+
 class Projector(nn.Module):
     """Stack k consecutive encoder frames -> Linear -> activation -> Linear to the LLM width.
+
+    ``kind="linear"``: one Linear(k*D_enc, D_llm) instead (``hidden`` and ``activation`` unused).
 
     (B, T, D_enc) -> (B, T//k, D_llm).  The odd tail (T % k frames) is DROPPED, lengths are
     floor(len / k): no zero frames reach the LLM.
@@ -347,8 +360,11 @@ class Projector(nn.Module):
         norm_to: float | None = None,
         ctc: bool = False,
         ctc_vocab: int | None = None,
+        kind: str = "mlp",
     ) -> None:
         super().__init__()
+        if kind not in PROJECTOR_KINDS:
+            raise ValueError(f"projector kind must be one of {PROJECTOR_KINDS}, got {kind!r}")
         if k < 1:
             raise ValueError(f"projector k must be >= 1, got {k}")
         if activation not in _ACTIVATIONS:
@@ -356,10 +372,13 @@ class Projector(nn.Module):
         if norm_to is not None and not norm_to > 0:
             raise ValueError(f"projector norm_to must be > 0, got {norm_to}")
         self.d_enc, self.d_llm, self.hidden, self.k, self.activation = d_enc, d_llm, hidden, k, activation
-        self.norm_to, self.ctc = norm_to, ctc
-        self.linear1 = nn.Linear(k * d_enc, hidden)
-        self.act = _ACTIVATIONS[activation]()
-        self.linear2 = nn.Linear(hidden, d_llm)
+        self.norm_to, self.ctc, self.kind = norm_to, ctc, kind
+        if kind == "linear":
+            self.linear1 = nn.Linear(k * d_enc, d_llm)
+        else:
+            self.linear1 = nn.Linear(k * d_enc, hidden)
+            self.act = _ACTIVATIONS[activation]()
+            self.linear2 = nn.Linear(hidden, d_llm)
         if ctc:
             self.ctc_blank = nn.Parameter(torch.zeros(d_llm))  # the blank's "embedding"
             self.ctc_scale = nn.Parameter(torch.ones(1))  # logit temperature (outputs may be norm-fixed); (1,): DeepSpeed broadcasts no 0-dim tensor
@@ -380,7 +399,7 @@ class Projector(nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         return {"d_enc": self.d_enc, "d_llm": self.d_llm, "hidden": self.hidden, "k": self.k, "activation": self.activation,
-                "norm_to": self.norm_to, "ctc": self.ctc,
+                "norm_to": self.norm_to, "ctc": self.ctc, "kind": self.kind,
                 "ctc_vocab": None if self.ctc_tokens is None else int(self.ctc_tokens.numel())}  # fmt: skip
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -395,7 +414,7 @@ class Projector(nn.Module):
         steps = frames // self.k
         x = x[:, : steps * self.k]  # (B, T//k * k, D_enc): drop the odd tail
         x = x.reshape(batch, steps, self.k * dim)  # (B, T//k, k*D_enc)
-        x = self.linear2(self.act(self.linear1(x)))  # (B, T//k, D_llm)
+        x = self.linear1(x) if self.kind == "linear" else self.linear2(self.act(self.linear1(x)))  # (B, T//k, D_llm)
         if self.norm_to is not None:
             x = x * (self.norm_to / x.norm(dim=-1, keepdim=True).clamp_min(1e-6))  # (B, T//k, D_llm), each row norm_to
         return x, self.output_lengths(lengths)
@@ -819,14 +838,30 @@ def build_encoder(source: str | Path | dict[str, Any] | WhisperConfig, cfg: LLMA
     return SpeechEncoder.from_pretrained(source, dtype=_torch_dtype(cfg.dtype), **kwargs)
 
 
-def build_llm(source: str | Path | dict[str, Any], dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
+def build_llm(source: str | Path | dict[str, Any], dtype: str = "float32", trust_remote_code: bool = False, init: str = "pretrained", seed: int = 0) -> PreTrainedModel:
+    """The causal LM of a checkpoint (``init="pretrained"``), or its architecture with fresh weights
+    drawn from ``seed`` (``init="random"``).  The draw happens on the CPU under its own generator
+    state, so a rebuild gives the same weights and the caller's RNG is left as it was.  A config
+    dict has no weights to load: with ``init="pretrained"`` its weights come from the caller's RNG."""
+    if init not in ("pretrained", "random"):
+        raise ValueError(f"llm init must be 'pretrained' or 'random', got {init!r}")
     if isinstance(source, dict):
         d = dict(source)
         if "model_type" not in d:
             raise ValueError("an llm config dict needs 'model_type' (e.g. 'qwen2')")
         config = AutoConfig.for_model(d.pop("model_type"), **d)
-        return AutoModelForCausalLM.from_config(config).to(_torch_dtype(dtype))
-    return AutoModelForCausalLM.from_pretrained(str(local_source(source)), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+        if init == "pretrained":  # nothing to load: drawn from the caller's RNG
+            return AutoModelForCausalLM.from_config(config).to(_torch_dtype(dtype))
+    elif init == "pretrained":
+        return AutoModelForCausalLM.from_pretrained(str(local_source(source)), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    else:
+        config = AutoConfig.from_pretrained(str(local_source(source)), trust_remote_code=trust_remote_code)
+    with torch.random.fork_rng(devices=[]):
+        # salted: a checkpoint drawn with torch.manual_seed(seed) and the same config (the demo's tiny
+        # LLM, llmasr.tiny_models) would otherwise be this "random" LLM, weight for weight
+        torch.manual_seed(RANDOM_INIT_SALT + seed)
+        llm = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return llm.to(_torch_dtype(dtype))
 
 
 def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> LLMASR:
@@ -837,11 +872,13 @@ def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = N
             raise ValueError("cfg.tokenizer is required when cfg.llm is a config dict")
         tokenizer = build_tokenizer(source, cfg.trust_remote_code)
     encoder = build_encoder(cfg.encoder, cfg)
-    llm = build_llm(cfg.llm, cfg.dtype, cfg.trust_remote_code)
+    llm = build_llm(cfg.llm, cfg.dtype, cfg.trust_remote_code, cfg.llm_init, cfg.llm_seed)
     norm_to = float(llm.get_input_embeddings().weight.detach().norm(dim=-1).mean()) if cfg.adapter_norm else None
     if cfg.projector_path:
         projector = load_projector(cfg.projector_path)
-        if (projector.k, projector.activation, projector.hidden) != (cfg.k, cfg.activation, cfg.projector_hidden):
+        if projector.kind != cfg.projector:
+            raise ValueError(f"projector at {cfg.projector_path} is of kind {projector.kind!r}; config says train.projector={cfg.projector!r}")
+        if projector.k != cfg.k or (cfg.projector == "mlp" and (projector.activation, projector.hidden) != (cfg.activation, cfg.projector_hidden)):
             raise ValueError(
                 f"projector at {cfg.projector_path} has k={projector.k}, activation={projector.activation}, "
                 f"hidden={projector.hidden}; config says k={cfg.k}, activation={cfg.activation}, "
@@ -853,7 +890,7 @@ def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = N
                 f"config says train.adapter_norm={cfg.adapter_norm}, train.ctc_compress={cfg.ctc_compress}"
             )
     else:
-        projector = Projector(encoder.d_model, _llm_hidden_size(llm), cfg.projector_hidden, cfg.k, cfg.activation, norm_to, cfg.ctc_compress)
+        projector = Projector(encoder.d_model, _llm_hidden_size(llm), cfg.projector_hidden, cfg.k, cfg.activation, norm_to, cfg.ctc_compress, kind=cfg.projector)
     projector = projector.to(_torch_dtype(cfg.dtype))
     return LLMASR(encoder, projector, llm, tokenizer, cfg.instruction)
 

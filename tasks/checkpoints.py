@@ -51,10 +51,10 @@ def write_stage(folder: Path, **info: Any) -> Path:
 
 def model_config(train: TrainConfig, work_dir: Path | str, stage: int) -> LLMASRConfig:
     """The LLMASRConfig a stage starts from: the base checkpoints of the config, with the
-    exports of the stages before it (the stage-1 encoder when stage 1 ran, the stage-2 projector
-    for stage 3)."""
+    exports of the stages before it (the stage-1 encoder when stage 1 ran and
+    ``train.skip_stage1`` is off, the stage-2 projector for stage 3)."""
     enc1 = stage_dir(work_dir, 1) / "encoder"
-    encoder = str(enc1) if stage > 1 and read_stage(stage_dir(work_dir, 1)) else train.encoder
+    encoder = str(enc1) if stage > 1 and not train.skip_stage1 and read_stage(stage_dir(work_dir, 1)) else train.encoder
     projector = None
     if stage == 3:
         projector = str(stage_dir(work_dir, 2) / "projector")
@@ -72,6 +72,9 @@ def model_config(train: TrainConfig, work_dir: Path | str, stage: int) -> LLMASR
         trust_remote_code=train.trust_remote_code,
         adapter_norm=train.adapter_norm,
         ctc_compress=train.ctc_compress,
+        projector=train.projector,
+        llm_init=train.llm_init,
+        llm_seed=train.seed,
     )
 
 
@@ -91,7 +94,7 @@ def load_llmasr(folder: Path | str, device: str = "cpu", merged: bool = False):
         raise FileNotFoundError(f"{folder} is not a complete stage checkpoint (no stage.json with complete=true)")
     cfg = LLMASRConfig.from_dict(json.loads((folder / "model.json").read_text(encoding="utf-8")))
     if merged:
-        cfg.llm = str(folder / "merged_llm")
+        cfg.llm, cfg.llm_init = str(folder / "merged_llm"), "pretrained"  # its weights are the merged ones, random init or not
     model = build_model(cfg)
     if not merged and (folder / "lora").is_dir():
         load_lora(model, folder / "lora")

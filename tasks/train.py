@@ -1183,7 +1183,7 @@ class Trainer:
                     if self.train_cfg.merge_lora:
                         from peft import PeftModel
 
-                        base = build_llm(self.model_cfg.llm, "float32", self.model_cfg.trust_remote_code)
+                        base = build_llm(self.model_cfg.llm, "float32", self.model_cfg.trust_remote_code, self.model_cfg.llm_init, self.model_cfg.llm_seed)
                         merged = PeftModel.from_pretrained(base, str(self.out_dir / "lora")).merge_and_unload()
                         tok_source = self.model_cfg.tokenizer or self.model_cfg.llm
                         with _export_folder(self.out_dir, "merged_llm") as tmp:
