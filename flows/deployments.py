@@ -1,4 +1,4 @@
-"""The project's Prefect deployments: data (optionally on a cron), train, evaluate, the pipeline.
+"""The project's Prefect deployments: data (optionally on a cron), train, evaluate, the pipeline, ablations.
 
     llmasr ui                                   # serves these next to a local Prefect server
     prefect deploy --prefect-file infra/prefect.yaml --all   # the same on a team's server and work pools
@@ -31,7 +31,8 @@ def deployment_parameters(profile: str | None, work_dir: str | None, config_file
 
 def build_deployments(cfg: PipelineConfig, profile: str | None = None, work_dir: str | None = None, config_file: str | None = None, overrides: list[str] | None = None, sources: list[str] | None = None) -> list:
     """RunnerDeployments for ``prefect.serve``: names ``<prefix>-data``, ``-train``, ``-evaluate``,
-    ``-pipeline``.  The data deployment runs on ``schedule.data_cron`` when it is set."""
+    ``-pipeline``, ``-ablation``.  The data deployment runs on ``schedule.data_cron`` when it is set."""
+    from flows.ablate import ablation_flow
     from flows.data import data_flow
     from flows.evaluate import evaluate_flow
     from flows.pipeline import pipeline_flow
@@ -57,4 +58,10 @@ def build_deployments(cfg: PipelineConfig, profile: str | None = None, work_dir:
         train_flow.to_deployment(name=f"{prefix}-train", parameters=params, description="Stages 1 -> 2 -> 3 on the work dir's shards (DeepSpeed).", tags=tags + ["train"]),
         evaluate_flow.to_deployment(name=f"{prefix}-evaluate", parameters=params, description="Decode test sets with checkpoints and baselines; O/N/R/U-WER report.", tags=tags + ["evaluate"]),
         pipeline_flow.to_deployment(name=f"{prefix}-pipeline", parameters=data_params, description="data -> train -> evaluate.", tags=tags + ["pipeline"]),
+        ablation_flow.to_deployment(
+            name=f"{prefix}-ablation",
+            parameters=data_params,
+            description="Variants of a run (fill in vary and/or variants): each trained and evaluated, stages equal across variants trained once; ablations/<name>/comparison.json.",
+            tags=tags + ["ablation"],
+        ),
     ]

@@ -7,6 +7,7 @@
     llmasr train --work-dir runs/mine --stages 2,3 --set train.stage3.lr=2e-6
     llmasr evaluate --profile demo                                 # zero-shot R-WER report of the demo run
     llmasr run --profile demo                                      # all of it: data -> train -> evaluate
+    llmasr ablate --profile demo --vary train.stage3.lr=0.01,0.001 # variants side by side, shared stages trained once
     llmasr transcribe --work-dir runs/mine talk.mp3 recordings/    # your own audio with the run's trained model
     llmasr transcribe --profile demo --out subs --format srt a.wav # .srt per file (txt, srt, jsonl)
     llmasr ui --profile demo                                       # Prefect UI on 127.0.0.1:4200 with the deployments
@@ -69,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--hyps", action="append", default=[], metavar="NAME=PATH", help="a hypothesis file scored as a system: jsonl/tsv of utt_id and text, or icefall recogs-*.txt (repeatable)")
     run.add_argument("--greedy", action="store_true", help="greedy decoding in the evaluation (eval.num_beams=1)")
     run.add_argument("--refresh", action="store_true", help="ignore the data flow's cached task results and decode the test sets again (training redoes only what changed)")
+
+    ab = sub.add_parser("ablate", help="train and evaluate variants of a run side by side (stages equal across variants train once); <work_dir>/ablations/<name>/")
+    _config_args(ab)
+    ab.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2", help="a grid key and its values, e.g. train.stage3.lr=1e-4,1e-5 (repeatable: every combination is a variant; train.* and eval.* keys)")
+    ab.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME:KEY=V[,KEY=V]", help="a hand-picked variant, e.g. linear:train.projector=linear (repeatable; NAME: alone is the config as it is)")
+    ab.add_argument("--name", default=None, help="the ablation's folder under <work_dir>/ablations/ (default: the vary keys or the variants' names)")
+    ab.add_argument("--source", dest="sources", action="append", default=[], help="sources of the data stage, run once before any training (repeatable; default the config's)")
+    ab.add_argument("--yes", action="store_true", help="run more than 16 variants")
 
     tr = sub.add_parser("transcribe", help="transcribe your own audio files with the run's trained model (stage 3, 2 or 1)")
     _config_args(tr)
@@ -281,6 +290,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from llmasr import preflight, progress
+    from tasks import ablate
+
+    from flows.evaluate import check_test_sets
+
+    # every variant's config, the sources, the test sets and the models, before Prefect starts
+    plan = ablate.make_plan(args.vary, args.variants, args.name, args.yes, args.profile, args.work_dir, args.overrides, args.config_file, args.sources or None)
+    if plan.base.sources:
+        preflight.check_sources(plan.base)
+    check_test_sets(plan.base)
+    preflight.check_scorable(plan.base)
+    for i, cfg in enumerate(plan.configs.values()):
+        _check_models(cfg, label=i == 0 and bool(plan.base.sources), train_stages=[1, 2, 3], baselines=i == 0)
+    _prefect_defaults()
+    from flows.ablate import ablation_flow
+
+    with progress.terminal_progress(console):
+        result = ablation_flow(vary=args.vary, variants=args.variants, name=args.name, profile=args.profile, work_dir=args.work_dir,
+                               overrides=args.overrides, config_file=args.config_file, sources=args.sources or None, yes=args.yes)  # fmt: skip
+    t = Table(title=f"ablation: {plan.out_dir}")
+    cols = ("variant", "stage 1", "stage 2", "stage 3", "test set", "system", "N-WER", "R-WER", "U-WER", "O-WER")
+    for col in cols:
+        t.add_column(col, justify="right" if col.endswith("WER") else "left")
+    lineage = {v["name"]: [ablate.stage_cell(v["lineage"].get(f"stage{s}"), v["name"]) for s in ablate.STAGES] for v in result["variants"]}
+    for row in ablate.result_rows(result):  # a baseline once, with no stages
+        t.add_row(row["variant"], *lineage.get(row["variant"], ["", "", ""]), row["test set"], row["system"], row["N-WER"], row["R-WER"], row["U-WER"], row["O-WER"])
+    console.print(t)
+    console.print(f"comparison: {plan.out_dir / 'comparison.json'}; report: {plan.out_dir / 'report.md'}", soft_wrap=True)
+    _print_browse_hint(args, plan.base)
+    return 0
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     import contextlib
 
@@ -407,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     _prefect_defaults()  # before any import of prefect: its settings are read once, at import
-    handler = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run, "transcribe": cmd_transcribe, "ui": cmd_ui, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
+    handler = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run, "ablate": cmd_ablate, "transcribe": cmd_transcribe, "ui": cmd_ui, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
     try:
         return handler(args)
     except (ConfigError, SourceError, ServerError, WorkDirBusy) as exc:
