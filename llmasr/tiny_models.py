@@ -9,7 +9,7 @@
   with the shipped Whisper tokenizer beside it (stage 1 tokenizes its labels with it).
 * ``tiny_llm``: a ``Qwen2ForCausalLM`` (hidden 64, 2 layers).
 * ``tiny_setup``: all three saved under one folder plus an ``LLMASRConfig`` pointing at them.
-* ``build_demo_models``: the demo profile's ``runs/demo-models/{tokenizer,whisper,llm}`` (built at
+* ``build_demo_models``: the demo profile's ``<work_dir>/demo-models/{tokenizer,whisper,llm}`` (built at
   run time, skipped when already there; each folder appears by an atomic rename).
 
 Each saves with ``save_pretrained`` so the ``from_pretrained`` / ``AutoTokenizer`` paths are the
@@ -230,7 +230,7 @@ def build_demo_models(
     llm_init_std: float = 0.3,
 ) -> dict[str, Path]:
     """The demo profile's tiny models: ``out_dir/{tokenizer,whisper,llm}`` (``train.tokenizer``,
-    ``train.encoder``, ``train.llm`` of the demo profile point at ``runs/demo-models/...``).
+    ``train.encoder``, ``train.llm`` of the demo profile point at ``${work_dir}/demo-models/...``).
     The LLM tokenizer is a small BPE (``vocab_size``; None: the ~50k Whisper BPE) and the LLM is
     initialised with ``llm_init_std`` (0.3): both make CPU training learn in tens of steps (see
     tests/test_train.py's learning test).

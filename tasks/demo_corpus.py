@@ -1,6 +1,6 @@
 """The demo corpus: espeak-ng "videos" with caption files, generated on the machine (no big files in git).
 
-    llmasr demo-corpus --out runs/demo-corpus        # also run by `llmasr data --profile demo`
+    llmasr demo-corpus --out DIR                     # also run by `llmasr data --profile demo` (into <work_dir>/demo-corpus)
 
 ``generate_corpus(cfg.demo)`` serves every profile with a ``demo:`` section: kind ``demo`` is this
 module's ``generate``; kind ``small`` is ``tasks.small_corpus.generate`` (an hour or more of varied
