@@ -221,6 +221,8 @@ def run_segment(cfg: PipelineConfig, ok: list[Item], opts: dict) -> SegmentRun:
     progress.complete("segment")
     segs = segment.read_segments(layout, ok, cfg.segment, item_keys)
     segments_key = fingerprint("segments", keys)
+    # quote(): Prefect would walk (and copy) every record of an argument; the write tasks run in this
+    # process, which unwraps it (prefect-ray does not: the label tasks get their batch's records plainly)
     write_segments_task.with_options(**opts)(quote([s for i in ok for s in segs[i.item_id]]), cfg, key=segments_key)
     return SegmentRun(segments_key, segs)
 
@@ -249,7 +251,7 @@ def run_label(cfg: PipelineConfig, ok: list[Item], segs: dict[str, list[Segment]
     task_cfg = cfg.model_copy(update={"work_dir": str(layout.root)})
     with runners.label_submitter(cfg) as (submit, remote):
         futures = [
-            submit(task_, items=b, segments=quote({i.item_id: segs[i.item_id] for i in b}), cfg=task_cfg, item_keys={i.item_id: item_keys[i.item_id] for i in b}, key=k)
+            submit(task_, items=b, segments={i.item_id: segs[i.item_id] for i in b}, cfg=task_cfg, item_keys={i.item_id: item_keys[i.item_id] for i in b}, key=k)
             for b, k in zip(groups, keys)
         ]
         for n, (fut, group) in enumerate(zip(futures, groups), 1):
