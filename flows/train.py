@@ -174,6 +174,11 @@ def train_flow(
         build_demo_models(Path(cfg.train.encoder).parent)
     check_stages(cfg, layout, stages)
     stages = stages_to_train(cfg, stages)
+    from tasks.train import no_validation_message
+
+    no_val = no_validation_message(layout.shard_index, cfg.shard.validation_fraction)
+    if no_val:  # once per flow run; each stage's trainer says it in its own log too
+        get_run_logger().warning(no_val)
     results = {}
     with work_dir_lock(layout.root, cfg.runner.lock_wait_s, what="llmasr-train"):
         stage_task = train_stage_task.with_options(**cache_options(layout))

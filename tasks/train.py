@@ -58,10 +58,12 @@ by tests/test_flops.py).  On GPU also ``mfu`` = model FLOP/s / (world_size x pea
 GPU's dense bf16 FLOP/s (``peak_bf16_flops``; none for an unknown GPU), and ``mfu_6n``, the
 usual 6N estimate for comparison (6 x (N_enc x encoder frames/s + N_other x decoder positions/s)
 / (world_size x peak): every weight as if trained, no attention).
+The last window is written at the end of the stage whatever its size, so every stage logs a loss.
 Every ``train.val_every`` steps and at the end: {"stage", "step", "val_loss", ...} on the validation
 split (at most ``train.val_max_batches`` batches per rank; batches weighted by the target positions
-their loss averages over).  Each run starts with an {"event": "start", "step", "resumed_from"}
-record.
+their loss averages over).  Shards without a validation split give no val_loss: the trainer warns
+once, naming ``shard.validation_fraction`` (``no_validation_message``).  Each run starts with an
+{"event": "start", "step", "resumed_from"} record.
 """
 
 from __future__ import annotations
@@ -402,6 +404,21 @@ def check_run(cfg: RunConfig) -> None:
                 raise TrainConfigError(
                     f"{enc_key}: d_model {enc_conf['d_model']} does not match the projector's input width {pj.get('d_enc')} ({proj})"
                 )
+
+
+def no_validation_message(shard_index: str | Path, validation_fraction: float | None = None) -> str | None:
+    """The warning for a shard index without validation samples (None when it has some): training
+    then logs no validation loss.  The split is drawn per item by a hash of its id, so a corpus of
+    few items can hash wholly to train at the default fraction."""
+    index = Path(shard_index)
+    entries = _read_json(index).get("shards", [])
+    if sum(int(e.get("samples", 0)) for e in entries if e.get("split") == "validation"):
+        return None
+    now = f" (now {validation_fraction})" if validation_fraction is not None else ""
+    return (
+        f"{index} has no validation split: every item hashed to train, so training logs no validation loss; "
+        f"raise shard.validation_fraction{now} and rerun `llmasr data` (the split is drawn per item: few items need a larger fraction)"
+    )
 
 
 def _config_key(message: str) -> str:
@@ -809,6 +826,8 @@ class Trainer:
         self.train_ds = ShardSpeechDataset(self.cfg.shard_index, TRAIN, epoch=self.state["epoch"], skip=self.state["skip"], **common)
         self.train_loader = make_loader(self.train_ds, t.num_workers)
         self.val_loader = None
+        if not self.val_info.samples and self.is_main:
+            log.warning(no_validation_message(self.cfg.shard_index))
         if self.val_info.samples:
             val_ds = ShardSpeechDataset(self.cfg.shard_index, VALIDATION, advance_epoch=False, **common)
             self.val_loader = make_loader(val_ds, min(t.num_workers, 1))
@@ -1020,8 +1039,46 @@ class Trainer:
         last_val: dict[str, Any] | None = None
         last_loss = None
         logged_samples = 0  # all ranks, since this run started
+        logged_step = self.state["step"]  # the step of the last loss record
         saved_at = self.state["step"]
         self._set_modes()
+
+        def write_window() -> None:
+            """The loss and throughputs of the steps since the last record (a collective: every rank calls it)."""
+            nonlocal logged_samples, logged_step, last_loss, window_start
+            step = self.state["step"]
+            w = window.to(self.device)
+            dist.all_reduce(w)
+            w = w.cpu()
+            elapsed = max(time.time() - window_start, 1e-9)
+            logged_samples += int(w[2])
+            record = {
+                "step": step,
+                "epoch": self.state["epoch"],
+                "loss": float(w[0] / max(w[1], 1)),
+                "lr": float(self.engine.get_lr()[0]),
+                "samples_per_s": float(w[2] / elapsed),
+                "audio_s_per_s": float(w[3] / elapsed),
+                "tokens_per_s": float(w[4] / elapsed),
+                "encoder_frames_per_s": float(w[5] / elapsed),
+                "decoder_positions_per_s": float(w[6] / elapsed),
+                # share of the ranks' wall time spent waiting for batches: ~0 = the loader keeps up
+                "data_wait_frac": float(w[7] / (self.world * elapsed)),
+                "run_samples": logged_samples,
+                "world_size": self.world,
+            }
+            record["model_tflops"] = float(w[8] / elapsed / self.world / 1e12)  # per process
+            if peak:
+                record["mfu"] = float(w[8] / elapsed) / (self.world * peak)
+                flops_6n = 6.0 * (self.n_encoder * record["encoder_frames_per_s"] + (self.n_params - self.n_encoder) * record["decoder_positions_per_s"])
+                record["mfu_6n"] = flops_6n / (self.world * peak)
+            last_loss = record["loss"]
+            metrics.write(record)
+            if self.is_main:
+                log.info("stage %d step %d loss %.4f lr %.2e %.1f samples/s", self.stage, step, record["loss"], record["lr"], record["samples_per_s"])
+            window.zero_()
+            window_start = time.time()
+            logged_step = step
 
         def finished() -> bool:
             return self.stop_step is not None and self.state["step"] >= self.stop_step
@@ -1051,37 +1108,7 @@ class Trainer:
                 self.state["step"] += 1
                 step = self.state["step"]
                 if step % t.log_every == 0 or finished():
-                    w = window.to(self.device)
-                    dist.all_reduce(w)
-                    w = w.cpu()
-                    elapsed = max(time.time() - window_start, 1e-9)
-                    logged_samples += int(w[2])
-                    record = {
-                        "step": step,
-                        "epoch": self.state["epoch"],
-                        "loss": float(w[0] / max(w[1], 1)),
-                        "lr": float(self.engine.get_lr()[0]),
-                        "samples_per_s": float(w[2] / elapsed),
-                        "audio_s_per_s": float(w[3] / elapsed),
-                        "tokens_per_s": float(w[4] / elapsed),
-                        "encoder_frames_per_s": float(w[5] / elapsed),
-                        "decoder_positions_per_s": float(w[6] / elapsed),
-                        # share of the ranks' wall time spent waiting for batches: ~0 = the loader keeps up
-                        "data_wait_frac": float(w[7] / (self.world * elapsed)),
-                        "run_samples": logged_samples,
-                        "world_size": self.world,
-                    }
-                    record["model_tflops"] = float(w[8] / elapsed / self.world / 1e12)  # per process
-                    if peak:
-                        record["mfu"] = float(w[8] / elapsed) / (self.world * peak)
-                        flops_6n = 6.0 * (self.n_encoder * record["encoder_frames_per_s"] + (self.n_params - self.n_encoder) * record["decoder_positions_per_s"])
-                        record["mfu_6n"] = flops_6n / (self.world * peak)
-                    last_loss = record["loss"]
-                    metrics.write(record)
-                    if self.is_main:
-                        log.info("stage %d step %d loss %.4f lr %.2e %.1f samples/s", self.stage, step, record["loss"], record["lr"], record["samples_per_s"])
-                    window.zero_()
-                    window_start = time.time()
+                    write_window()
                 if step % t.val_every == 0:
                     last_val = self.validate()
                     if last_val:
@@ -1102,6 +1129,8 @@ class Trainer:
                 consumed = {}
                 continue
             break
+        if logged_step != self.state["step"]:  # the last window, whatever its size: every stage logs a loss
+            write_window()
         if last_val is None or last_val["step"] != self.state["step"]:
             last_val = self.validate()
             if last_val:

@@ -196,6 +196,34 @@ def test_three_stages_in_sequence(tiny, shard_index, tmp_path, nproc):
     assert list((work / "logs" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+# ------------------------------------------------------------------- short stages, no validation
+
+
+def test_a_short_stage_logs_its_loss_and_shards_without_validation_are_named(tiny, tmp_path):
+    """A stage of 2 steps with log_every 10 still writes a loss record (the last, partial window),
+    by epochs and by max_steps; shards whose items all went to train warn once per stage, naming
+    shard.validation_fraction, and log no validation loss."""
+    from tasks.train import no_validation_message
+
+    index = make_shards(tmp_path / "data", {"train": SENTENCES[:4]}, per_shard=2)
+    assert "shard.validation_fraction" in no_validation_message(index, 0.01) and "(now 0.01)" in no_validation_message(index, 0.01)
+    work = tmp_path / "work"
+    train = train_config(tiny, max_batch_size=2, log_every=10, val_every=10, ckpt_every=10)
+    batches = make_loader(ShardSpeechDataset(index, "train", batch_max_audio_s=8.0, max_batch_size=2, seed=0), 1)
+    assert sum(1 for _ in batches) == 2  # one epoch: 2 steps
+    by_epochs = launch(write_run(work, 1, train, index, max_steps=None, epochs=1), train)
+    by_steps = launch(write_run(work, 2, train, index, max_steps=2), train)
+    recs = records(work)
+    for stage, proc in ((1, by_epochs), (2, by_steps)):
+        assert read_stage(stage_dir(work, stage))["steps"] == 2
+        losses = [r for r in recs if r["stage"] == stage and "loss" in r]
+        assert [r["step"] for r in losses] == [2] and losses[0]["loss"] > 0 and losses[0]["run_samples"] == 4
+        assert not [r for r in recs if r["stage"] == stage and r.get("val_loss") is not None]
+        warned = [line for line in proc.stderr.splitlines() if "has no validation split" in line]
+        assert len(warned) == 1 and "WARNING" in warned[0] and "shard.validation_fraction" in warned[0], proc.stderr[-3000:]
+    assert no_validation_message(make_shards(tmp_path / "both", {"train": SENTENCES[:2], "validation": VALIDATION_SENTENCES[:1]}, per_shard=2)) is None
+
+
 # ------------------------------------------------------------------------------ kill, resume
 
 

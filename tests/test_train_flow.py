@@ -149,6 +149,30 @@ def test_a_hung_stage_is_killed_with_its_process_group(prefect_harness, corpus: 
     assert checkpoints.read_stage(checkpoints.stage_dir(work, 1)) is None
 
 
+def test_shards_without_validation_warn_once_in_the_flow_log_and_the_trainers(prefect_harness, models: dict, tmp_path: Path):
+    """Items that all hashed to train: the flow's log warns once naming shard.validation_fraction and
+    its value, and the stage's trainer log once."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    from flows.train import train_flow
+    from test_train_data import SENTENCES, make_shards
+
+    work = tmp_path / "work"
+    make_shards(work, {"train": SENTENCES[:2]}, per_shard=2)
+    overrides = [f"train.encoder={models['whisper']}", f"train.llm={models['llm']}", f"train.tokenizer={models['tokenizer']}", "train.stage1.max_steps=1"]
+    state = train_flow(profile="demo", work_dir=str(work), overrides=overrides, stages=[1], return_state=True)
+    assert state.is_completed(), state.message
+    APILogHandler().flush()  # the run's last log batch, sent to the server
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    warnings = [r.message for r in logs if r.level >= 30 and "has no validation split" in r.message]
+    assert len(warnings) == 1 and "raise shard.validation_fraction (now 0.15)" in warnings[0], warnings
+    trainer = [line for line in (work / "logs" / "stage1.log").read_text().splitlines() if "has no validation split" in line]
+    assert len(trainer) == 1 and "WARNING" in trainer[0] and "shard.validation_fraction" in trainer[0]
+
+
 def test_stage_keys_follow_what_each_stage_learns_and_exports(tmp_path: Path):
     """Launch settings never retrain; merge_lora reruns stage 3 only (its merged_llm/ export)."""
     from flows.train import stage_key
