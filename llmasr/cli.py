@@ -27,7 +27,10 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
+
+from llmasr import tables
+from llmasr.tables import Col
 
 console = Console(stderr=True)
 
@@ -180,16 +183,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     root = Path(cfg.work_dir).resolve()
     rows = summary_rows(read_metrics(WorkLayout(root)), {int(name.removeprefix("stage")): info for name, info in result.items()})
-    t = Table(title=f"training: {root}")
-    cols = ("stage", "steps", "samples", "loss", "val loss", "samples/s", "tokens/s", "model TFLOP/s", "MFU", "checkpoint")
-    for col in cols:
-        t.add_column(col, justify="left" if col == "checkpoint" else "right")
+    cols = [*map(Col, ("stage", "steps", "samples", "loss", "val loss", "samples/s", "tokens/s", "model TFLOP/s", "MFU")), Col("checkpoint", "left", keep=True)]
     fmt = lambda v, f="{}": "-" if v is None else f.format(v)  # noqa: E731
-    for r in rows:  # the last log window of each stage (train.jsonl), as the train-summary artifact
-        t.add_row(str(r["stage"]), fmt(r["steps"]), fmt(r["samples"]), fmt(r["final_loss"], "{:.4f}"), fmt(r["val_loss"], "{:.4f}"),
-                  fmt(r["samples_per_s"], "{:.1f}"), fmt(r["tokens_per_s"], "{:.0f}"), fmt(r["model_tflops"], "{:.3g}"),
-                  fmt(r["mfu"], "{:.1%}"), str(stage_dir(root, r["stage"])))  # fmt: skip
-    console.print(t)
+    cells = [  # the last log window of each stage (train.jsonl), as the train-summary artifact
+        [str(r["stage"]), fmt(r["steps"]), fmt(r["samples"]), fmt(r["final_loss"], "{:.4f}"), fmt(r["val_loss"], "{:.4f}"),
+         fmt(r["samples_per_s"], "{:.1f}"), fmt(r["tokens_per_s"], "{:.0f}"), fmt(r["model_tflops"], "{:.3g}"),
+         fmt(r["mfu"], "{:.1%}"), str(stage_dir(root, r["stage"]))]
+        for r in rows
+    ]  # fmt: skip
+    tables.show(console, f"training: {root}", cols, cells)
     _print_browse_hint(args, cfg)
     return 0
 
@@ -224,22 +226,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_eval_table(metrics: dict) -> None:
-    from tasks.evaluate import rtf_label
-
-    kinds = {s["name"]: s["kind"] for s in metrics["systems"]}
-    t = Table(title=f"evaluation: {Path(metrics['work_dir']) / 'eval'}")
-    for col in ("test set", "system", "utts", "N-WER", "R-WER", "U-WER", "O-WER", "RTF"):
-        t.add_column(col, justify="left" if col in ("test set", "system") else "right")
-
-    def pct(v):
-        return "n/a" if v is None else f"{100 * v:.1f}%"
-
-    for set_name, per_system in metrics["results"].items():
-        for system, m in per_system.items():
-            t.add_row(set_name, system, str(m["utterances"]), pct(m["n_wer"]), pct(m["r_wer"]), pct(m["u_wer"]), pct(m["o_wer"]), rtf_label(m, kinds.get(system)))
-    console.print(t)
+    tables.show(console, *tables.eval_table(metrics))  # names whole at any width (llmasr.tables)
     if metrics["problems"]:
-        console.print(f"[yellow]{len(metrics['problems'])} problem(s)[/yellow]: see the Problems section of {Path(metrics['work_dir']) / 'eval' / 'report.md'}")
+        report = escape(str(Path(metrics["work_dir"]) / "eval" / "report.md"))
+        console.print(f"[yellow]{len(metrics['problems'])} problem(s)[/yellow]: see the Problems section of {report}", soft_wrap=True)
 
 
 def _stages(text: str) -> list[int]:
@@ -310,14 +300,14 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     with progress.terminal_progress(console):
         result = ablation_flow(vary=args.vary, variants=args.variants, name=args.name, profile=args.profile, work_dir=args.work_dir,
                                overrides=args.overrides, config_file=args.config_file, sources=args.sources or None, yes=args.yes)  # fmt: skip
-    t = Table(title=f"ablation: {plan.out_dir}")
-    cols = ("variant", "stage 1", "stage 2", "stage 3", "test set", "system", "N-WER", "R-WER", "U-WER", "O-WER")
-    for col in cols:
-        t.add_column(col, justify="right" if col.endswith("WER") else "left")
+    cols = [Col(c, "right" if c.endswith("WER") else "left", keep=c in ("variant", "test set", "system"))
+            for c in ("variant", "stage 1", "stage 2", "stage 3", "test set", "system", "N-WER", "R-WER", "U-WER", "O-WER")]  # fmt: skip
     lineage = {v["name"]: [ablate.stage_cell(v["lineage"].get(f"stage{s}"), v["name"]) for s in ablate.STAGES] for v in result["variants"]}
-    for row in ablate.result_rows(result):  # a baseline once, with no stages
-        t.add_row(row["variant"], *lineage.get(row["variant"], ["", "", ""]), row["test set"], row["system"], row["N-WER"], row["R-WER"], row["U-WER"], row["O-WER"])
-    console.print(t)
+    rows = [  # a baseline once, with no stages
+        [row["variant"], *lineage.get(row["variant"], ["", "", ""]), row["test set"], row["system"], row["N-WER"], row["R-WER"], row["U-WER"], row["O-WER"]]
+        for row in ablate.result_rows(result)
+    ]
+    tables.show(console, f"ablation: {plan.out_dir}", cols, rows)
     console.print(f"comparison: {plan.out_dir / 'comparison.json'}; report: {plan.out_dir / 'report.md'}", soft_wrap=True)
     _print_browse_hint(args, plan.base)
     return 0
@@ -339,12 +329,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         result = tr.transcribe(files, cfg, stage)
     if args.out:
         written = tr.write_outputs(result.records, args.out, args.format or "txt")
-        console.print(f"wrote {len(written)} file(s) to {args.out}")
+        console.print(Text(f"wrote {len(written)} file(s) to {args.out}"), soft_wrap=True)
     else:
         print(tr.stdout_text(result.records))
     console.print(tr.summary(result), soft_wrap=True)
     for r in result.failed:
-        console.print(f"[yellow]warning:[/yellow] {r.path}: {r.error}")
+        console.print(f"[yellow]warning:[/yellow] {escape(f'{r.path}: {r.error}')}", soft_wrap=True)
     return 1 if result.failed else 0
 
 
@@ -360,17 +350,17 @@ def cmd_ui(args: argparse.Namespace) -> int:
     api_url = os.environ.get("PREFECT_API_URL")
     try:
         if api_url:
-            console.print(f"using the Prefect server at {api_url} (PREFECT_API_URL)")
+            console.print(Text(f"using the Prefect server at {api_url} (PREFECT_API_URL)"), soft_wrap=True)
         else:
             if not server.is_loopback(args.host):
-                console.print(f"[yellow]warning:[/yellow] binding to {args.host}: the Prefect UI and API have no authentication and will be reachable from other machines")
+                console.print(f"[yellow]warning:[/yellow] binding to {args.host}: the Prefect UI and API have no authentication and will be reachable from other machines", soft_wrap=True)
             api_url = f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.port}/api"
             log = Path(cfg.work_dir) / "logs" / "prefect-server.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             proc = server.start_server(args.host, args.port, log)
-            console.print(f"starting the Prefect server (log: {log}) ...")
+            console.print(Text(f"starting the Prefect server (log: {log}) ..."), soft_wrap=True)
             server.wait_healthy(api_url, proc)  # a timeout or Ctrl-C here still stops the server (finally)
-            console.print(f"Prefect UI: {api_url[:-4]}")
+            console.print(Text(f"Prefect UI: {api_url[:-4]}"), soft_wrap=True)
         from prefect import serve
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -405,19 +395,12 @@ def _print_summary(work_dir: str, result) -> None:
     from tasks.summary import funnel
 
     layout = WorkLayout(Path(work_dir))
-    t = Table(title=f"data run: {layout.root}")
-    for col in ("items", "failed", "segments", "kept", "shards", "labelled now", "label RTFx"):
-        t.add_column(col, justify="right")
-    t.add_row(*map(str, (result.items, result.failed_items, result.segments, result.kept, result.shards, result.labelled_items, _label_rtfx_cell(result))))
-    console.print(t)
-    f = Table(title="filter funnel")
-    f.add_column("reason")
-    f.add_column("segments", justify="right")
-    f.add_column("only reason", justify="right")
-    for row in funnel(read_records(layout.decisions, Decision)):
-        f.add_row(row["reason"], str(row["segments"]), str(row["only_reason"]))
-    console.print(f)
-    console.print(f"shards: {layout.shard_index}")
+    cols = [Col(c) for c in ("items", "failed", "segments", "kept", "shards", "labelled now", "label RTFx")]
+    counts = (result.items, result.failed_items, result.segments, result.kept, result.shards, result.labelled_items, _label_rtfx_cell(result))
+    tables.show(console, f"data run: {layout.root}", cols, [list(map(str, counts))])
+    rows = [[row["reason"], row["segments"], row["only_reason"]] for row in funnel(read_records(layout.decisions, Decision))]
+    tables.show(console, "filter funnel", [Col("reason", "left", keep=True), Col("segments"), Col("only reason")], rows)
+    console.print(Text(f"shards: {layout.shard_index}"), soft_wrap=True)
 
 
 def cmd_demo_corpus(args: argparse.Namespace) -> int:
@@ -430,7 +413,7 @@ def cmd_demo_corpus(args: argparse.Namespace) -> int:
     update = {k: v for k, v in (("n_items", args.items), ("seed", args.seed)) if v is not None}
     demo = DemoConfig.model_validate({**demo.model_dump(), **update})
     out = generate_corpus(demo, out=args.out, force=args.force)
-    console.print(f"demo corpus in {out}")
+    console.print(Text(f"demo corpus in {out}"), soft_wrap=True)
     return 0
 
 
