@@ -447,12 +447,17 @@ def r_vs_n_png(comparison: dict[str, Any]) -> bytes | None:
 
     fig, axes = plt.subplots(1, len(sets), figsize=(max(5.0, 4.8 * len(sets)), 4.2), squeeze=False)
     for ax, (set_name, points) in zip(axes[0], sets.items()):
-        for label, n, r, own in points:
-            ax.scatter([n], [r], marker="o" if own else "x", color=None if own else "grey", zorder=3)
-            ax.annotate(label, (n, r), textcoords="offset points", xytext=(4, 4), fontsize=7, color="black" if own else "grey")
+        for label, n, r, own in points:  # variants in the legend (close points stay readable), baselines labelled
+            if own:
+                ax.scatter([n], [r], marker="o", label=label, zorder=3)
+            else:
+                ax.scatter([n], [r], marker="x", color="grey", zorder=3)
+                ax.annotate(label, (n, r), textcoords="offset points", xytext=(4, 4), fontsize=7, color="grey")
+        ax.legend(fontsize=7)
         ax.set_xlabel("N-WER (%)")
         ax.set_ylabel("R-WER (%)")
         ax.set_title(set_name)
+        ax.margins(x=0.2, y=0.15)  # room for the baselines' labels
         ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -232,6 +232,30 @@ def test_stage_keys_change_only_where_a_setting_is_read(tmp_path: Path):
     assert keys("train.llm_init=random")[0] == base[0]
 
 
+def test_the_knobs_train_and_decode_for_real(reference_run, corpus: Path, models: dict, session_tmp: Path):
+    """Stage 1 skipped, a linear projector and a random LLM through the train flow: stages 2-3 only,
+    and the stage-3 model loads back with the stock encoder, that projector and the same random LLM."""
+    from flows.train import train_flow
+    from llmasr.model import build_llm
+
+    ref, _ = reference_run
+    work = session_tmp / "knobs"
+    shutil.copytree(ref, work)
+    overrides = [
+        f"demo.corpus_dir={corpus}", f"demo.n_items={N_ITEMS}", f"train.encoder={models['whisper']}", f"train.llm={models['llm']}",
+        f"train.tokenizer={models['tokenizer']}", "train.stage2.max_steps=2", "train.stage3.max_steps=1",
+        "train.skip_stage1=true", "train.projector=linear", "train.llm_init=random",
+    ]  # fmt: skip
+    state = train_flow(profile="demo", work_dir=str(work), overrides=overrides, return_state=True)
+    assert state.is_completed(), state.message
+    assert sorted(state.result()) == ["stage2", "stage3"] and not checkpoints.stage_dir(work, 1).exists()
+    model = checkpoints.load_llmasr(checkpoints.stage_dir(work, 3))
+    assert json.loads((checkpoints.stage_dir(work, 3) / "model.json").read_text())["encoder"] == str(Path(models["whisper"]).resolve())
+    assert model.projector.kind == "linear" and not hasattr(model.projector, "linear2")
+    drawn = build_llm(models["llm"], init="random", seed=0)
+    assert torch.equal(model.llm.get_input_embeddings().weight, drawn.get_input_embeddings().weight)
+
+
 def test_skip_stage1_trains_stages_2_and_3(tmp_path: Path):
     from flows.train import check_stages, stages_to_train
 
