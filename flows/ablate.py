@@ -43,7 +43,8 @@ def variant_train_flow(variant: str, cfg: PipelineConfig, root: str) -> dict[str
     stages = [2, 3] if cfg.train.skip_stage1 else [1, 2, 3]
     if cfg.train.skip_stage1:
         ablate.unlink_stage(layout.root, 1)
-    stage_task = train_stage_task.with_options(**cache_options(layout, refresh=True))  # the store decides, not Prefect's cache
+    # the store decides, not Prefect's cache
+    stage_task = train_stage_task.with_options(**cache_options(layout, refresh=True))
     lineage: dict[str, dict[str, Any]] = {}
     results: dict[int, dict[str, Any]] = {}
     for stage in stages:
@@ -66,7 +67,9 @@ def variant_eval_flow(variant: str, cfg: PipelineConfig, earlier: list[str]) -> 
     out_dir = WorkLayout(Path(cfg.work_dir)).root / "eval"
     seeded = ablate.seed_decode_caches([Path(e) for e in earlier], out_dir)
     if seeded:
-        logger.info("%s: %d decode caches of earlier variants to check against this one's systems", variant, seeded)
+        logger.info(
+            "%s: %d decode caches of earlier variants to check against this one's systems", variant, seeded
+        )
     specs, notes = check_request(cfg)
     return _run_evaluate(cfg, specs, notes, out_dir, False, logger)
 
@@ -106,7 +109,9 @@ def ablation_flow(
     logger = get_run_logger()
     plan = ablate.make_plan(vary, variants, name, yes, profile, work_dir, overrides, config_file, sources)
     if plan.base.sources:
-        data_flow(sources=sources, profile=profile, work_dir=work_dir, overrides=overrides, config_file=config_file)
+        data_flow(
+            sources=sources, profile=profile, work_dir=work_dir, overrides=overrides, config_file=config_file
+        )
     else:
         logger.info("no sources: the variants train on the shards in %s as they are", plan.root / "shards")
     check_test_sets(plan.base)

@@ -39,9 +39,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from llmasr.atomic import atomic_path, write_json, write_text
 from llmasr.config import ConfigError, PipelineConfig, load_config
@@ -122,7 +123,8 @@ def _check_key(key: str, flag: str) -> None:
         raise ConfigError(f"{flag}: empty key; write e.g. --vary train.stage3.lr=1e-4,1e-5")
     if not key.startswith(VARIABLE):
         raise ConfigError(
-            f"{flag} {key}: only train.* and eval.* keys vary in an ablation: the data stage runs once, on the work dir's shards "
+            f"{flag} {key}: only train.* and eval.* keys vary in an ablation: "
+            "the data stage runs once, on the work dir's shards "
             f"(for another {key.split('.')[0]} setting run `llmasr data` into another work dir)"
         )
 
@@ -136,7 +138,10 @@ def parse_vary(spec: str) -> tuple[str, list[str]]:
     if not values:
         raise ConfigError(f"--vary {key}: no values; write --vary {key}=V1,V2 (values separated by commas)")
     if any(not v for v in values):
-        raise ConfigError(f"--vary {key}={raw}: an empty value; write values separated by single commas, e.g. --vary {key}=V1,V2")
+        raise ConfigError(
+            f"--vary {key}={raw}: an empty value; write values separated by single commas, "
+            f"e.g. --vary {key}=V1,V2"
+        )
     twice = sorted({v for v in values if values.count(v) > 1})
     if twice:
         raise ConfigError(f"--vary {key}: value {twice[0]} given twice")
@@ -148,15 +153,23 @@ def parse_variant(spec: str) -> Variant:
     name, sep, rest = spec.partition(":")
     name = name.strip()
     if not sep or not name:
-        raise ConfigError(f"--variant {spec!r}: write NAME:KEY=VALUE[,KEY=VALUE...], e.g. --variant linear:train.projector=linear (NAME: alone is the config as it is)")
+        raise ConfigError(
+            f"--variant {spec!r}: write NAME:KEY=VALUE[,KEY=VALUE...], "
+            "e.g. --variant linear:train.projector=linear (NAME: alone is the config as it is)"
+        )
     if not _NAME.match(name):
-        raise ConfigError(f"--variant {name!r}: a variant name is letters, digits and _ . = , + - (not starting with . or -)")
+        raise ConfigError(
+            f"--variant {name!r}: "
+            "a variant name is letters, digits and _ . = , + - (not starting with . or -)"
+        )
     overrides = []
     for item in split_values(rest) if rest.strip() else []:
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq:
-            raise ConfigError(f"--variant {name}: {item!r} is not KEY=VALUE; write e.g. --variant {name}:train.seed=1")
+            raise ConfigError(
+                f"--variant {name}: {item!r} is not KEY=VALUE; write e.g. --variant {name}:train.seed=1"
+            )
         _check_key(key, f"--variant {name}:")
         if not value.strip():
             raise ConfigError(f"--variant {name}: {key} has no value; write {key}=VALUE")
@@ -176,11 +189,16 @@ def grid(vary: Sequence[str]) -> list[Variant]:
     keys = [k for k, _ in parsed]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
-        raise ConfigError(f"--vary {twice[0]}: given twice; list every value in one --vary {twice[0]}=V1,V2,...")
+        raise ConfigError(
+            f"--vary {twice[0]}: given twice; list every value in one --vary {twice[0]}=V1,V2,..."
+        )
     if not parsed:
         return []
     return [
-        Variant(",".join(f"{_short(k)}={v}" for k, v in zip(keys, combo)), tuple(f"{k}={v}" for k, v in zip(keys, combo)))
+        Variant(
+            ",".join(f"{_short(k)}={v}" for k, v in zip(keys, combo)),
+            tuple(f"{k}={v}" for k, v in zip(keys, combo)),
+        )
         for combo in itertools.product(*(values for _, values in parsed))
     ]
 
@@ -193,9 +211,15 @@ def default_name(vary: Sequence[str], variants: Sequence[Variant]) -> str:
 
 def check_name(name: str) -> str:
     if not name or not _NAME.match(name) or "=" in name or "," in name:
-        raise ConfigError(f"--name {name!r}: an ablation name is letters, digits and _ . + - (a folder under <work_dir>/{ABLATIONS}/)")
+        raise ConfigError(
+            f"--name {name!r}: "
+            f"an ablation name is letters, digits and _ . + - (a folder under <work_dir>/{ABLATIONS}/)"
+        )
     if name == STORE:
-        raise ConfigError(f"--name {name}: taken by the checkpoint store <work_dir>/{ABLATIONS}/{STORE}; choose another name")
+        raise ConfigError(
+            f"--name {name}: taken by the checkpoint store <work_dir>/{ABLATIONS}/{STORE}; "
+            "choose another name"
+        )
     return name
 
 
@@ -219,26 +243,51 @@ def make_plan(
     picked = [parse_variant(spec) for spec in variants]
     planned = grid(vary) + picked
     if not planned:
-        raise ConfigError("nothing to compare: give --vary KEY=V1,V2 (a grid) and/or --variant NAME:KEY=VALUE,... (at least one)")
+        raise ConfigError(
+            "nothing to compare: give --vary KEY=V1,V2 (a grid) "
+            "and/or --variant NAME:KEY=VALUE,... (at least one)"
+        )
     names = [v.name for v in planned]
     folders = [v.folder for v in planned]
-    twice = sorted({n for n in names if names.count(n) > 1}) or sorted({f for f in folders if folders.count(f) > 1})
+    twice = sorted({n for n in names if names.count(n) > 1}) or sorted(
+        {f for f in folders if folders.count(f) > 1}
+    )
     if twice:
-        raise ConfigError(f"--variant {twice[0]}: two variants would share the name {twice[0]}; rename one (--variant NAME:...)")
-    if len(planned) > MAX_VARIANTS and not yes:
-        counts = " x ".join(f"{parse_vary(s)[0]} ({len(parse_vary(s)[1])} values)" for s in vary) or "--variant"
         raise ConfigError(
-            f"--vary {counts}: {len(planned)} variants, over {MAX_VARIANTS}; each trains at least one stage: pass --yes to run them all, or vary fewer values"
+            f"--variant {twice[0]}: two variants would share the name {twice[0]}; "
+            "rename one (--variant NAME:...)"
+        )
+    if len(planned) > MAX_VARIANTS and not yes:
+        counts = (
+            " x ".join(f"{parse_vary(s)[0]} ({len(parse_vary(s)[1])} values)" for s in vary) or "--variant"
+        )
+        raise ConfigError(
+            f"--vary {counts}: {len(planned)} variants, over {MAX_VARIANTS}; each trains at least one stage: "
+            "pass --yes to run them all, or vary fewer values"
         )
     name = check_name(name or default_name(vary, picked))
-    base = load_config(profile, list(overrides or []), config_file, work_dir=work_dir, sources=list(sources) if sources else None)
+    base = load_config(
+        profile,
+        list(overrides or []),
+        config_file,
+        work_dir=work_dir,
+        sources=list(sources) if sources else None,
+    )
     root = Path(base.work_dir)
     plan = Plan(name, root, base, planned, {}, vary)
     for v in planned:
         try:
-            cfg = load_config(profile, [*(overrides or []), *v.overrides], config_file, work_dir=work_dir, sources=list(sources) if sources else None)
+            cfg = load_config(
+                profile,
+                [*(overrides or []), *v.overrides],
+                config_file,
+                work_dir=work_dir,
+                sources=list(sources) if sources else None,
+            )
         except ConfigError as exc:
-            raise ConfigError(f"variant {v.name} ({', '.join(v.overrides) or 'no overrides'}): {_one_line(exc)}") from None
+            raise ConfigError(
+                f"variant {v.name} ({', '.join(v.overrides) or 'no overrides'}): {_one_line(exc)}"
+            ) from None
         plan.configs[v.name] = variant_config(cfg, plan.variant_dir(v))
     return plan
 
@@ -276,7 +325,10 @@ def _link(link: Path, target: Path) -> None:
             return
         link.unlink()
     elif link.exists():
-        raise ConfigError(f"{link} exists and is not a link: remove it (an ablation's variant folder holds only links, logs/ and eval/)")
+        raise ConfigError(
+            f"{link} exists and is not a link: remove it (an ablation's variant folder holds only links, "
+            "logs/ and eval/)"
+        )
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(rel, target_is_directory=True)
 
@@ -331,7 +383,9 @@ def seed_decode_caches(sources: Sequence[Path], dest: Path) -> int:
 # ---------------------------------------------------------------------------- comparison
 
 
-def finish_lineage(variants: Sequence[Variant], lineages: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+def finish_lineage(
+    variants: Sequence[Variant], lineages: dict[str, dict[str, dict[str, Any]]]
+) -> dict[str, dict[str, dict[str, Any]]]:
     """Per variant and stage: {checkpoint, key, trained, trained_by}.  ``lineages[variant][stageN]``
     says whether that variant's run of the stage trained it; a stage trained once for several
     variants is ``trained`` (by this ablation) in all of them, ``trained_by`` the first."""
@@ -345,11 +399,18 @@ def finish_lineage(variants: Sequence[Variant], lineages: dict[str, dict[str, di
         out[v.name] = {}
         for stage, info in lineages.get(v.name, {}).items():
             who = by_key.get((stage, info["key"]))
-            out[v.name][stage] = {"checkpoint": info["checkpoint"], "key": info["key"], "trained": who is not None, "trained_by": who}
+            out[v.name][stage] = {
+                "checkpoint": info["checkpoint"],
+                "key": info["key"],
+                "trained": who is not None,
+                "trained_by": who,
+            }
     return out
 
 
-def build_comparison(plan: Plan, lineages: dict[str, dict[str, dict[str, Any]]], metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def build_comparison(
+    plan: Plan, lineages: dict[str, dict[str, dict[str, Any]]], metrics: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """comparison.json: the plan and, per variant, its overrides, metrics (eval/metrics.json's
     ``results``: test set -> system -> rates and counts) and lineage."""
     lineage = finish_lineage(plan.variants, lineages)
@@ -377,7 +438,13 @@ def build_comparison(plan: Plan, lineages: dict[str, dict[str, dict[str, Any]]],
 def stage_cell(info: dict[str, Any] | None, variant: str) -> str:
     if not info:
         return "-"
-    how = "reused" if not info["trained"] else "trained" if info["trained_by"] == variant else f"shared ({info['trained_by']})"
+    how = (
+        "reused"
+        if not info["trained"]
+        else "trained"
+        if info["trained_by"] == variant
+        else f"shared ({info['trained_by']})"
+    )
     return f"`{info['key'][:8]}` {how}"
 
 
@@ -435,7 +502,12 @@ def r_vs_n_png(comparison: dict[str, Any]) -> bytes | None:
                 if m.get("n_wer") is not None and m.get("r_wer") is not None:
                     points.append((v["name"], 100 * m["n_wer"], 100 * m["r_wer"], True))
             for s, m in per_system.items():
-                if not _is_llmasr(s) and m.get("n_wer") is not None and m.get("r_wer") is not None and all(p[0] != s for p in points):
+                if (
+                    not _is_llmasr(s)
+                    and m.get("n_wer") is not None
+                    and m.get("r_wer") is not None
+                    and all(p[0] != s for p in points)
+                ):
                     points.append((s, 100 * m["n_wer"], 100 * m["r_wer"], False))
     sets = {k: p for k, p in sets.items() if any(own for *_, own in p)}
     if not sets:
@@ -447,12 +519,19 @@ def r_vs_n_png(comparison: dict[str, Any]) -> bytes | None:
 
     fig, axes = plt.subplots(1, len(sets), figsize=(max(5.0, 4.8 * len(sets)), 4.2), squeeze=False)
     for ax, (set_name, points) in zip(axes[0], sets.items()):
-        for label, n, r, own in points:  # variants in the legend (close points stay readable), baselines labelled
+        for (
+            label,
+            n,
+            r,
+            own,
+        ) in points:  # variants in the legend (close points stay readable), baselines labelled
             if own:
                 ax.scatter([n], [r], marker="o", label=label, zorder=3)
             else:
                 ax.scatter([n], [r], marker="x", color="grey", zorder=3)
-                ax.annotate(label, (n, r), textcoords="offset points", xytext=(4, 4), fontsize=7, color="grey")
+                ax.annotate(
+                    label, (n, r), textcoords="offset points", xytext=(4, 4), fontsize=7, color="grey"
+                )
         ax.legend(fontsize=7)
         ax.set_xlabel("N-WER (%)")
         ax.set_ylabel("R-WER (%)")
@@ -482,19 +561,30 @@ def render_report(comparison: dict[str, Any], rows: list[dict[str, Any]], plot: 
     ]
     md = [
         f"# Ablation `{comparison['name']}`: `{comparison['work_dir']}`\n",
-        f"{len(comparison['variants'])} variants" + (f" of profile `{comparison['profile']}`" if comparison.get("profile") else "")
-        + (f", a grid over {', '.join('`' + s + '`' for s in comparison['vary'])}" if comparison.get("vary") else "") + ".\n",
+        f"{len(comparison['variants'])} variants"
+        + (f" of profile `{comparison['profile']}`" if comparison.get("profile") else "")
+        + (
+            f", a grid over {', '.join('`' + s + '`' for s in comparison['vary'])}"
+            if comparison.get("vary")
+            else ""
+        )
+        + ".\n",
         "\n## Variants and their stages\n\n",
-        "Each stage's cache key (its first 8 characters): `trained` by this ablation for this variant, `shared` with the variant "
-        "it was trained for, `reused` from an earlier ablation of this work dir. Stages with one key are one checkpoint, in "
-        f"`{comparison['store']}`.\n\n",
+        "Each stage's cache key (its first 8 characters): `trained` by this ablation for this variant, "
+        "`shared` with the variant it was trained for, `reused` from an earlier ablation of this work dir. "
+        f"Stages with one key are one checkpoint, in `{comparison['store']}`.\n\n",
         markdown_table(lineage),
         "\n## Results\n\n",
-        "Every rate with its errors/words. Baselines and hypothesis files are the same in every variant: listed once.\n\n",
+        "Every rate with its errors/words. Baselines and hypothesis files are the same in every variant: "
+        "listed once.\n\n",
         markdown_table(rows),
     ]
     if plot:
-        md += ["\n## R-WER against N-WER\n\n", "Each variant's most trained system (stage 3 where evaluated); crosses: baselines.\n\n", f"![R-WER against N-WER]({plot})\n"]
+        md += [
+            "\n## R-WER against N-WER\n\n",
+            "Each variant's most trained system (stage 3 where evaluated); crosses: baselines.\n\n",
+            f"![R-WER against N-WER]({plot})\n",
+        ]
     else:
         md += ["\n## R-WER against N-WER\n\n", "No plot: no variant has both an N-WER and an R-WER.\n"]
     md += ["\n## Files\n\n", "- `comparison.json`: every variant's overrides, metrics and lineage\n"]
@@ -502,7 +592,9 @@ def render_report(comparison: dict[str, Any], rows: list[dict[str, Any]], plot: 
     return "".join(md)
 
 
-def write_outputs(out_dir: Path, comparison: dict[str, Any]) -> tuple[str, bytes | None, list[dict[str, Any]]]:
+def write_outputs(
+    out_dir: Path, comparison: dict[str, Any]
+) -> tuple[str, bytes | None, list[dict[str, Any]]]:
     """comparison.json, report.md and r_vs_n.png (none when nothing to plot) in ``out_dir``;
     returns (report markdown, png or None, the results table's rows)."""
     from tasks.evaluate import _json_safe

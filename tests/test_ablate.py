@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import N_ITEMS
+
 from llmasr import cli
 from llmasr.config import ConfigError, load_config
 from llmasr.layout import WorkLayout
@@ -45,7 +45,17 @@ def ablate_argv(work: Path, corpus: Path, models: dict, *extra: str) -> list[str
         "eval.stages=[2, 3]",
     ]
     flags = [a for s in sets for a in ("--set", s)]
-    return ["ablate", "--profile", "demo", "--work-dir", str(work), "--source", str(corpus / "videos"), *flags, *extra]
+    return [
+        "ablate",
+        "--profile",
+        "demo",
+        "--work-dir",
+        str(work),
+        "--source",
+        str(corpus / "videos"),
+        *flags,
+        *extra,
+    ]
 
 
 def stage_jsons(work: Path) -> dict[str, int]:
@@ -70,15 +80,26 @@ def test_stage3_lr_trains_stages_1_and_2_once_and_stage_3_per_value(ablation):
     assert [v["overrides"] for v in variants] == [{"train.stage3.lr": 0.01}, {"train.stage3.lr": 0.001}]
     first, second = (v["lineage"] for v in variants)
     for stage in ("stage1", "stage2"):  # one key, one checkpoint, trained for the first variant
-        assert first[stage]["key"] == second[stage]["key"] and first[stage]["checkpoint"] == second[stage]["checkpoint"]
-        assert first[stage]["trained"] and second[stage]["trained"] and second[stage]["trained_by"] == VARIANTS[0]
+        assert (
+            first[stage]["key"] == second[stage]["key"]
+            and first[stage]["checkpoint"] == second[stage]["checkpoint"]
+        )
+        assert (
+            first[stage]["trained"]
+            and second[stage]["trained"]
+            and second[stage]["trained_by"] == VARIANTS[0]
+        )
     assert first["stage3"]["key"] != second["stage3"]["key"]
     assert [v["lineage"]["stage3"]["trained_by"] for v in variants] == VARIANTS
     store = ablate.store_dir(work)
     assert sorted(p.name.split("-")[0] for p in store.iterdir()) == ["stage1", "stage2", "stage3", "stage3"]
     # the second variant launched stage 3 only; its stages 1-2 are links to the first's folders, no copies
     folders = [Path(v["folder"]) for v in variants]
-    assert sorted(p.name for p in (folders[0] / "logs").glob("stage*.log")) == ["stage1.log", "stage2.log", "stage3.log"]
+    assert sorted(p.name for p in (folders[0] / "logs").glob("stage*.log")) == [
+        "stage1.log",
+        "stage2.log",
+        "stage3.log",
+    ]
     assert sorted(p.name for p in (folders[1] / "logs").glob("stage*.log")) == ["stage3.log"]
     for v, folder in zip(variants, folders):
         for stage, info in v["lineage"].items():
@@ -96,15 +117,22 @@ def test_comparison_has_each_variants_metrics_and_the_report(ablation):
         per_system = v["metrics"]["zero_shot"]
         assert {"llmasr-stage2", "llmasr-stage3", "faster-whisper:bundled:tiny.en"} <= set(per_system)
         for m in per_system.values():  # as eval/metrics.json: every rate with its counts
-            assert {"o_wer", "n_wer", "r_wer", "u_wer", "words", "rare_words", "n_errors", "r_errors"} <= set(m)
+            rates = {"o_wer", "n_wer", "r_wer", "u_wer", "words", "rare_words", "n_errors", "r_errors"}
+            assert rates <= set(m)
             assert m["rare_words"] > 0 and m["r_wer"] is not None
-        assert json.loads((Path(v["folder"]) / "eval" / "metrics.json").read_text())["results"] == v["metrics"]
+        assert (
+            json.loads((Path(v["folder"]) / "eval" / "metrics.json").read_text())["results"] == v["metrics"]
+        )
     # the second variant decoded neither the shared stage 2 nor the baseline again
     second = comparison["variants"][1]["metrics"]["zero_shot"]
     assert second["llmasr-stage2"]["cached"] and second["faster-whisper:bundled:tiny.en"]["cached"]
     assert not second["llmasr-stage3"]["cached"]
     report = (out / "report.md").read_text()
-    assert all(name in report for name in VARIANTS) and "R-WER against N-WER" in report and "](r_vs_n.png)" in report
+    assert (
+        all(name in report for name in VARIANTS)
+        and "R-WER against N-WER" in report
+        and "](r_vs_n.png)" in report
+    )
     assert (out / "r_vs_n.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -113,8 +141,11 @@ def test_a_rerun_trains_nothing(ablation, corpus: Path, models: dict):
     assert cli.main(ablate_argv(work, corpus, models, "--vary", "train.stage3.lr=0.01,0.001")) == 0
     again = json.loads((out / "comparison.json").read_text())
     for before, after in zip(comparison["variants"], again["variants"]):
-        assert {s: i["key"] for s, i in after["lineage"].items()} == {s: i["key"] for s, i in before["lineage"].items()}
-        assert all(not i["trained"] and i["trained_by"] is None for i in after["lineage"].values()), after["lineage"]
+        assert {s: i["key"] for s, i in after["lineage"].items()} == {
+            s: i["key"] for s, i in before["lineage"].items()
+        }
+        lineage = after["lineage"]
+        assert all(not i["trained"] and i["trained_by"] is None for i in lineage.values()), lineage
     assert stage_jsons(work) == mtimes  # no stage written again
     assert "reused" in (out / "report.md").read_text()
 
@@ -125,14 +156,26 @@ def test_a_rerun_trains_nothing(ablation, corpus: Path, models: dict):
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        (["--vary", "train.projektor=linear,mlp"], "train.projektor: unknown key; did you mean train.projector?"),
+        (
+            ["--vary", "train.projektor=linear,mlp"],
+            "train.projektor: unknown key; did you mean train.projector?",
+        ),
         (["--vary", "train.stage3.lr=-1,0.1"], "train.stage3.lr"),
         (["--vary", "train.stage3.lr="], "--vary train.stage3.lr: no values"),
         (["--vary", "train.lora.rank"], "--vary train.lora.rank: no values"),
-        (["--vary", f"train.seed={','.join(map(str, range(17)))}"], "--vary train.seed (17 values): 17 variants, over 16"),
-        (["--vary", "filter.max_caption_wer=0.1,0.2"], "--vary filter.max_caption_wer: only train.* and eval.* keys"),
+        (
+            ["--vary", f"train.seed={','.join(map(str, range(17)))}"],
+            "--vary train.seed (17 values): 17 variants, over 16",
+        ),
+        (
+            ["--vary", "filter.max_caption_wer=0.1,0.2"],
+            "--vary filter.max_caption_wer: only train.* and eval.* keys",
+        ),
         (["--variant", "lin:train.projector=conv"], "variant lin (train.projector=conv): train.projector"),
-        (["--variant", "a:train.seed=1", "--variant", "a:train.seed=2"], "two variants would share the name a"),
+        (
+            ["--variant", "a:train.seed=1", "--variant", "a:train.seed=2"],
+            "two variants would share the name a",
+        ),
         ([], "nothing to compare"),
     ],
 )
@@ -153,14 +196,20 @@ def test_plans_grid_and_picked_variants():
     )
     assert plan.name == "projector+seed"
     assert [v.name for v in plan.variants] == [
-        "projector=mlp,seed=0", "projector=mlp,seed=1", "projector=linear,seed=0", "projector=linear,seed=1", "base", "lora4",
+        "projector=mlp,seed=0", "projector=mlp,seed=1", "projector=linear,seed=0", "projector=linear,seed=1",
+        "base", "lora4",
     ]  # fmt: skip
     lora4 = plan.configs["lora4"]
     assert lora4.train.lora.target_modules == ["q_proj", "v_proj"] and lora4.train.lora.rank == 4
     assert Path(lora4.work_dir) == Path("/tmp/w/ablations/projector+seed/variants/lora4")
-    assert lora4.train.encoder == "/tmp/w/demo-models/whisper"  # the work dir's paths, not the variant folder's
-    assert ablate.override_values(lora4, plan.variants[-1]) == {"train.lora.rank": 4, "train.lora.target_modules": ["q_proj", "v_proj"]}
-    assert len(ablate.make_plan(vary=[f"train.seed={','.join(map(str, range(17)))}"], yes=True, profile="demo", work_dir="/tmp/w").variants) == 17
+    # the work dir's paths, not the variant folder's
+    assert lora4.train.encoder == "/tmp/w/demo-models/whisper"
+    assert ablate.override_values(lora4, plan.variants[-1]) == {
+        "train.lora.rank": 4,
+        "train.lora.target_modules": ["q_proj", "v_proj"],
+    }
+    seeds = f"train.seed={','.join(map(str, range(17)))}"
+    assert len(ablate.make_plan(vary=[seeds], yes=True, profile="demo", work_dir="/tmp/w").variants) == 17
     with pytest.raises(ConfigError, match="--vary train.seed: given twice"):
         ablate.make_plan(vary=["train.seed=0,1", "train.seed=2"], profile="demo", work_dir="/tmp/w")
 
@@ -172,7 +221,8 @@ def test_linear_projector_is_one_linear_and_round_trips(tmp_path: Path):
     from llmasr.model import Projector, load_projector, save_projector
 
     proj = Projector(8, 16, hidden=32, k=2, kind="linear")
-    assert [(m.in_features, m.out_features) for m in proj.modules() if isinstance(m, torch.nn.Linear)] == [(16, 16)]
+    linears = [(m.in_features, m.out_features) for m in proj.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears == [(16, 16)]
     y, lens = proj(torch.randn(3, 7, 8), torch.tensor([7, 4, 2]))  # (B, T, D_enc): odd tail dropped
     assert y.shape == (3, 3, 16) and lens.tolist() == [3, 2, 1]
     loaded = load_projector(save_projector(proj, tmp_path / "p"))
@@ -190,20 +240,27 @@ def test_random_llm_is_the_same_every_build_and_not_the_checkpoint(models: dict)
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left alone
     pretrained = build_llm(models["llm"])
     other = build_llm(models["llm"], init="random", seed=1)
-    for (name, pa), pb, pp, po in zip(a.named_parameters(), b.parameters(), pretrained.parameters(), other.parameters()):
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a.get_input_embeddings().weight, pretrained.get_input_embeddings().weight)
     assert not torch.equal(a.get_input_embeddings().weight, other.get_input_embeddings().weight)
 
 
 def test_model_config_of_the_knobs(tmp_path: Path):
-    cfg = load_config("demo", ["train.projector=linear", "train.llm_init=random", "train.seed=3", "train.skip_stage1=true"], work_dir=str(tmp_path))
-    checkpoints.write_stage(checkpoints.stage_dir(tmp_path, 1), stage=1, key="k1")  # a stage 1 of an earlier run
+    cfg = load_config(
+        "demo",
+        ["train.projector=linear", "train.llm_init=random", "train.seed=3", "train.skip_stage1=true"],
+        work_dir=str(tmp_path),
+    )
+    # a stage 1 of an earlier run
+    checkpoints.write_stage(checkpoints.stage_dir(tmp_path, 1), stage=1, key="k1")
     model = checkpoints.model_config(cfg.train, tmp_path, 2)
     assert (model.projector, model.llm_init, model.llm_seed) == ("linear", "random", 3)
     assert model.encoder == cfg.train.encoder  # skip_stage1: the stock encoder, not checkpoints/stage1
     cfg_on = load_config("demo", work_dir=str(tmp_path))
-    assert checkpoints.model_config(cfg_on.train, tmp_path, 2).encoder == str(checkpoints.stage_dir(tmp_path, 1) / "encoder")
+    assert checkpoints.model_config(cfg_on.train, tmp_path, 2).encoder == str(
+        checkpoints.stage_dir(tmp_path, 1) / "encoder"
+    )
 
 
 def test_stage_keys_change_only_where_a_setting_is_read(tmp_path: Path):
@@ -223,7 +280,16 @@ def test_stage_keys_change_only_where_a_setting_is_read(tmp_path: Path):
         return out
 
     base = keys()
-    lr3, projector, lora, seed, skip = (keys(o) for o in ("train.stage3.lr=0.5", "train.projector=linear", "train.lora.rank=2", "train.seed=1", "train.skip_stage1=true"))
+    lr3, projector, lora, seed, skip = (
+        keys(o)
+        for o in (
+            "train.stage3.lr=0.5",
+            "train.projector=linear",
+            "train.lora.rank=2",
+            "train.seed=1",
+            "train.skip_stage1=true",
+        )
+    )
     assert lr3[:2] == base[:2] and lr3[2] != base[2]  # stage 3 only
     assert projector[0] == base[0] and projector[1] != base[1] and projector[2] != base[2]  # stages 2 and 3
     assert lora[:2] == base[:2] and lora[2] != base[2]
@@ -242,15 +308,18 @@ def test_the_knobs_train_and_decode_for_real(reference_run, corpus: Path, models
     work = session_tmp / "knobs"
     shutil.copytree(ref, work)
     overrides = [
-        f"demo.corpus_dir={corpus}", f"demo.n_items={N_ITEMS}", f"train.encoder={models['whisper']}", f"train.llm={models['llm']}",
-        f"train.tokenizer={models['tokenizer']}", "train.stage2.max_steps=2", "train.stage3.max_steps=1",
+        f"demo.corpus_dir={corpus}", f"demo.n_items={N_ITEMS}", f"train.encoder={models['whisper']}",
+        f"train.llm={models['llm']}", f"train.tokenizer={models['tokenizer']}",
+        "train.stage2.max_steps=2", "train.stage3.max_steps=1",
         "train.skip_stage1=true", "train.projector=linear", "train.llm_init=random",
     ]  # fmt: skip
     state = train_flow(profile="demo", work_dir=str(work), overrides=overrides, return_state=True)
     assert state.is_completed(), state.message
     assert sorted(state.result()) == ["stage2", "stage3"] and not checkpoints.stage_dir(work, 1).exists()
     model = checkpoints.load_llmasr(checkpoints.stage_dir(work, 3))
-    assert json.loads((checkpoints.stage_dir(work, 3) / "model.json").read_text())["encoder"] == str(Path(models["whisper"]).resolve())
+    assert json.loads((checkpoints.stage_dir(work, 3) / "model.json").read_text())["encoder"] == str(
+        Path(models["whisper"]).resolve()
+    )
     assert model.projector.kind == "linear" and not hasattr(model.projector, "linear2")
     drawn = build_llm(models["llm"], init="random", seed=0)
     assert torch.equal(model.llm.get_input_embeddings().weight, drawn.get_input_embeddings().weight)
