@@ -85,7 +85,7 @@ class SegmentConfig(_Section):
     items_per_task: int = Field(64, ge=1)
 
     @model_validator(mode="after")
-    def _target_below_max(self) -> "SegmentConfig":
+    def _target_below_max(self) -> SegmentConfig:
         if self.target_segment_s > self.max_segment_s:
             raise ValueError(
                 f"target_segment_s ({self.target_segment_s}) is above max_segment_s ({self.max_segment_s}); "
@@ -132,7 +132,10 @@ class LoraConfig(_Section):
     rank: int = Field(8, ge=1)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_length=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+    )
 
 
 class StageConfig(_Section):
@@ -154,12 +157,15 @@ class TrainConfig(_Section):
     downsample_k: int = Field(2, ge=1)
     activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
     trim_padding: bool = True
-    cache_encoder_outputs: bool = False  # stages 2-3: keep the frozen encoder's outputs in memory (tasks/encoder_cache.py)
+    # stages 2-3: keep the frozen encoder's outputs in memory (tasks/encoder_cache.py)
+    cache_encoder_outputs: bool = False
     adapter_norm: bool = False  # adapter outputs scaled to the LLM's mean token-embedding norm
-    ctc_compress: bool = False  # adapter CTC head over the LLM's token embeddings; the LLM reads non-blank frames only
+    # adapter CTC head over the LLM's token embeddings; the LLM reads non-blank frames only
+    ctc_compress: bool = False
     ctc_weight: float = Field(0.5, ge=0)  # CTC loss beside the LLM loss in stages 2-3 (with ctc_compress)
     ctc_align_steps: int = Field(0, ge=0)  # stage 2's first steps: CTC loss only, no LLM forward
-    ctc_vocab: Literal["llm", "transcripts"] = "llm"  # the CTC head spells every LLM token, or only the shards' transcripts' tokens
+    # the CTC head spells every LLM token, or only the shards' transcripts' tokens
+    ctc_vocab: Literal["llm", "transcripts"] = "llm"
     instruction: str = "Transcribe the audio."
     lora: LoraConfig = Field(default_factory=LoraConfig)
     launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
@@ -183,22 +189,25 @@ class TrainConfig(_Section):
     timeout_s: float = Field(7 * 24 * 3600.0, gt=0)
     seed: int = 0
     skip_stage1: bool = False  # stages 2-3 on the stock train.encoder; stage 1 is not trained
-    llm_init: Literal["pretrained", "random"] = "pretrained"  # random: the LLM's architecture, fresh weights from train.seed
+    # random: the LLM's architecture, fresh weights from train.seed
+    llm_init: Literal["pretrained", "random"] = "pretrained"
     merge_lora: bool = False
     stage1: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-4))
     stage2: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-4))
     stage3: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-6))
 
     @model_validator(mode="after")
-    def _ctc_needs_head(self) -> "TrainConfig":
+    def _ctc_needs_head(self) -> TrainConfig:
         if self.ctc_align_steps and not self.ctc_compress:
             raise ValueError(
-                f"ctc_align_steps={self.ctc_align_steps} trains the adapter's CTC head, which train.ctc_compress=false "
+                f"ctc_align_steps={self.ctc_align_steps} trains the adapter's CTC head, "
+                "which train.ctc_compress=false "
                 "does not build; set train.ctc_compress=true or train.ctc_align_steps=0"
             )
         if self.ctc_vocab != "llm" and not self.ctc_compress:
             raise ValueError(
-                f"ctc_vocab={self.ctc_vocab!r} sets the vocabulary of the adapter's CTC head, which train.ctc_compress=false "
+                f"ctc_vocab={self.ctc_vocab!r} sets the vocabulary of the adapter's CTC head, "
+                "which train.ctc_compress=false "
                 "does not build; set train.ctc_compress=true or train.ctc_vocab=llm"
             )
         return self
@@ -208,9 +217,11 @@ class EvalConfig(_Section):
     """The evaluate stage: test sets, systems, decoding and the rare-word set (DESIGN.md "Metrics")."""
 
     test_sets: list[str] = Field(default_factory=list)  # "name=path" (manifest, tsv, Primock57 folder, ...)
-    baselines: list[str] = Field(default_factory=list)  # "faster-whisper:<model spec>" or "transformers:<Whisper checkpoint>"
+    # "faster-whisper:<model spec>" or "transformers:<Whisper checkpoint>"
+    baselines: list[str] = Field(default_factory=list)
     hyps: list[str] = Field(default_factory=list)  # "name=path": external hypothesis files scored as systems
-    stages: list[int] = Field(default_factory=lambda: [1, 2, 3])  # stage checkpoints to decode (those present); 1: Whisper with the stage-1 encoder
+    # stage checkpoints to decode (those present); 1: Whisper with the stage-1 encoder
+    stages: list[int] = Field(default_factory=lambda: [1, 2, 3])
     num_beams: int = Field(8, ge=1)
     no_repeat_ngram_size: int = Field(6, ge=0)
     batch_size: int = Field(8, ge=1)
@@ -224,7 +235,8 @@ class EvalConfig(_Section):
     compute_type: str = "default"
     cpu_threads: int = Field(0, ge=0)
     language: str | None = "en"
-    whisper_trim_padding: bool | None = None  # transformers Whisper systems: None = stock padded to 30 s, stage 1 as trained
+    # transformers Whisper systems: None = stock padded to 30 s, stage 1 as trained
+    whisper_trim_padding: bool | None = None
     max_train_count: int = 0
     # the N most frequent English words (wordfreq's list, normalised) are never rare by training
     # count (a small training set leaves "an", "test" unseen); word_list words stay rare; 0 = off
@@ -237,7 +249,10 @@ class EvalConfig(_Section):
     def _known_splits(cls, v: list[str] | None) -> list[str] | None:
         bad = [s for s in v or [] if s not in ("train", "validation")]
         if bad:
-            raise ValueError(f"unknown split(s) {bad}: the shards have 'train' and 'validation'; use e.g. eval.train_splits=[train], or null for every kept segment")
+            raise ValueError(
+                f"unknown split(s) {bad}: the shards have 'train' and 'validation'; "
+                "use e.g. eval.train_splits=[train], or null for every kept segment"
+            )
         return v
 
     @field_validator("stages")
@@ -245,7 +260,10 @@ class EvalConfig(_Section):
     def _known_stages(cls, v: list[int]) -> list[int]:
         bad = [s for s in v if s not in (1, 2, 3)]
         if bad:
-            raise ValueError(f"stages {bad}: the stage checkpoints are 1 (Whisper with the stage-1 encoder), 2 and 3 (LLM-ASR); use e.g. eval.stages=[1, 2, 3]")
+            raise ValueError(
+                f"stages {bad}: the stage checkpoints are 1 (Whisper with the stage-1 encoder), "
+                "2 and 3 (LLM-ASR); use e.g. eval.stages=[1, 2, 3]"
+            )
         return v
 
     @field_validator("test_sets", "hyps")
@@ -264,8 +282,10 @@ class EvalConfig(_Section):
             kind = next((k for k in ("faster-whisper:", "transformers:") if spec.startswith(k)), None)
             if kind is None or not spec[len(kind) :].strip():
                 raise ValueError(
-                    f"{spec!r}: a baseline is faster-whisper:<model> (e.g. faster-whisper:large-v2, faster-whisper:bundled:tiny.en) "
-                    "or transformers:<Whisper checkpoint> (a folder, a hub name, or transformers:bundled:whisper-base)"
+                    f"{spec!r}: a baseline is faster-whisper:<model> "
+                    "(e.g. faster-whisper:large-v2, faster-whisper:bundled:tiny.en) "
+                    "or transformers:<Whisper checkpoint> "
+                    "(a folder, a hub name, or transformers:bundled:whisper-base)"
                 )
             model = spec[len(kind) :].strip()
             if model.startswith("bundled:"):  # the name only: no package or file is looked at here
@@ -274,7 +294,10 @@ class EvalConfig(_Section):
                 name = model[len("bundled:") :]
                 if name not in MODELS or MODELS[name].kind != "whisper":
                     whisper = [n for n in known_names() if MODELS[n[len("bundled:") :]].kind == "whisper"]
-                    raise ValueError(f"{spec!r}: unknown bundled Whisper model {model!r}; the bundled Whisper models are {', '.join(whisper)}")
+                    raise ValueError(
+                        f"{spec!r}: unknown bundled Whisper model {model!r}; "
+                        f"the bundled Whisper models are {', '.join(whisper)}"
+                    )
         return v
 
 
@@ -285,12 +308,16 @@ class RunnerConfig(_Section):
     ray_address: str | None = None  # "ray://head:10001", "head:6379" or "auto"; None: a local Ray for the run
     ray_namespace: str = "llmasr"
     label_cpus: float = Field(1.0, gt=0)  # Ray resources one label task asks for
-    label_gpus: float | None = Field(None, ge=0)  # None: 1 when label.device is cuda (or auto on a GPU cluster), else 0
+    # None: 1 when label.device is cuda (or auto on a GPU cluster), else 0
+    label_gpus: float | None = Field(None, ge=0)
 
     @model_validator(mode="after")
-    def _ray_keys_need_ray(self) -> "RunnerConfig":
+    def _ray_keys_need_ray(self) -> RunnerConfig:
         if self.kind != "ray" and self.ray_address is not None:
-            raise ValueError(f"runner.ray_address={self.ray_address!r} is set but runner.kind={self.kind!r}; set runner.kind=ray to use it")
+            raise ValueError(
+                f"runner.ray_address={self.ray_address!r} is set but runner.kind={self.kind!r}; "
+                "set runner.kind=ray to use it"
+            )
         return self
 
 
@@ -301,9 +328,16 @@ class ScheduleConfig(_Section):
     train_after_new_hours: float | None = Field(None, ge=0)  # a deployed data run triggers training past this
 
 
-DEMO_KIND_DEFAULTS: dict[str, dict[str, Any]] = {  # corpora live under the work dir: a profile writes nowhere else
+# corpora live under the work dir: a profile writes nowhere else
+DEMO_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "demo": {"corpus_dir": f"{WORK_DIR_REF}/demo-corpus", "n_items": 30},
-    "small": {"corpus_dir": f"{WORK_DIR_REF}/small-corpus", "hours": 1.0, "heldout": 150, "zero_shot": 120, "video_s": [60.0, 180.0]},
+    "small": {
+        "corpus_dir": f"{WORK_DIR_REF}/small-corpus",
+        "hours": 1.0,
+        "heldout": 150,
+        "zero_shot": 120,
+        "video_s": [60.0, 180.0],
+    },
 }
 _SMALL_ONLY = ("hours", "heldout", "zero_shot", "video_s")
 
@@ -318,8 +352,11 @@ class DemoConfig(_Section):
     """
 
     kind: Literal["demo", "small"] = "demo"
-    corpus_dir: str = ""  # where the corpus is generated (once; reused while its settings match); "" = the kind's default, under the work dir
-    n_items: int | None = Field(None, ge=1)  # demo: videos (>= 4); small: at most this many videos (None: as hours needs)
+    # where the corpus is generated (once; reused while its settings match); "" = the kind's default, under
+    # the work dir
+    corpus_dir: str = ""
+    # demo: videos (>= 4); small: at most this many videos (None: as hours needs)
+    n_items: int | None = Field(None, ge=1)
     hours: float | None = Field(None, gt=0)  # small: hours of speech in videos/ (at least)
     heldout: int | None = Field(None, ge=0)  # small: held-out test sentences
     zero_shot: int | None = Field(None, ge=0)  # small: rare-word test sentences (plus the 20 medical ones)
@@ -336,7 +373,10 @@ class DemoConfig(_Section):
         if kind == "demo":
             used = [k for k in _SMALL_ONLY if data.get(k) is not None]
             if used:
-                raise ValueError(f"{', '.join('demo.' + k for k in used)}: only for demo.kind=small; remove them (or set demo.kind=small)")
+                raise ValueError(
+                    f"{', '.join('demo.' + k for k in used)}: only for demo.kind=small; "
+                    "remove them (or set demo.kind=small)"
+                )
         out = dict(data)
         for key, value in DEMO_KIND_DEFAULTS.get(kind, {}).items():
             if out.get(key) in (None, ""):
@@ -344,10 +384,12 @@ class DemoConfig(_Section):
         return out
 
     @model_validator(mode="after")
-    def _sizes(self) -> "DemoConfig":
+    def _sizes(self) -> DemoConfig:
         if self.kind == "demo" and (self.n_items or 0) < 4:
             raise ValueError(f"demo.n_items={self.n_items}: the demo corpus needs at least 4 videos")
-        if self.video_s is not None and not (len(self.video_s) == 2 and 0 < self.video_s[0] <= self.video_s[1]):
+        if self.video_s is not None and not (
+            len(self.video_s) == 2 and 0 < self.video_s[0] <= self.video_s[1]
+        ):
             raise ValueError(f"demo.video_s={self.video_s}: write [min, max] seconds, e.g. [60, 180]")
         return self
 
@@ -355,7 +397,15 @@ class DemoConfig(_Section):
         """The generator's arguments (tasks.demo_corpus.generate_corpus)."""
         if self.kind == "demo":
             return {"n_items": self.n_items, "seed": self.seed}
-        return {"hours": self.hours, "n_items": self.n_items, "heldout": self.heldout, "zero_shot": self.zero_shot, "seed": self.seed, "video_s": tuple(self.video_s or ()), "workers": self.workers}
+        return {
+            "hours": self.hours,
+            "n_items": self.n_items,
+            "heldout": self.heldout,
+            "zero_shot": self.zero_shot,
+            "seed": self.seed,
+            "video_s": tuple(self.video_s or ()),
+            "workers": self.workers,
+        }
 
 
 class PipelineConfig(_Section):
@@ -409,18 +459,24 @@ def _absolute(value: str, base: Path, refs: dict[str, str] | None, key: str) -> 
         name = value[2 : value.find("}")] if value.startswith("${") and "}" in value else ""
         if name not in PATH_REFS or "${" in value[len(name) + 3 :]:
             known = " or ".join("${" + r + "}" for r in PATH_REFS)
-            raise ConfigError(f"{key}: {value!r}: a path may only start with {known}; write e.g. {WORK_DIR_REF}/demo-corpus")
+            raise ConfigError(
+                f"{key}: {value!r}: a path may only start with {known}; write e.g. {WORK_DIR_REF}/demo-corpus"
+            )
         if refs is None:
             return value
         if name not in refs:
-            raise ConfigError(f"{key}: {value!r} needs {name}, which is not set here (no demo: section); write the path itself")
+            raise ConfigError(
+                f"{key}: {value!r} needs {name}, which is not set here (no demo: section); "
+                "write the path itself"
+            )
         value = refs[name] + value[len(name) + 3 :]
     path = Path(value).expanduser()
     return str((path if path.is_absolute() else base / path).resolve())
 
 
 def _resolve_value(kind: str, value: Any, base: Path, refs: dict[str, str] | None, key: str) -> Any:
-    """``value`` of a ``PATH_KEYS`` key with its paths absolute; what is malformed is left to the validators."""
+    """``value`` of a ``PATH_KEYS`` key with its paths absolute; what is malformed is left to the
+    validators."""
     if kind in ("path", "model"):
         if not isinstance(value, str) or not value.strip() or value.startswith("bundled:"):
             return value
@@ -437,10 +493,18 @@ def _resolve_value(kind: str, value: Any, base: Path, refs: dict[str, str] | Non
             out.append(item if "://" in item else _absolute(item.strip(), base, refs, key))
         elif kind == "named":
             name, sep, path = item.partition("=")
-            out.append(f"{name}={_absolute(path.strip(), base, refs, key)}" if sep and name.strip() and path.strip() else item)
+            out.append(
+                f"{name}={_absolute(path.strip(), base, refs, key)}"
+                if sep and name.strip() and path.strip()
+                else item
+            )
         else:  # baseline
             prefix = next((k for k in _BASELINE_KINDS if item.startswith(k)), None)
-            out.append(item if prefix is None else prefix + _resolve_value("model", item[len(prefix) :].strip(), base, refs, key))
+            out.append(
+                item
+                if prefix is None
+                else prefix + _resolve_value("model", item[len(prefix) :].strip(), base, refs, key)
+            )
     return out
 
 
@@ -472,13 +536,19 @@ def absolute_paths(data: dict, base: Path) -> dict:
     if not isinstance(work, str) or not work.strip():
         return out  # the work_dir validator names the problem
     if work.startswith("${"):
-        raise ConfigError(f"work_dir: {work!r}: the work dir cannot start with a ${{...}} reference; write a folder, e.g. --work-dir runs/mine")
+        raise ConfigError(
+            f"work_dir: {work!r}: the work dir cannot start with a ${{...}} reference; write a folder, "
+            "e.g. --work-dir runs/mine"
+        )
     refs = {"work_dir": _absolute(work, base, None, "work_dir")}
     out["work_dir"] = refs["work_dir"]
     corpus = out["demo"].get("corpus_dir") if isinstance(out.get("demo"), dict) else None
     if isinstance(corpus, str) and corpus.strip():
         if corpus.startswith("${demo.corpus_dir}"):
-            raise ConfigError(f"demo.corpus_dir: {corpus!r} refers to itself; write a folder, e.g. {WORK_DIR_REF}/demo-corpus")
+            raise ConfigError(
+                f"demo.corpus_dir: {corpus!r} refers to itself; write a folder, "
+                f"e.g. {WORK_DIR_REF}/demo-corpus"
+            )
         refs["demo.corpus_dir"] = out["demo"]["corpus_dir"] = _absolute(corpus, base, refs, "demo.corpus_dir")
     return resolve_paths(out, base, refs)
 
@@ -489,11 +559,17 @@ def find_config_file(explicit: str | Path | None = None) -> Path:
         if Path(explicit).is_file():
             return Path(explicit)
         raise ConfigError(f"config file {explicit} does not exist; pass an existing file to --config")
-    candidates = [os.environ.get(CONFIG_ENV), Path.cwd() / CONFIG_NAME, Path(__file__).resolve().parents[1] / CONFIG_NAME]
+    candidates = [
+        os.environ.get(CONFIG_ENV),
+        Path.cwd() / CONFIG_NAME,
+        Path(__file__).resolve().parents[1] / CONFIG_NAME,
+    ]
     for c in candidates:
         if c and Path(c).is_file():
             return Path(c)
-    raise ConfigError(f"no {CONFIG_NAME} found (looked in ${CONFIG_ENV}, the current folder and the checkout)")
+    raise ConfigError(
+        f"no {CONFIG_NAME} found (looked in ${CONFIG_ENV}, the current folder and the checkout)"
+    )
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -525,11 +601,16 @@ def _suggest(key: str) -> str:
 def apply_override(data: dict, assignment: str) -> dict:
     """Apply one ``a.b.c=value`` override (value parsed as YAML) to a nested dict."""
     if "=" not in assignment:
-        raise ConfigError(f"override {assignment!r} is not key=value; write e.g. --set filter.max_caption_wer=0.15")
+        raise ConfigError(
+            f"override {assignment!r} is not key=value; write e.g. --set filter.max_caption_wer=0.15"
+        )
     key, raw = assignment.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override {assignment!r} has an empty key: write --set section.key=value, e.g. --set label.batch_size=8")
+        raise ConfigError(
+            f"override {assignment!r} has an empty key: write --set section.key=value, "
+            "e.g. --set label.batch_size=8"
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
@@ -559,7 +640,10 @@ def _format_validation_error(exc: ValidationError) -> str:
             if isinstance(got, dict):  # a rule across keys of a section: its message names them
                 lines.append(f"{key}: {err['msg']}")
             else:
-                lines.append(f"{key}: {err['msg']} (got {got!r}); fix it in pipeline_config.yaml or with --set {key}=...")
+                lines.append(
+                    f"{key}: {err['msg']} (got {got!r}); "
+                    f"fix it in pipeline_config.yaml or with --set {key}=..."
+                )
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
@@ -584,7 +668,10 @@ def load_config(
     profiles = data.pop("profiles", {}) or {}
     if profile:
         if profile not in profiles:
-            raise ConfigError(f"profile {profile!r} is not defined; choose one of {sorted(profiles)} (profiles: in {path.name})")
+            raise ConfigError(
+                f"profile {profile!r} is not defined; choose one of {sorted(profiles)} "
+                f"(profiles: in {path.name})"
+            )
         data = deep_merge(data, profiles[profile])
         data["profile"] = profile
     data.setdefault("work_dir", PipelineConfig.model_fields["work_dir"].default)
