@@ -42,7 +42,23 @@ def convert_to_flac16k(src: Path | str, dst: Path | str, max_duration_s: float |
     if src.stat().st_size == 0:
         raise AudioError("empty file (0 bytes)")
     with atomic_path(dst) as tmp:
-        cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src), "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-sample_fmt", "s16"]
+        cmd = [
+            ffmpeg_binary(),
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-i",
+            str(src),
+            "-vn",
+            "-ac",
+            "1",
+            "-ar",
+            str(SAMPLE_RATE),
+            "-sample_fmt",
+            "s16",
+        ]
         if max_duration_s is not None:
             # decode one second past the limit so "too long" is detected without decoding hours
             cmd += ["-t", f"{max_duration_s + 1:.3f}"]
@@ -127,7 +143,16 @@ def declared_duration_s(path: Path | str) -> float | None:
     exe = shutil.which("ffprobe")
     if exe is None:
         return None
-    cmd = [exe, "-v", "error", "-show_entries", "format=duration", "-of", "default=noprint_wrappers=1:nokey=1", str(path)]
+    cmd = [
+        exe,
+        "-v",
+        "error",
+        "-show_entries",
+        "format=duration",
+        "-of",
+        "default=noprint_wrappers=1:nokey=1",
+        str(path),
+    ]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout.split()
         return float(out[0]) if out else None

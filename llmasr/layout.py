@@ -101,7 +101,8 @@ class WorkLayout:
 
     @property
     def shard_members(self) -> Path:
-        """segment_id -> (shard name, content hash of the sample), so a rerun knows what is sharded and current."""
+        """segment_id -> (shard name, content hash of the sample), so a rerun knows what is sharded
+        and current."""
         return self.manifests / "shard_members.parquet"
 
     def sweep_temp(self) -> int:

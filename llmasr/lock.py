@@ -21,8 +21,8 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 LOCK_NAME = ".llmasr.lock"
 
@@ -62,7 +62,9 @@ def _takeover_note(text: str, path: Path) -> str | None:
         pid, host = int(info["pid"]), str(info.get("host", ""))
     except (ValueError, KeyError, TypeError):
         return f"took over {path}, left behind unreadable ({text[:80]!r})"
-    who = f"pid {pid} ({info.get('what', 'run')} on {host or 'an unknown host'} since {info.get('since', '?')})"
+    who = (
+        f"pid {pid} ({info.get('what', 'run')} on {host or 'an unknown host'} since {info.get('since', '?')})"
+    )
     if host == socket.gethostname() and not _pid_runs(pid):
         return f"took over {path} left by {who}, which no longer runs"
     return f"took over {path} left by {who}, which no longer holds it"
@@ -79,7 +81,10 @@ def _open_locked(path: Path, deadline: float, poll_s: float, root: Path):
             holder = fh.read().strip() or "unknown"
             fh.close()
             if time.monotonic() >= deadline:
-                raise WorkDirBusy(f"work dir {root} is in use by another run ({holder}); wait for it to finish or use another --work-dir (runner.lock_wait_s sets how long to wait)") from None
+                raise WorkDirBusy(
+                    f"work dir {root} is in use by another run ({holder}); wait for it to finish or use "
+                    "another --work-dir (runner.lock_wait_s sets how long to wait)"
+                ) from None
             time.sleep(poll_s)
             continue
         try:
@@ -103,7 +108,16 @@ def work_dir_lock(root: Path, wait_s: float = 0.0, poll_s: float = 0.5, what: st
             _logger().warning(note)
         fh.seek(0)
         fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what, "since": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        fh.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "what": what,
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                }
+            )
+        )
         fh.flush()
         yield
     finally:

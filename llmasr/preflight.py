@@ -20,9 +20,9 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from llmasr.config import ConfigError, PipelineConfig
 
@@ -49,7 +49,9 @@ def _inside(path: str | Path, folder: str | Path) -> bool:
 def generated_later(cfg: PipelineConfig, path: str | Path) -> bool:
     """True for a path that does not exist yet and that the profile's run generates: anything in
     its espeak-ng corpus (``demo.corpus_dir``).  Such a path is checked once it is generated."""
-    return cfg.demo is not None and not Path(path).expanduser().exists() and _inside(path, cfg.demo.corpus_dir)
+    return (
+        cfg.demo is not None and not Path(path).expanduser().exists() and _inside(path, cfg.demo.corpus_dir)
+    )
 
 
 def _demo_models_dir(cfg: PipelineConfig) -> Path | None:
@@ -94,9 +96,10 @@ def scorable_problem(name: str, path: str) -> str | None:
     else:
         why = "it lists no utterances"
     return (
-        f"eval.test_sets: test set {name} ({path}) has nothing to score: no utterance with both its audio and a transcript; "
-        f"{why}. A test set is a manifest with audio and text columns, a folder of audio with same-name .txt files, "
-        "a Primock57 folder of .TextGrid + .wav, or a Kincaid46 .tsv; fix it or pass another with --test-set NAME=PATH"
+        f"eval.test_sets: test set {name} ({path}) has nothing to score: no utterance with both its audio "
+        f"and a transcript; {why}. A test set is a manifest with audio and text columns, a folder of audio "
+        "with same-name .txt files, a Primock57 folder of .TextGrid + .wav, or a Kincaid46 .tsv; fix it or "
+        "pass another with --test-set NAME=PATH"
     )
 
 
@@ -131,13 +134,21 @@ class ModelRef:
 _SUGGEST = {"whisper": "bundled:whisper-base", "llm": "bundled:smollm2-135m-instruct"}
 
 
-def model_refs(cfg: PipelineConfig, label: bool = False, train_stages: Iterable[int] = (), baselines: bool = False, work_dir: Path | None = None) -> list[ModelRef]:
+def model_refs(
+    cfg: PipelineConfig,
+    label: bool = False,
+    train_stages: Iterable[int] = (),
+    baselines: bool = False,
+    work_dir: Path | None = None,
+) -> list[ModelRef]:
     """The model names a command will load: the labeller (``label``), the training's base models
     for ``train_stages`` (the encoder only where stage 1 runs or has no checkpoint yet), the
     evaluation's baselines.  The demo's tiny models, which its training builds, are left out."""
     refs: list[ModelRef] = []
     if label:
-        refs.append(ModelRef("label.model", cfg.label.model, "faster-whisper", "whisper", "--set label.model={name}"))
+        refs.append(
+            ModelRef("label.model", cfg.label.model, "faster-whisper", "whisper", "--set label.model={name}")
+        )
     stages = set(train_stages)
     if stages:
         demo_dir = _demo_models_dir(cfg)
@@ -151,12 +162,18 @@ def model_refs(cfg: PipelineConfig, label: bool = False, train_stages: Iterable[
         for key, name, role in wanted:
             if demo_dir is not None and not Path(name).expanduser().exists() and _inside(name, demo_dir):
                 continue
-            fix = "--set train.tokenizer=null (the LLM's own tokenizer)" if role == "tokenizer" else f"--set {key}={{name}}"
+            fix = (
+                "--set train.tokenizer=null (the LLM's own tokenizer)"
+                if role == "tokenizer"
+                else f"--set {key}={{name}}"
+            )
             refs.append(ModelRef(key, name, "transformers", role, fix))
     if baselines:
         for spec in cfg.eval.baselines:
             loader, _, name = spec.partition(":")
-            refs.append(ModelRef("eval.baselines", name.strip(), loader, "whisper", f"--baseline {loader}:{{name}}"))
+            refs.append(
+                ModelRef("eval.baselines", name.strip(), loader, "whisper", f"--baseline {loader}:{{name}}")
+            )
     return refs
 
 
@@ -219,11 +236,19 @@ def _bundled_problem(ref: ModelRef) -> str | None:
     try:
         model = lookup(ref.name)
     except BundledModelError:
-        fitting = [n for n in known_names() if ref.role == "tokenizer" or MODELS[n.split(":", 1)[1]].kind == ref.role]
-        return f"{ref.key}: unknown bundled model {ref.name!r}; the bundled {ref.role} models are {', '.join(fitting)}"
+        fitting = [
+            n for n in known_names() if ref.role == "tokenizer" or MODELS[n.split(":", 1)[1]].kind == ref.role
+        ]
+        return (
+            f"{ref.key}: unknown bundled model {ref.name!r}; the bundled {ref.role} models are "
+            f"{', '.join(fitting)}"
+        )
     if ref.role != "tokenizer" and model.kind != ref.role:
         fitting = [n for n in known_names() if MODELS[n.split(":", 1)[1]].kind == ref.role]
-        return f"{ref.key}: {ref.name} is a bundled {model.kind} model, not a {ref.role} model; use {' or '.join(fitting)}"
+        return (
+            f"{ref.key}: {ref.name} is a bundled {model.kind} model, not a {ref.role} model; use "
+            f"{' or '.join(fitting)}"
+        )
     try:
         locate(model, verify=False)  # the packages are installed and their files have the pinned sizes
     except BundledModelError as exc:
@@ -253,16 +278,28 @@ def model_problem(ref: ModelRef, hub: Callable[[str], str] = hub_answer) -> str 
     if path.exists():
         return None
     size_repo = _faster_whisper_repo(name) if ref.loader == "faster-whisper" else None
-    is_hub = size_repo is not None or (_HUB_NAME.match(name) is not None and not name.startswith((".", "/", "~")))
+    is_hub = size_repo is not None or (
+        _HUB_NAME.match(name) is not None and not name.startswith((".", "/", "~"))
+    )
     if not is_hub:
         if ref.loader == "faster-whisper" and "/" not in name and os.sep not in name:
             from faster_whisper.utils import available_models
 
-            return f"{ref.key}: {name!r} is neither a faster-whisper size ({', '.join(available_models())}), a folder nor a hub name; e.g. {suggest}"
-        return f"{ref.key}: no such folder {path}; fix the path, or use a model that ships with llmasr: {suggest}"
+            return (
+                f"{ref.key}: {name!r} is neither a faster-whisper size ({', '.join(available_models())}), a "
+                f"folder nor a hub name; e.g. {suggest}"
+            )
+        return (
+            f"{ref.key}: no such folder {path}; fix the path, or use a model that ships with llmasr: "
+            f"{suggest}"
+        )
     repo = size_repo or name
     shown = f"{name} (hub {repo})" if size_repo else name
-    files = ("model.bin",) if ref.loader == "faster-whisper" else ("config.json", "tokenizer_config.json", "tokenizer.json")
+    files = (
+        ("model.bin",)
+        if ref.loader == "faster-whisper"
+        else ("config.json", "tokenizer_config.json", "tokenizer.json")
+    )
     if _in_hub_cache(repo, files):
         return None
     offline_var = _offline()
@@ -273,11 +310,17 @@ def model_problem(ref: ModelRef, hub: Callable[[str], str] = hub_answer) -> str 
         if answer == "found":
             return None
         if answer == "missing":
-            return f"{ref.key}: {shown} does not exist on the Hugging Face hub (mistyped? private repositories need HF_TOKEN); e.g. {suggest}"
+            return (
+                f"{ref.key}: {shown} does not exist on the Hugging Face hub (mistyped? private repositories "
+                f"need HF_TOKEN); e.g. {suggest}"
+            )
         from huggingface_hub import constants
 
         why = f"is not in the local Hugging Face cache and the hub ({constants.ENDPOINT}) cannot be reached"
-    return f"{ref.key}: model {shown} {why}; download it once online, or use a model that ships with llmasr (offline): {suggest}"
+    return (
+        f"{ref.key}: model {shown} {why}; download it once online, or use a model that ships with llmasr "
+        f"(offline): {suggest}"
+    )
 
 
 def check_models(refs: Iterable[ModelRef], hub: Callable[[str], str] = hub_answer) -> None:
@@ -310,7 +353,7 @@ def label_device_warning(cfg: PipelineConfig) -> str | None:
     except Exception:  # noqa: BLE001 - no CTranslate2 CUDA support: the CPU it is
         pass
     return (
-        f"label.device=auto: this machine has no CUDA device, so label.model={cfg.label.model} labels on the CPU, "
-        "hours per hour of audio; on a CPU use --set label.model=bundled:whisper-base (or bundled:tiny.en), "
-        "or run on a GPU machine (label.device=cuda)"
+        f"label.device=auto: this machine has no CUDA device, so label.model={cfg.label.model} labels on the "
+        "CPU, hours per hour of audio; on a CPU use --set label.model=bundled:whisper-base (or "
+        "bundled:tiny.en), or run on a GPU machine (label.device=cuda)"
     )

@@ -8,9 +8,10 @@ writing atomically (temp name, then rename) so a killed run never leaves half a 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -151,11 +152,15 @@ def from_table(table: pa.Table, cls: type[R]) -> list[R]:
     return [cls(**row) for row in rows]
 
 
-def write_records(path: Path, records: Iterable[Any], cls: type, metadata: dict[str, str] | None = None) -> Path:
+def write_records(
+    path: Path, records: Iterable[Any], cls: type, metadata: dict[str, str] | None = None
+) -> Path:
     """Write records as Parquet atomically; ``metadata`` goes into the file's key-value metadata."""
     table = to_table(list(records), cls)
     if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}})
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}}
+        )
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path

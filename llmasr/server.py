@@ -48,12 +48,26 @@ def port_in_use(host: str, port: int) -> bool:
 
 def start_server(host: str = "127.0.0.1", port: int = 4200, log_path: Path | None = None) -> subprocess.Popen:
     if port_in_use(host, port):
-        raise ServerError(f"port {port} on {host} is already in use (another Prefect server?): pick another with --port, or point PREFECT_API_URL at that server")
+        raise ServerError(
+            f"port {port} on {host} is already in use (another Prefect server?): pick another with --port, "
+            "or point PREFECT_API_URL at that server"
+        )
     # the UI learns its API address from these settings, not from --port
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_API_HOST": host, "PREFECT_SERVER_API_PORT": str(port)}
+    env = {
+        **os.environ,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_API_HOST": host,
+        "PREFECT_SERVER_API_PORT": str(port),
+    }
     env.pop("PREFECT_API_URL", None)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    return subprocess.Popen([prefect_binary(), "server", "start", "--host", host, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [prefect_binary(), "server", "start", "--host", host, "--port", str(port)],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def wait_healthy(api_url: str, proc: subprocess.Popen | None = None, timeout_s: float = 120.0) -> None:
@@ -62,7 +76,9 @@ def wait_healthy(api_url: str, proc: subprocess.Popen | None = None, timeout_s: 
     last = ""
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise ServerError(f"the Prefect server exited with status {proc.returncode} (port in use? see its log)")
+            raise ServerError(
+                f"the Prefect server exited with status {proc.returncode} (port in use? see its log)"
+            )
         try:
             with urllib.request.urlopen(f"{api_url}/health", timeout=2) as resp:
                 if resp.status == 200:

@@ -19,9 +19,10 @@ every column alike ("faster-whispe…").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from io import StringIO
-from typing import Any, Sequence
+from typing import Any
 
 from rich import box
 from rich.cells import cell_len
@@ -56,11 +57,16 @@ def _overhead(style: dict[str, Any], ncols: int) -> int:
     return max(cell_len(line) for line in buf.getvalue().splitlines()) - ncols
 
 
-def _widths(columns: Sequence[Col], rows: Sequence[Sequence[str]], avail: int, wrap: bool) -> list[int] | None:
+def _widths(
+    columns: Sequence[Col], rows: Sequence[Sequence[str]], avail: int, wrap: bool
+) -> list[int] | None:
     """Content widths within ``avail`` cells (``wrap``: the columns not kept may wrap), or None."""
     cells = [[c.header, *(r[i] for r in rows)] for i, c in enumerate(columns)]
     full = [max(cell_len(v) for v in col) for col in cells]
-    least = [f if c.keep or not wrap else max(_longest_word(v) for v in col) for c, f, col in zip(columns, full, cells)]
+    least = [
+        f if c.keep or not wrap else max(_longest_word(v) for v in col)
+        for c, f, col in zip(columns, full, cells)
+    ]
     if sum(least) > avail:
         return None
     widths = list(full)
@@ -94,7 +100,9 @@ def _listing(columns: Sequence[Col], rows: Sequence[Sequence[str]], width: int) 
     return lines
 
 
-def layout(title: str | None, columns: Sequence[Col], rows: Sequence[Sequence[Any]], width: int) -> list[str | Table]:
+def layout(
+    title: str | None, columns: Sequence[Col], rows: Sequence[Sequence[Any]], width: int
+) -> list[str | Table]:
     """What ``show`` prints: plain lines (str, printed unwrapped) and at most one rich Table."""
     rows = [[str(v) for v in r] for r in rows]
     head = [title] if title else []
@@ -103,7 +111,7 @@ def layout(title: str | None, columns: Sequence[Col], rows: Sequence[Sequence[An
         if widths is not None:
             t = Table(**style)
             for c, w in zip(columns, widths):
-                t.add_column(c.header, justify=c.justify, width=w, no_wrap=c.keep, overflow="fold")  # type: ignore[arg-type]
+                t.add_column(c.header, justify=c.justify, width=w, no_wrap=c.keep, overflow=("fold"))  # type: ignore[arg-type]
             for r in rows:
                 t.add_row(*r)
             return [*head, t]
@@ -129,9 +137,22 @@ def eval_table(metrics: dict[str, Any]) -> tuple[str, list[Col], list[list[str]]
         return "n/a" if v is None else f"{100 * v:.1f}%"
 
     kinds = {s["name"]: s["kind"] for s in metrics["systems"]}
-    columns = [Col("test set", "left", keep=True), Col("system", "left", keep=True), *map(Col, ("utts", "N-WER", "R-WER", "U-WER", "O-WER", "RTF"))]
+    columns = [
+        Col("test set", "left", keep=True),
+        Col("system", "left", keep=True),
+        *map(Col, ("utts", "N-WER", "R-WER", "U-WER", "O-WER", "RTF")),
+    ]
     rows = [
-        [set_name, system, str(m["utterances"]), pct(m["n_wer"]), pct(m["r_wer"]), pct(m["u_wer"]), pct(m["o_wer"]), rtf_label(m, kinds.get(system))]
+        [
+            set_name,
+            system,
+            str(m["utterances"]),
+            pct(m["n_wer"]),
+            pct(m["r_wer"]),
+            pct(m["u_wer"]),
+            pct(m["o_wer"]),
+            rtf_label(m, kinds.get(system)),
+        ]
         for set_name, per_system in metrics["results"].items()
         for system, m in per_system.items()
     ]

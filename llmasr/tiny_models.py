@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, WhisperConfig, WhisperForConditionalGeneration
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
+)
 
 from llmasr.model import LLMASRConfig, LoraSettings
 
@@ -112,7 +118,12 @@ def tiny_tokenizer(out_dir: Path, chat_template: bool = True, vocab_size: int | 
     out_dir.mkdir(parents=True, exist_ok=True)
     if vocab_size is None:
         spec = json.loads(shipped_tokenizer_file().read_text())
-        spec["post_processor"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": True}
+        spec["post_processor"] = {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": False,
+            "use_regex": True,
+        }
         raw = out_dir / "raw_tokenizer.json"
         raw.write_text(json.dumps(spec))
         tok = PreTrainedTokenizerFast(tokenizer_file=str(raw))
@@ -128,7 +139,9 @@ def tiny_tokenizer(out_dir: Path, chat_template: bool = True, vocab_size: int | 
     return out_dir
 
 
-def tiny_whisper(out_dir: Path, max_source_positions: int = 1500, num_mel_bins: int = 80, seed: int = 0) -> Path:
+def tiny_whisper(
+    out_dir: Path, max_source_positions: int = 1500, num_mel_bins: int = 80, seed: int = 0
+) -> Path:
     """A tiny ``WhisperForConditionalGeneration`` with the shipped tokenizer's vocabulary."""
     tok = whisper_tokenizer()
     sot = tok.convert_tokens_to_ids("<|startoftranscript|>")
