@@ -3,15 +3,20 @@
     llmasr data --profile demo                                     # CPU demo: espeak-ng corpus -> shards
     llmasr data --source https://www.youtube.com/@SomeChannel --work-dir runs/mine
     llmasr data --source /path/to/folder --work-dir runs/mine --set filter.max_caption_wer=0.15
-    llmasr train --profile demo                                    # stages 1 -> 2 -> 3, tiny models on the CPU
+    llmasr train --profile demo                                    # stages 1 -> 2 -> 3,
+                                                                   # tiny models on the CPU
     llmasr train --work-dir runs/mine --stages 2,3 --set train.stage3.lr=2e-6
     llmasr evaluate --profile demo                                 # zero-shot R-WER report of the demo run
     llmasr run --profile demo                                      # all of it: data -> train -> evaluate
-    llmasr ablate --profile demo --vary train.stage3.lr=0.01,0.001 # variants side by side, shared stages trained once
-    llmasr transcribe --work-dir runs/mine talk.mp3 recordings/    # your own audio with the run's trained model
+    llmasr ablate --profile demo --vary train.stage3.lr=0.01,0.001 # variants side by side,
+                                                                   # shared stages trained once
+    llmasr transcribe --work-dir runs/mine talk.mp3 recordings/    # your own audio
+                                                                   # with the run's trained model
     llmasr transcribe --profile demo --out subs --format srt a.wav # .srt per file (txt, srt, jsonl)
-    llmasr ui --profile demo                                       # Prefect UI on 127.0.0.1:4200 with the deployments
-    llmasr demo-corpus                                             # only generate the demo corpus (runs/demo/demo-corpus)
+    llmasr ui --profile demo                                       # Prefect UI on 127.0.0.1:4200
+                                                                   # with the deployments
+    llmasr demo-corpus                                             # only generate the demo corpus
+                                                                   # (runs/demo/demo-corpus)
     llmasr config --profile demo                                   # print the validated config
 
 Every subcommand validates the whole configuration (and the sources) before any work and exits
@@ -39,71 +44,264 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", help="a profile of pipeline_config.yaml (e.g. demo)")
     p.add_argument("--config", dest="config_file", help="another pipeline_config.yaml")
     p.add_argument("--work-dir", help="where every stage writes (default: the config's work_dir)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. filter.max_caption_wer=0.15 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. filter.max_caption_wer=0.15 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmasr", description="Web audio -> pseudo-labelled shards -> LLM-ASR -> rare-word error rates")
+    parser = argparse.ArgumentParser(
+        prog="llmasr", description="Web audio -> pseudo-labelled shards -> LLM-ASR -> rare-word error rates"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="run the data flow: ingest -> segment -> label -> filter -> shard")
     _config_args(data)
-    data.add_argument("--source", dest="sources", action="append", default=[], help="YouTube URL, folder, audio file or manifest (repeatable)")
-    data.add_argument("--refresh", action="store_true", help="ignore cached task results (after deleting outputs by hand)")
+    data.add_argument(
+        "--source",
+        dest="sources",
+        action="append",
+        default=[],
+        help="YouTube URL, folder, audio file or manifest (repeatable)",
+    )
+    data.add_argument(
+        "--refresh", action="store_true", help="ignore cached task results (after deleting outputs by hand)"
+    )
 
     train = sub.add_parser("train", help="run the training flow: stage 1 -> 2 -> 3 on the work dir's shards")
     _config_args(train)
-    train.add_argument("--stages", default="1,2,3", help="comma-separated stages to run, e.g. 2,3 (default 1,2,3)")
+    train.add_argument(
+        "--stages", default="1,2,3", help="comma-separated stages to run, e.g. 2,3 (default 1,2,3)"
+    )
 
-    evaluate = sub.add_parser("evaluate", help="run the evaluation flow: decode test sets, score O/N/R/U-WER, write eval/report.md")
+    evaluate = sub.add_parser(
+        "evaluate", help="run the evaluation flow: decode test sets, score O/N/R/U-WER, write eval/report.md"
+    )
     _config_args(evaluate)
-    evaluate.add_argument("--test-set", dest="test_sets", action="append", default=[], metavar="NAME=PATH", help="a test set: manifest, Kincaid46 tsv, Primock57 folder, audio + .txt folder (repeatable; replaces eval.test_sets)")
-    evaluate.add_argument("--baseline", dest="baselines", action="append", default=[], metavar="faster-whisper:MODEL|transformers:MODEL", help="a Whisper baseline: faster-whisper:MODEL (e.g. faster-whisper:large-v2) or transformers:MODEL (e.g. transformers:openai/whisper-large-v2, transformers:bundled:whisper-base) (repeatable; replaces eval.baselines)")
-    evaluate.add_argument("--hyps", action="append", default=[], metavar="NAME=PATH", help="a hypothesis file scored as a system: jsonl/tsv of utt_id and text, or icefall recogs-*.txt (repeatable)")
-    evaluate.add_argument("--stages", default=None, help="stage checkpoints to decode, e.g. 3 (default eval.stages: 1,2,3 where complete; 1 = Whisper with the stage-1 encoder)")
+    evaluate.add_argument(
+        "--test-set",
+        dest="test_sets",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help=(
+            "a test set: manifest, Kincaid46 tsv, Primock57 folder, audio + .txt folder "
+            "(repeatable; replaces eval.test_sets)"
+        ),
+    )
+    evaluate.add_argument(
+        "--baseline",
+        dest="baselines",
+        action="append",
+        default=[],
+        metavar="faster-whisper:MODEL|transformers:MODEL",
+        help=(
+            "a Whisper baseline: faster-whisper:MODEL (e.g. faster-whisper:large-v2) "
+            "or transformers:MODEL "
+            "(e.g. transformers:openai/whisper-large-v2, transformers:bundled:whisper-base) "
+            "(repeatable; replaces eval.baselines)"
+        ),
+    )
+    evaluate.add_argument(
+        "--hyps",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help=(
+            "a hypothesis file scored as a system: jsonl/tsv of utt_id and text, "
+            "or icefall recogs-*.txt (repeatable)"
+        ),
+    )
+    evaluate.add_argument(
+        "--stages",
+        default=None,
+        help=(
+            "stage checkpoints to decode, e.g. 3 (default eval.stages: 1,2,3 where complete; "
+            "1 = Whisper with the stage-1 encoder)"
+        ),
+    )
     evaluate.add_argument("--greedy", action="store_true", help="greedy decoding (eval.num_beams=1)")
-    evaluate.add_argument("--refresh", action="store_true", help="decode again even where cached hypotheses match")
+    evaluate.add_argument(
+        "--refresh", action="store_true", help="decode again even where cached hypotheses match"
+    )
 
     run = sub.add_parser("run", help="the full pipeline: data -> train -> evaluate (ends with the WER table)")
     _config_args(run)
-    run.add_argument("--source", dest="sources", action="append", default=[], help="YouTube URL, folder, audio file or manifest (repeatable)")
+    run.add_argument(
+        "--source",
+        dest="sources",
+        action="append",
+        default=[],
+        help="YouTube URL, folder, audio file or manifest (repeatable)",
+    )
     run.add_argument("--stages", default="1,2,3", help="training stages to run (default 1,2,3)")
-    run.add_argument("--test-set", dest="test_sets", action="append", default=[], metavar="NAME=PATH", help="a test set (repeatable; replaces eval.test_sets)")
-    run.add_argument("--baseline", dest="baselines", action="append", default=[], metavar="faster-whisper:MODEL|transformers:MODEL", help="a Whisper baseline, faster-whisper:MODEL or transformers:MODEL (repeatable)")
-    run.add_argument("--hyps", action="append", default=[], metavar="NAME=PATH", help="a hypothesis file scored as a system: jsonl/tsv of utt_id and text, or icefall recogs-*.txt (repeatable)")
-    run.add_argument("--greedy", action="store_true", help="greedy decoding in the evaluation (eval.num_beams=1)")
-    run.add_argument("--refresh", action="store_true", help="ignore the data flow's cached task results and decode the test sets again (training redoes only what changed)")
+    run.add_argument(
+        "--test-set",
+        dest="test_sets",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a test set (repeatable; replaces eval.test_sets)",
+    )
+    run.add_argument(
+        "--baseline",
+        dest="baselines",
+        action="append",
+        default=[],
+        metavar="faster-whisper:MODEL|transformers:MODEL",
+        help="a Whisper baseline, faster-whisper:MODEL or transformers:MODEL (repeatable)",
+    )
+    run.add_argument(
+        "--hyps",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help=(
+            "a hypothesis file scored as a system: jsonl/tsv of utt_id and text, "
+            "or icefall recogs-*.txt (repeatable)"
+        ),
+    )
+    run.add_argument(
+        "--greedy", action="store_true", help="greedy decoding in the evaluation (eval.num_beams=1)"
+    )
+    run.add_argument(
+        "--refresh",
+        action="store_true",
+        help=(
+            "ignore the data flow's cached task results and decode the test sets again "
+            "(training redoes only what changed)"
+        ),
+    )
 
-    ab = sub.add_parser("ablate", help="train and evaluate variants of a run side by side (stages equal across variants train once); <work_dir>/ablations/<name>/")
+    ab = sub.add_parser(
+        "ablate",
+        help=(
+            "train and evaluate variants of a run side by side (stages equal across variants train once); "
+            "<work_dir>/ablations/<name>/"
+        ),
+    )
     _config_args(ab)
-    ab.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2", help="a grid key and its values, e.g. train.stage3.lr=1e-4,1e-5 (repeatable: every combination is a variant; train.* and eval.* keys)")
-    ab.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME:KEY=V[,KEY=V]", help="a hand-picked variant, e.g. linear:train.projector=linear (repeatable; NAME: alone is the config as it is)")
-    ab.add_argument("--name", default=None, help="the ablation's folder under <work_dir>/ablations/ (default: the vary keys or the variants' names)")
-    ab.add_argument("--source", dest="sources", action="append", default=[], help="sources of the data stage, run once before any training (repeatable; default the config's)")
+    ab.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help=(
+            "a grid key and its values, e.g. train.stage3.lr=1e-4,1e-5 "
+            "(repeatable: every combination is a variant; train.* and eval.* keys)"
+        ),
+    )
+    ab.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=V[,KEY=V]",
+        help=(
+            "a hand-picked variant, e.g. linear:train.projector=linear "
+            "(repeatable; NAME: alone is the config as it is)"
+        ),
+    )
+    ab.add_argument(
+        "--name",
+        default=None,
+        help=(
+            "the ablation's folder under <work_dir>/ablations/ "
+            "(default: the vary keys or the variants' names)"
+        ),
+    )
+    ab.add_argument(
+        "--source",
+        dest="sources",
+        action="append",
+        default=[],
+        help="sources of the data stage, run once before any training (repeatable; default the config's)",
+    )
     ab.add_argument("--yes", action="store_true", help="run more than 16 variants")
 
-    tr = sub.add_parser("transcribe", help="transcribe your own audio files with the run's trained model (stage 3, 2 or 1)")
+    tr = sub.add_parser(
+        "transcribe", help="transcribe your own audio files with the run's trained model (stage 3, 2 or 1)"
+    )
     _config_args(tr)
-    tr.add_argument("paths", nargs="+", metavar="FILE_OR_FOLDER", help="audio files of any length and format ffmpeg reads; folders are walked for audio files")
-    tr.add_argument("--stage", type=int, choices=[1, 2, 3], default=None, help="3: LLM-ASR with LoRA, 2: without LoRA, 1: Whisper with the stage-1 encoder (default: the highest complete stage)")
-    tr.add_argument("--out", default=None, metavar="DIR", help="write files there instead of printing the text")
-    tr.add_argument("--format", choices=["txt", "srt", "jsonl"], default=None, help="with --out: <stem>.txt, <stem>.srt (a cue per VAD piece) or one transcripts.jsonl (default txt)")
+    tr.add_argument(
+        "paths",
+        nargs="+",
+        metavar="FILE_OR_FOLDER",
+        help="audio files of any length and format ffmpeg reads; folders are walked for audio files",
+    )
+    tr.add_argument(
+        "--stage",
+        type=int,
+        choices=[1, 2, 3],
+        default=None,
+        help=(
+            "3: LLM-ASR with LoRA, 2: without LoRA, 1: Whisper with the stage-1 encoder "
+            "(default: the highest complete stage)"
+        ),
+    )
+    tr.add_argument(
+        "--out", default=None, metavar="DIR", help="write files there instead of printing the text"
+    )
+    tr.add_argument(
+        "--format",
+        choices=["txt", "srt", "jsonl"],
+        default=None,
+        help=(
+            "with --out: <stem>.txt, <stem>.srt (a cue per VAD piece) or one transcripts.jsonl (default txt)"
+        ),
+    )
     beams = tr.add_mutually_exclusive_group()
     beams.add_argument("--greedy", action="store_true", help="greedy decoding (eval.num_beams=1)")
-    beams.add_argument("--num-beams", type=int, default=None, metavar="N", help="beam width (default eval.num_beams)")
+    beams.add_argument(
+        "--num-beams", type=int, default=None, metavar="N", help="beam width (default eval.num_beams)"
+    )
 
     ui = sub.add_parser("ui", help="a Prefect server on 127.0.0.1:4200 serving the project's deployments")
     _config_args(ui)
-    ui.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; anything else is reachable from other machines)")
+    ui.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="bind address (default loopback; anything else is reachable from other machines)",
+    )
     ui.add_argument("--port", type=int, default=4200, help="port of the UI and API (default 4200)")
-    ui.add_argument("--source", dest="sources", action="append", default=[], help="default sources of the data deployment (repeatable)")
+    ui.add_argument(
+        "--source",
+        dest="sources",
+        action="append",
+        default=[],
+        help="default sources of the data deployment (repeatable)",
+    )
 
-    demo = sub.add_parser("demo-corpus", help="generate the espeak-ng demo corpus (or, with --profile small, the small profile's)")
-    demo.add_argument("--profile", default=None, help="generate the corpus of this profile's demo: section (default demo; or small); --out, --items, --seed override it")
+    demo = sub.add_parser(
+        "demo-corpus",
+        help="generate the espeak-ng demo corpus (or, with --profile small, the small profile's)",
+    )
+    demo.add_argument(
+        "--profile",
+        default=None,
+        help=(
+            "generate the corpus of this profile's demo: section "
+            "(default demo; or small); --out, --items, --seed override it"
+        ),
+    )
     demo.add_argument("--config", dest="config_file", default=None, help="another pipeline_config.yaml")
-    demo.add_argument("--out", default=None, help="the corpus folder (default: the profile's demo.corpus_dir, <work_dir>/demo-corpus)")
+    demo.add_argument(
+        "--out",
+        default=None,
+        help="the corpus folder (default: the profile's demo.corpus_dir, <work_dir>/demo-corpus)",
+    )
     demo.add_argument("--items", type=int, default=None, help="videos in the corpus (default: demo.n_items)")
-    demo.add_argument("--seed", type=int, default=None, help="seed of voices, sentences and caption faults (default: demo.seed)")
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of voices, sentences and caption faults (default: demo.seed)",
+    )
     demo.add_argument("--force", action="store_true", help="regenerate even if it exists")
 
     show = sub.add_parser("config", help="print the validated configuration")
@@ -114,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace, sources: list[str] | None = None):
     from llmasr.config import load_config
 
-    return load_config(args.profile, args.overrides, args.config_file, work_dir=args.work_dir, sources=sources or None)
+    return load_config(
+        args.profile, args.overrides, args.config_file, work_dir=args.work_dir, sources=sources or None
+    )
 
 
 def _prefect_defaults() -> None:
@@ -132,7 +332,9 @@ def _check_models(cfg, label: bool = False, train_stages=(), baselines: bool = F
     warning = preflight.label_device_warning(cfg) if label else None
     if warning:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
-    preflight.check_models(preflight.model_refs(cfg, label=label, train_stages=train_stages, baselines=baselines))
+    preflight.check_models(
+        preflight.model_refs(cfg, label=label, train_stages=train_stages, baselines=baselines)
+    )
 
 
 def _print_browse_hint(args: argparse.Namespace, cfg) -> None:
@@ -141,13 +343,24 @@ def _print_browse_hint(args: argparse.Namespace, cfg) -> None:
 
     api = os.environ.get("PREFECT_API_URL")
     if api:
-        console.print(f"runs and artifacts: {api.removesuffix('/').removesuffix('/api')} (the Prefect server of PREFECT_API_URL)", soft_wrap=True)
+        console.print(
+            f"runs and artifacts: {api.removesuffix('/').removesuffix('/api')} "
+            "(the Prefect server of PREFECT_API_URL)",
+            soft_wrap=True,
+        )
         return
     cmd = ["llmasr", "ui"]
-    for flag, value in (("--profile", args.profile), ("--config", args.config_file), ("--work-dir", args.work_dir and cfg.work_dir)):
+    for flag, value in (
+        ("--profile", args.profile),
+        ("--config", args.config_file),
+        ("--work-dir", args.work_dir and cfg.work_dir),
+    ):
         if value:
             cmd += [flag, str(value)]
-    console.print(f"browse this run, earlier ones and their artifacts: {shlex.join(cmd)} (then http://127.0.0.1:4200)", soft_wrap=True)
+    console.print(
+        f"browse this run, earlier ones and their artifacts: {shlex.join(cmd)} (then http://127.0.0.1:4200)",
+        soft_wrap=True,
+    )
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -161,7 +374,14 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     runner_flow = data_flow.with_options(task_runner=_task_runner(cfg))
     with progress.terminal_progress(console):
-        result = runner_flow(sources=args.sources or None, profile=args.profile, work_dir=args.work_dir, overrides=args.overrides, config_file=args.config_file, refresh=args.refresh)
+        result = runner_flow(
+            sources=args.sources or None,
+            profile=args.profile,
+            work_dir=args.work_dir,
+            overrides=args.overrides,
+            config_file=args.config_file,
+            refresh=args.refresh,
+        )
     _print_summary(cfg.work_dir, result)
     _print_browse_hint(args, cfg)
     return 0
@@ -177,18 +397,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_models(cfg, train_stages=stages)
     _prefect_defaults()
 
-    result = train_flow(profile=args.profile, work_dir=args.work_dir, overrides=args.overrides, config_file=args.config_file, stages=stages)
+    result = train_flow(
+        profile=args.profile,
+        work_dir=args.work_dir,
+        overrides=args.overrides,
+        config_file=args.config_file,
+        stages=stages,
+    )
     from flows.train_artifacts import read_metrics, summary_rows
     from tasks.checkpoints import stage_dir
 
     root = Path(cfg.work_dir).resolve()
-    rows = summary_rows(read_metrics(WorkLayout(root)), {int(name.removeprefix("stage")): info for name, info in result.items()})
-    cols = [*map(Col, ("stage", "steps", "samples", "loss", "val loss", "samples/s", "tokens/s", "model TFLOP/s", "MFU")), Col("checkpoint", "left", keep=True)]
+    rows = summary_rows(
+        read_metrics(WorkLayout(root)),
+        {int(name.removeprefix("stage")): info for name, info in result.items()},
+    )
+    cols = [
+        *map(
+            Col,
+            (
+                "stage",
+                "steps",
+                "samples",
+                "loss",
+                "val loss",
+                "samples/s",
+                "tokens/s",
+                "model TFLOP/s",
+                "MFU",
+            ),
+        ),
+        Col("checkpoint", "left", keep=True),
+    ]
     fmt = lambda v, f="{}": "-" if v is None else f.format(v)  # noqa: E731
     cells = [  # the last log window of each stage (train.jsonl), as the train-summary artifact
-        [str(r["stage"]), fmt(r["steps"]), fmt(r["samples"]), fmt(r["final_loss"], "{:.4f}"), fmt(r["val_loss"], "{:.4f}"),
-         fmt(r["samples_per_s"], "{:.1f}"), fmt(r["tokens_per_s"], "{:.0f}"), fmt(r["model_tflops"], "{:.3g}"),
-         fmt(r["mfu"], "{:.1%}"), str(stage_dir(root, r["stage"]))]
+        [str(r["stage"]), fmt(r["steps"]), fmt(r["samples"]), fmt(r["final_loss"], "{:.4f}"),
+         fmt(r["val_loss"], "{:.4f}"), fmt(r["samples_per_s"], "{:.1f}"), fmt(r["tokens_per_s"], "{:.0f}"),
+         fmt(r["model_tflops"], "{:.3g}"), fmt(r["mfu"], "{:.1%}"), str(stage_dir(root, r["stage"]))]
         for r in rows
     ]  # fmt: skip
     tables.show(console, f"training: {root}", cols, cells)
@@ -229,7 +474,10 @@ def _print_eval_table(metrics: dict) -> None:
     tables.show(console, *tables.eval_table(metrics))  # names whole at any width (llmasr.tables)
     if metrics["problems"]:
         report = escape(str(Path(metrics["work_dir"]) / "eval" / "report.md"))
-        console.print(f"[yellow]{len(metrics['problems'])} problem(s)[/yellow]: see the Problems section of {report}", soft_wrap=True)
+        console.print(
+            f"[yellow]{len(metrics['problems'])} problem(s)[/yellow]: see the Problems section of {report}",
+            soft_wrap=True,
+        )
 
 
 def _stages(text: str) -> list[int]:
@@ -242,10 +490,9 @@ def _stages(text: str) -> list[int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from llmasr import preflight, progress
-
     from flows.evaluate import check_test_sets, resolve_config
     from flows.train import check_stage_numbers
+    from llmasr import preflight, progress
 
     args.overrides = [*args.overrides, *(["eval.num_beams=1"] if args.greedy else [])]
     cfg = _load(args, args.sources)
@@ -255,7 +502,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     # the profile generates (the demo's corpus and its test set) is checked once it exists
     check_stage_numbers(sorted(stages or [1, 2, 3]))
     preflight.check_sources(cfg)
-    eval_cfg = resolve_config(args.profile, args.work_dir, args.overrides, args.config_file, args.test_sets or None, args.baselines or None, args.hyps or None)
+    eval_cfg = resolve_config(
+        args.profile,
+        args.work_dir,
+        args.overrides,
+        args.config_file,
+        args.test_sets or None,
+        args.baselines or None,
+        args.hyps or None,
+    )
     check_test_sets(eval_cfg)
     preflight.check_scorable(eval_cfg)
     _check_models(eval_cfg, label=True, train_stages=stages or [1, 2, 3], baselines=True)
@@ -281,13 +536,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    from flows.evaluate import check_test_sets
     from llmasr import preflight, progress
     from tasks import ablate
 
-    from flows.evaluate import check_test_sets
-
     # every variant's config, the sources, the test sets and the models, before Prefect starts
-    plan = ablate.make_plan(args.vary, args.variants, args.name, args.yes, args.profile, args.work_dir, args.overrides, args.config_file, args.sources or None)
+    plan = ablate.make_plan(
+        args.vary,
+        args.variants,
+        args.name,
+        args.yes,
+        args.profile,
+        args.work_dir,
+        args.overrides,
+        args.config_file,
+        args.sources or None,
+    )
     if plan.base.sources:
         preflight.check_sources(plan.base)
     check_test_sets(plan.base)
@@ -298,17 +562,34 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from flows.ablate import ablation_flow
 
     with progress.terminal_progress(console):
-        result = ablation_flow(vary=args.vary, variants=args.variants, name=args.name, profile=args.profile, work_dir=args.work_dir,
-                               overrides=args.overrides, config_file=args.config_file, sources=args.sources or None, yes=args.yes)  # fmt: skip
+        result = ablation_flow(vary=args.vary, variants=args.variants, name=args.name, profile=args.profile,
+                               work_dir=args.work_dir, overrides=args.overrides, config_file=args.config_file,
+                               sources=args.sources or None, yes=args.yes)  # fmt: skip
     cols = [Col(c, "right" if c.endswith("WER") else "left", keep=c in ("variant", "test set", "system"))
-            for c in ("variant", "stage 1", "stage 2", "stage 3", "test set", "system", "N-WER", "R-WER", "U-WER", "O-WER")]  # fmt: skip
-    lineage = {v["name"]: [ablate.stage_cell(v["lineage"].get(f"stage{s}"), v["name"]) for s in ablate.STAGES] for v in result["variants"]}
+            for c in ("variant", "stage 1", "stage 2", "stage 3", "test set", "system",
+                      "N-WER", "R-WER", "U-WER", "O-WER")]  # fmt: skip
+    lineage = {
+        v["name"]: [ablate.stage_cell(v["lineage"].get(f"stage{s}"), v["name"]) for s in ablate.STAGES]
+        for v in result["variants"]
+    }
     rows = [  # a baseline once, with no stages
-        [row["variant"], *lineage.get(row["variant"], ["", "", ""]), row["test set"], row["system"], row["N-WER"], row["R-WER"], row["U-WER"], row["O-WER"]]
+        [
+            row["variant"],
+            *lineage.get(row["variant"], ["", "", ""]),
+            row["test set"],
+            row["system"],
+            row["N-WER"],
+            row["R-WER"],
+            row["U-WER"],
+            row["O-WER"],
+        ]
         for row in ablate.result_rows(result)
     ]
     tables.show(console, f"ablation: {plan.out_dir}", cols, rows)
-    console.print(f"comparison: {plan.out_dir / 'comparison.json'}; report: {plan.out_dir / 'report.md'}", soft_wrap=True)
+    console.print(
+        f"comparison: {plan.out_dir / 'comparison.json'}; report: {plan.out_dir / 'report.md'}",
+        soft_wrap=True,
+    )
     _print_browse_hint(args, plan.base)
     return 0
 
@@ -319,7 +600,13 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from llmasr import progress
     from tasks import transcribe as tr
 
-    beams = ["eval.num_beams=1"] if args.greedy else [f"eval.num_beams={args.num_beams}"] if args.num_beams is not None else []
+    beams = (
+        ["eval.num_beams=1"]
+        if args.greedy
+        else [f"eval.num_beams={args.num_beams}"]
+        if args.num_beams is not None
+        else []
+    )
     args.overrides = [*args.overrides, *beams]
     cfg = _load(args)
     tr.check_output(args.out, args.format)  # every check before the model loads
@@ -344,7 +631,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from llmasr import server
 
     cfg = _load(args, args.sources)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops us even when started with SIGINT ignored (`&`)
+    # Ctrl-C stops us even when started with SIGINT ignored (`&`)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _prefect_defaults()
     proc = None
     api_url = os.environ.get("PREFECT_API_URL")
@@ -353,8 +641,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
             console.print(Text(f"using the Prefect server at {api_url} (PREFECT_API_URL)"), soft_wrap=True)
         else:
             if not server.is_loopback(args.host):
-                console.print(f"[yellow]warning:[/yellow] binding to {args.host}: the Prefect UI and API have no authentication and will be reachable from other machines", soft_wrap=True)
-            api_url = f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.port}/api"
+                console.print(
+                    f"[yellow]warning:[/yellow] binding to {args.host}: the Prefect UI and API have no "
+                    "authentication and will be reachable from other machines",
+                    soft_wrap=True,
+                )
+            api_url = (
+                f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.port}/api"
+            )
             log = Path(cfg.work_dir) / "logs" / "prefect-server.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             proc = server.start_server(args.host, args.port, log)
@@ -367,7 +661,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
         from flows.deployments import build_deployments
 
         with temporary_settings({PREFECT_API_URL: api_url}):
-            serve(*build_deployments(cfg, args.profile, args.work_dir, args.config_file, args.overrides, args.sources))
+            serve(
+                *build_deployments(
+                    cfg, args.profile, args.work_dir, args.config_file, args.overrides, args.sources
+                )
+            )
     except KeyboardInterrupt:
         console.print("stopping")
     finally:
@@ -396,10 +694,26 @@ def _print_summary(work_dir: str, result) -> None:
 
     layout = WorkLayout(Path(work_dir))
     cols = [Col(c) for c in ("items", "failed", "segments", "kept", "shards", "labelled now", "label RTFx")]
-    counts = (result.items, result.failed_items, result.segments, result.kept, result.shards, result.labelled_items, _label_rtfx_cell(result))
+    counts = (
+        result.items,
+        result.failed_items,
+        result.segments,
+        result.kept,
+        result.shards,
+        result.labelled_items,
+        _label_rtfx_cell(result),
+    )
     tables.show(console, f"data run: {layout.root}", cols, [list(map(str, counts))])
-    rows = [[row["reason"], row["segments"], row["only_reason"]] for row in funnel(read_records(layout.decisions, Decision))]
-    tables.show(console, "filter funnel", [Col("reason", "left", keep=True), Col("segments"), Col("only reason")], rows)
+    rows = [
+        [row["reason"], row["segments"], row["only_reason"]]
+        for row in funnel(read_records(layout.decisions, Decision))
+    ]
+    tables.show(
+        console,
+        "filter funnel",
+        [Col("reason", "left", keep=True), Col("segments"), Col("only reason")],
+        rows,
+    )
     console.print(Text(f"shards: {layout.shard_index}"), soft_wrap=True)
 
 
@@ -407,7 +721,8 @@ def cmd_demo_corpus(args: argparse.Namespace) -> int:
     from llmasr.config import DemoConfig, load_config
     from tasks.demo_corpus import generate_corpus
 
-    demo = load_config(args.profile or "demo", config_file=args.config_file).demo  # corpus_dir resolved under its work dir
+    # corpus_dir resolved under its work dir
+    demo = load_config(args.profile or "demo", config_file=args.config_file).demo
     if demo is None:
         raise SystemExit(f"profile {args.profile!r} has no demo: section (no corpus to generate)")
     update = {k: v for k, v in (("n_items", args.items), ("seed", args.seed)) if v is not None}
@@ -432,7 +747,17 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     _prefect_defaults()  # before any import of prefect: its settings are read once, at import
-    handler = {"data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run, "ablate": cmd_ablate, "transcribe": cmd_transcribe, "ui": cmd_ui, "demo-corpus": cmd_demo_corpus, "config": cmd_config}[args.command]
+    handler = {
+        "data": cmd_data,
+        "train": cmd_train,
+        "evaluate": cmd_evaluate,
+        "run": cmd_run,
+        "ablate": cmd_ablate,
+        "transcribe": cmd_transcribe,
+        "ui": cmd_ui,
+        "demo-corpus": cmd_demo_corpus,
+        "config": cmd_config,
+    }[args.command]
     try:
         return handler(args)
     except (ConfigError, SourceError, ServerError, WorkDirBusy) as exc:
