@@ -33,9 +33,10 @@ import dataclasses
 import functools
 import json
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +121,7 @@ class LLMASRConfig:
     llm_seed: int = 0
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LLMASRConfig":
+    def from_dict(cls, d: dict[str, Any]) -> LLMASRConfig:
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
@@ -133,10 +134,13 @@ class LLMASRConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def resolved(self) -> "LLMASRConfig":
+    def resolved(self) -> LLMASRConfig:
         """A copy with ``bundled:`` names replaced by their local folders (converted if needed)."""
         return dataclasses.replace(
-            self, encoder=local_source(self.encoder), llm=local_source(self.llm), tokenizer=local_source(self.tokenizer)
+            self,
+            encoder=local_source(self.encoder),
+            llm=local_source(self.llm),
+            tokenizer=local_source(self.tokenizer),
         )
 
 
@@ -172,7 +176,9 @@ def _frame_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
 def _check_features(encoder: WhisperEncoder, features: torch.Tensor, lengths: torch.Tensor) -> None:
     max_frames = 2 * encoder.config.max_source_positions
     if features.dim() != 3:
-        raise ValueError(f"input_features must be (batch, mel_bins, frames), got shape {tuple(features.shape)}")
+        raise ValueError(
+            f"input_features must be (batch, mel_bins, frames), got shape {tuple(features.shape)}"
+        )
     if features.shape[1] != encoder.config.num_mel_bins:
         raise ValueError(
             f"this Whisper encoder expects {encoder.config.num_mel_bins} mel bins, got {features.shape[1]}: "
@@ -184,7 +190,9 @@ def _check_features(encoder: WhisperEncoder, features: torch.Tensor, lengths: to
             f"2*max_source_positions = {max_frames} ({max_frames / 100:.0f} s): cut the audio shorter"
         )
     if lengths.shape != (features.shape[0],):
-        raise ValueError(f"feature_lengths must have shape ({features.shape[0]},), got {tuple(lengths.shape)}")
+        raise ValueError(
+            f"feature_lengths must have shape ({features.shape[0]},), got {tuple(lengths.shape)}"
+        )
     if bool((lengths < 1).any()) or bool((lengths > features.shape[-1]).any()):
         raise ValueError(f"feature_lengths must be in [1, {features.shape[-1]}], got {lengths.tolist()}")
 
@@ -298,7 +306,9 @@ class SpeechEncoder(nn.Module):
         return 2 * int(self.encoder.config.max_source_positions)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **kwargs: Any) -> "SpeechEncoder":
+    def from_pretrained(
+        cls, path: str | Path, dtype: torch.dtype = torch.float32, **kwargs: Any
+    ) -> SpeechEncoder:
         """Load the encoder of a WhisperModel / WhisperForConditionalGeneration checkpoint.
 
         An encoder-only export (stage 1's ``encoder/``) has no decoder weights; transformers would
@@ -314,7 +324,7 @@ class SpeechEncoder(nn.Module):
         return cls(whisper.get_encoder(), **kwargs)  # the decoder is dropped with `whisper`
 
     @classmethod
-    def from_config(cls, config: WhisperConfig | dict[str, Any], **kwargs: Any) -> "SpeechEncoder":
+    def from_config(cls, config: WhisperConfig | dict[str, Any], **kwargs: Any) -> SpeechEncoder:
         """A randomly initialised encoder (tests)."""
         if isinstance(config, dict):
             config = WhisperConfig(**config)
@@ -323,7 +333,9 @@ class SpeechEncoder(nn.Module):
     def forward(
         self, input_features: torch.Tensor, feature_lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return encode_whisper(self.encoder, input_features, feature_lengths, self.trim_padding, self.mask_padding)
+        return encode_whisper(
+            self.encoder, input_features, feature_lengths, self.trim_padding, self.mask_padding
+        )
 
 
 # -------------------------------------------------------------------------------- projector
@@ -368,7 +380,9 @@ class Projector(nn.Module):
         if k < 1:
             raise ValueError(f"projector k must be >= 1, got {k}")
         if activation not in _ACTIVATIONS:
-            raise ValueError(f"projector activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+            raise ValueError(
+                f"projector activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
+            )
         if norm_to is not None and not norm_to > 0:
             raise ValueError(f"projector norm_to must be > 0, got {norm_to}")
         self.d_enc, self.d_llm, self.hidden, self.k, self.activation = d_enc, d_llm, hidden, k, activation
@@ -381,11 +395,14 @@ class Projector(nn.Module):
             self.linear2 = nn.Linear(hidden, d_llm)
         if ctc:
             self.ctc_blank = nn.Parameter(torch.zeros(d_llm))  # the blank's "embedding"
-            self.ctc_scale = nn.Parameter(torch.ones(1))  # logit temperature (outputs may be norm-fixed); (1,): DeepSpeed broadcasts no 0-dim tensor
+            # logit temperature (outputs may be norm-fixed); (1,): DeepSpeed broadcasts no 0-dim tensor
+            self.ctc_scale = nn.Parameter(torch.ones(1))
         if ctc_vocab is not None and (not ctc or ctc_vocab < 1):
             raise ValueError(f"ctc_vocab={ctc_vocab} needs ctc=True and at least one token")
         # (V',) the LLM token ids the head spells, sorted (load_state_dict fills them); None: all
-        self.register_buffer("ctc_tokens", None if ctc_vocab is None else torch.zeros(ctc_vocab, dtype=torch.long))
+        self.register_buffer(
+            "ctc_tokens", None if ctc_vocab is None else torch.zeros(ctc_vocab, dtype=torch.long)
+        )
 
     def restrict_ctc(self, token_ids: Sequence[int]) -> None:
         """The CTC head spells only ``token_ids`` (+ blank): (B, S, V' + 1) logits instead of
@@ -398,14 +415,16 @@ class Projector(nn.Module):
         self.ctc_tokens = torch.tensor(ids, dtype=torch.long, device=self.ctc_blank.device)
 
     def config_dict(self) -> dict[str, Any]:
-        return {"d_enc": self.d_enc, "d_llm": self.d_llm, "hidden": self.hidden, "k": self.k, "activation": self.activation,
-                "norm_to": self.norm_to, "ctc": self.ctc, "kind": self.kind,
+        return {"d_enc": self.d_enc, "d_llm": self.d_llm, "hidden": self.hidden, "k": self.k,
+                "activation": self.activation, "norm_to": self.norm_to, "ctc": self.ctc, "kind": self.kind,
                 "ctc_vocab": None if self.ctc_tokens is None else int(self.ctc_tokens.numel())}  # fmt: skip
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return lengths // self.k  # odd tail dropped
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, frames, dim = x.shape  # (B, T, D_enc)
         if dim != self.d_enc:
             raise ValueError(f"projector expects encoder width {self.d_enc}, got {dim}")
@@ -414,9 +433,11 @@ class Projector(nn.Module):
         steps = frames // self.k
         x = x[:, : steps * self.k]  # (B, T//k * k, D_enc): drop the odd tail
         x = x.reshape(batch, steps, self.k * dim)  # (B, T//k, k*D_enc)
-        x = self.linear1(x) if self.kind == "linear" else self.linear2(self.act(self.linear1(x)))  # (B, T//k, D_llm)
+        # (B, T//k, D_llm)
+        x = self.linear1(x) if self.kind == "linear" else self.linear2(self.act(self.linear1(x)))
         if self.norm_to is not None:
-            x = x * (self.norm_to / x.norm(dim=-1, keepdim=True).clamp_min(1e-6))  # (B, T//k, D_llm), each row norm_to
+            # (B, T//k, D_llm), each row norm_to
+            x = x * (self.norm_to / x.norm(dim=-1, keepdim=True).clamp_min(1e-6))
         return x, self.output_lengths(lengths)
 
     def ctc_logits(self, speech: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
@@ -432,7 +453,9 @@ class Projector(nn.Module):
         return torch.cat([tokens, blank], dim=-1) * self.ctc_scale  # (B, S, V + 1)
 
     @staticmethod
-    def compress(speech: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def compress(
+        speech: torch.Tensor, lengths: torch.Tensor, logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep the frames whose best CTC class is not the blank, one embedding per run of a label
         (the run's mean): (B, S, D), (B,), logits (B, S, V + 1) -> (B, S', D), (B,) with S' <= S.
 
@@ -449,10 +472,14 @@ class Projector(nn.Module):
                 frame = int(logits[b, :n, :blank].detach().max(-1).values.argmax())
                 rows.append(speech[b, frame : frame + 1])  # (1, D)
                 continue
-            starts = keep & torch.cat([labels.new_ones(1, dtype=torch.bool), (labels[1:] != labels[:-1]) | ~keep[:-1]])  # (n,)
+            # (n,)
+            starts = keep & torch.cat(
+                [labels.new_ones(1, dtype=torch.bool), (labels[1:] != labels[:-1]) | ~keep[:-1]]
+            )
             run = torch.cumsum(starts.long(), 0) - 1  # (n,): each frame's run index (blanks ignored below)
             count = int(starts.sum())
-            sums = speech.new_zeros(count, speech.shape[-1]).index_add(0, run[keep], speech[b, :n][keep])  # (R, D)
+            # (R, D)
+            sums = speech.new_zeros(count, speech.shape[-1]).index_add(0, run[keep], speech[b, :n][keep])
             sizes = torch.bincount(run[keep], minlength=count).clamp_min(1).to(speech.dtype)  # (R,)
             rows.append(sums / sizes[:, None])  # (R, D)
         out_lengths = torch.tensor([r.shape[0] for r in rows], dtype=torch.long, device=speech.device)
@@ -473,7 +500,9 @@ def load_projector(path: str | Path, device: str | torch.device = "cpu") -> Proj
     """Inverse of ``save_projector``."""
     path = Path(path)
     if not (path / PROJECTOR_CONFIG).is_file() or not (path / PROJECTOR_WEIGHTS).is_file():
-        raise FileNotFoundError(f"{path} has no {PROJECTOR_CONFIG} + {PROJECTOR_WEIGHTS} (written by save_projector)")
+        raise FileNotFoundError(
+            f"{path} has no {PROJECTOR_CONFIG} + {PROJECTOR_WEIGHTS} (written by save_projector)"
+        )
     projector = Projector(**json.loads((path / PROJECTOR_CONFIG).read_text()))
     projector.load_state_dict(load_file(str(path / PROJECTOR_WEIGHTS), device=str(device)))
     return projector.to(device)
@@ -535,7 +564,8 @@ class LLMASROutput:
     attention_mask: torch.Tensor  # (B, L)
     logit_positions: torch.Tensor  # (K,): logits[:, j] is the prediction at position logit_positions[j],
     #                                 scored against labels[:, logit_positions[j] + 1]
-    speech_lengths: torch.Tensor | None = None  # (B,): speech embeddings the LLM read per example (0: it did not run)
+    # (B,): speech embeddings the LLM read per example (0: it did not run)
+    speech_lengths: torch.Tensor | None = None
 
 
 def _keeps_logits(llm: nn.Module) -> bool:
@@ -545,7 +575,7 @@ def _keeps_logits(llm: nn.Module) -> bool:
     return _forward_takes_logits_to_keep(type(base))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward_takes_logits_to_keep(cls: type) -> bool:
     import inspect
 
@@ -600,7 +630,8 @@ class LLMASR(nn.Module):
         vocab_rows = int(llm.get_input_embeddings().num_embeddings)
         if len(tokenizer) > vocab_rows:
             raise ValueError(
-                f"tokenizer has {len(tokenizer)} tokens but the LLM embeds only {vocab_rows}: wrong tokenizer for this LLM"
+                f"tokenizer has {len(tokenizer)} tokens but the LLM embeds only {vocab_rows}: "
+                "wrong tokenizer for this LLM"
             )
         if tokenizer.eos_token_id is None:
             raise ValueError("tokenizer has no eos_token: targets must end with one")
@@ -610,7 +641,9 @@ class LLMASR(nn.Module):
         self.tokenizer = tokenizer
         self.prompt = build_prompt(tokenizer, instruction)
         self.eos_id = int(tokenizer.eos_token_id)
-        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+        self.pad_id = int(
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
 
     @property
     def slice_logits(self) -> bool:
@@ -639,11 +672,14 @@ class LLMASR(nn.Module):
         """speech_embeds, plus (CTC logits (B, S, V + 1), frame lengths (B,)) before compression, or None.
 
         ``encoded``: the frozen encoder's output for these features, computed earlier
-        (``tasks.encoder_cache``): (B, T/2, D_enc) and its valid lengths (B,); the features are then unused."""
+        (``tasks.encoder_cache``): (B, T/2, D_enc) and its valid lengths (B,); the features are then
+        unused."""
         if encoded is not None:
             hidden, lengths = encoded  # (B, T/2, D_enc), (B,)
         else:
-            encoder_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
+            encoder_trains = torch.is_grad_enabled() and any(
+                p.requires_grad for p in self.encoder.parameters()
+            )
             with torch.set_grad_enabled(encoder_trains):
                 hidden, lengths = self.encoder(input_features, feature_lengths)  # (B, T/2, D_enc), (B,)
         speech, speech_lengths = self.projector(hidden, lengths)  # (B, T/2//k, D_llm), (B,)
@@ -655,10 +691,13 @@ class LLMASR(nn.Module):
         if not self.projector.ctc:
             return speech, speech_lengths, None
         logits = self.projector.ctc_logits(speech, self.llm.get_input_embeddings().weight)  # (B, S, V + 1)
-        compressed, compressed_lengths = self.projector.compress(speech, speech_lengths, logits)  # (B, S', D_llm)
+        # (B, S', D_llm)
+        compressed, compressed_lengths = self.projector.compress(speech, speech_lengths, logits)
         return compressed, compressed_lengths, (logits, speech_lengths)
 
-    def ctc_loss(self, ctc: tuple[torch.Tensor, torch.Tensor], target_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    def ctc_loss(
+        self, ctc: tuple[torch.Tensor, torch.Tensor], target_ids: Sequence[Sequence[int]]
+    ) -> torch.Tensor:
         """Mean CTC loss of the projector's head spelling each transcript in LLM tokens (no EOS)."""
         logits, lengths = ctc  # (B, S, V + 1), (B,)
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (S, B, V + 1)
@@ -667,9 +706,13 @@ class LLMASR(nn.Module):
             classes = {int(t): j for j, t in enumerate(tokens.tolist())}
             target_ids = [[classes[t] for t in row if t in classes] for row in target_ids]
         flat = torch.tensor([t for row in target_ids for t in row], dtype=torch.long, device=logits.device)
-        target_lengths = torch.tensor([len(row) for row in target_ids], dtype=torch.long, device=logits.device)
+        target_lengths = torch.tensor(
+            [len(row) for row in target_ids], dtype=torch.long, device=logits.device
+        )
         # zero_infinity: a transcript longer than its frames (too fast for k) adds nothing instead of inf
-        return F.ctc_loss(log_probs, flat, lengths, target_lengths, blank=logits.shape[-1] - 1, zero_infinity=True)
+        return F.ctc_loss(
+            log_probs, flat, lengths, target_lengths, blank=logits.shape[-1] - 1, zero_infinity=True
+        )
 
     def encode_targets(self, texts: Sequence[str]) -> list[list[int]]:
         """Target token ids, without EOS (``forward`` appends it)."""
@@ -698,13 +741,18 @@ class LLMASR(nn.Module):
         width = max(len(r) for r in rows_ids)
 
         def pad(rows: list[list[Any]], value: Any) -> list[list[Any]]:
-            return [([value] * (width - len(r)) + r) if left_pad else (r + [value] * (width - len(r))) for r in rows]
+            return [
+                ([value] * (width - len(r)) + r) if left_pad else (r + [value] * (width - len(r)))
+                for r in rows
+            ]
 
         device = speech.device
         ids = torch.tensor(pad(rows_ids, self.pad_id), dtype=torch.long, device=device)  # (B, L)
         is_speech = torch.tensor(pad(rows_speech, False), dtype=torch.bool, device=device)  # (B, L)
         labels = torch.tensor(pad(rows_labels, IGNORE_INDEX), dtype=torch.long, device=device)  # (B, L)
-        attention_mask = torch.tensor(pad([[1] * len(r) for r in rows_ids], 0), dtype=torch.long, device=device)
+        attention_mask = torch.tensor(
+            pad([[1] * len(r) for r in rows_ids], 0), dtype=torch.long, device=device
+        )
 
         embeds = self.llm.get_input_embeddings()(ids)  # (B, L, D_llm)
         valid = _frame_mask(speech_lengths, speech.shape[1])  # (B, S)
@@ -748,9 +796,11 @@ class LLMASR(nn.Module):
             # Logits only where the loss looks: prompt and speech positions (~90% of a batch) never meet
             # the (B, L, V) vocabulary projection -- the largest activation of the step at V = 152k.
             keep = scored_positions(labels)  # (K,)
-            logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep).logits  # (B, K, V)
+            # (B, K, V)
+            logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep).logits
             targets = labels[:, keep + 1]  # (B, K): -100 where this row's position is not scored
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)  # HF's causal-LM loss, on K
+            # HF's causal-LM loss, on K
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         if ctc is not None and ctc_weight:
             loss = loss + ctc_weight * self.ctc_loss(ctc, target_ids)
         return LLMASROutput(loss, logits, labels, attention_mask, keep, speech_lengths)
@@ -781,7 +831,11 @@ class LLMASR(nn.Module):
         from llmasr.generation import checkpoint_defaults_off, explicit_config, generate_kwargs_for
 
         batch = input_features.shape[0]
-        bounds = [int(max_new_tokens)] * batch if isinstance(max_new_tokens, int) else [int(b) for b in max_new_tokens]
+        bounds = (
+            [int(max_new_tokens)] * batch
+            if isinstance(max_new_tokens, int)
+            else [int(b) for b in max_new_tokens]
+        )
         if len(bounds) != batch:
             raise ValueError(f"{len(bounds)} new-token bounds for a batch of {batch}")
         steps, row_bound = generate_kwargs_for(bounds, self.eos_id)  # max(bounds) + 1 steps
@@ -823,7 +877,12 @@ class LLMASR(nn.Module):
     ) -> list[str]:
         """Greedy (or beam) transcripts of a batch, special tokens removed, stripped."""
         ids = self.generate_ids(
-            input_features, feature_lengths, max_new_tokens, num_beams, no_repeat_ngram_size, **generate_kwargs
+            input_features,
+            feature_lengths,
+            max_new_tokens,
+            num_beams,
+            no_repeat_ngram_size,
+            **generate_kwargs,
         )
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
@@ -838,7 +897,13 @@ def build_encoder(source: str | Path | dict[str, Any] | WhisperConfig, cfg: LLMA
     return SpeechEncoder.from_pretrained(source, dtype=_torch_dtype(cfg.dtype), **kwargs)
 
 
-def build_llm(source: str | Path | dict[str, Any], dtype: str = "float32", trust_remote_code: bool = False, init: str = "pretrained", seed: int = 0) -> PreTrainedModel:
+def build_llm(
+    source: str | Path | dict[str, Any],
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    init: str = "pretrained",
+    seed: int = 0,
+) -> PreTrainedModel:
     """The causal LM of a checkpoint (``init="pretrained"``), or its architecture with fresh weights
     drawn from ``seed`` (``init="random"``).  The draw happens on the CPU under its own generator
     state, so a rebuild gives the same weights and the caller's RNG is left as it was.  A config
@@ -853,7 +918,9 @@ def build_llm(source: str | Path | dict[str, Any], dtype: str = "float32", trust
         if init == "pretrained":  # nothing to load: drawn from the caller's RNG
             return AutoModelForCausalLM.from_config(config).to(_torch_dtype(dtype))
     elif init == "pretrained":
-        return AutoModelForCausalLM.from_pretrained(str(local_source(source)), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(
+            str(local_source(source)), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code
+        )
     else:
         config = AutoConfig.from_pretrained(str(local_source(source)), trust_remote_code=trust_remote_code)
     with torch.random.fork_rng(devices=[]):
@@ -873,12 +940,20 @@ def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = N
         tokenizer = build_tokenizer(source, cfg.trust_remote_code)
     encoder = build_encoder(cfg.encoder, cfg)
     llm = build_llm(cfg.llm, cfg.dtype, cfg.trust_remote_code, cfg.llm_init, cfg.llm_seed)
-    norm_to = float(llm.get_input_embeddings().weight.detach().norm(dim=-1).mean()) if cfg.adapter_norm else None
+    norm_to = (
+        float(llm.get_input_embeddings().weight.detach().norm(dim=-1).mean()) if cfg.adapter_norm else None
+    )
     if cfg.projector_path:
         projector = load_projector(cfg.projector_path)
         if projector.kind != cfg.projector:
-            raise ValueError(f"projector at {cfg.projector_path} is of kind {projector.kind!r}; config says train.projector={cfg.projector!r}")
-        if projector.k != cfg.k or (cfg.projector == "mlp" and (projector.activation, projector.hidden) != (cfg.activation, cfg.projector_hidden)):
+            raise ValueError(
+                f"projector at {cfg.projector_path} is of kind {projector.kind!r}; "
+                f"config says train.projector={cfg.projector!r}"
+            )
+        if projector.k != cfg.k or (
+            cfg.projector == "mlp"
+            and (projector.activation, projector.hidden) != (cfg.activation, cfg.projector_hidden)
+        ):
             raise ValueError(
                 f"projector at {cfg.projector_path} has k={projector.k}, activation={projector.activation}, "
                 f"hidden={projector.hidden}; config says k={cfg.k}, activation={cfg.activation}, "
@@ -886,11 +961,21 @@ def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = N
             )
         if (projector.norm_to is not None, projector.ctc) != (cfg.adapter_norm, cfg.ctc_compress):
             raise ValueError(
-                f"projector at {cfg.projector_path} has norm={projector.norm_to is not None}, ctc={projector.ctc}; "
+                f"projector at {cfg.projector_path} "
+                f"has norm={projector.norm_to is not None}, ctc={projector.ctc}; "
                 f"config says train.adapter_norm={cfg.adapter_norm}, train.ctc_compress={cfg.ctc_compress}"
             )
     else:
-        projector = Projector(encoder.d_model, _llm_hidden_size(llm), cfg.projector_hidden, cfg.k, cfg.activation, norm_to, cfg.ctc_compress, kind=cfg.projector)
+        projector = Projector(
+            encoder.d_model,
+            _llm_hidden_size(llm),
+            cfg.projector_hidden,
+            cfg.k,
+            cfg.activation,
+            norm_to,
+            cfg.ctc_compress,
+            kind=cfg.projector,
+        )
     projector = projector.to(_torch_dtype(cfg.dtype))
     return LLMASR(encoder, projector, llm, tokenizer, cfg.instruction)
 
@@ -1003,7 +1088,9 @@ def stage1_loss(
     mask, so it cross-attends to all T/2 frames of the batch (as stock Whisper attends to its
     30 s of padding); batch similar lengths together.
     """
-    hidden, _ = encode_whisper(whisper.get_encoder(), input_features, feature_lengths, trim_padding, mask_padding)
+    hidden, _ = encode_whisper(
+        whisper.get_encoder(), input_features, feature_lengths, trim_padding, mask_padding
+    )
     out = whisper(encoder_outputs=(hidden,), labels=labels.to(hidden.device))  # hidden (B, T/2, D)
     return out.loss
 
@@ -1024,8 +1111,12 @@ class WhisperStage1Head(nn.Module):
         self.mask_padding = mask_padding
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **kwargs: Any) -> "WhisperStage1Head":
-        return cls(WhisperForConditionalGeneration.from_pretrained(str(local_source(path)), dtype=dtype), **kwargs)
+    def from_pretrained(
+        cls, path: str | Path, dtype: torch.dtype = torch.float32, **kwargs: Any
+    ) -> WhisperStage1Head:
+        return cls(
+            WhisperForConditionalGeneration.from_pretrained(str(local_source(path)), dtype=dtype), **kwargs
+        )
 
     def speech_encoder(self) -> SpeechEncoder:
         return SpeechEncoder(self.whisper.get_encoder(), self.trim_padding, self.mask_padding)
@@ -1033,7 +1124,9 @@ class WhisperStage1Head(nn.Module):
     def forward(
         self, input_features: torch.Tensor, feature_lengths: torch.Tensor | None, labels: torch.Tensor
     ) -> torch.Tensor:
-        return stage1_loss(self.whisper, input_features, labels, feature_lengths, self.trim_padding, self.mask_padding)
+        return stage1_loss(
+            self.whisper, input_features, labels, feature_lengths, self.trim_padding, self.mask_padding
+        )
 
     def save_pretrained(self, path: str | Path) -> Path:
         self.whisper.save_pretrained(str(path))
