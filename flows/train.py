@@ -27,14 +27,53 @@ from llmasr.lock import work_dir_lock
 from tasks import checkpoints, launch
 from tasks.parts import code_version, fingerprint
 
-TRAIN_CODE = ("tasks.train", "tasks.train_data", "llmasr.model", "tasks.checkpoints", "llmasr.bundled", "llmasr.ct2_whisper")
+TRAIN_CODE = (
+    "tasks.train",
+    "tasks.train_data",
+    "llmasr.model",
+    "tasks.checkpoints",
+    "llmasr.bundled",
+    "llmasr.ct2_whisper",
+)
 # settings that change where or how fast a stage runs, not what it learns
-RUNTIME_KEYS = {"launcher", "nproc_per_node", "hostfile", "node_launcher", "master_addr", "master_port", "num_workers", "log_every", "val_every", "val_max_batches", "ckpt_every", "timeout_s", "merge_lora", "cudnn_attention", "cache_encoder_outputs"}
+RUNTIME_KEYS = {
+    "launcher",
+    "nproc_per_node",
+    "hostfile",
+    "node_launcher",
+    "master_addr",
+    "master_port",
+    "num_workers",
+    "log_every",
+    "val_every",
+    "val_max_batches",
+    "ckpt_every",
+    "timeout_s",
+    "merge_lora",
+    "cudnn_attention",
+    "cache_encoder_outputs",
+}
 # settings a stage does not read, so changing one keeps its key: stage 1 trains the encoder under
 # Whisper's own decoder (no LLM, adapter or prompt); stage 2 applies no LoRA
 NOT_READ_BY = {
-    1: {"llm", "tokenizer", "trust_remote_code", "llm_init", "projector", "projector_hidden", "downsample_k", "activation",
-        "adapter_norm", "ctc_compress", "ctc_weight", "ctc_align_steps", "ctc_vocab", "instruction", "lora", "skip_stage1"},
+    1: {
+        "llm",
+        "tokenizer",
+        "trust_remote_code",
+        "llm_init",
+        "projector",
+        "projector_hidden",
+        "downsample_k",
+        "activation",
+        "adapter_norm",
+        "ctc_compress",
+        "ctc_weight",
+        "ctc_align_steps",
+        "ctc_vocab",
+        "instruction",
+        "lora",
+        "skip_stage1",
+    },
     2: {"lora"},
     3: set(),
 }
@@ -73,7 +112,11 @@ def _deepspeed_settings(path: str) -> Any:
     from tasks.launch import resolve_repo_path
 
     try:
-        return {k: v for k, v in json.loads(resolve_repo_path(path).read_text(encoding="utf-8")).items() if not k.startswith("_")}
+        return {
+            k: v
+            for k, v in json.loads(resolve_repo_path(path).read_text(encoding="utf-8")).items()
+            if not k.startswith("_")
+        }
     except (OSError, ValueError, AttributeError):
         return path
 
@@ -84,18 +127,31 @@ def stage_key(cfg: PipelineConfig, layout: WorkLayout, stage: int) -> str:
     code.  A setting only later stages read leaves the earlier stages' keys alone."""
     after_stage1 = stage > 2 or (stage == 2 and not cfg.train.skip_stage1)
     prev = checkpoints.read_stage(checkpoints.stage_dir(layout.root, stage - 1)) if after_stage1 else None
-    settings = cfg.train.model_dump(mode="json", exclude=RUNTIME_KEYS | NOT_READ_BY[stage] | {"stage1", "stage2", "stage3"})
+    settings = cfg.train.model_dump(
+        mode="json", exclude=RUNTIME_KEYS | NOT_READ_BY[stage] | {"stage1", "stage2", "stage3"}
+    )
     if stage == 3:
         settings["merge_lora"] = cfg.train.merge_lora  # stage 3's exports depend on it (merged_llm/)
     settings["deepspeed_config"] = _deepspeed_settings(cfg.train.deepspeed_config)
     stage_cfg = getattr(cfg.train, f"stage{stage}").model_dump(mode="json")
     bundled = bundled_folders(settings, stage_cfg)
-    return fingerprint("train", stage, _sha256(layout.shard_index), prev and prev.get("key"), settings, stage_cfg, bundled, code_version(*TRAIN_CODE))
+    return fingerprint(
+        "train",
+        stage,
+        _sha256(layout.shard_index),
+        prev and prev.get("key"),
+        settings,
+        stage_cfg,
+        bundled,
+        code_version(*TRAIN_CODE),
+    )
 
 
 def check_stage_numbers(stages: list[int]) -> None:
     if not stages or any(s not in checkpoints.STAGES for s in stages) or sorted(set(stages)) != stages:
-        raise ConfigError(f"--stages must be increasing stage numbers from {checkpoints.STAGES}, got {stages}")
+        raise ConfigError(
+            f"--stages must be increasing stage numbers from {checkpoints.STAGES}, got {stages}"
+        )
 
 
 def stages_to_train(cfg: PipelineConfig, stages: list[int]) -> list[int]:
@@ -103,7 +159,10 @@ def stages_to_train(cfg: PipelineConfig, stages: list[int]) -> list[int]:
     if not cfg.train.skip_stage1:
         return stages
     if stages == [1]:
-        raise ConfigError("--stages 1 with train.skip_stage1=true trains nothing; set train.skip_stage1=false to train stage 1")
+        raise ConfigError(
+            "--stages 1 with train.skip_stage1=true trains nothing; "
+            "set train.skip_stage1=false to train stage 1"
+        )
     return [s for s in stages if s != 1]
 
 
@@ -113,11 +172,16 @@ def check_stages(cfg: PipelineConfig, layout: WorkLayout, stages: list[int]) -> 
     check_stage_numbers(stages)
     stages = stages_to_train(cfg, stages)
     if not layout.shard_index.is_file():
-        raise ConfigError(f"no shard index at {layout.shard_index}: run `llmasr data` for this work_dir first")
+        raise ConfigError(
+            f"no shard index at {layout.shard_index}: run `llmasr data` for this work_dir first"
+        )
     first = stages[0]
     needs_prev = first > 2 or (first == 2 and not cfg.train.skip_stage1)
     if needs_prev and checkpoints.read_stage(checkpoints.stage_dir(layout.root, first - 1)) is None:
-        raise ConfigError(f"stage {first} needs the checkpoint of stage {first - 1} in {checkpoints.stage_dir(layout.root, first - 1)}: run --stages {first - 1},{first} (or from 1)")
+        raise ConfigError(
+            f"stage {first} needs the checkpoint of stage {first - 1} in "
+            f"{checkpoints.stage_dir(layout.root, first - 1)}: run --stages {first - 1},{first} (or from 1)"
+        )
     problem = launch.hostfile_problem(cfg.train)
     if problem:
         raise ConfigError(problem)
@@ -140,10 +204,17 @@ def train_stage_task(stage: int, cfg: PipelineConfig, key: str) -> dict[str, Any
     trainer.check_run(run)  # paths, hidden sizes, predecessor exports: fail before any compute
     run_json = trainer.write_run_config(logs / f"stage{stage}.run.json", **run.to_dict())
     logger.info("stage %d: %s", stage, " ".join(launch.launch_command(run_json, cfg.train)))
-    launch.launch_stage(run_json, cfg.train, logs / f"stage{stage}.log", on_line=lambda line: logger.info("[stage%d] %s", stage, line))
+    launch.launch_stage(
+        run_json,
+        cfg.train,
+        logs / f"stage{stage}.log",
+        on_line=lambda line: logger.info("[stage%d] %s", stage, line),
+    )
     result = checkpoints.read_stage(out_dir)
     if result is None:
-        raise launch.TrainingProcessError(f"stage {stage} exited 0 but wrote no complete {out_dir / 'stage.json'}")
+        raise launch.TrainingProcessError(
+            f"stage {stage} exited 0 but wrote no complete {out_dir / 'stage.json'}"
+        )
     return result
 
 
@@ -188,4 +259,3 @@ def train_flow(
         checkpoints.record_trained_on(layout.root, json.loads(layout.shard_index.read_text(encoding="utf-8")))
     train_artifacts.publish(layout, results)
     return {f"stage{s}": r for s, r in results.items()}
-

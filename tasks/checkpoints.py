@@ -54,7 +54,11 @@ def model_config(train: TrainConfig, work_dir: Path | str, stage: int) -> LLMASR
     exports of the stages before it (the stage-1 encoder when stage 1 ran and
     ``train.skip_stage1`` is off, the stage-2 projector for stage 3)."""
     enc1 = stage_dir(work_dir, 1) / "encoder"
-    encoder = str(enc1) if stage > 1 and not train.skip_stage1 and read_stage(stage_dir(work_dir, 1)) else train.encoder
+    encoder = (
+        str(enc1)
+        if stage > 1 and not train.skip_stage1 and read_stage(stage_dir(work_dir, 1))
+        else train.encoder
+    )
     projector = None
     if stage == 3:
         projector = str(stage_dir(work_dir, 2) / "projector")
@@ -68,7 +72,12 @@ def model_config(train: TrainConfig, work_dir: Path | str, stage: int) -> LLMASR
         activation=train.activation,
         trim_padding=train.trim_padding,
         instruction=train.instruction,
-        lora=LoraSettings(rank=train.lora.rank, alpha=train.lora.alpha, dropout=train.lora.dropout, target_modules=list(train.lora.target_modules)),
+        lora=LoraSettings(
+            rank=train.lora.rank,
+            alpha=train.lora.alpha,
+            dropout=train.lora.dropout,
+            target_modules=list(train.lora.target_modules),
+        ),
         trust_remote_code=train.trust_remote_code,
         adapter_norm=train.adapter_norm,
         ctc_compress=train.ctc_compress,
@@ -91,10 +100,13 @@ def load_llmasr(folder: Path | str, device: str = "cpu", merged: bool = False):
 
     folder = Path(folder)
     if read_stage(folder) is None:
-        raise FileNotFoundError(f"{folder} is not a complete stage checkpoint (no stage.json with complete=true)")
+        raise FileNotFoundError(
+            f"{folder} is not a complete stage checkpoint (no stage.json with complete=true)"
+        )
     cfg = LLMASRConfig.from_dict(json.loads((folder / "model.json").read_text(encoding="utf-8")))
     if merged:
-        cfg.llm, cfg.llm_init = str(folder / "merged_llm"), "pretrained"  # its weights are the merged ones, random init or not
+        # its weights are the merged ones, random init or not
+        cfg.llm, cfg.llm_init = str(folder / "merged_llm"), "pretrained"
     model = build_model(cfg)
     if not merged and (folder / "lora").is_dir():
         load_lora(model, folder / "lora")
@@ -120,4 +132,3 @@ def new_train_hours(work_dir: Path | str, index: dict) -> float:
     path = trained_on_path(work_dir)
     seen = json.loads(path.read_text(encoding="utf-8"))["train_audio_s"] if path.is_file() else 0.0
     return max(0.0, train_audio_s(index) - seen) / 3600.0
-

@@ -1,4 +1,4 @@
-"""torchrun --nproc_per_node N -m tasks.train RUN.json  |  deepspeed --num_gpus N --module tasks.train RUN.json
+"""torchrun --nproc_per_node N -m tasks.train RUN.json | deepspeed --num_gpus N --module tasks.train RUN.json
 
     # GPUs, one node (several: deepspeed --hostfile HOSTFILE --module tasks.train RUN.json)
     deepspeed --num_gpus 8 --module tasks.train RUN.json
@@ -80,9 +80,10 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from llmasr.config import ConfigError
 from tasks.flops import step_flops
@@ -158,12 +159,14 @@ class RunConfig:
             self.tensorboard_dir = str(Path(self.work_dir) / "logs" / "tensorboard")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise TrainConfigError(f"RUN.json: unknown keys {unknown}; known: {sorted(known)}")
-        missing = sorted(f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in d)
+        missing = sorted(
+            f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in d
+        )
         if missing:
             raise TrainConfigError(f"RUN.json: missing keys {missing}")
         return cls(**d)
@@ -192,7 +195,9 @@ def read_run_config(path: str | Path) -> RunConfig:
     return RunConfig.from_dict(data)
 
 
-def run_config_for(cfg: Any, stage: int, key: str, work_dir: str | Path | None = None, **extra: Any) -> RunConfig:
+def run_config_for(
+    cfg: Any, stage: int, key: str, work_dir: str | Path | None = None, **extra: Any
+) -> RunConfig:
     """The RunConfig of ``stage`` for a validated ``PipelineConfig`` (what the flow writes)."""
     from llmasr.layout import WorkLayout
     from tasks.checkpoints import model_config, stage_dir
@@ -236,7 +241,9 @@ def _hub_available(name: str) -> bool:
     return not offline
 
 
-def _check_checkpoint(value: Any, key: str, what: str = "checkpoint folder", marker: str = "config.json") -> Path | None:
+def _check_checkpoint(
+    value: Any, key: str, what: str = "checkpoint folder", marker: str = "config.json"
+) -> Path | None:
     """A local checkpoint folder (returned), a config dict or an available hub name (None).
 
     A ``bundled:<name>`` model (``llmasr.bundled``) is resolved here, converting it into the model
@@ -257,7 +264,12 @@ def _check_checkpoint(value: Any, key: str, what: str = "checkpoint folder", mar
         if marker and not (path / marker).is_file():
             raise TrainConfigError(f"{key}: {path} has no {marker}: not a {what}")
         return path
-    if not path.exists() and _HUB_NAME.match(value) and not value.startswith((".", "/", "~")) and _hub_available(value):
+    if (
+        not path.exists()
+        and _HUB_NAME.match(value)
+        and not value.startswith((".", "/", "~"))
+        and _hub_available(value)
+    ):
         return None
     raise TrainConfigError(f"{key}: no such {what} {value}")
 
@@ -289,8 +301,10 @@ def _check_zero_stage(ds_cfg: dict[str, Any], path: Path) -> None:
     stage = zero.get("stage", 0) if isinstance(zero, dict) else 0
     if not isinstance(stage, int) or not 0 <= stage <= 2:
         raise TrainConfigError(
-            f"train.deepspeed_config: {path} sets zero_optimization.stage {stage!r}; the trainer supports ZeRO stages 0-2 "
-            "(ZeRO-3 partitions the parameters: validation, the parameter fingerprints and the exports assume whole ones on every rank)"
+            f"train.deepspeed_config: {path} sets zero_optimization.stage {stage!r}; "
+            "the trainer supports ZeRO stages 0-2 "
+            "(ZeRO-3 partitions the parameters: validation, the parameter fingerprints and the exports "
+            "assume whole ones on every rank)"
         )
 
 
@@ -304,10 +318,14 @@ def world_size_of(train: Any) -> int:
 def _check_world_size(train_samples: int, world: int, hostfile: str | None, index: Path) -> None:
     """Every rank needs a train sample (ranks take the same steps: one without a batch stops them all)."""
     if train_samples < world:
-        key, launch = ("train.hostfile", f"its slots start {world} processes") if hostfile else ("train.nproc_per_node", f"{world} processes")
+        key, launch = (
+            ("train.hostfile", f"its slots start {world} processes")
+            if hostfile
+            else ("train.nproc_per_node", f"{world} processes")
+        )
         raise TrainConfigError(
-            f"{key}: {launch}, but {index} has only {train_samples} train samples; every process needs at least one "
-            "(run fewer processes, or shard more data)"
+            f"{key}: {launch}, but {index} has only {train_samples} train samples; "
+            "every process needs at least one (run fewer processes, or shard more data)"
         )
 
 
@@ -330,7 +348,9 @@ def check_run(cfg: RunConfig) -> None:
         StageConfig.model_validate(cfg.stage_cfg)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise TrainConfigError(f"train.stage{cfg.stage}.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise TrainConfigError(
+            f"train.stage{cfg.stage}.{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        ) from None
     if cfg.precision not in PRECISIONS:
         raise TrainConfigError(f"train.precision: must be one of {PRECISIONS}, got {cfg.precision!r}")
     ds = resolve_repo_path(cfg.deepspeed_config)
@@ -356,21 +376,32 @@ def check_run(cfg: RunConfig) -> None:
     train_entries = [e for e in entries if e.get("split") == "train"]
     train_samples = sum(int(e.get("samples", 0)) for e in train_entries)
     if train_samples == 0:
-        raise TrainConfigError(f"shard_index: {index} has no train samples (no kept segments in the train split)")
+        raise TrainConfigError(
+            f"shard_index: {index} has no train samples (no kept segments in the train split)"
+        )
     _check_world_size(train_samples, world_size_of(train), train.hostfile, index)
     missing = [e["path"] for e in train_entries if not (index.parent / e["path"]).is_file()]
     if missing:
-        raise TrainConfigError(f"shard_index: {len(missing)} train shard(s) of {index} are missing, e.g. {missing[0]}")
+        raise TrainConfigError(
+            f"shard_index: {len(missing)} train shard(s) of {index} are missing, e.g. {missing[0]}"
+        )
 
     # checkpoints
     model = cfg.model
-    enc_key = "train.encoder" if cfg.stage == 1 or model.get("encoder") == train.encoder else "model.encoder (stage 1's export)"
+    enc_key = (
+        "train.encoder"
+        if cfg.stage == 1 or model.get("encoder") == train.encoder
+        else "model.encoder (stage 1's export)"
+    )
     enc_dir = _check_checkpoint(model.get("encoder"), enc_key)
     if cfg.stage == 1:
         if isinstance(model.get("encoder"), dict):
             raise TrainConfigError(f"{enc_key}: stage 1 needs a Whisper checkpoint folder, not a config dict")
         if enc_dir is not None and not any((enc_dir / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-            raise TrainConfigError(f"{enc_key}: {enc_dir} has no tokenizer (tokenizer.json or vocab.json): stage 1 labels need Whisper's tokenizer")
+            raise TrainConfigError(
+                f"{enc_key}: {enc_dir} has no tokenizer (tokenizer.json or vocab.json): "
+                "stage 1 labels need Whisper's tokenizer"
+            )
         return
     llm_dir = _check_checkpoint(model.get("llm"), "train.llm")
     if model.get("tokenizer"):
@@ -381,28 +412,45 @@ def check_run(cfg: RunConfig) -> None:
         stage2 = Path(cfg.work_dir) / "checkpoints" / "stage2"
         proj = model.get("projector_path")
         if not proj:
-            raise TrainConfigError("model.projector_path: not set; stage 3 needs checkpoints/stage2/projector (run stage 2 first)")
+            raise TrainConfigError(
+                "model.projector_path: not set; "
+                "stage 3 needs checkpoints/stage2/projector (run stage 2 first)"
+            )
         proj = Path(proj)
         if not (proj / "projector.json").is_file():
-            raise TrainConfigError(f"model.projector_path: no projector at {proj}; stage 3 needs checkpoints/stage2 (run stage 2 first)")
+            raise TrainConfigError(
+                f"model.projector_path: no projector at {proj}; "
+                "stage 3 needs checkpoints/stage2 (run stage 2 first)"
+            )
         if proj.resolve().parent == stage2.resolve() and not _complete(stage2 / "stage.json"):
-            raise TrainConfigError(f"model.projector_path: {stage2} is not complete (no stage.json); stage 3 needs checkpoints/stage2 (run stage 2 first)")
+            raise TrainConfigError(
+                f"model.projector_path: {stage2} is not complete (no stage.json); "
+                "stage 3 needs checkpoints/stage2 (run stage 2 first)"
+            )
     proj = model.get("projector_path")
     if proj and (Path(proj) / "projector.json").is_file():
         pj = _read_json(Path(proj) / "projector.json")
         if llm_dir is not None or isinstance(model.get("llm"), dict):
-            llm_conf = model["llm"] if isinstance(model.get("llm"), dict) else _read_json(llm_dir / "config.json")
+            llm_conf = (
+                model["llm"] if isinstance(model.get("llm"), dict) else _read_json(llm_dir / "config.json")
+            )
             hidden = _hidden_size(llm_conf)
             if hidden is not None and hidden != pj.get("d_llm"):
                 raise TrainConfigError(
-                    f"train.llm: hidden size {hidden} does not match the projector's output width {pj.get('d_llm')} "
-                    f"({proj}, trained for another LLM); rerun stage 2 with this LLM or set train.llm back"
+                    f"train.llm: hidden size {hidden} does not match "
+                    f"the projector's output width {pj.get('d_llm')} ({proj}, trained for another LLM); "
+                    "rerun stage 2 with this LLM or set train.llm back"
                 )
         if enc_dir is not None or isinstance(model.get("encoder"), dict):
-            enc_conf = model["encoder"] if isinstance(model.get("encoder"), dict) else _read_json(enc_dir / "config.json")
+            enc_conf = (
+                model["encoder"]
+                if isinstance(model.get("encoder"), dict)
+                else _read_json(enc_dir / "config.json")
+            )
             if isinstance(enc_conf.get("d_model"), int) and enc_conf["d_model"] != pj.get("d_enc"):
                 raise TrainConfigError(
-                    f"{enc_key}: d_model {enc_conf['d_model']} does not match the projector's input width {pj.get('d_enc')} ({proj})"
+                    f"{enc_key}: d_model {enc_conf['d_model']} does not match the projector's input width "
+                    f"{pj.get('d_enc')} ({proj})"
                 )
 
 
@@ -417,7 +465,8 @@ def no_validation_message(shard_index: str | Path, validation_fraction: float | 
     now = f" (now {validation_fraction})" if validation_fraction is not None else ""
     return (
         f"{index} has no validation split: every item hashed to train, so training logs no validation loss; "
-        f"raise shard.validation_fraction{now} and rerun `llmasr data` (the split is drawn per item: few items need a larger fraction)"
+        f"raise shard.validation_fraction{now} and rerun `llmasr data` (the split is drawn per item: "
+        "few items need a larger fraction)"
     )
 
 
@@ -579,7 +628,9 @@ def _abs_if_local(value: Any) -> Any:
 class MetricsLog:
     """Rank 0's JSON-lines log (appended) and TensorBoard writer; other ranks write nothing."""
 
-    def __init__(self, path: str | Path, tensorboard_dir: str | Path | None, stage: int, active: bool) -> None:
+    def __init__(
+        self, path: str | Path, tensorboard_dir: str | Path | None, stage: int, active: bool
+    ) -> None:
         self.active = active
         self.stage = stage
         self.path = Path(path)
@@ -603,7 +654,11 @@ class MetricsLog:
         if self.writer is not None and "step" in record:
             kind = "val" if "val_loss" in record else "train"
             for k, v in record.items():
-                if k not in ("stage", "step", "time", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                if (
+                    k not in ("stage", "step", "time", "epoch")
+                    and isinstance(v, (int, float))
+                    and not isinstance(v, bool)
+                ):
                     self.writer.add_scalar(f"stage{self.stage}/{kind}/{k}", v, record["step"])
             self.writer.flush()
 
@@ -658,8 +713,9 @@ def resume_problem(ckpt_dir: Path, world: int, num_workers: int) -> str | None:
     if (meta.get("world_size"), meta.get("num_workers")) == (world, num_workers):
         return None
     return (
-        f"train.nproc_per_node / train.num_workers: {ckpt_dir} was written by {meta.get('world_size')} processes with "
-        f"{meta.get('num_workers')} loader workers each; resume with the same, or delete that folder to start the stage over"
+        f"train.nproc_per_node / train.num_workers: {ckpt_dir} was written by "
+        f"{meta.get('world_size')} processes with {meta.get('num_workers')} loader workers each; "
+        "resume with the same, or delete that folder to start the stage over"
     )
 
 
@@ -746,15 +802,24 @@ class Trainer:
             self.model_cfg = LLMASRConfig.from_dict(self.cfg.model).resolved()
             if self.stage == 1:
                 module = WhisperStage1Head.from_pretrained(
-                    self.model_cfg.encoder, trim_padding=self.model_cfg.trim_padding, mask_padding=self.model_cfg.mask_padding
+                    self.model_cfg.encoder,
+                    trim_padding=self.model_cfg.trim_padding,
+                    mask_padding=self.model_cfg.mask_padding,
                 )
                 wcfg = module.whisper.config
-                self.targets = WhisperTargets(whisper_label_tokenizer(self.model_cfg.encoder), wcfg.max_target_positions)
+                self.targets = WhisperTargets(
+                    whisper_label_tokenizer(self.model_cfg.encoder), wcfg.max_target_positions
+                )
                 self.decoder_start = int(wcfg.decoder_start_token_id)
                 enc_cfg = wcfg
             else:
                 module = build_model(self.model_cfg)
-                if self.stage == 2 and module.projector.ctc and self.train_cfg.ctc_vocab == "transcripts" and not self.model_cfg.projector_path:
+                if (
+                    self.stage == 2
+                    and module.projector.ctc
+                    and self.train_cfg.ctc_vocab == "transcripts"
+                    and not self.model_cfg.projector_path
+                ):
                     module.projector.restrict_ctc(self._transcript_tokens(module.tokenizer))
                 if self.stage == 3:
                     apply_lora(module, self.model_cfg.lora)
@@ -783,15 +848,26 @@ class Trainer:
         with ``train.ctc_vocab: transcripts`` spells."""
         from tasks.train_data import TRAIN, VALIDATION, read_split, split_texts
 
-        texts = [t for split in (TRAIN, VALIDATION) for t in split_texts(read_split(self.cfg.shard_index, split))]
+        texts = [
+            t for split in (TRAIN, VALIDATION) for t in split_texts(read_split(self.cfg.shard_index, split))
+        ]
         ids = {i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"]}
-        log.info("CTC head over the transcripts' %d distinct tokens (of %d) from %d transcripts", len(ids), len(tokenizer), len(texts))
+        log.info(
+            "CTC head over the transcripts' %d distinct tokens (of %d) from %d transcripts",
+            len(ids),
+            len(tokenizer),
+            len(texts),
+        )
         return ids
 
     def _config_key(self, message: str) -> str:
         if "trust_remote_code" in message:  # transformers: the checkpoint ships its own code
             return "train.trust_remote_code"
-        for key, value in (("train.encoder", self.cfg.model.get("encoder")), ("train.llm", self.cfg.model.get("llm")), ("train.tokenizer", self.cfg.model.get("tokenizer"))):
+        for key, value in (
+            ("train.encoder", self.cfg.model.get("encoder")),
+            ("train.llm", self.cfg.model.get("llm")),
+            ("train.tokenizer", self.cfg.model.get("tokenizer")),
+        ):
             if isinstance(value, str) and value and value in message:
                 return key
         return _config_key(message)
@@ -808,7 +884,14 @@ class Trainer:
         return out
 
     def build_data(self) -> None:
-        from tasks.train_data import TRAIN, VALIDATION, ShardSpeechDataset, estimate_batches, make_loader, read_split
+        from tasks.train_data import (
+            TRAIN,
+            VALIDATION,
+            ShardSpeechDataset,
+            estimate_batches,
+            make_loader,
+            read_split,
+        )
 
         t = self.train_cfg
         common = dict(
@@ -823,7 +906,9 @@ class Trainer:
         )
         self.train_info = read_split(self.cfg.shard_index, TRAIN)
         self.val_info = read_split(self.cfg.shard_index, VALIDATION)
-        self.train_ds = ShardSpeechDataset(self.cfg.shard_index, TRAIN, epoch=self.state["epoch"], skip=self.state["skip"], **common)
+        self.train_ds = ShardSpeechDataset(
+            self.cfg.shard_index, TRAIN, epoch=self.state["epoch"], skip=self.state["skip"], **common
+        )
         self.train_loader = make_loader(self.train_ds, t.num_workers)
         self.val_loader = None
         if not self.val_info.samples and self.is_main:
@@ -831,7 +916,9 @@ class Trainer:
         if self.val_info.samples:
             val_ds = ShardSpeechDataset(self.cfg.shard_index, VALIDATION, advance_epoch=False, **common)
             self.val_loader = make_loader(val_ds, min(t.num_workers, 1))
-        batches = estimate_batches(self.train_info, self.world, t.batch_max_audio_s, t.max_batch_size, t.num_workers)
+        batches = estimate_batches(
+            self.train_info, self.world, t.batch_max_audio_s, t.max_batch_size, t.num_workers
+        )
         self.est_steps_per_epoch = max(1, math.ceil(batches / t.grad_accum))
         s = self.stage_cfg
         self.total_steps = s.max_steps or max(1, math.ceil(s.epochs * self.est_steps_per_epoch))
@@ -845,7 +932,11 @@ class Trainer:
         from torch.optim.lr_scheduler import LambdaLR
 
         t, s = self.train_cfg, self.stage_cfg
-        ds_cfg = {k: v for k, v in _read_json(resolve_repo_path(self.cfg.deepspeed_config)).items() if not k.startswith("_")}
+        ds_cfg = {
+            k: v
+            for k, v in _read_json(resolve_repo_path(self.cfg.deepspeed_config)).items()
+            if not k.startswith("_")
+        }
         for k in ("optimizer", "scheduler", "train_batch_size"):
             if ds_cfg.pop(k, None) is not None and k != "train_batch_size":
                 log.warning("ignoring %r of %s: the trainer passes its own", k, self.cfg.deepspeed_config)
@@ -860,7 +951,10 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
         factor = lr_lambda(s.warmup_steps, self.total_steps, s.schedule)
         self.engine, _, _, _ = deepspeed.initialize(
-            model=self.module, optimizer=optimizer, lr_scheduler=lambda opt: LambdaLR(opt, factor), config=ds_cfg
+            model=self.module,
+            optimizer=optimizer,
+            lr_scheduler=lambda opt: LambdaLR(opt, factor),
+            config=ds_cfg,
         )
         self.dtype = next(self.engine.module.parameters()).dtype
 
@@ -881,7 +975,15 @@ class Trainer:
     def peek_state(self) -> None:
         """The resume position from the latest checkpoint's client state (read before the data
         loaders exist, so they start at the right place); the engine loads it later."""
-        self.state = {"step": 0, "epoch": 0, "samples": 0, "audio_s": 0.0, "tokens": 0, "skip": {}, "resumed_from": None}
+        self.state = {
+            "step": 0,
+            "epoch": 0,
+            "samples": 0,
+            "audio_s": 0.0,
+            "tokens": 0,
+            "skip": {},
+            "resumed_from": None,
+        }
         latest = self.ckpt_dir / "latest"
         if not latest.is_file():
             return
@@ -904,16 +1006,22 @@ class Trainer:
             samples=int(client.get("samples", 0)) if main else 0,
             audio_s=float(client.get("audio_s", 0.0)) if main else 0.0,
             tokens=int(client.get("tokens", 0)) if main else 0,
-            skip={int(k): int(v) for k, v in (consumed[self.rank] if self.rank < len(consumed) else {}).items()},
+            skip={
+                int(k): int(v) for k, v in (consumed[self.rank] if self.rank < len(consumed) else {}).items()
+            },
             resumed_from=tag,
         )
 
     def load_checkpoint(self) -> None:
         if self.state["resumed_from"] is None:
             return
-        path, _ = self.engine.load_checkpoint(str(self.ckpt_dir), tag=self.state["resumed_from"], load_module_strict=False)
+        path, _ = self.engine.load_checkpoint(
+            str(self.ckpt_dir), tag=self.state["resumed_from"], load_module_strict=False
+        )
         if path is None:
-            raise RuntimeError(f"could not load the DeepSpeed checkpoint {self.ckpt_dir}/{self.state['resumed_from']}")
+            raise RuntimeError(
+                f"could not load the DeepSpeed checkpoint {self.ckpt_dir}/{self.state['resumed_from']}"
+            )
         if self.is_main:
             log.info("resumed from %s at step %d (epoch %d)", path, self.state["step"], self.state["epoch"])
 
@@ -924,14 +1032,27 @@ class Trainer:
         dist.all_gather_object(gathered, {str(k): v for k, v in consumed.items()})
         counts = self._global_counts()
         client = {k: self.state[k] for k in ("step", "epoch")}
-        client.update(samples=counts[0], audio_s=counts[1], tokens=counts[2], consumed=gathered, key=self.cfg.key, world_size=self.world, num_workers=self.train_cfg.num_workers)
+        client.update(
+            samples=counts[0],
+            audio_s=counts[1],
+            tokens=counts[2],
+            consumed=gathered,
+            key=self.cfg.key,
+            world_size=self.world,
+            num_workers=self.train_cfg.num_workers,
+        )
         tag = f"step{self.state['step']}"
-        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client, exclude_frozen_parameters=True)
+        self.engine.save_checkpoint(
+            str(self.ckpt_dir), tag=tag, client_state=client, exclude_frozen_parameters=True
+        )
         if self.is_main:
             from llmasr.atomic import write_json
 
             write_json(self.ckpt_dir / tag / TRAINER_STATE, client)  # the resume position, without torch.load
-            tags = sorted((p for p in self.ckpt_dir.glob("step*") if p.is_dir() and p.name[4:].isdigit()), key=lambda p: int(p.name[4:]))
+            tags = sorted(
+                (p for p in self.ckpt_dir.glob("step*") if p.is_dir() and p.name[4:].isdigit()),
+                key=lambda p: int(p.name[4:]),
+            )
             for old in tags[:-KEEP_CHECKPOINTS]:
                 if old.name != tag:
                     shutil.rmtree(old, ignore_errors=True)
@@ -961,8 +1082,9 @@ class Trainer:
         # stage 2's first ctc_align_steps steps: the adapter's CTC head alone, no LLM forward
         ctc_only = self.stage == 2 and t.ctc_compress and self.state["step"] < t.ctc_align_steps
         encoded = None if self.encoder_cache is None else self.encoder_cache(batch["keys"], feats, lengths)
-        out = self.engine(feats, lengths, batch["target_ids"], ctc_weight=t.ctc_weight if t.ctc_compress else 0.0,
-                          ctc_only=ctc_only, encoded=encoded)  # fmt: skip
+        out = self.engine(feats, lengths, batch["target_ids"],
+                          ctc_weight=t.ctc_weight if t.ctc_compress else 0.0, ctc_only=ctc_only,
+                          encoded=encoded)  # fmt: skip
         self.logit_rows = out.logits.shape[0] * out.logits.shape[1]  # (B, K, V): the scored columns only
         self.speech_lengths = out.speech_lengths.tolist()  # what the LLM read: 0 on CTC-only steps
         return out.loss
@@ -983,22 +1105,29 @@ class Trainer:
         """Per example: the encoder frames and decoder positions the model runs on (no padding)."""
         enc = [(int(n) - 1) // 2 + 1 for n in batch["feature_lengths"]]  # mel frames / 2, rounded up
         if self.stage == 1:  # Whisper's decoder runs on its labels shifted right: one position each
-            return enc, [len(t) - (1 if len(t) and t[0] == self.decoder_start else 0) for t in batch["target_ids"]]
+            return enc, [
+                len(t) - (1 if len(t) and t[0] == self.decoder_start else 0) for t in batch["target_ids"]
+            ]
         m = self.engine.module
         prompt = len(m.prompt.prefix_ids) + len(m.prompt.suffix_ids)
         if m.projector.ctc:  # the LLM read the CTC-compressed frames (none on a CTC-only step)
-            return enc, [s + prompt + len(t) + 1 if s else 0 for s, t in zip(self.speech_lengths, batch["target_ids"])]
-        return enc, [e // m.projector.k + prompt + len(t) + 1 for e, t in zip(enc, batch["target_ids"])]  # + EOS
+            return enc, [
+                s + prompt + len(t) + 1 if s else 0 for s, t in zip(self.speech_lengths, batch["target_ids"])
+            ]
+        # + EOS
+        return enc, [e // m.projector.k + prompt + len(t) + 1 for e, t in zip(enc, batch["target_ids"])]
 
     def _model_flops(self, enc: list[int], pos: list[int]) -> float:
         """Forward + backward model FLOPs of the batch just trained on (``tasks.flops``)."""
         if self.stage == 1:  # Whisper's head runs on every label position; cross-attention labels x frames
             return self.flops(sum(enc), sum(e * e for e in enc), sum(pos), sum(p * p for p in pos), sum(pos),
                               sum(p * e for p, e in zip(pos, enc)))  # fmt: skip
-        cached = [e for e, fresh in zip(enc, self.encoder_cache.fresh) if not fresh] if self.encoder_cache else []
-        return self.flops(sum(enc), sum(e * e for e in enc), sum(pos), sum(p * p for p in pos), self.logit_rows,
-                          adapter_frames=sum(e // self.flops.k for e in enc), cached_frames=sum(cached),
-                          cached_frames_sq=sum(e * e for e in cached))  # fmt: skip
+        cached = (
+            [e for e, fresh in zip(enc, self.encoder_cache.fresh) if not fresh] if self.encoder_cache else []
+        )
+        return self.flops(sum(enc), sum(e * e for e in enc), sum(pos), sum(p * p for p in pos),
+                          self.logit_rows, adapter_frames=sum(e // self.flops.k for e in enc),
+                          cached_frames=sum(cached), cached_frames_sq=sum(e * e for e in cached))  # fmt: skip
 
     def validate(self) -> dict[str, Any] | None:
         import torch
@@ -1019,7 +1148,12 @@ class Trainer:
         dist.all_reduce(total)
         if total[1] <= 0:
             return None
-        return {"step": self.state["step"], "epoch": self.state["epoch"], "val_loss": float(total[0] / total[1]), "val_batches": int(total[2])}
+        return {
+            "step": self.state["step"],
+            "epoch": self.state["epoch"],
+            "val_loss": float(total[0] / total[1]),
+            "val_batches": int(total[2]),
+        }
 
     def loop(self, metrics: MetricsLog) -> dict[str, Any]:
         import torch
@@ -1044,7 +1178,8 @@ class Trainer:
         self._set_modes()
 
         def write_window() -> None:
-            """The loss and throughputs of the steps since the last record (a collective: every rank calls it)."""
+            """The loss and throughputs of the steps since the last record (a collective: every rank
+            calls it)."""
             nonlocal logged_samples, logged_step, last_loss, window_start
             step = self.state["step"]
             w = window.to(self.device)
@@ -1070,12 +1205,22 @@ class Trainer:
             record["model_tflops"] = float(w[8] / elapsed / self.world / 1e12)  # per process
             if peak:
                 record["mfu"] = float(w[8] / elapsed) / (self.world * peak)
-                flops_6n = 6.0 * (self.n_encoder * record["encoder_frames_per_s"] + (self.n_params - self.n_encoder) * record["decoder_positions_per_s"])
+                flops_6n = 6.0 * (
+                    self.n_encoder * record["encoder_frames_per_s"]
+                    + (self.n_params - self.n_encoder) * record["decoder_positions_per_s"]
+                )
                 record["mfu_6n"] = flops_6n / (self.world * peak)
             last_loss = record["loss"]
             metrics.write(record)
             if self.is_main:
-                log.info("stage %d step %d loss %.4f lr %.2e %.1f samples/s", self.stage, step, record["loss"], record["lr"], record["samples_per_s"])
+                log.info(
+                    "stage %d step %d loss %.4f lr %.2e %.1f samples/s",
+                    self.stage,
+                    step,
+                    record["loss"],
+                    record["lr"],
+                    record["samples_per_s"],
+                )
             window.zero_()
             window_start = time.time()
             logged_step = step
@@ -1097,8 +1242,9 @@ class Trainer:
                 n = len(batch["keys"])
                 tokens = self._tokens(batch)
                 enc, pos = self._lengths(batch)
-                window += torch.tensor([float(loss.detach()), 1, n, batch["audio_s"], tokens, sum(enc), sum(pos), waited[0],
-                                        self._model_flops(enc, pos)], dtype=torch.float64)  # fmt: skip
+                window += torch.tensor([float(loss.detach()), 1, n, batch["audio_s"], tokens, sum(enc),
+                                        sum(pos), waited[0], self._model_flops(enc, pos)],
+                                       dtype=torch.float64)  # fmt: skip
                 waited[0] = 0.0
                 self.state["samples"] += n
                 self.state["audio_s"] += batch["audio_s"]
@@ -1151,7 +1297,9 @@ class Trainer:
         import torch
         import torch.distributed as dist
 
-        totals = torch.tensor([self.state["samples"], self.state["audio_s"], self.state["tokens"]], dtype=torch.float64).to(self.device)
+        totals = torch.tensor(
+            [self.state["samples"], self.state["audio_s"], self.state["tokens"]], dtype=torch.float64
+        ).to(self.device)
         dist.all_reduce(totals)
         return int(totals[0]), round(float(totals[1]), 3), int(totals[2])
 
@@ -1184,11 +1332,13 @@ class Trainer:
                 from llmasr.model import SpeechEncoder
 
                 # frozen parts from the fp32 source checkpoint, trained ones from the fp32 masters
-                whisper = WhisperForConditionalGeneration.from_pretrained(str(self.model_cfg.encoder), dtype=torch.float32)
+                whisper = WhisperForConditionalGeneration.from_pretrained(
+                    str(self.model_cfg.encoder), dtype=torch.float32
+                )
                 own = dict(whisper.named_parameters())
                 with torch.no_grad():
                     for name, value in trained.items():
-                        own[name[len("whisper."):]].copy_(value)
+                        own[name[len("whisper.") :]].copy_(value)
                 with _export_folder(self.out_dir, "whisper") as tmp:
                     whisper.save_pretrained(str(tmp))
                     _copy_aux(self.model_cfg.encoder, tmp)
@@ -1199,25 +1349,45 @@ class Trainer:
                 exports = ["encoder", "whisper"]
             else:
                 projector = Projector(**m.projector.config_dict())
-                buffers = {k: v.detach().cpu() for k, v in m.projector.named_buffers()}  # the CTC head's token ids
-                projector.load_state_dict({**buffers, **{k[len("projector."):]: v for k, v in trained.items() if k.startswith("projector.")}})
+                # the CTC head's token ids
+                buffers = {k: v.detach().cpu() for k, v in m.projector.named_buffers()}
+                projector.load_state_dict(
+                    {
+                        **buffers,
+                        **{
+                            k[len("projector.") :]: v
+                            for k, v in trained.items()
+                            if k.startswith("projector.")
+                        },
+                    }
+                )
                 with _export_folder(self.out_dir, "projector") as tmp:
                     save_projector(projector, tmp)
                 exports = ["projector"]
                 if self.stage == 3:
-                    lora = {k[len("llm."):]: v for k, v in trained.items() if "lora_" in k}
+                    lora = {k[len("llm.") :]: v for k, v in trained.items() if "lora_" in k}
                     with _export_folder(self.out_dir, "lora") as tmp:
                         m.llm.save_pretrained(str(tmp), state_dict=lora)
                     exports.append("lora")
                     if self.train_cfg.merge_lora:
                         from peft import PeftModel
 
-                        base = build_llm(self.model_cfg.llm, "float32", self.model_cfg.trust_remote_code, self.model_cfg.llm_init, self.model_cfg.llm_seed)
-                        merged = PeftModel.from_pretrained(base, str(self.out_dir / "lora")).merge_and_unload()
+                        base = build_llm(
+                            self.model_cfg.llm,
+                            "float32",
+                            self.model_cfg.trust_remote_code,
+                            self.model_cfg.llm_init,
+                            self.model_cfg.llm_seed,
+                        )
+                        merged = PeftModel.from_pretrained(
+                            base, str(self.out_dir / "lora")
+                        ).merge_and_unload()
                         tok_source = self.model_cfg.tokenizer or self.model_cfg.llm
                         with _export_folder(self.out_dir, "merged_llm") as tmp:
                             merged.save_pretrained(str(tmp))
-                            build_tokenizer(tok_source, self.model_cfg.trust_remote_code).save_pretrained(str(tmp))
+                            build_tokenizer(tok_source, self.model_cfg.trust_remote_code).save_pretrained(
+                                str(tmp)
+                            )
                         exports.append("merged_llm")
         dist.barrier()
         return exports
@@ -1226,7 +1396,11 @@ class Trainer:
         from llmasr.model import LLMASRConfig
 
         d = self.model_cfg.to_dict()
-        d.update(encoder=_abs_if_local(d["encoder"]), llm=_abs_if_local(d["llm"]), tokenizer=_abs_if_local(d["tokenizer"]))
+        d.update(
+            encoder=_abs_if_local(d["encoder"]),
+            llm=_abs_if_local(d["llm"]),
+            tokenizer=_abs_if_local(d["tokenizer"]),
+        )
         if self.stage == 1:
             d["encoder"] = str((self.out_dir / "encoder").resolve())
         else:
@@ -1241,7 +1415,9 @@ class Trainer:
         return {
             "frozen": sum(1 for n in after if n not in trainable),
             "trained": len(trainable),
-            "frozen_changed": sorted(n for n in after if n not in trainable and after[n] != self.fingerprints[n]),
+            "frozen_changed": sorted(
+                n for n in after if n not in trainable and after[n] != self.fingerprints[n]
+            ),
             "trained_unchanged": sorted(n for n in trainable if after[n] == self.fingerprints[n]),
         }
 
@@ -1264,10 +1440,22 @@ class Trainer:
         self.fingerprints = self._fingerprints() if self.cfg.verify_params else None
         self.load_checkpoint()
         metrics = MetricsLog(self.cfg.metrics_log, self.cfg.tensorboard_dir, self.stage, self.is_main)
-        metrics.write({"event": "start", "step": self.state["step"], "epoch": self.state["epoch"], "resumed_from": self.state["resumed_from"],
-                       "world_size": self.world, "nodes": self.nodes, "precision": self.precision, "zero_stage": self.zero_stage,
-                       "total_steps": self.total_steps, "trainable_params": self.n_trainable, "params": self.n_params,
-                       "cudnn_attention": torch.backends.cuda.cudnn_sdp_enabled()})
+        metrics.write(
+            {
+                "event": "start",
+                "step": self.state["step"],
+                "epoch": self.state["epoch"],
+                "resumed_from": self.state["resumed_from"],
+                "world_size": self.world,
+                "nodes": self.nodes,
+                "precision": self.precision,
+                "zero_stage": self.zero_stage,
+                "total_steps": self.total_steps,
+                "trainable_params": self.n_trainable,
+                "params": self.n_params,
+                "cudnn_attention": torch.backends.cuda.cudnn_sdp_enabled(),
+            }
+        )
         try:
             summary = self.loop(metrics)
             verify = self.verify()
@@ -1304,9 +1492,13 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.train", description="Train one LLM-ASR stage from RUN.json.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.train", description="Train one LLM-ASR stage from RUN.json."
+    )
     parser.add_argument("run_json")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher"
+    )
     args = parser.parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
