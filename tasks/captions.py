@@ -138,4 +138,6 @@ def write_srt(path: Path | str, cues: list[Cue]) -> Path:
         ms = int(round(x * 1000))
         return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
 
-    return write_text(path, "".join(f"{n}\n{ts(c.start_s)} --> {ts(c.end_s)}\n{c.text}\n\n" for n, c in enumerate(cues, 1)))
+    return write_text(
+        path, "".join(f"{n}\n{ts(c.start_s)} --> {ts(c.end_s)}\n{c.text}\n\n" for n, c in enumerate(cues, 1))
+    )

@@ -1,6 +1,6 @@
 """The demo corpus: espeak-ng "videos" with caption files, generated on the machine (no big files in git).
 
-    llmasr demo-corpus --out DIR                     # also run by `llmasr data --profile demo` (into <work_dir>/demo-corpus)
+    llmasr demo-corpus --out DIR  # also run by `llmasr data --profile demo` (into <work_dir>/demo-corpus)
 
 ``generate_corpus(cfg.demo)`` serves every profile with a ``demo:`` section: kind ``demo`` is this
 module's ``generate``; kind ``small`` is ``tasks.small_corpus.generate`` (an hour or more of varied
@@ -169,7 +169,9 @@ class DemoItem:
 def speak(text: str, voice: str, speed: int, workdir: Path) -> np.ndarray:
     """espeak-ng -> float32 samples at 22.05 kHz, shape (samples,)."""
     out = workdir / "speak.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(out), text], check=True, capture_output=True)
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(out), text], check=True, capture_output=True
+    )
     audio, sr = sf.read(str(out), dtype="float32")
     assert sr == ESPEAK_RATE, f"espeak-ng wrote {sr} Hz"
     return audio
@@ -188,7 +190,14 @@ def plan_items(n_items: int, rng: random.Random) -> list[DemoItem]:
             purpose, captions = "no_captions", None
         elif i == 9:
             purpose, captions = "filter_specials", "vtt"
-            sentences = [sentences[0], SPECIAL["too_short"], sentences[1], SPECIAL["loop"], SPECIAL["filler"], sentences[2]]
+            sentences = [
+                sentences[0],
+                SPECIAL["too_short"],
+                sentences[1],
+                SPECIAL["loop"],
+                SPECIAL["filler"],
+                sentences[2],
+            ]
         elif i == 10:
             purpose, captions = "noise_and_silence", "vtt"
         elif i == 11:
@@ -211,7 +220,9 @@ def plan_items(n_items: int, rng: random.Random) -> list[DemoItem]:
     return plan
 
 
-def render_item(item: DemoItem, rng: random.Random, nprng: np.random.Generator, workdir: Path) -> tuple[np.ndarray, list[Cue]]:
+def render_item(
+    item: DemoItem, rng: random.Random, nprng: np.random.Generator, workdir: Path
+) -> tuple[np.ndarray, list[Cue]]:
     """The item's audio at 22.05 kHz and its caption cues."""
     voice = VOICES[rng.randrange(len(VOICES))]
     speed = rng.randint(145, 160)
@@ -241,16 +252,23 @@ def render_item(item: DemoItem, rng: random.Random, nprng: np.random.Generator, 
         silence = np.zeros(int(3.0 * ESPEAK_RATE), np.float32)
         cues.append(Cue(round(t, 3), round(t + 3.0, 3), "The band played a loud song for the crowd."))
         cues.append(Cue(round(t + 4.6, 3), round(t + 7.6, 3), "Nobody said a word for a while."))
-        pieces += [noise, np.zeros(int(1.6 * ESPEAK_RATE), np.float32), silence, np.zeros(int(0.5 * ESPEAK_RATE), np.float32)]
+        pieces += [
+            noise,
+            np.zeros(int(1.6 * ESPEAK_RATE), np.float32),
+            silence,
+            np.zeros(int(0.5 * ESPEAK_RATE), np.float32),
+        ]
     return np.concatenate(pieces), cues
-
 
 
 def _save_audio(path: Path, audio: np.ndarray) -> None:
     if path.suffix == ".mp3":
         tmp = path.with_suffix(".tmp.wav")
         sf.write(str(tmp), audio, ESPEAK_RATE)
-        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(tmp), "-b:a", "64k", str(path)], check=True)
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(tmp), "-b:a", "64k", str(path)],
+            check=True,
+        )
         tmp.unlink()
     else:
         sf.write(str(path), audio, ESPEAK_RATE)
@@ -264,7 +282,9 @@ def generate(out: Path | str, n_items: int = 30, seed: int = 0, force: bool = Fa
     if not force and marker.is_file() and json.loads(marker.read_text())["settings"] == settings:
         return out
     if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is not installed; the demo corpus needs it (Debian: apt-get install espeak-ng)")
+        raise RuntimeError(
+            "espeak-ng is not installed; the demo corpus needs it (Debian: apt-get install espeak-ng)"
+        )
     if out.exists():
         shutil.rmtree(out)
     videos, zero = out / "videos", out / "zero_shot"
@@ -287,20 +307,29 @@ def generate(out: Path | str, n_items: int = 30, seed: int = 0, force: bool = Fa
     for k, sentence in enumerate(ZERO_SHOT_SENTENCES):
         audio = speak(sentence, VOICES[k % len(VOICES)], 160, work)
         name = f"zs_{k:02d}.wav"
-        sf.write(str(zero / name), np.concatenate([np.zeros(int(0.3 * ESPEAK_RATE), np.float32), audio]), ESPEAK_RATE)
+        sf.write(
+            str(zero / name),
+            np.concatenate([np.zeros(int(0.3 * ESPEAK_RATE), np.float32), audio]),
+            ESPEAK_RATE,
+        )
         rows.append({"audio": name, "text": sentence})
     write_text(zero / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     shutil.rmtree(work)
-    write_json(marker, {"settings": settings, "items": [asdict(i) for i in plan], "rare_words": sorted(rare_words())})
+    write_json(
+        marker, {"settings": settings, "items": [asdict(i) for i in plan], "rare_words": sorted(rare_words())}
+    )
     return out
 
 
-def generate_corpus(demo: "DemoConfig", out: Path | str | None = None, force: bool = False) -> Path:
+def generate_corpus(demo: DemoConfig, out: Path | str | None = None, force: bool = False) -> Path:
     """Generate the corpus a config's ``demo:`` section describes (once; reused while it matches)."""
     if out is None and "${" in demo.corpus_dir:  # a DemoConfig outside a PipelineConfig: nothing expanded it
         from llmasr.config import ConfigError
 
-        raise ConfigError(f"demo.corpus_dir {demo.corpus_dir!r} is not a folder yet: load the config (llmasr.config.load_config) or pass out=")
+        raise ConfigError(
+            f"demo.corpus_dir {demo.corpus_dir!r} is not a folder yet: load the config "
+            "(llmasr.config.load_config) or pass out="
+        )
     target = Path(out if out is not None else demo.corpus_dir)
     if demo.kind == "small":
         from tasks import small_corpus

@@ -135,7 +135,11 @@ def split_of(item_id: str, validation_fraction: float) -> str:
     return "validation" if stable_fraction(item_id) < validation_fraction else "train"
 
 
-def decide_all(segments: Sequence[Segment], labels: Sequence[Label], cfg: FilterConfig, validation_fraction: float) -> list[Decision]:
+def decide_all(
+    segments: Sequence[Segment], labels: Sequence[Label], cfg: FilterConfig, validation_fraction: float
+) -> list[Decision]:
     """A decision for every segment, in the segments' order."""
     by_id = {lab.segment_id: lab for lab in labels}
-    return [decide(s, by_id.get(s.segment_id), split_of(s.item_id, validation_fraction), cfg) for s in segments]
+    return [
+        decide(s, by_id.get(s.segment_id), split_of(s.item_id, validation_fraction), cfg) for s in segments
+    ]

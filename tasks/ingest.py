@@ -17,9 +17,9 @@ import dataclasses
 import glob
 import json
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 from urllib.parse import urlparse
 
 from llmasr.atomic import write_json
@@ -32,7 +32,23 @@ from tasks.parts import fingerprint
 
 log = logging.getLogger("llmasr.ingest")
 
-AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".webm", ".mp4", ".mkv", ".mov", ".wma", ".aiff", ".aif"}
+AUDIO_EXTENSIONS = {
+    ".wav",
+    ".flac",
+    ".mp3",
+    ".m4a",
+    ".aac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".webm",
+    ".mp4",
+    ".mkv",
+    ".mov",
+    ".wma",
+    ".aiff",
+    ".aif",
+}
 CAPTION_EXTENSIONS = (".vtt", ".srt")
 MANIFEST_EXTENSIONS = {".jsonl", ".csv", ".txt"}
 
@@ -92,7 +108,9 @@ def resolve_sources(sources: Iterable[str]) -> list[Source]:
     if bad:
         raise SourceError("bad --source: " + "; ".join(bad))  # one line: the CLI's one error: line
     if not out:
-        raise SourceError("no sources: pass --source (a URL, folder or manifest) or set sources: in the config")
+        raise SourceError(
+            "no sources: pass --source (a URL, folder or manifest) or set sources: in the config"
+        )
     return out
 
 
@@ -119,7 +137,14 @@ def expand_source(src: Source) -> tuple[list[LocalFile], list[str]]:
     urls: list[str] = []
 
     def add(path: Path, captions: Path | None = None) -> None:
-        files.append(LocalFile(local_item_id(path), src.value, str(path), str(captions) if captions else (str(c) if (c := find_captions(path)) else None)))
+        files.append(
+            LocalFile(
+                local_item_id(path),
+                src.value,
+                str(path),
+                str(captions) if captions else (str(c) if (c := find_captions(path)) else None),
+            )
+        )
 
     if src.kind == "file":
         add(Path(src.value))
@@ -170,7 +195,11 @@ def read_manifest(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     rows: list[dict] = []
     if suffix == ".txt":
-        rows = [{"audio": ln.strip()} for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip() and not ln.startswith("#")]
+        rows = [
+            {"audio": ln.strip()}
+            for ln in path.read_text(encoding="utf-8-sig").splitlines()
+            if ln.strip() and not ln.startswith("#")
+        ]
     elif suffix == ".jsonl":
         for n, ln in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
             if ln.strip():
@@ -201,23 +230,42 @@ def ingest_local_file(f: LocalFile, layout: WorkLayout, cfg: IngestConfig) -> It
     record_path = layout.item_record(f.item_id)
     base = dict(item_id=f.item_id, source=f.source, url=None, title=src.name)
     if not src.is_file():
-        return Item(**base, path=None, duration_s=None, caption_path=None, status=STATUS_FAILED, error="file disappeared before ingest")
+        return Item(
+            **base,
+            path=None,
+            duration_s=None,
+            caption_path=None,
+            status=STATUS_FAILED,
+            error="file disappeared before ingest",
+        )
     # a captions path that does not exist (a manifest's typo) is noted on the item, never raised;
     # its stamp is None, so the item is ingested again once the file appears
     captions = Path(f.caption_path) if f.caption_path else None
     captions_found = captions is not None and captions.is_file()
-    stamp = fingerprint(_file_stamp(src), _file_stamp(captions) if captions_found else None, cfg.max_item_duration_s)
+    stamp = fingerprint(
+        _file_stamp(src), _file_stamp(captions) if captions_found else None, cfg.max_item_duration_s
+    )
     if record_path.is_file():
         prev = json.loads(record_path.read_text(encoding="utf-8"))
-        if prev.pop("_stamp", None) == stamp and (prev["status"] != STATUS_OK or layout.abs(prev["path"]).is_file()):
+        if prev.pop("_stamp", None) == stamp and (
+            prev["status"] != STATUS_OK or layout.abs(prev["path"]).is_file()
+        ):
             return Item(**prev)
     try:
         duration = convert_to_flac16k(src, layout.audio(f.item_id), max_duration_s=cfg.max_item_duration_s)
-        item = Item(**base, path=layout.rel(layout.audio(f.item_id)), duration_s=round(duration, 3), caption_path=None, status=STATUS_OK,
-                    error=truncation_note(src, duration))
+        item = Item(
+            **base,
+            path=layout.rel(layout.audio(f.item_id)),
+            duration_s=round(duration, 3),
+            caption_path=None,
+            status=STATUS_OK,
+            error=truncation_note(src, duration),
+        )
     except AudioError as exc:
         layout.audio(f.item_id).unlink(missing_ok=True)
-        item = Item(**base, path=None, duration_s=None, caption_path=None, status=STATUS_FAILED, error=str(exc))
+        item = Item(
+            **base, path=None, duration_s=None, caption_path=None, status=STATUS_FAILED, error=str(exc)
+        )
     if item.status == STATUS_OK and captions is not None:
         item = _with_captions(item, captions, captions_found, layout)
     write_json(record_path, {**dataclasses.asdict(item), "_stamp": stamp})
@@ -247,10 +295,17 @@ def _with_captions(item: Item, captions: Path, found: bool, layout: WorkLayout) 
         write_vtt(layout.captions(item.item_id), parse_captions(captions))
     except CaptionError as exc:
         return _add_note(item, f"captions ignored ({exc}); segmented by VAD")
-    return dataclasses.replace(item, caption_path=layout.rel(layout.captions(item.item_id)), caption_kind="local")
+    return dataclasses.replace(
+        item, caption_path=layout.rel(layout.captions(item.item_id)), caption_kind="local"
+    )
 
 
-def ingest_local(files: list[LocalFile], layout: WorkLayout, cfg: IngestConfig, progress: Callable[[int], None] | None = None) -> list[Item]:
+def ingest_local(
+    files: list[LocalFile],
+    layout: WorkLayout,
+    cfg: IngestConfig,
+    progress: Callable[[int], None] | None = None,
+) -> list[Item]:
     items = []
     for f in files:
         items.append(ingest_local_file(f, layout, cfg))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from llmasr import progress
 from llmasr.audio import SAMPLE_RATE, load_audio
@@ -59,8 +59,12 @@ def _load(model: str, device: str, compute_type: str, cpu_threads: int):
     # between labelling threads.  The mel is a small share of labelling; CTranslate2 keeps its threads.
     threadpool_limits(limits=1, user_api="blas")
     t0 = time.perf_counter()
-    whisper = WhisperModel(resolve_model(model), device=device, compute_type=compute_type, cpu_threads=cpu_threads)
-    log.info("loaded faster-whisper %s on %s (%s) in %.1f s", model, device, compute_type, time.perf_counter() - t0)
+    whisper = WhisperModel(
+        resolve_model(model), device=device, compute_type=compute_type, cpu_threads=cpu_threads
+    )
+    log.info(
+        "loaded faster-whisper %s on %s (%s) in %.1f s", model, device, compute_type, time.perf_counter() - t0
+    )
     return BatchedInferencePipeline(whisper)
 
 
@@ -69,7 +73,9 @@ def load_labeller(cfg: LabelConfig) -> Labeller:
     return Labeller(cfg.model, _load(cfg.model, cfg.device, cfg.compute_type, cfg.cpu_threads), cfg)
 
 
-def transcribe_clips(labeller: Labeller, audio, clips: Sequence[tuple[float, float]]) -> list[tuple[str, float, float, float, str, float]]:
+def transcribe_clips(
+    labeller: Labeller, audio, clips: Sequence[tuple[float, float]]
+) -> list[tuple[str, float, float, float, str, float]]:
     """(text, avg_logprob, no_speech_prob, compression_ratio, language, language_prob) per clip.
 
     ``audio`` is a float32 array (samples,) at 16 kHz; ``clips`` are (start_s, end_s) within it.
@@ -92,7 +98,16 @@ def transcribe_clips(labeller: Labeller, audio, clips: Sequence[tuple[float, flo
         if len(results) != len(chunk):
             raise RuntimeError(f"faster-whisper returned {len(results)} results for {len(chunk)} clips")
         for r in results:
-            out.append((r.text.strip(), float(r.avg_logprob), float(r.no_speech_prob), float(r.compression_ratio), info.language, float(info.language_probability)))
+            out.append(
+                (
+                    r.text.strip(),
+                    float(r.avg_logprob),
+                    float(r.no_speech_prob),
+                    float(r.compression_ratio),
+                    info.language,
+                    float(info.language_probability),
+                )
+            )
     return out
 
 
@@ -119,7 +134,13 @@ class LabelStats:
         return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def item_key(layout: WorkLayout, item: Item, segments: Sequence[Segment], label_cfg: LabelConfig, filter_cfg: FilterConfig) -> str:
+def item_key(
+    layout: WorkLayout,
+    item: Item,
+    segments: Sequence[Segment],
+    label_cfg: LabelConfig,
+    filter_cfg: FilterConfig,
+) -> str:
     """What an item's labels are computed from: its audio (stamped as the segment stage stamps it:
     a file replaced under the same name has another size or mtime), the segments' times, the
     settings (not ``items_per_task``, a batching knob) and the code."""
@@ -132,9 +153,17 @@ def item_key(layout: WorkLayout, item: Item, segments: Sequence[Segment], label_
     )
 
 
-def item_keys(layout: WorkLayout, items: Sequence[Item], segments: Mapping[str, Sequence[Segment]], label_cfg: LabelConfig, filter_cfg: FilterConfig) -> dict[str, str]:
+def item_keys(
+    layout: WorkLayout,
+    items: Sequence[Item],
+    segments: Mapping[str, Sequence[Segment]],
+    label_cfg: LabelConfig,
+    filter_cfg: FilterConfig,
+) -> dict[str, str]:
     """item_id -> ``item_key``: a run computes them once and passes them to every step that needs them."""
-    return {item.item_id: item_key(layout, item, segments[item.item_id], label_cfg, filter_cfg) for item in items}
+    return {
+        item.item_id: item_key(layout, item, segments[item.item_id], label_cfg, filter_cfg) for item in items
+    }
 
 
 def labellable(segments: Sequence[Segment], filter_cfg: FilterConfig) -> list[Segment]:
@@ -143,7 +172,12 @@ def labellable(segments: Sequence[Segment], filter_cfg: FilterConfig) -> list[Se
 
 
 def label_batch(
-    layout: WorkLayout, items: Sequence[Item], segments: Mapping[str, list[Segment]], label_cfg: LabelConfig, filter_cfg: FilterConfig, keys: Mapping[str, str] | None = None
+    layout: WorkLayout,
+    items: Sequence[Item],
+    segments: Mapping[str, list[Segment]],
+    label_cfg: LabelConfig,
+    filter_cfg: FilterConfig,
+    keys: Mapping[str, str] | None = None,
 ) -> LabelStats:
     """Label the items whose part is missing or stale (a rerun labels only new items).
     ``keys``: the items' ``item_keys`` when the caller has them."""
@@ -166,12 +200,24 @@ def label_batch(
         progress.advance("label")
     stats = LabelStats(n_items, n_segs, audio_s, time.perf_counter() - t0)
     if n_items:
-        log.info("labelled %d items, %d segments, %.1f s of audio in %.1f s: RTFx %.1f", n_items, n_segs, audio_s, stats.wall_s, stats.rtfx)
+        log.info(
+            "labelled %d items, %d segments, %.1f s of audio in %.1f s: RTFx %.1f",
+            n_items,
+            n_segs,
+            audio_s,
+            stats.wall_s,
+            stats.rtfx,
+        )
     return stats
 
 
 def read_labels(
-    layout: WorkLayout, items: Sequence[Item], segments: Mapping[str, list[Segment]], label_cfg: LabelConfig, filter_cfg: FilterConfig, keys: Mapping[str, str] | None = None
+    layout: WorkLayout,
+    items: Sequence[Item],
+    segments: Mapping[str, list[Segment]],
+    label_cfg: LabelConfig,
+    filter_cfg: FilterConfig,
+    keys: Mapping[str, str] | None = None,
 ) -> list[Label]:
     """The items' current labels, from their parts; raises if a part is missing or stale.
     ``keys``: the items' ``item_keys`` when the caller has them."""

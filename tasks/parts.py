@@ -15,8 +15,9 @@ import importlib
 import inspect
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import pyarrow.parquet as pq
 
@@ -48,7 +49,12 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:]
     return tree
 
@@ -59,7 +65,9 @@ def _dump(value: Any) -> str:
     (``type_params``) do not change the text of unchanged code."""
     if isinstance(value, ast.AST):
         fields = ((name, _dump(getattr(value, name, None))) for name in value._fields)
-        return f"{type(value).__name__}({', '.join(f'{n}={v}' for n, v in fields if v not in ('None', '[]'))})"
+        return (
+            f"{type(value).__name__}({', '.join(f'{n}={v}' for n, v in fields if v not in ('None', '[]'))})"
+        )
     if isinstance(value, list):
         return f"[{', '.join(_dump(v) for v in value)}]"
     return repr(value)
@@ -79,13 +87,14 @@ def _module_sources(name: str) -> list[tuple[str, str]]:
     if not hasattr(module, "__path__"):
         return [(name, inspect.getsource(module))]
     return [
-        (f"{name}/{f.relative_to(folder).as_posix()}", f.read_text(encoding="utf-8"))  # relative: the same key on every machine
+        # relative: the same key on every machine
+        (f"{name}/{f.relative_to(folder).as_posix()}", f.read_text(encoding="utf-8"))
         for folder in module.__path__
         for f in sorted(Path(folder).rglob("*.py"))
     ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_version(*modules: str) -> str:
     """The code part of a stage's cache keys: a hash of what the named modules do
     (``source_meaning``), so a change in a stage's logic invalidates its results, while a comment,

@@ -11,11 +11,12 @@ faster-whisper ships.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from llmasr import progress
-from llmasr.audio import SAMPLE_RATE, duration_s as audio_duration_s, load_audio
+from llmasr.audio import SAMPLE_RATE, load_audio
+from llmasr.audio import duration_s as audio_duration_s
 from llmasr.config import SegmentConfig
 from llmasr.layout import WorkLayout
 from llmasr.records import Item, Segment
@@ -30,7 +31,9 @@ def segment_id(item_id: str, start_s: float) -> str:
     return f"{item_id}-{int(round(start_s * 1000)):09d}"
 
 
-def merge_cues(cues: Sequence[Cue], cfg: SegmentConfig, item_duration_s: float | None = None) -> list[list[Cue]]:
+def merge_cues(
+    cues: Sequence[Cue], cfg: SegmentConfig, item_duration_s: float | None = None
+) -> list[list[Cue]]:
     """Group time-ordered cues into runs that become segments (see the module docstring).
 
     Cues are first clipped to [0, item_duration_s]; cues left empty by clipping are dropped.
@@ -88,7 +91,9 @@ def vad_regions(audio_path: Path, cfg: SegmentConfig) -> list[Cue]:
     return [Cue(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE, "") for s in stamps]
 
 
-def segment_item(item_id: str, audio_path: Path, caption_path: Path | None, duration_s: float, cfg: SegmentConfig) -> tuple[list[Segment], str | None]:
+def segment_item(
+    item_id: str, audio_path: Path, caption_path: Path | None, duration_s: float, cfg: SegmentConfig
+) -> tuple[list[Segment], str | None]:
     """Segments of one item, and a note when captions were present but unusable (VAD used).
 
     Captions are unusable when they cannot be read, hold no text cue, or no cue survives clipping
@@ -125,7 +130,13 @@ def item_key(layout: WorkLayout, item: Item, cfg: SegmentConfig) -> str:
     part of the key (as label.item_key leaves out label.items_per_task)."""
     caption = layout.abs(item.caption_path).read_bytes() if item.caption_path else b""
     settings = cfg.model_dump(mode="json", exclude={"items_per_task"})
-    return fingerprint(item.item_id, audio_stamp(layout, item), fingerprint(caption.decode("utf-8", "replace")), settings, code_version("tasks.segment", "tasks.captions"))
+    return fingerprint(
+        item.item_id,
+        audio_stamp(layout, item),
+        fingerprint(caption.decode("utf-8", "replace")),
+        settings,
+        code_version("tasks.segment", "tasks.captions"),
+    )
 
 
 def item_keys(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig) -> dict[str, str]:
@@ -141,11 +152,15 @@ def item_duration_s(layout: WorkLayout, item: Item) -> float:
     if item.duration_s is not None:
         return item.duration_s
     duration = audio_duration_s(layout.abs(item.path))  # type: ignore[arg-type]
-    log.warning("%s: no duration_s in its item record; %.3f s read from %s", item.item_id, duration, item.path)
+    log.warning(
+        "%s: no duration_s in its item record; %.3f s read from %s", item.item_id, duration, item.path
+    )
     return duration
 
 
-def segment_batch(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig, keys: Mapping[str, str] | None = None) -> int:
+def segment_batch(
+    layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig, keys: Mapping[str, str] | None = None
+) -> int:
     """Segment the items whose part is missing or stale; returns how many were (re)computed.
     ``keys``: the items' ``item_keys`` when the caller has them."""
     keys = keys if keys is not None else item_keys(layout, items, cfg)
@@ -155,7 +170,9 @@ def segment_batch(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig,
         part = layout.part("segments", item.item_id)
         if read_part(part, Segment, key) is None:
             caption = layout.abs(item.caption_path) if item.caption_path else None
-            segs, note = segment_item(item.item_id, layout.abs(item.path), caption, item_duration_s(layout, item), cfg)  # type: ignore[arg-type]
+            segs, note = segment_item(
+                item.item_id, layout.abs(item.path), caption, item_duration_s(layout, item), cfg
+            )  # type: ignore[arg-type]
             if note:
                 log.warning("%s: %s", item.item_id, note)
             write_part(part, segs, Segment, key)
@@ -164,7 +181,9 @@ def segment_batch(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig,
     return done
 
 
-def read_segments(layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig, keys: Mapping[str, str] | None = None) -> dict[str, list[Segment]]:
+def read_segments(
+    layout: WorkLayout, items: Sequence[Item], cfg: SegmentConfig, keys: Mapping[str, str] | None = None
+) -> dict[str, list[Segment]]:
     """Each item's current segments, from its part; raises if a part is missing or stale.
     ``keys``: the items' ``item_keys`` when the caller has them."""
     keys = keys if keys is not None else item_keys(layout, items, cfg)

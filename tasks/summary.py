@@ -8,23 +8,54 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from llmasr.records import STATUS_OK, Decision, Item, Label, Segment
 
 
-def counts(items: Sequence[Item], segments: Sequence[Segment], labels: Sequence[Label], decisions: Sequence[Decision], index: dict) -> list[dict]:
+def counts(
+    items: Sequence[Item],
+    segments: Sequence[Segment],
+    labels: Sequence[Label],
+    decisions: Sequence[Decision],
+    index: dict,
+) -> list[dict]:
     ok = [i for i in items if i.status == STATUS_OK]
     kept = [d for d in decisions if d.kept]
     seg_s = sum(s.duration_s for s in segments)
     kept_s = sum(d.duration_s for d in kept)
     shards = index.get("shards", [])
     return [
-        {"stage": "ingest", "count": len(items), "detail": f"{len(ok)} ok, {len(items) - len(ok)} failed; {sum(i.duration_s or 0 for i in ok) / 3600:.2f} h of audio"},
-        {"stage": "segment", "count": len(segments), "detail": f"{seg_s / 3600:.2f} h; {sum(s.cut_by == 'vad' for s in segments)} cut by VAD"},
-        {"stage": "label", "count": len(labels), "detail": f"{len(segments) - len(labels)} not labelled (duration rule)"},
-        {"stage": "filter", "count": len(kept), "detail": f"kept {len(kept)}/{len(decisions)} segments, {kept_s / 3600:.2f} h"},
-        {"stage": "shard", "count": len(shards), "detail": f"{sum(e['samples'] for e in shards)} samples, {sum(e['bytes'] for e in shards) / 1e6:.1f} MB"},
+        {
+            "stage": "ingest",
+            "count": len(items),
+            "detail": (
+                f"{len(ok)} ok, {len(items) - len(ok)} failed; "
+                f"{sum(i.duration_s or 0 for i in ok) / 3600:.2f} h of audio"
+            ),
+        },
+        {
+            "stage": "segment",
+            "count": len(segments),
+            "detail": f"{seg_s / 3600:.2f} h; {sum(s.cut_by == 'vad' for s in segments)} cut by VAD",
+        },
+        {
+            "stage": "label",
+            "count": len(labels),
+            "detail": f"{len(segments) - len(labels)} not labelled (duration rule)",
+        },
+        {
+            "stage": "filter",
+            "count": len(kept),
+            "detail": f"kept {len(kept)}/{len(decisions)} segments, {kept_s / 3600:.2f} h",
+        },
+        {
+            "stage": "shard",
+            "count": len(shards),
+            "detail": (
+                f"{sum(e['samples'] for e in shards)} samples, {sum(e['bytes'] for e in shards) / 1e6:.1f} MB"
+            ),
+        },
     ]
 
 
@@ -39,7 +70,9 @@ def funnel(decisions: Sequence[Decision]) -> list[dict]:
     return rows
 
 
-def sample_rows(segments: Sequence[Segment], labels: Sequence[Label], decisions: Sequence[Decision], n: int = 12) -> list[dict]:
+def sample_rows(
+    segments: Sequence[Segment], labels: Sequence[Label], decisions: Sequence[Decision], n: int = 12
+) -> list[dict]:
     """A few kept and a few dropped segments side by side: label, caption, WER, scores."""
     seg = {s.segment_id: s for s in segments}
     lab = {x.segment_id: x for x in labels}

@@ -126,14 +126,26 @@ def choose_stage(work_dir: str | Path, stage: int | None = None) -> int:
     highest complete one.  Raises TranscribeError naming what exists and the command that trains it."""
     root = Path(work_dir)
     if not root.is_dir():
-        raise TranscribeError(f"work dir {root} does not exist: pass --work-dir of a trained run (one made by `llmasr train --work-dir {root}`)")
+        raise TranscribeError(
+            f"work dir {root} does not exist: pass --work-dir of a trained run (one made by `llmasr train "
+            f"--work-dir {root}`)"
+        )
     if stage is not None and stage not in STAGES:
-        raise TranscribeError(f"--stage {stage}: the stages are 1 (Whisper with the stage-1 encoder), 2 (LLM-ASR without LoRA) and 3 (with LoRA)")
+        raise TranscribeError(
+            f"--stage {stage}: the stages are 1 (Whisper with the stage-1 encoder), 2 (LLM-ASR without LoRA) "
+            "and 3 (with LoRA)"
+        )
     done = complete_stages(root)
     if not done:
         started = [f"stage{s}" for s in STAGES if stage_dir(root, s).is_dir()]
-        found = f"{', '.join(started)} started, none complete (no stage.json with complete=true)" if started else f"no stage folder under {root / 'checkpoints'}"
-        raise TranscribeError(f"{root} has no complete trained stage ({found}): train it with `llmasr train --work-dir {root}`")
+        found = (
+            f"{', '.join(started)} started, none complete (no stage.json with complete=true)"
+            if started
+            else f"no stage folder under {root / 'checkpoints'}"
+        )
+        raise TranscribeError(
+            f"{root} has no complete trained stage ({found}): train it with `llmasr train --work-dir {root}`"
+        )
     if stage is None:
         return max(done)
     if stage not in done:
@@ -183,7 +195,9 @@ def check_output(out_dir: str | Path | None, fmt: str | None) -> None:
         raise TranscribeError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if out_dir is None:
         if fmt not in (None, "txt"):
-            raise TranscribeError(f"--format {fmt} writes files: add --out DIR (without --out the text goes to stdout)")
+            raise TranscribeError(
+                f"--format {fmt} writes files: add --out DIR (without --out the text goes to stdout)"
+            )
         return
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -199,7 +213,9 @@ def plan_files(files: Sequence[Path], cfg: PipelineConfig) -> tuple[list[decode.
     progress.start("cut", len(files), unit="files")
     for f in files:
         problems: list[str] = []
-        kept, mine, seconds = decode.plan_pieces([TestUtterance(str(f), str(f), "")], cfg.eval.max_piece_s, cfg.segment, problems)
+        kept, mine, seconds = decode.plan_pieces(
+            [TestUtterance(str(f), str(f), "")], cfg.eval.max_piece_s, cfg.segment, problems
+        )
         if kept:
             pieces += mine
             durations.update(seconds)
@@ -209,7 +225,9 @@ def plan_files(files: Sequence[Path], cfg: PipelineConfig) -> tuple[list[decode.
             bad.append("; ".join(problems) or f"{f}: not readable")
         progress.advance("cut")
     if bad:
-        raise TranscribeError(f"not audio, or audio that does not decode ({len(bad)} of {len(files)} files): " + " | ".join(bad))
+        raise TranscribeError(
+            f"not audio, or audio that does not decode ({len(bad)} of {len(files)} files): " + " | ".join(bad)
+        )
     return pieces, durations
 
 
@@ -240,7 +258,9 @@ def transcribe(files: Sequence[Path], cfg: PipelineConfig, stage: int) -> Transc
     load_s = time.perf_counter() - t0
     progress.start("decode", len(pieces), unit="pieces")
     try:
-        hyps, errors, decode_s = decode.decode_pieces(system, pieces, settings.batch_size, lambda n: progress.advance("decode", n))
+        hyps, errors, decode_s = decode.decode_pieces(
+            system, pieces, settings.batch_size, lambda n: progress.advance("decode", n)
+        )
     finally:
         system.close()
     by_file: dict[str, list[decode.Piece]] = {}
@@ -254,7 +274,10 @@ def transcribe(files: Sequence[Path], cfg: PipelineConfig, stage: int) -> Transc
         error = None
         if failed:
             p = failed[0]
-            error = f"{len(failed)} of {len(mine)} pieces failed; piece {p.index + 1} ({p.start_s:.1f}-{p.end_s:.1f} s): {errors[p]}"
+            error = (
+                f"{len(failed)} of {len(mine)} pieces failed; piece {p.index + 1} "
+                f"({p.start_s:.1f}-{p.end_s:.1f} s): {errors[p]}"
+            )
         text = " ".join(s.text for s in segments)
         records.append(Transcript(str(f), text, segments, round(durations[str(f)], 3), stage, error))
     result = TranscribeResult(
@@ -269,8 +292,17 @@ def transcribe(files: Sequence[Path], cfg: PipelineConfig, stage: int) -> Transc
         num_beams=settings.num_beams,
         failed=[r for r in records if r.error],
     )
-    log.info("%s: %d files, %d pieces, %.1f s of audio in %.1f s (RTFx %.1f), %d tokens, loaded in %.1f s",
-             system.name, len(files), len(pieces), result.audio_s, decode_s, result.rtfx or 0.0, result.tokens, load_s)
+    log.info(
+        "%s: %d files, %d pieces, %.1f s of audio in %.1f s (RTFx %.1f), %d tokens, loaded in %.1f s",
+        system.name,
+        len(files),
+        len(pieces),
+        result.audio_s,
+        decode_s,
+        result.rtfx or 0.0,
+        result.tokens,
+        load_s,
+    )
     return result
 
 
@@ -298,12 +330,18 @@ def write_outputs(records: Sequence[Transcript], out_dir: str | Path, fmt: str =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "jsonl":
-        return [write_text(out / JSONL_NAME, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records))]
+        return [
+            write_text(
+                out / JSONL_NAME, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
+            )
+        ]
     names = output_names([r.path for r in records])
     written = []
     for r in records:
         if fmt == "srt":
-            written.append(write_srt(out / f"{names[r.path]}.srt", [Cue(s.start_s, s.end_s, s.text) for s in r.segments]))
+            written.append(
+                write_srt(out / f"{names[r.path]}.srt", [Cue(s.start_s, s.end_s, s.text) for s in r.segments])
+            )
         else:
             written.append(write_text(out / f"{names[r.path]}.txt", r.text + "\n"))
     return written
@@ -325,8 +363,7 @@ def summary(result: TranscribeResult) -> str:
     """One line for the terminal: what ran and its throughput."""
     rtfx = "n/a" if result.rtfx is None else f"{result.rtfx:.1f}"
     return (
-        f"{result.system} ({STAGE_KINDS[result.stage]}, beam {result.num_beams}): {_count(len(result.records), 'file')}, "
-        f"{_count(result.pieces, 'piece')}, {result.audio_s:.1f} s of audio in {result.decode_s:.1f} s, RTFx {rtfx} "
-        f"(model loaded in {result.load_s:.1f} s)"
+        f"{result.system} ({STAGE_KINDS[result.stage]}, beam {result.num_beams}): "
+        f"{_count(len(result.records), 'file')}, {_count(result.pieces, 'piece')}, {result.audio_s:.1f} s of "
+        f"audio in {result.decode_s:.1f} s, RTFx {rtfx} (model loaded in {result.load_s:.1f} s)"
     )
-

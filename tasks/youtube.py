@@ -57,13 +57,20 @@ _MAX_NESTING = 3  # playlist -> channel tab -> videos
 _MAX_ERROR_CHARS = 500
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NETWORK_MESSAGE = re.compile(
-    r"HTTP Error (5\d\d|429)|timed? ?out|Connection (reset|refused|aborted)|Temporary failure in name resolution"
-    r"|Remote end closed|IncompleteRead|Connection broken|URLError|TransportError|EOF occurred",
+    r"HTTP Error (5\d\d|429)|timed? ?out|Connection (reset|refused|aborted)|Temporary failure in name "
+    r"resolution|Remote end closed|IncompleteRead|Connection broken|URLError|TransportError|EOF occurred",
     re.IGNORECASE,
 )
 
 
-_NETWORK_TYPES = (TransportError, urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout, http.client.IncompleteRead)
+_NETWORK_TYPES = (
+    TransportError,
+    urllib.error.URLError,
+    ConnectionError,
+    TimeoutError,
+    socket.timeout,
+    http.client.IncompleteRead,
+)
 
 
 @dataclass(frozen=True)
@@ -143,7 +150,9 @@ def _base_params(opts: YtdlpOptions) -> dict[str, Any]:
     return params
 
 
-def _download_params(opts: YtdlpOptions, tmpdir: Path, archive: Path | None, captions: tuple[str, str] | None) -> dict[str, Any]:
+def _download_params(
+    opts: YtdlpOptions, tmpdir: Path, archive: Path | None, captions: tuple[str, str] | None
+) -> dict[str, Any]:
     lang, kind = captions if captions else ("", None)
     return {
         **_base_params(opts),
@@ -180,7 +189,11 @@ def _redact(text: str, opts: YtdlpOptions) -> str:
     """``text`` without the cookies file's path (as given, expanded or absolute)."""
     if opts.cookies_file:
         given = opts.cookies_file
-        for form in sorted({given, os.path.expanduser(given), os.path.abspath(os.path.expanduser(given))}, key=len, reverse=True):
+        for form in sorted(
+            {given, os.path.expanduser(given), os.path.abspath(os.path.expanduser(given))},
+            key=len,
+            reverse=True,
+        ):
             text = text.replace(form, "<cookies>")
     return text
 
@@ -361,7 +374,9 @@ def _flatten(info: dict[str, Any], opts: YtdlpOptions, depth: int = 0) -> list[d
         if not entry:
             continue
         if entry.get("_type") == "url" and not _is_video_ref(entry) and depth < _MAX_NESTING:
-            nested = _with_retries(entry["url"], functools.partial(_extract, entry["url"], opts, flat=True), opts)
+            nested = _with_retries(
+                entry["url"], functools.partial(_extract, entry["url"], opts, flat=True), opts
+            )
             out.extend(_flatten(nested, opts, depth + 1))
         elif entry.get("_type") in ("playlist", "multi_video"):
             out.extend(_flatten(entry, opts, depth + 1))
@@ -408,7 +423,9 @@ def _resolve(entry: dict[str, Any], opts: YtdlpOptions) -> dict[str, Any]:
     """Full info of a video entry (a flat ``url`` reference is extracted; a full entry is kept)."""
     if entry.get("_type") != "url":
         return entry
-    return _single_video(_with_retries(entry["url"], lambda: _extract(entry["url"], opts, flat=False), opts), opts)
+    return _single_video(
+        _with_retries(entry["url"], lambda: _extract(entry["url"], opts, flat=False), opts), opts
+    )
 
 
 def _too_long(info: dict[str, Any], opts: YtdlpOptions) -> str | None:
@@ -418,7 +435,9 @@ def _too_long(info: dict[str, Any], opts: YtdlpOptions) -> str | None:
     return None
 
 
-def _download(info: dict[str, Any], item_id: str, layout: WorkLayout, opts: YtdlpOptions) -> tuple[float, Path | None, str | None]:
+def _download(
+    info: dict[str, Any], item_id: str, layout: WorkLayout, opts: YtdlpOptions
+) -> tuple[float, Path | None, str | None]:
     """Download audio (+captions) of a resolved video; returns (duration_s, caption file, kind)."""
     captions = choose_captions(info, opts)
     # an archived video without a usable record is stale: download it again, ignoring the archive
@@ -471,7 +490,9 @@ def _fetch_resolved(info: dict[str, Any], source: str, layout: WorkLayout, opts:
     if too_long:
         return _save_record(layout, _failed(item_id, source, url, too_long, title))
     try:
-        duration, caption_path, kind = _with_retries(item_id, lambda: _download(info, item_id, layout, opts), opts)
+        duration, caption_path, kind = _with_retries(
+            item_id, lambda: _download(info, item_id, layout, opts), opts
+        )
     except (YoutubeDLError, AudioError, OSError) as exc:  # anything else: see _fetch_entry
         log.info("failed %s: %s", item_id, _error_text(exc, opts))
         return _save_record(layout, _failed(item_id, source, url, _error_text(exc, opts), title))
@@ -490,7 +511,9 @@ def _fetch_resolved(info: dict[str, Any], source: str, layout: WorkLayout, opts:
     return _save_record(layout, item)
 
 
-def _fetch_entry(entry: dict[str, Any], source: str, layout: WorkLayout, opts: YtdlpOptions, known: dict[str, Item] | None) -> Item:
+def _fetch_entry(
+    entry: dict[str, Any], source: str, layout: WorkLayout, opts: YtdlpOptions, known: dict[str, Item] | None
+) -> Item:
     """One entry -> Item; every failure becomes a failed Item (one bad video never stops a channel)."""
     existing = _existing(layout, _info_item_id(entry), known)
     if existing:
@@ -501,7 +524,9 @@ def _fetch_entry(entry: dict[str, Any], source: str, layout: WorkLayout, opts: Y
     except Exception as exc:  # noqa: BLE001 -- the per-video boundary
         item_id = _info_item_id(entry) or url_item_id(str(entry.get("url")))
         log.info("failed %s: %s", item_id, _error_text(exc, opts))
-        return _save_record(layout, _failed(item_id, source, entry.get("url"), _error_text(exc, opts), entry.get("title")))
+        return _save_record(
+            layout, _failed(item_id, source, entry.get("url"), _error_text(exc, opts), entry.get("title"))
+        )
 
 
 def fetch_video(entry_url: str, source: str, layout: WorkLayout, opts: YtdlpOptions) -> Item:
@@ -548,7 +573,9 @@ def fetch_web_source(
     return items + _carry_forward(layout, url, known, {i.item_id for i in items}, f"{url} no longer lists it")
 
 
-def _carry_forward(layout: WorkLayout, url: str, known: dict[str, Item] | None, listed: set[str], why: str) -> list[Item]:
+def _carry_forward(
+    layout: WorkLayout, url: str, known: dict[str, Item] | None, listed: set[str], why: str
+) -> list[Item]:
     """The items of ``known`` not in ``listed`` that stay: ok items with audio on disk, as they were.
 
     A network blip or a deleted video must not drop data an earlier run fetched ("nothing is lost").
@@ -565,7 +592,9 @@ def _carry_forward(layout: WorkLayout, url: str, known: dict[str, Item] | None, 
             out.append(item)
         else:
             log.warning("%s: %s and its audio %s is missing; listed as failed", item_id, why, item.path)
-            out.append(_failed(item_id, url, item.url, f"{why} and its audio {item.path} is missing", item.title))
+            out.append(
+                _failed(item_id, url, item.url, f"{why} and its audio {item.path} is missing", item.title)
+            )
     return out
 
 
@@ -591,7 +620,9 @@ def _write_private(contents: str) -> str:
     return path
 
 
-def cookies_from_env_or_secret(env_var: str = "LLMASR_YTDLP_COOKIES", secret_block: str | None = None) -> str | None:
+def cookies_from_env_or_secret(
+    env_var: str = "LLMASR_YTDLP_COOKIES", secret_block: str | None = None
+) -> str | None:
     """Path of a Netscape cookies file for yt-dlp, or None when no cookies are configured.
 
     ``$env_var`` may hold a path to an existing file (returned as is) or the file's contents
@@ -606,9 +637,10 @@ def cookies_from_env_or_secret(env_var: str = "LLMASR_YTDLP_COOKIES", secret_blo
             return _write_private(value)
         # never echo the value: it may be the cookies themselves
         raise ValueError(
-            f"${env_var} (named by the config key ingest.cookies_env) is neither the path of an existing file "
-            "nor Netscape cookies-file contents: set it to the path of a cookies.txt file or to that file's "
-            "text, or unset it (optionally naming a Prefect Secret block in ingest.cookies_secret instead)"
+            f"${env_var} (named by the config key ingest.cookies_env) is neither the path of an existing "
+            "file nor Netscape cookies-file contents: set it to the path of a cookies.txt file or to that "
+            "file's text, or unset it (optionally naming a Prefect Secret block in ingest.cookies_secret "
+            "instead)"
         )
     if secret_block:
         from prefect.blocks.system import Secret
@@ -616,8 +648,9 @@ def cookies_from_env_or_secret(env_var: str = "LLMASR_YTDLP_COOKIES", secret_blo
         secret = Secret.load(secret_block, _sync=True).get()  # type: ignore[call-arg,union-attr]  # sync even in async code
         if not isinstance(secret, str) or not secret.strip():
             raise ValueError(
-                f"Prefect Secret block {secret_block!r} (named by the config key ingest.cookies_secret) does not hold "
-                "cookies-file text: store a Netscape cookies.txt file's contents in it, or unset ingest.cookies_secret"
+                f"Prefect Secret block {secret_block!r} (named by the config key ingest.cookies_secret) does "
+                "not hold cookies-file text: store a Netscape cookies.txt file's contents in it, or unset "
+                "ingest.cookies_secret"
             )
         return _write_private(secret)
     return None
