@@ -93,16 +93,19 @@ class DecodeSettings:
     compute_type: str = "default"
     cpu_threads: int = 0
     language: str | None = "en"
-    whisper_trim_padding: bool | None = None  # transformers Whisper systems: None = stock padded to 30 s, stage 1 as trained
+    # transformers Whisper systems: None = stock padded to 30 s, stage 1 as trained
+    whisper_trim_padding: bool | None = None
 
     @classmethod
-    def from_config(cls, cfg: EvalConfig, **changes: Any) -> "DecodeSettings":
+    def from_config(cls, cfg: EvalConfig, **changes: Any) -> DecodeSettings:
         names = cls.__dataclass_fields__
         values = {k: v for k, v in cfg.model_dump().items() if k in names}
         return cls(**{**values, **changes})
 
     def bound(self, duration_s: float) -> int:
-        return max_new_tokens_for(duration_s, self.tokens_per_second, self.min_new_tokens, self.max_new_tokens)
+        return max_new_tokens_for(
+            duration_s, self.tokens_per_second, self.min_new_tokens, self.max_new_tokens
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,7 +144,8 @@ def read_audio(path: str | Path, start_s: float | None = None, end_s: float | No
     if info is not None and info.samplerate == SAMPLE_RATE:
         start = int(round((start_s or 0.0) * SAMPLE_RATE))
         stop = None if end_s is None else int(round(end_s * SAMPLE_RATE))
-        audio, _ = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)  # (samples, channels)
+        # (samples, channels)
+        audio, _ = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
         return audio.mean(axis=1).astype(np.float32) if audio.shape[1] > 1 else audio[:, 0]
     whole = _decode_whole(path, Path(path).stat().st_mtime_ns)
     start = int(round((start_s or 0.0) * SAMPLE_RATE))
@@ -214,7 +218,10 @@ def plan_pieces(
         start = utt.start_s or 0.0
         end = file_s if utt.end_s is None else min(utt.end_s, file_s)
         if start < 0 or end - start <= 0:
-            problems.append(f"{utt.utt_id}: empty stretch {start:.2f}-{end:.2f} s of {utt.audio_path} ({file_s:.2f} s long)")
+            problems.append(
+                f"{utt.utt_id}: empty stretch {start:.2f}-{end:.2f} s of {utt.audio_path} ({file_s:.2f} s "
+                "long)"
+            )
             continue
         durations[utt.utt_id] = end - start
         kept.append(utt)
@@ -224,12 +231,16 @@ def plan_pieces(
         try:
             spans = vad_pieces(read_audio(utt.audio_path, start, end), start, segment_cfg)
         except Exception as exc:  # noqa: BLE001 -- one unreadable long file is that utterance's problem, not the set's
-            problems.append(f"{utt.utt_id}: audio not readable ({utt.audio_path}, {start:.1f}-{end:.1f} s): {exc}")
+            problems.append(
+                f"{utt.utt_id}: audio not readable ({utt.audio_path}, {start:.1f}-{end:.1f} s): {exc}"
+            )
             kept.pop()
             del durations[utt.utt_id]
             continue
         if not spans:
-            problems.append(f"{utt.utt_id}: VAD found no speech in {end - start:.1f} s of audio; hypothesis left empty")
+            problems.append(
+                f"{utt.utt_id}: VAD found no speech in {end - start:.1f} s of audio; hypothesis left empty"
+            )
         pieces += [Piece(utt.utt_id, i, utt.audio_path, s, e) for i, (s, e) in enumerate(spans)]
     return kept, pieces, durations
 
@@ -318,7 +329,13 @@ class LLMASRSystem(System):
             "kind": "llmasr",
             "stage": read_stage(self.stage_dir),
             "stage_dir": str(self.stage_dir.resolve()),
-            "decode": [s.num_beams, s.no_repeat_ngram_size, s.tokens_per_second, s.min_new_tokens, s.max_new_tokens],
+            "decode": [
+                s.num_beams,
+                s.no_repeat_ngram_size,
+                s.tokens_per_second,
+                s.min_new_tokens,
+                s.max_new_tokens,
+            ],
             "merge_lora": s.merge_lora,
         }
 
@@ -334,7 +351,14 @@ class LLMASRSystem(System):
         if self.settings.merge_lora and has_lora(self.model):
             merge_lora(self.model)  # the adapters' B A folded into W: one matmul per projection, not three
             merged = ", LoRA merged in memory"
-        log.info("%s: loaded %s on %s in %.1f s%s", self.name, self.stage_dir, self.device, time.perf_counter() - t0, merged)
+        log.info(
+            "%s: loaded %s on %s in %.1f s%s",
+            self.name,
+            self.stage_dir,
+            self.device,
+            time.perf_counter() - t0,
+            merged,
+        )
 
     def close(self) -> None:
         self.model = None
@@ -389,7 +413,8 @@ FASTER_WHISPER_OPTIONS: dict[str, Any] = {
     "initial_prompt": None,
     "prefix": None,
     "hotwords": None,
-    "suppress_blank": True,  # Whisper's decoding rule: no space or end token first (HF: begin_suppress_tokens)
+    # Whisper's decoding rule: no space or end token first (HF: begin_suppress_tokens)
+    "suppress_blank": True,
     "suppress_tokens": [-1],  # Whisper's non-speech symbols + specials (HF: tasks.whisper_hf.suppress_tokens)
     "without_timestamps": True,
     "max_initial_timestamp": 1.0,  # unused without timestamps
@@ -436,7 +461,13 @@ class FasterWhisperSystem(System):
             "source": source,
             "files": _file_stamps(Path(source)),  # a rewritten model folder is another system
             "runtime": [s.device, s.compute_type, s.language],
-            "decode": [s.num_beams, s.no_repeat_ngram_size, s.tokens_per_second, s.min_new_tokens, s.max_new_tokens],
+            "decode": [
+                s.num_beams,
+                s.no_repeat_ngram_size,
+                s.tokens_per_second,
+                s.min_new_tokens,
+                s.max_new_tokens,
+            ],
         }
 
     def load(self) -> None:
@@ -509,7 +540,11 @@ def read_hyp_file(path: str | Path, problems: list[str] | None = None) -> dict[s
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         stripped = raw.lstrip()
         rows = json.loads(raw) if stripped.startswith("[") else None
-        items = enumerate(rows, 1) if rows is not None else ((n, line) for n, line in enumerate(raw.splitlines(), 1) if line.strip())
+        items = (
+            enumerate(rows, 1)
+            if rows is not None
+            else ((n, line) for n, line in enumerate(raw.splitlines(), 1) if line.strip())
+        )
         for n, row in items:
             where = f"{path}:{n}"
             if isinstance(row, str):
@@ -524,7 +559,9 @@ def read_hyp_file(path: str | Path, problems: list[str] | None = None) -> dict[s
             utt_id = next((row[k] for k in _ID_KEYS if k in row), None)
             text = next((row[k] for k in _TEXT_KEYS if k in row), None)
             if utt_id is None or text is None:
-                problems.append(f"{where}: needs an id ({'/'.join(_ID_KEYS)}) and a text ({'/'.join(_TEXT_KEYS)})")
+                problems.append(
+                    f"{where}: needs an id ({'/'.join(_ID_KEYS)}) and a text ({'/'.join(_TEXT_KEYS)})"
+                )
                 continue
             if isinstance(text, list):
                 text = " ".join(map(str, text))
@@ -611,7 +648,8 @@ class DecodeResult:
     pieces: int = 0
     key: str | None = None  # the decode cache key
     cached: bool = False
-    problems: list[str] = field(default_factory=list)  # about the system's input (e.g. bad hypothesis-file lines)
+    # about the system's input (e.g. bad hypothesis-file lines)
+    problems: list[str] = field(default_factory=list)
 
     @property
     def rtf(self) -> float | None:
@@ -626,11 +664,19 @@ class DecodeResult:
         return self.tokens / self.decode_s
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("system", "hyps", "failures", "audio_s", "decode_s", "tokens", "pieces", "key")}
+        return {
+            k: getattr(self, k)
+            for k in ("system", "hyps", "failures", "audio_s", "decode_s", "tokens", "pieces", "key")
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DecodeResult":
-        return cls(**{k: d[k] for k in ("system", "hyps", "failures", "audio_s", "decode_s", "tokens", "pieces", "key")})
+    def from_dict(cls, d: dict[str, Any]) -> DecodeResult:
+        return cls(
+            **{
+                k: d[k]
+                for k in ("system", "hyps", "failures", "audio_s", "decode_s", "tokens", "pieces", "key")
+            }
+        )
 
 
 def _error(exc: BaseException) -> str:
@@ -672,7 +718,12 @@ def decode_pieces(
                 if len(batch) == 1:
                     errors[batch[0][0]] = _error(exc)
                 else:
-                    log.warning("%s: a batch of %d failed (%s); decoding its pieces one by one", system.name, len(batch), _error(exc))
+                    log.warning(
+                        "%s: a batch of %d failed (%s); decoding its pieces one by one",
+                        system.name,
+                        len(batch),
+                        _error(exc),
+                    )
                     for p, a in batch:
                         try:
                             hyps[p] = system.decode([a])[0]
@@ -701,7 +752,9 @@ def run_system(
             try:
                 result.hyps[u.utt_id] = system.lookup(u.utt_id)
             except Exception as exc:
-                result.failures[u.utt_id] = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else _error(exc)
+                result.failures[u.utt_id] = (
+                    str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else _error(exc)
+                )
         return result
     tokens0 = system.tokens
     hyps, errors, decode_s = decode_pieces(system, pieces, settings.batch_size, progress)
@@ -712,7 +765,12 @@ def run_system(
         mine = sorted(by_utt.get(u.utt_id, []), key=lambda p: p.index)
         failed = [p for p in mine if p in errors]
         if failed:
-            where = f" (piece {failed[0].index + 1} of {len(mine)}, {failed[0].start_s:.1f}-{failed[0].end_s:.1f} s)" if len(mine) > 1 else ""
+            where = (
+                f" (piece {failed[0].index + 1} of {len(mine)}, "
+                f"{failed[0].start_s:.1f}-{failed[0].end_s:.1f} s)"
+                if len(mine) > 1
+                else ""
+            )
             result.failures[u.utt_id] = f"{errors[failed[0]]}{where}"
             continue
         result.hyps[u.utt_id] = " ".join(t for t in (hyps[p] for p in mine) if t)
@@ -720,5 +778,13 @@ def run_system(
     result.tokens = system.tokens - tokens0
     result.pieces = len(pieces)
     if result.tokens_per_s is not None:
-        log.info("%s: %d pieces, %.1f s audio in %.1f s (RTF %.3f), %.1f tokens/s", system.name, len(pieces), result.audio_s, decode_s, result.rtf or 0.0, result.tokens_per_s)
+        log.info(
+            "%s: %d pieces, %.1f s audio in %.1f s (RTF %.3f), %.1f tokens/s",
+            system.name,
+            len(pieces),
+            result.audio_s,
+            decode_s,
+            result.rtf or 0.0,
+            result.tokens_per_s,
+        )
     return result

@@ -19,7 +19,7 @@ a small LLM.  At the paper's scale (190k hours, one epoch) it stays off.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -37,13 +37,18 @@ class EncoderCache:
     def nbytes(self) -> int:
         return sum(r.numel() * r.element_size() for r in self.rows.values())
 
-    def __call__(self, keys: Sequence[str], features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, keys: Sequence[str], features: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """keys (B,), features (B, M, T), lengths (B,) mel frames -> encoder output (B, T', D_enc)
         zero-padded past each row's length, and the lengths (B,) in encoder frames."""
         if len(keys) != features.shape[0]:
             raise ValueError(f"{len(keys)} keys for a batch of {features.shape[0]}")
         if len(set(keys)) != len(keys):
-            raise ValueError(f"duplicate sample keys in one batch: {sorted(k for k in set(keys) if list(keys).count(k) > 1)}")
+            raise ValueError(
+                "duplicate sample keys in one batch: "
+                f"{sorted(k for k in set(keys) if list(keys).count(k) > 1)}"
+            )
         missing = [i for i, k in enumerate(keys) if k not in self.rows]
         if missing:
             index = torch.tensor(missing, dtype=torch.long, device=features.device)
@@ -55,5 +60,7 @@ class EncoderCache:
                 self.rows[keys[i]] = hidden[j, : int(hidden_lengths[j])].detach().clone()  # (T_i, D_enc)
         self.fresh = [i in set(missing) for i in range(len(keys))]
         rows = [self.rows[k] for k in keys]
-        out_lengths = torch.tensor([r.shape[0] for r in rows], dtype=torch.long, device=features.device)  # (B,)
-        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), out_lengths  # (B, max T_i, D_enc), (B,)
+        # (B,)
+        out_lengths = torch.tensor([r.shape[0] for r in rows], dtype=torch.long, device=features.device)
+        # (B, max T_i, D_enc), (B,)
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), out_lengths

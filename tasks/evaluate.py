@@ -114,19 +114,27 @@ def system_specs(work_dir: str | Path, cfg: EvalConfig) -> tuple[list[SystemSpec
             notes.append(f"llmasr-stage{stage}: no complete checkpoint in {folder} (not evaluated)")
             continue
         # stage 1: its Whisper export (fine-tuned encoder + Whisper's decoder) through transformers
-        specs.append(SystemSpec(f"llmasr-stage{stage}", "transformers" if stage == 1 else "llmasr", str(folder)))
+        specs.append(
+            SystemSpec(f"llmasr-stage{stage}", "transformers" if stage == 1 else "llmasr", str(folder))
+        )
     for spec in cfg.baselines:
         if spec.startswith(decode.FASTER_WHISPER_PREFIX):
             specs.append(SystemSpec(spec, "faster-whisper", spec[len(decode.FASTER_WHISPER_PREFIX) :]))
         elif spec.startswith(decode.TRANSFORMERS_PREFIX):
             specs.append(SystemSpec(spec, "transformers", spec[len(decode.TRANSFORMERS_PREFIX) :]))
         else:
-            raise EvalError(f"baseline {spec!r}: write faster-whisper:<model> or transformers:<Whisper checkpoint>, e.g. faster-whisper:large-v2")
+            raise EvalError(
+                f"baseline {spec!r}: write faster-whisper:<model> or transformers:<Whisper checkpoint>, e.g. "
+                "faster-whisper:large-v2"
+            )
     specs += hyp_specs(cfg)
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise EvalError(f"eval.hyps / eval.baselines: system names must be distinct, got {dupes} twice (rename one: --hyps OTHER=PATH)")
+        raise EvalError(
+            f"eval.hyps / eval.baselines: system names must be distinct, got {dupes} twice (rename one: "
+            "--hyps OTHER=PATH)"
+        )
     return specs, notes
 
 
@@ -136,7 +144,10 @@ def hyp_specs(cfg: EvalConfig) -> list[SystemSpec]:
     for spec in cfg.hyps:
         name, path = parse_named(spec, "hypothesis file")
         if not Path(path).expanduser().is_file():
-            raise EvalError(f"eval.hyps: hypothesis file {path} (from {spec!r}) does not exist (fix it with --hyps NAME=PATH)")
+            raise EvalError(
+                f"eval.hyps: hypothesis file {path} (from {spec!r}) does not exist (fix it with --hyps "
+                "NAME=PATH)"
+            )
         specs.append(SystemSpec(name, "hyps", path))
     return specs
 
@@ -160,7 +171,11 @@ def training_texts(work_dir: str | Path, splits: Sequence[str] | None = None) ->
     layout = WorkLayout(Path(work_dir))
     wanted = set(splits) if splits else None
     if layout.labels.is_file() and layout.decisions.is_file():
-        kept = {d.segment_id for d in read_records(layout.decisions, Decision) if d.kept and (wanted is None or d.split in wanted)}
+        kept = {
+            d.segment_id
+            for d in read_records(layout.decisions, Decision)
+            if d.kept and (wanted is None or d.split in wanted)
+        }
         texts = [lab.text for lab in read_records(layout.labels, Label) if lab.segment_id in kept]
         return texts, f"{layout.labels} (kept in {layout.decisions})"
     if layout.shard_index.is_file():
@@ -200,12 +215,20 @@ def rare_word_set(work_dir: str | Path, cfg: EvalConfig) -> tuple[RareWords, dic
         extra = read_word_list(cfg.word_list)
     if source is None:
         problems.append(
-            f"no training transcripts in {Path(work_dir)} (no manifests/labels.parquet + decisions.parquet, no shards): "
-            + ("every reference word counts as rare" if cfg.max_train_count >= 0 else "rare words are the word list alone")
+            f"no training transcripts in {Path(work_dir)} (no manifests/labels.parquet + decisions.parquet, "
+            "no shards): "
+            + (
+                "every reference word counts as rare"
+                if cfg.max_train_count >= 0
+                else "rare words are the word list alone"
+            )
         )
     elif not texts:
-        problems.append(f"no training transcripts in {source}" + (f" for eval.train_splits={list(cfg.train_splits)}" if cfg.train_splits else "")
-                        + ": every reference word counts as rare")
+        problems.append(
+            f"no training transcripts in {source}"
+            + (f" for eval.train_splits={list(cfg.train_splits)}" if cfg.train_splits else "")
+            + ": every reference word counts as rare"
+        )
     if problems and cfg.max_train_count >= 0 and cfg.common_words > 0:
         problems[-1] += f" except the {cfg.common_words} most common English words (eval.common_words)"
     common = common_word_set(cfg.common_words) if cfg.max_train_count >= 0 else frozenset()
@@ -246,7 +269,17 @@ class PreparedSet:
 
     def pieces_key(self) -> str:
         return fingerprint(
-            [(p.utt_id, p.index, p.audio_path, round(p.start_s, 3), round(p.end_s, 3), _stamp(p.audio_path)) for p in self.pieces],
+            [
+                (
+                    p.utt_id,
+                    p.index,
+                    p.audio_path,
+                    round(p.start_s, 3),
+                    round(p.end_s, 3),
+                    _stamp(p.audio_path),
+                )
+                for p in self.pieces
+            ],
             sorted(u.utt_id for u in self.utterances),
         )
 
@@ -291,10 +324,22 @@ def system_file(out_dir: Path, set_name: str, system: str, suffix: str) -> Path:
 
 
 def decode_key(system: System, prepared: PreparedSet) -> str:
-    return fingerprint("decode", system.identity(), prepared.pieces_key(), code_version("tasks.decode", "llmasr.model", "llmasr.generation", "tasks.whisper_hf"))
+    return fingerprint(
+        "decode",
+        system.identity(),
+        prepared.pieces_key(),
+        code_version("tasks.decode", "llmasr.model", "llmasr.generation", "tasks.whisper_hf"),
+    )
 
 
-def decode_cached(system: System, prepared: PreparedSet, out_dir: Path, settings: DecodeSettings, refresh: bool = False, progress=None) -> DecodeResult:
+def decode_cached(
+    system: System,
+    prepared: PreparedSet,
+    out_dir: Path,
+    settings: DecodeSettings,
+    refresh: bool = False,
+    progress=None,
+) -> DecodeResult:
     """``decode.run_system``, reusing ``<set>/<system>.decode.json`` when it was made from the same
     pieces by the same system and settings (hypothesis files are always read afresh)."""
     if not system.needs_audio:
@@ -311,7 +356,9 @@ def decode_cached(system: System, prepared: PreparedSet, out_dir: Path, settings
                 return result
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable decode cache %s: %s", cache, exc)
-    result = decode.run_system(system, prepared.utterances, prepared.pieces, prepared.durations, settings, progress)
+    result = decode.run_system(
+        system, prepared.utterances, prepared.pieces, prepared.durations, settings, progress
+    )
     result.key = key
     write_json(cache, result.to_dict())
     return result
@@ -344,11 +391,17 @@ def score_result(prepared: PreparedSet, result: DecodeResult, rare: RareWords) -
         why = utterance_error(result, u.utt_id)
         if why is not None:
             score = score_utterance(u.utt_id, u.text, "", rare)
-            problems.append(f"{result.system}: {u.utt_id} failed, scored as an empty hypothesis ({score.n.ref_words} deletions): {why}")
+            problems.append(
+                f"{result.system}: {u.utt_id} failed, scored as an empty hypothesis ({score.n.ref_words} "
+                f"deletions): {why}"
+            )
         else:
             score = score_utterance(u.utt_id, u.text, hyp, rare)
             if not hyp.strip() and score.n.ref_words:
-                problems.append(f"{result.system}: {u.utt_id}: empty hypothesis (scored: its {score.n.ref_words} reference words are deletions)")
+                problems.append(
+                    f"{result.system}: {u.utt_id}: empty hypothesis (scored: its {score.n.ref_words} "
+                    "reference words are deletions)"
+                )
         scores.append(score)
     return SystemScores(result.system, prepared.name, scores, score_corpus(scores), result, problems)
 
@@ -397,7 +450,8 @@ def metrics_row(s: SystemScores) -> dict[str, Any]:
             "tokens_per_s": None if r.tokens_per_s is None else round(r.tokens_per_s, 2),
             "pieces": r.pieces,
             "failed": len(r.failures),
-            "failed_utterances": sum(1 for sc in s.scores if utterance_error(r, sc.utt_id) is not None),  # scored as empty
+            # scored as empty
+            "failed_utterances": sum(1 for sc in s.scores if utterance_error(r, sc.utt_id) is not None),
             "cached": r.cached,
         }
     )
@@ -460,7 +514,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_report(metrics: dict[str, Any], rows: Sequence[dict[str, Any]], plot_name: str | None = "wer.png") -> str:
+def render_report(
+    metrics: dict[str, Any], rows: Sequence[dict[str, Any]], plot_name: str | None = "wer.png"
+) -> str:
     """report.md: the table, how R was built, each test set's rare words, the problems, the files."""
     info = metrics["rare_words"]
     lines = [f"# Evaluation: `{metrics['work_dir']}`", ""]
@@ -475,10 +531,10 @@ def render_report(metrics: dict[str, Any], rows: Sequence[dict[str, Any]], plot_
         "",
         "## Results",
         "",
-        "Corpus-level rates, errors/words beside each (O-WER on words as written, N-/R-/U-WER on Whisper-normalised "
-        "words; R = rare words, U = the rest). R-WER is n/a where a test set has no rare reference words. "
-        "RTF = decode time / audio time. Every test set evaluated in this work dir is here; a set's results are "
-        "those of its latest evaluation (when, below).",
+        "Corpus-level rates, errors/words beside each (O-WER on words as written, N-/R-/U-WER on "
+        "Whisper-normalised words; R = rare words, U = the rest). R-WER is n/a where a test set has no rare "
+        "reference words. RTF = decode time / audio time. Every test set evaluated in this work dir is here; "
+        "a set's results are those of its latest evaluation (when, below).",
         "",
         markdown_table(rows),
     ]
@@ -510,19 +566,40 @@ def _decoding_text(s: dict[str, Any]) -> str:
 def _rare_rule_text(info: dict[str, Any]) -> str:
     """How R was built (metrics.json's ``rare_words``), as one sentence."""
     if info["max_train_count"] >= 0:
-        rule = "never seen in" if info["max_train_count"] == 0 else f"seen at most {info['max_train_count']} times in"
+        rule = (
+            "never seen in"
+            if info["max_train_count"] == 0
+            else f"seen at most {info['max_train_count']} times in"
+        )
         base = f"R = the words {rule} the training transcripts"
     else:
         base = "R = the words of the word list alone"
-    src = f"{info['train_texts']} kept pseudo-labels, {info['train_words']} words, {info['vocabulary']} distinct, from {info['source']}" if info["source"] else "no training transcripts found"
+    src = (
+        f"{info['train_texts']} kept pseudo-labels, {info['train_words']} words, {info['vocabulary']} "
+        f"distinct, from {info['source']}"
+        if info["source"]
+        else "no training transcripts found"
+    )
     if info.get("common_words"):
         base += (
-            f" ({src}), except the {info['common_words']} most frequent English words ({info['common_source']}, "
-            f"{info['common_types']} words once normalised), which are never rare by count"
+            f" ({src}), except the {info['common_words']} most frequent English words "
+            f"({info['common_source']}, {info['common_types']} words once normalised), which are never rare "
+            "by count"
         )
     else:
-        base += f" ({src})" + ("; no common-word exclusion (eval.common_words 0)" if info["max_train_count"] >= 0 else "")
-    return base + (f"; plus the {info['word_list_words']} words of the word list `{info['word_list']}`, rare even when common" if info["word_list"] else "") + "."
+        base += f" ({src})" + (
+            "; no common-word exclusion (eval.common_words 0)" if info["max_train_count"] >= 0 else ""
+        )
+    return (
+        base
+        + (
+            f"; plus the {info['word_list_words']} words of the word list `{info['word_list']}`, rare even "
+            "when common"
+            if info["word_list"]
+            else ""
+        )
+        + "."
+    )
 
 
 def _test_set_text(name: str, ts: dict[str, Any], info: dict[str, Any], settings: dict[str, Any]) -> str:
@@ -541,16 +618,31 @@ def _test_set_text(name: str, ts: dict[str, Any], info: dict[str, Any], settings
         f"- **{name}** (`{ts['path']}`): {ts['utterances']} utterances, {ts['audio_s']:.1f} s of audio; "
         f"{ts['rare_types']} distinct rare words ({ts['rare_tokens']} occurrences) in the references, "
         f"{unseen} of them truly unseen in the training labels"
-        + (f": {', '.join(ts['rare_examples'])}" + (" ..." if ts["rare_types"] > len(ts["rare_examples"]) else "") if ts["rare_examples"] else "")
+        + (
+            f": {', '.join(ts['rare_examples'])}"
+            + (" ..." if ts["rare_types"] > len(ts["rare_examples"]) else "")
+            if ts["rare_examples"]
+            else ""
+        )
         + f". Training-count rule: {rule['by_count_types']} words ({rule['by_count_tokens']} occurrences)"
         + (
-            f"; common-word rule: {rule['common_excluded_types']} of them excluded ({rule['common_excluded_tokens']} occurrences"
-            + (f": {', '.join(excluded)}" + (" ..." if rule["common_excluded_types"] > len(excluded) else "") if excluded else "")
+            f"; common-word rule: {rule['common_excluded_types']} of them excluded "
+            f"({rule['common_excluded_tokens']} occurrences"
+            + (
+                f": {', '.join(excluded)}" + (" ..." if rule["common_excluded_types"] > len(excluded) else "")
+                if excluded
+                else ""
+            )
             + ")"
             if own_info.get("common_words")
             else ""
         )
-        + (f"; word list: {rule['word_list_added_types']} words added ({rule['word_list_added_tokens']} occurrences)" if own_info["word_list"] else "")
+        + (
+            f"; word list: {rule['word_list_added_types']} words added ({rule['word_list_added_tokens']} "
+            "occurrences)"
+            if own_info["word_list"]
+            else ""
+        )
         + "."
         + (when + "." if when else "")
     )
@@ -563,7 +655,12 @@ def wer_plot_png(results: dict[str, dict[str, dict[str, Any]]]) -> bytes | None:
     """Grouped bars: N-, R- and U-WER (%) of each system, one panel per test set of ``results``
     (metrics.json's: set -> system -> row); n/a rates marked.  None when no rate exists at all
     (nothing was scored): an empty chart says nothing."""
-    if not any(m.get(key) is not None for per_system in results.values() for m in per_system.values() for key, _ in WER_KEYS):
+    if not any(
+        m.get(key) is not None
+        for per_system in results.values()
+        for m in per_system.values()
+        for key, _ in WER_KEYS
+    ):
         return None
     import matplotlib
 
@@ -581,13 +678,24 @@ def wer_plot_png(results: dict[str, dict[str, dict[str, Any]]]) -> bytes | None:
             values = [m.get(key) for key, _ in WER_KEYS]
             values_all += [v for v in values if v is not None]
             xs = [i + (k - (len(mine) - 1) / 2) * width for i in range(len(WER_KEYS))]
-            bars = ax.bar(xs, [min(100 * v, top) if v is not None else 0.0 for v in values], width, label=system)
+            bars = ax.bar(
+                xs, [min(100 * v, top) if v is not None else 0.0 for v in values], width, label=system
+            )
             for x, v, bar in zip(xs, values, bars):
                 if v is None:
                     ax.text(x, 0.5, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
                     bar.set_alpha(0.0)
                 elif 100 * v > top:
-                    ax.text(x, top, f"{100 * v:.0f}%", ha="center", va="top", fontsize=7, rotation=90, color="white")
+                    ax.text(
+                        x,
+                        top,
+                        f"{100 * v:.0f}%",
+                        ha="center",
+                        va="top",
+                        fontsize=7,
+                        rotation=90,
+                        color="white",
+                    )
         ax.set_xticks(range(len(WER_KEYS)), [label for _, label in WER_KEYS])
         ax.set_title(name)
         ax.set_ylabel("WER (%)")
@@ -605,7 +713,8 @@ def wer_plot_png(results: dict[str, dict[str, dict[str, Any]]]) -> bytes | None:
 
 
 def utterance_error(result: DecodeResult, utt_id: str) -> str | None:
-    """Why a system has no hypothesis for an utterance (it is then scored as an empty one); None if it has one."""
+    """Why a system has no hypothesis for an utterance (it is then scored as an empty one); None if
+    it has one."""
     if utt_id in result.failures:
         return result.failures[utt_id]
     return None if result.hyps.get(utt_id) is not None else "no hypothesis"
@@ -617,7 +726,13 @@ def write_utterances(path: Path, s: SystemScores, prepared: PreparedSet) -> Path
     by_id = {sc.utt_id: sc for sc in s.scores}
     lines = []
     for u in prepared.utterances:
-        row: dict[str, Any] = {"utt_id": u.utt_id, "audio": u.audio_path, "start_s": u.start_s, "end_s": u.end_s, "duration_s": round(prepared.durations.get(u.utt_id, 0.0), 3)}
+        row: dict[str, Any] = {
+            "utt_id": u.utt_id,
+            "audio": u.audio_path,
+            "start_s": u.start_s,
+            "end_s": u.end_s,
+            "duration_s": round(prepared.durations.get(u.utt_id, 0.0), 3),
+        }
         if u.utt_id in by_id:
             row.update(by_id[u.utt_id].to_dict())
         else:  # not scored (score_result scores every utterance; kept for a partial SystemScores)
@@ -630,7 +745,10 @@ def write_utterances(path: Path, s: SystemScores, prepared: PreparedSet) -> Path
 def write_rare_words(path: Path, s: SystemScores, rare: RareWords) -> Path:
     """``<set>/<system>.rare_words.tsv``: word, training count, hits, misses (most missed first)."""
     rows = ["word\ttrain_count\thits\tmisses"]
-    rows += [f"{st.word}\t{rare.counts.get(st.word, 0)}\t{st.hits}\t{st.misses}" for st in rare_word_report(s.scores)]
+    rows += [
+        f"{st.word}\t{rare.counts.get(st.word, 0)}\t{st.hits}\t{st.misses}"
+        for st in rare_word_report(s.scores)
+    ]
     return write_text(path, "\n".join(rows) + "\n")
 
 
@@ -692,7 +810,10 @@ def score_and_write(
             jsonl = write_utterances(system_file(out_dir, prepared.name, spec.name, ".jsonl"), s, prepared)
             tsv = write_rare_words(system_file(out_dir, prepared.name, spec.name, ".rare_words.tsv"), s, rare)
             metrics["results"][prepared.name][spec.name] = metrics_row(s)
-            metrics["files"][prepared.name][spec.name] = {"utterances": jsonl.relative_to(out_dir).as_posix(), "rare_words": tsv.relative_to(out_dir).as_posix()}
+            metrics["files"][prepared.name][spec.name] = {
+                "utterances": jsonl.relative_to(out_dir).as_posix(),
+                "rare_words": tsv.relative_to(out_dir).as_posix(),
+            }
     metrics["problems"] = all_problems
     for name, ts in metrics["test_sets"].items():  # what a later evaluation of other sets keeps beside them
         others = [f"[{n}]" for n in metrics["test_sets"] if n != name]
@@ -739,17 +860,26 @@ def merge_metrics(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, 
         return new
     order = list(old["test_sets"]) + [n for n in new["test_sets"] if n not in old["test_sets"]]
     pick = lambda field, name: (new if name in new["test_sets"] else old).get(field, {}).get(name, {})  # noqa: E731
-    merged = {**new, **{field: {n: pick(field, n) for n in order} for field in ("test_sets", "results", "files")}}
+    merged = {
+        **new,
+        **{field: {n: pick(field, n) for n in order} for field in ("test_sets", "results", "files")},
+    }
     problems: list[str] = []
     for name in order:
         ts = merged["test_sets"][name]
         # an earlier metrics.json without run_problems: its problems about this set, by their prefix
-        own = ts.get("run_problems", [p for p in old.get("problems", []) if p.startswith(f"[{name}]")]) if name in kept else ts["run_problems"]
+        own = (
+            ts.get("run_problems", [p for p in old.get("problems", []) if p.startswith(f"[{name}]")])
+            if name in kept
+            else ts["run_problems"]
+        )
         problems += [p for p in own if p not in problems]
     merged["problems"] = problems
     used = {system for per_system in merged["results"].values() for system in per_system}
     new_names = {s["name"] for s in new["systems"]}
-    merged["systems"] = list(new["systems"]) + [s for s in old.get("systems", []) if s["name"] in used and s["name"] not in new_names]
+    merged["systems"] = list(new["systems"]) + [
+        s for s in old.get("systems", []) if s["name"] in used and s["name"] not in new_names
+    ]
     return merged
 
 

@@ -3,7 +3,8 @@
     from tasks.flops import step_flops
     f = step_flops(module, stage)           # once, after set_trainable (and apply_lora for stage 3)
     flops = f(frames, frames_sq, positions, positions_sq, logit_rows)   # per batch, forward + backward
-    flops = f(frames, frames_sq, positions, positions_sq, logit_rows, adapter_frames=sum(t // k for t in frames_i))
+    flops = f(frames, frames_sq, positions, positions_sq, logit_rows,
+              adapter_frames=sum(t // k for t in frames_i))
 
 The logged MFU of ``tasks.train`` (``mfu`` = model FLOP/s / peak) and ``model_tflops``: what the
 step must compute, not what the hardware did (no recomputation, no padding).  Per parameter of a
@@ -47,15 +48,16 @@ class StepFlops:
     per_adapter_frame: float = 0.0  # stages 2/3: the adapter (and its CTC head) per adapter frame
     k: int = 1  # encoder frames per adapter frame
 
-    def __call__(self, frames: float, frames_sq: float, positions: float, positions_sq: float, logit_rows: float,
-                 cross_pairs: float = 0.0, adapter_frames: float | None = None, cached_frames: float = 0.0,
-                 cached_frames_sq: float = 0.0) -> float:  # fmt: skip
+    def __call__(self, frames: float, frames_sq: float, positions: float, positions_sq: float,
+                 logit_rows: float, cross_pairs: float = 0.0, adapter_frames: float | None = None,
+                 cached_frames: float = 0.0, cached_frames_sq: float = 0.0) -> float:  # fmt: skip
         """frames / positions: summed over the batch; *_sq: summed squares of each example's count;
         cross_pairs: summed positions x frames of each example (stage 1); adapter_frames: summed
         ``frames_i // k`` (None: frames / k, which counts each row's dropped tail); cached_frames(_sq):
         the frames (and squares) among ``frames`` whose encoder output came from ``tasks.encoder_cache``."""
         adapter = frames / self.k if adapter_frames is None else adapter_frames
-        return (self.per_frame * (frames - cached_frames) + self.per_frame_pair * (frames_sq - cached_frames_sq)
+        return (self.per_frame * (frames - cached_frames)
+                + self.per_frame_pair * (frames_sq - cached_frames_sq)
                 + self.per_adapter_frame * adapter + self.per_position * positions
                 + self.per_position_pair * positions_sq + self.per_logit_row * logit_rows
                 + self.per_cross_pair * cross_pairs)  # fmt: skip
@@ -65,13 +67,21 @@ def _factor(trains: bool, upstream_trains: bool) -> int:
     return 6 if trains else 4 if upstream_trains else 2
 
 
-def _matmul_params(module: nn.Module, skip: tuple[str, ...], upstream_trains: bool, only: tuple[str, ...] = ()) -> tuple[float, bool]:
+def _matmul_params(
+    module: nn.Module, skip: tuple[str, ...], upstream_trains: bool, only: tuple[str, ...] = ()
+) -> tuple[float, bool]:
     """sum of factor x numel over ``module``'s matrices (names containing a ``skip`` part are
     lookups or counted elsewhere; with ``only``, just the names containing one of its parts); and
     whether any of them trains (then every frozen weight inside passes gradients: 4N)."""
-    params = [(n, p) for n, p in module.named_parameters() if not any(s in n for s in skip) and (not only or any(s in n for s in only))]
+    params = [
+        (n, p)
+        for n, p in module.named_parameters()
+        if not any(s in n for s in skip) and (not only or any(s in n for s in only))
+    ]
     trains = any(p.requires_grad for _, p in params)
-    total = sum(_factor(p.requires_grad, upstream_trains or trains) * p.numel() for _, p in params if p.dim() > 1)
+    total = sum(
+        _factor(p.requires_grad, upstream_trains or trains) * p.numel() for _, p in params if p.dim() > 1
+    )
     return float(total), trains
 
 
@@ -109,18 +119,21 @@ def step_flops(module: nn.Module, stage: int) -> StepFlops:
     e, enc_trains = _encoder_params(enc)
     p, proj_trains = _matmul_params(module.projector, (), upstream_trains=enc_trains)
     first = module.projector.linear1.weight
-    if first.requires_grad and not enc_trains:  # its input (the frozen encoder's output) needs no gradient: 4N
+    # its input (the frozen encoder's output) needs no gradient: 4N
+    if first.requires_grad and not enc_trains:
         p -= 2 * first.numel()
     upstream = enc_trains or proj_trains
     llm = module.llm
     out = llm.get_output_embeddings()  # the vocabulary projection (V, h); None in some remote-code models
     head = getattr(out, "weight", None)
     # the input embedding is a lookup; the head, where found, is counted per logit row
-    lookups = ("embed_tokens", "wte", "wpe", "embed_positions", "position_embeddings")  # token / position tables
+    # token / position tables
+    lookups = ("embed_tokens", "wte", "wpe", "embed_positions", "position_embeddings")
     skip = (*lookups, "lm_head") if head is not None else lookups
     lm, _ = _matmul_params(llm, skip, upstream_trains=upstream)
     lcfg, ecfg = llm.config, module.encoder.config
-    width = getattr(lcfg, "hidden_size", None) or getattr(lcfg, "n_embd", 0)  # n_embd / n_layer: GPT-2-style configs
+    # n_embd / n_layer: GPT-2-style configs
+    width = getattr(lcfg, "hidden_size", None) or getattr(lcfg, "n_embd", 0)
     layers = getattr(lcfg, "num_hidden_layers", None) or getattr(lcfg, "n_layer", 0)
     ctc = 0.0
     if module.projector.ctc:  # the CTC head: adapter frames x (the LLM's token embeddings + blank), frozen

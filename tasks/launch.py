@@ -29,8 +29,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TAIL_LINES = 60
@@ -39,8 +40,19 @@ TAIL_LINES = 60
 # Variables a rank on another node needs from the launching process (a prefix match), written to
 # the DeepSpeed env file.  DeepSpeed itself forwards PYTHON* (PYTHONPATH with the launch folder).
 NODE_ENV_PREFIXES = (
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "TORCH_", "PYTORCH_",
-    "HF_", "TRANSFORMERS_", "TOKENIZERS_", "LLMASR_", "NCCL_", "GLOO_", "CUDA_DEVICE_ORDER",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "DS_ACCELERATOR",
+    "TORCH_EXTENSIONS_DIR",
+    "TORCH_",
+    "PYTORCH_",
+    "HF_",
+    "TRANSFORMERS_",
+    "TOKENIZERS_",
+    "LLMASR_",
+    "NCCL_",
+    "GLOO_",
+    "CUDA_DEVICE_ORDER",
 )
 # what each train.node_launcher needs on the launching node
 NODE_LAUNCHER_PROGRAMS = {"pdsh": "pdsh", "openmpi": "mpirun", "slurm": "srun"}
@@ -61,10 +73,25 @@ def launch_command(run_json: str | Path, train: Any, python: str | None = None) 
     n = int(t.get("nproc_per_node", 1))
     py = python or sys.executable
     if t.get("launcher", "deepspeed") == "torchrun":
-        return [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), "-m", "tasks.train", str(run_json)]
+        return [
+            py,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(n),
+            "-m",
+            "tasks.train",
+            str(run_json),
+        ]
     cmd = [py, "-m", "deepspeed.launcher.runner", "--master_port", str(t.get("master_port", 29500))]
     if t.get("hostfile"):
-        cmd += ["--hostfile", str(resolve_repo_path(t["hostfile"])), "--launcher", str(t.get("node_launcher", "pdsh"))]
+        cmd += [
+            "--hostfile",
+            str(resolve_repo_path(t["hostfile"])),
+            "--launcher",
+            str(t.get("node_launcher", "pdsh")),
+        ]
         if t.get("master_addr"):
             cmd += ["--master_addr", str(t["master_addr"])]
     else:
@@ -78,7 +105,11 @@ def launch_env(train: Any = None, gpu: bool | None = None) -> dict[str, str]:
     set (the CPU path runs tiny models: their ops are too small to split, and an OpenMP team that
     shares its cores with other processes spends its time spinning -- 20x slower measured on 2
     busy cores)."""
-    env = {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "llmasr-torch-extensions"))}
+    env = {
+        "TORCH_EXTENSIONS_DIR": os.environ.get(
+            "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "llmasr-torch-extensions")
+        )
+    }
     if gpu is None:
         gpu = shutil.which("nvidia-smi") is not None
     if not gpu:
@@ -91,7 +122,8 @@ def node_env(env: Mapping[str, str]) -> dict[str, str]:
     """The part of ``env`` the ranks on other nodes get (``NODE_ENV_PREFIXES``); values that a
     shell ``export`` line cannot carry as they are (newlines, quotes, ``$``) are left out."""
     return {
-        k: v for k, v in sorted(env.items())
+        k: v
+        for k, v in sorted(env.items())
         if k.startswith(NODE_ENV_PREFIXES) and not re.search(r'[\n"$`\\]', v)
     }
 
@@ -138,10 +170,16 @@ def hostfile_problem(train: Any) -> str | None:
     if not t.get("hostfile"):
         return None
     if t.get("launcher", "deepspeed") != "deepspeed":
-        return f"train.hostfile: set, but train.launcher is {t.get('launcher')!r}; several nodes run under DeepSpeed's launcher (train.launcher: deepspeed)"
+        return (
+            f"train.hostfile: set, but train.launcher is {t.get('launcher')!r}; several nodes run under "
+            "DeepSpeed's launcher (train.launcher: deepspeed)"
+        )
     path = resolve_repo_path(t["hostfile"])
     if not path.is_file():
-        return f"train.hostfile: no such file {t['hostfile']} (one 'HOST slots=N' line per node; see infra/hostfile.example)"
+        return (
+            f"train.hostfile: no such file {t['hostfile']} (one 'HOST slots=N' line per node; see "
+            "infra/hostfile.example)"
+        )
     try:
         read_hostfile(path)
     except ValueError as exc:
@@ -149,17 +187,33 @@ def hostfile_problem(train: Any) -> str | None:
     launcher = t.get("node_launcher", "pdsh")
     program = NODE_LAUNCHER_PROGRAMS.get(launcher)
     if program and shutil.which(program) is None:
-        return f"train.node_launcher: {launcher} needs `{program}` on this node's PATH (e.g. apt-get install pdsh), or pick another launcher"
+        return (
+            f"train.node_launcher: {launcher} needs `{program}` on this node's PATH (e.g. apt-get install "
+            "pdsh), or pick another launcher"
+        )
     return None
 
 
-def launch_stage(run_json: str | Path, train: Any, log_path: Path, on_line: Callable[[str], None] | None = None, gpu: bool | None = None) -> None:
+def launch_stage(
+    run_json: str | Path,
+    train: Any,
+    log_path: Path,
+    on_line: Callable[[str], None] | None = None,
+    gpu: bool | None = None,
+) -> None:
     """Run ``tasks.train`` on ``run_json`` as the flow does: ``launch_command`` in the repository
     folder, the caller's environment plus ``launch_env`` and, with a hostfile, a DeepSpeed env file
     beside ``log_path`` for the other nodes.  Raises TrainingProcessError (see ``run_process``)."""
     t = _train_dict(train)
     env = stage_env(t, log_path, gpu=gpu)
-    run_process(launch_command(run_json, t), env, log_path, float(t.get("timeout_s", 7 * 24 * 3600.0)), on_line=on_line, cwd=REPO)
+    run_process(
+        launch_command(run_json, t),
+        env,
+        log_path,
+        float(t.get("timeout_s", 7 * 24 * 3600.0)),
+        on_line=on_line,
+        cwd=REPO,
+    )
 
 
 def stage_env(train: Any, log_path: Path, gpu: bool | None = None) -> dict[str, str]:
@@ -173,7 +227,14 @@ def stage_env(train: Any, log_path: Path, gpu: bool | None = None) -> dict[str, 
     return env
 
 
-def run_process(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: float, on_line: Callable[[str], None] | None = None, cwd: Path | None = None) -> None:
+def run_process(
+    cmd: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    timeout_s: float,
+    on_line: Callable[[str], None] | None = None,
+    cwd: Path | None = None,
+) -> None:
     """Run ``cmd`` in a new process group, tee its output to ``log_path`` and ``on_line``.
 
     Raises TrainingProcessError on a non-zero exit or after ``timeout_s`` (the group is killed).
@@ -182,7 +243,16 @@ def run_process(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: 
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(cmd)}\n")
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
 
         def pump() -> None:
             assert proc.stdout is not None
@@ -209,9 +279,14 @@ def run_process(cmd: list[str], env: dict[str, str], log_path: Path, timeout_s: 
                 kill_group(proc)
             reader.join(timeout=10)
     if timed_out:
-        raise TrainingProcessError(f"training exceeded train.timeout_s={timeout_s:.0f} s and was killed; last lines:\n" + "\n".join(tail))
+        raise TrainingProcessError(
+            f"training exceeded train.timeout_s={timeout_s:.0f} s and was killed; last lines:\n"
+            + "\n".join(tail)
+        )
     if proc.returncode != 0:
-        raise TrainingProcessError(f"training failed (exit {proc.returncode}); last lines:\n" + "\n".join(tail))
+        raise TrainingProcessError(
+            f"training failed (exit {proc.returncode}); last lines:\n" + "\n".join(tail)
+        )
 
 
 def kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

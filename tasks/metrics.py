@@ -89,7 +89,13 @@ class RareWords:
     "quilter").  A negative ``max_train_count`` makes R exactly the word list.
     """
 
-    def __init__(self, counts: Mapping[str, int], max_train_count: int = 0, extra: Iterable[str] = (), common: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        counts: Mapping[str, int],
+        max_train_count: int = 0,
+        extra: Iterable[str] = (),
+        common: Iterable[str] = (),
+    ) -> None:
         self.counts: Mapping[str, int] = counts
         self.max_train_count = int(max_train_count)
         self.extra: frozenset[str] = frozenset(w for entry in extra for w in normalize(entry).split())
@@ -105,7 +111,10 @@ class RareWords:
         return word in self.extra or (self.by_count(word) and word not in self.common)
 
     def __repr__(self) -> str:
-        return f"RareWords(vocabulary={len(self.counts)}, max_train_count={self.max_train_count}, extra={len(self.extra)}, common={len(self.common)})"
+        return (
+            f"RareWords(vocabulary={len(self.counts)}, max_train_count={self.max_train_count}, "
+            f"extra={len(self.extra)}, common={len(self.common)})"
+        )
 
 
 class AlignedWord(NamedTuple):

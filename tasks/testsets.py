@@ -132,7 +132,9 @@ def _optional_float(value: Any) -> float | None:
     return None if number != number else number  # NaN -> None
 
 
-def _rows_to_utterances(rows: Iterable[tuple[str, Mapping[str, Any]]], base: Path, sink: _Sink) -> list[TestUtterance]:
+def _rows_to_utterances(
+    rows: Iterable[tuple[str, Mapping[str, Any]]], base: Path, sink: _Sink
+) -> list[TestUtterance]:
     """Manifest rows (with a location for messages) -> utterances; audio resolved against ``base``."""
     out: list[TestUtterance] = []
     for where, row in rows:
@@ -233,7 +235,10 @@ def read_manifest(path: str | Path, problems: list[str] | None = None) -> list[T
     elif suffix == ".tsv":
         return read_kincaid46(path, problems)
     else:
-        raise TestSetError(f"{path}: unknown manifest type {suffix!r} (expected one of {', '.join(MANIFEST_EXTENSIONS)}, .tsv)")
+        raise TestSetError(
+            f"{path}: unknown manifest type {suffix!r} (expected one of {', '.join(MANIFEST_EXTENSIONS)}, "
+            ".tsv)"
+        )
     import pyarrow as pa
 
     try:
@@ -266,7 +271,9 @@ def read_folder(path: str | Path, problems: list[str] | None = None) -> list[Tes
         text = _one_line(txt.read_text(encoding="utf-8-sig"))
         sink.add(out, TestUtterance(utt_id=utt_id, audio_path=str(audio), text=text), str(audio))
     for txt in sorted(p for p in root.rglob("*.txt") if p.is_file() and p not in used_txt):
-        sink.report(f"{txt}: transcript without audio (no {'/'.join(AUDIO_EXTENSIONS)} file of the same stem)")
+        sink.report(
+            f"{txt}: transcript without audio (no {'/'.join(AUDIO_EXTENSIONS)} file of the same stem)"
+        )
     return out
 
 
@@ -318,7 +325,8 @@ class _Flag(str):
 
 
 def _tokens(text: str) -> Iterator[str | float]:
-    """Values of a Praat text file: str for "strings", _Flag for <flags> (with their <>), float for numbers."""
+    """Values of a Praat text file: str for "strings", _Flag for <flags> (with their <>), float for
+    numbers."""
     for m in _TOKEN.finditer(text):
         kind = m.lastgroup
         if kind == "str":
@@ -367,7 +375,9 @@ def parse_textgrid(text: str, source: str = "<text>") -> list[Tier]:
     file_type = stream.string("the file type")
     object_class = stream.string("the object class")
     if not file_type.startswith("ooTextFile") or object_class != "TextGrid":
-        raise TestSetError(f"{source}: not a Praat TextGrid (file type {file_type!r}, object class {object_class!r})")
+        raise TestSetError(
+            f"{source}: not a Praat TextGrid (file type {file_type!r}, object class {object_class!r})"
+        )
     stream.number("xmin")
     stream.number("xmax")
     if stream.flag("tiers?") != "<exists>":
@@ -498,7 +508,9 @@ def read_primock57(folder: str | Path, problems: list[str] | None = None) -> lis
     sink = _Sink(problems)
     grid_dirs = [d for d in (root, root / "transcripts") if d.is_dir()]
     audio_dirs = [root / "audio", root]
-    grids = sorted({p for d in grid_dirs for p in d.iterdir() if p.is_file() and p.suffix.lower() == ".textgrid"})
+    grids = sorted(
+        {p for d in grid_dirs for p in d.iterdir() if p.is_file() and p.suffix.lower() == ".textgrid"}
+    )
     out: list[TestUtterance] = []
     stems: set[str] = set()
     for grid in grids:
@@ -506,7 +518,8 @@ def read_primock57(folder: str | Path, problems: list[str] | None = None) -> lis
         stems.add(stem)
         audio = _find_audio(stem, [grid.parent, *audio_dirs])
         if audio is None:
-            searched = dict.fromkeys(str(d) for d in [grid.parent, *audio_dirs] if d.is_dir())  # each folder once
+            # each folder once
+            searched = dict.fromkeys(str(d) for d in [grid.parent, *audio_dirs] if d.is_dir())
             sink.report(f"{grid}: audio not found ({stem}.wav in {', '.join(searched)})")
             continue
         try:
@@ -528,7 +541,10 @@ def read_primock57(folder: str | Path, problems: list[str] | None = None) -> lis
             utt = TestUtterance(_start_id(stem, start), str(audio), text, start, end, speaker)
             sink.add(out, utt, str(grid))
         if too_long:
-            sink.report(f"{grid}: {too_long} interval(s) end after the audio ({audio.name}: {duration:.2f} s); skipped")
+            sink.report(
+                f"{grid}: {too_long} interval(s) end after the audio ({audio.name}: {duration:.2f} s); "
+                "skipped"
+            )
     for audio_dir in audio_dirs:
         if not audio_dir.is_dir():
             continue
@@ -581,7 +597,9 @@ def read_kincaid46(folder_or_tsv: str | Path, problems: list[str] | None = None)
     else:
         for lineno, row in lines:
             if len(row) != 2:
-                sink.report(f"{path}:{lineno}: expected 2 tab-separated columns (audio, text), found {len(row)}")
+                sink.report(
+                    f"{path}:{lineno}: expected 2 tab-separated columns (audio, text), found {len(row)}"
+                )
                 continue
             rows.append((f"{path}:{lineno}", {"audio": row[0], "text": row[1]}))
     return _rows_to_utterances(rows, path.parent, sink)
@@ -593,7 +611,10 @@ def read_kincaid46(folder_or_tsv: str | Path, problems: list[str] | None = None)
 
 def _has_textgrids(folder: Path) -> bool:
     return any(
-        p.suffix.lower() == ".textgrid" for d in (folder, folder / "transcripts") if d.is_dir() for p in d.iterdir()
+        p.suffix.lower() == ".textgrid"
+        for d in (folder, folder / "transcripts")
+        if d.is_dir()
+        for p in d.iterdir()
     )
 
 
@@ -632,7 +653,9 @@ def load_test_set(spec: str | Path) -> tuple[list[TestUtterance], list[str]]:
         elif suffix in MANIFEST_EXTENSIONS:
             utts = read_manifest(path, problems)
         else:
-            raise TestSetError(f"{path}: not a test set file (expected .tsv or one of {', '.join(MANIFEST_EXTENSIONS)})")
+            raise TestSetError(
+                f"{path}: not a test set file (expected .tsv or one of {', '.join(MANIFEST_EXTENSIONS)})"
+            )
     elif _has_textgrids(path):
         utts = read_primock57(path, problems)
     elif len(list(path.glob("*.tsv"))) == 1:

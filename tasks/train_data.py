@@ -51,9 +51,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -115,7 +116,12 @@ def split_texts(info: SplitInfo) -> list[str]:
 
 
 def estimate_batches(
-    info: SplitInfo, world_size: int, batch_max_audio_s: float, max_batch_size: int, num_workers: int = 0, slack: float = 1.25
+    info: SplitInfo,
+    world_size: int,
+    batch_max_audio_s: float,
+    max_batch_size: int,
+    num_workers: int = 0,
+    slack: float = 1.25,
 ) -> int:
     """Batches one rank gets per epoch, estimated from the index's totals (meant to over- rather
     than under-estimate): a batch holds ``batch_max_audio_s / (slack x mean duration)`` samples
@@ -218,7 +224,9 @@ class LogMel:
     def __call__(self, audio: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """(n,) float32 samples at 16 kHz, n > N_FFT // 2 -> (M, n // 160) float32, written to
         ``out`` when given (e.g. a row of a padded batch: no copy afterwards)."""
-        spec = torch.stft(audio, N_FFT, HOP_LENGTH, window=self.window, center=True, pad_mode="reflect", return_complex=True)
+        spec = torch.stft(
+            audio, N_FFT, HOP_LENGTH, window=self.window, center=True, pad_mode="reflect", return_complex=True
+        )
         spec = spec[:, :-1]  # (201, n // 160) complex: the last frame dropped, as Whisper does
         power = spec.real.square() + spec.imag.square()  # (201, T)
         log_spec = torch.mm(self.filters, power).clamp_(min=1e-10).log10_()  # (M, T)
@@ -267,7 +275,8 @@ def decode_flac(data: bytes) -> np.ndarray:
     return audio
 
 
-Part = tuple[list[str], int, int]  # (urls, modulus, residue): keep sample i of the urls' stream iff i % modulus == residue
+# (urls, modulus, residue): keep sample i of the urls' stream iff i % modulus == residue
+Part = tuple[list[str], int, int]
 
 
 def split_parts(parts: Sequence[Part], n: int, k: int) -> list[Part]:
@@ -317,7 +326,12 @@ def pad_features(features: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.T
 
 
 def batch_dict(
-    keys: Sequence[str], texts: Sequence[str], input_features: torch.Tensor, lengths: torch.Tensor, target_ids: Sequence[Sequence[int]], audio_s: float
+    keys: Sequence[str],
+    texts: Sequence[str],
+    input_features: torch.Tensor,
+    lengths: torch.Tensor,
+    target_ids: Sequence[Sequence[int]],
+    audio_s: float,
 ) -> dict[str, Any]:
     """The batch format: {"input_features" (B, M, T_max), "feature_lengths" (B,), "texts",
     "target_ids", "keys", "audio_s" (total real seconds), "n_tokens" (target tokens)}."""
@@ -333,7 +347,11 @@ def batch_dict(
 
 
 def collate(
-    keys: Sequence[str], texts: Sequence[str], features: Sequence[np.ndarray | torch.Tensor], target_ids: Sequence[Sequence[int]], audio_s: float
+    keys: Sequence[str],
+    texts: Sequence[str],
+    features: Sequence[np.ndarray | torch.Tensor],
+    target_ids: Sequence[Sequence[int]],
+    audio_s: float,
 ) -> dict[str, Any]:
     """One padded batch (``batch_dict``'s format) from per-example (M, T_i) features."""
     input_features, lengths = pad_features(features)  # (B, M, T_max), (B,)
@@ -410,9 +428,16 @@ class ShardSpeechDataset(IterableDataset):
             meta = json.loads(raw["json"])
             n, sr = flac_frames(raw["flac"])
             if sr != SAMPLE_RATE:
-                raise ValueError(f"sample {key} in {raw.get('__url__')}: {sr} Hz audio, shards must be {SAMPLE_RATE} Hz")
+                raise ValueError(
+                    f"sample {key} in {raw.get('__url__')}: {sr} Hz audio, shards must be {SAMPLE_RATE} Hz"
+                )
             if self.max_frames is not None and n // HOP_LENGTH > self.max_frames:
-                log.warning("sample %s is %.1f s, longer than the encoder's %d frames; skipped", key, n / SAMPLE_RATE, self.max_frames)
+                log.warning(
+                    "sample %s is %.1f s, longer than the encoder's %d frames; skipped",
+                    key,
+                    n / SAMPLE_RATE,
+                    self.max_frames,
+                )
                 continue
             if n <= N_FFT // 2:  # the STFT's reflect padding needs more; fewer than 2 frames anyway
                 log.warning("sample %s has %d audio samples, too few for one feature frame; skipped", key, n)
@@ -425,11 +450,18 @@ class ShardSpeechDataset(IterableDataset):
         batches: list[list[_Sample]] = []
         cur: list[_Sample] = []
         for s in samples:  # ascending: s is the longest of cur + [s]
-            if cur and ((len(cur) + 1) * s.duration > self.batch_max_audio_s or len(cur) >= self.max_batch_size):
+            if cur and (
+                (len(cur) + 1) * s.duration > self.batch_max_audio_s or len(cur) >= self.max_batch_size
+            ):
                 batches.append(cur)
                 cur = []
             if not cur and s.duration > self.batch_max_audio_s:
-                log.warning("sample %s (%.1f s) alone exceeds batch_max_audio_s=%s", s.key, s.duration, self.batch_max_audio_s)
+                log.warning(
+                    "sample %s (%.1f s) alone exceeds batch_max_audio_s=%s",
+                    s.key,
+                    s.duration,
+                    self.batch_max_audio_s,
+                )
             cur.append(s)
         if cur:
             batches.append(cur)
@@ -536,7 +568,9 @@ def timed(batches: Iterable[dict[str, Any]], waited: list[float]) -> Iterator[di
         yield batch
 
 
-def synced(batches: Iterable[dict[str, Any]], device: torch.device | str | None = None) -> Iterator[dict[str, Any]]:
+def synced(
+    batches: Iterable[dict[str, Any]], device: torch.device | str | None = None
+) -> Iterator[dict[str, Any]]:
     """Yield batches while every rank still has one; all ranks stop at the same step."""
     it = iter(batches)
     while True:

@@ -82,7 +82,9 @@ def _file_stamps(folder: Path) -> list[list[Any]]:
 def _token_id(tokenizer: Any, token: str) -> int | None:
     tid = tokenizer.convert_tokens_to_ids(token)
     unk = getattr(tokenizer, "unk_token_id", None)
-    return None if tid is None or (unk is not None and tid == unk and token != tokenizer.unk_token) else int(tid)
+    return (
+        None if tid is None or (unk is not None and tid == unk and token != tokenizer.unk_token) else int(tid)
+    )
 
 
 def non_speech_tokens(tokenizer: Any) -> list[int]:
@@ -113,10 +115,22 @@ def suppress_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     no-speech token (<|nospeech|> or <|nocaptions|>), as ``faster_whisper.transcribe.
     get_suppressed_tokens`` builds them.  ``begin_suppress_tokens``: ``suppress_blank`` -- a space or
     the end token cannot be the first new token."""
-    specials = ["<|transcribe|>", "<|translate|>", "<|startoftranscript|>", "<|startofprev|>", "<|startoflm|>"]
-    no_speech = next((t for t in ("<|nospeech|>", "<|nocaptions|>") if _token_id(tokenizer, t) is not None), None)
+    specials = [
+        "<|transcribe|>",
+        "<|translate|>",
+        "<|startoftranscript|>",
+        "<|startofprev|>",
+        "<|startoflm|>",
+    ]
+    no_speech = next(
+        (t for t in ("<|nospeech|>", "<|nocaptions|>") if _token_id(tokenizer, t) is not None), None
+    )
     ids = set(non_speech_tokens(tokenizer))
-    ids.update(i for i in (_token_id(tokenizer, t) for t in [*specials, *([no_speech] if no_speech else [])]) if i is not None)
+    ids.update(
+        i
+        for i in (_token_id(tokenizer, t) for t in [*specials, *([no_speech] if no_speech else [])])
+        if i is not None
+    )
     eot = _token_id(tokenizer, "<|endoftext|>")
     begin = [*tokenizer.encode(" ", add_special_tokens=False), *([eot] if eot is not None else [])]
     return sorted(ids), begin
@@ -127,13 +141,18 @@ def decoder_prompt(tokenizer: Any, multilingual: bool, language: str | None) -> 
     names = ["<|startoftranscript|>"]
     if multilingual:
         if not language:
-            raise ValueError("a multilingual Whisper through transformers needs eval.language (language detection is not run): e.g. eval.language=en")
+            raise ValueError(
+                "a multilingual Whisper through transformers needs eval.language (language detection is not "
+                "run): e.g. eval.language=en"
+            )
         names += [f"<|{language}|>", "<|transcribe|>"]
     names.append("<|notimestamps|>")
     ids = [_token_id(tokenizer, t) for t in names]
     missing = [t for t, i in zip(names, ids) if i is None]
     if missing:
-        raise ValueError(f"the tokenizer has no {missing}: not a Whisper tokenizer (or language {language!r} unknown)")
+        raise ValueError(
+            f"the tokenizer has no {missing}: not a Whisper tokenizer (or language {language!r} unknown)"
+        )
     return [int(i) for i in ids]  # type: ignore[arg-type]
 
 
@@ -160,7 +179,9 @@ def _cross_attention_mask(model: Any, lengths: Any) -> Iterator[None]:
         kwargs["encoder_attention_mask"] = mask
         return args, kwargs
 
-    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in model.model.decoder.layers]
+    handles = [
+        layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in model.model.decoder.layers
+    ]
     try:
         yield
     finally:
@@ -206,7 +227,9 @@ class TransformersWhisperSystem(System):
             self.spec = str(Path(target).resolve())
             self.source = str(folder.resolve())
         else:
-            self.spec = target[len(TRANSFORMERS_PREFIX) :] if target.startswith(TRANSFORMERS_PREFIX) else target
+            self.spec = (
+                target[len(TRANSFORMERS_PREFIX) :] if target.startswith(TRANSFORMERS_PREFIX) else target
+            )
             self.source = None  # resolved at load (a bundled name may need converting first)
         forced = getattr(settings, "whisper_trim_padding", None)
         self.trim_padding = trained_trimmed if forced is None else bool(forced)
@@ -224,7 +247,13 @@ class TransformersWhisperSystem(System):
             "stage": self.stage_info,
             "trim_padding": self.trim_padding,
             "runtime": [s.device, s.language],
-            "decode": [s.num_beams, s.no_repeat_ngram_size, s.tokens_per_second, s.min_new_tokens, s.max_new_tokens],
+            "decode": [
+                s.num_beams,
+                s.no_repeat_ngram_size,
+                s.tokens_per_second,
+                s.min_new_tokens,
+                s.max_new_tokens,
+            ],
         }
 
     def load(self) -> None:
@@ -238,7 +267,9 @@ class TransformersWhisperSystem(System):
             self.source = resolve_model(self.spec)
         folder = Path(self.source)
         if folder.is_dir() and not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-            raise FileNotFoundError(f"{folder}: no Whisper tokenizer (tokenizer.json or vocab.json) beside the weights")
+            raise FileNotFoundError(
+                f"{folder}: no Whisper tokenizer (tokenizer.json or vocab.json) beside the weights"
+            )
         self.device = torch_device(self.settings.device)
         model = WhisperForConditionalGeneration.from_pretrained(self.source, dtype=torch.float32)
         self.model = model.to(self.device).eval()
@@ -254,8 +285,15 @@ class TransformersWhisperSystem(System):
         self.token_cap = int(cfg.max_target_positions) - len(self.prompt) - 1
         self.num_mel_bins = int(cfg.num_mel_bins)
         self.max_frames = 2 * int(cfg.max_source_positions)
-        log.info("%s: loaded %s on %s in %.1f s (%s, %s)", self.name, self.source, self.device, time.perf_counter() - t0,
-                 "multilingual" if self.multilingual else "English-only", "trimmed to each piece" if self.trim_padding else "padded to 30 s")
+        log.info(
+            "%s: loaded %s on %s in %.1f s (%s, %s)",
+            self.name,
+            self.source,
+            self.device,
+            time.perf_counter() - t0,
+            "multilingual" if self.multilingual else "English-only",
+            "trimmed to each piece" if self.trim_padding else "padded to 30 s",
+        )
 
     def close(self) -> None:
         self.model = None
@@ -288,16 +326,23 @@ class TransformersWhisperSystem(System):
                 feats = [log_mel(a, self.num_mel_bins, self.max_frames) for a in audios]  # (M, T_i) each
                 x, lengths = pad_features(feats)  # (B, M, T), (B,)
                 hidden, out_lengths = encode_whisper(
-                    model.get_encoder(), torch.from_numpy(x).to(self.device), torch.from_numpy(lengths).to(self.device), trim_padding=True
+                    model.get_encoder(),
+                    torch.from_numpy(x).to(self.device),
+                    torch.from_numpy(lengths).to(self.device),
+                    trim_padding=True,
                 )  # (B, ceil(T/2), D), (B,)
                 masked = _cross_attention_mask(model, out_lengths)
             else:
                 # as WhisperFeatureExtractor / faster-whisper: the samples zero-padded to 30 s, then log-mel
                 padded = [np.pad(a[:CHUNK_SAMPLES], (0, max(0, CHUNK_SAMPLES - len(a)))) for a in audios]
                 x = np.stack([log_mel(a, self.num_mel_bins, self.max_frames) for a in padded])  # (B, M, 3000)
-                hidden, _ = encode_whisper(model.get_encoder(), torch.from_numpy(x).to(self.device), None, trim_padding=False)  # (B, 1500, D)
+                # (B, 1500, D)
+                hidden, _ = encode_whisper(
+                    model.get_encoder(), torch.from_numpy(x).to(self.device), None, trim_padding=False
+                )
                 masked = contextlib.nullcontext()
-            steps, row_bound = generate_kwargs_for(bounds, self.eot, prompt_len=len(self.prompt))  # max(bounds) + 1
+            # max(bounds) + 1
+            steps, row_bound = generate_kwargs_for(bounds, self.eot, prompt_len=len(self.prompt))
             config = explicit_config(
                 max_new_tokens=steps,
                 num_beams=s.num_beams,
@@ -326,4 +371,3 @@ class TransformersWhisperSystem(System):
             rows.append(row[:n])
             self.tokens += n
         return [t.strip() for t in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
-
