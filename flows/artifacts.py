@@ -8,11 +8,16 @@ The plot is also written to ``<work_dir>/reports/filter.png``.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 from uuid import UUID
 
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from llmasr.atomic import atomic_path, write_text
 from llmasr.layout import WorkLayout
@@ -22,7 +27,11 @@ from tasks.parts import fingerprint
 
 
 def label_progress_start(total_tasks: int) -> UUID | None:
-    return create_progress_artifact(progress=0.0 if total_tasks else 100.0, key="label-progress", description="labelling: share of label tasks finished")
+    return create_progress_artifact(
+        progress=0.0 if total_tasks else 100.0,
+        key="label-progress",
+        description="labelling: share of label tasks finished",
+    )
 
 
 def label_progress_update(artifact_id: UUID | None, done: int, total: int) -> None:
@@ -44,23 +53,48 @@ def _filter_plot(layout: WorkLayout, decisions: Sequence[Decision]) -> tuple[byt
     return png, plot_path
 
 
-def publish_data_run(layout: WorkLayout, items: Sequence[Item], decisions: Sequence[Decision], index: dict, labelled_now: int, rtfx: float) -> None:
+def publish_data_run(
+    layout: WorkLayout,
+    items: Sequence[Item],
+    decisions: Sequence[Decision],
+    index: dict,
+    labelled_now: int,
+    rtfx: float,
+) -> None:
     segments = read_records(layout.segments, Segment)
     labels = read_records(layout.labels, Label)
     counts = summary.counts(items, segments, labels, decisions, index)
     create_table_artifact(counts, key="data-counts", description=f"Counts per stage in {layout.root}")
-    create_table_artifact(summary.funnel(decisions), key="data-filter-funnel", description="Segments dropped per filter reason (only_reason: dropped for that reason alone)")
-    create_table_artifact(summary.sample_rows(segments, labels, decisions), key="data-samples", description="Sample kept and dropped segments: label vs caption")
+    create_table_artifact(
+        summary.funnel(decisions),
+        key="data-filter-funnel",
+        description="Segments dropped per filter reason (only_reason: dropped for that reason alone)",
+    )
+    create_table_artifact(
+        summary.sample_rows(segments, labels, decisions),
+        key="data-samples",
+        description="Sample kept and dropped segments: label vs caption",
+    )
     png, plot_path = _filter_plot(layout, decisions)
     failed = [i for i in items if i.status != "ok"]
     md = [
         f"# Data run: `{layout.root}`\n",
-        f"Labelled {labelled_now} new items this run" + (f" at RTFx {rtfx:.1f}" if labelled_now else " (nothing new)") + ".\n",
+        f"Labelled {labelled_now} new items this run"
+        + (f" at RTFx {rtfx:.1f}" if labelled_now else " (nothing new)")
+        + ".\n",
         summary.markdown_table(counts),
         f"\n![filter plot](data:image/png;base64,{base64.b64encode(png).decode()})\n",
         "\n## Files\n",
-        f"- items: `{layout.items}`\n- segments: `{layout.segments}`\n- labels: `{layout.labels}`\n- decisions: `{layout.decisions}`\n- shard index: `{layout.shard_index}`\n- plot: `{plot_path}`\n",
+        f"- items: `{layout.items}`\n"
+        f"- segments: `{layout.segments}`\n"
+        f"- labels: `{layout.labels}`\n"
+        f"- decisions: `{layout.decisions}`\n"
+        f"- shard index: `{layout.shard_index}`\n"
+        f"- plot: `{plot_path}`\n",
     ]
     if failed:
-        md += ["\n## Failed items\n", summary.markdown_table([{"item_id": i.item_id, "error": i.error} for i in failed])]
+        md += [
+            "\n## Failed items\n",
+            summary.markdown_table([{"item_id": i.item_id, "error": i.error} for i in failed]),
+        ]
     create_markdown_artifact("".join(md), key="data-report", description="Data run summary")

@@ -14,9 +14,10 @@ changed.  Results of cached tasks live under ``<work_dir>/.prefect-results``.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -30,7 +31,8 @@ from llmasr.config import DemoConfig, PipelineConfig, load_config
 from llmasr.layout import WorkLayout
 from llmasr.lock import work_dir_lock
 from llmasr.records import STATUS_OK, Decision, Item, Label, Segment, read_records, write_records
-from tasks import demo_corpus, filter as filt, ingest, label, segment, shard
+from tasks import demo_corpus, ingest, label, segment, shard
+from tasks import filter as filt
 from tasks.parts import code_version, fingerprint
 
 
@@ -53,7 +55,9 @@ def make_demo_corpus(demo: DemoConfig) -> str:
 
 @_cached_task("ingest-local")
 def ingest_local_task(files: list[ingest.LocalFile], cfg: PipelineConfig, key: str) -> list[Item]:
-    return ingest.ingest_local(files, WorkLayout(Path(cfg.work_dir)), cfg.ingest, progress=lambda n: progress.advance("ingest", n))
+    return ingest.ingest_local(
+        files, WorkLayout(Path(cfg.work_dir)), cfg.ingest, progress=lambda n: progress.advance("ingest", n)
+    )
 
 
 @task(name="ingest-web", cache_policy=NO_CACHE)
@@ -90,25 +94,59 @@ def write_segments_task(segments: list[Segment], cfg: PipelineConfig, key: str) 
 
 
 @_cached_task("label")
-def label_task(items: list[Item], segments: dict[str, list[Segment]], cfg: PipelineConfig, item_keys: dict[str, str], key: str) -> dict:
+def label_task(
+    items: list[Item],
+    segments: dict[str, list[Segment]],
+    cfg: PipelineConfig,
+    item_keys: dict[str, str],
+    key: str,
+) -> dict:
     layout = WorkLayout(Path(cfg.work_dir))
     stats = label.label_batch(layout, items, segments, cfg.label, cfg.filter, item_keys)
     where = runners.worker_name()
     if stats.items:
-        get_run_logger().info("labelled %d items (%d segments, %.1f s audio) on %s: RTFx %.1f", stats.items, stats.segments, stats.audio_s, where, stats.rtfx)
-    return {"items": stats.items, "segments": stats.segments, "audio_s": stats.audio_s, "wall_s": stats.wall_s, "worker": where}
+        get_run_logger().info(
+            "labelled %d items (%d segments, %.1f s audio) on %s: RTFx %.1f",
+            stats.items,
+            stats.segments,
+            stats.audio_s,
+            where,
+            stats.rtfx,
+        )
+    return {
+        "items": stats.items,
+        "segments": stats.segments,
+        "audio_s": stats.audio_s,
+        "wall_s": stats.wall_s,
+        "worker": where,
+    }
 
 
 @_cached_task("write-labels")
-def write_labels_task(items: list[Item], segments: dict[str, list[Segment]], cfg: PipelineConfig, item_keys: dict[str, str], key: str) -> str:
+def write_labels_task(
+    items: list[Item],
+    segments: dict[str, list[Segment]],
+    cfg: PipelineConfig,
+    item_keys: dict[str, str],
+    key: str,
+) -> str:
     layout = WorkLayout(Path(cfg.work_dir))
-    return str(write_records(layout.labels, label.read_labels(layout, items, segments, cfg.label, cfg.filter, item_keys), Label))
+    return str(
+        write_records(
+            layout.labels, label.read_labels(layout, items, segments, cfg.label, cfg.filter, item_keys), Label
+        )
+    )
 
 
 @_cached_task("filter")
 def filter_task(cfg: PipelineConfig, key: str) -> str:
     layout = WorkLayout(Path(cfg.work_dir))
-    decisions = filt.decide_all(read_records(layout.segments, Segment), read_records(layout.labels, Label), cfg.filter, cfg.shard.validation_fraction)
+    decisions = filt.decide_all(
+        read_records(layout.segments, Segment),
+        read_records(layout.labels, Label),
+        cfg.filter,
+        cfg.shard.validation_fraction,
+    )
     return str(write_records(layout.decisions, decisions, Decision))
 
 
@@ -150,7 +188,9 @@ def _known_items(layout: WorkLayout) -> dict[str, Item]:
     return {i.item_id: i for i in read_records(layout.items, Item)}
 
 
-def run_ingest(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Source], opts: dict) -> list[Item]:
+def run_ingest(
+    cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Source], opts: dict
+) -> list[Item]:
     local: list[ingest.LocalFile] = []
     urls: list[str] = []
     for src in sources:
@@ -166,7 +206,9 @@ def run_ingest(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Sou
     futures = []
     for batch in batches(local, cfg.ingest.items_per_task):
         futures.append(local_task.submit(batch, cfg, key=ingest_key(batch, cfg)))
-    futures += [ingest_web_task.submit(url, cfg, {k: v for k, v in known.items() if v.source == url}) for url in urls]
+    futures += [
+        ingest_web_task.submit(url, cfg, {k: v for k, v in known.items() if v.source == url}) for url in urls
+    ]
     items = ingest.merge_items(f.result() for f in futures)
     progress.complete("ingest")
     write_items_task.with_options(**opts)(items, cfg, key=fingerprint("items", items))
@@ -185,19 +227,30 @@ def _stat(path: str | None) -> list[int] | None:
 
 def ingest_key(batch: list[ingest.LocalFile], cfg: PipelineConfig) -> str:
     stamps = [(f.path, f.caption_path, _stat(f.path), _stat(f.caption_path)) for f in batch]
-    return fingerprint("ingest", stamps, cfg.ingest, code_version("tasks.ingest", "llmasr.audio", "tasks.captions"))
+    return fingerprint(
+        "ingest", stamps, cfg.ingest, code_version("tasks.ingest", "llmasr.audio", "tasks.captions")
+    )
 
 
 def filter_key(segments_key: str, labels_key: str, cfg: PipelineConfig) -> str:
     """The filter reads segments.parquet (caption texts) and labels.parquet: its key covers both,
     since corrected captions with the same timing change the segments but not the labels' key."""
-    return fingerprint("filter", segments_key, labels_key, cfg.filter, cfg.shard.validation_fraction, code_version("tasks.filter", "llmasr.text"))
+    return fingerprint(
+        "filter",
+        segments_key,
+        labels_key,
+        cfg.filter,
+        cfg.shard.validation_fraction,
+        code_version("tasks.filter", "llmasr.text"),
+    )
 
 
 def shard_key(segments_key: str, labels_key: str, decisions_key: str, cfg: PipelineConfig) -> str:
     """The shard writes segment times and captions, labels, decisions and audio: all in these keys
     (segments_key and labels_key stamp each item's audio file; decisions_key is the filter's key)."""
-    return fingerprint("shard", segments_key, labels_key, decisions_key, cfg.shard, code_version("tasks.shard"))
+    return fingerprint(
+        "shard", segments_key, labels_key, decisions_key, cfg.shard, code_version("tasks.shard")
+    )
 
 
 @dataclass(frozen=True)
@@ -214,7 +267,10 @@ def run_segment(cfg: PipelineConfig, ok: list[Item], opts: dict) -> SegmentRun:
     item_keys = segment.item_keys(layout, ok, cfg.segment)
     groups = batches(ok, cfg.segment.items_per_task)
     keys = [fingerprint("segment", [item_keys[i.item_id] for i in b]) for b in groups]
-    futures = [task_.submit(b, cfg, {i.item_id: item_keys[i.item_id] for i in b}, key=k) for b, k in zip(groups, keys)]
+    futures = [
+        task_.submit(b, cfg, {i.item_id: item_keys[i.item_id] for i in b}, key=k)
+        for b, k in zip(groups, keys)
+    ]
     wait(futures)
     for f in futures:
         f.result()  # re-raise the first failure
@@ -223,7 +279,9 @@ def run_segment(cfg: PipelineConfig, ok: list[Item], opts: dict) -> SegmentRun:
     segments_key = fingerprint("segments", keys)
     # quote(): Prefect would walk (and copy) every record of an argument; the write tasks run in this
     # process, which unwraps it (prefect-ray does not: the label tasks get their batch's records plainly)
-    write_segments_task.with_options(**opts)(quote([s for i in ok for s in segs[i.item_id]]), cfg, key=segments_key)
+    write_segments_task.with_options(**opts)(
+        quote([s for i in ok for s in segs[i.item_id]]), cfg, key=segments_key
+    )
     return SegmentRun(segments_key, segs)
 
 
@@ -251,7 +309,14 @@ def run_label(cfg: PipelineConfig, ok: list[Item], segs: dict[str, list[Segment]
     task_cfg = cfg.model_copy(update={"work_dir": str(layout.root)})
     with runners.label_submitter(cfg) as (submit, remote):
         futures = [
-            submit(task_, items=b, segments={i.item_id: segs[i.item_id] for i in b}, cfg=task_cfg, item_keys={i.item_id: item_keys[i.item_id] for i in b}, key=k)
+            submit(
+                task_,
+                items=b,
+                segments={i.item_id: segs[i.item_id] for i in b},
+                cfg=task_cfg,
+                item_keys={i.item_id: item_keys[i.item_id] for i in b},
+                key=k,
+            )
             for b, k in zip(groups, keys)
         ]
         for n, (fut, group) in enumerate(zip(futures, groups), 1):
@@ -265,12 +330,20 @@ def run_label(cfg: PipelineConfig, ok: list[Item], segs: dict[str, list[Segment]
             audio_s += stats["audio_s"]
             if stats["items"]:
                 workers.add(stats["worker"])
-    span_s = time.perf_counter() - t0  # tasks overlap: RTFx is audio over the stage's span, not summed task time
+    # tasks overlap: RTFx is audio over the stage's span, not summed task time
+    span_s = time.perf_counter() - t0
     progress.complete("label")
     if workers:
-        get_run_logger().info("label stage: %d items on %d worker(s) (runner.kind=%s)", labelled, len(workers), cfg.runner.kind)
+        get_run_logger().info(
+            "label stage: %d items on %d worker(s) (runner.kind=%s)", labelled, len(workers), cfg.runner.kind
+        )
     write_labels_task.with_options(**opts)(ok, quote(segs), cfg, item_keys, key=fingerprint("labels", keys))
-    return LabelRun(labelled, audio_s / span_s if labelled else 0.0, len(workers), fingerprint([item_keys[i.item_id] for i in ok]))
+    return LabelRun(
+        labelled,
+        audio_s / span_s if labelled else 0.0,
+        len(workers),
+        fingerprint([item_keys[i.item_id] for i in ok]),
+    )
 
 
 @flow(name="llmasr-data", log_prints=True)
@@ -306,7 +379,9 @@ def data_flow(
     return result
 
 
-def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Source], refresh: bool, logger) -> tuple[DataRunResult, dict]:
+def _run_data(
+    cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Source], refresh: bool, logger
+) -> tuple[DataRunResult, dict]:
     if swept := layout.sweep_temp():
         logger.info("removed %d temp files left by an interrupted run", swept)
     from tasks import youtube  # lazy, as in ingest_web_task
@@ -325,7 +400,9 @@ def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Sour
     n_segments = sum(len(v) for v in segment_run.segments.values())
     decisions_key = filter_key(segment_run.key, label_run.key, cfg)
     filter_task.with_options(**opts)(cfg, key=decisions_key)
-    index = shard_task.with_options(**opts)(cfg, key=shard_key(segment_run.key, label_run.key, decisions_key, cfg))
+    index = shard_task.with_options(**opts)(
+        cfg, key=shard_key(segment_run.key, label_run.key, decisions_key, cfg)
+    )
 
     decisions = read_records(layout.decisions, Decision)
     artifacts.publish_data_run(layout, items, decisions, index, label_run.labelled_items, label_run.rtfx)
@@ -340,9 +417,14 @@ def _run_data(cfg: PipelineConfig, layout: WorkLayout, sources: list[ingest.Sour
         label_rtfx=round(label_run.rtfx, 2),
         label_workers=label_run.workers,
     )
-    labelled = f"labelled {result.labelled_items} items at RTFx {result.label_rtfx:.1f}" if result.labelled_items else "labels cached (nothing new to label)"
+    labelled = (
+        f"labelled {result.labelled_items} items at RTFx {result.label_rtfx:.1f}"
+        if result.labelled_items
+        else "labels cached (nothing new to label)"
+    )
     logger.info("data run done in %s: %d items (%d failed), %d segments, %d kept, %d shards; %s",
-                result.work_dir, result.items, result.failed_items, result.segments, result.kept, result.shards, labelled)  # fmt: skip
+                result.work_dir, result.items, result.failed_items, result.segments, result.kept,
+                result.shards, labelled)  # fmt: skip
     return result, index
 
 
@@ -363,14 +445,27 @@ def follow_with_training(cfg: PipelineConfig, layout: WorkLayout, index: dict, l
 
     new_h = new_train_hours(layout.root, index)
     if new_h < threshold:
-        logger.info("%.2f h of new kept audio since the last training (< %.2f h): training waits", new_h, threshold)
+        logger.info(
+            "%.2f h of new kept audio since the last training (< %.2f h): training waits", new_h, threshold
+        )
         return None
     flow_run = get_run_context().flow_run
     if flow_run is None or flow_run.deployment_id is None:
-        logger.info("%.2f h of new kept audio (>= %.2f h): run `llmasr train --work-dir %s` (only deployed runs trigger it)", new_h, threshold, layout.root)
+        logger.info(
+            "%.2f h of new kept audio (>= %.2f h): run `llmasr train --work-dir %s` (only deployed runs "
+            "trigger it)",
+            new_h,
+            threshold,
+            layout.root,
+        )
         return None
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
 
@@ -379,16 +474,44 @@ def follow_with_training(cfg: PipelineConfig, layout: WorkLayout, index: dict, l
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(name)
         active = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]), state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(waiting))))
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(waiting))),
+            )
         )
-    mine = [r for r in active if r.parameters.get("work_dir") and Path(r.parameters["work_dir"]).resolve() == layout.root.resolve()]
+    mine = [
+        r
+        for r in active
+        if r.parameters.get("work_dir") and Path(r.parameters["work_dir"]).resolve() == layout.root.resolve()
+    ]
     if mine:
-        logger.info("%.2f h of new kept audio (>= %.2f h): %s is already %s for this work dir (flow run %s): not triggering another", new_h, threshold, name, mine[0].state_name, mine[0].id)
+        logger.info(
+            "%.2f h of new kept audio (>= %.2f h): %s is already %s for this work dir (flow run %s): not "
+            "triggering another",
+            new_h,
+            threshold,
+            name,
+            mine[0].state_name,
+            mine[0].id,
+        )
         return None
     given = flow_run.parameters or {}
-    params = {"profile": cfg.profile, "work_dir": str(layout.root), "overrides": given.get("overrides"), "config_file": given.get("config_file")}
-    run = run_deployment(name=name, parameters=params, timeout=0, as_subflow=False, idempotency_key=f"llmasr-data:{flow_run.id}:train")
-    logger.info("%.2f h of new kept audio (>= %.2f h): triggered %s (flow run %s)", new_h, threshold, name, run.id)
+    params = {
+        "profile": cfg.profile,
+        "work_dir": str(layout.root),
+        "overrides": given.get("overrides"),
+        "config_file": given.get("config_file"),
+    }
+    run = run_deployment(
+        name=name,
+        parameters=params,
+        timeout=0,
+        as_subflow=False,
+        idempotency_key=f"llmasr-data:{flow_run.id}:train",
+    )
+    logger.info(
+        "%.2f h of new kept audio (>= %.2f h): triggered %s (flow run %s)", new_h, threshold, name, run.id
+    )
     return str(run.id)
 
 

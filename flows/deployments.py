@@ -4,9 +4,9 @@
     prefect deploy --prefect-file infra/prefect.yaml --all   # the same on a team's server and work pools
 
 Each deployment's parameter form is the flow's signature; its fields carry the flow docstring's
-descriptions.  Defaults come from the profile, work dir, config file, ``--set`` overrides and ``--source``s that
-`llmasr ui` was started with,
-so the UI's "Run" button runs the same thing the CLI would.
+descriptions.  Defaults come from the profile, work dir, config file, ``--set`` overrides and
+``--source``s that `llmasr ui` was started with, so the UI's "Run" button runs the same thing the CLI
+would.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any
 from llmasr.config import PipelineConfig
 
 
-def deployment_parameters(profile: str | None, work_dir: str | None, config_file: str | None, overrides: list[str] | None = None) -> dict[str, Any]:
+def deployment_parameters(
+    profile: str | None, work_dir: str | None, config_file: str | None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if overrides:
         params["overrides"] = list(overrides)
@@ -29,7 +31,14 @@ def deployment_parameters(profile: str | None, work_dir: str | None, config_file
     return params
 
 
-def build_deployments(cfg: PipelineConfig, profile: str | None = None, work_dir: str | None = None, config_file: str | None = None, overrides: list[str] | None = None, sources: list[str] | None = None) -> list:
+def build_deployments(
+    cfg: PipelineConfig,
+    profile: str | None = None,
+    work_dir: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+    sources: list[str] | None = None,
+) -> list:
     """RunnerDeployments for ``prefect.serve``: names ``<prefix>-data``, ``-train``, ``-evaluate``,
     ``-pipeline``, ``-ablation``.  The data deployment runs on ``schedule.data_cron`` when it is set."""
     from flows.ablate import ablation_flow
@@ -52,16 +61,37 @@ def build_deployments(cfg: PipelineConfig, profile: str | None = None, work_dir:
             name=f"{prefix}-data",
             parameters=data_params,
             schedule=cron,
-            description="Ingest new audio (yt-dlp archive, cached stages), segment, label, filter, shard. Scheduled by schedule.data_cron.",
+            description=(
+                "Ingest new audio (yt-dlp archive, cached stages), segment, label, filter, shard. Scheduled "
+                "by schedule.data_cron."
+            ),
             tags=tags + ["data"],
         ),
-        train_flow.to_deployment(name=f"{prefix}-train", parameters=params, description="Stages 1 -> 2 -> 3 on the work dir's shards (DeepSpeed).", tags=tags + ["train"]),
-        evaluate_flow.to_deployment(name=f"{prefix}-evaluate", parameters=params, description="Decode test sets with checkpoints and baselines; O/N/R/U-WER report.", tags=tags + ["evaluate"]),
-        pipeline_flow.to_deployment(name=f"{prefix}-pipeline", parameters=data_params, description="data -> train -> evaluate.", tags=tags + ["pipeline"]),
+        train_flow.to_deployment(
+            name=f"{prefix}-train",
+            parameters=params,
+            description="Stages 1 -> 2 -> 3 on the work dir's shards (DeepSpeed).",
+            tags=tags + ["train"],
+        ),
+        evaluate_flow.to_deployment(
+            name=f"{prefix}-evaluate",
+            parameters=params,
+            description="Decode test sets with checkpoints and baselines; O/N/R/U-WER report.",
+            tags=tags + ["evaluate"],
+        ),
+        pipeline_flow.to_deployment(
+            name=f"{prefix}-pipeline",
+            parameters=data_params,
+            description="data -> train -> evaluate.",
+            tags=tags + ["pipeline"],
+        ),
         ablation_flow.to_deployment(
             name=f"{prefix}-ablation",
             parameters=data_params,
-            description="Variants of a run (fill in vary and/or variants): each trained and evaluated, stages equal across variants trained once; ablations/<name>/comparison.json.",
+            description=(
+                "Variants of a run (fill in vary and/or variants): each trained and evaluated, stages equal "
+                "across variants trained once; ablations/<name>/comparison.json."
+            ),
             tags=tags + ["ablation"],
         ),
     ]

@@ -8,7 +8,8 @@ are written under ``<work_dir>/eval/``.
 from __future__ import annotations
 
 import base64
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -18,6 +19,14 @@ REPORT_KEY = "eval-report"
 
 def publish(out_dir: str, rows: Sequence[dict[str, Any]], report_md: str, png: bytes | None) -> None:
     """``png`` None: the report has no chart (nothing to plot) and says so."""
-    create_table_artifact(list(rows), key=METRICS_KEY, description=f"O/N/R/U-WER (errors/words) and RTF per test set and system; files in {out_dir}")
-    md = report_md if png is None else report_md.replace("](wer.png)", f"](data:image/png;base64,{base64.b64encode(png).decode()})")
+    create_table_artifact(
+        list(rows),
+        key=METRICS_KEY,
+        description=f"O/N/R/U-WER (errors/words) and RTF per test set and system; files in {out_dir}",
+    )
+    md = (
+        report_md
+        if png is None
+        else report_md.replace("](wer.png)", f"](data:image/png;base64,{base64.b64encode(png).decode()})")
+    )
     create_markdown_artifact(md, key=REPORT_KEY, description=f"Evaluation report ({out_dir}/report.md)")

@@ -35,12 +35,21 @@ from tasks.decode import DecodeResult, DecodeSettings, make_system
 @task(name="eval-prepare", cache_policy=NO_CACHE, task_run_name="prepare-{name}")
 def prepare_task(name: str, path: str, cfg: EvalConfig, segment_cfg: SegmentConfig) -> ev.PreparedSet:
     prepared = ev.prepare_test_set(name, path, cfg, segment_cfg)
-    get_run_logger().info("%s: %d utterances, %d pieces, %.1f s of audio, %d problems", name, len(prepared.utterances), len(prepared.pieces), prepared.audio_s, len(prepared.problems))
+    get_run_logger().info(
+        "%s: %d utterances, %d pieces, %.1f s of audio, %d problems",
+        name,
+        len(prepared.utterances),
+        len(prepared.pieces),
+        prepared.audio_s,
+        len(prepared.problems),
+    )
     return prepared
 
 
 @task(name="eval-decode", cache_policy=NO_CACHE, task_run_name="decode-{spec.name}")
-def decode_task(spec: ev.SystemSpec, sets: list[ev.PreparedSet], out_dir: str, settings: DecodeSettings, refresh: bool) -> dict[str, DecodeResult]:
+def decode_task(
+    spec: ev.SystemSpec, sets: list[ev.PreparedSet], out_dir: str, settings: DecodeSettings, refresh: bool
+) -> dict[str, DecodeResult]:
     """Decode every test set with one system (loaded once); returns {test set: result}."""
     logger = get_run_logger()
     system = make_system(spec.kind, spec.name, spec.target, settings)
@@ -49,21 +58,55 @@ def decode_task(spec: ev.SystemSpec, sets: list[ev.PreparedSet], out_dir: str, s
     try:
         for prepared in sets:
             progress.start("decode", len(prepared.pieces), unit=f"pieces {spec.name} / {prepared.name}")
-            result = ev.decode_cached(system, prepared, Path(out_dir), settings, refresh, progress=lambda n: progress.advance("decode", n))
+            result = ev.decode_cached(
+                system,
+                prepared,
+                Path(out_dir),
+                settings,
+                refresh,
+                progress=lambda n: progress.advance("decode", n),
+            )
             progress.complete("decode")
             out[prepared.name] = result
-            rtf = "n/a" if result.rtf is None else f"{result.rtf:.3f}" + (" (cached)" if result.cached else "")
+            rtf = (
+                "n/a" if result.rtf is None else f"{result.rtf:.3f}" + (" (cached)" if result.cached else "")
+            )
             tps = "" if result.tokens_per_s is None else f", {result.tokens_per_s:.1f} tokens/s"
-            logger.info("%s on %s: %d hypotheses, %d failed, RTF %s%s", spec.name, prepared.name, len(result.hyps), len(result.failures), rtf, tps)
+            logger.info(
+                "%s on %s: %d hypotheses, %d failed, RTF %s%s",
+                spec.name,
+                prepared.name,
+                len(result.hyps),
+                len(result.failures),
+                rtf,
+                tps,
+            )
     finally:
         system.close()
     return out
 
 
 @task(name="eval-score", cache_policy=NO_CACHE)
-def score_task(out_dir: str, cfg: PipelineConfig, sets: list[ev.PreparedSet], specs: list[ev.SystemSpec], results: dict[str, dict[str, DecodeResult]], problems: list[str]) -> dict[str, Any]:
+def score_task(
+    out_dir: str,
+    cfg: PipelineConfig,
+    sets: list[ev.PreparedSet],
+    specs: list[ev.SystemSpec],
+    results: dict[str, dict[str, DecodeResult]],
+    problems: list[str],
+) -> dict[str, Any]:
     rare, info, rare_problems = ev.rare_word_set(cfg.work_dir, cfg.eval)
-    metrics, report, png, rows = ev.score_and_write(Path(out_dir), cfg.work_dir, sets, specs, results, rare, info, [*problems, *rare_problems], cfg.eval.model_dump(mode="json"))
+    metrics, report, png, rows = ev.score_and_write(
+        Path(out_dir),
+        cfg.work_dir,
+        sets,
+        specs,
+        results,
+        rare,
+        info,
+        [*problems, *rare_problems],
+        cfg.eval.model_dump(mode="json"),
+    )
     eval_artifacts.publish(out_dir, rows, report, png)
     return metrics
 
@@ -84,7 +127,11 @@ def resolve_config(
     from llmasr.config import _format_validation_error
 
     cfg = load_config(profile, overrides, config_file, work_dir=work_dir)
-    given = {k: list(v) for k, v in (("test_sets", test_sets), ("baselines", baselines), ("hyps", hyps), ("stages", stages)) if v is not None}
+    given = {
+        k: list(v)
+        for k, v in (("test_sets", test_sets), ("baselines", baselines), ("hyps", hyps), ("stages", stages))
+        if v is not None
+    }
     if not given:
         return cfg
     data = cfg.model_dump(mode="json")
@@ -107,7 +154,10 @@ def check_test_sets(cfg: PipelineConfig) -> None:
     for spec in cfg.eval.test_sets:
         name, path = ev.parse_named(spec)
         if not Path(path).expanduser().exists() and not preflight.generated_later(cfg, path):
-            raise ConfigError(f"eval.test_sets: test set {name}: {path} does not exist (fix the path with --test-set NAME=PATH or in pipeline_config.yaml)")
+            raise ConfigError(
+                f"eval.test_sets: test set {name}: {path} does not exist (fix the path with --test-set "
+                "NAME=PATH or in pipeline_config.yaml)"
+            )
     try:
         ev.hyp_specs(cfg.eval)
     except ev.EvalError as exc:
@@ -121,8 +171,8 @@ def check_request(cfg: PipelineConfig) -> tuple[list[ev.SystemSpec], list[str]]:
     specs, notes = ev.system_specs(cfg.work_dir, cfg.eval)
     if not specs:
         raise ConfigError(
-            f"nothing to evaluate: no complete checkpoint of stages {cfg.eval.stages} under {Path(cfg.work_dir) / 'checkpoints'}, "
-            "no --baseline and no --hyps"
+            f"nothing to evaluate: no complete checkpoint of stages {cfg.eval.stages} under "
+            f"{Path(cfg.work_dir) / 'checkpoints'}, no --baseline and no --hyps"
         )
     preflight.check_scorable(cfg)
     return specs, notes
@@ -167,11 +217,14 @@ def evaluate_flow(
         demo_corpus.generate_corpus(cfg.demo)
     specs, notes = check_request(cfg)
     out_dir = WorkLayout(Path(cfg.work_dir)).root / ev.EVAL_DIR
-    with work_dir_lock(out_dir, cfg.runner.lock_wait_s, what="llmasr-evaluate"):  # eval/ only: training may go on
+    # eval/ only: training may go on
+    with work_dir_lock(out_dir, cfg.runner.lock_wait_s, what="llmasr-evaluate"):
         return _run_evaluate(cfg, specs, notes, out_dir, refresh, logger)
 
 
-def _run_evaluate(cfg: PipelineConfig, specs: list[ev.SystemSpec], notes: list[str], out_dir: Path, refresh: bool, logger) -> dict[str, Any]:
+def _run_evaluate(
+    cfg: PipelineConfig, specs: list[ev.SystemSpec], notes: list[str], out_dir: Path, refresh: bool, logger
+) -> dict[str, Any]:
     settings = DecodeSettings.from_config(cfg.eval)
     problems = list(notes)
     for note in notes:
@@ -179,7 +232,10 @@ def _run_evaluate(cfg: PipelineConfig, specs: list[ev.SystemSpec], notes: list[s
     sets = [prepare_task(*ev.parse_named(spec), cfg.eval, cfg.segment) for spec in cfg.eval.test_sets]
     for prepared in sets:  # audio found but none of it readable: stop before any system loads
         if not prepared.utterances:
-            raise ev.EvalError(f"eval.test_sets: test set {prepared.name} ({prepared.path}) has nothing to score: {'; '.join(prepared.problems[:3])}")
+            raise ev.EvalError(
+                f"eval.test_sets: test set {prepared.name} ({prepared.path}) has nothing to score: "
+                f"{'; '.join(prepared.problems[:3])}"
+            )
     results: dict[str, dict[str, DecodeResult]] = {}
     for spec in specs:
         state = decode_task(spec, sets, str(out_dir), settings, refresh, return_state=True)
@@ -196,6 +252,7 @@ def _run_evaluate(cfg: PipelineConfig, specs: list[ev.SystemSpec], notes: list[s
     metrics = score_task(str(out_dir), cfg, sets, specs, results, problems)
     logger.info("evaluation written to %s (report.md, metrics.json, wer.png)", out_dir)
     return metrics
+
 
 if __name__ == "__main__":
     from llmasr.cli import main

@@ -45,8 +45,8 @@ def label_gpus(cfg: PipelineConfig, cluster_gpus: float) -> float:
         gpus = 0.0
     if gpus > cluster_gpus:  # Ray would keep such tasks pending forever
         raise RuntimeError(
-            f"runner.label_gpus: a label task asks for {gpus:g} GPU(s) but the Ray cluster has {cluster_gpus:g}; "
-            "add GPU nodes, or set runner.label_gpus=0 and label.device=cpu"
+            f"runner.label_gpus: a label task asks for {gpus:g} GPU(s) but the Ray cluster has "
+            f"{cluster_gpus:g}; add GPU nodes, or set runner.label_gpus=0 and label.device=cpu"
         )
     return gpus
 
@@ -88,12 +88,15 @@ def _ray_runner(cfg: PipelineConfig):
                 check_reachable(cfg.runner.ray_address)
             try:
                 return super().__enter__()
-            except (ConnectionError, TimeoutError, RuntimeError, SystemExit) as e:  # Ray exits when GCS is gone
+            # Ray exits when GCS is gone
+            except (ConnectionError, TimeoutError, RuntimeError, SystemExit) as e:
                 raise RuntimeError(_unreachable(cfg.runner.ray_address, repr(e))) from e
 
     init_kwargs: dict[str, Any] = {"namespace": cfg.runner.ray_namespace, "log_to_driver": True}
     if cfg.runner.ray_address is None:  # a local Ray of our own: no dashboard, no usage stats
-        init_kwargs.update(include_dashboard=False, num_cpus=cfg.runner.max_workers * max(cfg.runner.label_cpus, 1))
+        init_kwargs.update(
+            include_dashboard=False, num_cpus=cfg.runner.max_workers * max(cfg.runner.label_cpus, 1)
+        )
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     return CheckedRayTaskRunner(address=cfg.runner.ray_address, init_kwargs=init_kwargs)
 

@@ -40,7 +40,8 @@ def summary_rows(records: list[dict], results: dict[int, dict[str, Any]]) -> lis
                 "val_loss": round(val[-1]["val_loss"], 4) if val else None,
                 "samples_per_s": round(last.get("samples_per_s", 0.0), 2) if train else None,
                 "tokens_per_s": round(last.get("tokens_per_s", 0.0), 1) if train else None,
-                "model_tflops": round(last["model_tflops"], 4) if "model_tflops" in last else None,  # per process
+                # per process
+                "model_tflops": round(last["model_tflops"], 4) if "model_tflops" in last else None,
                 "mfu": round(last["mfu"], 4) if "mfu" in last else None,  # GPU only (tasks/flops.py)
             }
         )
@@ -55,8 +56,14 @@ def loss_plot_png(records: list[dict]) -> bytes:
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for stage in sorted({r["stage"] for r in records if "stage" in r}):
-        train = [(r["step"], r["loss"]) for r in records if r.get("stage") == stage and r.get("loss") is not None]
-        val = [(r["step"], r["val_loss"]) for r in records if r.get("stage") == stage and r.get("val_loss") is not None]
+        train = [
+            (r["step"], r["loss"]) for r in records if r.get("stage") == stage and r.get("loss") is not None
+        ]
+        val = [
+            (r["step"], r["val_loss"])
+            for r in records
+            if r.get("stage") == stage and r.get("val_loss") is not None
+        ]
         if train:
             ax.plot(*zip(*train), label=f"stage {stage} train")
         if val:
@@ -79,9 +86,18 @@ def publish(layout: WorkLayout, results: dict[int, dict[str, Any]]) -> None:
     out = layout.root / "reports" / "loss.png"
     with atomic_path(out) as tmp:
         tmp.write_bytes(png)
-    ckpts = "\n".join(f"- stage {s}: `{Path(layout.root) / 'checkpoints' / f'stage{s}'}`" for s in sorted(results))
+    ckpts = "\n".join(
+        f"- stage {s}: `{Path(layout.root) / 'checkpoints' / f'stage{s}'}`" for s in sorted(results)
+    )
     create_markdown_artifact(
-        f"# Training: `{layout.root}`\n\n![loss](data:image/png;base64,{base64.b64encode(png).decode()})\n\n## Checkpoints\n{ckpts}\n\nMetrics log: `{layout.root / 'logs' / 'train.jsonl'}`\n",
+        f"# Training: `{layout.root}`\n"
+        "\n"
+        f"![loss](data:image/png;base64,{base64.b64encode(png).decode()})\n"
+        "\n"
+        "## Checkpoints\n"
+        f"{ckpts}\n"
+        "\n"
+        f"Metrics log: `{layout.root / 'logs' / 'train.jsonl'}`\n",
         key="train-loss",
         description="Loss curves and checkpoints",
     )
