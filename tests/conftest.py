@@ -72,7 +72,9 @@ def shared_data() -> Path:
 N_ITEMS = 16  # enough for every special item of the demo plan (wrong captions, VAD, specials...)
 
 
-def flow_args(corpus: Path, work_dir: Path, extra_sources: list[Path] = (), overrides: list[str] = ()) -> dict:
+def flow_args(
+    corpus: Path, work_dir: Path, extra_sources: list[Path] = (), overrides: list[str] = ()
+) -> dict:
     return dict(
         profile="demo",
         work_dir=str(work_dir),
@@ -94,5 +96,3 @@ def reference_run(prefect_harness, corpus: Path, session_tmp: Path):
     state = data_flow(**flow_args(corpus, work), return_state=True)
     assert state.is_completed(), state.message
     return work, state.result()
-
-

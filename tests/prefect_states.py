@@ -18,7 +18,10 @@ def _name(task_run: Any) -> str:
 
 
 def settled_task_states(
-    read_runs: Callable[[], Sequence[Any]], expect: Iterable[str] = (), timeout_s: float = 60.0, poll_s: float = 0.5
+    read_runs: Callable[[], Sequence[Any]],
+    expect: Iterable[str] = (),
+    timeout_s: float = 60.0,
+    poll_s: float = 0.5,
 ) -> dict[str, list[str]]:
     """{task name without its suffix ("label-a29" -> "label"): [state names]} of ``read_runs()``;
     ``expect``: task names (without suffix) that must be listed before the states count as settled."""
@@ -26,7 +29,9 @@ def settled_task_states(
     deadline = time.monotonic() + timeout_s
 
     def settled(runs: Sequence[Any]) -> bool:
-        return expect <= {_name(tr) for tr in runs} and all(tr.state is not None and tr.state.is_final() for tr in runs)
+        return expect <= {_name(tr) for tr in runs} and all(
+            tr.state is not None and tr.state.is_final() for tr in runs
+        )
 
     runs = read_runs()
     while not settled(runs) and time.monotonic() < deadline:

@@ -12,7 +12,7 @@ from tasks.alignment import align
 
 
 def _all_alignments(ref: tuple[str, ...], hyp: tuple[str, ...]) -> list[list[tuple]]:
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def go(i: int, j: int) -> list[tuple]:
         if i == len(ref) and j == len(hyp):
             return [()]
@@ -81,11 +81,23 @@ def _random_pair(rng: random.Random, max_len: int, vocab: str) -> tuple[list[str
 
 
 def test_documented_examples() -> None:
-    assert align(["a", "b"], ["b", "a"]) == [("delete", "a", None), ("equal", "b", "b"), ("insert", None, "a")]
+    assert align(["a", "b"], ["b", "a"]) == [
+        ("delete", "a", None),
+        ("equal", "b", "b"),
+        ("insert", None, "a"),
+    ]
     assert align(["x"], ["y", "z"]) == [("insert", None, "y"), ("substitute", "x", "z")]
     # two substitutions or a deletion, a match and an insertion: both 2 errors; the match wins
-    assert align(["a", "b"], ["b", "c"]) == [("delete", "a", None), ("equal", "b", "b"), ("insert", None, "c")]
-    assert align([], ["a"]) == [("insert", None, "a")] and align(["a"], []) == [("delete", "a", None)] and align([], []) == []
+    assert align(["a", "b"], ["b", "c"]) == [
+        ("delete", "a", None),
+        ("equal", "b", "b"),
+        ("insert", None, "c"),
+    ]
+    assert (
+        align([], ["a"]) == [("insert", None, "a")]
+        and align(["a"], []) == [("delete", "a", None)]
+        and align([], []) == []
+    )
 
 
 def test_fewest_errors_then_fewest_substitutions_over_every_alignment() -> None:
@@ -93,8 +105,14 @@ def test_fewest_errors_then_fewest_substitutions_over_every_alignment() -> None:
     for _ in range(400):
         ref, hyp = _random_pair(rng, 4, "abc")
         got = align(ref, hyp)
-        assert [s[1] for s in got if s[1] is not None] == ref and [s[2] for s in got if s[2] is not None] == hyp
-        assert _counts(got) == min(_counts(a) for a in _all_alignments(tuple(ref), tuple(hyp))), (ref, hyp, got)
+        assert [s[1] for s in got if s[1] is not None] == ref and [
+            s[2] for s in got if s[2] is not None
+        ] == hyp
+        assert _counts(got) == min(_counts(a) for a in _all_alignments(tuple(ref), tuple(hyp))), (
+            ref,
+            hyp,
+            got,
+        )
 
 
 def test_error_count_is_jiwers() -> None:
@@ -128,5 +146,7 @@ def test_a_long_form_transcript_aligns_quickly() -> None:
     ref = [rng.choice(vocab) for _ in range(3000)]
     hyp = [w if rng.random() > 0.1 else rng.choice(vocab) for w in ref if rng.random() > 0.03]
     steps = align(ref, hyp, block_cells=1_000_000)  # 4 blocks of rows
-    assert [s[1] for s in steps if s[1] is not None] == ref and [s[2] for s in steps if s[2] is not None] == hyp
+    assert [s[1] for s in steps if s[1] is not None] == ref and [
+        s[2] for s in steps if s[2] is not None
+    ] == hyp
     assert steps == align(ref, hyp)

@@ -39,7 +39,9 @@ def test_labelling_is_hours_over_rtfx(tmp_path):
     assert lab["days"] == pytest.approx(10 / 50 / 8 / 24)
     assert any(a["name"].startswith("labelling RTFx") and a["source"] == "given" for a in res["assumptions"])
     default = run(tmp_path, "--hours", "10")  # no measured RTFx: the assumption, labelled as one
-    assert any(a["name"].startswith("labelling RTFx") and a["source"] == "assumed" for a in default["assumptions"])
+    assert any(
+        a["name"].startswith("labelling RTFx") and a["source"] == "assumed" for a in default["assumptions"]
+    )
 
 
 def test_doubling_hours_doubles_gpu_hours_and_storage(tmp_path):
@@ -63,12 +65,26 @@ def test_given_throughput_and_epochs_from_the_config(tmp_path):
     s2 = rows(res)["stage 2"]
     assert s2["gpu_hours"] == pytest.approx(100 * 0.5 * 3600 * cfg.train.stage2.epochs / 360 / 3600)
     assert s2["days"] == pytest.approx(s2["gpu_hours"] / (8 * 0.95) / 24)
-    tripled = run(tmp_path, "--hours", "100", "--kept-fraction", "0.5", "--audio-s-per-s", "2=360", "--set", "train.stage2.epochs=3")
+    tripled = run(
+        tmp_path,
+        "--hours",
+        "100",
+        "--kept-fraction",
+        "0.5",
+        "--audio-s-per-s",
+        "2=360",
+        "--set",
+        "train.stage2.epochs=3",
+    )
     assert tripled["epochs"]["2"] == 3
-    assert rows(tripled)["stage 2"]["gpu_hours"] == pytest.approx(3 / cfg.train.stage2.epochs * s2["gpu_hours"])
+    assert rows(tripled)["stage 2"]["gpu_hours"] == pytest.approx(
+        3 / cfg.train.stage2.epochs * s2["gpu_hours"]
+    )
     assert rows(tripled)["stage 1"]["gpu_hours"] == pytest.approx(rows(res)["stage 1"]["gpu_hours"])
     total = rows(res)["total"]
-    assert total["gpu_hours"] == pytest.approx(sum(r["gpu_hours"] for n, r in rows(res).items() if n != "total"))
+    assert total["gpu_hours"] == pytest.approx(
+        sum(r["gpu_hours"] for n, r in rows(res).items() if n != "total")
+    )
 
 
 def test_loader_check_scales_with_workers_and_stage_speed(tmp_path):
@@ -79,7 +95,9 @@ def test_loader_check_scales_with_workers_and_stage_speed(tmp_path):
     assert lo["ratios"]["1"] == pytest.approx(6 * lo["per_worker"] / 2000)
     for s in ("1", "2", "3"):
         assert three["loader"]["ratios"][s] == pytest.approx(lo["ratios"][s] / 2)
-        assert lo["ratios"][s] == pytest.approx(6 * lo["per_worker"] / rows(six)[f"stage {s}"]["audio_s_per_s"])
+        assert lo["ratios"][s] == pytest.approx(
+            6 * lo["per_worker"] / rows(six)[f"stage {s}"]["audio_s_per_s"]
+        )
     assert lo["need_audio_s_per_s"] == 2000 and lo["workers"] == -(-2000 // lo["per_worker"])
 
 
@@ -89,31 +107,54 @@ def test_flops_mfu_and_the_frozen_parts(tmp_path):
     for s in ("stage 1", "stage 2", "stage 3"):
         assert half[s]["gpu_hours"] == pytest.approx(2 * base[s]["gpu_hours"])
         assert base[s]["audio_s_per_s"] == pytest.approx(0.4 * 989e12 / (base[s]["gflop_per_audio_s"] * 1e9))
-    # stage 2: frozen LLM forward + activation gradients (4N per position) dominate; encoder forward only (2N per frame)
+    # stage 2: frozen LLM forward + activation gradients (4N per position) dominate; encoder forward only (2N
+    # per frame)
     from llmasr.config import load_config
 
     m = capacity.model_counts(load_config().train)
-    assert 7.6e9 < m["llm_params"] < 7.8e9 and 6.3e8 < m["encoder_params"] < 6.4e8  # Qwen2-7B, Whisper large-v2 encoder
-    r = {"encoder_fps": 50.0, "downsample_k": 2, "segment_s": 10.0, "prompt_tokens": 25, "whisper_special_tokens": 5, "text_tps": 0.0}
+    # Qwen2-7B, Whisper large-v2 encoder
+    assert 7.6e9 < m["llm_params"] < 7.8e9 and 6.3e8 < m["encoder_params"] < 6.4e8
+    r = {
+        "encoder_fps": 50.0,
+        "downsample_k": 2,
+        "segment_s": 10.0,
+        "prompt_tokens": 25,
+        "whisper_special_tokens": 5,
+        "text_tps": 0.0,
+    }
     f2, f3 = capacity.flops_per_audio_s(2, m, r), capacity.flops_per_audio_s(3, m, r)
     pos = 25 + 26 / 10.0
-    low = 2 * m["encoder_compute"] * 50 + 6 * m["projector_params"] * 25 + 4 * m["llm_compute"] * pos  # without attention
+    # without attention
+    low = 2 * m["encoder_compute"] * 50 + 6 * m["projector_params"] * 25 + 4 * m["llm_compute"] * pos
     assert low < f2 < 1.1 * low
     assert f3 - f2 == pytest.approx(6 * m["lora_params"] * pos)
     assert capacity.flops_per_audio_s(1, m, r) > 6 * m["encoder_compute"] * 50  # the encoder trains: 6N
 
 
 def test_from_gpu_bench(tmp_path):
-    bench = {"gpu": "NVIDIA H100 80GB HBM3", "peak_bf16_flops": 989e12,
-             "args": {"llm": "0.5b", "encoder": "large-v2", "batch": 16, "audio_s": 8.0},
-             "params": 1_137_000_000, "encoder_params": 635_000_000, "trainable_params": 8_160_000,
-             "steady": {"samples_per_s": 60.0, "audio_s_per_s": 480.0, "encoder_frames_per_s": 24000.0,
-                        "decoder_positions_per_s": 9600.0, "mfu": 0.12}}
+    bench = {
+        "gpu": "NVIDIA H100 80GB HBM3",
+        "peak_bf16_flops": 989e12,
+        "args": {"llm": "0.5b", "encoder": "large-v2", "batch": 16, "audio_s": 8.0},
+        "params": 1_137_000_000,
+        "encoder_params": 635_000_000,
+        "trainable_params": 8_160_000,
+        "steady": {
+            "samples_per_s": 60.0,
+            "audio_s_per_s": 480.0,
+            "encoder_frames_per_s": 24000.0,
+            "decoder_positions_per_s": 9600.0,
+            "mfu": 0.12,
+        },
+    }
     p1, p2 = tmp_path / "b1.json", tmp_path / "b2.json"
     p1.write_text(json.dumps(bench))
     steady2 = {k: (2 * v if k.endswith("_per_s") else v) for k, v in bench["steady"].items()}
     p2.write_text(json.dumps({**bench, "steady": steady2}))
-    one, two = run(tmp_path, "--hours", "10", "--from-gpu-bench", str(p1)), run(tmp_path, "--hours", "10", "--from-gpu-bench", str(p2))
+    one, two = (
+        run(tmp_path, "--hours", "10", "--from-gpu-bench", str(p1)),
+        run(tmp_path, "--hours", "10", "--from-gpu-bench", str(p2)),
+    )
     assert two["gpu_bench"]["mfu"] == pytest.approx(2 * one["gpu_bench"]["mfu"])
     assert 0 < one["gpu_bench"]["mfu"] < 0.12  # frozen weights counted at 4N / 2N, not 6N
     for s in ("stage 1", "stage 2", "stage 3"):
@@ -127,12 +168,21 @@ def test_from_gpu_bench(tmp_path):
 
 def test_every_assumption_has_a_source_and_markdown(tmp_path, capsys):
     res = run(tmp_path)
-    assert {a["source"] for a in res["assumptions"]} <= {"measured here", "published", "config", "code", "given", "assumed"}
+    assert {a["source"] for a in res["assumptions"]} <= {
+        "measured here",
+        "published",
+        "config",
+        "code",
+        "given",
+        "assumed",
+    }
     text = capsys.readouterr().out
     assert "| labelling (faster-whisper) | 190,000 |" in text and "Assumptions:" in text
 
 
-@pytest.mark.skipif(not (capacity.REAL_SPEECH / "manifest.jsonl").is_file(), reason="no ../shared/data/real_speech")
+@pytest.mark.skipif(
+    not (capacity.REAL_SPEECH / "manifest.jsonl").is_file(), reason="no ../shared/data/real_speech"
+)
 def test_flac_measured_on_real_speech():
     m = capacity.measure_flac()
     assert 0.3 * capacity.PCM16_MB_PER_HOUR < m["raw_mb_per_h"] < capacity.PCM16_MB_PER_HOUR

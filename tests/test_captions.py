@@ -158,7 +158,7 @@ words and names
 00:00:08.000 --> 00:00:09.000 align:start position:0%
 [Music]
  
-"""
+"""  # noqa: W293 - the lines of a single space are part of the captions
 
 
 def test_youtube_rolling_auto_captions_give_each_word_once_with_its_timing(tmp_path: Path) -> None:
@@ -205,7 +205,11 @@ yes.
 
 @pytest.mark.parametrize("name", ["manual.srt", "manual.vtt"])
 def test_manual_captions_keep_repeated_cues(tmp_path: Path, name: str) -> None:
-    text = MANUAL_REPEATS if name.endswith(".srt") else "WEBVTT\n\n" + re.sub(r"(\d),(\d{3})", r"\1.\2", MANUAL_REPEATS)
+    text = (
+        MANUAL_REPEATS
+        if name.endswith(".srt")
+        else "WEBVTT\n\n" + re.sub(r"(\d),(\d{3})", r"\1.\2", MANUAL_REPEATS)
+    )
     cues = parse_captions(_write(tmp_path, name, text))
     assert cues == [
         Cue(1.0, 1.6, "No."),
@@ -236,7 +240,7 @@ no<00:00:01.500><c> way</c>
 00:00:02.000 --> 00:00:02.010 align:start position:0%
 no way
  
-"""
+"""  # noqa: W293 - the lines of a single space are part of the captions
 
 
 def test_rolling_captions_keep_words_said_twice(tmp_path: Path) -> None:

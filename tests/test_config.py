@@ -69,7 +69,8 @@ def test_demo_profile_overlays_the_top_level() -> None:
     assert cfg.label.device == "cpu"
     assert cfg.profile == "demo"
     assert cfg.work_dir == str(REPO / "runs/demo")  # relative to the config file's folder
-    assert cfg.demo is not None and cfg.demo.corpus_dir == str(REPO / "runs/demo/demo-corpus")  # under the work dir
+    # under the work dir
+    assert cfg.demo is not None and cfg.demo.corpus_dir == str(REPO / "runs/demo/demo-corpus")
     assert cfg.shard.max_samples == 40
     # deep merge: the label section's other keys come from the top level
     assert cfg.label.language == "en"
@@ -106,7 +107,9 @@ def test_overrides_parse_yaml_values() -> None:
 
 
 def test_overrides_apply_after_the_profile_and_in_order() -> None:
-    cfg = _load(profile="demo", overrides=["label.model=small.en", "shard.max_samples=7", "shard.max_samples=9"])
+    cfg = _load(
+        profile="demo", overrides=["label.model=small.en", "shard.max_samples=7", "shard.max_samples=9"]
+    )
     assert cfg.label.model == "small.en"
     assert cfg.shard.max_samples == 9
 
@@ -232,24 +235,50 @@ def test_small_profile_loads_and_validates() -> None:
     cfg = load_config(profile="small", config_file=CONFIG)
     assert cfg.demo is not None and cfg.demo.kind == "small" and cfg.demo.hours >= 1.0
     assert cfg.work_dir == str(REPO / "runs/small") and cfg.sources == [f"{cfg.demo.corpus_dir}/videos"]
-    assert cfg.label.model == "bundled:whisper-base" and cfg.label.device == "cpu" and cfg.label.compute_type == "int8"
-    assert (cfg.train.encoder, cfg.train.llm, cfg.train.tokenizer) == ("bundled:whisper-base", "bundled:smollm2-135m-instruct", None)
+    assert (
+        cfg.label.model == "bundled:whisper-base"
+        and cfg.label.device == "cpu"
+        and cfg.label.compute_type == "int8"
+    )
+    assert (cfg.train.encoder, cfg.train.llm, cfg.train.tokenizer) == (
+        "bundled:whisper-base",
+        "bundled:smollm2-135m-instruct",
+        None,
+    )
     assert cfg.train.lora.rank == 16 and "gate_proj" in cfg.train.lora.target_modules
     assert cfg.train.launcher == "torchrun" and cfg.train.deepspeed_config.endswith("zero2_cpu.json")
     tests = dict(spec.split("=", 1) for spec in cfg.eval.test_sets)
-    assert tests == {"heldout": f"{cfg.demo.corpus_dir}/heldout/manifest.jsonl", "zero_shot": f"{cfg.demo.corpus_dir}/zero_shot/manifest.jsonl"}
+    assert tests == {
+        "heldout": f"{cfg.demo.corpus_dir}/heldout/manifest.jsonl",
+        "zero_shot": f"{cfg.demo.corpus_dir}/zero_shot/manifest.jsonl",
+    }
     assert "transformers:bundled:whisper-base" in cfg.eval.baselines and cfg.eval.stages == [1, 2, 3]
     # the demo profile keeps its corpus; keys of the other kind are refused
     demo = load_config(profile="demo", config_file=CONFIG).demo
-    assert demo is not None and (demo.kind, demo.corpus_dir, demo.n_items, demo.hours) == ("demo", str(REPO / "runs/demo/demo-corpus"), 30, None)
+    assert demo is not None and (demo.kind, demo.corpus_dir, demo.n_items, demo.hours) == (
+        "demo",
+        str(REPO / "runs/demo/demo-corpus"),
+        30,
+        None,
+    )
     with pytest.raises(ConfigError, match="demo.hours: only for demo.kind=small"):
         load_config(profile="demo", config_file=CONFIG, overrides=["demo.hours=2"])
     assert DemoConfig(kind="small").corpus_dir == "${work_dir}/small-corpus"  # PipelineConfig expands it
 
 
-@pytest.mark.parametrize("baseline", ["transformers:bundled:typo", "faster-whisper:bundled:typo", "transformers:bundled:smollm2-135m-instruct"])
+@pytest.mark.parametrize(
+    "baseline",
+    [
+        "transformers:bundled:typo",
+        "faster-whisper:bundled:typo",
+        "transformers:bundled:smollm2-135m-instruct",
+    ],
+)
 def test_an_unknown_bundled_baseline_fails_at_validation_listing_the_names(baseline: str) -> None:
     with pytest.raises(ConfigError, match=r"eval\.baselines.*bundled:whisper-base, bundled:tiny\.en"):
         load_config(config_file=CONFIG, overrides=[f"eval.baselines=[{baseline}]"])
-    cfg = load_config(config_file=CONFIG, overrides=["eval.baselines=[transformers:bundled:tiny.en, faster-whisper:bundled:whisper-base]"])
+    cfg = load_config(
+        config_file=CONFIG,
+        overrides=["eval.baselines=[transformers:bundled:tiny.en, faster-whisper:bundled:whisper-base]"],
+    )
     assert cfg.eval.baselines == ["transformers:bundled:tiny.en", "faster-whisper:bundled:whisper-base"]

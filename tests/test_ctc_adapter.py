@@ -36,7 +36,8 @@ def one_hot_logits(labels: list[int], classes: int) -> torch.Tensor:
 def test_compress_keeps_one_mean_frame_per_run_of_a_label():
     blank = 3  # classes 0..2 are tokens, 3 is the blank
     labels = [0, 0, blank, 1, blank, blank, 1, 2, 2, blank]
-    speech = torch.arange(10, dtype=torch.float32)[None, :, None].repeat(1, 1, 2)  # (1, 10, 2): frame j holds j
+    # (1, 10, 2): frame j holds j
+    speech = torch.arange(10, dtype=torch.float32)[None, :, None].repeat(1, 1, 2)
     out, lengths = Projector.compress(speech, torch.tensor([10]), one_hot_logits(labels, 4))
     # runs: frames {0,1} (label 0), {3} (1), {6} (1 again after a blank: a new token), {7,8} (2)
     assert lengths.tolist() == [4]
@@ -45,7 +46,8 @@ def test_compress_keeps_one_mean_frame_per_run_of_a_label():
 
 def test_compress_ignores_padding_and_never_empties_a_row():
     blank = 2
-    logits = torch.cat([one_hot_logits([0, blank, 1, 1], 3), one_hot_logits([blank, blank, blank, 0], 3)])  # (2, 4, 3)
+    # (2, 4, 3)
+    logits = torch.cat([one_hot_logits([0, blank, 1, 1], 3), one_hot_logits([blank, blank, blank, 0], 3)])
     logits[1, 1, 1] = 4.0  # the all-blank row's frame most sure of a token: 1 (frame 3 is padding)
     speech = torch.arange(8, dtype=torch.float32).reshape(2, 4, 1)
     out, lengths = Projector.compress(speech, torch.tensor([4, 3]), logits)
@@ -92,7 +94,10 @@ def test_round_trip_keeps_head_and_compression(model, setup, tmp_path):
     assert json.loads((path / "projector.json").read_text())["ctc"] is True
     loaded = load_projector(path)
     assert loaded.norm_to == model.projector.norm_to and loaded.ctc
-    rebuilt = build_model(dataclasses.replace(setup.config, adapter_norm=True, ctc_compress=True, projector_path=str(path)), tokenizer=model.tokenizer)
+    rebuilt = build_model(
+        dataclasses.replace(setup.config, adapter_norm=True, ctc_compress=True, projector_path=str(path)),
+        tokenizer=model.tokenizer,
+    )
     feats = torch.randn(2, N_MELS, 150)
     with torch.no_grad():
         a, la = model.speech_embeds(feats)
@@ -107,25 +112,28 @@ def test_config_refuses_align_steps_without_a_head():
 
     with pytest.raises(ConfigError, match="ctc_compress"):
         load_config(profile="demo", overrides=["train.ctc_align_steps=10"])
-    assert load_config(profile="demo", overrides=["train.ctc_align_steps=10", "train.ctc_compress=true"]).train.ctc_align_steps == 10
+    assert (
+        load_config(
+            profile="demo", overrides=["train.ctc_align_steps=10", "train.ctc_compress=true"]
+        ).train.ctc_align_steps
+        == 10
+    )
 
 
 def test_stage_2_aligns_with_ctc_then_stages_2_and_3_train_and_decode(tmp_path):
     """Through the real trainer (torchrun, DeepSpeed ZeRO-2 on CPU): stage 2's first steps are CTC-only
     (the LLM never runs: no decoder positions), then CTC + LLM loss; stage 3 keeps the head; the export
     decodes with compression."""
+    from llmasr.tiny_models import tiny_setup as tiny_models
+    from tasks.checkpoints import load_llmasr, stage_dir
     from test_train import launch, records, train_config, write_run
     from test_train_data import SENTENCES, make_shards
-
-    from tasks.checkpoints import load_llmasr, stage_dir
-
-    from llmasr.tiny_models import tiny_setup as tiny_models
 
     tiny = tiny_models(tmp_path / "models", vocab_size=512, llm_init_std=0.3)
     index = make_shards(tmp_path / "data", {"train": SENTENCES[:4]}, per_shard=2)
     work = tmp_path / "work"
-    train = train_config(tiny, adapter_norm=True, ctc_compress=True, ctc_align_steps=3, ctc_weight=0.5, val_every=1000,
-                         ctc_vocab="transcripts")  # fmt: skip
+    train = train_config(tiny, adapter_norm=True, ctc_compress=True, ctc_align_steps=3, ctc_weight=0.5,
+                         val_every=1000, ctc_vocab="transcripts")  # fmt: skip
     launch(write_run(work, 2, train, index, max_steps=5), train)
     launch(write_run(work, 3, train, index, max_steps=2), train)
     stage2 = [r for r in records(work) if r.get("stage") == 2 and "loss" in r]
@@ -159,7 +167,8 @@ def test_a_restricted_head_spells_only_its_tokens_and_round_trips(model, setup, 
     torch.testing.assert_close(restricted[..., -1], full[..., -1])
     lengths = torch.tensor([20, 20])
     loss = model.ctc_loss((restricted, lengths), targets)
-    unseen = model.ctc_loss((restricted, lengths), [row + [max(kept) + 1] for row in targets])  # an unspellable token
+    # an unspellable token
+    unseen = model.ctc_loss((restricted, lengths), [row + [max(kept) + 1] for row in targets])
     assert torch.isfinite(loss) and torch.equal(loss, unseen)
     save_projector(model.projector, tmp_path / "p")
     assert json.loads((tmp_path / "p" / "projector.json").read_text())["ctc_vocab"] == len(kept)

@@ -23,13 +23,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import N_ITEMS, REPO, flow_args  # fixtures corpus and reference_run live there too
 from llmasr.layout import WorkLayout
 from llmasr.records import STATUS_OK, Decision, Item, Label, Segment, read_records
+from prefect_states import settled_task_states
 from tasks.captions import Cue, parse_captions, write_vtt
 from tasks.demo_corpus import ESPEAK_RATE, speak
-
-from conftest import N_ITEMS, REPO, flow_args  # fixtures corpus and reference_run live there too
-from prefect_states import settled_task_states
 
 
 def sha256(path: Path) -> str:
@@ -137,7 +136,9 @@ def _task_states(flow_run_id, expect: tuple[str, ...] = ()) -> dict[str, list[st
 
     def read_runs():
         with get_client(sync_client=True) as client:
-            return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
 
     return settled_task_states(read_runs, expect)
 
@@ -147,12 +148,30 @@ def test_second_run_does_no_work_and_shows_cached_states(reference_run, corpus: 
 
     work, first = reference_run
     layout = WorkLayout(work)
-    before = {p: p.stat().st_mtime_ns for p in layout.root.rglob("*") if p.is_file() and ".prefect-results" not in p.parts and p.name != ".llmasr.lock"}
+    before = {
+        p: p.stat().st_mtime_ns
+        for p in layout.root.rglob("*")
+        if p.is_file() and ".prefect-results" not in p.parts and p.name != ".llmasr.lock"
+    }
     state = data_flow(**flow_args(corpus, work), return_state=True)
     second = state.result()
     assert second.labelled_items == 0
-    assert (second.items, second.segments, second.kept, second.shards) == (first.items, first.segments, first.kept, first.shards)
-    stages = ("ingest-local", "write-items", "segment", "write-segments", "label", "write-labels", "filter", "shard")
+    assert (second.items, second.segments, second.kept, second.shards) == (
+        first.items,
+        first.segments,
+        first.kept,
+        first.shards,
+    )
+    stages = (
+        "ingest-local",
+        "write-items",
+        "segment",
+        "write-segments",
+        "label",
+        "write-labels",
+        "filter",
+        "shard",
+    )
     states = _task_states(state.state_details.flow_run_id, stages)
     for stage in stages:
         assert states.get(stage) and set(states[stage]) == {"Cached"}, (stage, states.get(stage))
@@ -171,7 +190,10 @@ def _extra_items(folder: Path) -> Path:
     """Two new 'videos' with captions, unlike anything in the corpus."""
     folder.mkdir(parents=True, exist_ok=True)
     texts = [
-        ["The lighthouse keeper painted the stairs bright blue.", "Every visitor counted the steps on the way up."],
+        [
+            "The lighthouse keeper painted the stairs bright blue.",
+            "Every visitor counted the steps on the way up.",
+        ],
         ["Our robot vacuum got stuck under the sofa again.", "We rescued it and emptied the dust bin."],
     ]
     for n, sentences in enumerate(texts):
@@ -208,7 +230,9 @@ def test_new_items_are_labelled_alone_and_old_shards_stay(reference_run, corpus:
     check_invariants(layout, source_files(corpus / "videos", extra))
 
 
-def test_corrected_captions_with_the_same_timing_refilter_and_reshard(reference_run, corpus: Path, session_tmp: Path):
+def test_corrected_captions_with_the_same_timing_refilter_and_reshard(
+    reference_run, corpus: Path, session_tmp: Path
+):
     """An item's captions change text but not timing (re-fetched, corrected): its segments keep
     their ids and times and its labels are reused, but the filter must compare the labels with the
     new captions and the shards must carry them; shards without the item stay byte-identical."""
@@ -221,10 +245,16 @@ def test_corrected_captions_with_the_same_timing_refilter_and_reshard(reference_
     segments = read_records(layout.segments, Segment)
     kept = {d.segment_id for d in read_records(layout.decisions, Decision) if d.kept}
     captioned = {s.item_id for s in segments if s.segment_id in kept and s.cut_by == "captions"}
-    item = min((i for i in read_records(layout.items, Item) if i.item_id in captioned), key=lambda i: i.item_id)
+    item = min(
+        (i for i in read_records(layout.items, Item) if i.item_id in captioned), key=lambda i: i.item_id
+    )
     mine = {s.segment_id: s for s in segments if s.item_id == item.item_id}
     shards_before = shard_contents(layout)
-    untouched = {name: sha256(layout.shards / name) for name, keys in shards_before.items() if not set(keys) & set(mine)}
+    untouched = {
+        name: sha256(layout.shards / name)
+        for name, keys in shards_before.items()
+        if not set(keys) & set(mine)
+    }
     assert untouched and len(untouched) < len(shards_before)
 
     # the captions of the item, as ingest left them in raw/: same cues, words that were never said
@@ -236,10 +266,16 @@ def test_corrected_captions_with_the_same_timing_refilter_and_reshard(reference_
     result = state.result()
     states = _task_states(state.state_details.flow_run_id, ("label", "write-segments", "filter", "shard"))
     assert result.labelled_items == 0 and set(states["label"]) == {"Cached"}  # the audio did not change
-    assert "Cached" not in states["write-segments"] and "Cached" not in states["filter"] and "Cached" not in states["shard"]
+    assert (
+        "Cached" not in states["write-segments"]
+        and "Cached" not in states["filter"]
+        and "Cached" not in states["shard"]
+    )
 
     new_segs = {s.segment_id: s for s in read_records(layout.segments, Segment) if s.item_id == item.item_id}
-    assert {k: (s.start_s, s.end_s) for k, s in new_segs.items()} == {k: (s.start_s, s.end_s) for k, s in mine.items()}
+    assert {k: (s.start_s, s.end_s) for k, s in new_segs.items()} == {
+        k: (s.start_s, s.end_s) for k, s in mine.items()
+    }
     assert all(wrong in s.caption_text for s in new_segs.values())
     decisions = {d.segment_id: d for d in read_records(layout.decisions, Decision)}
     for sid in new_segs:
@@ -258,7 +294,12 @@ def test_missing_source_fails_before_any_work(prefect_harness, corpus: Path, ses
 
     work = session_tmp / "bad-source"
     with pytest.raises(SourceError, match="does-not-exist"):
-        data_flow(profile="demo", work_dir=str(work), sources=[str(session_tmp / "does-not-exist")], overrides=[f"demo.corpus_dir={corpus}", f"demo.n_items={N_ITEMS}"])
+        data_flow(
+            profile="demo",
+            work_dir=str(work),
+            sources=[str(session_tmp / "does-not-exist")],
+            overrides=[f"demo.corpus_dir={corpus}", f"demo.n_items={N_ITEMS}"],
+        )
     assert not (work / "raw").exists() and not (work / "manifests").exists()
 
 
@@ -266,7 +307,18 @@ def test_missing_source_fails_before_any_work(prefect_harness, corpus: Path, ses
 
 
 def _cli(corpus: Path, work: Path, overrides: list[str] = ()) -> list[str]:
-    args = [sys.executable, "-m", "llmasr.cli", "data", "--profile", "demo", "--work-dir", str(work), "--source", str(corpus / "videos")]
+    args = [
+        sys.executable,
+        "-m",
+        "llmasr.cli",
+        "data",
+        "--profile",
+        "demo",
+        "--work-dir",
+        str(work),
+        "--source",
+        str(corpus / "videos"),
+    ]
     for ov in [f"demo.corpus_dir={corpus}", f"demo.n_items={N_ITEMS}", *overrides]:
         args += ["--set", ov]
     return args
@@ -280,12 +332,17 @@ def _env() -> dict:
 
 def _kill_when(cmd: list[str], ready, timeout_s: float = 300) -> None:
     """Start ``cmd``; SIGKILL its whole process group as soon as ``ready()`` is true."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + timeout_s
     try:
         while not ready():
             if proc.poll() is not None:
-                pytest.fail(f"run ended (rc={proc.returncode}) before the kill point: {proc.stderr.read().decode()[-3000:]}")
+                pytest.fail(
+                    f"run ended (rc={proc.returncode}) before the kill point: "
+                    f"{proc.stderr.read().decode()[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail("kill point not reached in time")
             time.sleep(0.005)
@@ -315,7 +372,9 @@ def _same_outputs(a: WorkLayout, b: WorkLayout) -> None:
     assert sorted(p.name for p in a.shards.iterdir()) == sorted(p.name for p in b.shards.iterdir())
 
 
-def test_kill_during_labelling_then_rerun_gives_the_same_files(reference_run, corpus: Path, session_tmp: Path):
+def test_kill_during_labelling_then_rerun_gives_the_same_files(
+    reference_run, corpus: Path, session_tmp: Path
+):
     ref, _ = reference_run
     work = session_tmp / "killed-label"
     layout = WorkLayout(work)
@@ -329,7 +388,11 @@ def test_kill_during_labelling_then_rerun_gives_the_same_files(reference_run, co
     assert not layout.labels.exists()  # killed before the manifest
     killed = json.loads((work / ".llmasr.lock").read_text())  # kill -9 left its lock file behind
     rerun = _run(_cli(corpus, work))
-    assert f"left by pid {killed['pid']} (llmasr-data on " in rerun.stderr and "which no longer runs" in rerun.stderr  # taken over, logged
+    # taken over, logged
+    assert (
+        f"left by pid {killed['pid']} (llmasr-data on " in rerun.stderr
+        and "which no longer runs" in rerun.stderr
+    )
     assert not (work / ".llmasr.lock").exists()
     check_invariants(layout, source_files(corpus / "videos"))
     _same_outputs(WorkLayout(ref), layout)

@@ -15,13 +15,12 @@ import torch
 
 from llmasr.config import SegmentConfig
 from llmasr.model import apply_lora, build_model, save_lora, save_projector
+from llmasr.tiny_models import tiny_setup
 from tasks import decode
 from tasks.checkpoints import stage_dir, write_model_json, write_stage
 from tasks.decode import DecodeSettings, Piece, System, max_new_tokens_for
 from tasks.demo_corpus import ESPEAK_RATE, speak
 from tasks.testsets import TestUtterance
-
-from llmasr.tiny_models import tiny_setup
 
 SENTENCES = [
     "The weather was warm enough to eat lunch outside on the terrace.",
@@ -33,7 +32,8 @@ SENTENCES = [
 
 
 def make_checkpoints(root: Path, work_dir: Path, stages: tuple[int, ...] = (2,)) -> dict[int, Path]:
-    """Tiny stage checkpoints as the training stages export them (model.json, projector/, lora/, stage.json)."""
+    """Tiny stage checkpoints as the training stages export them (model.json, projector/, lora/,
+    stage.json)."""
     setup = tiny_setup(root)
     torch.manual_seed(0)
     model = build_model(setup.config)
@@ -114,7 +114,9 @@ def test_log_mel_is_whisper_features_of_the_real_length():
     # the numbers of transformers' WhisperFeatureExtractor, which the checkpoints were trained on
     from transformers import WhisperFeatureExtractor
 
-    ref = WhisperFeatureExtractor(feature_size=80)(audio, sampling_rate=16000, padding="longest", return_tensors="np")["input_features"][0]
+    ref = WhisperFeatureExtractor(feature_size=80)(
+        audio, sampling_rate=16000, padding="longest", return_tensors="np"
+    )["input_features"][0]
     assert ref.shape == feats.shape and np.abs(ref - feats).max() < 1e-5
 
 
@@ -164,14 +166,21 @@ def test_plan_pieces_cuts_long_audio_by_vad_and_keeps_times(tmp_path, wavs):
     assert [p.index for p in long_pieces] == list(range(len(long_pieces)))
     assert all(a.end_s <= b.start_s for a, b in zip(long_pieces, long_pieces[1:]))
     assert [(p.start_s, p.end_s) for p in pieces if p.utt_id == "timed"] == [(2.0, 6.5)]
-    assert durations["timed"] == pytest.approx(4.5) and durations["long"] == pytest.approx(len(long_audio) / 16000)
+    assert durations["timed"] == pytest.approx(4.5) and durations["long"] == pytest.approx(
+        len(long_audio) / 16000
+    )
 
 
 # ------------------------------------------------------------------------------ hypothesis files
 
 
 def test_read_hyp_file_formats(tmp_path):
-    (tmp_path / "h.jsonl").write_text(json.dumps({"utt_id": "a", "text": "hello  world"}) + "\n" + json.dumps({"id": "b", "hyp": ["x", "y"]}) + "\nnot json\n")
+    (tmp_path / "h.jsonl").write_text(
+        json.dumps({"utt_id": "a", "text": "hello  world"})
+        + "\n"
+        + json.dumps({"id": "b", "hyp": ["x", "y"]})
+        + "\nnot json\n"
+    )
     problems: list[str] = []
     assert decode.read_hyp_file(tmp_path / "h.jsonl", problems) == {"a": "hello world", "b": "x y"}
     assert len(problems) == 1 and "not valid JSON" in problems[0]
@@ -181,7 +190,9 @@ def test_read_hyp_file_formats(tmp_path):
     assert decode.read_hyp_file(tmp_path / "h.tsv", problems) == {"a": "hello world", "b": ""}
     assert "duplicate id 'a'" in problems[0]
 
-    (tmp_path / "recogs-test.txt").write_text("a:\tref=['HELLO', 'WORLD']\na:\thyp=['HELLO', 'WORD']\nsp1-b:\tref=['X']\nsp1-b:\thyp=[]\n")
+    (tmp_path / "recogs-test.txt").write_text(
+        "a:\tref=['HELLO', 'WORLD']\na:\thyp=['HELLO', 'WORD']\nsp1-b:\tref=['X']\nsp1-b:\thyp=[]\n"
+    )
     assert decode.read_hyp_file(tmp_path / "recogs-test.txt") == {"a": "HELLO WORD", "sp1-b": ""}
 
     (tmp_path / "text").write_text("a hello there\nb\n")
@@ -211,7 +222,10 @@ def test_run_system_isolates_a_failing_piece(tmp_path):
         sf.write(str(tmp_path / f"{name}.wav"), np.zeros(int(secs * 16000), np.float32), 16000)
     utts = [TestUtterance(n, str(tmp_path / f"{n}.wav"), "t") for n in "abc"]
     pieces = [Piece(n, 0, str(tmp_path / f"{n}.wav"), 0.0, s) for n, s in (("a", 1.0), ("b", 2.0))]
-    pieces += [Piece("c", 0, str(tmp_path / "c.wav"), 0.0, 1.0), Piece("c", 1, str(tmp_path / "c.wav"), 1.5, 3.0)]
+    pieces += [
+        Piece("c", 0, str(tmp_path / "c.wav"), 0.0, 1.0),
+        Piece("c", 1, str(tmp_path / "c.wav"), 1.5, 3.0),
+    ]
     durations = {"a": 1.0, "b": 2.0, "c": 3.0}
     system = Flaky(bad_len=32000)  # "b"
     result = decode.run_system(system, utts, pieces, durations, DecodeSettings(batch_size=8))
@@ -234,7 +248,14 @@ def test_hyp_file_system_reports_a_missing_id(tmp_path):
 
 
 def test_llmasr_beam8_decodes_every_utterance_within_its_bound(checkpoints, wavs):
-    settings = DecodeSettings(num_beams=8, no_repeat_ngram_size=6, batch_size=2, tokens_per_second=3.0, min_new_tokens=4, device="cpu")
+    settings = DecodeSettings(
+        num_beams=8,
+        no_repeat_ngram_size=6,
+        batch_size=2,
+        tokens_per_second=3.0,
+        min_new_tokens=4,
+        device="cpu",
+    )
     utts = [TestUtterance(f"u{i}", str(w), SENTENCES[i]) for i, w in enumerate(wavs)]
     kept, pieces, durations = decode.plan_pieces(utts, 30.0, SegmentConfig(), [])
     system = decode.LLMASRSystem("llmasr-stage2", checkpoints[2], settings)
@@ -260,14 +281,23 @@ def test_llmasr_stage3_lora_greedy_merged_in_memory_equals_attached(checkpoints,
     as decoding with them attached, the checkpoint untouched, and a different decode cache key."""
     from llmasr.model import has_lora
 
-    settings = DecodeSettings(num_beams=1, no_repeat_ngram_size=0, batch_size=4, tokens_per_second=2.0, min_new_tokens=4, device="cpu")
+    settings = DecodeSettings(
+        num_beams=1,
+        no_repeat_ngram_size=0,
+        batch_size=4,
+        tokens_per_second=2.0,
+        min_new_tokens=4,
+        device="cpu",
+    )
     audios = [decode.read_audio(w) for w in wavs]
     before = torch.backends.cuda.cudnn_sdp_enabled()
     merged = decode.LLMASRSystem("llmasr-stage3", checkpoints[3], settings)
     merged.load()
     assert not has_lora(merged.model)  # plain LLM weights now
     assert torch.backends.cuda.cudnn_sdp_enabled() is False  # eval.cudnn_attention default, set at load
-    attached = decode.LLMASRSystem("llmasr-stage3", checkpoints[3], dataclasses.replace(settings, merge_lora=False, cudnn_attention=True))
+    attached = decode.LLMASRSystem(
+        "llmasr-stage3", checkpoints[3], dataclasses.replace(settings, merge_lora=False, cudnn_attention=True)
+    )
     attached.load()
     assert has_lora(attached.model)
     assert torch.backends.cuda.cudnn_sdp_enabled() is True
@@ -287,7 +317,14 @@ def test_llmasr_stage3_lora_greedy_merged_in_memory_equals_attached(checkpoints,
 def test_llmasr_piece_decodes_the_same_alone_and_in_a_batch(checkpoints, wavs, beams):
     """Each row stops at its own bound and end token (llmasr.generation.RowBound): the short piece,
     with the smallest bound, gets the same hypothesis alone as beside longer pieces."""
-    settings = DecodeSettings(num_beams=beams, no_repeat_ngram_size=3, batch_size=3, tokens_per_second=2.0, min_new_tokens=3, device="cpu")
+    settings = DecodeSettings(
+        num_beams=beams,
+        no_repeat_ngram_size=3,
+        batch_size=3,
+        tokens_per_second=2.0,
+        min_new_tokens=3,
+        device="cpu",
+    )
     audios = [decode.read_audio(w) for w in wavs]
     audios[2] = audios[2][: 16000 * 3 // 4]  # 0.75 s: bound ceil(1.5) + 3 = 5 tokens
     system = decode.LLMASRSystem("llmasr-stage2", checkpoints[2], settings)
@@ -309,16 +346,43 @@ def test_llmasr_ignores_the_llms_generation_config(tmp_path, wavs):
     audios = [decode.read_audio(w) for w in wavs]
     want = {}
     for beams in (1, 3):
-        settings = DecodeSettings(num_beams=beams, no_repeat_ngram_size=3, batch_size=3, tokens_per_second=3.0, min_new_tokens=4, device="cpu")
+        settings = DecodeSettings(
+            num_beams=beams,
+            no_repeat_ngram_size=3,
+            batch_size=3,
+            tokens_per_second=3.0,
+            min_new_tokens=4,
+            device="cpu",
+        )
         want[beams] = decode.LLMASRSystem("plain", checkpoints[2], settings).decode(audios)
-    (llm / "generation_config.json").write_text(json.dumps({
-        "do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.3,
-        "no_repeat_ngram_size": 1, "length_penalty": 2.0, "num_beams": 5, "max_new_tokens": 2,
-        "bad_words_ids": [[5], [6]], "min_new_tokens": 3,
-    }))
-    assert AutoModelForCausalLM.from_pretrained(str(llm)).generation_config.repetition_penalty == 1.3  # it is read
+    (llm / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "do_sample": True,
+                "temperature": 0.7,
+                "top_p": 0.8,
+                "top_k": 20,
+                "repetition_penalty": 1.3,
+                "no_repeat_ngram_size": 1,
+                "length_penalty": 2.0,
+                "num_beams": 5,
+                "max_new_tokens": 2,
+                "bad_words_ids": [[5], [6]],
+                "min_new_tokens": 3,
+            }
+        )
+    )
+    # it is read
+    assert AutoModelForCausalLM.from_pretrained(str(llm)).generation_config.repetition_penalty == 1.3
     for beams in (1, 3):
-        settings = DecodeSettings(num_beams=beams, no_repeat_ngram_size=3, batch_size=3, tokens_per_second=3.0, min_new_tokens=4, device="cpu")
+        settings = DecodeSettings(
+            num_beams=beams,
+            no_repeat_ngram_size=3,
+            batch_size=3,
+            tokens_per_second=3.0,
+            min_new_tokens=4,
+            device="cpu",
+        )
         system = decode.LLMASRSystem("with-file", checkpoints[2], settings)
         assert system.decode(audios) == want[beams]
         assert system.model.llm.generation_config.do_sample is True  # restored after each call

@@ -60,7 +60,9 @@ def test_rows_match_encoding_each_utterance_alone_in_any_batch(model):
     assert cache.fresh == [True, True] and counting.rows == 2
     assert out_lengths.tolist() == [150, 90]
     for i, k in enumerate(["a", "b"]):
-        torch.testing.assert_close(hidden[i, : out_lengths[i]], alone(model, feats[k], lengths[k]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            hidden[i, : out_lengths[i]], alone(model, feats[k], lengths[k]), rtol=1e-5, atol=1e-5
+        )
     assert hidden[1, 90:].abs().sum() == 0  # padding past the row's length
 
     hidden2, lengths2 = cache(["c", "b"], *batch(["c", "b"]))  # b again, batched with another utterance
@@ -93,10 +95,9 @@ def test_stage_2_trains_alike_with_the_cache_and_counts_no_encoder_flops_for_cac
     """Through the real trainer (torchrun, DeepSpeed ZeRO-2 on CPU): CTC-only steps then CTC + LLM
     steps, 3 passes over 4 samples, with and without the cache: the same losses; the cached run's
     model FLOPs drop once every sample has been seen."""
+    from llmasr.tiny_models import tiny_setup as tiny_models
     from test_train import launch, records, train_config, write_run
     from test_train_data import SENTENCES, make_shards
-
-    from llmasr.tiny_models import tiny_setup as tiny_models
 
     tiny = tiny_models(tmp_path / "models", vocab_size=512, llm_init_std=0.3)
     index = make_shards(tmp_path / "data", {"train": SENTENCES[:4]}, per_shard=2)

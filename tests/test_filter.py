@@ -15,18 +15,31 @@ CFG = FilterConfig(
 CLEAN_TEXT = "The committee approved the budget for the new library on Tuesday."
 
 
-def seg(duration: float = 5.0, caption: str | None = CLEAN_TEXT, item: str = "vid", start: float = 10.0) -> Segment:
+def seg(
+    duration: float = 5.0, caption: str | None = CLEAN_TEXT, item: str = "vid", start: float = 10.0
+) -> Segment:
     sid = f"{item}-{int(start * 1000):09d}"
-    return Segment(sid, item, start, start + duration, duration, caption, "captions" if caption is not None else "vad")
+    return Segment(
+        sid, item, start, start + duration, duration, caption, "captions" if caption is not None else "vad"
+    )
 
 
 def lab(text: str = CLEAN_TEXT, **kw) -> Label:
-    base = dict(avg_logprob=-0.2, no_speech_prob=0.01, compression_ratio=1.3, language="en", language_prob=0.99, model="tiny.en")
+    base = dict(
+        avg_logprob=-0.2,
+        no_speech_prob=0.01,
+        compression_ratio=1.3,
+        language="en",
+        language_prob=0.99,
+        model="tiny.en",
+    )
     base.update(kw)
     return Label("vid-000010000", text, **base)
 
 
-def reasons(segment: Segment | None = None, label: Label | None | str = "default", cfg: FilterConfig = CFG) -> list[str]:
+def reasons(
+    segment: Segment | None = None, label: Label | None | str = "default", cfg: FilterConfig = CFG
+) -> list[str]:
     segment = segment if segment is not None else seg()
     label = lab() if label == "default" else label
     d = decide(segment, label, "train", cfg)  # type: ignore[arg-type]
@@ -58,13 +71,23 @@ def test_caption_wer_is_on_normalised_text() -> None:
 
 
 def test_caption_wer_counts_real_differences() -> None:
-    d = decide(seg(caption="red green blue cyan magenta yellow black white grey pink"), lab("red green blue cyan magenta yellow black white grey ink"), "train", CFG)
+    d = decide(
+        seg(caption="red green blue cyan magenta yellow black white grey pink"),
+        lab("red green blue cyan magenta yellow black white grey ink"),
+        "train",
+        CFG,
+    )
     assert d.caption_wer == pytest.approx(0.1)
     assert d.kept
 
 
 def test_a_label_trailing_off_with_an_ellipsis_matches_its_caption() -> None:
-    d = decide(seg(caption="and then the committee approved the budget for the"), lab("And then the committee approved the budget for the..."), "train", CFG)
+    d = decide(
+        seg(caption="and then the committee approved the budget for the"),
+        lab("And then the committee approved the budget for the..."),
+        "train",
+        CFG,
+    )
     assert d.caption_wer == 0.0
     assert d.kept
 
@@ -109,7 +132,9 @@ def test_no_caption_only_when_required() -> None:
     assert reasons(seg(caption=None)) == []
     assert reasons(seg(caption=None), cfg=CFG.model_copy(update={"require_caption": True})) == ["no_caption"]
     # a caption with no words (only "[Music]") is no caption
-    assert reasons(seg(caption="[Music]"), cfg=CFG.model_copy(update={"require_caption": True})) == ["no_caption"]
+    assert reasons(seg(caption="[Music]"), cfg=CFG.model_copy(update={"require_caption": True})) == [
+        "no_caption"
+    ]
     d = decide(seg(caption=None), lab(), "train", CFG)
     assert d.caption_wer is None
 
@@ -126,7 +151,9 @@ def test_low_diversity_only_counts_for_six_words_or_more() -> None:
     text = "apple banana apple cherry banana apple cherry banana"  # 3 types / 8 tokens
     assert reasons(seg(caption=text), lab(text)) == ["low_diversity"]
     short = "apple banana apple banana cherry"  # 5 words, ratio 0.6 -> and below 6 words anyway
-    assert "low_diversity" not in reasons(seg(caption=short), lab(short), FilterConfig(min_type_token_ratio=0.9))
+    assert "low_diversity" not in reasons(
+        seg(caption=short), lab(short), FilterConfig(min_type_token_ratio=0.9)
+    )
 
 
 def test_only_common_words() -> None:
@@ -226,7 +253,14 @@ def test_several_reasons_are_listed_together() -> None:
     label = lab("go go go go", compression_ratio=3.0, no_speech_prob=0.9, avg_logprob=-2.0, language="fr")
     d = decide(seg(duration=0.4), label, "train", CFG)
     assert not d.kept
-    assert d.reasons == ["too_short", "repetition_loop", "high_compression_ratio", "no_speech", "language", "caption_mismatch"]
+    assert d.reasons == [
+        "too_short",
+        "repetition_loop",
+        "high_compression_ratio",
+        "no_speech",
+        "language",
+        "caption_mismatch",
+    ]
     assert len(d.reasons) == len(set(d.reasons))
 
 

@@ -48,9 +48,17 @@ item []:
 
 def llmasr(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """The ``llmasr`` command in ``cwd`` with a PREFECT_HOME of its own and no Prefect server given."""
-    full = {**os.environ, "PREFECT_HOME": str(cwd / ".prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "1", **env}
+    full = {
+        **os.environ,
+        "PREFECT_HOME": str(cwd / ".prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "OMP_NUM_THREADS": "1",
+        **env,
+    }
     full.pop("PREFECT_API_URL", None)
-    return subprocess.run([str(LLMASR), *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [str(LLMASR), *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=600
+    )
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
@@ -83,21 +91,41 @@ def test_evaluate_a_primock57_folder_without_its_wavs_fails_before_any_work(tmp_
     (tmp_path / "primock").mkdir()
     (tmp_path / "primock" / "day1_consultation01_doctor.TextGrid").write_text(TEXTGRID, encoding="utf-8")
     work = tmp_path / "work"
-    proc = llmasr(tmp_path, "evaluate", "--profile", "demo", "--work-dir", str(work), "--test-set", "primock57=primock")
+    proc = llmasr(
+        tmp_path, "evaluate", "--profile", "demo", "--work-dir", str(work), "--test-set", "primock57=primock"
+    )
     line = error_line(proc)
     assert "test set primock57" in line and "nothing to score" in line
-    assert "day1_consultation01_doctor.TextGrid: audio not found" in line and "day1_consultation01_doctor.wav" in line
+    assert (
+        "day1_consultation01_doctor.TextGrid: audio not found" in line
+        and "day1_consultation01_doctor.wav" in line
+    )
     assert not work.exists()  # no demo corpus, no eval/ folder
     assert "Starting temporary server" not in proc.stderr
 
 
 def test_evaluate_a_manifest_without_a_text_column_fails_before_any_work(tmp_path: Path):
     wav(tmp_path / "a.wav")
-    (tmp_path / "set.jsonl").write_text(json.dumps({"audio": "a.wav", "words": "no text column"}) + "\n", encoding="utf-8")
+    (tmp_path / "set.jsonl").write_text(
+        json.dumps({"audio": "a.wav", "words": "no text column"}) + "\n", encoding="utf-8"
+    )
     work = tmp_path / "work"
-    proc = llmasr(tmp_path, "evaluate", "--work-dir", str(work), "--test-set", "mine=set.jsonl", "--baseline", "faster-whisper:bundled:tiny.en")
+    proc = llmasr(
+        tmp_path,
+        "evaluate",
+        "--work-dir",
+        str(work),
+        "--test-set",
+        "mine=set.jsonl",
+        "--baseline",
+        "faster-whisper:bundled:tiny.en",
+    )
     line = error_line(proc)
-    assert "test set mine" in line and "nothing to score" in line and "no transcript (expected a column text/transcript)" in line
+    assert (
+        "test set mine" in line
+        and "nothing to score" in line
+        and "no transcript (expected a column text/transcript)" in line
+    )
     assert not work.exists()
 
 
@@ -107,7 +135,8 @@ def test_run_checks_that_each_test_set_can_be_scored_before_labelling_or_trainin
     (tmp_path / "empty").mkdir()
     wav(tmp_path / "empty" / "clip.wav")  # its transcript is missing
     work = tmp_path / "work"
-    proc = llmasr(tmp_path, "run", "--work-dir", str(work), "--source", "audio", "--test-set", "good=good", "--test-set", "empty=empty",
+    proc = llmasr(tmp_path, "run", "--work-dir", str(work), "--source", "audio",
+                  "--test-set", "good=good", "--test-set", "empty=empty",
                   "--set", "label.model=bundled:tiny.en")  # fmt: skip
     line = error_line(proc)
     assert "test set empty" in line and "clip.wav: no transcript (clip.txt not found beside it)" in line
@@ -128,7 +157,9 @@ def test_demo_profile_fails_on_a_missing_source_before_the_corpus_or_a_server(tm
 
 def test_demo_profile_fails_on_a_missing_test_set_before_the_corpus_or_a_server(tmp_path: Path):
     work = tmp_path / "work"
-    proc = llmasr(tmp_path, "evaluate", "--profile", "demo", "--work-dir", str(work), "--test-set", "x=missing.jsonl")
+    proc = llmasr(
+        tmp_path, "evaluate", "--profile", "demo", "--work-dir", str(work), "--test-set", "x=missing.jsonl"
+    )
     line = error_line(proc)
     assert f"test set x: {tmp_path / 'missing.jsonl'} does not exist" in line
     assert not work.exists() and "Starting temporary server" not in proc.stderr
@@ -146,9 +177,21 @@ def _cpu_only() -> bool:
 def test_the_default_labeller_offline_names_its_key_and_a_bundled_model(tmp_path: Path):
     wav(tmp_path / "audio" / "talk.wav")
     work = tmp_path / "work"
-    proc = llmasr(tmp_path, "data", "--work-dir", str(work), "--source", "audio", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    proc = llmasr(
+        tmp_path,
+        "data",
+        "--work-dir",
+        str(work),
+        "--source",
+        "audio",
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+    )
     line = error_line(proc)
-    assert "label.model: model large-v3 (hub Systran/faster-whisper-large-v3) is not in the local Hugging Face cache" in line
+    assert (
+        "label.model: model large-v3 (hub Systran/faster-whisper-large-v3) is not in the local Hugging Face "
+        "cache" in line
+    )
     assert "HF_HUB_OFFLINE=1" in line and "--set label.model=bundled:whisper-base" in line
     if _cpu_only():  # label.device=auto with large-v3 on this machine's CPU: said before the error
         assert "warning: label.device=auto" in proc.stderr and "labels on the CPU" in proc.stderr
@@ -164,15 +207,25 @@ def test_every_model_that_cannot_load_is_named_in_one_error_line(tmp_path: Path)
     work = tmp_path / "work"
     proc = llmasr(
         tmp_path, "run", "--work-dir", str(work), "--source", "audio", "--test-set", "set=set",
-        "--set", "label.model=large-v4", "--set", "train.encoder=./nowhere", "--set", "train.llm=bundled:tiny.en",
+        "--set", "label.model=large-v4", "--set", "train.encoder=./nowhere",
+        "--set", "train.llm=bundled:tiny.en",
         "--baseline", "transformers:openai/whisper-tiny",
         HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=f"http://127.0.0.1:{closed}",
     )  # fmt: skip
     line = error_line(proc)
     assert "label.model: 'large-v4' is neither a faster-whisper size (tiny.en, " in line
-    assert f"train.encoder: no such folder {tmp_path / 'nowhere'}" in line and "--set train.encoder=bundled:whisper-base" in line
-    assert "train.llm: bundled:tiny.en is a bundled whisper model, not a llm model; use bundled:smollm2-135m-instruct" in line
-    assert f"eval.baselines: model openai/whisper-tiny is not in the local Hugging Face cache and the hub (http://127.0.0.1:{closed}) cannot be reached" in line
+    assert (
+        f"train.encoder: no such folder {tmp_path / 'nowhere'}" in line
+        and "--set train.encoder=bundled:whisper-base" in line
+    )
+    assert (
+        "train.llm: bundled:tiny.en is a bundled whisper model, not a llm model; use "
+        "bundled:smollm2-135m-instruct" in line
+    )
+    assert (
+        "eval.baselines: model openai/whisper-tiny is not in the local Hugging Face cache and the hub "
+        f"(http://127.0.0.1:{closed}) cannot be reached" in line
+    )
     assert "--baseline transformers:bundled:whisper-base" in line
     assert not work.exists()
 
@@ -182,7 +235,11 @@ class _Hub(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 - http.server's name
         known = self.path.startswith("/api/models/org/known")
-        body = json.dumps({"id": "org/known", "sha": "0" * 40, "siblings": []} if known else {"error": "Repository not found"}).encode()
+        body = json.dumps(
+            {"id": "org/known", "sha": "0" * 40, "siblings": []}
+            if known
+            else {"error": "Repository not found"}
+        ).encode()
         self.send_response(200 if known else 404)
         if not known:
             self.send_header("X-Error-Code", "RepoNotFound")
@@ -215,12 +272,16 @@ def test_a_hub_name_is_asked_of_the_hub_when_it_is_not_cached(hub_url: str, tmp_
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     hub = functools.partial(preflight.hub_answer, endpoint=hub_url)
-    ref = preflight.ModelRef("train.encoder", "org/known", "transformers", "whisper", "--set train.encoder={name}")
+    ref = preflight.ModelRef(
+        "train.encoder", "org/known", "transformers", "whisper", "--set train.encoder={name}"
+    )
     assert preflight.model_problem(ref, hub) is None
-    typo = preflight.ModelRef("train.encoder", "org/knwon", "transformers", "whisper", "--set train.encoder={name}")
+    typo = preflight.ModelRef(
+        "train.encoder", "org/knwon", "transformers", "whisper", "--set train.encoder={name}"
+    )
     assert preflight.model_problem(typo, hub) == (
-        "train.encoder: org/knwon does not exist on the Hugging Face hub (mistyped? private repositories need HF_TOKEN); "
-        "e.g. --set train.encoder=bundled:whisper-base"
+        "train.encoder: org/knwon does not exist on the Hugging Face hub (mistyped? private repositories "
+        "need HF_TOKEN); e.g. --set train.encoder=bundled:whisper-base"
     )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -247,8 +308,12 @@ def test_a_hub_model_in_the_local_cache_passes_offline(tmp_path: Path, monkeypat
 
     ref = preflight.ModelRef("label.model", "small", "faster-whisper", "whisper", "--set label.model={name}")
     assert preflight.model_problem(ref, no_hub) is None
-    other = preflight.ModelRef("label.model", "medium", "faster-whisper", "whisper", "--set label.model={name}")
-    assert "not in the local Hugging Face cache and HF_HUB_OFFLINE=1" in preflight.model_problem(other, no_hub)
+    other = preflight.ModelRef(
+        "label.model", "medium", "faster-whisper", "whisper", "--set label.model={name}"
+    )
+    assert "not in the local Hugging Face cache and HF_HUB_OFFLINE=1" in preflight.model_problem(
+        other, no_hub
+    )
 
 
 def test_bundled_names_and_the_demo_models_the_training_builds(tmp_path: Path):
@@ -258,10 +323,19 @@ def test_bundled_names_and_the_demo_models_the_training_builds(tmp_path: Path):
     cfg = load_config("demo", work_dir=str(tmp_path / "work"))
     refs = preflight.model_refs(cfg, label=True, train_stages=[1, 2, 3], baselines=True)
     # the tiny models under <work_dir>/demo-models do not exist yet: the demo's training builds them
-    assert [(r.key, r.name) for r in refs] == [("label.model", "bundled:tiny.en"), ("eval.baselines", "bundled:tiny.en")]
+    assert [(r.key, r.name) for r in refs] == [
+        ("label.model", "bundled:tiny.en"),
+        ("eval.baselines", "bundled:tiny.en"),
+    ]
     preflight.check_models(refs)
     cfg = load_config("demo", ["label.model=bundled:tiny-en"], work_dir=str(tmp_path / "work"))
-    with pytest.raises(ConfigError, match="label.model: unknown bundled model 'bundled:tiny-en'; the bundled whisper models are bundled:whisper-base, bundled:tiny.en"):
+    with pytest.raises(
+        ConfigError,
+        match=(
+            "label.model: unknown bundled model 'bundled:tiny-en'; the bundled whisper models are "
+            "bundled:whisper-base, bundled:tiny.en"
+        ),
+    ):
         preflight.check_models(preflight.model_refs(cfg, label=True))
 
 
@@ -271,8 +345,17 @@ def test_a_large_labeller_on_auto_warns_only_where_it_would_run_on_the_cpu():
 
     big = load_config(None, ["label.device=auto", "label.model=large-v3"])
     assert (preflight.label_device_warning(big) is not None) == _cpu_only()
-    assert preflight.label_device_warning(load_config(None, ["label.device=cpu", "label.model=large-v3"])) is None  # asked for
-    assert preflight.label_device_warning(load_config(None, ["label.device=auto", "label.model=bundled:whisper-base"])) is None
+    # asked for
+    assert (
+        preflight.label_device_warning(load_config(None, ["label.device=cpu", "label.model=large-v3"]))
+        is None
+    )
+    assert (
+        preflight.label_device_warning(
+            load_config(None, ["label.device=auto", "label.model=bundled:whisper-base"])
+        )
+        is None
+    )
 
 
 # --- manifests -----------------------------------------------------------------------------------
@@ -281,9 +364,20 @@ def test_a_large_labeller_on_auto_warns_only_where_it_would_run_on_the_cpu():
 def test_a_manifest_row_whose_audio_never_existed_fails_before_any_work(tmp_path: Path):
     wav(tmp_path / "clips" / "one.wav")
     # what a spreadsheet saves: a byte-order mark before the header
-    (tmp_path / "list.csv").write_bytes("audio,captions\nclips/one.wav,\nclips/two.wav,\n".encode("utf-8-sig"))
+    (tmp_path / "list.csv").write_bytes(
+        "audio,captions\nclips/one.wav,\nclips/two.wav,\n".encode("utf-8-sig")
+    )
     work = tmp_path / "work"
-    proc = llmasr(tmp_path, "data", "--work-dir", str(work), "--source", "list.csv", "--set", "label.model=bundled:tiny.en")
+    proc = llmasr(
+        tmp_path,
+        "data",
+        "--work-dir",
+        str(work),
+        "--source",
+        "list.csv",
+        "--set",
+        "label.model=bundled:tiny.en",
+    )
     line = error_line(proc)
     assert f"list.csv: row 2: audio file {tmp_path / 'clips' / 'two.wav'} does not exist" in line
     assert "no 'audio'" not in line and "one.wav" not in line  # the header was read through the BOM
@@ -297,23 +391,43 @@ def test_a_cached_rerun_reports_cached_not_a_label_rtfx_of_zero():
     from flows.data import DataRunResult
     from llmasr.cli import _label_rtfx_cell
 
-    first = DataRunResult("w", items=3, failed_items=0, segments=9, kept=7, shards=1, labelled_items=3, label_rtfx=12.345)
+    first = DataRunResult(
+        "w", items=3, failed_items=0, segments=9, kept=7, shards=1, labelled_items=3, label_rtfx=12.345
+    )
     assert _label_rtfx_cell(first) == "12.3"
-    rerun = DataRunResult("w", items=3, failed_items=0, segments=9, kept=7, shards=1, labelled_items=0, label_rtfx=0.0)
+    rerun = DataRunResult(
+        "w", items=3, failed_items=0, segments=9, kept=7, shards=1, labelled_items=0, label_rtfx=0.0
+    )
     assert _label_rtfx_cell(rerun) == "cached"
-    nothing = DataRunResult("w", items=1, failed_items=1, segments=0, kept=0, shards=0, labelled_items=0, label_rtfx=0.0)
+    nothing = DataRunResult(
+        "w", items=1, failed_items=1, segments=0, kept=0, shards=0, labelled_items=0, label_rtfx=0.0
+    )
     assert _label_rtfx_cell(nothing) == "-"
 
 
 def test_evaluate_from_another_folder_ends_by_saying_where_to_browse_runs(tmp_path: Path):
     scorable_set(tmp_path / "set")
-    (tmp_path / "hyps.jsonl").write_text(json.dumps({"utt_id": "clip", "text": "the patient has tachycardia"}) + "\n", encoding="utf-8")
+    (tmp_path / "hyps.jsonl").write_text(
+        json.dumps({"utt_id": "clip", "text": "the patient has tachycardia"}) + "\n", encoding="utf-8"
+    )
     work = tmp_path / "work"
-    proc = llmasr(tmp_path, "evaluate", "--work-dir", "work", "--test-set", "set=set", "--hyps", "mine=hyps.jsonl", "--set", "eval.common_words=0")
+    proc = llmasr(
+        tmp_path,
+        "evaluate",
+        "--work-dir",
+        "work",
+        "--test-set",
+        "set=set",
+        "--hyps",
+        "mine=hyps.jsonl",
+        "--set",
+        "eval.common_words=0",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (work / "eval" / "metrics.json").is_file()
     lines = proc.stderr.splitlines()
     hint = [i for i, ln in enumerate(lines) if ln.startswith("browse this run")]
     assert len(hint) == 1, proc.stderr[-3000:]
     assert f"llmasr ui --work-dir {work}" in lines[hint[0]] and "http://127.0.0.1:4200" in lines[hint[0]]
-    assert hint[0] > max(i for i, ln in enumerate(lines) if "evaluation:" in ln)  # after the table, at the end
+    # after the table, at the end
+    assert hint[0] > max(i for i, ln in enumerate(lines) if "evaluation:" in ln)

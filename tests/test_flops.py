@@ -53,7 +53,13 @@ def test_llmasr_step_flops_match_torch_count(setup, stage):
 
     got = measured(step)
     frames = (MEL_FRAMES - 1) // 2 + 1  # encoder frames per example
-    positions = frames // model.projector.k + len(model.prompt.prefix_ids) + len(model.prompt.suffix_ids) + len(targets[0]) + 1
+    positions = (
+        frames // model.projector.k
+        + len(model.prompt.prefix_ids)
+        + len(model.prompt.suffix_ids)
+        + len(targets[0])
+        + 1
+    )
     logit_rows = outs[0].logits.shape[0] * outs[0].logits.shape[1]  # the scored columns only
     assert logit_rows < B * positions
     want = step_flops(model, stage)(B * frames, B * frames**2, B * positions, B * positions**2, logit_rows)
@@ -70,19 +76,27 @@ def test_stage2_and_stage3_differ_by_the_lora_weights_only(setup):
     s3 = step_flops(model, 3)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     assert s3.per_position - s2.per_position == 6 * lora  # the frozen base still costs 4N in both
-    assert (s3.per_frame, s3.per_logit_row, s3.per_frame_pair) == (s2.per_frame, s2.per_logit_row, s2.per_frame_pair)
+    assert (s3.per_frame, s3.per_logit_row, s3.per_frame_pair) == (
+        s2.per_frame,
+        s2.per_logit_row,
+        s2.per_frame_pair,
+    )
 
 
 def test_stage1_step_flops_match_torch_count(setup):
     head = WhisperStage1Head.from_pretrained(setup.whisper)
     set_trainable(head, 1)
     cfg = head.whisper.config
-    labels = whisper_labels(whisper_tokenizer()(["hello world again"] * B)["input_ids"], cfg.decoder_start_token_id)
+    labels = whisper_labels(
+        whisper_tokenizer()(["hello world again"] * B)["input_ids"], cfg.decoder_start_token_id
+    )
     x, lengths = features(cfg.num_mel_bins)
     got = measured(lambda: head(x, lengths, labels).backward())
     frames = (MEL_FRAMES - 1) // 2 + 1
     positions = labels.shape[1]  # the decoder runs on the labels shifted right
-    want = step_flops(head, 1)(B * frames, B * frames**2, B * positions, B * positions**2, B * positions, B * positions * frames)
+    want = step_flops(head, 1)(
+        B * frames, B * frames**2, B * positions, B * positions**2, B * positions, B * positions * frames
+    )
     assert want == pytest.approx(got, rel=0.005), (want, got)
 
 
@@ -90,8 +104,15 @@ def test_a_gpt2_style_llm_is_counted_too(setup):
     """Config names differ by family (GPT-2: n_embd, n_layer; wte for the embedding): the count holds."""
     from llmasr.model import LLMASRConfig
 
-    cfg = LLMASRConfig.from_dict({**setup.config.to_dict(), "llm": {"model_type": "gpt2", "vocab_size": 50368, "n_embd": 64,
-                                                                     "n_layer": 2, "n_head": 4, "n_positions": 1024}})  # fmt: skip
+    gpt2 = {
+        "model_type": "gpt2",
+        "vocab_size": 50368,
+        "n_embd": 64,
+        "n_layer": 2,
+        "n_head": 4,
+        "n_positions": 1024,
+    }
+    cfg = LLMASRConfig.from_dict({**setup.config.to_dict(), "llm": gpt2})
     torch.manual_seed(0)
     model = build_model(cfg)
     set_trainable(model, 2)
@@ -105,7 +126,13 @@ def test_a_gpt2_style_llm_is_counted_too(setup):
 
     got = measured(step)
     frames = (MEL_FRAMES - 1) // 2 + 1
-    positions = frames // model.projector.k + len(model.prompt.prefix_ids) + len(model.prompt.suffix_ids) + len(targets[0]) + 1
+    positions = (
+        frames // model.projector.k
+        + len(model.prompt.prefix_ids)
+        + len(model.prompt.suffix_ids)
+        + len(targets[0])
+        + 1
+    )
     rows = outs[0].logits.shape[0] * outs[0].logits.shape[1]
     want = step_flops(model, 2)(B * frames, B * frames**2, B * positions, B * positions**2, rows)
     assert want == pytest.approx(got, rel=0.005), (want, got)
@@ -124,7 +151,8 @@ def test_a_ctc_only_step_counts_the_ctc_head_and_no_cached_encoder(setup, cached
     set_trainable(model, 2)
     x, lengths = features(model.encoder.num_mel_bins)
     targets = model.encode_targets(["the cat sat"] * B)
-    encoded = EncoderCache(model.encoder)([str(i) for i in range(B)], x, lengths) if cached else None  # not counted
+    # not counted
+    encoded = EncoderCache(model.encoder)([str(i) for i in range(B)], x, lengths) if cached else None
 
     def step():
         model(x, lengths, targets, ctc_only=True, encoded=encoded).loss.backward()
@@ -133,5 +161,14 @@ def test_a_ctc_only_step_counts_the_ctc_head_and_no_cached_encoder(setup, cached
     frames = (MEL_FRAMES - 1) // 2 + 1
     skipped = B * frames if cached else 0
     f = step_flops(model, 2)
-    want = f(B * frames, B * frames**2, 0, 0, 0, adapter_frames=B * (frames // f.k), cached_frames=skipped, cached_frames_sq=skipped * frames)
+    want = f(
+        B * frames,
+        B * frames**2,
+        0,
+        0,
+        0,
+        adapter_frames=B * (frames // f.k),
+        cached_frames=skipped,
+        cached_frames_sq=skipped * frames,
+    )
     assert want == pytest.approx(got, rel=0.005), (want, got)

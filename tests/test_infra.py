@@ -25,7 +25,9 @@ def test_prefect_yaml_entrypoints_are_the_project_flows():
         names.add(dep["name"])
     assert {"llmasr-data", "llmasr-train", "llmasr-evaluate", "llmasr-pipeline", "llmasr-ablation"} <= names
     template = json.loads((REPO / "infra" / "k8s" / "gpu-job-template.json").read_text())
-    limits = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    limits = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0][
+        "resources"
+    ]["limits"]
     assert limits["nvidia.com/gpu"] == "{{ gpus }}"
     pools = spec["definitions"]["work_pools"]
     for name in ("k8s_gpu_label", "k8s_gpu_train"):
@@ -41,7 +43,13 @@ def test_deployments_carry_parameter_descriptions_and_the_cron():
 
     cfg = load_config("demo", ["schedule.data_cron=0 3 * * *"])
     deps = {d.name: d for d in build_deployments(cfg, profile="demo")}
-    assert set(deps) == {"llmasr-data", "llmasr-train", "llmasr-evaluate", "llmasr-pipeline", "llmasr-ablation"}
+    assert set(deps) == {
+        "llmasr-data",
+        "llmasr-train",
+        "llmasr-evaluate",
+        "llmasr-pipeline",
+        "llmasr-ablation",
+    }
     data = deps["llmasr-data"]
     assert data.parameters == {"profile": "demo"}
     props = data._parameter_openapi_schema.properties
@@ -50,7 +58,9 @@ def test_deployments_carry_parameter_descriptions_and_the_cron():
     assert [s.schedule.cron for s in data.schedules] == ["0 3 * * *"]
     assert not deps["llmasr-train"].schedules
     ablation = deps["llmasr-ablation"]._parameter_openapi_schema.properties  # the form a person fills in
-    assert "KEY=V1,V2" in ablation["vary"]["description"] and "NAME:KEY=V" in ablation["variants"]["description"]
+    assert (
+        "KEY=V1,V2" in ablation["vary"]["description"] and "NAME:KEY=V" in ablation["variants"]["description"]
+    )
     # `llmasr ui --source URL`: the Run buttons of the data and pipeline deployments use it
     with_src = {d.name: d for d in build_deployments(cfg, profile="demo", sources=["https://youtu.be/x"])}
     for name in ("llmasr-data", "llmasr-pipeline", "llmasr-ablation"):

@@ -27,7 +27,15 @@ from tasks.ingest import (
 )
 
 CFG = IngestConfig(max_item_duration_s=2.0)
-SRT = "1\r\n00:00:00,100 --> 00:00:00,900\r\nhello there\r\n\r\n2\r\n00:00:01,000 --> 00:00:01,400\r\ngeneral kenobi\r\n"
+SRT = (
+    "1\r\n"
+    "00:00:00,100 --> 00:00:00,900\r\n"
+    "hello there\r\n"
+    "\r\n"
+    "2\r\n"
+    "00:00:01,000 --> 00:00:01,400\r\n"
+    "general kenobi\r\n"
+)
 
 
 def _wav(path: Path, seconds: float, sr: int = 44_100, channels: int = 2, freq: float = 440.0) -> Path:
@@ -50,7 +58,9 @@ def test_nonexistent_path_is_named(tmp_path: Path) -> None:
 
 def test_every_bad_source_is_named_at_once(tmp_path: Path) -> None:
     with pytest.raises(SourceError) as info:
-        resolve_sources(["ftp://example.com/a.mp3", str(tmp_path / "gone.wav"), "https://www.youtube.com/watch?v=abc"])
+        resolve_sources(
+            ["ftp://example.com/a.mp3", str(tmp_path / "gone.wav"), "https://www.youtube.com/watch?v=abc"]
+        )
     msg = str(info.value)
     assert "ftp://example.com/a.mp3" in msg and "http" in msg
     assert "gone.wav" in msg
@@ -98,7 +108,13 @@ def test_manifests_list_paths_relative_to_themselves_and_urls(tmp_path: Path) ->
     url = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
 
     jsonl = tmp_path / "m.jsonl"
-    jsonl.write_text(f'{{"audio": "sub/a.wav", "captions": "sub/a-captions.vtt"}}\n\n{{"url": "{url}"}}\n{{"path": "{b}"}}\n', encoding="utf-8")
+    jsonl.write_text(
+        '{"audio": "sub/a.wav", "captions": "sub/a-captions.vtt"}\n'
+        "\n"
+        f'{{"url": "{url}"}}\n'
+        f'{{"path": "{b}"}}\n',
+        encoding="utf-8",
+    )
     csv_ = tmp_path / "m.csv"
     csv_.write_text(f"audio,captions\nsub/a.wav,sub/a-captions.vtt\n{url},\nb.wav,\n", encoding="utf-8")
     txt = tmp_path / "m.txt"
@@ -131,7 +147,11 @@ def test_a_spreadsheet_csv_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
     a = _wav(tmp_path / "a.wav", 0.5)
     caps = tmp_path / "a.srt"
     caps.write_text(SRT, encoding="utf-8")
-    for name, text in (("m.csv", "audio,captions\na.wav,a.srt\n"), ("m.jsonl", '{"audio": "a.wav", "captions": "a.srt"}\n'), ("m.txt", "a.wav\n")):
+    for name, text in (
+        ("m.csv", "audio,captions\na.wav,a.srt\n"),
+        ("m.jsonl", '{"audio": "a.wav", "captions": "a.srt"}\n'),
+        ("m.txt", "a.wav\n"),
+    ):
         manifest = tmp_path / name
         manifest.write_bytes(text.encode("utf-8-sig"))  # Excel's and Notepad's "UTF-8"
         (src,) = resolve_sources([str(manifest)])
@@ -144,11 +164,20 @@ def test_a_manifest_row_whose_audio_never_existed_fails_before_any_work(tmp_path
     _wav(tmp_path / "a.wav", 0.5)
     m = tmp_path / "m.jsonl"
     url = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
-    m.write_text(f'{{"audio": "a.wav"}}\n{{"audio": "{url}"}}\n{{"audio": "sub/gone.wav"}}\n{{"audio": "/nowhere/b.wav"}}\n', encoding="utf-8")
+    m.write_text(
+        '{"audio": "a.wav"}\n'
+        f'{{"audio": "{url}"}}\n'
+        '{"audio": "sub/gone.wav"}\n'
+        '{"audio": "/nowhere/b.wav"}\n',
+        encoding="utf-8",
+    )
     with pytest.raises(SourceError) as info:
         resolve_sources([str(m)])
     msg = str(info.value)
-    assert f"{m.resolve()}: row 3: audio file {tmp_path.resolve() / 'sub' / 'gone.wav'} does not exist (and 1 more rows whose audio is missing)" in msg
+    assert (
+        f"{m.resolve()}: row 3: audio file {tmp_path.resolve() / 'sub' / 'gone.wav'} does not exist (and 1 "
+        "more rows whose audio is missing)" in msg
+    )
     assert "\n" not in msg and "a.wav" not in msg.replace("gone.wav", "")
 
 
@@ -202,7 +231,23 @@ def folder(tmp_path: Path) -> dict[str, Path]:
     files["text"].write_text("this is not an mp3, just some words\n" * 20, encoding="utf-8")
     files["truncated"] = d / "truncated.mp3"
     mp3 = d / "full.mp3.src"  # not an audio extension: only the truncated copy is ingested
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=f=440:d=2", "-f", "mp3", str(mp3)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=f=440:d=2",
+            "-f",
+            "mp3",
+            str(mp3),
+        ],
+        check=True,
+    )
     files["truncated"].write_bytes(mp3.read_bytes()[:1000])  # a few mp3 frames: still decodable
     files["garbage"] = d / "garbage.m4a"  # no container, no codec: certainly undecodable
     files["garbage"].write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
@@ -306,10 +351,14 @@ def test_a_truncation_note_and_a_captions_note_are_both_kept(tmp_path: Path) -> 
     files, _ = expand_source(src)
     (item,) = ingest_local(files, WorkLayout(tmp_path / "work"), CFG)
     assert item.status == STATUS_OK and item.error is not None
-    assert item.error.startswith("truncated: the header declares 5.00 s, 1.00 s decoded (kept); captions ignored (")
+    assert item.error.startswith(
+        "truncated: the header declares 5.00 s, 1.00 s decoded (kept); captions ignored ("
+    )
 
 
-def test_undecodable_bytes_with_an_audio_extension_fail_naming_the_file(folder: dict[str, Path], tmp_path: Path) -> None:
+def test_undecodable_bytes_with_an_audio_extension_fail_naming_the_file(
+    folder: dict[str, Path], tmp_path: Path
+) -> None:
     items, layout = _ingest(folder, tmp_path / "work")
     garbage = _by_name(items, folder)["garbage"]
     assert garbage.status == STATUS_FAILED
@@ -358,7 +407,9 @@ def test_malformed_captions_keep_the_audio_and_say_so(folder: dict[str, Path], t
     assert not layout.captions(bad.item_id).exists()
 
 
-def test_second_run_returns_the_same_items_without_converting_again(folder: dict[str, Path], tmp_path: Path) -> None:
+def test_second_run_returns_the_same_items_without_converting_again(
+    folder: dict[str, Path], tmp_path: Path
+) -> None:
     first, layout = _ingest(folder, tmp_path / "work")
     stamps = {it.item_id: layout.abs(it.path).stat().st_mtime_ns for it in first if it.path}
     assert len(stamps) >= 4
@@ -399,7 +450,10 @@ def test_a_manifest_row_whose_captions_are_missing_is_ingested_without_them(tmp_
     b = _wav(tmp_path / "b.wav", 0.5)
     (tmp_path / "b.srt").write_text(SRT, encoding="utf-8")
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text('{"audio": "a.wav", "captions": "a-typo.vtt"}\n{"audio": "b.wav", "captions": "b.srt"}\n', encoding="utf-8")
+    manifest.write_text(
+        '{"audio": "a.wav", "captions": "a-typo.vtt"}\n{"audio": "b.wav", "captions": "b.srt"}\n',
+        encoding="utf-8",
+    )
     (src,) = resolve_sources([str(manifest)])
     files, _ = expand_source(src)
     layout = WorkLayout(tmp_path / "work")

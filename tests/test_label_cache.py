@@ -94,14 +94,22 @@ def test_a_captioned_stretch_of_silence_is_labelled_and_dropped_not_lost(tmp_pat
     dst.parent.mkdir(parents=True, exist_ok=True)
     convert_to_flac16k(scratch / "quiet.wav", dst)
     write_vtt(layout.captions("quiet"), [Cue(0.0, ITEM_S, "words nobody said out loud")])
-    item = Item("quiet", "/src", None, layout.rel(dst), ITEM_S, layout.rel(layout.captions("quiet")), STATUS_OK)
+    item = Item(
+        "quiet", "/src", None, layout.rel(dst), ITEM_S, layout.rel(layout.captions("quiet")), STATUS_OK
+    )
 
     segment.segment_batch(layout, [item], cfg.segment)
     segs = segment.read_segments(layout, [item], cfg.segment)
     assert [s.caption_text for s in segs["quiet"]] == ["words nobody said out loud"]
     assert label.label_batch(layout, [item], segs, cfg.label, cfg.filter).items == 1
     labels = label.read_labels(layout, [item], segs, cfg.label, cfg.filter)
-    assert [lab.segment_id for lab in labels] == [s.segment_id for s in segs["quiet"]]  # labelled, not skipped
+    # labelled, not skipped
+    assert [lab.segment_id for lab in labels] == [s.segment_id for s in segs["quiet"]]
     [decision] = decide_all(segs["quiet"], labels, cfg.filter, cfg.shard.validation_fraction)
     assert not decision.kept
-    assert set(decision.reasons) & {"empty_label", "no_speech", "high_compression_ratio", "caption_mismatch"}, decision
+    assert set(decision.reasons) & {
+        "empty_label",
+        "no_speech",
+        "high_compression_ratio",
+        "caption_mismatch",
+    }, decision

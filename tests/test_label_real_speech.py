@@ -29,14 +29,20 @@ def test_tiny_en_labels_real_speech_under_5_percent_nwer(shared_data: Path, tmp_
 
     segment.segment_batch(layout, items, cfg.segment)
     segs = segment.read_segments(layout, items, cfg.segment)
-    assert all(s.cut_by == "vad" and s.duration_s < cfg.segment.max_segment_s for v in segs.values() for s in v)
+    assert all(
+        s.cut_by == "vad" and s.duration_s < cfg.segment.max_segment_s for v in segs.values() for s in v
+    )
     # keep every VAD segment for this measurement (the demo's duration rule would drop < 1 s)
     filter_cfg = cfg.filter.model_copy(update={"min_duration_s": 0.0})
     stats = label.label_batch(layout, items, segs, cfg.label, filter_cfg)
     assert stats.items == 17 and stats.rtfx > 0
-    labels = {lab.segment_id: lab.text for lab in label.read_labels(layout, items, segs, cfg.label, filter_cfg)}
+    labels = {
+        lab.segment_id: lab.text for lab in label.read_labels(layout, items, segs, cfg.label, filter_cfg)
+    }
 
-    refs = {r["audio"]: r["text"] for r in map(json.loads, (clips / "manifest.jsonl").read_text().splitlines())}
+    refs = {
+        r["audio"]: r["text"] for r in map(json.loads, (clips / "manifest.jsonl").read_text().splitlines())
+    }
     errors = words = 0
     for item, f in zip(items, files):
         hyp = " ".join(labels[s.segment_id] for s in segs[item.item_id])

@@ -9,10 +9,31 @@ import pytest
 from llmasr.layout import WorkLayout, safe_id
 
 
-@pytest.mark.parametrize("raw", ["../../etc", "../../../etc/passwd", "/etc/passwd", "a/../../b", "..", ".", "", "~root", "x\x00y", "Café talk 01.wav", "a b", "a_b"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "../../etc",
+        "../../../etc/passwd",
+        "/etc/passwd",
+        "a/../../b",
+        "..",
+        ".",
+        "",
+        "~root",
+        "x\x00y",
+        "Café talk 01.wav",
+        "a b",
+        "a_b",
+    ],
+)
 def test_every_stage_path_of_a_hostile_id_stays_inside_the_work_dir(tmp_path: Path, raw: str):
     layout = WorkLayout(tmp_path / "work")
-    for path in (layout.audio(raw), layout.captions(raw), layout.item_record(raw), layout.part("labels", raw)):
+    for path in (
+        layout.audio(raw),
+        layout.captions(raw),
+        layout.item_record(raw),
+        layout.part("labels", raw),
+    ):
         resolved = path.resolve()
         assert layout.root in resolved.parents, path
         assert "/" not in path.name and path.name.split(".")[0] == safe_id(raw)

@@ -22,7 +22,9 @@ with work_dir_lock(Path(sys.argv[1]), what="holder"):
 
 
 def _holder(root: Path, seconds: float) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(root), str(seconds)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(root), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -75,7 +77,20 @@ def test_the_cli_reports_a_busy_work_dir_as_an_error_not_a_traceback(tmp_path: P
     proc = _holder(work, 120)
     try:
         # a labeller that ships with llmasr: the default large-v3 may not be here (preflight checks it)
-        assert main(["data", "--work-dir", str(work), "--source", str(src), "--set", "label.model=bundled:tiny.en"]) == 2
+        assert (
+            main(
+                [
+                    "data",
+                    "--work-dir",
+                    str(work),
+                    "--source",
+                    str(src),
+                    "--set",
+                    "label.model=bundled:tiny.en",
+                ]
+            )
+            == 2
+        )
     finally:
         proc.kill()
         proc.wait()
@@ -121,7 +136,10 @@ def test_runs_that_wait_for_each_other_never_overlap_while_lock_files_come_and_g
     # each release removes the lock file, which another waiter may have opened already: a waiter
     # that then gets the flock of the removed file must not run (it locks the file at the path).
     # Locking whatever file was opened let two of these six overlap in about every other try.
-    procs = [subprocess.Popen([sys.executable, "-c", TURN, str(tmp_path)], stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", TURN, str(tmp_path)], stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, errs
     assert not any("took over" in e for e in errs)  # every holder removed its own file

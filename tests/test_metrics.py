@@ -75,7 +75,8 @@ def test_common_words_are_never_rare_by_count() -> None:
         assert word in common and word not in rare, word
     assert "gastroenteritis" in rare and "dioralyte" in rare and "quilter" in rare
     assert rare.by_count("test") and not rare.by_count("the")
-    assert RareWords(build_vocabulary(TRAIN), common=common_word_set(0)).__contains__("test")  # 0 turns it off
+    # 0 turns it off
+    assert RareWords(build_vocabulary(TRAIN), common=common_word_set(0)).__contains__("test")
 
 
 def test_common_word_list_is_normalised_like_the_references() -> None:
@@ -108,7 +109,11 @@ def test_equally_short_alignments_put_errors_by_the_documented_rule() -> None:
     rare = RareWords({"b": 1, "c": 1})  # "a" unseen: rare
     s = score_utterance("u", "b c a b", "a b c", rare)
     assert [(a.op, a.ref, a.hyp) for a in s.alignment] == [
-        ("delete", "b", None), ("delete", "c", None), ("equal", "a", "a"), ("equal", "b", "b"), ("insert", None, "c")
+        ("delete", "b", None),
+        ("delete", "c", None),
+        ("equal", "a", "a"),
+        ("equal", "b", "b"),
+        ("insert", None, "c"),
     ]
     assert (s.r_errors, s.r_words, s.u_errors, s.u_words) == (0, 1, 3, 3)
     assert s.n == WordErrors(0, 2, 1, 4)
@@ -117,7 +122,11 @@ def test_equally_short_alignments_put_errors_by_the_documented_rule() -> None:
 def test_among_equally_short_alignments_the_one_with_most_matches_wins() -> None:
     # 2 substitutions, or delete "quilter", match "said", insert "so": both 2 errors
     s = score_utterance("u", "quilter said", "said so", RareWords({"said": 2, "so": 2}))
-    assert [(a.op, a.ref, a.hyp) for a in s.alignment] == [("delete", "quilter", None), ("equal", "said", "said"), ("insert", None, "so")]
+    assert [(a.op, a.ref, a.hyp) for a in s.alignment] == [
+        ("delete", "quilter", None),
+        ("equal", "said", "said"),
+        ("insert", None, "so"),
+    ]
     assert (s.r_errors, s.r_words, s.u_errors, s.u_words) == (1, 1, 1, 1)
 
 
@@ -241,7 +250,8 @@ def test_utterance_score_to_dict_is_json(rare: RareWords) -> None:
 # corpus level
 
 CORPUS = [
-    # (id, ref, hyp)  -- per-utterance counts in the comments: N errors/words, R errors/words, U errors/words, O errors/words
+    # (id, ref, hyp)  -- per-utterance counts in the comments: N errors/words, R errors/words, U errors/words,
+    # O errors/words
     ("a", "The patient has gastroenteritis.", "the patient has gastro enteritis"),  # N 2/4 R 2/1 U 0/3 O 3/4
     ("b", "Take the Dioralyte tablets", "take the tablets"),  # N 1/4 R 1/1 U 0/3 O 2/4
     ("c", "take the tablets", "take the dioralyte"),  # N 1/3 R 0/0 U 1/3 O 1/3
@@ -276,7 +286,9 @@ def test_corpus_o_and_n_agree_with_jiwer(rare: RareWords) -> None:
     pairs = [(r, h) for _, r, h in CORPUS if r or h]
     c = score_corpus(score_utterance(str(i), r, h, rare) for i, (r, h) in enumerate(pairs))
     assert c.o_wer == pytest.approx(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
-    assert c.n_wer == pytest.approx(jiwer.wer([normalize(r) for r, _ in pairs], [normalize(h) for _, h in pairs]))
+    assert c.n_wer == pytest.approx(
+        jiwer.wer([normalize(r) for r, _ in pairs], [normalize(h) for _, h in pairs])
+    )
 
 
 def test_no_rare_reference_words_gives_r_wer_none(rare: RareWords) -> None:
@@ -294,7 +306,13 @@ def test_rare_words_all_correct_gives_r_wer_zero(rare: RareWords) -> None:
 
 def test_empty_corpus_and_insertions_only() -> None:
     empty = score_corpus([])
-    assert (empty.o_wer, empty.n_wer, empty.r_wer, empty.u_wer, empty.utterances) == (None, None, None, None, 0)
+    assert (empty.o_wer, empty.n_wer, empty.r_wer, empty.u_wer, empty.utterances) == (
+        None,
+        None,
+        None,
+        None,
+        0,
+    )
     rare = RareWords(Counter())
     only_ins = score_corpus([score_utterance("e", "", "hello there", rare)])
     assert only_ins.n_wer is None and only_ins.n_errors == 2 and only_ins.words == 0

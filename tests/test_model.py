@@ -252,7 +252,9 @@ def test_stage1_head_trains_encoder_used_by_llmasr(setup, tmp_path):
     head = WhisperStage1Head.from_pretrained(setup.whisper)
     set_trainable(head, 1)
     tok = whisper_tokenizer()
-    labels = whisper_labels(tok(["hello world", "a cat"])["input_ids"], head.whisper.config.decoder_start_token_id)
+    labels = whisper_labels(
+        tok(["hello world", "a cat"])["input_ids"], head.whisper.config.decoder_start_token_id
+    )
     assert labels[0, 0].item() != head.whisper.config.decoder_start_token_id
     x, lengths = mel(2, 300), torch.tensor([300, 200])
     decoder_before = {n: p.detach().clone() for n, p in head.whisper.model.decoder.named_parameters()}
@@ -300,7 +302,11 @@ def test_projector_round_trip(model, tmp_path):
 
 
 def model_cfg_dict(model: LLMASR) -> dict:
-    return {"encoder": model.encoder.config.to_dict(), "llm": {**model.llm.config.to_dict()}, "projector_hidden": 32}
+    return {
+        "encoder": model.encoder.config.to_dict(),
+        "llm": {**model.llm.config.to_dict()},
+        "projector_hidden": 32,
+    }
 
 
 def test_lora_adapter_and_merge_round_trip(model, setup, tmp_path):
@@ -366,26 +372,29 @@ def test_generate_batch_of_different_lengths(model):
 def test_tokenizer_loads_with_autotokenizer(setup):
     tok = AutoTokenizer.from_pretrained(str(setup.tokenizer))
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
-    assert tok("hello world", add_special_tokens=True)["input_ids"] == tok("hello world", add_special_tokens=False)["input_ids"]
+    assert (
+        tok("hello world", add_special_tokens=True)["input_ids"]
+        == tok("hello world", add_special_tokens=False)["input_ids"]
+    )
     assert Path(setup.tokenizer, "tokenizer_config.json").is_file()
 
 
 # ------------------------------------------------------------------------- remote-code LLMs
 
-REMOTE_CONFIG = '''from transformers import Qwen2Config
+REMOTE_CONFIG = """from transformers import Qwen2Config
 
 
 class TinyRemoteConfig(Qwen2Config):
     model_type = "tinyremote"
-'''
-REMOTE_MODELING = '''from transformers import Qwen2ForCausalLM
+"""
+REMOTE_MODELING = """from transformers import Qwen2ForCausalLM
 
 from .configuration_tinyremote import TinyRemoteConfig
 
 
 class TinyRemoteForCausalLM(Qwen2ForCausalLM):
     config_class = TinyRemoteConfig
-'''
+"""
 
 
 def test_an_llm_with_its_own_code_needs_trust_remote_code(setup, tmp_path):
@@ -401,7 +410,10 @@ def test_an_llm_with_its_own_code_needs_trust_remote_code(setup, tmp_path):
     cfg_json.update(
         model_type="tinyremote",
         architectures=["TinyRemoteForCausalLM"],
-        auto_map={"AutoConfig": "configuration_tinyremote.TinyRemoteConfig", "AutoModelForCausalLM": "modeling_tinyremote.TinyRemoteForCausalLM"},
+        auto_map={
+            "AutoConfig": "configuration_tinyremote.TinyRemoteConfig",
+            "AutoModelForCausalLM": "modeling_tinyremote.TinyRemoteForCausalLM",
+        },
     )
     (remote / "config.json").write_text(json.dumps(cfg_json))
 
@@ -425,7 +437,13 @@ def test_sliced_logits_train_exactly_as_full_logits(model, setup):
 
     class NoKeepLM(Qwen2ForCausalLM):  # an older forward: no logits_to_keep
         def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, **kwargs):
-            return super().forward(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels, **kwargs)
+            return super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                **kwargs,
+            )
 
     old_llm = NoKeepLM(model.llm.config)
     old_llm.load_state_dict(model.llm.state_dict())
@@ -449,6 +467,10 @@ def test_sliced_logits_train_exactly_as_full_logits(model, setup):
     assert old_out.logits.shape[1] == old_out.labels.shape[1]  # every position
     assert new_out.logits.shape[1] < old_out.labels.shape[1] // 2  # prompt + speech dominate the sequence
     torch.testing.assert_close(new_out.loss, old_out.loss, atol=1e-6, rtol=1e-6)
-    assert new_g.keys() == old_g.keys() and any("lora_B" in n for n in new_g) and any(n.startswith("projector.") for n in new_g)
+    assert (
+        new_g.keys() == old_g.keys()
+        and any("lora_B" in n for n in new_g)
+        and any(n.startswith("projector.") for n in new_g)
+    )
     for n in new_g:
         torch.testing.assert_close(new_g[n], old_g[n], atol=1e-6, rtol=1e-5, msg=n)

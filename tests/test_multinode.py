@@ -1,11 +1,12 @@
 """Training across nodes: DeepSpeed's launcher with a hostfile, reaching the nodes with pdsh over ssh.
 
 Two "nodes" on this machine: a real sshd on 127.0.0.1 (its own host key, an authorized key made
-here, no PAM; started by the test's user, root or not) and a hostfile naming it twice (``localhost`` and ``127.0.0.1``, one slot each), so
-DeepSpeed's runner takes its multi-node path: an ssh check, the master address from the first
-host's ``hostname -I``, ``pdsh -w localhost,127.0.0.1`` running ``deepspeed.launcher.launch
---node_rank=%n`` on each.  The one fake is the ssh client configuration: ``ssh`` on PATH is a
-wrapper that adds ``-F`` with this test's port and key (a cluster has them in ~/.ssh/config).
+here, no PAM; started by the test's user, root or not) and a hostfile naming it twice (``localhost``
+and ``127.0.0.1``, one slot each), so DeepSpeed's runner takes its multi-node path: an ssh check,
+the master address from the first host's ``hostname -I``, ``pdsh -w localhost,127.0.0.1`` running
+``deepspeed.launcher.launch --node_rank=%n`` on each.  The one fake is the ssh client
+configuration: ``ssh`` on PATH is a wrapper that adds ``-F`` with this test's port and key (a
+cluster has them in ~/.ssh/config).
 
 Checked: the stage trains with world size 2 on 2 nodes, and its losses equal those of the same
 stage as 2 processes on one node (torchrun); the ranks' environment reaches the other node through
@@ -26,7 +27,15 @@ import pytest
 
 from llmasr.config import TrainConfig
 from tasks.checkpoints import read_stage, stage_dir
-from tasks.launch import hostfile_problem, kill_group, launch_command, launch_stage, node_env, read_hostfile, stage_env
+from tasks.launch import (
+    hostfile_problem,
+    kill_group,
+    launch_command,
+    launch_stage,
+    node_env,
+    read_hostfile,
+    stage_env,
+)
 from tasks.train import _free_port
 from test_train import records, shard_index, tiny, train_config, trainers_of, write_run  # noqa: F401 - fixtures
 
@@ -52,9 +61,16 @@ def ssh_nodes(tmp_path_factory):
     shutil.copy(d / "client_key.pub", d / "authorized_keys")
     port = _free_port()
     (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
-        f"PidFile {d / 'sshd.pid'}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        f"Port {port}\n"
+        "ListenAddress 127.0.0.1\n"
+        f"HostKey {d / 'host_key'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\n"
+        f"PidFile {d / 'sshd.pid'}\n"
+        "PermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "UsePAM no\n"
+        "StrictModes no\n"
     )
     (d / "ssh_config").write_text(
         f"Host *\n  Port {port}\n  IdentityFile {d / 'client_key'}\n  IdentitiesOnly yes\n  BatchMode yes\n"
@@ -64,12 +80,18 @@ def ssh_nodes(tmp_path_factory):
     bin_dir.mkdir()
     (bin_dir / "ssh").write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {d / "ssh_config"} "$@"\n')
     (bin_dir / "ssh").chmod(0o755)
-    if os.geteuid() == 0:  # root's sshd needs its privilege-separation folder; a user's sshd logs in only that user
+    # root's sshd needs its privilege-separation folder; a user's sshd logs in only that user
+    if os.geteuid() == 0:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-    sshd = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")], stderr=open(d / "sshd.log", "w"))
+    sshd = subprocess.Popen(
+        [str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")], stderr=open(d / "sshd.log", "w")
+    )
     try:
         for _ in range(100):
-            ok = subprocess.run([str(bin_dir / "ssh"), "127.0.0.1", "true"], capture_output=True).returncode == 0
+            ok = (
+                subprocess.run([str(bin_dir / "ssh"), "127.0.0.1", "true"], capture_output=True).returncode
+                == 0
+            )
             if ok or sshd.poll() is not None:
                 break
             time.sleep(0.1)
@@ -95,11 +117,13 @@ def _losses(work: Path, stage: int) -> list[float]:
     return [r["loss"] for r in records(work) if r["stage"] == stage and "loss" in r]
 
 
-def test_stage_trains_across_two_nodes(ssh_nodes, tiny, shard_index, tmp_path, monkeypatch):
+def test_stage_trains_across_two_nodes(ssh_nodes, tiny, shard_index, tmp_path, monkeypatch):  # noqa: F811 - fixtures from test_train
     monkeypatch.setenv("PATH", f"{ssh_nodes}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("LLMASR_NODE_CHECK", "forwarded")  # must reach the ranks of the other node
     hostfile = _hostfile(tmp_path / "hostfile")
-    multi = train_config(tiny, launcher="deepspeed", hostfile=str(hostfile), master_port=_free_port(), timeout_s=600)
+    multi = train_config(
+        tiny, launcher="deepspeed", hostfile=str(hostfile), master_port=_free_port(), timeout_s=600
+    )
     single = train_config(tiny, launcher="torchrun", nproc_per_node=2, timeout_s=600)
     assert hostfile_problem(multi) is None
 
@@ -127,12 +151,14 @@ def test_stage_trains_across_two_nodes(ssh_nodes, tiny, shard_index, tmp_path, m
     assert "export LLMASR_NODE_CHECK=forwarded;" in log
 
 
-def test_a_killed_launcher_leaves_no_rank_on_any_node(ssh_nodes, tiny, shard_index, tmp_path, monkeypatch):
+def test_a_killed_launcher_leaves_no_rank_on_any_node(ssh_nodes, tiny, shard_index, tmp_path, monkeypatch):  # noqa: F811 - fixtures from test_train
     """What the task does on train.timeout_s (``kill_group``: SIGTERM to the launcher's group, then
     SIGKILL) stops the ranks on every node: DeepSpeed's runner pkills those it started over ssh,
     which are sshd's children, not the launcher's."""
     monkeypatch.setenv("PATH", f"{ssh_nodes}{os.pathsep}{os.environ['PATH']}")
-    train = train_config(tiny, launcher="deepspeed", hostfile=str(_hostfile(tmp_path / "hostfile")), master_port=_free_port())
+    train = train_config(
+        tiny, launcher="deepspeed", hostfile=str(_hostfile(tmp_path / "hostfile")), master_port=_free_port()
+    )
     work = tmp_path / "work"
     run_json = write_run(work, 2, train, shard_index, max_steps=100000)
     log = work / "logs" / "stage2.log"
@@ -147,7 +173,8 @@ def test_a_killed_launcher_leaves_no_rank_on_any_node(ssh_nodes, tiny, shard_ind
             assert proc.poll() is None, f"the launcher exited ({proc.returncode}) before training"
             assert time.time() < deadline, "no training step within 10 minutes"
             time.sleep(0.5)
-        assert trainers_of(run_json)  # the launcher, pdsh, ssh, the launch agents, the ranks and their loader workers
+        # the launcher, pdsh, ssh, the launch agents, the ranks and their loader workers
+        assert trainers_of(run_json)
     finally:
         kill_group(proc)
     deadline = time.time() + 60
@@ -157,20 +184,26 @@ def test_a_killed_launcher_leaves_no_rank_on_any_node(ssh_nodes, tiny, shard_ind
     assert read_stage(stage_dir(work, 2)) is None
 
 
-def test_hostfile_errors_name_the_key(tiny, tmp_path, monkeypatch):
+def test_hostfile_errors_name_the_key(tiny, tmp_path, monkeypatch):  # noqa: F811 - fixtures from test_train
     good = _hostfile(tmp_path / "hostfile")
     assert read_hostfile(good) == {"localhost": 1, "127.0.0.1": 1}
     assert "train.launcher" in hostfile_problem(train_config(tiny, launcher="torchrun", hostfile=str(good)))
-    assert "no such file" in hostfile_problem(train_config(tiny, launcher="deepspeed", hostfile=str(tmp_path / "nope")))
+    assert "no such file" in hostfile_problem(
+        train_config(tiny, launcher="deepspeed", hostfile=str(tmp_path / "nope"))
+    )
     bad = tmp_path / "bad"
     bad.write_text("node-1 slots=8\nnode-2 gpus=8\n")
     assert hostfile_problem(train_config(tiny, launcher="deepspeed", hostfile=str(bad))) == (
         f"train.hostfile: {bad}: line 2: 'node-2 gpus=8' is not 'HOST slots=N' (N >= 1)"
     )
     (tmp_path / "empty").write_text("# nothing\n")
-    assert "lists no hosts" in hostfile_problem(train_config(tiny, launcher="deepspeed", hostfile=str(tmp_path / "empty")))
+    assert "lists no hosts" in hostfile_problem(
+        train_config(tiny, launcher="deepspeed", hostfile=str(tmp_path / "empty"))
+    )
     monkeypatch.setenv("PATH", str(tmp_path))  # no pdsh, mpirun or srun here
-    problem = hostfile_problem(train_config(tiny, launcher="deepspeed", hostfile=str(good), node_launcher="slurm"))
+    problem = hostfile_problem(
+        train_config(tiny, launcher="deepspeed", hostfile=str(good), node_launcher="slurm")
+    )
     assert problem.startswith("train.node_launcher: slurm needs `srun`")
 
 
@@ -178,8 +211,15 @@ def test_launch_command_with_a_hostfile(tmp_path):
     hostfile = _hostfile(tmp_path / "hostfile")
     t = TrainConfig(launcher="deepspeed", hostfile=str(hostfile), master_addr="10.0.0.1", master_port=29600)
     assert launch_command("RUN.json", t, python="py") == [
-        "py", "-m", "deepspeed.launcher.runner", "--master_port", "29600", "--hostfile", str(hostfile.resolve()),
-        "--launcher", "pdsh", "--master_addr", "10.0.0.1", "--module", "tasks.train", "RUN.json",
+        "py", "-m", "deepspeed.launcher.runner",
+        "--master_port", "29600", "--hostfile", str(hostfile.resolve()), "--launcher", "pdsh",
+        "--master_addr", "10.0.0.1", "--module", "tasks.train", "RUN.json",
     ]  # fmt: skip
-    env = {"HF_HUB_OFFLINE": "1", "NCCL_IB_DISABLE": "1", "PATH": "/bin", "SECRET_TOKEN": "x", "LLMASR_BAD": 'a"b'}
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "NCCL_IB_DISABLE": "1",
+        "PATH": "/bin",
+        "SECRET_TOKEN": "x",
+        "LLMASR_BAD": 'a"b',
+    }
     assert node_env(env) == {"HF_HUB_OFFLINE": "1", "NCCL_IB_DISABLE": "1"}

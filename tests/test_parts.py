@@ -20,15 +20,30 @@ LABEL_SOURCE = (REPO / "tasks" / "label.py").read_text(encoding="utf-8")
 
 def test_comments_docstrings_and_formatting_leave_the_meaning_unchanged():
     base = source_meaning(LABEL_SOURCE)
-    assert "SEGMENTS_PER_CALL = 64" in LABEL_SOURCE and '"""Seconds of audio labelled per second of wall time."""' in LABEL_SOURCE
+    assert (
+        "SEGMENTS_PER_CALL = 64" in LABEL_SOURCE
+        and '"""Seconds of audio labelled per second of wall time."""' in LABEL_SOURCE
+    )
     variants = {
         "comment appended": LABEL_SOURCE + "\n# a note for the next reader\n",
-        "comment inline": LABEL_SOURCE.replace("SEGMENTS_PER_CALL = 64", "SEGMENTS_PER_CALL = 64  # per call"),
-        "function docstring": LABEL_SOURCE.replace('"""Seconds of audio labelled per second of wall time."""', '"""Audio seconds per wall second."""'),
-        "function docstring removed": LABEL_SOURCE.replace('"""Seconds of audio labelled per second of wall time."""', ""),
-        "module docstring": LABEL_SOURCE.replace('"""label: pseudo-label segments', '"""label: pseudo-label the segments', 1),
-        "reformat": LABEL_SOURCE.replace("SEGMENTS_PER_CALL = 64", "SEGMENTS_PER_CALL = (\n    64\n)").replace("\n\n\n", "\n\n\n\n"),
-        "quotes": LABEL_SOURCE.replace('log = logging.getLogger("llmasr.label")', "log = logging.getLogger('llmasr.label')"),
+        "comment inline": LABEL_SOURCE.replace(
+            "SEGMENTS_PER_CALL = 64", "SEGMENTS_PER_CALL = 64  # per call"
+        ),
+        "function docstring": LABEL_SOURCE.replace(
+            '"""Seconds of audio labelled per second of wall time."""', '"""Audio seconds per wall second."""'
+        ),
+        "function docstring removed": LABEL_SOURCE.replace(
+            '"""Seconds of audio labelled per second of wall time."""', ""
+        ),
+        "module docstring": LABEL_SOURCE.replace(
+            '"""label: pseudo-label segments', '"""label: pseudo-label the segments', 1
+        ),
+        "reformat": LABEL_SOURCE.replace(
+            "SEGMENTS_PER_CALL = 64", "SEGMENTS_PER_CALL = (\n    64\n)"
+        ).replace("\n\n\n", "\n\n\n\n"),
+        "quotes": LABEL_SOURCE.replace(
+            'log = logging.getLogger("llmasr.label")', "log = logging.getLogger('llmasr.label')"
+        ),
     }
     for what, source in variants.items():
         assert source != LABEL_SOURCE, what
@@ -103,10 +118,19 @@ def _code_copy(src: Path, dst: Path) -> Path:
 
 def _stage_keys(code_root: Path, work: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code_root), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", STAGE_KEYS, str(work)], cwd=code_root, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", STAGE_KEYS, str(work)],
+        cwd=code_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     keys = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert all(Path(f).resolve().is_relative_to(code_root.resolve()) for f in keys.pop("loaded_from")), "the copy was not imported"
+    assert all(Path(f).resolve().is_relative_to(code_root.resolve()) for f in keys.pop("loaded_from")), (
+        "the copy was not imported"
+    )
     return keys
 
 
@@ -121,7 +145,11 @@ def test_a_comment_in_the_labelling_and_model_modules_keeps_data_and_train_runs_
 
     work = tmp_path / "work"
     layout = WorkLayout(work)
-    for path, data in ((layout.audio("vid"), b"fLaC"), (layout.captions("vid"), b"WEBVTT\n"), (layout.shard_index, b'{"shards": []}')):
+    for path, data in (
+        (layout.audio("vid"), b"fLaC"),
+        (layout.captions("vid"), b"WEBVTT\n"),
+        (layout.shard_index, b'{"shards": []}'),
+    ):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 

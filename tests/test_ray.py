@@ -36,12 +36,19 @@ def _free_port() -> int:
 def _ray(*args: str, env: dict) -> None:
     proc = subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=180, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"ray {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"ray {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
 
 
 def _alive_nodes(address: str) -> int:
-    code = f"import ray; ray.init(address={address!r}, logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    code = (
+        f"import ray; ray.init(address={address!r}, logging_level='ERROR'); print(sum(n['Alive'] for n in "
+        "ray.nodes()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return int(out.stdout.strip().splitlines()[-1])
@@ -61,7 +68,16 @@ def ray_cluster(session_tmp: Path):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
     common = ["--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"]
     try:
-        _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={temp}", *common, env=env)
+        _ray(
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=false",
+            f"--temp-dir={temp}",
+            *common,
+            env=env,
+        )
         _ray("start", f"--address={address}", "--node-ip-address=127.0.0.1", *common, env=env)
         deadline = time.monotonic() + 120
         while (n := _alive_nodes(address)) < 2:
@@ -73,14 +89,21 @@ def ray_cluster(session_tmp: Path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_labelling_on_a_ray_cluster_matches_the_local_run(ray_cluster: str, reference_run, corpus: Path, session_tmp: Path):
+def test_labelling_on_a_ray_cluster_matches_the_local_run(
+    ray_cluster: str, reference_run, corpus: Path, session_tmp: Path
+):
     from flows.data import data_flow
     from llmasr.layout import WorkLayout
     from llmasr.records import Label, read_records
 
     ref_work, ref_result = reference_run
     work = session_tmp / "ray-run"
-    overrides = ["runner.kind=ray", f"runner.ray_address={ray_cluster}", "label.items_per_task=2", "runner.label_cpus=1"]
+    overrides = [
+        "runner.kind=ray",
+        f"runner.ray_address={ray_cluster}",
+        "label.items_per_task=2",
+        "runner.label_cpus=1",
+    ]
     state = data_flow(**flow_args(corpus, work, overrides=overrides), return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
@@ -89,7 +112,10 @@ def test_labelling_on_a_ray_cluster_matches_the_local_run(ray_cluster: str, refe
     assert result.label_workers == 2, "both Ray nodes should have labelled items"
 
     def by_segment(root: Path) -> dict[str, tuple[str, float]]:
-        return {lab.segment_id: (lab.text, round(lab.avg_logprob, 3)) for lab in read_records(WorkLayout(root).labels, Label)}
+        return {
+            lab.segment_id: (lab.text, round(lab.avg_logprob, 3))
+            for lab in read_records(WorkLayout(root).labels, Label)
+        }
 
     ours, theirs = by_segment(work), by_segment(ref_work)
     assert ours and ours == theirs
@@ -106,7 +132,9 @@ def _task_states(flow_run_id, prefix: str) -> list[str]:
 
     def read_runs():
         with get_client(sync_client=True) as client:
-            return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
 
     return settled_task_states(read_runs, [prefix]).get(prefix, [])
 

@@ -24,9 +24,11 @@ SNIPPET = re.compile(r"<!-- snippet: ([\w-]+) -->\n```python\n(.*?)```", re.S)
 # what each block must have loaded, run after it in the same interpreter
 CHECKS = {
     "export-stage1": """
-assert features.shape[-1] == 3000 and isinstance(processor.batch_decode(ids, skip_special_tokens=True)[0], str)
+assert features.shape[-1] == 3000
+assert isinstance(processor.batch_decode(ids, skip_special_tokens=True)[0], str)
 import torch
-assert torch.equal(encoder.state_dict()["layers.0.fc1.weight"], whisper.get_encoder().state_dict()["layers.0.fc1.weight"])
+fc1 = "layers.0.fc1.weight"
+assert torch.equal(encoder.state_dict()[fc1], whisper.get_encoder().state_dict()[fc1])
 """,
     "export-projector": """
 assert embeds.shape == (1, 1500 // projector.k, projector.d_llm) and lengths.tolist() == [1500 // projector.k]
@@ -42,7 +44,8 @@ assert ids.shape[0] == 1 and ids.shape[1] > len(tokenizer("The patient")["input_
 from tasks.checkpoints import load_llmasr
 merged = load_llmasr("{stage3}", merged=True)
 lengths = torch.tensor([features.shape[-1]])
-assert model.generate_ids(features, lengths, max_new_tokens=6).tolist() == merged.generate_ids(features, lengths, max_new_tokens=6).tolist()
+generated = model.generate_ids(features, lengths, max_new_tokens=6)
+assert generated.tolist() == merged.generate_ids(features, lengths, max_new_tokens=6).tolist()
 """,
 }
 
@@ -58,10 +61,9 @@ def test_every_export_has_a_snippet():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(a work dir with stages 1-3 trained, a folder outside the repository with clip.flac)."""
+    from llmasr.tiny_models import tiny_setup
     from test_train import launch, train_config, write_run
     from test_train_data import SENTENCES, _speak, make_shards
-
-    from llmasr.tiny_models import tiny_setup
 
     root = tmp_path_factory.mktemp("trained")
     tiny = tiny_setup(root / "models", vocab_size=512, llm_init_std=0.3)
@@ -84,7 +86,9 @@ def test_the_readme_snippet_runs(name: str, trained):
     assert "runs/mine" not in code
     code += CHECKS[name].format(stage3=stage_dir(work, 3))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=user, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=user, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, f"{name}:\n{code}\n{proc.stderr[-4000:]}"
     if name in ("export-stage1", "export-llmasr"):  # each prints the clip's transcript
         assert proc.stdout.strip(), proc.stdout

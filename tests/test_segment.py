@@ -19,7 +19,15 @@ from llmasr.records import STATUS_OK, Item, Segment
 from tasks.captions import Cue, parse_captions, write_vtt
 from tasks.filter import duration_reasons
 from tasks.parts import read_part
-from tasks.segment import item_key, merge_cues, read_segments, segment_batch, segment_id, segment_item, segments_from_runs
+from tasks.segment import (
+    item_key,
+    merge_cues,
+    read_segments,
+    segment_batch,
+    segment_id,
+    segment_item,
+    segments_from_runs,
+)
 
 CFG = SegmentConfig()  # max 20 s, target 15 s, gap 1 s
 
@@ -96,15 +104,19 @@ def test_no_cue_is_ever_split_or_lost_and_runs_stay_below_max() -> None:
             cues.append(Cue(round(t, 3), round(t + length, 3), f"w{i}"))
             t += length
         cues.sort(key=lambda c: (c.start_s, c.end_s))
-        cfg = SegmentConfig(max_segment_s=20.0, target_segment_s=rng.choice([5.0, 15.0, 20.0]), max_gap_s=rng.choice([0.0, 1.0, 3.0]))
+        cfg = SegmentConfig(
+            max_segment_s=20.0,
+            target_segment_s=rng.choice([5.0, 15.0, 20.0]),
+            max_gap_s=rng.choice([0.0, 1.0, 3.0]),
+        )
         runs = merge_cues(cues, cfg)
         assert [c for run in runs for c in run] == cues, trial  # every cue once, in order, whole
         for run in runs:
             start, end = run[0].start_s, max(c.end_s for c in run)
             if len(run) > 1:
                 assert end - start < cfg.max_segment_s, (trial, run)
-            for prev, nxt in zip(run, run[1:]):
-                assert nxt.start_s - max(c.end_s for c in run[: run.index(nxt)]) <= cfg.max_gap_s
+            for i, nxt in enumerate(run[1:], 1):
+                assert nxt.start_s - max(c.end_s for c in run[:i]) <= cfg.max_gap_s
 
 
 def test_cues_past_the_end_of_the_item_are_clipped_or_dropped() -> None:
@@ -133,7 +145,10 @@ def test_overlapping_cues_merge_and_the_segment_spans_them_all() -> None:
 
 def test_parse_captions_sorts_unsorted_cues_before_merging(tmp_path: Path) -> None:
     p = tmp_path / "u.vtt"
-    p.write_text("WEBVTT\n\n00:00:03.000 --> 00:00:04.000\nsecond\n\n00:00:01.000 --> 00:00:02.500\nfirst\n", encoding="utf-8")
+    p.write_text(
+        "WEBVTT\n\n00:00:03.000 --> 00:00:04.000\nsecond\n\n00:00:01.000 --> 00:00:02.500\nfirst\n",
+        encoding="utf-8",
+    )
     runs = merge_cues(parse_captions(p), CFG)
     assert _texts(runs) == [["first", "second"]]
 
@@ -149,7 +164,12 @@ def test_segment_ids_are_item_and_start_ms() -> None:
 
 
 def test_segments_from_runs_ids_are_unique_and_stable() -> None:
-    cues = [Cue(0.0, 19.5, "long"), Cue(0.0, 3.0, "same start"), Cue(30.0, 31.0, "x"), Cue(30.0002, 31.0, "same ms")]
+    cues = [
+        Cue(0.0, 19.5, "long"),
+        Cue(0.0, 3.0, "same start"),
+        Cue(30.0, 31.0, "x"),
+        Cue(30.0002, 31.0, "same ms"),
+    ]
     runs = merge_cues(cues, SegmentConfig(max_gap_s=0.0))
     a = segments_from_runs("item_1", runs, "captions")
     b = segments_from_runs("item_1", merge_cues(list(cues), SegmentConfig(max_gap_s=0.0)), "captions")
@@ -184,7 +204,8 @@ def _speak(text: str, out: Path) -> tuple[np.ndarray, int]:
 
 @pytest.fixture(scope="module")
 def speech_silence_speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, float, float]:
-    """16 kHz FLAC: sentence, 3 s of digital silence, sentence. Returns (path, silence start, end, duration)."""
+    """16 kHz FLAC: sentence, 3 s of digital silence, sentence. Returns (path, silence start, end,
+    duration)."""
     d = tmp_path_factory.mktemp("vad")
     a, sr = _speak("The committee approved the budget for the new library on Tuesday.", d / "a.wav")
     b, sr_b = _speak("Afterwards everyone walked down to the harbour to watch the boats.", d / "b.wav")
@@ -243,10 +264,21 @@ def test_captions_with_only_music_fall_back_to_vad(speech_silence_speech, tmp_pa
 def test_captions_are_used_when_present(speech_silence_speech, tmp_path: Path) -> None:
     flac, _, _, duration = speech_silence_speech
     cap = tmp_path / "ok.srt"
-    cap.write_text("1\n00:00:00,100 --> 00:00:03,000\nthe committee approved\n\n2\n00:00:50,000 --> 00:00:55,000\nbeyond the end\n", encoding="utf-8")
+    cap.write_text(
+        "1\n"
+        "00:00:00,100 --> 00:00:03,000\n"
+        "the committee approved\n"
+        "\n"
+        "2\n"
+        "00:00:50,000 --> 00:00:55,000\n"
+        "beyond the end\n",
+        encoding="utf-8",
+    )
     segs, note = segment_item("gen", flac, cap, duration, SegmentConfig())
     assert note is None
-    assert [(s.segment_id, s.caption_text, s.cut_by) for s in segs] == [("gen-000000100", "the committee approved", "captions")]
+    assert [(s.segment_id, s.caption_text, s.cut_by) for s in segs] == [
+        ("gen-000000100", "the committee approved", "captions")
+    ]
 
 
 def test_pure_silence_gives_no_segments(tmp_path: Path) -> None:
@@ -258,12 +290,23 @@ def test_pure_silence_gives_no_segments(tmp_path: Path) -> None:
 
 
 @needs_espeak
-def test_captions_entirely_past_the_end_fall_back_to_vad_with_a_note(speech_silence_speech, tmp_path: Path) -> None:
+def test_captions_entirely_past_the_end_fall_back_to_vad_with_a_note(
+    speech_silence_speech, tmp_path: Path
+) -> None:
     """Captions of another, longer video: every cue lies past the end of the audio.  The item is cut
     by VAD (as for captions without text cues), with a note, instead of yielding no segment."""
     flac, _, _, duration = speech_silence_speech
     cap = tmp_path / "other_video.vtt"
-    cap.write_text("WEBVTT\n\n00:01:40.000 --> 00:01:45.000\nsomething said much later\n\n00:01:50.000 --> 00:01:52.000\nand more\n", encoding="utf-8")
+    cap.write_text(
+        "WEBVTT\n"
+        "\n"
+        "00:01:40.000 --> 00:01:45.000\n"
+        "something said much later\n"
+        "\n"
+        "00:01:50.000 --> 00:01:52.000\n"
+        "and more\n",
+        encoding="utf-8",
+    )
     assert parse_captions(cap) and duration < 100.0
     segs, note = segment_item("gen", flac, cap, duration, SegmentConfig())
     assert note is not None and "VAD" in note and "within the audio" in note
@@ -281,9 +324,17 @@ def _captioned_item(layout: WorkLayout, item_id: str, duration_s: float | None, 
     audio = layout.audio(item_id)
     audio.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    sf.write(str(audio), (0.1 * rng.standard_normal(10 * 16000)).astype(np.float32), 16000, format="FLAC", subtype="PCM_16")
+    sf.write(
+        str(audio),
+        (0.1 * rng.standard_normal(10 * 16000)).astype(np.float32),
+        16000,
+        format="FLAC",
+        subtype="PCM_16",
+    )
     write_vtt(layout.captions(item_id), cues)
-    return Item(item_id, "/src", None, layout.rel(audio), duration_s, layout.rel(layout.captions(item_id)), STATUS_OK)
+    return Item(
+        item_id, "/src", None, layout.rel(audio), duration_s, layout.rel(layout.captions(item_id)), STATUS_OK
+    )
 
 
 def test_an_item_without_duration_is_clipped_to_its_audio_not_to_zero(tmp_path: Path) -> None:
@@ -294,7 +345,10 @@ def test_an_item_without_duration_is_clipped_to_its_audio_not_to_zero(tmp_path: 
     item = _captioned_item(layout, "nodur", None, cues)
     assert segment_batch(layout, [item], SegmentConfig(max_gap_s=0.0)) == 1
     [segs] = read_segments(layout, [item], SegmentConfig(max_gap_s=0.0)).values()
-    assert [(s.start_s, s.end_s, s.caption_text, s.cut_by) for s in segs] == [(1.0, 3.0, "first words", "captions"), (8.0, 10.0, "runs past the end", "captions")]
+    assert [(s.start_s, s.end_s, s.caption_text, s.cut_by) for s in segs] == [
+        (1.0, 3.0, "first words", "captions"),
+        (8.0, 10.0, "runs past the end", "captions"),
+    ]
 
 
 def test_items_per_task_is_not_part_of_the_segment_key(tmp_path: Path) -> None:
@@ -308,6 +362,9 @@ def test_items_per_task_is_not_part_of_the_segment_key(tmp_path: Path) -> None:
     rebatched = cfg.model_copy(update={"items_per_task": cfg.items_per_task + 7})
     assert item_key(layout, item, rebatched) == item_key(layout, item, cfg)
     assert segment_batch(layout, [item], rebatched) == 0
-    assert part.stat().st_mtime_ns == mtime and read_part(part, Segment, item_key(layout, item, rebatched)) is not None
+    assert (
+        part.stat().st_mtime_ns == mtime
+        and read_part(part, Segment, item_key(layout, item, rebatched)) is not None
+    )
     # a setting that does change the cut still does
     assert item_key(layout, item, cfg.model_copy(update={"max_gap_s": 0.0})) != item_key(layout, item, cfg)

@@ -56,13 +56,19 @@ def _add_item(w: Work, n: int, split: str, dropped: set[int] = frozenset()) -> N
     path = w.layout.audio(item_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), audio.astype(np.float32), SR, format="FLAC", subtype="PCM_16")
-    w.items.append(Item(item_id, "/src", None, w.layout.rel(path), ITEM_S, None, STATUS_OK, title=f"{item_id}.wav"))
+    w.items.append(
+        Item(item_id, "/src", None, w.layout.rel(path), ITEM_S, None, STATUS_OK, title=f"{item_id}.wav")
+    )
     for k, start in enumerate(SEG_STARTS):
         sid = f"{item_id}-{int(start * 1000):09d}"
-        w.segments.append(Segment(sid, item_id, start, start + SEG_LEN, SEG_LEN, f"caption {n} {k}", "captions"))
+        w.segments.append(
+            Segment(sid, item_id, start, start + SEG_LEN, SEG_LEN, f"caption {n} {k}", "captions")
+        )
         w.labels.append(Label(sid, f"label {n} {k}", -0.25, 0.02, 1.4, "en", 0.98, "tiny.en"))
         kept = k not in dropped
-        w.decisions.append(Decision(sid, item_id, kept, [] if kept else ["caption_mismatch"], 0.05, 3, 1.0, SEG_LEN, split))
+        w.decisions.append(
+            Decision(sid, item_id, kept, [] if kept else ["caption_mismatch"], 0.05, 3, 1.0, SEG_LEN, split)
+        )
 
 
 def make_work(root: Path, n_train: int = 4, n_validation: int = 2) -> Work:
@@ -89,7 +95,9 @@ def _keys_by_tarfile(w: Work) -> Counter[str]:
     keys: Counter[str] = Counter()
     for tar in _tars(w):
         names = _members_by_tarfile(tar)
-        assert Counter(n.rsplit(".", 1)[1] for n in names) == Counter({"flac": len(names) // 2, "json": len(names) // 2})
+        assert Counter(n.rsplit(".", 1)[1] for n in names) == Counter(
+            {"flac": len(names) // 2, "json": len(names) // 2}
+        )
         keys.update({n.split(".", 1)[0] for n in names})
     return keys
 
@@ -154,7 +162,9 @@ def test_webdataset_reads_every_kept_sample_once(work: Work) -> None:
 
 def test_tar_command_lists_the_same_members(work: Work) -> None:
     for tar in _tars(work):
-        out = subprocess.run(["tar", "-tf", str(tar)], check=True, capture_output=True, text=True).stdout.split()
+        out = subprocess.run(
+            ["tar", "-tf", str(tar)], check=True, capture_output=True, text=True
+        ).stdout.split()
         assert out == _members_by_tarfile(tar)
         assert len(out) % 2 == 0
 
@@ -254,7 +264,10 @@ def test_a_segment_no_longer_kept_removes_its_shard_and_reshards_the_rest(work: 
     assert mates  # the shard holds other segments that must survive
     before = _file_state(_tars(work))
 
-    work.decisions = [dataclasses.replace(d, kept=False, reasons=["caption_mismatch"]) if d.segment_id == victim else d for d in work.decisions]
+    work.decisions = [
+        dataclasses.replace(d, kept=False, reasons=["caption_mismatch"]) if d.segment_id == victim else d
+        for d in work.decisions
+    ]
     index = work.shard()
 
     keys = _keys_by_tarfile(work)
@@ -277,7 +290,10 @@ def test_a_segment_no_longer_kept_removes_its_shard_and_reshards_the_rest(work: 
 def test_a_segment_newly_kept_is_sharded(work: Work) -> None:
     revived = "item00-000002500"
     assert revived in work.dropped()
-    work.decisions = [dataclasses.replace(d, kept=True, reasons=[]) if d.segment_id == revived else d for d in work.decisions]
+    work.decisions = [
+        dataclasses.replace(d, kept=True, reasons=[]) if d.segment_id == revived else d
+        for d in work.decisions
+    ]
     before = _file_state(_tars(work))
     work.shard()
     keys = _keys_by_tarfile(work)
@@ -332,7 +348,9 @@ def test_nothing_kept_gives_an_empty_index(tmp_path: Path) -> None:
 
 def test_a_segment_whose_split_changed_moves_to_a_shard_of_its_new_split(work: Work) -> None:
     # shard.validation_fraction changed: item00 is now a validation item
-    work.decisions = [dataclasses.replace(d, split="validation") if d.item_id == "item00" else d for d in work.decisions]
+    work.decisions = [
+        dataclasses.replace(d, split="validation") if d.item_id == "item00" else d for d in work.decisions
+    ]
     index = work.shard()
     moved = {d.segment_id for d in work.decisions if d.item_id == "item00" and d.kept}
     shard_of = _shard_of(work)
@@ -340,9 +358,11 @@ def test_a_segment_whose_split_changed_moves_to_a_shard_of_its_new_split(work: W
     keys = _keys_by_tarfile(work)
     assert set(keys) == work.kept() and all(c == 1 for c in keys.values())
     for e in index["shards"]:
-        splits = {json.loads(s["json"])["split"] for s in wds.WebDataset([str(work.layout.shards / e["path"])], shardshuffle=False)}
+        splits = {
+            json.loads(s["json"])["split"]
+            for s in wds.WebDataset([str(work.layout.shards / e["path"])], shardshuffle=False)
+        }
         assert splits == {e["split"]}
-
 
 
 def test_members_of_a_shard_missing_from_the_index_are_sharded_again(work: Work) -> None:
@@ -363,20 +383,33 @@ def test_members_of_a_shard_missing_from_the_index_are_sharded_again(work: Work)
 
 def _relabel(w: Work, item_id: str) -> set[str]:
     """label.model changed: new text, scores and model for every segment of ``item_id``."""
-    w.labels = [dataclasses.replace(lab, text=lab.text + " relabelled", avg_logprob=-0.5, model="small.en") if lab.segment_id.startswith(item_id) else lab for lab in w.labels]
+    w.labels = [
+        dataclasses.replace(lab, text=lab.text + " relabelled", avg_logprob=-0.5, model="small.en")
+        if lab.segment_id.startswith(item_id)
+        else lab
+        for lab in w.labels
+    ]
     return {lab.segment_id for lab in w.labels if lab.segment_id.startswith(item_id)}
 
 
 def _recaption(w: Work, item_id: str) -> set[str]:
     """Corrected captions with the same timing (the filter's caption_wer changes with them)."""
-    w.segments = [dataclasses.replace(s, caption_text=f"corrected {s.caption_text}") if s.item_id == item_id else s for s in w.segments]
-    w.decisions = [dataclasses.replace(d, caption_wer=0.1) if d.item_id == item_id else d for d in w.decisions]
+    w.segments = [
+        dataclasses.replace(s, caption_text=f"corrected {s.caption_text}") if s.item_id == item_id else s
+        for s in w.segments
+    ]
+    w.decisions = [
+        dataclasses.replace(d, caption_wer=0.1) if d.item_id == item_id else d for d in w.decisions
+    ]
     return {s.segment_id for s in w.segments if s.item_id == item_id}
 
 
 def _recut(w: Work, item_id: str) -> set[str]:
     """Re-segmented with the same segment ids (same starts) but earlier ends."""
-    w.segments = [dataclasses.replace(s, end_s=s.start_s + 1.5, duration_s=1.5) if s.item_id == item_id else s for s in w.segments]
+    w.segments = [
+        dataclasses.replace(s, end_s=s.start_s + 1.5, duration_s=1.5) if s.item_id == item_id else s
+        for s in w.segments
+    ]
     return {s.segment_id for s in w.segments if s.item_id == item_id}
 
 
@@ -384,12 +417,22 @@ def _new_audio(w: Work, item_id: str) -> set[str]:
     """The item's audio file replaced (ingest converted a new source file under the same name)."""
     [item] = [it for it in w.items if it.item_id == item_id]
     t = np.arange(int(ITEM_S * SR)) / SR
-    sf.write(str(w.layout.abs(item.path)), (0.2 * np.sin(2 * np.pi * 1234 * t)).astype(np.float32), SR, format="FLAC", subtype="PCM_16")
+    sf.write(
+        str(w.layout.abs(item.path)),
+        (0.2 * np.sin(2 * np.pi * 1234 * t)).astype(np.float32),
+        SR,
+        format="FLAC",
+        subtype="PCM_16",
+    )
     return {s.segment_id for s in w.segments if s.item_id == item_id}
 
 
-@pytest.mark.parametrize("change", [_relabel, _recaption, _recut, _new_audio], ids=lambda f: f.__name__.strip("_"))
-def test_changed_samples_rewrite_their_shards_and_other_shards_stay_byte_identical(work: Work, change) -> None:
+@pytest.mark.parametrize(
+    "change", [_relabel, _recaption, _recut, _new_audio], ids=lambda f: f.__name__.strip("_")
+)
+def test_changed_samples_rewrite_their_shards_and_other_shards_stay_byte_identical(
+    work: Work, change
+) -> None:
     before = _file_state(_tars(work))
     shard_of = _shard_of(work)
     changed = change(work, "item01") & work.kept()
@@ -408,10 +451,16 @@ def test_changed_samples_rewrite_their_shards_and_other_shards_stay_byte_identic
     segs = {s.segment_id: s for s in work.segments}
     labels = {lab.segment_id: lab for lab in work.labels}
     decisions = {d.segment_id: d for d in work.decisions}
-    sources = {it.item_id: sf.read(str(work.layout.abs(it.path)), dtype="int16")[0] for it in work.items if it.path}
+    sources = {
+        it.item_id: sf.read(str(work.layout.abs(it.path)), dtype="int16")[0] for it in work.items if it.path
+    }
     for s in _samples_by_webdataset(work):
         meta, seg, lab = json.loads(s["json"]), segs[s["__key__"]], labels[s["__key__"]]
-        assert (meta["text"], meta["model"], meta["scores"]["avg_logprob"]) == (lab.text, lab.model, lab.avg_logprob)
+        assert (meta["text"], meta["model"], meta["scores"]["avg_logprob"]) == (
+            lab.text,
+            lab.model,
+            lab.avg_logprob,
+        )
         assert (meta["caption"], meta["start_s"], meta["end_s"]) == (seg.caption_text, seg.start_s, seg.end_s)
         assert meta["scores"]["caption_wer"] == decisions[s["__key__"]].caption_wer
         audio, _ = sf.read(io.BytesIO(s["flac"]), dtype="int16")

@@ -22,18 +22,26 @@ from tasks.captions import parse_captions
 from tasks.demo_corpus import ZERO_SHOT_SENTENCES, generate_corpus
 from tasks.ingest import expand_source, resolve_sources
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (scripts/setup.sh installs it)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="needs espeak-ng (scripts/setup.sh installs it)"
+)
 
 TINY = {"hours": 0.006, "heldout": 3, "zero_shot": 3, "video_s": [6.0, 10.0], "seed": 7}
 
 
 def _tiny(out: Path, workers: int, **kw) -> Path:
-    demo = DemoConfig.model_validate({"kind": "small", "corpus_dir": str(out), "workers": workers, **{**TINY, **kw}})
+    demo = DemoConfig.model_validate(
+        {"kind": "small", "corpus_dir": str(out), "workers": workers, **{**TINY, **kw}}
+    )
     return generate_corpus(demo)  # the data flow's path (flows/data.py make_demo_corpus)
 
 
 def _digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +96,20 @@ def test_tiny_corpus_has_videos_with_captions_test_sets_and_a_record(corpus: Pat
     assert not spoken & {r["text"] for r in heldout + zero}
 
 
-def test_same_seed_same_bytes_whatever_the_workers_and_a_rerun_is_cached(corpus: Path, tmp_path: Path) -> None:
+def test_same_seed_same_bytes_whatever_the_workers_and_a_rerun_is_cached(
+    corpus: Path, tmp_path: Path
+) -> None:
     again = _tiny(tmp_path / "again", workers=1)
     assert _digests(again) == _digests(corpus)
     stamp = (again / "corpus.json").stat().st_mtime_ns
-    assert _tiny(tmp_path / "again", workers=1) == again and (again / "corpus.json").stat().st_mtime_ns == stamp
+    assert (
+        _tiny(tmp_path / "again", workers=1) == again and (again / "corpus.json").stat().st_mtime_ns == stamp
+    )
     other = _tiny(tmp_path / "other", workers=2, seed=8, heldout=1, zero_shot=1)
-    assert json.loads((other / "corpus.json").read_text())["items"] != json.loads((corpus / "corpus.json").read_text())["items"]
+    assert (
+        json.loads((other / "corpus.json").read_text())["items"]
+        != json.loads((corpus / "corpus.json").read_text())["items"]
+    )
 
 
 def test_zero_shot_rare_words_occur_in_no_training_sentence(corpus: Path) -> None:
@@ -102,7 +117,12 @@ def test_zero_shot_rare_words_occur_in_no_training_sentence(corpus: Path) -> Non
 
     pool = small_corpus.fortune_sentences()
     assert len(pool) > 7000
-    assert all(small_corpus.MIN_WORDS <= len(s.split()) <= small_corpus.MAX_WORDS and s[0].isupper() and s[-1] in ".!?" for s in pool)
+    assert all(
+        small_corpus.MIN_WORDS <= len(s.split()) <= small_corpus.MAX_WORDS
+        and s[0].isupper()
+        and s[-1] in ".!?"
+        for s in pool
+    )
     common = common_word_set(5000)
     split = small_corpus.split_text(pool, 150, 120, random.Random(0), common, ZERO_SHOT_SENTENCES)
     assert len(split.heldout) == 150 and len(split.zero_shot) == 120 + len(ZERO_SHOT_SENTENCES)

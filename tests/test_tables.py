@@ -19,12 +19,32 @@ LONG = [*SHORT, "transformers:openai/whisper-large-v2", "transformers:bundled:wh
 def metrics(systems: list[str], sets: tuple[str, ...] = ("primock57", "kincaid46")) -> dict:
     """The shape of evaluate_flow's result the table reads: a decoded system, a cached one, a
     hypothesis file (no RTF) and one that scored nothing."""
+
     def row(i: int, system: str) -> dict:
         if system.startswith("hyp:"):
-            return {"utterances": 57, "n_wer": 0.25, "r_wer": 0.5, "u_wer": 0.1, "o_wer": 0.2, "rtf": None, "decode_s": None}
-        return {"utterances": 57, "n_wer": 0.1 * i, "r_wer": 1.0, "u_wer": None, "o_wer": 0.123, "rtf": 0.0456, "cached": i % 2 == 1}
+            return {
+                "utterances": 57,
+                "n_wer": 0.25,
+                "r_wer": 0.5,
+                "u_wer": 0.1,
+                "o_wer": 0.2,
+                "rtf": None,
+                "decode_s": None,
+            }
+        return {
+            "utterances": 57,
+            "n_wer": 0.1 * i,
+            "r_wer": 1.0,
+            "u_wer": None,
+            "o_wer": 0.123,
+            "rtf": 0.0456,
+            "cached": i % 2 == 1,
+        }
 
-    kinds = {s: "hyps" if s.startswith("hyp:") else "llmasr" if s.startswith("llmasr") else "whisper" for s in systems}
+    kinds = {
+        s: "hyps" if s.startswith("hyp:") else "llmasr" if s.startswith("llmasr") else "whisper"
+        for s in systems
+    }
     return {
         "work_dir": "/tmp/w",
         "systems": [{"name": s, "kind": kinds[s]} for s in systems],
@@ -74,10 +94,12 @@ def test_the_training_table_keeps_checkpoint_paths_whole():
     root = "/home/someone/projects/asr/runs/a-long-work-dir-name/checkpoints"
     row = ["1", "2", "8", "2.3456", "-", "12.3", "456", "0.0123", "-"]
     paths = [f"{root}/stage{s}" for s in (1, 2, 3)]
-    cols = [*map(tables.Col, ("stage", "steps", "samples", "loss", "val loss", "samples/s", "tokens/s", "model TFLOP/s", "MFU")),
-            tables.Col("checkpoint", "left", keep=True)]  # fmt: skip
+    names = ("stage", "steps", "samples", "loss", "val loss", "samples/s", "tokens/s", "model TFLOP/s", "MFU")
+    cols = [*map(tables.Col, names), tables.Col("checkpoint", "left", keep=True)]
     lines = render(lambda c: tables.show(c, f"training: {root}", cols, [[*row, p] for p in paths]))
-    assert max(cell_len(line) for line in lines) <= 80 and all(any(p in line for line in lines) for p in paths), "\n".join(lines)
+    assert max(cell_len(line) for line in lines) <= 80 and all(
+        any(p in line for line in lines) for p in paths
+    ), "\n".join(lines)
 
 
 def test_error_lines_are_never_wrapped(monkeypatch):
@@ -87,4 +109,7 @@ def test_error_lines_are_never_wrapped(monkeypatch):
     lines = buf.getvalue().splitlines()
     assert lines[0] == "error: invalid configuration:"
     fix = next(line for line in lines if "label.beam_size:" in line)
-    assert fix.endswith("fix it in pipeline_config.yaml or with --set label.beam_size=...") and cell_len(fix) > 80
+    assert (
+        fix.endswith("fix it in pipeline_config.yaml or with --set label.beam_size=...")
+        and cell_len(fix) > 80
+    )

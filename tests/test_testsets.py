@@ -36,18 +36,34 @@ needs_primock = pytest.mark.skipif(not PRIMOCK.is_dir(), reason="shared Primock5
 #          first non-empty interval, last non-empty interval); read off the files once, by hand
 SAMPLE = {
     "day1_consultation01_doctor": (
-        457.92, "Doctor", 97, 53, 51,
-        (2.5334561157322537, 12.499861706065632,
-         "Hello? Hi. Um, should we start? Yeah, okay. <UNSURE>Hello how</UNSURE> um. Good morning sir, how can I help you this morning?"),
+        457.92,
+        "Doctor",
+        97,
+        53,
+        51,
+        (
+            2.5334561157322537,
+            12.499861706065632,
+            "Hello? Hi. Um, should we start? Yeah, okay. <UNSURE>Hello how</UNSURE> um. Good morning sir, "
+            "how can I help you this morning?",
+        ),
         (454.25656307744003, 456.8911674785823, "<UNIN/> Thank you. <UNSURE>Bye bye</UNSURE>."),
     ),
     "day1_consultation01_patient": (
-        457.86, "Patient", 113, 56, 51,
+        457.86,
+        "Patient",
+        113,
+        56,
+        51,
         (3.9071713687564986, 4.907171368756498, "Hello, how are you?"),
         (453.4678694702582, 456.173741595649, "Okay, thank you. Bye."),
     ),
     "day2_consultation03_doctor": (
-        450.84, "Speaker", 103, 54, 46,
+        450.84,
+        "Speaker",
+        103,
+        54,
+        46,
         (1.43893414941227, 2.97461824644805, "Hi there. Good morning!"),
         (448.103642306794, 448.817929355258, "Bye."),
     ),
@@ -76,7 +92,9 @@ def test_read_textgrid_sample_files(stem: str) -> None:
     assert all(text and text == text.strip() for _, _, text in intervals)
     assert all(start < end for start, end, _ in intervals)
     tiers = parse_textgrid(path.read_text(encoding="utf-8"))
-    assert [(t.name, t.kind, t.xmax, len(t.items)) for t in tiers] == [(tier_name, "IntervalTier", xmax, n_all)]
+    assert [(t.name, t.kind, t.xmax, len(t.items)) for t in tiers] == [
+        (tier_name, "IntervalTier", xmax, n_all)
+    ]
     # the intervals tile the tier: each starts where the previous one ended
     items = tiers[0].items
     assert all(a[1] == b[0] for a, b in zip(items, items[1:]))
@@ -116,7 +134,7 @@ Object class = "TextGrid"
 "click"
 '''
 
-LONG_TEXTGRID = '''File type = "ooTextFile"
+LONG_TEXTGRID = """File type = "ooTextFile"
 Object class = "TextGrid"
 
 xmin = 0
@@ -151,7 +169,7 @@ item []:
             xmin = 2.5
             xmax = 3
             text = "ok"
-'''
+"""
 
 
 def test_read_textgrid_short_format(tmp_path: Path) -> None:
@@ -190,10 +208,16 @@ def test_parse_textgrid_rejects_other_files() -> None:
 @pytest.mark.parametrize(
     ("raw", "clean"),
     [
-        ("Hello. I, I'm Doctor <INAUDIBLE_SPEECH/>. Nice to see you.", "Hello. I, I'm Doctor. Nice to see you."),
+        (
+            "Hello. I, I'm Doctor <INAUDIBLE_SPEECH/>. Nice to see you.",
+            "Hello. I, I'm Doctor. Nice to see you.",
+        ),
         ("<UNIN/> Sorry to hear that.", "Sorry to hear that."),
         ("<UNSURE>Oh</UNSURE> <UNSURE>hey</UNSURE>, um, I've just", "Oh hey, um, I've just"),
-        ("Okay. Fine. Um, and sir <UNIN/> <UNSURE>these</UNSURE> started", "Okay. Fine. Um, and sir these started"),
+        (
+            "Okay. Fine. Um, and sir <UNIN/> <UNSURE>these</UNSURE> started",
+            "Okay. Fine. Um, and sir these started",
+        ),
         ("in terms of your <UNIN/>, your overall health", "in terms of your, your overall health"),
         ("So, <INAUDIBLE_SPEECH/>, what I think <UNIN/>, go on.", "So, what I think, go on."),
         ("OK? I <UNIN/>,would like you", "OK? I, would like you"),
@@ -201,7 +225,10 @@ def test_parse_textgrid_rejects_other_files() -> None:
         ("<INAUDIBLE_SPEECH/>", ""),
         ("<UNIN/>, <UNSURE></UNSURE>.", ""),
         ("yes [laughs] I do (inaudible) {noise} think <INAUDIBLE> so (...)", "yes I do think so"),
-        ("Um, yeah, it doesn't feel like -- yeah, um...yeah", "Um, yeah, it doesn't feel like -- yeah, um...yeah"),
+        (
+            "Um, yeah, it doesn't feel like -- yeah, um...yeah",
+            "Um, yeah, it doesn't feel like -- yeah, um...yeah",
+        ),
     ],
 )
 def test_clean_primock_text(raw: str, clean: str) -> None:
@@ -232,7 +259,10 @@ def test_read_primock57(tmp_path: Path, layout: str) -> None:
     assert first == TestUtterance(
         utt_id="day1_consultation01_doctor-00002533",
         audio_path=str(audio_dir / "day1_consultation01_doctor.wav"),
-        text="Hello? Hi. Um, should we start? Yeah, okay. Hello how um. Good morning sir, how can I help you this morning?",
+        text=(
+            "Hello? Hi. Um, should we start? Yeah, okay. Hello how um. Good morning sir, how can I help you "
+            "this morning?"
+        ),
         start_s=2.5334561157322537,
         end_s=12.499861706065632,
         speaker="doctor",
@@ -328,7 +358,10 @@ def test_read_manifest_parquet(tmp_path: Path) -> None:
     pq.write_table(table, tmp_path / "m.parquet")
     utts, problems = load_test_set(str(tmp_path / "m.parquet"))
     assert problems == []
-    assert [(u.utt_id, Path(u.audio_path).name, u.text) for u in utts] == [("u1", "x.wav", "first"), ("y", "y.wav", "second")]
+    assert [(u.utt_id, Path(u.audio_path).name, u.text) for u in utts] == [
+        ("u1", "x.wav", "first"),
+        ("y", "y.wav", "second"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -339,14 +372,18 @@ def test_read_manifest_parquet(tmp_path: Path) -> None:
         ("m.csv", b"audio,text\nx.wav,\xff\xfe broken utf-8\n", "cannot read this .csv manifest"),
     ],
 )
-def test_an_unreadable_manifest_is_a_test_set_error_naming_the_file(tmp_path: Path, name: str, content: bytes, says: str) -> None:
+def test_an_unreadable_manifest_is_a_test_set_error_naming_the_file(
+    tmp_path: Path, name: str, content: bytes, says: str
+) -> None:
     (tmp_path / name).write_bytes(content)
     with pytest.raises(TestSetError, match=says) as err:
         load_test_set(str(tmp_path / name))
     assert str(tmp_path / name) in str(err.value)
 
 
-@pytest.mark.skipif(not (REAL_SPEECH / "manifest.jsonl").is_file(), reason="shared real-speech clips not present")
+@pytest.mark.skipif(
+    not (REAL_SPEECH / "manifest.jsonl").is_file(), reason="shared real-speech clips not present"
+)
 def test_load_real_speech_folder_uses_its_manifest() -> None:
     utts, problems = load_test_set(str(REAL_SPEECH))
     assert problems == []
@@ -387,7 +424,9 @@ def test_read_folder(tmp_path: Path) -> None:
 def test_read_kincaid46_with_header(tmp_path: Path) -> None:
     _clips(tmp_path / "audio", "k1.wav", "k2.wav")
     tsv = tmp_path / "kincaid46.tsv"
-    tsv.write_text('id\taudio\ttext\nvid-1\taudio/k1.wav\tShe said "wow".\nvid-2\taudio/k2.wav\n\n', encoding="utf-8")
+    tsv.write_text(
+        'id\taudio\ttext\nvid-1\taudio/k1.wav\tShe said "wow".\nvid-2\taudio/k2.wav\n\n', encoding="utf-8"
+    )
     problems: list[str] = []
     utts = read_kincaid46(tsv, problems)
     assert utts == [TestUtterance("vid-1", str(tmp_path / "audio" / "k1.wav"), 'She said "wow".')]
@@ -396,7 +435,9 @@ def test_read_kincaid46_with_header(tmp_path: Path) -> None:
 
 def test_read_kincaid46_without_header_from_folder(tmp_path: Path) -> None:
     _clips(tmp_path, "k1.wav", "k2.wav")
-    (tmp_path / "list.tsv").write_text("k1.wav\tfirst clip\nk2.wav\tsecond clip\nk3.wav\tmissing\n", encoding="utf-8")
+    (tmp_path / "list.tsv").write_text(
+        "k1.wav\tfirst clip\nk2.wav\tsecond clip\nk3.wav\tmissing\n", encoding="utf-8"
+    )
     utts, problems = load_test_set(str(tmp_path))
     assert [(u.utt_id, u.text) for u in utts] == [("k1", "first clip"), ("k2", "second clip")]
     assert len(problems) == 1 and "k3.wav" in problems[0]
@@ -411,11 +452,14 @@ def test_read_kincaid46_transcript_longer_than_csvs_default_field_limit(tmp_path
     (tmp_path / "list.tsv").write_text(f"k1.wav\t{long_text}\nk2.wav\tshort\n", encoding="utf-8")
     utts, problems = load_test_set(str(tmp_path / "list.tsv"))
     assert not problems and [(u.utt_id, len(u.text)) for u in utts] == [("k1", len(long_text)), ("k2", 5)]
-    (tmp_path / "m.csv").write_text(f'audio,text\nk1.wav,"{long_text}"\n', encoding="utf-8")  # a csv manifest too
+    # a csv manifest too
+    (tmp_path / "m.csv").write_text(f'audio,text\nk1.wav,"{long_text}"\n', encoding="utf-8")
     assert read_manifest(tmp_path / "m.csv")[0].text == long_text
 
 
-def test_an_unreadable_tsv_row_fails_naming_the_file_and_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreadable_tsv_row_fails_naming_the_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import tasks.testsets as ts
 
     _clips(tmp_path, "k1.wav")
@@ -423,7 +467,9 @@ def test_an_unreadable_tsv_row_fails_naming_the_file_and_line(tmp_path: Path, mo
     monkeypatch.setattr(ts, "_CSV_FIELD_LIMIT", 1000)  # a row longer than whatever limit csv has
     old = csv.field_size_limit(1000)
     try:
-        with pytest.raises(TestSetError, match=r"list\.tsv:2: cannot read this tsv row: field larger than field limit"):
+        with pytest.raises(
+            TestSetError, match=r"list\.tsv:2: cannot read this tsv row: field larger than field limit"
+        ):
             read_kincaid46(tmp_path / "list.tsv", [])
     finally:
         csv.field_size_limit(old)

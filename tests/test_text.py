@@ -24,11 +24,21 @@ EXPECTED = {
     "Mm-hmm. Mhm. Mmm, yeah.": "yeah",
     "It cost twenty five dollars and fifty cents.": "it cost $25.50",
     "That's £3.50, or €1,000,000 -- about $10 thousand.": "that is £3.50 or €1000000 about $10000",
-    "He was born in nineteen eighty four, on the twenty-first of March.": "he was born in 1984 on the 21st of march",
-    "I won't, can't, shouldn't've, y'all ain't gonna wanna.": "i will not can not should not have you all aint going to want to",
-    "She's got the colour, the flavour and the behaviour of the centre.": "she has got the color the flavor and the behavior of the center",
-    "Organise the programme; analyse the tumour; paediatric anaesthetist.": "organize the program analyze the tumor pediatric anesthetist",
-    "Mr. Quilter and Dr. Smith met Mrs. Jones at St. Mary's.": "mister quilter and doctor smith met missus jones at saint mary is",
+    "He was born in nineteen eighty four, on the twenty-first of March.": (
+        "he was born in 1984 on the 21st of march"
+    ),
+    "I won't, can't, shouldn't've, y'all ain't gonna wanna.": (
+        "i will not can not should not have you all aint going to want to"
+    ),
+    "She's got the colour, the flavour and the behaviour of the centre.": (
+        "she has got the color the flavor and the behavior of the center"
+    ),
+    "Organise the programme; analyse the tumour; paediatric anaesthetist.": (
+        "organize the program analyze the tumor pediatric anesthetist"
+    ),
+    "Mr. Quilter and Dr. Smith met Mrs. Jones at St. Mary's.": (
+        "mister quilter and doctor smith met missus jones at saint mary is"
+    ),
     "[laughs] (inaudible) Okay, let's go.": "okay let us go",
     "The grey axe, the yoghurt and the mould.": "the gray ax the yogurt and the mold",
 }
@@ -44,14 +54,22 @@ MORE = {
     "Café naïve coöperate Œuvre straße.": "cafe naive cooperate oeuvre strasse",
     "one two three four five six seven eight nine ten eleven": "1234567891011",
     "a million and a half, two hundred and fifty thousand": "a 10000005250000",
-    "The 1st, 2nd and 3rd places; 50% off; 3.14 and one point five.": "the 1st 2nd and 3rd places 50% off 3.14 and one.5",
+    "The 1st, 2nd and 3rd places; 50% off; 3.14 and one point five.": (
+        "the 1st 2nd and 3rd places 50% off 3.14 and one.5"
+    ),
     "O'Brien's I'd've it's we're they'll": "0 brien is i would have it is we are they will",
-    "Take 2 tablets, 3 times a day, 500 mg, 1,000 IU of vitamin D.": "take 2 tablets 3 times a day 500 mg 1000 iu of vitamin d",
+    "Take 2 tablets, 3 times a day, 500 mg, 1,000 IU of vitamin D.": (
+        "take 2 tablets 3 times a day 500 mg 1000 iu of vitamin d"
+    ),
     "Covid-19 and H1N1, 24/7, 9:30 am.": "covid 19 and h one n one 24 7 9 30 am",
     "nought point five; oh seven; double-o seven": "nought .507007",
     "Hmm, um, uh... hmm.": ".",
-    "The patient's haemoglobin was low; we'll organise an oesophagus scan at the centre.": "the patient is hemoglobin was low we will organize an esophagus scan at the center",
-    "I've been feeling kinda dizzy 'cause of the tablets, dunno why, sorta since Tuesday.": "i have been feeling kinda dizzy cause of the tablets dunno why sorta since tuesday",
+    "The patient's haemoglobin was low; we'll organise an oesophagus scan at the centre.": (
+        "the patient is hemoglobin was low we will organize an esophagus scan at the center"
+    ),
+    "I've been feeling kinda dizzy 'cause of the tablets, dunno why, sorta since Tuesday.": (
+        "i have been feeling kinda dizzy cause of the tablets dunno why sorta since tuesday"
+    ),
     "Twenty-two pounds fifty, five euros, a hundred and one dollars, ninety nine cents.": "£22 €55 a $101.99",
 }
 
@@ -74,7 +92,8 @@ def test_shipped_spelling_map_is_whispers() -> None:
     """The map is openai/whisper's english.json (1,739 entries), as transformers' hub normalizer.json."""
     mapping = spelling_map()
     assert len(mapping) == 1739
-    assert mapping["colour"] == "color" and mapping["mhm"] == "hmm" and mapping["organisation"] == "organization"
+    assert (
+        mapping["colour"] == "color" and mapping["mhm"] == "hmm" and mapping["organisation"] == "organization"
+    )
     canonical = json.dumps(mapping, sort_keys=True, ensure_ascii=False).encode("utf-8")
     assert hashlib.sha256(canonical).hexdigest() == CANONICAL_SHA256
-

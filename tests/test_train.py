@@ -48,7 +48,9 @@ def tiny(tmp_path_factory):
 def shard_index(tmp_path_factory) -> Path:
     # 4 train shards (dealt out to 2 ranks), 1 validation shard (split by sample index)
     return make_shards(
-        tmp_path_factory.mktemp("data") / "work", {"train": SENTENCES[:8], "validation": VALIDATION_SENTENCES[:2]}, per_shard=2
+        tmp_path_factory.mktemp("data") / "work",
+        {"train": SENTENCES[:8], "validation": VALIDATION_SENTENCES[:2]},
+        per_shard=2,
     )
 
 
@@ -76,7 +78,9 @@ def train_config(tiny, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def write_run(work: Path, stage: int, train: TrainConfig, shard_index: Path, key: str | None = None, **stage_kw) -> Path:
+def write_run(
+    work: Path, stage: int, train: TrainConfig, shard_index: Path, key: str | None = None, **stage_kw
+) -> Path:
     sc = StageConfig(**{"lr": 1e-3, "max_steps": 3, "warmup_steps": 1, **stage_kw})
     path = work / f"run{stage}.json"
     write_run_config(
@@ -101,7 +105,14 @@ def env_for(train: TrainConfig) -> dict[str, str]:
 
 
 def launch(run_json: Path, train: TrainConfig, timeout: float = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run(launch_command(run_json, train), cwd=REPO, env=env_for(train), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        launch_command(run_json, train),
+        cwd=REPO,
+        env=env_for(train),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
@@ -140,7 +151,8 @@ def test_three_stages_in_sequence(tiny, shard_index, tmp_path, nproc):
         assert info["verify"]["trained_unchanged"] == [], stage  # every trained tensor moved
         assert info["key"] == f"stage{stage}-key" and info["samples"] > 0 and info["val_loss"] is not None
     starts = [r for r in records(work) if r.get("event") == "start"]
-    assert len(starts) == 3 and all(r["cudnn_attention"] is False for r in starts)  # train.cudnn_attention default
+    # train.cudnn_attention default
+    assert len(starts) == 3 and all(r["cudnn_attention"] is False for r in starts)
     logged = [r for r in records(work) if "loss" in r and "step" in r and "lr" in r]
     assert logged and all(r["model_tflops"] > 0 and "mfu" not in r for r in logged)  # no peak FLOP/s on a CPU
 
@@ -150,15 +162,27 @@ def test_three_stages_in_sequence(tiny, shard_index, tmp_path, nproc):
     exported = tensors(s1 / "whisper")
     dec = [k for k in src if k.startswith("model.decoder.")]
     assert dec and all(torch.equal(exported[k], src[k]) for k in dec)
-    assert torch.equal(exported["model.encoder.embed_positions.weight"], src["model.encoder.embed_positions.weight"])
-    assert not torch.equal(exported["model.encoder.layers.0.fc1.weight"], src["model.encoder.layers.0.fc1.weight"])
+    assert torch.equal(
+        exported["model.encoder.embed_positions.weight"], src["model.encoder.embed_positions.weight"]
+    )
+    assert not torch.equal(
+        exported["model.encoder.layers.0.fc1.weight"], src["model.encoder.layers.0.fc1.weight"]
+    )
     enc = WhisperModel.from_pretrained(str(s1 / "encoder")).get_encoder().state_dict()
-    for k, v in WhisperForConditionalGeneration.from_pretrained(str(s1 / "whisper")).get_encoder().state_dict().items():
+    for k, v in (
+        WhisperForConditionalGeneration.from_pretrained(str(s1 / "whisper"))
+        .get_encoder()
+        .state_dict()
+        .items()
+    ):
         assert torch.equal(enc[k], v), k
 
     # stage 2: starts from the stage-1 encoder; only the projector is exported
     m2 = json.loads((s2 / "model.json").read_text())
-    assert Path(m2["encoder"]) == (s1 / "encoder").resolve() and Path(m2["projector_path"]) == (s2 / "projector").resolve()
+    assert (
+        Path(m2["encoder"]) == (s1 / "encoder").resolve()
+        and Path(m2["projector_path"]) == (s2 / "projector").resolve()
+    )
     p2 = load_projector(s2 / "projector")
 
     # stage 3: LoRA + projector trained further; the base LLM file untouched
@@ -173,7 +197,9 @@ def test_three_stages_in_sequence(tiny, shard_index, tmp_path, nproc):
     merged = AutoModelForCausalLM.from_pretrained(str(s3 / "merged_llm"))
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged.state_dict()[q], base_sd[q])
-    assert torch.equal(merged.state_dict()["model.layers.0.mlp.up_proj.weight"], base_sd["model.layers.0.mlp.up_proj.weight"])
+    assert torch.equal(
+        merged.state_dict()["model.layers.0.mlp.up_proj.weight"], base_sd["model.layers.0.mlp.up_proj.weight"]
+    )
 
     model = load_llmasr(s3)
     x, lengths = torch.randn(2, 80, 160), torch.tensor([160, 120])
@@ -189,7 +215,17 @@ def test_three_stages_in_sequence(tiny, shard_index, tmp_path, nproc):
         steps = [r for r in recs if r["stage"] == stage and "loss" in r]
         assert [r["step"] for r in steps] == [1, 2, 3]
         for r in steps:
-            assert {"stage", "step", "loss", "lr", "samples_per_s", "tokens_per_s", "audio_s_per_s", "epoch", "time"} <= set(r)
+            assert {
+                "stage",
+                "step",
+                "loss",
+                "lr",
+                "samples_per_s",
+                "tokens_per_s",
+                "audio_s_per_s",
+                "epoch",
+                "time",
+            } <= set(r)
             assert r["world_size"] == nproc and r["loss"] > 0
             assert 0.0 <= r["data_wait_frac"] < 1.0  # time in next(loader), never more than the window
         assert any("val_loss" in r for r in recs if r["stage"] == stage)
@@ -206,10 +242,14 @@ def test_a_short_stage_logs_its_loss_and_shards_without_validation_are_named(tin
     from tasks.train import no_validation_message
 
     index = make_shards(tmp_path / "data", {"train": SENTENCES[:4]}, per_shard=2)
-    assert "shard.validation_fraction" in no_validation_message(index, 0.01) and "(now 0.01)" in no_validation_message(index, 0.01)
+    assert "shard.validation_fraction" in no_validation_message(
+        index, 0.01
+    ) and "(now 0.01)" in no_validation_message(index, 0.01)
     work = tmp_path / "work"
     train = train_config(tiny, max_batch_size=2, log_every=10, val_every=10, ckpt_every=10)
-    batches = make_loader(ShardSpeechDataset(index, "train", batch_max_audio_s=8.0, max_batch_size=2, seed=0), 1)
+    batches = make_loader(
+        ShardSpeechDataset(index, "train", batch_max_audio_s=8.0, max_batch_size=2, seed=0), 1
+    )
     assert sum(1 for _ in batches) == 2  # one epoch: 2 steps
     by_epochs = launch(write_run(work, 1, train, index, max_steps=None, epochs=1), train)
     by_steps = launch(write_run(work, 2, train, index, max_steps=2), train)
@@ -220,8 +260,19 @@ def test_a_short_stage_logs_its_loss_and_shards_without_validation_are_named(tin
         assert [r["step"] for r in losses] == [2] and losses[0]["loss"] > 0 and losses[0]["run_samples"] == 4
         assert not [r for r in recs if r["stage"] == stage and r.get("val_loss") is not None]
         warned = [line for line in proc.stderr.splitlines() if "has no validation split" in line]
-        assert len(warned) == 1 and "WARNING" in warned[0] and "shard.validation_fraction" in warned[0], proc.stderr[-3000:]
-    assert no_validation_message(make_shards(tmp_path / "both", {"train": SENTENCES[:2], "validation": VALIDATION_SENTENCES[:1]}, per_shard=2)) is None
+        assert len(warned) == 1 and "WARNING" in warned[0] and "shard.validation_fraction" in warned[0], (
+            proc.stderr[-3000:]
+        )
+    assert (
+        no_validation_message(
+            make_shards(
+                tmp_path / "both",
+                {"train": SENTENCES[:2], "validation": VALIDATION_SENTENCES[:1]},
+                per_shard=2,
+            )
+        )
+        is None
+    )
 
 
 # ------------------------------------------------------------------------------ kill, resume
@@ -233,7 +284,12 @@ def test_killed_stage_resumes_from_its_checkpoint(tiny, shard_index, tmp_path, n
     train = train_config(tiny, ckpt_every=3, val_every=100, nproc_per_node=nproc)
     run_json = write_run(work, 2, train, shard_index, max_steps=30)
     proc = subprocess.Popen(
-        launch_command(run_json, train), cwd=REPO, env=env_for(train), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        launch_command(run_json, train),
+        cwd=REPO,
+        env=env_for(train),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     latest = stage_dir(work, 2) / "deepspeed" / "latest"
     deadline = time.time() + 180
@@ -269,7 +325,18 @@ def test_killed_stage_resumes_from_its_checkpoint(tiny, shard_index, tmp_path, n
     # the resumed stream skipped exactly what was trained on: the samples of an uninterrupted run
     # (per epoch, every rank takes as many steps as the rank with the fewest batches)
     loaders = [
-        make_loader(ShardSpeechDataset(shard_index, "train", rank=r, world_size=nproc, batch_max_audio_s=8.0, max_batch_size=4, seed=0), 1)
+        make_loader(
+            ShardSpeechDataset(
+                shard_index,
+                "train",
+                rank=r,
+                world_size=nproc,
+                batch_max_audio_s=8.0,
+                max_batch_size=4,
+                seed=0,
+            ),
+            1,
+        )
         for r in range(nproc)
     ]
     steps, samples = 0, 0
@@ -302,7 +369,14 @@ def trainers_of(run_json: Path) -> list[int]:
 def run_direct(run_json: Path, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "tasks.train", str(run_json)], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasks.train", str(run_json)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc, time.time() - t0
 
 
@@ -334,7 +408,9 @@ def test_config_errors_fail_fast_naming_the_key(tiny, shard_index, tmp_path):
     only_val = tmp_path / "e" / "index.json"
     only_val.parent.mkdir()
     index = json.loads(shard_index.read_text())
-    only_val.write_text(json.dumps({**index, "shards": [e for e in index["shards"] if e["split"] != "train"]}))
+    only_val.write_text(
+        json.dumps({**index, "shards": [e for e in index["shards"] if e["split"] != "train"]})
+    )
     proc, _ = run_direct(write_run(tmp_path / "e", 2, train, only_val))
     assert proc.returncode == 2 and "has no train samples" in proc.stderr
 
@@ -342,8 +418,12 @@ def test_config_errors_fail_fast_naming_the_key(tiny, shard_index, tmp_path):
     work = tmp_path / "f"
     save_projector(Projector(64, 64, hidden=32), stage_dir(work, 2) / "projector")
     (stage_dir(work, 2) / "stage.json").write_text(json.dumps({"stage": 2, "complete": True}))
-    proc, _ = run_direct(write_run(work, 3, train_config(tiny, lora=LoraConfig(target_modules=["c_attn"])), shard_index))
-    assert proc.returncode == 2 and "train.lora.target_modules:" in proc.stderr and "c_attn" in proc.stderr, proc.stderr[-2000:]
+    proc, _ = run_direct(
+        write_run(work, 3, train_config(tiny, lora=LoraConfig(target_modules=["c_attn"])), shard_index)
+    )
+    assert proc.returncode == 2 and "train.lora.target_modules:" in proc.stderr and "c_attn" in proc.stderr, (
+        proc.stderr[-2000:]
+    )
 
 
 def check_error(run_json: Path) -> str:
@@ -358,9 +438,13 @@ def check_error(run_json: Path) -> str:
 def test_check_run_names_the_key_for_world_size_zero_3_and_stage_2(tiny, shard_index, tmp_path):
     from tasks.train import check_run, read_run_config
 
-    samples = sum(e["samples"] for e in json.loads(shard_index.read_text())["shards"] if e["split"] == "train")
+    samples = sum(
+        e["samples"] for e in json.loads(shard_index.read_text())["shards"] if e["split"] == "train"
+    )
     assert samples == 8
-    check_run(read_run_config(write_run(tmp_path / "ok", 2, train_config(tiny, nproc_per_node=8), shard_index)))
+    check_run(
+        read_run_config(write_run(tmp_path / "ok", 2, train_config(tiny, nproc_per_node=8), shard_index))
+    )
 
     # more processes than train samples: a rank would get no batch
     msg = check_error(write_run(tmp_path / "a", 2, train_config(tiny, nproc_per_node=9), shard_index))
@@ -369,13 +453,20 @@ def test_check_run_names_the_key_for_world_size_zero_3_and_stage_2(tiny, shard_i
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node-a slots=5\nnode-b slots=4\n")
     multi = train_config(tiny, launcher="deepspeed", hostfile=str(hostfile), nproc_per_node=1)
-    assert check_error(write_run(tmp_path / "b", 2, multi, shard_index)).startswith("train.hostfile: its slots start 9 processes")
+    assert check_error(write_run(tmp_path / "b", 2, multi, shard_index)).startswith(
+        "train.hostfile: its slots start 9 processes"
+    )
 
     # ZeRO-3: refused, naming the DeepSpeed config
     zero3 = tmp_path / "zero3.json"
     zero3.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
-    msg = check_error(write_run(tmp_path / "c", 2, train_config(tiny, deepspeed_config=str(zero3)), shard_index))
-    assert msg.startswith(f"train.deepspeed_config: {zero3} sets zero_optimization.stage 3") and "ZeRO stages 0-2" in msg
+    msg = check_error(
+        write_run(tmp_path / "c", 2, train_config(tiny, deepspeed_config=str(zero3)), shard_index)
+    )
+    assert (
+        msg.startswith(f"train.deepspeed_config: {zero3} sets zero_optimization.stage 3")
+        and "ZeRO stages 0-2" in msg
+    )
 
     # stage 3 without stage 2's projector: the key first
     msg = check_error(write_run(tmp_path / "d", 3, train_config(tiny), shard_index))
@@ -436,7 +527,9 @@ def test_run_config_for_the_flow(tmp_path):
 
     cfg = load_config(profile="demo")
     rc = run_config_for(cfg, 3, "abc", work_dir=tmp_path)
-    assert rc.out_dir == str(stage_dir(tmp_path, 3)) and rc.shard_index == str(tmp_path.resolve() / "shards" / "index.json")
+    assert rc.out_dir == str(stage_dir(tmp_path, 3)) and rc.shard_index == str(
+        tmp_path.resolve() / "shards" / "index.json"
+    )
     assert rc.model["projector_path"] == str(stage_dir(tmp_path, 2) / "projector")
     assert rc.model["encoder"] == str(Path(cfg.work_dir) / "demo-models/whisper")  # stage 1 has not run here
     assert rc.stage_cfg == cfg.train.stage3.model_dump(mode="json") and rc.train["launcher"] == "torchrun"
@@ -444,9 +537,30 @@ def test_run_config_for_the_flow(tmp_path):
     path = write_run_config(tmp_path / "RUN.json", **rc.to_dict())
     assert read_run_config(path) == rc and isinstance(rc, RunConfig)
     cmd = launch_command(path, cfg.train, python="py")
-    assert cmd == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "tasks.train", str(path)]
+    assert cmd == [
+        "py",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "1",
+        "-m",
+        "tasks.train",
+        str(path),
+    ]
     ds = launch_command(path, {"launcher": "deepspeed", "nproc_per_node": 8}, python="py")
-    assert ds == ["py", "-m", "deepspeed.launcher.runner", "--master_port", "29500", "--num_gpus", "8", "--module", "tasks.train", str(path)]
+    assert ds == [
+        "py",
+        "-m",
+        "deepspeed.launcher.runner",
+        "--master_port",
+        "29500",
+        "--num_gpus",
+        "8",
+        "--module",
+        "tasks.train",
+        str(path),
+    ]
     with pytest.raises(ValueError, match="unknown keys"):
         write_run_config(tmp_path / "bad.json", **rc.to_dict(), extra=1)
 
@@ -486,13 +600,28 @@ def test_stages_2_and_3_learn_a_small_set(tiny, tmp_path):
 
     index = make_shards(tmp_path / "data", {"train": LEARN}, per_shard=2, speed=220)
     work = tmp_path / "work"
-    train = train_config(tiny, batch_max_audio_s=30.0, max_batch_size=8, num_workers=0, log_every=10, val_every=1000, ckpt_every=1000, grad_clip=1.0)
-    launch(write_run(work, 2, train, index, lr=1e-2, max_steps=20, warmup_steps=2, schedule="constant"), train)
-    launch(write_run(work, 3, train, index, lr=1e-2, max_steps=60, warmup_steps=2, schedule="constant"), train)
+    train = train_config(
+        tiny,
+        batch_max_audio_s=30.0,
+        max_batch_size=8,
+        num_workers=0,
+        log_every=10,
+        val_every=1000,
+        ckpt_every=1000,
+        grad_clip=1.0,
+    )
+    launch(
+        write_run(work, 2, train, index, lr=1e-2, max_steps=20, warmup_steps=2, schedule="constant"), train
+    )
+    launch(
+        write_run(work, 3, train, index, lr=1e-2, max_steps=60, warmup_steps=2, schedule="constant"), train
+    )
 
     model = load_llmasr(stage_dir(work, 3))
     refs, hyps = [], []
-    for batch in ShardSpeechDataset(index, "train", targets=LLMTargets(model.tokenizer), batch_max_audio_s=30.0, shuffle=False):
+    for batch in ShardSpeechDataset(
+        index, "train", targets=LLMTargets(model.tokenizer), batch_max_audio_s=30.0, shuffle=False
+    ):
         hyps += model.generate(batch["input_features"], batch["feature_lengths"], max_new_tokens=16)
         refs += batch["texts"]
     assert sorted(refs) == sorted(LEARN)

@@ -72,7 +72,11 @@ VALIDATION_SENTENCES = [
 def _speak(text: str, dst: Path, speed: int = 175) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "s.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", str(speed), "-w", str(wav), text], check=True, capture_output=True)
+        subprocess.run(
+            ["espeak-ng", "-v", "en-us", "-s", str(speed), "-w", str(wav), text],
+            check=True,
+            capture_output=True,
+        )
         return convert_to_flac16k(wav, dst)
 
 
@@ -108,7 +112,14 @@ def make_shards(
         path.parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(path), audio.astype(np.float32), SR, format="FLAC", subtype="PCM_16")
         add(item_id, text, "train", len(audio) / SR, path)
-    write_shards(layout, items, segments, labels, decisions, ShardConfig(target_mb=64, max_samples=per_shard, validation_fraction=0.0))
+    write_shards(
+        layout,
+        items,
+        segments,
+        labels,
+        decisions,
+        ShardConfig(target_mb=64, max_samples=per_shard, validation_fraction=0.0),
+    )
     return layout.shard_index
 
 
@@ -182,7 +193,9 @@ def test_every_sample_once_per_epoch_over_2_ranks_x_2_workers(index, samples):
     seen: list[str] = []
     per_rank, per_reader, batches = [], {}, []
     for rank in range(2):
-        ds = ShardSpeechDataset(index, "train", rank=rank, world_size=2, batch_max_audio_s=10.0, max_batch_size=4, seed=3)
+        ds = ShardSpeechDataset(
+            index, "train", rank=rank, world_size=2, batch_max_audio_s=10.0, max_batch_size=4, seed=3
+        )
         got = list(make_loader(ds, num_workers=2))
         keys = [k for b in got for k in b["keys"]]
         for b in got:
@@ -194,7 +207,10 @@ def test_every_sample_once_per_epoch_over_2_ranks_x_2_workers(index, samples):
     assert per_rank[0] and per_rank[1] and not per_rank[0] & per_rank[1]
     # the left-over shard is split by sample index, not given whole to one rank (9 vs 6 samples)
     assert abs(len(per_rank[0]) - len(per_rank[1])) <= 1
-    assert sorted(per_reader) == [(0, 0), (0, 1), (1, 0), (1, 1)] and max(per_reader.values()) - min(per_reader.values()) <= 1
+    assert (
+        sorted(per_reader) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        and max(per_reader.values()) - min(per_reader.values()) <= 1
+    )
     assert max(batches) <= estimate_batches(info, 2, 10.0, 4, num_workers=2)  # still an over-estimate
 
 
@@ -212,7 +228,9 @@ def reader_samples(urls: list[str], world: int, workers: int) -> dict[tuple[int,
     return out
 
 
-@pytest.mark.parametrize("n_shards, world, workers", [(5, 2, 1), (5, 2, 2), (3, 1, 2), (5, 4, 3), (4, 3, 2), (2, 3, 2), (5, 1, 1)])
+@pytest.mark.parametrize(
+    "n_shards, world, workers", [(5, 2, 1), (5, 2, 2), (3, 1, 2), (5, 4, 3), (4, 3, 2), (2, 3, 2), (5, 1, 1)]
+)
 def test_shard_counts_not_a_multiple_of_the_readers_are_split_evenly(index, n_shards, world, workers):
     """Shards are dealt out whole only while every reader gets one; the rest is split by sample
     index, so no rank (or worker) is a whole shard short of another -- ``synced`` would stop every
@@ -270,7 +288,10 @@ def test_features_are_whisper_log_mel_without_30s_padding(index, samples):
             n = samples[key]["n"]
             T = int(b["feature_lengths"][i])
             assert T == n // HOP_LENGTH
-            want = fe(samples[key]["audio"], sampling_rate=SR, return_tensors="np")["input_features"][0][:, :T]  # 30 s, cut
+            # 30 s, cut
+            want = fe(samples[key]["audio"], sampling_rate=SR, return_tensors="np")["input_features"][0][
+                :, :T
+            ]
             got = b["input_features"][i, :, :T].numpy()
             np.testing.assert_allclose(got[:, :-1], want[:, :-1], atol=1e-5)
             # the last frame's window reaches past the end: reflect padding here, zeros in the 30 s one
@@ -301,7 +322,8 @@ def test_log_mel_matches_whisper_feature_extractor(n_mels):
     log_mel = LogMel(n_mels)
     for n in (N_FFT // 2 + 1, 333, ODD_N, 5 * SR + 17, 30 * SR):
         for name, audio in _test_signals(n).items():
-            want = fe(audio, sampling_rate=SR, padding="longest", return_tensors="np")["input_features"][0]  # (M, T)
+            # (M, T)
+            want = fe(audio, sampling_rate=SR, padding="longest", return_tensors="np")["input_features"][0]
             got = log_mel(torch.from_numpy(audio))
             assert got.shape == want.shape == (n_mels, n // HOP_LENGTH), (name, n)
             np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=0, err_msg=f"{name}, {n} samples")
@@ -333,7 +355,9 @@ def test_worker_batches_equal_in_process_batches(index):
     there = list(make_loader(ShardSpeechDataset(index, "train", **kwargs), num_workers=1))
     assert [b["keys"] for b in there] == [b["keys"] for b in here]
     for a, b in zip(here, there):
-        assert torch.equal(a["input_features"], b["input_features"]) and torch.equal(a["feature_lengths"], b["feature_lengths"])
+        assert torch.equal(a["input_features"], b["input_features"]) and torch.equal(
+            a["feature_lengths"], b["feature_lengths"]
+        )
         assert b["input_features"].is_contiguous()
 
 
@@ -381,7 +405,8 @@ def test_targets_match_the_model_and_whisper(index, llm_tokenizer, tmp_path):
     targets = LLMTargets(llm_tokenizer)
     ds = ShardSpeechDataset(index, "train", targets=targets, batch_max_audio_s=60.0)
     b = next(iter(ds))
-    want = [llm_tokenizer(t, add_special_tokens=False)["input_ids"] for t in b["texts"]]  # = LLMASR.encode_targets
+    # = LLMASR.encode_targets
+    want = [llm_tokenizer(t, add_special_tokens=False)["input_ids"] for t in b["texts"]]
     assert b["target_ids"] == want
     assert b["n_tokens"] == sum(map(len, want))
 

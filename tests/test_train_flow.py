@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import N_ITEMS
-from prefect_states import settled_task_states
 from llmasr.config import ConfigError
 from llmasr.tiny_models import build_demo_models
+from prefect_states import settled_task_states
 from tasks import checkpoints
 from tasks.launch import TrainingProcessError
 from tasks.train_data import ShardSpeechDataset
@@ -52,12 +52,16 @@ def _task_states(flow_run_id) -> list[str]:
 
     def read_runs():
         with get_client(sync_client=True) as client:
-            return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
 
     return sorted(settled_task_states(read_runs, ["train-stage"]).get("train-stage", []))
 
 
-def test_three_stages_then_a_cached_rerun(reference_run, corpus: Path, models: dict, session_tmp: Path, capsys, monkeypatch):
+def test_three_stages_then_a_cached_rerun(
+    reference_run, corpus: Path, models: dict, session_tmp: Path, capsys, monkeypatch
+):
     from flows.train import train_flow
 
     ref, _ = reference_run
@@ -80,8 +84,12 @@ def test_three_stages_then_a_cached_rerun(reference_run, corpus: Path, models: d
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["train-summary"]), flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["train-summary"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            )
+        )
     assert len(arts) == 1
     rows = json.loads(arts[0].data) if isinstance(arts[0].data, str) else arts[0].data
     assert [r["stage"] for r in rows] == [1, 2, 3]
@@ -90,7 +98,12 @@ def test_three_stages_then_a_cached_rerun(reference_run, corpus: Path, models: d
     model = checkpoints.load_llmasr(checkpoints.stage_dir(work, 3))
     enc = model.encoder.config
     ds = ShardSpeechDataset(
-        work / "shards" / "index.json", "train", n_mels=enc.num_mel_bins, max_frames=2 * enc.max_source_positions, max_batch_size=2, shuffle=False
+        work / "shards" / "index.json",
+        "train",
+        n_mels=enc.num_mel_bins,
+        max_frames=2 * enc.max_source_positions,
+        max_batch_size=2,
+        shuffle=False,
     )
     batch = next(iter(ds))
     texts = model.generate(batch["input_features"], batch["feature_lengths"], max_new_tokens=4)
@@ -109,17 +122,48 @@ def test_three_stages_then_a_cached_rerun(reference_run, corpus: Path, models: d
 
     monkeypatch.setattr(cli, "console", Console(width=400))  # no column folded
     args = train_args(work, corpus, models)
-    assert cli.main(["train", "--profile", "demo", "--work-dir", str(work), *[a for o in args["overrides"] for a in ("--set", o)]]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--profile",
+                "demo",
+                "--work-dir",
+                str(work),
+                *[a for o in args["overrides"] for a in ("--set", o)],
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if "model TFLOP/s" in line)
-    assert [c.strip() for c in header.strip("┃│ ").split("┃")][:9] == ["stage", "steps", "samples", "loss", "val loss", "samples/s", "tokens/s", "model TFLOP/s", "MFU"]
+    assert [c.strip() for c in header.strip("┃│ ").split("┃")][:9] == [
+        "stage",
+        "steps",
+        "samples",
+        "loss",
+        "val loss",
+        "samples/s",
+        "tokens/s",
+        "model TFLOP/s",
+        "MFU",
+    ]
     for stage in (1, 2, 3):
-        row = next(line for line in lines if line.rstrip(" │").endswith(str(checkpoints.stage_dir(work.resolve(), stage))))
+        row = next(
+            line
+            for line in lines
+            if line.rstrip(" │").endswith(str(checkpoints.stage_dir(work.resolve(), stage)))
+        )
         cells = [c.strip() for c in row.strip("│ ").split("│")]
-        assert cells[0] == str(stage) and float(cells[5]) > 0 and float(cells[7]) > 0 and cells[8] == "-", cells  # no MFU on a CPU
+        # no MFU on a CPU
+        assert cells[0] == str(stage) and float(cells[5]) > 0 and float(cells[7]) > 0 and cells[8] == "-", (
+            cells
+        )
 
 
-def test_a_stage_without_its_predecessor_fails_before_compute(prefect_harness, corpus: Path, models: dict, reference_run, session_tmp: Path):
+def test_a_stage_without_its_predecessor_fails_before_compute(
+    prefect_harness, corpus: Path, models: dict, reference_run, session_tmp: Path
+):
     from flows.train import train_flow
 
     ref, _ = reference_run
@@ -134,7 +178,9 @@ def test_a_stage_without_its_predecessor_fails_before_compute(prefect_harness, c
     assert not (work / "checkpoints").exists()
 
 
-def test_a_hung_stage_is_killed_with_its_process_group(prefect_harness, corpus: Path, models: dict, reference_run, session_tmp: Path):
+def test_a_hung_stage_is_killed_with_its_process_group(
+    prefect_harness, corpus: Path, models: dict, reference_run, session_tmp: Path
+):
     from flows.train import train_flow
 
     ref, _ = reference_run
@@ -149,7 +195,9 @@ def test_a_hung_stage_is_killed_with_its_process_group(prefect_harness, corpus: 
     assert checkpoints.read_stage(checkpoints.stage_dir(work, 1)) is None
 
 
-def test_shards_without_validation_warn_once_in_the_flow_log_and_the_trainers(prefect_harness, models: dict, tmp_path: Path):
+def test_shards_without_validation_warn_once_in_the_flow_log_and_the_trainers(
+    prefect_harness, models: dict, tmp_path: Path
+):
     """Items that all hashed to train: the flow's log warns once naming shard.validation_fraction and
     its value, and the stage's trainer log once."""
     from prefect.client.orchestration import get_client
@@ -161,15 +209,26 @@ def test_shards_without_validation_warn_once_in_the_flow_log_and_the_trainers(pr
 
     work = tmp_path / "work"
     make_shards(work, {"train": SENTENCES[:2]}, per_shard=2)
-    overrides = [f"train.encoder={models['whisper']}", f"train.llm={models['llm']}", f"train.tokenizer={models['tokenizer']}", "train.stage1.max_steps=1"]
+    overrides = [
+        f"train.encoder={models['whisper']}",
+        f"train.llm={models['llm']}",
+        f"train.tokenizer={models['tokenizer']}",
+        "train.stage1.max_steps=1",
+    ]
     state = train_flow(profile="demo", work_dir=str(work), overrides=overrides, stages=[1], return_state=True)
     assert state.is_completed(), state.message
     APILogHandler().flush()  # the run's last log batch, sent to the server
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
     warnings = [r.message for r in logs if r.level >= 30 and "has no validation split" in r.message]
     assert len(warnings) == 1 and "raise shard.validation_fraction (now 0.15)" in warnings[0], warnings
-    trainer = [line for line in (work / "logs" / "stage1.log").read_text().splitlines() if "has no validation split" in line]
+    trainer = [
+        line
+        for line in (work / "logs" / "stage1.log").read_text().splitlines()
+        if "has no validation split" in line
+    ]
     assert len(trainer) == 1 and "WARNING" in trainer[0] and "shard.validation_fraction" in trainer[0]
 
 
@@ -212,7 +271,9 @@ def test_stage_keys_follow_the_deepspeed_configs_content_not_its_path(tmp_path: 
     def key(config: dict) -> str:
         path = tmp_path / f"ds-{len(list(tmp_path.glob('ds-*')))}.json"
         path.write_text(json.dumps(config))
-        return stage_key(load_config("demo", [f"train.deepspeed_config={path}"], work_dir=str(tmp_path)), layout, 1)
+        return stage_key(
+            load_config("demo", [f"train.deepspeed_config={path}"], work_dir=str(tmp_path)), layout, 1
+        )
 
     base = stage_key(base_cfg, layout, 1)
     assert key(ds) == base

@@ -30,7 +30,16 @@ import pytest
 from conftest import N_ITEMS, REPO
 from prefect_states import settled_task_states
 
-STAGES = ("ingest-local", "write-items", "segment", "write-segments", "label", "write-labels", "filter", "shard")
+STAGES = (
+    "ingest-local",
+    "write-items",
+    "segment",
+    "write-segments",
+    "label",
+    "write-labels",
+    "filter",
+    "shard",
+)
 DEPLOYMENTS = ("llmasr-data", "llmasr-train", "llmasr-evaluate", "llmasr-pipeline")
 RUN_TIMEOUT_S = 240
 CHROMIUM_FLAGS = [
@@ -106,14 +115,22 @@ def start_ui(corpus: Path, tmp: Path) -> UI:
     home.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     # run logs at INFO reach the API (the tests read them); the runner picks up new runs within 2 s
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="INFO", PREFECT_RUNNER_POLL_FREQUENCY="2")
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="INFO",
+        PREFECT_RUNNER_POLL_FREQUENCY="2",
+    )
     cmd = [
-        sys.executable, "-m", "llmasr.cli", "ui", "--profile", "demo", "--port", str(port), "--work-dir", str(work),
+        sys.executable, "-m", "llmasr.cli", "ui",
+        "--profile", "demo", "--port", str(port), "--work-dir", str(work),
         "--set", f"demo.corpus_dir={corpus}", "--set", f"demo.n_items={N_ITEMS}",
     ]  # fmt: skip
     log = tmp / "llmasr-ui.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     return UI(proc, port, log, work, corpus)
 
 
@@ -132,7 +149,9 @@ def wait_deployments(ui: UI, timeout_s: float = 180) -> dict:
         if set(DEPLOYMENTS) <= set(found):
             return found
         time.sleep(1)
-    pytest.fail(f"deployments not registered in {timeout_s} s (have {sorted(found)}; {last}):\n{ui.log_tail()}")
+    pytest.fail(
+        f"deployments not registered in {timeout_s} s (have {sorted(found)}; {last}):\n{ui.log_tail()}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -164,12 +183,23 @@ def run_data(ui: UI, work_dir: Path | None = None, overrides: list[str] = ()):
     ``work_dir``, with extra ``overrides``); return the finished flow run."""
     from prefect.deployments import run_deployment
 
-    params = {"sources": [str(ui.corpus / "videos")], "overrides": [f"demo.corpus_dir={ui.corpus}", f"demo.n_items={N_ITEMS}", *overrides]}
+    params = {
+        "sources": [str(ui.corpus / "videos")],
+        "overrides": [f"demo.corpus_dir={ui.corpus}", f"demo.n_items={N_ITEMS}", *overrides],
+    }
     if work_dir is not None:
         params["work_dir"] = str(work_dir)
     with ui.settings():
-        run = run_deployment(name="llmasr-data/llmasr-data", parameters=params, timeout=RUN_TIMEOUT_S, poll_interval=2, as_subflow=False)
-    assert run.state is not None and run.state.is_final(), f"flow run {run.id} not finished in {RUN_TIMEOUT_S} s: {run.state}\n{ui.log_tail()}"
+        run = run_deployment(
+            name="llmasr-data/llmasr-data",
+            parameters=params,
+            timeout=RUN_TIMEOUT_S,
+            poll_interval=2,
+            as_subflow=False,
+        )
+    assert run.state is not None and run.state.is_final(), (
+        f"flow run {run.id} not finished in {RUN_TIMEOUT_S} s: {run.state}\n{ui.log_tail()}"
+    )
     assert run.state.is_completed(), f"{run.state.name}: {run.state.message}\n{ui.log_tail()}"
     return run
 
@@ -179,7 +209,9 @@ def task_states(ui: UI, flow_run_id, expect: tuple[str, ...] = ()) -> dict[str, 
 
     def read_runs():
         with ui.settings(), ui.client() as client:
-            return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
 
     return settled_task_states(read_runs, expect)
 
@@ -199,7 +231,11 @@ def test_ui_serves_the_four_deployments_with_parameter_descriptions(ui: UI):
     for name in ("sources", "overrides", "profile", "work_dir"):
         assert props[name].get("description"), (name, props[name])
     # the UI's "Run" button runs what `llmasr ui` was started with: its profile, work dir and --set
-    assert data.parameters == {"profile": "demo", "work_dir": str(ui.work), "overrides": [f"demo.corpus_dir={ui.corpus}", f"demo.n_items={N_ITEMS}"]}
+    assert data.parameters == {
+        "profile": "demo",
+        "work_dir": str(ui.work),
+        "overrides": [f"demo.corpus_dir={ui.corpus}", f"demo.n_items={N_ITEMS}"],
+    }
     assert "llmasr" in data.tags and "profile:demo" in data.tags
     assert port_open(ui.port)
 
@@ -212,8 +248,9 @@ def test_ui_points_the_browser_at_this_server(ui: UI):
     with urllib.request.urlopen(f"{ui.url}/ui-settings", timeout=10) as resp:
         settings = json.loads(resp.read())
     assert settings["api_url"] == ui.api_url, (
-        f"the UI would call {settings['api_url']}, not {ui.api_url}: llmasr.server.start_server must pass the port "
-        "to the server's settings (PREFECT_SERVER_API_HOST/PREFECT_SERVER_API_PORT or PREFECT_UI_API_URL)"
+        f"the UI would call {settings['api_url']}, not {ui.api_url}: llmasr.server.start_server must pass "
+        "the port to the server's settings (PREFECT_SERVER_API_HOST/PREFECT_SERVER_API_PORT or "
+        "PREFECT_UI_API_URL)"
     )
 
 
@@ -223,9 +260,13 @@ def test_data_deployment_run_completes_and_publishes_artifacts(ui: UI, first_run
     from tasks.ingest import AUDIO_EXTENSIONS
 
     with ui.settings(), ui.client() as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first_run.id])))
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[first_run.id]))
+        )
     by_key = {a.key: a for a in arts if a.key}
-    assert {"data-counts", "data-filter-funnel", "data-samples", "data-report", "label-progress"} <= set(by_key), sorted(by_key)
+    assert {"data-counts", "data-filter-funnel", "data-samples", "data-report", "label-progress"} <= set(
+        by_key
+    ), sorted(by_key)
     counts = by_key["data-counts"].data
     rows = {r["stage"]: r for r in (json.loads(counts) if isinstance(counts, str) else counts)}
     assert list(rows) == ["ingest", "segment", "label", "filter", "shard"]
@@ -286,7 +327,9 @@ def train_runs(ui: UI, work_dir: Path) -> list:
 
     deployment_id = ui.deployments["llmasr-train"].id
     with ui.settings(), ui.client() as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id])))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]))
+        )
     return [r for r in runs if r.parameters.get("work_dir") == str(work_dir)]
 
 
@@ -304,7 +347,9 @@ def test_below_the_threshold_training_waits(ui: UI, first_run):
     """The module's work dir holds minutes of kept audio, never trained: a 1000 h threshold is not reached."""
     run = run_data(ui, overrides=["schedule.train_after_new_hours=1000"])  # stages Cached: nothing new to do
     logs = run_logs(ui, run.id, expect="training waits")
-    assert re.search(r"(\d+\.\d+) h of new kept audio since the last training \(< 1000\.00 h\): training waits", logs), logs
+    assert re.search(
+        r"(\d+\.\d+) h of new kept audio since the last training \(< 1000\.00 h\): training waits", logs
+    ), logs
     assert "triggered" not in logs, logs
     assert train_runs(ui, ui.work) == []
 
@@ -318,11 +363,17 @@ def test_a_waiting_train_run_is_not_triggered_twice(ui: UI, first_run):
 
     later = datetime.now(UTC) + timedelta(days=1)  # far enough that the runner leaves it alone
     with ui.settings(), ui.client() as client:
-        waiting = client.create_flow_run_from_deployment(ui.deployments["llmasr-train"].id, parameters={"work_dir": str(ui.work)}, state=Scheduled(scheduled_time=later))
+        waiting = client.create_flow_run_from_deployment(
+            ui.deployments["llmasr-train"].id,
+            parameters={"work_dir": str(ui.work)},
+            state=Scheduled(scheduled_time=later),
+        )
     try:
         run = run_data(ui, overrides=["schedule.train_after_new_hours=0.0001"])
         logs = run_logs(ui, run.id, expect="not triggering another")
-        assert f"already Scheduled for this work dir (flow run {waiting.id}): not triggering another" in logs, logs
+        assert (
+            f"already Scheduled for this work dir (flow run {waiting.id}): not triggering another" in logs
+        ), logs
         assert [r.id for r in train_runs(ui, ui.work)] == [waiting.id]
     finally:
         with ui.settings(), ui.client() as client:
@@ -346,18 +397,27 @@ def test_new_hours_trigger_the_train_deployment_once(ui: UI, first_run):
     train = found[0]
     assert str(train.id) in logs
     assert train.parameters["profile"] == "demo"
-    assert train.parameters["overrides"] == data.parameters["overrides"]  # the data run's config, tiny steps included
+    # the data run's config, tiny steps included
+    assert train.parameters["overrides"] == data.parameters["overrides"]
     assert train.created >= data.created
 
     train = wait_flow_run(ui, train.id, TRAIN_RUN_TIMEOUT_S)
-    assert train.state.is_final(), f"train run {train.id} not finished in {TRAIN_RUN_TIMEOUT_S} s: {train.state}\n{ui.log_tail()}"
-    assert train.state.is_completed(), f"{train.state.name}: {train.state.message}\n{run_logs(ui, train.id, expect='')[-4000:]}\n{ui.log_tail()}"
+    assert train.state.is_final(), (
+        f"train run {train.id} not finished in {TRAIN_RUN_TIMEOUT_S} s: {train.state}\n{ui.log_tail()}"
+    )
+    assert train.state.is_completed(), (
+        f"{train.state.name}: {train.state.message}\n"
+        f"{run_logs(ui, train.id, expect='')[-4000:]}\n"
+        f"{ui.log_tail()}"
+    )
     for stage in (1, 2, 3):
         info = checkpoints.read_stage(checkpoints.stage_dir(work, stage))
         assert info is not None and info["steps"] == 2, (stage, info)
     index = json.loads((work / "shards" / "index.json").read_text())
     assert checkpoints.train_audio_s(index) > 0
-    assert json.loads(checkpoints.trained_on_path(work).read_text())["train_audio_s"] == checkpoints.train_audio_s(index)
+    assert json.loads(checkpoints.trained_on_path(work).read_text())[
+        "train_audio_s"
+    ] == checkpoints.train_audio_s(index)
 
     again = run_data(ui, work_dir=work, overrides=overrides)
     logs = run_logs(ui, again.id, expect="training waits")
@@ -369,10 +429,17 @@ def test_new_hours_trigger_the_train_deployment_once(ui: UI, first_run):
 def chromium(*args: str, timeout_s: float = 180) -> subprocess.CompletedProcess:
     binary = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(binary).exists():
-        pytest.fail("chromium is not installed: run `bash scripts/setup.sh` (it installs Debian's chromium package)")
+        pytest.fail(
+            "chromium is not installed: run `bash scripts/setup.sh` (it installs Debian's chromium package)"
+        )
     profile = tempfile.mkdtemp(prefix="llmasr-chromium-")
     try:
-        return subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=timeout_s)
+        return subprocess.run(
+            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
     finally:
         shutil.rmtree(profile, ignore_errors=True)
 
@@ -382,7 +449,13 @@ def test_chromium_renders_the_flow_run_page(ui: UI, first_run, tmp_path: Path):
 
     url = f"{ui.url}/runs/flow-run/{first_run.id}"
     shot = tmp_path / "ui-flow-run.png"
-    res = chromium(f"--screenshot={shot}", "--window-size=1400,900", "--virtual-time-budget=15000", "--run-all-compositor-stages-before-draw", url)
+    res = chromium(
+        f"--screenshot={shot}",
+        "--window-size=1400,900",
+        "--virtual-time-budget=15000",
+        "--run-all-compositor-stages-before-draw",
+        url,
+    )
     assert shot.is_file(), f"no screenshot (status {res.returncode}):\n{res.stderr[-3000:]}"
     keep = REPO / "test-artifacts" / "ui-flow-run.png"  # kept for a look, also when a check below fails
     keep.parent.mkdir(exist_ok=True)
@@ -420,8 +493,18 @@ def test_sigint_stops_ui_and_its_server(ui: UI):
 def test_is_loopback():
     from llmasr.server import is_loopback
 
-    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
-    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("192.168.1.10") and not is_loopback("example.com")
+    assert (
+        is_loopback("127.0.0.1")
+        and is_loopback("localhost")
+        and is_loopback("::1")
+        and is_loopback("127.0.0.2")
+    )
+    assert (
+        not is_loopback("0.0.0.0")
+        and not is_loopback("::")
+        and not is_loopback("192.168.1.10")
+        and not is_loopback("example.com")
+    )
 
 
 class _Stop(Exception):

@@ -47,7 +47,12 @@ def test_suppress_tokens_are_whispers_rule_as_faster_whisper_builds_it():
     from faster_whisper.transcribe import get_suppressed_tokens
 
     ours, begin = suppress_tokens(whisper_tokenizer())
-    fw = Tokenizer(tokenizers.Tokenizer.from_file(str(shipped_tokenizer_file())), multilingual=False, task="transcribe", language="en")
+    fw = Tokenizer(
+        tokenizers.Tokenizer.from_file(str(shipped_tokenizer_file())),
+        multilingual=False,
+        task="transcribe",
+        language="en",
+    )
     assert ours == list(get_suppressed_tokens(fw, [-1]))  # 90 ids for the English-only vocabulary
     assert begin == [220, fw.eot]  # " " and <|endoftext|>
     from transformers import AutoTokenizer
@@ -66,14 +71,17 @@ def test_suppress_tokens_are_whispers_rule_as_faster_whisper_builds_it():
 def test_a_piece_decodes_the_same_alone_and_in_a_batch(whisper_dir, audios, trim, beams):
     """Each row stops at its own bound and end token, and (trimmed) cross-attends to its own frames:
     the short piece's hypothesis does not depend on the longer pieces beside it."""
-    system = TransformersWhisperSystem("t", str(whisper_dir), settings(num_beams=beams, whisper_trim_padding=trim))
+    system = TransformersWhisperSystem(
+        "t", str(whisper_dir), settings(num_beams=beams, whisper_trim_padding=trim)
+    )
     batch = system.decode(audios)
     alone = [system.decode([a])[0] for a in audios]
     assert batch == alone and all(batch)
     bounds = system.bounds(audios)
     assert bounds[2] < bounds[0]  # the short piece really has the smaller bound
     tok = system.tokenizer
-    assert len(tok(alone[2], add_special_tokens=False)["input_ids"]) <= bounds[2] + 2  # re-tokenising may split a little
+    # re-tokenising may split a little
+    assert len(tok(alone[2], add_special_tokens=False)["input_ids"]) <= bounds[2] + 2
 
 
 def test_the_checkpoints_generation_config_is_not_inherited(whisper_dir, audios, tmp_path):
@@ -84,15 +92,32 @@ def test_the_checkpoints_generation_config_is_not_inherited(whisper_dir, audios,
     (clean / "generation_config.json").unlink(missing_ok=True)
     noisy = tmp_path / "noisy"
     shutil.copytree(whisper_dir, noisy)
-    (noisy / "generation_config.json").write_text(json.dumps({
-        "do_sample": True, "temperature": 0.7, "top_p": 0.5, "top_k": 3, "repetition_penalty": 1.5,
-        "no_repeat_ngram_size": 1, "length_penalty": 3.0, "num_beams": 5, "max_length": 5, "suppress_tokens": [],
-        "begin_suppress_tokens": [], "forced_decoder_ids": [[1, 50259]], "decoder_start_token_id": 50257,
-        "eos_token_id": 50257, "pad_token_id": 50257, "bos_token_id": 50257,
-    }))
+    (noisy / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "do_sample": True,
+                "temperature": 0.7,
+                "top_p": 0.5,
+                "top_k": 3,
+                "repetition_penalty": 1.5,
+                "no_repeat_ngram_size": 1,
+                "length_penalty": 3.0,
+                "num_beams": 5,
+                "max_length": 5,
+                "suppress_tokens": [],
+                "begin_suppress_tokens": [],
+                "forced_decoder_ids": [[1, 50259]],
+                "decoder_start_token_id": 50257,
+                "eos_token_id": 50257,
+                "pad_token_id": 50257,
+                "bos_token_id": 50257,
+            }
+        )
+    )
     from transformers import WhisperForConditionalGeneration
 
-    assert WhisperForConditionalGeneration.from_pretrained(str(noisy)).generation_config.do_sample is True  # it is read
+    # it is read
+    assert WhisperForConditionalGeneration.from_pretrained(str(noisy)).generation_config.do_sample is True
     for beams in (1, 2):
         s = settings(num_beams=beams)
         want = TransformersWhisperSystem("clean", str(clean), s).decode(audios)
@@ -100,12 +125,15 @@ def test_the_checkpoints_generation_config_is_not_inherited(whisper_dir, audios,
 
 
 def _stage1_checkpoint(work: Path, whisper_dir: Path, trim_padding: bool = True) -> Path:
-    """checkpoints/stage1 as the trainer exports it: whisper/ (Whisper + tokenizer), model.json, stage.json."""
+    """checkpoints/stage1 as the trainer exports it: whisper/ (Whisper + tokenizer), model.json,
+    stage.json."""
     from tasks.checkpoints import stage_dir, write_stage
 
     folder = stage_dir(work, 1)
     shutil.copytree(whisper_dir, folder / "whisper")
-    (folder / "model.json").write_text(json.dumps({"encoder": str(folder / "encoder"), "trim_padding": trim_padding}))
+    (folder / "model.json").write_text(
+        json.dumps({"encoder": str(folder / "encoder"), "trim_padding": trim_padding})
+    )
     write_stage(folder, stage=1, key="test-1", steps=0, samples=0)
     return folder
 
@@ -113,18 +141,24 @@ def _stage1_checkpoint(work: Path, whisper_dir: Path, trim_padding: bool = True)
 def test_stage1_and_transformers_baselines_are_systems(whisper_dir, tmp_path):
     work = tmp_path / "work"
     stage1 = _stage1_checkpoint(work, whisper_dir)
-    cfg = EvalConfig(stages=[1, 2], baselines=[f"transformers:{whisper_dir}", "faster-whisper:bundled:tiny.en"])
+    cfg = EvalConfig(
+        stages=[1, 2], baselines=[f"transformers:{whisper_dir}", "faster-whisper:bundled:tiny.en"]
+    )
     specs, notes = ev.system_specs(work, cfg)
     assert [(s.name, s.kind) for s in specs] == [
-        ("llmasr-stage1", "transformers"), (f"transformers:{whisper_dir}", "transformers"), ("faster-whisper:bundled:tiny.en", "faster-whisper"),
+        ("llmasr-stage1", "transformers"),
+        (f"transformers:{whisper_dir}", "transformers"),
+        ("faster-whisper:bundled:tiny.en", "faster-whisper"),
     ]
     assert notes and "llmasr-stage2: no complete checkpoint" in notes[0]
     s = settings()
     stage, stock = ev.make_systems(specs[:2], s)
-    assert stage.trim_padding is True and stock.trim_padding is False  # as stage 1 trained / as Whisper was trained
+    # as stage 1 trained / as Whisper was trained
+    assert stage.trim_padding is True and stock.trim_padding is False
     assert stage.identity()["stage"]["stage"] == 1 and stage.identity() != stock.identity()
     forced = TransformersWhisperSystem("llmasr-stage1", str(stage1), settings(whisper_trim_padding=False))
-    assert forced.trim_padding is False and forced.identity() != stage.identity()  # eval.whisper_trim_padding is in the key
+    # eval.whisper_trim_padding is in the key
+    assert forced.trim_padding is False and forced.identity() != stage.identity()
     # decoded through the same run_system as every other system
     wav = tmp_path / "a.wav"
     import soundfile as sf
@@ -132,7 +166,9 @@ def test_stage1_and_transformers_baselines_are_systems(whisper_dir, tmp_path):
     sf.write(str(wav), (0.1 * np.random.default_rng(1).standard_normal(24000)).astype(np.float32), 16000)
     from tasks.testsets import TestUtterance
 
-    kept, pieces, durations = decode.plan_pieces([TestUtterance("a", str(wav), "hello")], 30.0, SegmentConfig(), [])
+    kept, pieces, durations = decode.plan_pieces(
+        [TestUtterance("a", str(wav), "hello")], 30.0, SegmentConfig(), []
+    )
     result = decode.run_system(stage, kept, pieces, durations, s)
     assert not result.failures and result.hyps["a"] and 0 < result.tokens <= s.bound(1.5)
     # a rewritten model folder is another system as far as the decode cache goes (rewritten in a
@@ -168,7 +204,9 @@ def test_faster_whisper_identity_follows_the_resolved_model_folder(tmp_path, mon
 def test_eval_config_takes_transformers_baselines_and_stage_1():
     from pydantic import ValidationError
 
-    cfg = EvalConfig(baselines=["transformers:bundled:whisper-base", "transformers:openai/whisper-base"], stages=[1, 2, 3])
+    cfg = EvalConfig(
+        baselines=["transformers:bundled:whisper-base", "transformers:openai/whisper-base"], stages=[1, 2, 3]
+    )
     assert cfg.stages == [1, 2, 3] and EvalConfig().stages == [1, 2, 3]
     for bad in (["whisper:large"], ["transformers:"], ["transformers: "]):
         with pytest.raises(ValidationError, match="transformers:<Whisper checkpoint>"):
@@ -183,11 +221,23 @@ def test_faster_whisper_gets_every_decoding_option():
     from faster_whisper import WhisperModel
 
     params = set(inspect.signature(WhisperModel.transcribe).parameters)
-    given = {"language", "beam_size", "no_repeat_ngram_size", "max_new_tokens", *decode.FASTER_WHISPER_OPTIONS}
+    given = {
+        "language",
+        "beam_size",
+        "no_repeat_ngram_size",
+        "max_new_tokens",
+        *decode.FASTER_WHISPER_OPTIONS,
+    }
     assert given <= params
-    assert params - given == {"self", "audio", "log_progress", "vad_parameters"}  # input, a log switch, VAD (off)
+    # input, a log switch, VAD (off)
+    assert params - given == {"self", "audio", "log_progress", "vad_parameters"}
     o = decode.FASTER_WHISPER_OPTIONS
-    assert (o["temperature"], o["repetition_penalty"], o["length_penalty"], o["no_speech_threshold"]) == (0.0, 1.0, 1.0, None)
+    assert (o["temperature"], o["repetition_penalty"], o["length_penalty"], o["no_speech_threshold"]) == (
+        0.0,
+        1.0,
+        1.0,
+        None,
+    )
 
 
 def test_converted_whisper_base_agrees_with_faster_whisper_on_real_speech():
@@ -195,7 +245,8 @@ def test_converted_whisper_base_agrees_with_faster_whisper_on_real_speech():
     base, greedy, on the three shortest real clips: the same normalised words."""
     from llmasr.bundled import resolve_ct2, resolve_hf
 
-    resolve_hf("bundled:whisper-base"), resolve_ct2("bundled:whisper-base")  # scripts/setup.sh installs them: no skip
+    # scripts/setup.sh installs them: no skip
+    resolve_hf("bundled:whisper-base"), resolve_ct2("bundled:whisper-base")
     if not REAL_SPEECH.is_file():
         pytest.skip(f"no real speech at {REAL_SPEECH}")
     from llmasr.text import normalize
@@ -212,8 +263,11 @@ def test_converted_whisper_base_agrees_with_faster_whisper_on_real_speech():
         hyps[kind] = decode.run_system(system, short, pieces, durations, s).hyps
         system.close()
     for u in short:
-        assert normalize(hyps["transformers"][u.utt_id]) == normalize(hyps["faster-whisper"][u.utt_id]), u.utt_id
-        assert normalize(hyps["transformers"][u.utt_id]).split()[:2] == normalize(u.text).split()[:2]  # it transcribes
+        assert normalize(hyps["transformers"][u.utt_id]) == normalize(hyps["faster-whisper"][u.utt_id]), (
+            u.utt_id
+        )
+        # it transcribes
+        assert normalize(hyps["transformers"][u.utt_id]).split()[:2] == normalize(u.text).split()[:2]
 
 
 def test_stage1_export_is_a_complete_whisper_folder(whisper_dir, tmp_path):
@@ -224,7 +278,8 @@ def test_stage1_export_is_a_complete_whisper_folder(whisper_dir, tmp_path):
     from tasks.train import _complete_whisper_folder
 
     out = tmp_path / "whisper"
-    WhisperForConditionalGeneration.from_pretrained(str(whisper_dir)).save_pretrained(str(out))  # weights only
+    # weights only
+    WhisperForConditionalGeneration.from_pretrained(str(whisper_dir)).save_pretrained(str(out))
     assert not (out / "tokenizer.json").exists() and not (whisper_dir / "preprocessor_config.json").exists()
     _complete_whisper_folder(str(whisper_dir), out, 80)
     assert WhisperFeatureExtractor.from_pretrained(str(out)).feature_size == 80

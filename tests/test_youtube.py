@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import soundfile as sf
-from webfixtures import Site, closed_port, page, speak, video_tag, vtt
 from yt_dlp.networking.common import Response
 from yt_dlp.networking.exceptions import HTTPError, TransportError
 from yt_dlp.utils import DownloadError, ExtractorError
@@ -34,6 +33,7 @@ from tasks.youtube import (
     list_entries,
     load_record,
 )
+from webfixtures import Site, closed_port, page, speak, video_tag, vtt
 
 SENTENCE = "the quick brown fox jumps over the lazy dog"
 PLAYLIST_SENTENCES = ["one small step", "hello from the second clip", "and the third one"]
@@ -95,7 +95,10 @@ def test_single_page_gives_one_ok_item(state: Site, layout: WorkLayout) -> None:
     assert SENTENCE in (layout.root / item.caption_path).read_text()
     assert item.caption_kind == "manual"
     assert load_record(layout, item.item_id) == item
-    assert layout.ytdlp_archive.read_text().split() == ["html5mediaembed", item.item_id.removeprefix("html5mediaembed-")]
+    assert layout.ytdlp_archive.read_text().split() == [
+        "html5mediaembed",
+        item.item_id.removeprefix("html5mediaembed-"),
+    ]
     assert not [n for n in _raw_files(layout) if n.startswith(".")], "temp files left in raw/"
 
 
@@ -212,7 +215,9 @@ def test_a_source_that_cannot_be_listed_keeps_its_earlier_items(
     assert any("could not list" in r.getMessage() and "kept 3" in r.getMessage() for r in caplog.records)
 
 
-def test_a_known_item_without_audio_is_listed_failed_when_the_source_cannot_be_listed(state: Site, layout: WorkLayout) -> None:
+def test_a_known_item_without_audio_is_listed_failed_when_the_source_cannot_be_listed(
+    state: Site, layout: WorkLayout
+) -> None:
     name = "listing-lost.html"
     url = _playlist_page(state, name)
     try:
@@ -230,7 +235,9 @@ def test_a_known_item_without_audio_is_listed_failed_when_the_source_cannot_be_l
     assert "could not be listed" in (lost.error or "") and first[1].path in (lost.error or "")  # type: ignore[operator]
 
 
-def test_items_the_listing_no_longer_shows_are_kept(state: Site, layout: WorkLayout, caplog: pytest.LogCaptureFixture) -> None:
+def test_items_the_listing_no_longer_shows_are_kept(
+    state: Site, layout: WorkLayout, caplog: pytest.LogCaptureFixture
+) -> None:
     name = "listing-shrinks.html"
     url = _playlist_page(state, name)
     try:
@@ -250,7 +257,9 @@ def test_items_the_listing_no_longer_shows_are_kept(state: Site, layout: WorkLay
 
 
 @pytest.mark.parametrize("failure", ["fail_503", "drop"])
-def test_network_error_is_retried(state: Site, layout: WorkLayout, caplog: pytest.LogCaptureFixture, failure: str) -> None:
+def test_network_error_is_retried(
+    state: Site, layout: WorkLayout, caplog: pytest.LogCaptureFixture, failure: str
+) -> None:
     opts = YtdlpOptions(backoff_s=0.01, retries=1, socket_timeout_s=5)
     failures = 3  # more than yt-dlp's own retries (1 retry = 2 requests), so our loop must step in
     getattr(state.state, failure)["/flaky.m4a"] = failures
@@ -284,14 +293,23 @@ def test_too_long_fails(state: Site, layout: WorkLayout) -> None:
 
 
 def test_too_long_known_before_download(layout: WorkLayout) -> None:
-    info = {"id": "x1", "extractor_key": "Youtube", "webpage_url": "https://example.invalid/v/x1", "title": "Long", "duration": 7200}
+    info = {
+        "id": "x1",
+        "extractor_key": "Youtube",
+        "webpage_url": "https://example.invalid/v/x1",
+        "title": "Long",
+        "duration": 7200,
+    }
     item = youtube._fetch_resolved(info, "src", layout, YtdlpOptions(max_item_duration_s=3600))
     assert item.item_id == "youtube-x1" and item.status == STATUS_FAILED
     assert item.error and item.error.startswith("too long: 7200 s")
 
 
 def test_choose_captions_prefers_manual_then_auto() -> None:
-    info: dict[str, Any] = {"subtitles": {"de": [{}], "en-GB": [{}]}, "automatic_captions": {"en": [{}], "fr": [{}]}}
+    info: dict[str, Any] = {
+        "subtitles": {"de": [{}], "en-GB": [{}]},
+        "automatic_captions": {"en": [{}], "fr": [{}]},
+    }
     assert choose_captions(info, YtdlpOptions(captions_languages=("en",))) == ("en-GB", "manual")
     assert choose_captions(info, YtdlpOptions(captions_languages=("fr",))) == ("fr", "auto")
     assert choose_captions(info, YtdlpOptions(captions_languages=("fr",), allow_auto_captions=False)) is None
@@ -347,7 +365,12 @@ def test_cookies_none_and_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
         cookies_from_env_or_secret()
     assert "/no/such" not in str(err.value)
     # the message names the variable, the config keys behind it, and what to do
-    for part in ("$LLMASR_YTDLP_COOKIES", "ingest.cookies_env", "ingest.cookies_secret", "path of a cookies.txt file"):
+    for part in (
+        "$LLMASR_YTDLP_COOKIES",
+        "ingest.cookies_env",
+        "ingest.cookies_secret",
+        "path of a cookies.txt file",
+    ):
         assert part in str(err.value)
 
 
@@ -378,13 +401,19 @@ def test_cookies_from_prefect_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     os.unlink(path)
 
 
-def test_cookies_are_used_but_never_logged(state: Site, layout: WorkLayout, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_cookies_are_used_but_never_logged(
+    state: Site, layout: WorkLayout, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cookies = tmp_path / "private-cookies.txt"
     cookies.write_text(COOKIES)
     caplog.set_level(logging.DEBUG, logger="llmasr.ingest")
 
-    items = fetch_web_source(state.url("one.html"), layout, YtdlpOptions(backoff_s=0.01, cookies_file=str(cookies)))
-    missing = fetch_web_source(state.url("missing.html"), layout, YtdlpOptions(backoff_s=0.01, cookies_file=str(cookies)))
+    items = fetch_web_source(
+        state.url("one.html"), layout, YtdlpOptions(backoff_s=0.01, cookies_file=str(cookies))
+    )
+    missing = fetch_web_source(
+        state.url("missing.html"), layout, YtdlpOptions(backoff_s=0.01, cookies_file=str(cookies))
+    )
 
     assert items[0].status == STATUS_OK and missing[0].status == STATUS_FAILED
     assert "session=secret-value-123" in state.state.cookies  # yt-dlp sent them
