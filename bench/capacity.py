@@ -1,4 +1,5 @@
-""".venv/bin/python bench/capacity.py [--hours 190000] [--kept-fraction 0.7] [--label-rtfx 100] [--mfu 0.35] [--from-gpu-bench bench/results/gpu_train_bench.json] [--out bench/results/capacity.json]
+""".venv/bin/python bench/capacity.py [--hours 190000] [--kept-fraction 0.7] [--label-rtfx 100] [--mfu 0.35] \
+[--from-gpu-bench bench/results/gpu_train_bench.json] [--out bench/results/capacity.json]
 
 Capacity table for the paper's run (arXiv 2502.16142: 190k hours of YouTube audio): GPU-hours and
 wall-clock days on one 8x H100 node for labelling and each training stage, and the storage for
@@ -68,9 +69,33 @@ WHISPER = {  # openai/whisper-<size> (HF config.json; Radford et al. 2022, Table
     "large-v3": {"d": 1280, "enc_layers": 32, "dec_layers": 32, "ffn": 5120, "n_mels": 128, "vocab": 51866},
 }
 LLMS = {  # hub name -> (hidden, layers, MLP width per branch, vocab, k/v width, tied embeddings)
-    "Qwen/Qwen-7B-Chat": {"hidden": 4096, "layers": 32, "ff": 11008, "vocab": 151936, "kv": 4096, "tied": False, "naming": "qwen"},
-    "Qwen/Qwen-7B": {"hidden": 4096, "layers": 32, "ff": 11008, "vocab": 151936, "kv": 4096, "tied": False, "naming": "qwen"},
-    "Qwen/Qwen2-7B-Instruct": {"hidden": 3584, "layers": 28, "ff": 18944, "vocab": 152064, "kv": 512, "tied": False, "naming": "hf"},
+    "Qwen/Qwen-7B-Chat": {
+        "hidden": 4096,
+        "layers": 32,
+        "ff": 11008,
+        "vocab": 151936,
+        "kv": 4096,
+        "tied": False,
+        "naming": "qwen",
+    },
+    "Qwen/Qwen-7B": {
+        "hidden": 4096,
+        "layers": 32,
+        "ff": 11008,
+        "vocab": 151936,
+        "kv": 4096,
+        "tied": False,
+        "naming": "qwen",
+    },
+    "Qwen/Qwen2-7B-Instruct": {
+        "hidden": 3584,
+        "layers": 28,
+        "ff": 18944,
+        "vocab": 152064,
+        "kv": 512,
+        "tied": False,
+        "naming": "hf",
+    },
 }
 
 
@@ -96,12 +121,21 @@ def _local_config(name: str) -> dict | None:
 def whisper_arch(name: str) -> dict:
     cfg = _local_config(name)
     if cfg is not None:
-        return {"d": cfg["d_model"], "enc_layers": cfg["encoder_layers"], "dec_layers": cfg["decoder_layers"],
-                    "ffn": cfg["encoder_ffn_dim"], "dec_ffn": cfg.get("decoder_ffn_dim", cfg["encoder_ffn_dim"]),
-                    "n_mels": cfg["num_mel_bins"], "vocab": cfg["vocab_size"]}
+        return {
+            "d": cfg["d_model"],
+            "enc_layers": cfg["encoder_layers"],
+            "dec_layers": cfg["decoder_layers"],
+            "ffn": cfg["encoder_ffn_dim"],
+            "dec_ffn": cfg.get("decoder_ffn_dim", cfg["encoder_ffn_dim"]),
+            "n_mels": cfg["num_mel_bins"],
+            "vocab": cfg["vocab_size"],
+        }
     size = name.rsplit("whisper-", 1)[-1].removesuffix(".en")
     if size not in WHISPER:
-        raise SystemExit(f"capacity: unknown Whisper encoder {name!r}: known {sorted(WHISPER)} (or a local folder with config.json)")
+        raise SystemExit(
+            f"capacity: unknown Whisper encoder {name!r}: known {sorted(WHISPER)} (or a local folder with "
+            "config.json)"
+        )
     return dict(WHISPER[size])
 
 
@@ -110,11 +144,19 @@ def llm_arch(name: str) -> dict:
     if cfg is not None:
         h, heads = cfg["hidden_size"], cfg["num_attention_heads"]
         qwen1 = cfg.get("model_type") == "qwen"  # Qwen-1 configs give 2x the MLP branch width
-        return {"hidden": h, "layers": cfg["num_hidden_layers"], "ff": cfg["intermediate_size"] // (2 if qwen1 else 1),
-                    "vocab": cfg["vocab_size"], "kv": h * cfg.get("num_key_value_heads", heads) // heads,
-                    "tied": bool(cfg.get("tie_word_embeddings", False)), "naming": "qwen" if qwen1 else "hf"}
+        return {
+            "hidden": h,
+            "layers": cfg["num_hidden_layers"],
+            "ff": cfg["intermediate_size"] // (2 if qwen1 else 1),
+            "vocab": cfg["vocab_size"],
+            "kv": h * cfg.get("num_key_value_heads", heads) // heads,
+            "tied": bool(cfg.get("tie_word_embeddings", False)),
+            "naming": "qwen" if qwen1 else "hf",
+        }
     if name not in LLMS:
-        raise SystemExit(f"capacity: unknown LLM {name!r}: known {sorted(LLMS)} (or a local folder with config.json)")
+        raise SystemExit(
+            f"capacity: unknown LLM {name!r}: known {sorted(LLMS)} (or a local folder with config.json)"
+        )
     return dict(LLMS[name])
 
 
@@ -125,7 +167,8 @@ def model_counts(train) -> dict:
     enc_layer = 4 * d * d + 2 * d * w["ffn"]
     enc_conv1, enc_conv2 = w["n_mels"] * d * 3, d * d * 3
     enc_total = w["enc_layers"] * enc_layer + enc_conv1 + enc_conv2 + 1500 * d  # + frozen position table
-    enc_compute = w["enc_layers"] * enc_layer + 2 * enc_conv1 + enc_conv2  # conv1 runs at 100 frames/s: 2 per frame
+    # conv1 runs at 100 frames/s: 2 per frame
+    enc_compute = w["enc_layers"] * enc_layer + 2 * enc_conv1 + enc_conv2
     dec_xkv = w["dec_layers"] * 2 * d * d  # cross-attention k/v: once per encoder frame
     dec_per_pos = w["dec_layers"] * (6 * d * d + 2 * d * dec_ffn) + w["vocab"] * d  # + tied output head
     dec_total = w["dec_layers"] * (8 * d * d + 2 * d * dec_ffn) + w["vocab"] * d + 448 * d
@@ -133,16 +176,36 @@ def model_counts(train) -> dict:
     llm_layer = 2 * h * h + 2 * h * q["kv"] + 3 * h * ff
     embed = q["vocab"] * h
     llm_total = L * llm_layer + embed * (1 if q["tied"] else 2)
-    llm_compute = L * llm_layer + embed  # the input lookup costs nothing; the output head runs at every position
+    # the input lookup costs nothing; the output head runs at every position
+    llm_compute = L * llm_layer + embed
     k, hid = train.downsample_k, train.projector_hidden
     projector = k * d * hid + hid + hid * h + h
-    shapes = {"qwen": {"c_attn": [(h, 3 * h)], "c_proj": [(h, h), (ff, h)], "w1": [(h, ff)], "w2": [(h, ff)]},
-              "hf": {"q_proj": [(h, h)], "k_proj": [(h, q["kv"])], "v_proj": [(h, q["kv"])], "o_proj": [(h, h)],
-                     "gate_proj": [(h, ff)], "up_proj": [(h, ff)], "down_proj": [(ff, h)]}}[q["naming"]]
+    shapes = {
+        "qwen": {"c_attn": [(h, 3 * h)], "c_proj": [(h, h), (ff, h)], "w1": [(h, ff)], "w2": [(h, ff)]},
+        "hf": {
+            "q_proj": [(h, h)],
+            "k_proj": [(h, q["kv"])],
+            "v_proj": [(h, q["kv"])],
+            "o_proj": [(h, h)],
+            "gate_proj": [(h, ff)],
+            "up_proj": [(h, ff)],
+            "down_proj": [(ff, h)],
+        },
+    }[q["naming"]]
     lora = L * sum(train.lora.rank * (i + o) for m in train.lora.target_modules for i, o in shapes.get(m, []))
-    return {"whisper": w, "llm": q, "encoder_params": enc_total, "encoder_compute": enc_compute, "whisper_decoder_params": dec_total,
-                "whisper_decoder_per_position": dec_per_pos, "whisper_decoder_cross_kv": dec_xkv, "llm_params": llm_total,
-                "llm_compute": llm_compute, "projector_params": projector, "lora_params": lora}
+    return {
+        "whisper": w,
+        "llm": q,
+        "encoder_params": enc_total,
+        "encoder_compute": enc_compute,
+        "whisper_decoder_params": dec_total,
+        "whisper_decoder_per_position": dec_per_pos,
+        "whisper_decoder_cross_kv": dec_xkv,
+        "llm_params": llm_total,
+        "llm_compute": llm_compute,
+        "projector_params": projector,
+        "lora_params": lora,
+    }
 
 
 # --------------------------------------------------------------------------- FLOPs per audio second
@@ -156,9 +219,15 @@ def flops_per_audio_s(stage: int, m: dict, r: dict) -> float:
     enc_attn = 4 * w["enc_layers"] * w["d"] * T * f  # forward QK^T + AV, per audio second
     if stage == 1:
         dec_pos = r["text_tps"] + r["whisper_special_tokens"] / r["segment_s"]
-        dec_attn = 4 * w["dec_layers"] * w["d"] * (T + dec_pos * r["segment_s"] / 2) * dec_pos  # cross + causal self
-        return (6 * m["encoder_compute"] * f + 3 * enc_attn  # encoder trains
-                + 4 * (m["whisper_decoder_per_position"] * dec_pos + m["whisper_decoder_cross_kv"] * f) + 3 * dec_attn)  # frozen head
+        # cross + causal self
+        dec_attn = 4 * w["dec_layers"] * w["d"] * (T + dec_pos * r["segment_s"] / 2) * dec_pos
+        return (
+            6 * m["encoder_compute"] * f
+            + 3 * enc_attn  # encoder trains
+            # frozen head
+            + 4 * (m["whisper_decoder_per_position"] * dec_pos + m["whisper_decoder_cross_kv"] * f)
+            + 3 * dec_attn
+        )
     speech = f / r["downsample_k"]
     pos = speech + r["text_tps"] + (r["prompt_tokens"] + 1) / r["segment_s"]  # + EOS per segment
     llm_attn = 2 * q["layers"] * q["hidden"] * pos * r["segment_s"] * pos  # causal: half of 4*L*h*ctx
@@ -197,8 +266,13 @@ def measure_flac(clips: Path = REAL_SPEECH) -> dict | None:
             sf.write(buf, pcm, sr, format="FLAC", subtype="PCM_16")
             shard_b += len(buf.getvalue())
             words += len(rec["text"].split())
-    return {"clips": i + 1, "audio_s": round(dur, 1), "raw_mb_per_h": raw_b / dur * 3600 / 1e6,
-                "shard_mb_per_h": shard_b / dur * 3600 / 1e6, "words_per_s": words / dur}
+    return {
+        "clips": i + 1,
+        "audio_s": round(dur, 1),
+        "raw_mb_per_h": raw_b / dur * 3600 / 1e6,
+        "shard_mb_per_h": shard_b / dur * 3600 / 1e6,
+        "words_per_s": words / dur,
+    }
 
 
 def measure_shards(index_path: Path) -> dict | None:
@@ -218,16 +292,27 @@ def measure_shards(index_path: Path) -> dict | None:
         samples += s["samples"]
     if not samples:
         return None
-    return {"shards": len(index["shards"]), "samples": samples, "overhead_bytes": (member_b - flac_b) / samples, "json_bytes": json_b / samples}
+    return {
+        "shards": len(index["shards"]),
+        "samples": samples,
+        "overhead_bytes": (member_b - flac_b) / samples,
+        "json_bytes": json_b / samples,
+    }
 
 
 def gpu_bench_mfu(path: Path, rates: dict) -> dict:
     """The stage-3 MFU of a bench/gpu_train_bench.py result, recounted with this script's FLOP rules."""
     b = json.loads(path.read_text())
     if "steady" not in b:
-        kind = "bench/gpu_decode_bench.py (LLM-ASR decoding, i.e. evaluation)" if "ratios" in b else "an unknown file"
-        raise SystemExit(f"capacity: {path} looks like {kind}, not bench/gpu_train_bench.py output: it has no training "
-                         "throughput; labelling is faster-whisper, pass its GPU RTFx as --label-rtfx")
+        kind = (
+            "bench/gpu_decode_bench.py (LLM-ASR decoding, i.e. evaluation)"
+            if "ratios" in b
+            else "an unknown file"
+        )
+        raise SystemExit(
+            f"capacity: {path} looks like {kind}, not bench/gpu_train_bench.py output: it has no training "
+            "throughput; labelling is faster-whisper, pass its GPU RTFx as --label-rtfx"
+        )
     spec = importlib.util.spec_from_file_location("gpu_train_bench", REPO / "bench" / "gpu_train_bench.py")
     gtb = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gtb)
@@ -240,12 +325,24 @@ def gpu_bench_mfu(path: Path, rates: dict) -> dict:
     llm_params = b["params"] - b["encoder_params"] - b["trainable_params"]  # tied embedding = the output head
     enc_attn = 4 * enc["encoder_layers"] * d * (f / sps) * f
     llm_attn = 2 * llm["num_hidden_layers"] * h * (p / sps) * p
-    flops = (2 * (b["encoder_params"] - 1500 * d) * f + enc_attn + 6 * projector * f / 2
-             + 4 * llm_params * p + 6 * lora * p + 3 * llm_attn)
+    flops = (
+        2 * (b["encoder_params"] - 1500 * d) * f
+        + enc_attn
+        + 6 * projector * f / 2
+        + 4 * llm_params * p
+        + 6 * lora * p
+        + 3 * llm_attn
+    )
     peak = b.get("peak_bf16_flops") or H100_BF16_DENSE
     # a result without "mfu_6n" (bench/results/gpu_train_bench*.json) logged the 6N estimate as "mfu"
-    return {"gpu": b.get("gpu"), "mfu": flops / peak, "mfu_6n": st.get("mfu_6n", st.get("mfu")), "audio_s_per_s": st.get("audio_s_per_s"),
-                "model": f"whisper-{b['args']['encoder']} encoder + qwen2-{b['args']['llm']}", "batch": b["args"].get("batch")}
+    return {
+        "gpu": b.get("gpu"),
+        "mfu": flops / peak,
+        "mfu_6n": st.get("mfu_6n", st.get("mfu")),
+        "audio_s_per_s": st.get("audio_s_per_s"),
+        "model": f"whisper-{b['args']['encoder']} encoder + qwen2-{b['args']['llm']}",
+        "batch": b["args"].get("batch"),
+    }
 
 
 # --------------------------------------------------------------------------- the table
@@ -267,69 +364,201 @@ def compute(args: argparse.Namespace) -> dict:
     cfg = load_config(profile=args.profile, overrides=args.set)
     train, label = cfg.train, cfg.label
     A: list[Assumption] = []
-    a = lambda *x: A.append(Assumption(*x)) or x[1]
+
+    def a(*x):
+        A.append(Assumption(*x))
+        return x[1]
+
     prof = f"--profile {args.profile} " if args.profile else ""
 
-    hours = a("audio hours labelled", args.hours, "h", "published" if args.hours == 190000 else "given",
-              "arXiv 2502.16142: 190k h of YouTube audio, pseudo-labelled by Whisper large-v3 (--hours)")
-    kept = a("kept fraction after filtering", args.kept_fraction, "", "assumed",
-             "not published; WER-vs-caption <= filter.max_caption_wer, simplicity, duration < 20 s. If 190k h is "
-             "the filtered set, pass --kept-fraction 1 (labelling then under-counts) (--kept-fraction)")
-    rtfx = a(f"labelling RTFx per GPU ({label.model}, beam {label.beam_size}, batch {label.batch_size}, fp16)", args.label_rtfx,
-             "audio-s per GPU-s", "given" if args.label_rtfx_given else "assumed",
-             "measured with `llmasr data` on a GPU (label logs 'RTFx')" if args.label_rtfx_given else
-             "no GPU measurement yet. Published: faster-whisper 1.1 README, large-v2 fp16 beam 5 batch 8: 13 min in 17 s "
-             "= 46x on an RTX 3070 Ti; WhisperX README: 70x, large-v2 batched (both pack VAD speech into 30 s windows). "
-             "An H100 has ~5.5x the 3070 Ti's memory bandwidth, but tasks/label.py decodes each segment (< 20 s) in its own "
-             "30 s window (~2.5x the encoder work per audio second at 12 s); 100x is a round guess between (--label-rtfx)")
-    epochs = {s: a(f"stage {s} epochs", getattr(train, f"stage{s}").epochs, "", "config",
-                   f"train.stage{s}.epochs ({prof}pipeline_config.yaml via llmasr.config.load_config)") for s in (1, 2, 3)}
+    hours = a(
+        "audio hours labelled",
+        args.hours,
+        "h",
+        "published" if args.hours == 190000 else "given",
+        "arXiv 2502.16142: 190k h of YouTube audio, pseudo-labelled by Whisper large-v3 (--hours)",
+    )
+    kept = a(
+        "kept fraction after filtering",
+        args.kept_fraction,
+        "",
+        "assumed",
+        "not published; WER-vs-caption <= filter.max_caption_wer, simplicity, duration < 20 s. If 190k h is "
+        "the filtered set, pass --kept-fraction 1 (labelling then under-counts) (--kept-fraction)",
+    )
+    rtfx = a(
+        f"labelling RTFx per GPU ({label.model}, beam {label.beam_size}, batch {label.batch_size}, fp16)",
+        args.label_rtfx,
+        "audio-s per GPU-s",
+        "given" if args.label_rtfx_given else "assumed",
+        "measured with `llmasr data` on a GPU (label logs 'RTFx')"
+        if args.label_rtfx_given
+        else (
+            "no GPU measurement yet. Published: faster-whisper 1.1 README, large-v2 fp16 beam 5 batch 8: 13 "
+            "min in 17 s = 46x on an RTX 3070 Ti; WhisperX README: 70x, large-v2 batched (both pack VAD "
+            "speech into 30 s windows). An H100 has ~5.5x the 3070 Ti's memory bandwidth, but tasks/label.py "
+            "decodes each segment (< 20 s) in its own 30 s window (~2.5x the encoder work per audio second "
+            "at 12 s); 100x is a round guess between (--label-rtfx)"
+        ),
+    )
+    epochs = {
+        s: a(
+            f"stage {s} epochs",
+            getattr(train, f"stage{s}").epochs,
+            "",
+            "config",
+            f"train.stage{s}.epochs ({prof}pipeline_config.yaml via llmasr.config.load_config)",
+        )
+        for s in (1, 2, 3)
+    }
     for s in (1, 2, 3):
         if getattr(train, f"stage{s}").max_steps:
-            A.append(Assumption(f"stage {s} max_steps ignored", getattr(train, f"stage{s}").max_steps, "steps", "config",
-                                "the table trains whole epochs; train.stageN.max_steps would stop earlier"))
+            A.append(
+                Assumption(
+                    f"stage {s} max_steps ignored",
+                    getattr(train, f"stage{s}").max_steps,
+                    "steps",
+                    "config",
+                    "the table trains whole epochs; train.stageN.max_steps would stop earlier",
+                )
+            )
 
     m = model_counts(train)
-    A.append(Assumption("model", f"{train.encoder} encoder {m['encoder_params'] / 1e6:.0f} M + adapter {m['projector_params'] / 1e6:.1f} M + "
-                        f"{train.llm} {m['llm_params'] / 1e9:.2f} B; LoRA r{train.lora.rank} {m['lora_params'] / 1e6:.1f} M; "
-                        f"Whisper decoder (stage-1 head) {m['whisper_decoder_params'] / 1e6:.0f} M", "params", "config",
-                        "train.encoder / train.llm / train.projector_hidden / train.lora; shapes from the models' published config.json"))
-    r = {"encoder_fps": a("encoder frames per audio second", 50, "frames/s", "published", "Whisper: 100 mel frames/s, conv stride 2"),
-             "downsample_k": a("adapter downsampling k", train.downsample_k, "encoder frames per LLM token", "config", f"train.downsample_k -> {50 / train.downsample_k:g} LLM tokens/s"),
-             "segment_s": a("mean kept segment", args.segment_s, "s", "assumed",
-                         f"cues merged up to segment.target_segment_s={cfg.segment.target_segment_s:g}, cut < {cfg.segment.max_segment_s:g} s (--segment-s)"),
-             "prompt_tokens": a("prompt tokens per segment", args.prompt_tokens, "tokens", "assumed",
-                             f"the LLM's chat template around {train.instruction!r} (+1 EOS) (--prompt-tokens)"),
-             "whisper_special_tokens": a("Whisper decoder special tokens per segment", 5, "tokens", "published",
-                                      "<|startoftranscript|><|en|><|transcribe|><|notimestamps|> ... <|endoftext|>")}
+    A.append(
+        Assumption(
+            "model",
+            f"{train.encoder} encoder {m['encoder_params'] / 1e6:.0f} M + adapter "
+            f"{m['projector_params'] / 1e6:.1f} M + {train.llm} {m['llm_params'] / 1e9:.2f} B; LoRA "
+            f"r{train.lora.rank} {m['lora_params'] / 1e6:.1f} M; Whisper decoder (stage-1 head) "
+            f"{m['whisper_decoder_params'] / 1e6:.0f} M",
+            "params",
+            "config",
+            "train.encoder / train.llm / train.projector_hidden / train.lora; shapes from the models' "
+            "published config.json",
+        )
+    )
+    r = {
+        "encoder_fps": a(
+            "encoder frames per audio second",
+            50,
+            "frames/s",
+            "published",
+            "Whisper: 100 mel frames/s, conv stride 2",
+        ),
+        "downsample_k": a(
+            "adapter downsampling k",
+            train.downsample_k,
+            "encoder frames per LLM token",
+            "config",
+            f"train.downsample_k -> {50 / train.downsample_k:g} LLM tokens/s",
+        ),
+        "segment_s": a(
+            "mean kept segment",
+            args.segment_s,
+            "s",
+            "assumed",
+            f"cues merged up to segment.target_segment_s={cfg.segment.target_segment_s:g}, cut < "
+            f"{cfg.segment.max_segment_s:g} s (--segment-s)",
+        ),
+        "prompt_tokens": a(
+            "prompt tokens per segment",
+            args.prompt_tokens,
+            "tokens",
+            "assumed",
+            f"the LLM's chat template around {train.instruction!r} (+1 EOS) (--prompt-tokens)",
+        ),
+        "whisper_special_tokens": a(
+            "Whisper decoder special tokens per segment",
+            5,
+            "tokens",
+            "published",
+            "<|startoftranscript|><|en|><|transcribe|><|notimestamps|> ... <|endoftext|>",
+        ),
+    }
     measured = None if args.no_measure else measure_flac()
-    wps_note = f"; measured here on the real speech clips (read speech): {measured['words_per_s']:.2f}" if measured else ""
-    wps = a("speech rate", args.words_per_s, "words/s", "assumed", f"conversational English ~150-180 words/min{wps_note} (--words-per-s)")
-    tpw = a("tokens per word", args.tokens_per_word, "tokens/word", "assumed", "BPE (Qwen, Whisper) on English text (--tokens-per-word)")
+    wps_note = (
+        f"; measured here on the real speech clips (read speech): {measured['words_per_s']:.2f}"
+        if measured
+        else ""
+    )
+    wps = a(
+        "speech rate",
+        args.words_per_s,
+        "words/s",
+        "assumed",
+        f"conversational English ~150-180 words/min{wps_note} (--words-per-s)",
+    )
+    tpw = a(
+        "tokens per word",
+        args.tokens_per_word,
+        "tokens/word",
+        "assumed",
+        "BPE (Qwen, Whisper) on English text (--tokens-per-word)",
+    )
     r["text_tps"] = wps * tpw
-    pad = a("padding overhead", args.padding, "x", "assumed", "length-bucketed batches (tasks/train_data.py), trimmed encoder (--padding)")
-    peak = a("H100 peak", H100_BF16_DENSE / 1e12, "TFLOP/s", "published", "NVIDIA H100 SXM datasheet, dense bf16")
-    n_gpus = a("GPUs", args.gpus, "", "config" if args.gpus == train.nproc_per_node else "given",
-               f"train.nproc_per_node={train.nproc_per_node} (the paper: 8x H100) (--gpus)")
-    scale = a("multi-GPU training efficiency", args.scaling, "", "assumed",
-              "ZeRO-2 on one NVLink node; stage 1's 0.6 B gradients overlap the backward pass (--scaling); labelling: 1.0 (independent)")
+    pad = a(
+        "padding overhead",
+        args.padding,
+        "x",
+        "assumed",
+        "length-bucketed batches (tasks/train_data.py), trimmed encoder (--padding)",
+    )
+    peak = a(
+        "H100 peak", H100_BF16_DENSE / 1e12, "TFLOP/s", "published", "NVIDIA H100 SXM datasheet, dense bf16"
+    )
+    n_gpus = a(
+        "GPUs",
+        args.gpus,
+        "",
+        "config" if args.gpus == train.nproc_per_node else "given",
+        f"train.nproc_per_node={train.nproc_per_node} (the paper: 8x H100) (--gpus)",
+    )
+    scale = a(
+        "multi-GPU training efficiency",
+        args.scaling,
+        "",
+        "assumed",
+        "ZeRO-2 on one NVLink node; stage 1's 0.6 B gradients overlap the backward pass (--scaling); "
+        "labelling: 1.0 (independent)",
+    )
 
     bench = None
     if args.from_gpu_bench:
         bench = gpu_bench_mfu(Path(args.from_gpu_bench), r)
-        A.append(Assumption("MFU, measured", round(bench["mfu"], 4), "", "measured here",
-                            f"`bench/gpu_train_bench.py` on {bench['gpu']} ({_rel(args.from_gpu_bench)}): stage 3, {bench['model']}, "
-                            f"batch {bench['batch']}; recounted with these FLOP rules (its 6N figure: {bench['mfu_6n']}); "
-                            "applied to every stage without its own number"))
+        A.append(
+            Assumption(
+                "MFU, measured",
+                round(bench["mfu"], 4),
+                "",
+                "measured here",
+                f"`bench/gpu_train_bench.py` on {bench['gpu']} ({_rel(args.from_gpu_bench)}): stage 3, "
+                f"{bench['model']}, batch {bench['batch']}; recounted with these FLOP rules (its 6N figure: "
+                f"{bench['mfu_6n']}); applied to every stage without its own number",
+            )
+        )
     mfu_given = parse_stage_values(args.mfu_stage, "--mfu-stage")
     tput_given = parse_stage_values(args.audio_s_per_s, "--audio-s-per-s")
     if not bench and len(mfu_given) + len(tput_given) < 3:
-        a("MFU, assumed", args.mfu, "", "assumed", "bf16 HF + DeepSpeed fine-tuning on H100, large batches: typically 0.3-0.45; "
-          "replace with --from-gpu-bench once bench/gpu_train_bench.py has run (--mfu, --mfu-stage N=x)")
+        a(
+            "MFU, assumed",
+            args.mfu,
+            "",
+            "assumed",
+            "bf16 HF + DeepSpeed fine-tuning on H100, large batches: typically 0.3-0.45; "
+            "replace with --from-gpu-bench once bench/gpu_train_bench.py has run (--mfu, --mfu-stage N=x)",
+        )
 
     kept_audio_s = hours * kept * 3600
-    rows = [{"row": "labelling (faster-whisper)", "work_h": hours, "per_gpu": f"RTFx {rtfx:g}", "audio_s_per_s": rtfx,
-                 "gpu_hours": hours / rtfx, "days": hours / rtfx / n_gpus / 24}]
+    rows = [
+        {
+            "row": "labelling (faster-whisper)",
+            "work_h": hours,
+            "per_gpu": f"RTFx {rtfx:g}",
+            "audio_s_per_s": rtfx,
+            "gpu_hours": hours / rtfx,
+            "days": hours / rtfx / n_gpus / 24,
+        }
+    ]
     for s in (1, 2, 3):
         fl = flops_per_audio_s(s, m, r) * pad
         if s in tput_given:
@@ -338,43 +567,111 @@ def compute(args: argparse.Namespace) -> dict:
             mfu = mfu_given.get(s, bench["mfu"] if bench else args.mfu)
             tput, how = mfu * peak * 1e12 / fl, f"MFU {mfu:.2f}"
         gpu_h = kept_audio_s * epochs[s] / tput / 3600
-        rows.append({"row": f"stage {s} ({['encoder', 'adapter', 'LoRA + adapter'][s - 1]})", "work_h": hours * kept * epochs[s],
-                         "per_gpu": f"{tput:,.0f} audio-s/s ({how}; {fl / 1e9:,.0f} GFLOP/audio-s)", "audio_s_per_s": tput,
-                         "gflop_per_audio_s": fl / 1e9, "gpu_hours": gpu_h, "days": gpu_h / (n_gpus * scale) / 24})
-    rows.append({"row": "total", "work_h": None, "per_gpu": "", "gpu_hours": sum(x["gpu_hours"] for x in rows),
-                     "days": sum(x["days"] for x in rows)})
+        rows.append(
+            {
+                "row": f"stage {s} ({['encoder', 'adapter', 'LoRA + adapter'][s - 1]})",
+                "work_h": hours * kept * epochs[s],
+                "per_gpu": f"{tput:,.0f} audio-s/s ({how}; {fl / 1e9:,.0f} GFLOP/audio-s)",
+                "audio_s_per_s": tput,
+                "gflop_per_audio_s": fl / 1e9,
+                "gpu_hours": gpu_h,
+                "days": gpu_h / (n_gpus * scale) / 24,
+            }
+        )
+    rows.append(
+        {
+            "row": "total",
+            "work_h": None,
+            "per_gpu": "",
+            "gpu_hours": sum(x["gpu_hours"] for x in rows),
+            "days": sum(x["days"] for x in rows),
+        }
+    )
 
     shards = None if args.no_measure else measure_shards(Path(args.shards))
-    raw_mb = a("FLAC, raw audio (ffmpeg, as ingest)", round(args.flac_mb_per_h or (measured and measured["raw_mb_per_h"]) or 0.6 * PCM16_MB_PER_HOUR, 1),
-               "MB/h", "given" if args.flac_mb_per_h else "measured here" if measured else "assumed",
-               "--flac-mb-per-h" if args.flac_mb_per_h else
-               f"`.venv/bin/python bench/capacity.py`: {measured['clips']} real speech clips ({measured['audio_s']} s, ../shared/data/real_speech) "
-               f"through llmasr.audio.convert_to_flac16k = {measured['raw_mb_per_h'] / PCM16_MB_PER_HOUR:.2f} of 16-bit PCM (115.2 MB/h); "
-               "clean read speech: noisy/music YouTube audio compresses less" if measured else "~0.6 of 16-bit PCM (115.2 MB/h)")
-    shard_mb = a("FLAC, shard segments (soundfile, as tasks/shard.py)", round(args.flac_mb_per_h or (measured and measured["shard_mb_per_h"]) or raw_mb, 1),
-                 "MB/h", "given" if args.flac_mb_per_h else "measured here" if measured else "assumed",
-                 "the same clips re-encoded with soundfile PCM_16" if measured and not args.flac_mb_per_h else "as the raw audio")
-    ovh = a("shard overhead per sample (tar headers + json)", round(args.shard_overhead_bytes or (shards and shards["overhead_bytes"]) or 2048.0),
-            "bytes", "given" if args.shard_overhead_bytes else "measured here" if shards else "assumed",
-            "--shard-overhead-bytes" if args.shard_overhead_bytes else
-            f"`.venv/bin/python bench/capacity.py` on {_rel(args.shards)}: {shards['samples']} samples in {shards['shards']} tars "
-            f"(json {shards['json_bytes']:.0f} B; demo texts are short)" if shards else "2 x 512-byte tar headers + 2 x ~256 B padding + ~500 B json")
+    raw_mb = a(
+        "FLAC, raw audio (ffmpeg, as ingest)",
+        round(args.flac_mb_per_h or (measured and measured["raw_mb_per_h"]) or 0.6 * PCM16_MB_PER_HOUR, 1),
+        "MB/h",
+        "given" if args.flac_mb_per_h else "measured here" if measured else "assumed",
+        "--flac-mb-per-h"
+        if args.flac_mb_per_h
+        else (
+            f"`.venv/bin/python bench/capacity.py`: {measured['clips']} real speech clips "
+            f"({measured['audio_s']} s, ../shared/data/real_speech) through llmasr.audio.convert_to_flac16k "
+            f"= {measured['raw_mb_per_h'] / PCM16_MB_PER_HOUR:.2f} of 16-bit PCM (115.2 MB/h); clean read "
+            "speech: noisy/music YouTube audio compresses less"
+        )
+        if measured
+        else "~0.6 of 16-bit PCM (115.2 MB/h)",
+    )
+    shard_mb = a(
+        "FLAC, shard segments (soundfile, as tasks/shard.py)",
+        round(args.flac_mb_per_h or (measured and measured["shard_mb_per_h"]) or raw_mb, 1),
+        "MB/h",
+        "given" if args.flac_mb_per_h else "measured here" if measured else "assumed",
+        "the same clips re-encoded with soundfile PCM_16"
+        if measured and not args.flac_mb_per_h
+        else "as the raw audio",
+    )
+    ovh = a(
+        "shard overhead per sample (tar headers + json)",
+        round(args.shard_overhead_bytes or (shards and shards["overhead_bytes"]) or 2048.0),
+        "bytes",
+        "given" if args.shard_overhead_bytes else "measured here" if shards else "assumed",
+        "--shard-overhead-bytes"
+        if args.shard_overhead_bytes
+        else (
+            f"`.venv/bin/python bench/capacity.py` on {_rel(args.shards)}: {shards['samples']} samples in "
+            f"{shards['shards']} tars (json {shards['json_bytes']:.0f} B; demo texts are short)"
+        )
+        if shards
+        else "2 x 512-byte tar headers + 2 x ~256 B padding + ~500 B json",
+    )
     samples = kept_audio_s / r["segment_s"]
     e1 = m["encoder_params"] - 1500 * m["whisper"]["d"]  # stage 1 trains the encoder, not its position table
-    ckpt = {1: (m["encoder_params"] + m["encoder_params"] + m["whisper_decoder_params"]) * 4 + KEEP_CHECKPOINTS * e1 * DS_BYTES_PER_TRAINABLE,
-            2: m["projector_params"] * 4 + KEEP_CHECKPOINTS * m["projector_params"] * DS_BYTES_PER_TRAINABLE,
-            3: (m["projector_params"] + m["lora_params"]) * 4 + KEEP_CHECKPOINTS * (m["projector_params"] + m["lora_params"]) * DS_BYTES_PER_TRAINABLE}
+    ckpt = {
+        1: (m["encoder_params"] + m["encoder_params"] + m["whisper_decoder_params"]) * 4
+        + KEEP_CHECKPOINTS * e1 * DS_BYTES_PER_TRAINABLE,
+        2: m["projector_params"] * 4 + KEEP_CHECKPOINTS * m["projector_params"] * DS_BYTES_PER_TRAINABLE,
+        3: (m["projector_params"] + m["lora_params"]) * 4
+        + KEEP_CHECKPOINTS * (m["projector_params"] + m["lora_params"]) * DS_BYTES_PER_TRAINABLE,
+    }
     if train.merge_lora:
         ckpt[3] += m["llm_params"] * 4
-    A.append(Assumption("checkpoints", f"fp32 exports; DeepSpeed tags: {DS_BYTES_PER_TRAINABLE} B per trainable param, last {KEEP_CHECKPOINTS} kept",
-                        "", "code", "tasks/train.py export() / save_checkpoint(exclude_frozen_parameters=True); "
-                        "merged LLM only with train.merge_lora"))
+    A.append(
+        Assumption(
+            "checkpoints",
+            f"fp32 exports; DeepSpeed tags: {DS_BYTES_PER_TRAINABLE} B per trainable param, last "
+            f"{KEEP_CHECKPOINTS} kept",
+            "",
+            "code",
+            "tasks/train.py export() / save_checkpoint(exclude_frozen_parameters=True); "
+            "merged LLM only with train.merge_lora",
+        )
+    )
     storage = [
-        {"row": "raw audio (raw/*.flac)", "bytes": hours * raw_mb * 1e6, "basis": f"{hours:,.0f} h x {raw_mb:.1f} MB/h"},
-        {"row": "shards (kept segments, tar)", "bytes": hours * kept * shard_mb * 1e6 + samples * ovh,
-             "basis": f"{hours * kept:,.0f} h x {shard_mb:.1f} MB/h + {samples / 1e6:.1f} M samples x {ovh:,.0f} B"},
-        {"row": "checkpoints (stages 1-3)", "bytes": sum(ckpt.values()),
-             "basis": "stage 1 " + ", ".join(f"{ckpt[s] / 1e9:.1f} GB" if s == 1 else f"stage {s} {ckpt[s] / 1e9:.2f} GB" for s in (1, 2, 3))},
+        {
+            "row": "raw audio (raw/*.flac)",
+            "bytes": hours * raw_mb * 1e6,
+            "basis": f"{hours:,.0f} h x {raw_mb:.1f} MB/h",
+        },
+        {
+            "row": "shards (kept segments, tar)",
+            "bytes": hours * kept * shard_mb * 1e6 + samples * ovh,
+            "basis": (
+                f"{hours * kept:,.0f} h x {shard_mb:.1f} MB/h + {samples / 1e6:.1f} M samples x {ovh:,.0f} B"
+            ),
+        },
+        {
+            "row": "checkpoints (stages 1-3)",
+            "bytes": sum(ckpt.values()),
+            "basis": "stage 1 "
+            + ", ".join(
+                f"{ckpt[s] / 1e9:.1f} GB" if s == 1 else f"stage {s} {ckpt[s] / 1e9:.2f} GB"
+                for s in (1, 2, 3)
+            ),
+        },
     ]
     storage.append({"row": "total", "bytes": sum(x["bytes"] for x in storage), "basis": ""})
     loader = None
@@ -384,11 +681,27 @@ def compute(args: argparse.Namespace) -> dict:
         if per_worker:
             need = max(x["audio_s_per_s"] for x in rows[1:4])
             med = per_worker[len(per_worker) // 2]
-            loader = {"need_audio_s_per_s": need, "per_worker": med, "workers": math.ceil(need / med), "config_workers": train.num_workers,
-                      # loader / step per GPU at the config's workers (issue target: >= 5, the loader is not what limits training)
-                      "ratios": {s: train.num_workers * med / rows[s]["audio_s_per_s"] for s in (1, 2, 3)}}
-    return {"command": "bench/capacity.py " + " ".join(args.argv), "gpus": n_gpus, "rows": rows, "storage": storage, "loader": loader,
-                "model": m, "rates": r, "epochs": epochs, "gpu_bench": bench, "assumptions": [asdict(x) for x in A]}
+            loader = {
+                "need_audio_s_per_s": need,
+                "per_worker": med,
+                "workers": math.ceil(need / med),
+                "config_workers": train.num_workers,
+                # loader / step per GPU at the config's workers (issue target: >= 5, the loader is not
+                # what limits training)
+                "ratios": {s: train.num_workers * med / rows[s]["audio_s_per_s"] for s in (1, 2, 3)},
+            }
+    return {
+        "command": "bench/capacity.py " + " ".join(args.argv),
+        "gpus": n_gpus,
+        "rows": rows,
+        "storage": storage,
+        "loader": loader,
+        "model": m,
+        "rates": r,
+        "epochs": epochs,
+        "gpu_bench": bench,
+        "assumptions": [asdict(x) for x in A],
+    }
 
 
 def _rel(path: str | Path) -> str:
@@ -409,11 +722,17 @@ def fmt_bytes(b: float) -> str:
 
 def render(res: dict) -> str:
     n = res["gpus"]
-    out = [f"| work | audio hours | throughput per GPU | GPU-hours | days on {n}x H100 |", "|---|---:|---|---:|---:|"]
+    out = [
+        f"| work | audio hours | throughput per GPU | GPU-hours | days on {n}x H100 |",
+        "|---|---:|---|---:|---:|",
+    ]
     for x in res["rows"]:
         hrs = _num(x["work_h"]) if x["work_h"] is not None else ""
         bold = "**" if x["row"] == "total" else ""
-        out.append(f"| {bold}{x['row']}{bold} | {hrs} | {x['per_gpu']} | {bold}{_num(x['gpu_hours'])}{bold} | {bold}{_num(x['days'], 1)}{bold} |")
+        out.append(
+            f"| {bold}{x['row']}{bold} | {hrs} | {x['per_gpu']} | {bold}{_num(x['gpu_hours'])}{bold} | "
+            f"{bold}{_num(x['days'], 1)}{bold} |"
+        )
     out += ["", "| storage | size | basis |", "|---|---:|---|"]
     for x in res["storage"]:
         bold = "**" if x["row"] == "total" else ""
@@ -425,25 +744,54 @@ def render(res: dict) -> str:
     if res["loader"]:
         lo = res["loader"]
         ratios = ", ".join(f"stage {s} {r:.1f}x" for s, r in sorted(lo["ratios"].items()))
-        out += ["", (f"Loader check: the fastest stage needs {lo['need_audio_s_per_s']:,.0f} audio-s/s per GPU; one loader worker (one CPU "
-                f"core) gave {lo['per_worker']:,.0f} audio-s/s on the 2-core CI machine (bench/results/train_bench.json), so "
-                f"~{lo['workers']} workers per GPU keep up; at train.num_workers = {lo['config_workers']} the loaders deliver "
-                f"{ratios} what each GPU consumes (target >= 5x).")]
+        out += [
+            "",
+            (
+                f"Loader check: the fastest stage needs {lo['need_audio_s_per_s']:,.0f} audio-s/s per GPU; "
+                f"one loader worker (one CPU core) gave {lo['per_worker']:,.0f} audio-s/s on the 2-core CI "
+                f"machine (bench/results/train_bench.json), so ~{lo['workers']} workers per GPU keep up; at "
+                f"train.num_workers = {lo['config_workers']} the loaders deliver {ratios} what each GPU "
+                "consumes (target >= 5x)."
+            ),
+        ]
     days = {x["row"]: x["days"] for x in res["rows"]}
-    out += ["", (f"Days assume the {n} GPUs do one job at a time; labelling is independent per item (RayTaskRunner), so it can also run on "
-            f"more GPUs in parallel ({days['labelling (faster-whisper)']:,.1f} days on {n}).")]
+    out += [
+        "",
+        (
+            f"Days assume the {n} GPUs do one job at a time; labelling is independent per item "
+            "(RayTaskRunner), so it can also run on more GPUs in parallel "
+            f"({days['labelling (faster-whisper)']:,.1f} days on {n})."
+        ),
+    ]
     return "\n".join(out)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="capacity table (GPU-hours, days, storage) for the paper's run")
     ap.add_argument("--hours", type=float, default=190000, help="hours of audio to label (the paper: 190k)")
-    ap.add_argument("--kept-fraction", type=float, default=0.7, help="share of labelled audio kept by the filter")
-    ap.add_argument("--label-rtfx", type=float, default=None, help="measured labelling RTFx per GPU (default: assumed 100)")
+    ap.add_argument(
+        "--kept-fraction", type=float, default=0.7, help="share of labelled audio kept by the filter"
+    )
+    ap.add_argument(
+        "--label-rtfx",
+        type=float,
+        default=None,
+        help="measured labelling RTFx per GPU (default: assumed 100)",
+    )
     ap.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation of every stage")
-    ap.add_argument("--mfu-stage", action="append", default=[], metavar="N=x", help="MFU of one stage (repeat)")
-    ap.add_argument("--audio-s-per-s", action="append", default=[], metavar="N=x", help="measured audio-s/s per GPU of one stage (repeat)")
-    ap.add_argument("--from-gpu-bench", default=None, help="bench/gpu_train_bench.py's JSON: its measured MFU")
+    ap.add_argument(
+        "--mfu-stage", action="append", default=[], metavar="N=x", help="MFU of one stage (repeat)"
+    )
+    ap.add_argument(
+        "--audio-s-per-s",
+        action="append",
+        default=[],
+        metavar="N=x",
+        help="measured audio-s/s per GPU of one stage (repeat)",
+    )
+    ap.add_argument(
+        "--from-gpu-bench", default=None, help="bench/gpu_train_bench.py's JSON: its measured MFU"
+    )
     ap.add_argument("--segment-s", type=float, default=12.0, help="mean kept segment length (s)")
     ap.add_argument("--words-per-s", type=float, default=3.0)
     ap.add_argument("--tokens-per-word", type=float, default=1.3)
@@ -451,12 +799,27 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--padding", type=float, default=1.05, help="compute overhead of padding in batches")
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--scaling", type=float, default=0.95, help="training efficiency on --gpus GPUs vs one")
-    ap.add_argument("--flac-mb-per-h", type=float, default=None, help="FLAC MB per hour (default: measured here)")
-    ap.add_argument("--shard-overhead-bytes", type=float, default=None, help="tar + json bytes per sample (default: measured here)")
-    ap.add_argument("--shards", default=str(DEMO_SHARDS), help="shard index to measure the per-sample overhead on")
-    ap.add_argument("--no-measure", action="store_true", help="use the stated assumptions instead of measuring FLAC and shards")
+    ap.add_argument(
+        "--flac-mb-per-h", type=float, default=None, help="FLAC MB per hour (default: measured here)"
+    )
+    ap.add_argument(
+        "--shard-overhead-bytes",
+        type=float,
+        default=None,
+        help="tar + json bytes per sample (default: measured here)",
+    )
+    ap.add_argument(
+        "--shards", default=str(DEMO_SHARDS), help="shard index to measure the per-sample overhead on"
+    )
+    ap.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="use the stated assumptions instead of measuring FLAC and shards",
+    )
     ap.add_argument("--profile", default=None, help="config profile (default: the paper's top level)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeat)")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeat)"
+    )
     ap.add_argument("--out", default=None, help="also write the table and its inputs as JSON here")
     return ap
 

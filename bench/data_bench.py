@@ -1,4 +1,5 @@
-""".venv/bin/python bench/data_bench.py [--items 30] [--rounds 2] [--mem-items 10] [--out bench/results/data_bench.json] [--work DIR]
+""".venv/bin/python bench/data_bench.py [--items 30] [--rounds 2] [--mem-items 10] \
+[--out bench/results/data_bench.json] [--work DIR]
 
 Benchmark of the data half on this machine, all in one run so that ratios compare like with like
 (same model object, same corpus, same machine state).  CPU only, offline; the demo profile's
@@ -20,9 +21,10 @@ minutes on an idle 2-core machine, 9.5 minutes on one where other processes kept
    both; (b) also excludes audio decoding, which (a) pays.  Reported: RTFx of each (audio seconds
    / wall seconds), the wall ratio (target >= 0.9), the ratio of per-item bests over the rounds,
    the CPU-time ratio and the median per-item ratio (the last three less sensitive to other
-   processes on a shared machine), and whether the texts of (a) and (b) are identical.  Calling label_batch per item rather than once for all items costs
-   nothing measurable (the labeller is cached per process); the bookkeeping label_batch does per
-   item (keys, part lookup) is timed separately as a no-op label_batch over all items.
+   processes on a shared machine), and whether the texts of (a) and (b) are identical.  Calling
+   label_batch per item rather than once for all items costs nothing measurable (the labeller is
+   cached per process); the bookkeeping label_batch does per item (keys, part lookup) is timed
+   separately as a no-op label_batch over all items.
 2. Rerun cost.  Inside one ``prefect_test_harness()`` server (started before any timing), the
    whole ``data_flow`` (profile demo, fresh work dir, the same corpus, sources=[<corpus>/videos])
    runs in a fresh process, as the CLI runs it (``data_flow.with_options(task_runner=
@@ -114,13 +116,16 @@ def reset_peak_rss() -> bool:
         return False
 
 
-
 def versions() -> dict:
     import ctranslate2
     import faster_whisper
     import prefect
 
-    return {"faster_whisper": faster_whisper.__version__, "ctranslate2": ctranslate2.__version__, "prefect": prefect.__version__}
+    return {
+        "faster_whisper": faster_whisper.__version__,
+        "ctranslate2": ctranslate2.__version__,
+        "prefect": prefect.__version__,
+    }
 
 
 def demo_config(work_dir: Path, corpus: Path, n_items: int, sources: list[Path] | None = None):
@@ -204,10 +209,21 @@ def run_child(mode: str, args: dict, log: Path, env: dict | None = None, timeout
     process wall time and the peaks polled by psutil."""
     result_path = log.with_suffix(".json")
     result_path.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--child-args", json.dumps(args), "--child-out", str(result_path)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        mode,
+        "--child-args",
+        json.dumps(args),
+        "--child-out",
+        str(result_path),
+    ]
     t0 = time.perf_counter()
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT
+        )
         poll = TreePeak(proc.pid)
         try:
             rc = proc.wait(timeout=timeout)
@@ -218,7 +234,12 @@ def run_child(mode: str, args: dict, log: Path, env: dict | None = None, timeout
         tail = log.read_text(errors="replace")[-4000:]
         raise RuntimeError(f"child {mode} failed (rc={rc}); log {log}:\n{tail}")
     out = json.loads(result_path.read_text())
-    out.update(process_wall_s=round(wall, 2), polled_peak_rss_proc=poll.peak_proc, polled_peak_rss_tree=poll.peak_tree, polled_max_children=poll.max_children)
+    out.update(
+        process_wall_s=round(wall, 2),
+        polled_peak_rss_proc=poll.peak_proc,
+        polled_peak_rss_tree=poll.peak_tree,
+        polled_max_children=poll.max_children,
+    )
     return out
 
 
@@ -240,7 +261,9 @@ def bench_labelling(cfg, layout, ok, segs, rounds: int) -> dict:
     t0 = time.perf_counter()
     audio = {i.item_id: load_audio(layout.abs(i.path)) for i in work_items}
     decode_s = time.perf_counter() - t0
-    clips = {iid: [(s.start_s, min(s.end_s, len(audio[iid]) / SAMPLE_RATE)) for s in todo[iid]] for iid in audio}
+    clips = {
+        iid: [(s.start_s, min(s.end_s, len(audio[iid]) / SAMPLE_RATE)) for s in todo[iid]] for iid in audio
+    }
     audio_of = {iid: sum(s.duration_s for s in todo[iid]) for iid in audio}
     audio_s = sum(audio_of.values())
     n_segs = sum(len(v) for v in todo.values())
@@ -286,7 +309,7 @@ def bench_labelling(cfg, layout, ok, segs, rounds: int) -> dict:
         for k, item in enumerate(work_items):
             iid = item.item_id
             row = {"round": r, "item_id": iid, "audio_s": round(audio_of[iid], 3)}
-            for which in (["direct", "pipeline"] if (k + r) % 2 == 0 else ["pipeline", "direct"]):
+            for which in ["direct", "pipeline"] if (k + r) % 2 == 0 else ["pipeline", "direct"]:
                 if which == "direct":
                     row["direct_wall_s"], row["direct_cpu_s"], direct_texts[iid] = timed(direct, iid)
                 else:
@@ -294,7 +317,11 @@ def bench_labelling(cfg, layout, ok, segs, rounds: int) -> dict:
             rows.append(row)
         done = [x for x in rows if x["round"] == r]
         dw, pw = sum(x["direct_wall_s"] for x in done), sum(x["pipeline_wall_s"] for x in done)
-        print(f"  round {r}: direct {dw:.2f} s (RTFx {audio_s / dw:.1f}), pipeline {pw:.2f} s (RTFx {audio_s / pw:.1f}), ratio {dw / pw:.3f}", flush=True)
+        print(
+            f"  round {r}: direct {dw:.2f} s (RTFx {audio_s / dw:.1f}), pipeline {pw:.2f} s (RTFx "
+            f"{audio_s / pw:.1f}), ratio {dw / pw:.3f}",
+            flush=True,
+        )
     load = meter.stop()
 
     # the pipeline's own bookkeeping: label_batch over all items with every part present (no labelling)
@@ -306,7 +333,14 @@ def bench_labelling(cfg, layout, ok, segs, rounds: int) -> dict:
     # both paths must have produced the same text
     same = total = 0
     for i in work_items:
-        labels = read_part(layout.part("labels", i.item_id), Label, label.item_key(layout, i, segs[i.item_id], cfg.label, cfg.filter)) or []
+        labels = (
+            read_part(
+                layout.part("labels", i.item_id),
+                Label,
+                label.item_key(layout, i, segs[i.item_id], cfg.label, cfg.filter),
+            )
+            or []
+        )
         for lab, txt in zip(labels, direct_texts[i.item_id]):
             total += 1
             same += lab.text == txt
@@ -316,8 +350,12 @@ def bench_labelling(cfg, layout, ok, segs, rounds: int) -> dict:
 
     per_item_ratio = sorted(x["direct_wall_s"] / x["pipeline_wall_s"] for x in rows)
     # per item, the fastest of the rounds for each path (timeit's estimator: noise only adds time)
-    best_d = {i.item_id: min(x["direct_wall_s"] for x in rows if x["item_id"] == i.item_id) for i in work_items}
-    best_p = {i.item_id: min(x["pipeline_wall_s"] for x in rows if x["item_id"] == i.item_id) for i in work_items}
+    best_d = {
+        i.item_id: min(x["direct_wall_s"] for x in rows if x["item_id"] == i.item_id) for i in work_items
+    }
+    best_p = {
+        i.item_id: min(x["pipeline_wall_s"] for x in rows if x["item_id"] == i.item_id) for i in work_items
+    }
     return {
         "items": len(ok),
         "items_with_segments": len(work_items),
@@ -346,8 +384,6 @@ def bench_labelling(cfg, layout, ok, segs, rounds: int) -> dict:
     }
 
 
-
-
 # --- children ----------------------------------------------------------------------------------------
 
 
@@ -365,11 +401,24 @@ def child_flow(a: dict) -> dict:
     runs = []
     for _ in range(a.get("repeat", 1)):
         t0 = time.perf_counter()
-        state = data_flow.with_options(task_runner=_task_runner(cfg))(sources=a["sources"], profile=PROFILE, work_dir=a["work_dir"], overrides=a["overrides"], return_state=True)
+        state = data_flow.with_options(task_runner=_task_runner(cfg))(
+            sources=a["sources"],
+            profile=PROFILE,
+            work_dir=a["work_dir"],
+            overrides=a["overrides"],
+            return_state=True,
+        )
         flow_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         tasks = _task_state_counts(state.state_details.flow_run_id)  # after the timing: not part of the run
-        runs.append({"flow_s": round(flow_s, 3), "result": asdict(state.result()), "tasks": tasks, "task_query_s": round(time.perf_counter() - t0, 2)})
+        runs.append(
+            {
+                "flow_s": round(flow_s, 3),
+                "result": asdict(state.result()),
+                "tasks": tasks,
+                "task_query_s": round(time.perf_counter() - t0, 2),
+            }
+        )
     return {
         "import_s": round(import_s, 2),
         **runs[0],
@@ -498,19 +547,34 @@ def subset_folder(corpus: Path, dst: Path, n: int) -> Path:
     tmp.mkdir(parents=True)
     for k in chosen:
         item = plan[k]
-        for name in [item["name"] + item["ext"]] + ([f"{item['name']}.{item['captions']}"] if item["captions"] else []):
+        for name in [item["name"] + item["ext"]] + (
+            [f"{item['name']}.{item['captions']}"] if item["captions"] else []
+        ):
             shutil.copy2(corpus / "videos" / name, tmp / name)
     tmp.rename(dst)
     return dst
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--items", type=int, default=30, help="demo corpus items (labelling and flow runs); default 30")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of direct vs pipeline labelling; default 2")
-    ap.add_argument("--mem-items", type=int, default=10, help="M: the label/shard memory check runs M vs 3M files of the corpus; default 10")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--items", type=int, default=30, help="demo corpus items (labelling and flow runs); default 30"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="interleaved rounds of direct vs pipeline labelling; default 2"
+    )
+    ap.add_argument(
+        "--mem-items",
+        type=int,
+        default=10,
+        help="M: the label/shard memory check runs M vs 3M files of the corpus; default 10",
+    )
     ap.add_argument("--out", default="bench/results/data_bench.json")
-    ap.add_argument("--work", help="work folder (kept; a rerun reuses the corpus); default: a temp folder, removed")
+    ap.add_argument(
+        "--work", help="work folder (kept; a rerun reuses the corpus); default: a temp folder, removed"
+    )
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     ap.add_argument("--child-args", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -530,8 +594,19 @@ def main() -> int:
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     n, m = args.items, args.mem_items
-    results: dict = {"machine": machine(), "versions": versions(), "command": command, "items": n, "rounds": args.rounds, "mem_items": m, "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
-    print(f"machine: {results['machine']}\nversions: {results['versions']}\ncommand: {command}\nwork: {work}", flush=True)
+    results: dict = {
+        "machine": machine(),
+        "versions": versions(),
+        "command": command,
+        "items": n,
+        "rounds": args.rounds,
+        "mem_items": m,
+        "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+    print(
+        f"machine: {results['machine']}\nversions: {results['versions']}\ncommand: {command}\nwork: {work}",
+        flush=True,
+    )
     ok_run = False
     try:
         from tasks import demo_corpus
@@ -542,12 +617,20 @@ def main() -> int:
         results["corpus_generate_s"] = round(time.perf_counter() - t0, 1)
 
         # --- 1 -------------------------------------------------------------------------------
-        print("[1] labelling: pipeline (label_batch) vs faster-whisper direct, interleaved per item", flush=True)
+        print(
+            "[1] labelling: pipeline (label_batch) vs faster-whisper direct, interleaved per item", flush=True
+        )
         t0 = time.perf_counter()
         cfg, layout, ok, segs = prepare(work / "label-N", corpus, n, [corpus / "videos"])
         results["ingest_segment_s"] = round(time.perf_counter() - t0, 1)
         results["labelling"] = lab = bench_labelling(cfg, layout, ok, segs, args.rounds)
-        print(f"  audio {lab['audio_s_per_pass']} s x {args.rounds}: direct RTFx {lab['direct_rtfx']}, pipeline RTFx {lab['pipeline_rtfx']}, ratio {lab['ratio_pipeline_over_direct']} (CPU time ratio {lab['ratio_pipeline_over_direct_cpu']}); other processes used {lab['background_load']['other_cores_avg']} cores on average", flush=True)
+        print(
+            f"  audio {lab['audio_s_per_pass']} s x {args.rounds}: direct RTFx {lab['direct_rtfx']}, "
+            f"pipeline RTFx {lab['pipeline_rtfx']}, ratio {lab['ratio_pipeline_over_direct']} (CPU time "
+            f"ratio {lab['ratio_pipeline_over_direct_cpu']}); other processes used "
+            f"{lab['background_load']['other_cores_avg']} cores on average",
+            flush=True,
+        )
 
         # --- 2 + 3 (flow) --------------------------------------------------------------------
         from prefect.settings import PREFECT_API_URL
@@ -560,17 +643,36 @@ def main() -> int:
             env = {"PREFECT_API_URL": PREFECT_API_URL.value() or ""}
             fwork = work / "flow"
             shutil.rmtree(fwork, ignore_errors=True)
-            fargs = {"work_dir": str(fwork), "sources": [str(corpus / "videos")], "overrides": [f"demo.corpus_dir={corpus}", f"demo.n_items={n}"]}
+            fargs = {
+                "work_dir": str(fwork),
+                "sources": [str(corpus / "videos")],
+                "overrides": [f"demo.corpus_dir={corpus}", f"demo.n_items={n}"],
+            }
             meter = CpuMeter()
             first = run_child("flow", fargs, logs / "flow-1.log", env)
             load1 = meter.stop()
-            print(f"  first run:  flow {first['flow_s']:.1f} s (process {first['process_wall_s']:.1f} s, imports {first['import_s']:.1f} s), labelled {first['result']['labelled_items']} items; other processes used {load1['other_cores_avg']} cores", flush=True)
+            print(
+                f"  first run:  flow {first['flow_s']:.1f} s (process {first['process_wall_s']:.1f} s, "
+                f"imports {first['import_s']:.1f} s), labelled {first['result']['labelled_items']} items; "
+                f"other processes used {load1['other_cores_avg']} cores",
+                flush=True,
+            )
             meter = CpuMeter()
             second = run_child("flow", {**fargs, "repeat": 2}, logs / "flow-2.log", env)
             load2 = meter.stop()
             warm_s = second["repeats"][0]["flow_s"]
-            print(f"  second run: flow {second['flow_s']:.2f} s (process {second['process_wall_s']:.1f} s), labelled {second['result']['labelled_items']} items; same process once more: {warm_s:.2f} s", flush=True)
-        not_cached = {st: c["states"] for r in [second, *second["repeats"]] for st, c in r["tasks"].items() if st != "demo-corpus" and set(c["states"]) != {"Cached"}}
+            print(
+                f"  second run: flow {second['flow_s']:.2f} s (process {second['process_wall_s']:.1f} s), "
+                f"labelled {second['result']['labelled_items']} items; same process once more: {warm_s:.2f} "
+                "s",
+                flush=True,
+            )
+        not_cached = {
+            st: c["states"]
+            for r in [second, *second["repeats"]]
+            for st, c in r["tasks"].items()
+            if st != "demo-corpus" and set(c["states"]) != {"Cached"}
+        }
         lt = first["tasks"].get("label", {})
         results["rerun"] = {
             "first": first,
@@ -579,20 +681,25 @@ def main() -> int:
             "background_load_second": load2,
             "second_not_cached_stages": not_cached,  # non-empty: code or inputs changed between runs
             "fraction_second_over_first": round(second["flow_s"] / first["flow_s"], 4),
-            "fraction_second_over_first_process_wall": round(second["process_wall_s"] / first["process_wall_s"], 4),
+            "fraction_second_over_first_process_wall": round(
+                second["process_wall_s"] / first["process_wall_s"], 4
+            ),
             "fraction_warm_rerun_over_first": round(warm_s / first["flow_s"], 4),
             # the label stage of the 1st run: its tasks overlap (runner.max_workers), so the RTFx the
             # flow reports (audio / the tasks' wall times added up) is below audio / the stage's span
             "first_label_tasks": lt.get("tasks"),
             "first_label_sum_run_s": lt.get("sum_run_s"),
             "first_label_span_s": lt.get("span_s"),
-            "first_label_rtfx_by_span": round(lab["audio_s_per_pass"] / lt["span_s"], 2) if lt.get("span_s") else None,
+            "first_label_rtfx_by_span": round(lab["audio_s_per_pass"] / lt["span_s"], 2)
+            if lt.get("span_s")
+            else None,
         }
         results["flow_memory"] = {
             "peak_rss_flow_process": first["peak_rss"],  # VmHWM of the flow's process
             "polled_peak_rss_flow_process": first["polled_peak_rss_proc"],
             "polled_peak_rss_tree": first["polled_peak_rss_tree"],
-            "ru_maxrss_flow_process_inherited": first["maxrss_self_inherited"],  # not a measure: see maxrss_self()
+            # not a measure: see maxrss_self()
+            "ru_maxrss_flow_process_inherited": first["maxrss_self_inherited"],
         }
 
         # --- 3 (label and shard alone, M vs 3M) -----------------------------------------------
@@ -606,9 +713,19 @@ def main() -> int:
         for tag, wdir in (("M", work / "mem-M"), ("3M", work / "mem-3M")):
             a = {"work_dir": str(wdir), "corpus": str(corpus), "n_items": n}
             mem[f"label_{tag}"] = x = run_child("label", a, logs / f"label-{tag}.log")
-            print(f"  label {tag}: {x['items']} items, {x['audio_s']} s audio in {x['wall_s']} s; peak {fmt_mb(x['peak_rss'])} during labelling (RSS before {fmt_mb(x['rss_before'])}; process peak {fmt_mb(x['process_peak_rss'])})", flush=True)
+            print(
+                f"  label {tag}: {x['items']} items, {x['audio_s']} s audio in {x['wall_s']} s; peak "
+                f"{fmt_mb(x['peak_rss'])} during labelling (RSS before {fmt_mb(x['rss_before'])}; process "
+                f"peak {fmt_mb(x['process_peak_rss'])})",
+                flush=True,
+            )
             mem[f"shard_{tag}"] = x = run_child("shard", a, logs / f"shard-{tag}.log")
-            print(f"  shard {tag}: {x['kept']} kept of {x['segments']} segments -> {x['shards']} shards; peak {fmt_mb(x['peak_rss'])} during write_shards (RSS before {fmt_mb(x['rss_before'])}; process peak {fmt_mb(x['process_peak_rss'])})", flush=True)
+            print(
+                f"  shard {tag}: {x['kept']} kept of {x['segments']} segments -> {x['shards']} shards; peak "
+                f"{fmt_mb(x['peak_rss'])} during write_shards (RSS before {fmt_mb(x['rss_before'])}; process "
+                f"peak {fmt_mb(x['process_peak_rss'])})",
+                flush=True,
+            )
         for stage in ("label", "shard"):
             x, y = mem[f"{stage}_M"], mem[f"{stage}_3M"]
             mem[f"{stage}_peak_ratio"] = round(y["peak_rss"] / x["peak_rss"], 3)
@@ -644,24 +761,89 @@ def summarize(r: dict) -> list[dict]:
     rows = [
         ("label RTFx, faster-whisper direct", f"{lab['direct_rtfx']:.1f}", "", None),
         ("label RTFx, pipeline (label_batch)", f"{lab['pipeline_rtfx']:.1f}", "", None),
-        ("label RTFx ratio pipeline/direct (wall)", f"{lab['ratio_pipeline_over_direct']:.3f}", ">= 0.9", lab["ratio_pipeline_over_direct"] >= 0.9),
+        (
+            "label RTFx ratio pipeline/direct (wall)",
+            f"{lab['ratio_pipeline_over_direct']:.3f}",
+            ">= 0.9",
+            lab["ratio_pipeline_over_direct"] >= 0.9,
+        ),
         ("  same, best of rounds per item", f"{lab['ratio_best_of_rounds']:.3f}", "", None),
-        ("  same, CPU time / median per item", f"{lab['ratio_pipeline_over_direct_cpu']:.3f} / {lab['ratio_per_item_median']:.3f}", "", None),
+        (
+            "  same, CPU time / median per item",
+            f"{lab['ratio_pipeline_over_direct_cpu']:.3f} / {lab['ratio_per_item_median']:.3f}",
+            "",
+            None,
+        ),
         ("label RTFx the flow reports (1st run)", f"{first['result']['label_rtfx']:.1f}", "", None),
-        (f"  flow label stage: audio / span ({rr['first_label_tasks']} tasks)", f"{rr['first_label_rtfx_by_span'] or 0:.1f}", "", None),
+        (
+            f"  flow label stage: audio / span ({rr['first_label_tasks']} tasks)",
+            f"{rr['first_label_rtfx_by_span'] or 0:.1f}",
+            "",
+            None,
+        ),
         (f"flow 1st run ({first['result']['items']} files, fresh)", f"{first['flow_s']:.1f} s", "", None),
         ("flow 2nd run (unchanged, fresh process)", f"{second['flow_s']:.2f} s", "", None),
-        ("rerun cost 2nd/1st (flow call)", f"{100 * rr['fraction_second_over_first']:.1f}%", "< 5%", rr["fraction_second_over_first"] < 0.05),
-        ("rerun cost 2nd/1st (whole process)", f"{100 * rr['fraction_second_over_first_process_wall']:.1f}%", "", None),
+        (
+            "rerun cost 2nd/1st (flow call)",
+            f"{100 * rr['fraction_second_over_first']:.1f}%",
+            "< 5%",
+            rr["fraction_second_over_first"] < 0.05,
+        ),
+        (
+            "rerun cost 2nd/1st (whole process)",
+            f"{100 * rr['fraction_second_over_first_process_wall']:.1f}%",
+            "",
+            None,
+        ),
         ("rerun cost, warm process / 1st", f"{100 * rr['fraction_warm_rerun_over_first']:.1f}%", "", None),
-        ("peak RSS data flow process (VmHWM)", fmt_mb(fm["peak_rss_flow_process"]), "< 3 GB", fm["peak_rss_flow_process"] < 3 * 1024**3),
-        ("peak RSS data flow tree (50 ms poll)", fmt_mb(fm["polled_peak_rss_tree"]), "< 3 GB", fm["polled_peak_rss_tree"] < 3 * 1024**3),
-        (f"peak RSS label_batch {lM['items']} / {l3['items']} items", f"{fmt_mb(lM['peak_rss'])} / {fmt_mb(l3['peak_rss'])}", "", None),
-        ("label peak RSS ratio 3M/M", f"{sm['label_peak_ratio']:.3f}", "<= 1.10", sm["label_peak_ratio"] <= 1.10),
-        ("label RSS growth while labelling M/3M", f"{sm['label_growth_M_MB']:.0f} / {sm['label_growth_3M_MB']:.0f} MB", "", None),
-        (f"peak RSS write_shards {sM['kept']} / {s3['kept']} segs", f"{fmt_mb(sM['peak_rss'])} / {fmt_mb(s3['peak_rss'])}", "", None),
-        ("shard peak RSS ratio 3M/M", f"{sm['shard_peak_ratio']:.3f}", "<= 1.10", sm["shard_peak_ratio"] <= 1.10),
-        ("shard RSS growth while writing M/3M", f"{sm['shard_growth_M_MB']:.0f} / {sm['shard_growth_3M_MB']:.0f} MB", "", None),
+        (
+            "peak RSS data flow process (VmHWM)",
+            fmt_mb(fm["peak_rss_flow_process"]),
+            "< 3 GB",
+            fm["peak_rss_flow_process"] < 3 * 1024**3,
+        ),
+        (
+            "peak RSS data flow tree (50 ms poll)",
+            fmt_mb(fm["polled_peak_rss_tree"]),
+            "< 3 GB",
+            fm["polled_peak_rss_tree"] < 3 * 1024**3,
+        ),
+        (
+            f"peak RSS label_batch {lM['items']} / {l3['items']} items",
+            f"{fmt_mb(lM['peak_rss'])} / {fmt_mb(l3['peak_rss'])}",
+            "",
+            None,
+        ),
+        (
+            "label peak RSS ratio 3M/M",
+            f"{sm['label_peak_ratio']:.3f}",
+            "<= 1.10",
+            sm["label_peak_ratio"] <= 1.10,
+        ),
+        (
+            "label RSS growth while labelling M/3M",
+            f"{sm['label_growth_M_MB']:.0f} / {sm['label_growth_3M_MB']:.0f} MB",
+            "",
+            None,
+        ),
+        (
+            f"peak RSS write_shards {sM['kept']} / {s3['kept']} segs",
+            f"{fmt_mb(sM['peak_rss'])} / {fmt_mb(s3['peak_rss'])}",
+            "",
+            None,
+        ),
+        (
+            "shard peak RSS ratio 3M/M",
+            f"{sm['shard_peak_ratio']:.3f}",
+            "<= 1.10",
+            sm["shard_peak_ratio"] <= 1.10,
+        ),
+        (
+            "shard RSS growth while writing M/3M",
+            f"{sm['shard_growth_M_MB']:.0f} / {sm['shard_growth_3M_MB']:.0f} MB",
+            "",
+            None,
+        ),
     ]
     return [{"metric": m, "value": v, "target": t, "ok": ok} for m, v, t, ok in rows]
 
@@ -671,19 +853,38 @@ def print_summary(r: dict, rows: list[dict]) -> None:
     m = r["machine"]
     lc = lab["label_config"]
     print("\n=== data bench summary ===")
-    print(f"machine : {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), {m['ram_gb']} GB RAM, Python {m['python']}, {m['platform']}")
-    print(f"versions: faster-whisper {r['versions']['faster_whisper']}, ctranslate2 {r['versions']['ctranslate2']}, prefect {r['versions']['prefect']}")
+    print(
+        f"machine : {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), {m['ram_gb']} GB RAM, "
+        f"Python {m['python']}, {m['platform']}"
+    )
+    print(
+        f"versions: faster-whisper {r['versions']['faster_whisper']}, ctranslate2 "
+        f"{r['versions']['ctranslate2']}, prefect {r['versions']['prefect']}"
+    )
     print(f"command : {r['command']}")
     print(
-        f"labelling: {lab['items']} items, {lab['segments']} segments, {lab['audio_s_per_pass']} s audio x {lab['rounds']} rounds, "
-        f"interleaved per item; {lc['model']} {lc['device']} {lc['compute_type']}, beam {lc['beam_size']}, batch {lc['batch_size']}, "
-        f"cpu_threads {lc['cpu_threads']}; model load {lab['model_load_s']} s (excluded from both); audio decode {lab['audio_decode_s_all_items']} s "
-        f"and no-op label_batch bookkeeping {lab['noop_label_batch_all_items_s']} s per pass (pipeline only); texts identical {lab['texts_identical']}"
+        f"labelling: {lab['items']} items, {lab['segments']} segments, {lab['audio_s_per_pass']} s audio x "
+        f"{lab['rounds']} rounds, interleaved per item; {lc['model']} {lc['device']} {lc['compute_type']}, "
+        f"beam {lc['beam_size']}, batch {lc['batch_size']}, cpu_threads {lc['cpu_threads']}; model load "
+        f"{lab['model_load_s']} s (excluded from both); audio decode {lab['audio_decode_s_all_items']} s and "
+        f"no-op label_batch bookkeeping {lab['noop_label_batch_all_items_s']} s per pass (pipeline only); "
+        f"texts identical {lab['texts_identical']}"
     )
-    loads = [("labelling", lab["background_load"]), ("flow 1st", rr["background_load_first"]), ("flow 2nd", rr["background_load_second"])]
-    print("background load (CPU of other processes on the machine): " + ", ".join(f"{k} {v['other_cores_avg']} cores" for k, v in loads) + f"; loadavg start {' '.join(r['loadavg_start'])}, end {' '.join(r['loadavg_end'])}")
+    loads = [
+        ("labelling", lab["background_load"]),
+        ("flow 1st", rr["background_load_first"]),
+        ("flow 2nd", rr["background_load_second"]),
+    ]
+    print(
+        "background load (CPU of other processes on the machine): "
+        + ", ".join(f"{k} {v['other_cores_avg']} cores" for k, v in loads)
+        + f"; loadavg start {' '.join(r['loadavg_start'])}, end {' '.join(r['loadavg_end'])}"
+    )
     if rr["second_not_cached_stages"]:
-        print(f"WARNING: the rerun was not fully cached (code or inputs changed during the bench?): {rr['second_not_cached_stages']}")
+        print(
+            "WARNING: the rerun was not fully cached (code or inputs changed during the bench?): "
+            f"{rr['second_not_cached_stages']}"
+        )
     print_metric_table(rows)
     print(f"total bench time: {r['total_s']:.0f} s")
 

@@ -1,4 +1,5 @@
-""".venv/bin/python bench/decode_bench.py [--checkpoint runs/demo/checkpoints/stage3] [--utts 6] [--reps 2] [--force-tokens auto|0|N] [--out bench/results/decode_bench.json]
+""".venv/bin/python bench/decode_bench.py [--checkpoint runs/demo/checkpoints/stage3] [--utts 6] [--reps 2] \
+[--force-tokens auto|0|N] [--out bench/results/decode_bench.json]
 
 Decoding cost of the LLM-ASR model on this machine (CPU), through the evaluation's own code path:
 ``tasks.decode.LLMASRSystem`` + ``plan_pieces`` + ``run_system`` (so RTF and tokens/s are computed
@@ -82,9 +83,6 @@ CONFIGS = [  # (name, num_beams, no_repeat_ngram_size, batch_size)
 # ------------------------------------------------------------------------------------ machine
 
 
-
-
-
 # ------------------------------------------------------------------------------------- inputs
 
 
@@ -132,7 +130,9 @@ def utterances(n: int, tmp: Path) -> tuple[str, list]:
         voice = ("en", "en-us", "en-gb-x-rp")[i // len(SENTENCES) % 3]
         audio = speak(text, voice, 150 + 10 * (i % 4), tmp)
         path = tmp / f"u{i:02d}.wav"
-        sf.write(str(path), np.concatenate([np.zeros(int(0.2 * ESPEAK_RATE), np.float32), audio]), ESPEAK_RATE)
+        sf.write(
+            str(path), np.concatenate([np.zeros(int(0.2 * ESPEAK_RATE), np.float32), audio]), ESPEAK_RATE
+        )
         out.append(TestUtterance(utt_id=f"u{i:02d}", audio_path=str(path), text=text))
     return f"{n} espeak-ng utterances", out
 
@@ -146,7 +146,9 @@ def median(xs):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default=None, help="a stage-2/3 checkpoint folder (else a tiny random one)")
+    ap.add_argument(
+        "--checkpoint", default=None, help="a stage-2/3 checkpoint folder (else a tiny random one)"
+    )
     ap.add_argument("--utts", type=int, default=6)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--force-tokens", default="auto", help="auto | 0 (never) | N (always min_new_tokens=N)")
@@ -190,7 +192,11 @@ def main() -> int:
     audio_s = sum(durations.values())
     base = DecodeSettings(device="cpu")
     bounds = [base.bound(p.duration_s) for p in pieces]
-    print(f"audio: {source}: {len(kept)} utterances, {len(pieces)} pieces, {audio_s:.1f} s; token bounds {min(bounds)}-{max(bounds)}", flush=True)
+    print(
+        f"audio: {source}: {len(kept)} utterances, {len(pieces)} pieces, {audio_s:.1f} s; token bounds "
+        f"{min(bounds)}-{max(bounds)}",
+        flush=True,
+    )
 
     # generate_ids is wrapped on the instance: record each call's steps, optionally force tokens.
     original = model.generate_ids
@@ -207,7 +213,11 @@ def main() -> int:
     model.generate_ids = generate_ids
 
     def system(name, beams, ngram, batch):
-        s = LLMASRSystem(name, ckpt, dataclasses.replace(base, num_beams=beams, no_repeat_ngram_size=ngram, batch_size=batch))
+        s = LLMASRSystem(
+            name,
+            ckpt,
+            dataclasses.replace(base, num_beams=beams, no_repeat_ngram_size=ngram, batch_size=batch),
+        )
         s.model, s.device = model, "cpu"  # shared, already loaded
         return s
 
@@ -219,7 +229,13 @@ def main() -> int:
         per_utt: dict[str, int] = {}
         ps = subset or pieces
         # per-utterance counts: re-tokenized hypotheses (decode's own counter is per batch)
-        r = run_system(s, kept if subset is None else [u for u in kept if u.utt_id in {p.utt_id for p in ps}], ps, durations, s.settings)
+        r = run_system(
+            s,
+            kept if subset is None else [u for u in kept if u.utt_id in {p.utt_id for p in ps}],
+            ps,
+            durations,
+            s.settings,
+        )
         for u, h in r.hyps.items():
             per_utt[u] = len(model.tokenizer(h, add_special_tokens=False)["input_ids"]) if h else 0
         return r, list(calls), per_utt
@@ -236,7 +252,8 @@ def main() -> int:
     if n_force:
         force.update(min_new_tokens=n_force, suppress_tokens=[model.pad_id])
     force_note = (
-        f"forced: min_new_tokens={n_force} + pad suppressed (probe: {probe_tokens_per_utt:.1f} new tokens/utt unforced)"
+        f"forced: min_new_tokens={n_force} + pad suppressed (probe: {probe_tokens_per_utt:.1f} new "
+        "tokens/utt unforced)"
         if n_force
         else f"not forced (probe: {probe_tokens_per_utt:.1f} new tokens/utt greedy, natural EOS / bound)"
     )
@@ -268,7 +285,11 @@ def main() -> int:
                 "hyps": r.hyps,
                 "tokens_per_utt": per_utt,
             }
-            print(f"  rep {rep + 1}/{args.reps} {name:<14}: {r.decode_s:6.2f} s  RTF {r.rtf:.3f}  {r.tokens} tok  {r.tokens_per_s:.1f} tok/s  {len(cs)} generate calls, {res[name]['steps']} steps", flush=True)
+            print(
+                f"  rep {rep + 1}/{args.reps} {name:<14}: {r.decode_s:6.2f} s  RTF {r.rtf:.3f}  {r.tokens} "
+                f"tok  {r.tokens_per_s:.1f} tok/s  {len(cs)} generate calls, {res[name]['steps']} steps",
+                flush=True,
+            )
         reps.append({"order": order, "results": res})
     load = meter.stop()
 
@@ -284,7 +305,11 @@ def main() -> int:
             "tokens_per_s_median": median([r["tokens_per_s"] for r in rs]),
             "tokens_total": rs[-1]["tokens"],
             "new_tokens_per_piece_mean": median(ntok),
-            "retokenized_hyp_tokens_per_utt": {"mean": statistics.mean(tpu), "min": min(tpu), "max": max(tpu)},
+            "retokenized_hyp_tokens_per_utt": {
+                "mean": statistics.mean(tpu),
+                "min": min(tpu),
+                "max": max(tpu),
+            },
             "generate_calls": rs[-1]["calls"],
             "generate_steps": rs[-1]["steps"],
             "failures": rs[-1]["failures"],
@@ -313,30 +338,70 @@ def main() -> int:
         rows.append((f"{name}: decode s (median of {args.reps})", f"{s['decode_s_median']:.2f}", "", None))
         rows.append((f"{name}: RTF", f"{s['rtf_median']:.4f}", "", None))
         rows.append((f"{name}: tokens/s", f"{s['tokens_per_s_median']:.1f}", "", None))
-        rows.append((f"{name}: new tokens/utt (hyp re-tok. mean min-max)", f"{s['new_tokens_per_piece_mean']:.1f} ({t['mean']:.1f} {t['min']}-{t['max']})", "", None))
-        rows.append((f"{name}: generate calls / steps", f"{s['generate_calls']} / {s['generate_steps']}", "", None))
-        rows.append((f"{name}: ms per generate step", f"{1000 * s['decode_s_median'] / s['generate_steps']:.1f}", "", None))
+        rows.append(
+            (
+                f"{name}: new tokens/utt (hyp re-tok. mean min-max)",
+                f"{s['new_tokens_per_piece_mean']:.1f} ({t['mean']:.1f} {t['min']}-{t['max']})",
+                "",
+                None,
+            )
+        )
+        rows.append(
+            (f"{name}: generate calls / steps", f"{s['generate_calls']} / {s['generate_steps']}", "", None)
+        )
+        rows.append(
+            (
+                f"{name}: ms per generate step",
+                f"{1000 * s['decode_s_median'] / s['generate_steps']:.1f}",
+                "",
+                None,
+            )
+        )
     rows += [
         ("beam8/greedy decode time, batch 8", f"{ratios['beam8_over_greedy_batch8']:.2f}x", "", None),
         ("beam8/greedy decode time, batch 1", f"{ratios['beam8_over_greedy_batch1']:.2f}x", "", None),
         ("batched speedup (b1/b8 time), greedy", f"{ratios['batched_speedup_greedy']:.2f}x", "", None),
         ("batched speedup (b1/b8 time), beam8", f"{ratios['batched_speedup_beam8']:.2f}x", "", None),
-        ("hyps identical batch8 vs batch1, greedy / beam8", f"{same['greedy batch8 vs batch1']} / {same['beam8 batch8 vs batch1']}", "", None),
-        ("new tokens generated (every config)", f"{min(s['tokens_total'] for s in summary.values())} min", "> 0", all(s["tokens_total"] > 0 for s in summary.values())),
+        (
+            "hyps identical batch8 vs batch1, greedy / beam8",
+            f"{same['greedy batch8 vs batch1']} / {same['beam8 batch8 vs batch1']}",
+            "",
+            None,
+        ),
+        (
+            "new tokens generated (every config)",
+            f"{min(s['tokens_total'] for s in summary.values())} min",
+            "> 0",
+            all(s["tokens_total"] > 0 for s in summary.values()),
+        ),
     ]
     rows = [{"metric": m, "value": v, "target": t, "ok": ok} for m, v, t, ok in rows]
     total_s = time.perf_counter() - t_start
     m = machine()
 
     print("\n=== decode bench summary ===")
-    print(f"machine : {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), {m['ram_gb']} GB RAM, Python {m['python']}, {m['platform']}")
-    print(f"versions: torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}")
+    print(
+        f"machine : {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), {m['ram_gb']} GB RAM, "
+        f"Python {m['python']}, {m['platform']}"
+    )
+    print(
+        f"versions: torch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
+        f"{transformers.__version__}"
+    )
     print(f"command : {' '.join([Path(sys.executable).name] + sys.argv)}")
     print(f"model   : {ckpt_kind}; {n_params / 1e6:.2f} M params, load {load_s:.1f} s (excluded)")
-    print(f"audio   : {source}: {len(pieces)} pieces, {audio_s:.1f} s; per-piece token bound {min(bounds)}-{max(bounds)} (ceil(8/s * dur) + 16)")
+    print(
+        f"audio   : {source}: {len(pieces)} pieces, {audio_s:.1f} s; per-piece token bound "
+        f"{min(bounds)}-{max(bounds)} (ceil(8/s * dur) + 16)"
+    )
     print(f"tokens  : {force_note}")
-    print(f"example : greedy batch8 hyp of {example['greedy batch8'][0]}: {example['greedy batch8'][1][:80]!r}")
-    print(f"background load (CPU of other processes): {load['other_cores_avg']} cores avg over {load['wall_s']} s; loadavg end {' '.join(load['loadavg_end'])}")
+    print(
+        f"example : greedy batch8 hyp of {example['greedy batch8'][0]}: {example['greedy batch8'][1][:80]!r}"
+    )
+    print(
+        f"background load (CPU of other processes): {load['other_cores_avg']} cores avg over "
+        f"{load['wall_s']} s; loadavg end {' '.join(load['loadavg_end'])}"
+    )
     print_metric_table(rows)
     print(f"total bench time: {total_s:.0f} s")
 
@@ -348,11 +413,20 @@ def main() -> int:
     result = {
         "command": " ".join(sys.argv),
         "machine": m,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "torch_threads": torch.get_num_threads()},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
         "checkpoint": ckpt_kind,
         "params": n_params,
         "load_s": load_s,
-        "audio": {"source": source, "pieces": len(pieces), "audio_s": audio_s, "bounds": [min(bounds), max(bounds)]},
+        "audio": {
+            "source": source,
+            "pieces": len(pieces),
+            "audio_s": audio_s,
+            "bounds": [min(bounds), max(bounds)],
+        },
         "settings": dataclasses.asdict(base),
         "forced_min_new_tokens": n_force,
         "probe_tokens_per_utt": probe_tokens_per_utt,

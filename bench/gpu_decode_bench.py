@@ -1,5 +1,7 @@
-""".venv/bin/python bench/gpu_decode_bench.py [--llm qwen2-0.5b|qwen2-1.5b] [--utts 16] [--reps 2] [--tokens 64] [--out bench/results/gpu_decode_bench.json]
-.venv/bin/python bench/gpu_decode_bench.py --cpu-smoke    # CPU: the same code path with tiny models, to check it runs
+""".venv/bin/python bench/gpu_decode_bench.py [--llm qwen2-0.5b|qwen2-1.5b] [--utts 16] [--reps 2] \
+[--tokens 64] [--out bench/results/gpu_decode_bench.json]
+.venv/bin/python bench/gpu_decode_bench.py --cpu-smoke  # CPU: the same code path with tiny models,
+                                                        # to check it runs
 
 GPU version of bench/decode_bench.py (for a lent CUDA GPU, a few minutes on one H100): the same four
 configurations -- beam 8 + no_repeat_ngram_size 6 vs greedy, batch_size 8 vs 1 -- through
@@ -41,26 +43,74 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 LLMS = {
-    "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
-    "qwen2-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2-0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    ),
+    "qwen2-1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    ),
 }
 WHISPER_LARGE = dict(
-    num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
-    decoder_layers=2, decoder_attention_heads=20, decoder_ffn_dim=5120, max_source_positions=1500, vocab_size=51866,
+    num_mel_bins=128,
+    d_model=1280,
+    encoder_layers=32,
+    encoder_attention_heads=20,
+    encoder_ffn_dim=5120,
+    decoder_layers=2,
+    decoder_attention_heads=20,
+    decoder_ffn_dim=5120,
+    max_source_positions=1500,
+    vocab_size=51866,
 )
 WHISPER_TINY = dict(  # --cpu-smoke
-    num_mel_bins=128, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
-    decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=128, max_source_positions=1500, vocab_size=51866,
+    num_mel_bins=128,
+    d_model=64,
+    encoder_layers=2,
+    encoder_attention_heads=4,
+    encoder_ffn_dim=128,
+    decoder_layers=1,
+    decoder_attention_heads=4,
+    decoder_ffn_dim=128,
+    max_source_positions=1500,
+    vocab_size=51866,
 )
-CONFIGS = [("beam8 batch8", 8, 6, 8), ("greedy batch8", 1, 0, 8), ("beam8 batch1", 8, 6, 1), ("greedy batch1", 1, 0, 1)]
+CONFIGS = [
+    ("beam8 batch8", 8, 6, 8),
+    ("greedy batch8", 1, 0, 8),
+    ("beam8 batch1", 8, 6, 1),
+    ("greedy batch1", 1, 0, 1),
+]
 
 
 def parse_config(name: str) -> tuple[str, int, int, int]:
     """'beam8 batch8' / 'greedy batch32' -> (name, num_beams, no_repeat_ngram_size, batch_size)."""
     words = name.split()
-    if len(words) != 2 or not words[1].startswith("batch") or not (words[0] == "greedy" or words[0].startswith("beam")):
-        raise ValueError(f"--configs: {name!r} is not '<greedy|beamN> batchM' (e.g. 'beam8 batch8', 'greedy batch32')")
+    if (
+        len(words) != 2
+        or not words[1].startswith("batch")
+        or not (words[0] == "greedy" or words[0].startswith("beam"))
+    ):
+        raise ValueError(
+            f"--configs: {name!r} is not '<greedy|beamN> batchM' (e.g. 'beam8 batch8', 'greedy batch32')"
+        )
     beams = 1 if words[0] == "greedy" else int(words[0][4:])
     return name, beams, (6 if beams > 1 else 0), int(words[1][5:])
 
@@ -75,7 +125,8 @@ def make_audio(n: int, tmp: Path):
 
     texts = [
         "The weather was warm enough to eat lunch outside on the terrace.",
-        "The doctor prescribed amoxicillin for the chest infection and asked the patient to come back next week.",
+        "The doctor prescribed amoxicillin for the chest infection and asked the patient to come back next "
+        "week.",
         "We planted tomatoes and beans in the garden behind the house.",
         "The museum opens at nine and closes late on Fridays.",
     ]
@@ -90,7 +141,9 @@ def make_audio(n: int, tmp: Path):
             audio, sr = speak(texts[i % len(texts)] * (1 + i % 2), "en", 150, tmp), ESPEAK_RATE
         else:
             sr = 16000
-            audio = (0.05 * rng.standard_normal(int(sr * (2 + 10 * ((i * 7) % n) / max(1, n - 1))))).astype(np.float32)
+            audio = (0.05 * rng.standard_normal(int(sr * (2 + 10 * ((i * 7) % n) / max(1, n - 1))))).astype(
+                np.float32
+            )
         sf.write(str(path), audio, sr)
         out.append(TestUtterance(utt_id=f"u{i:02d}", audio_path=str(path), text=texts[i % len(texts)]))
     return ("espeak-ng" if have_espeak else "noise"), out
@@ -103,14 +156,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per piece, forced")
     ap.add_argument("--no-lora", action="store_true", help="no LoRA at all (the LLM alone)")
-    ap.add_argument("--merge-lora", action="store_true", help="fold the LoRA into the LLM weights before decoding (llmasr.model.merge_lora)")
-    ap.add_argument("--sdpa", choices=["auto", "no-cudnn", "math"], default="auto",
-                    help="scaled-dot-product attention backends torch may pick (no-cudnn: disable cuDNN attention, "
-                         "which builds a plan per new shape; math: the reference kernel only)")
-    ap.add_argument("--configs", default=",".join(c[0] for c in CONFIGS),
-                    help="comma-separated '<greedy|beamN> batchM' (default: the four of bench/decode_bench.py)")
+    ap.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="fold the LoRA into the LLM weights before decoding (llmasr.model.merge_lora)",
+    )
+    ap.add_argument(
+        "--sdpa",
+        choices=["auto", "no-cudnn", "math"],
+        default="auto",
+        help="scaled-dot-product attention backends torch may pick (no-cudnn: disable cuDNN attention, "
+        "which builds a plan per new shape; math: the reference kernel only)",
+    )
+    ap.add_argument(
+        "--configs",
+        default=",".join(c[0] for c in CONFIGS),
+        help="comma-separated '<greedy|beamN> batchM' (default: the four of bench/decode_bench.py)",
+    )
     ap.add_argument("--out", default=str(REPO / "bench/results/gpu_decode_bench.json"))
-    ap.add_argument("--cpu-smoke", action="store_true", help="tiny models on the CPU, to check the bench runs (numbers meaningless)")
+    ap.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="tiny models on the CPU, to check the bench runs (numbers meaningless)",
+    )
     args = ap.parse_args(argv)
     smoke = args.cpu_smoke
     try:
@@ -123,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available() and not smoke:
-        print("gpu_decode_bench: needs a CUDA GPU (torch.cuda.is_available() is False); run bench/decode_bench.py for the CPU numbers", file=sys.stderr)
+        print(
+            "gpu_decode_bench: needs a CUDA GPU (torch.cuda.is_available() is False); run "
+            "bench/decode_bench.py for the CPU numbers",
+            file=sys.stderr,
+        )
         return 2
 
     import transformers
@@ -133,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.sdpa == "no-cudnn":
         allow_cudnn_attention(False)  # as eval.cudnn_attention: false
     elif args.sdpa == "math":
-        for off in (torch.backends.cuda.enable_cudnn_sdp, torch.backends.cuda.enable_flash_sdp, torch.backends.cuda.enable_mem_efficient_sdp):
+        for off in (
+            torch.backends.cuda.enable_cudnn_sdp,
+            torch.backends.cuda.enable_flash_sdp,
+            torch.backends.cuda.enable_mem_efficient_sdp,
+        ):
             off(False)
 
     from llmasr.config import SegmentConfig
@@ -189,15 +265,26 @@ def main(argv: list[str] | None = None) -> int:
         if device == "cuda":
             torch.cuda.synchronize()
         feats = a[0] if a else kw["input_features"]  # (B, M, T)
-        calls.append({"config": current[0], "batch": int(feats.shape[0]), "frames": int(feats.shape[-1]),
-                      "beams": int(kw.get("num_beams", 1)), "seconds": round(time.perf_counter() - t, 4)})
+        calls.append(
+            {
+                "config": current[0],
+                "batch": int(feats.shape[0]),
+                "frames": int(feats.shape[-1]),
+                "beams": int(kw.get("num_beams", 1)),
+                "seconds": round(time.perf_counter() - t, 4),
+            }
+        )
         return ids
 
     model.generate_ids = generate_ids
 
     systems = {}
     for name, beams, ngram, batch in configs:
-        s = LLMASRSystem(name, tmp, dataclasses.replace(base, num_beams=beams, no_repeat_ngram_size=ngram, batch_size=batch))
+        s = LLMASRSystem(
+            name,
+            tmp,
+            dataclasses.replace(base, num_beams=beams, no_repeat_ngram_size=ngram, batch_size=batch),
+        )
         s.model, s.device = model, device
         systems[name] = s
 
@@ -206,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         ids = {p.utt_id for p in ps}
         if device == "cuda":
             torch.cuda.synchronize()
-        return run_system(systems[name], [u for u in kept if u.utt_id in ids], ps, durations, systems[name].settings)
+        return run_system(
+            systems[name], [u for u in kept if u.utt_id in ids], ps, durations, systems[name].settings
+        )
 
     longest = sorted(pieces, key=lambda p: -p.duration_s)
     for name, _, _, batch in configs:  # warm-up (CUDA kernels, allocator): one batch of each configuration
@@ -223,12 +312,27 @@ def main(argv: list[str] | None = None) -> int:
         for name in order:
             current[0] = f"rep {rep + 1} {name}"
             r = run(name)
-            res[name] = {"decode_s": r.decode_s, "rtf": r.rtf, "tokens": r.tokens, "tokens_per_s": r.tokens_per_s, "failures": len(r.failures)}
-            print(f"  rep {rep + 1} {name:<14}: {r.decode_s:7.2f} s  RTF {r.rtf:.4f}  {r.tokens} tok ({r.tokens / len(pieces):.1f}/piece)  {r.tokens_per_s:.0f} tok/s  failures {len(r.failures)}", flush=True)
+            res[name] = {
+                "decode_s": r.decode_s,
+                "rtf": r.rtf,
+                "tokens": r.tokens,
+                "tokens_per_s": r.tokens_per_s,
+                "failures": len(r.failures),
+            }
+            print(
+                f"  rep {rep + 1} {name:<14}: {r.decode_s:7.2f} s  RTF {r.rtf:.4f}  {r.tokens} tok "
+                f"({r.tokens / len(pieces):.1f}/piece)  {r.tokens_per_s:.0f} tok/s  failures "
+                f"{len(r.failures)}",
+                flush=True,
+            )
         reps.append({"order": order, "results": res})
 
-    med = lambda name, k: statistics.median(rp["results"][name][k] for rp in reps)  # noqa: E731
-    ratio = lambda a, b: statistics.median(rp["results"][a]["decode_s"] / rp["results"][b]["decode_s"] for rp in reps)  # noqa: E731
+    def med(name, k):
+        return statistics.median(rp["results"][name][k] for rp in reps)
+
+    def ratio(a, b):
+        return statistics.median(rp["results"][a]["decode_s"] / rp["results"][b]["decode_s"] for rp in reps)
+
     rows = []
     for name in names:
         rows.append((f"{name}: RTF (median of {args.reps})", f"{med(name, 'rtf'):.4f}"))
@@ -247,7 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke run)"
     print("\n=== GPU decode bench summary ===")
     print(f"gpu     : {gpu}; torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"model   : whisper-large-like encoder + {args.llm} (random, {'fp32' if smoke else 'bf16'}{'' if args.no_lora else ', LoRA r8 ' + ('merged' if args.merge_lora else 'unmerged')}): {n_params / 1e9:.2f} B params, built in {build_s:.0f} s")
+    print(
+        f"model   : whisper-large-like encoder + {args.llm} (random, "
+        f"{'fp32' if smoke else 'bf16'}"
+        f"{'' if args.no_lora else ', LoRA r8 ' + ('merged' if args.merge_lora else 'unmerged')}): "
+        f"{n_params / 1e9:.2f} B params, built in {build_s:.0f} s"
+    )
     print(f"audio   : {source}: {len(pieces)} pieces, {audio_s:.1f} s; {n} new tokens forced per piece")
     w = max(len(m) for m, _ in rows)
     print(f"{'metric':<{w}} | value | target | ok")
@@ -256,12 +365,34 @@ def main(argv: list[str] | None = None) -> int:
     total_s = time.perf_counter() - t_start
     print("generate calls (config, batch, frames, seconds):")
     for c in calls:
-        print(f"  {c['config']:<26} B={c['batch']:<3} T={c['frames']:<5} beams={c['beams']}  {c['seconds']:.3f} s")
+        print(
+            f"  {c['config']:<26} B={c['batch']:<3} T={c['frames']:<5} beams={c['beams']}  "
+            f"{c['seconds']:.3f} s"
+        )
     print(f"total bench time: {total_s:.0f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "gpu": gpu, "llm": args.llm, "lora": "none" if args.no_lora else ("merged" if args.merge_lora else "unmerged"), "params": n_params, "audio": {"source": source, "pieces": len(pieces), "audio_s": audio_s},
-                               "forced_tokens": n, "reps": reps, "ratios": ratios, "sdpa": args.sdpa, "generate_calls": calls, "rows": rows, "problems": problems, "total_s": total_s}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "command": " ".join(sys.argv),
+                "gpu": gpu,
+                "llm": args.llm,
+                "lora": "none" if args.no_lora else ("merged" if args.merge_lora else "unmerged"),
+                "params": n_params,
+                "audio": {"source": source, "pieces": len(pieces), "audio_s": audio_s},
+                "forced_tokens": n,
+                "reps": reps,
+                "ratios": ratios,
+                "sdpa": args.sdpa,
+                "generate_calls": calls,
+                "rows": rows,
+                "problems": problems,
+                "total_s": total_s,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out}")
     tmp_ctx.cleanup()
     return 0

@@ -1,5 +1,7 @@
-""".venv/bin/python bench/gpu_train_bench.py [--steps 300] [--llm 0.5b|1.5b] [--encoder large-v2|medium|base] [--batch 16] [--audio-s 8] [--out bench/results/gpu_train_bench.json]
-.venv/bin/python bench/gpu_train_bench.py --cpu-smoke     # CPU: the same code path with tiny models, to check it runs
+""".venv/bin/python bench/gpu_train_bench.py [--steps 300] [--llm 0.5b|1.5b] \
+[--encoder large-v2|medium|base] [--batch 16] [--audio-s 8] [--out bench/results/gpu_train_bench.json]
+.venv/bin/python bench/gpu_train_bench.py --cpu-smoke  # CPU: the same code path with tiny models,
+                                                       # to check it runs
 
 Stage-3 training throughput and MFU on ONE CUDA GPU (meant for a lent H100 / H200: one command,
 under 8 minutes with the defaults, most of it building the random-init models on the CPU).  Without
@@ -51,16 +53,37 @@ ENCODERS = {  # Whisper encoder configs (random init)
     "tiny": dict(d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128),  # --cpu-smoke
 }
 LLMS = {  # Qwen2 configs (random init)
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2),
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),  # --cpu-smoke
+    "0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+    ),
+    "1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+    ),
+    # --cpu-smoke
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
 }
 
 
 class SyntheticBatches:
     """Endless batches in tasks.train_data's format (each pass: the next epoch, same batches)."""
 
-    def __init__(self, tokenizer, batch: int, audio_s: float, n_distinct: int = 8, n_mels: int = 80, seed: int = 0) -> None:
+    def __init__(
+        self, tokenizer, batch: int, audio_s: float, n_distinct: int = 8, n_mels: int = 80, seed: int = 0
+    ) -> None:
         import random
 
         import torch
@@ -100,7 +123,16 @@ def steady(records: list[dict]) -> dict:
     rows = rows[1:] or rows
     sec = sum(s for _, s, _ in rows)
     out = {"windows": len(rows), "seconds": round(sec, 2), "steps": sum(n for _, _, n in rows)}
-    for k in ("samples_per_s", "audio_s_per_s", "tokens_per_s", "encoder_frames_per_s", "decoder_positions_per_s", "model_tflops", "mfu", "mfu_6n"):
+    for k in (
+        "samples_per_s",
+        "audio_s_per_s",
+        "tokens_per_s",
+        "encoder_frames_per_s",
+        "decoder_positions_per_s",
+        "model_tflops",
+        "mfu",
+        "mfu_6n",
+    ):
         if all(k in r for r, _, _ in rows):
             out[k] = sum(r[k] * s for r, s, _ in rows) / sec  # time-weighted mean over the windows
     out["steps_per_s"] = out["steps"] / sec if sec else None
@@ -109,23 +141,40 @@ def steady(records: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="stage-3 throughput / MFU on one CUDA GPU through tasks.train.Trainer")
+    ap = argparse.ArgumentParser(
+        description="stage-3 throughput / MFU on one CUDA GPU through tasks.train.Trainer"
+    )
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--llm", choices=sorted(LLMS), default="0.5b")
     ap.add_argument("--encoder", choices=sorted(ENCODERS), default="large-v2")
     ap.add_argument("--batch", type=int, default=16, help="examples per micro-batch")
     ap.add_argument("--audio-s", type=float, default=8.0, help="mean seconds per example (+-20%%)")
     ap.add_argument("--lora-rank", type=int, default=8)
-    ap.add_argument("--distinct", type=int, default=8,
-                    help="distinct synthetic batches, cycled (8: shapes repeat every 8 steps; >= --steps: every step a new shape, as real data)")
-    ap.add_argument("--cudnn-attention", action="store_true",
-                    help="train.cudnn_attention=true: let torch pick cuDNN attention (off by default in the pipeline)")
+    ap.add_argument(
+        "--distinct",
+        type=int,
+        default=8,
+        help=(
+            "distinct synthetic batches, cycled (8: shapes repeat every 8 steps; >= --steps: every step a "
+            "new shape, as real data)"
+        ),
+    )
+    ap.add_argument(
+        "--cudnn-attention",
+        action="store_true",
+        help="train.cudnn_attention=true: let torch pick cuDNN attention (off by default in the pipeline)",
+    )
     ap.add_argument("--deepspeed-config", default="infra/deepspeed/zero2.json")
     ap.add_argument("--out", default="bench/results/gpu_train_bench.json")
     ap.add_argument("--work", default=None, help="work folder (default: a temp folder)")
-    ap.add_argument("--cpu-smoke", action="store_true",
-                    help="check the bench still runs, on the CPU: tiny encoder and LLM, fp32, zero2_cpu.json, --steps 20, "
-                         "results to the work folder (numbers meaningless; run it before spending device time)")
+    ap.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help=(
+            "check the bench still runs, on the CPU: tiny encoder and LLM, fp32, zero2_cpu.json, --steps 20, "
+            "results to the work folder (numbers meaningless; run it before spending device time)"
+        ),
+    )
     args = ap.parse_args(argv)
     if args.cpu_smoke:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
@@ -137,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available() and not args.cpu_smoke:
-        print("gpu_train_bench: needs a CUDA GPU (torch.cuda.is_available() is False); "
-              "run bench/train_bench.py for the CPU benchmark", file=sys.stderr)
+        print(
+            "gpu_train_bench: needs a CUDA GPU (torch.cuda.is_available() is False); "
+            "run bench/train_bench.py for the CPU benchmark",
+            file=sys.stderr,
+        )
         return 2
 
     from llmasr.config import LoraConfig, StageConfig, TrainConfig
@@ -154,25 +206,71 @@ def main(argv: list[str] | None = None) -> int:
         args.out = str(work / "gpu_train_bench.smoke.json")  # never over the GPU numbers
     print(f"GPU: {gpu}, peak bf16 {peak_bf16_flops(gpu)}; work {work}", flush=True)
     tok_dir = tiny_tokenizer(work / "tokenizer", vocab_size=None)
-    encoder = dict(num_mel_bins=80, max_source_positions=1500, decoder_layers=1, decoder_attention_heads=8, decoder_ffn_dim=1024,
-                   vocab_size=51865, **ENCODERS[args.encoder])
-    llm = dict(model_type="qwen2", vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True,
-               **LLMS[args.llm])
+    encoder = dict(
+        num_mel_bins=80,
+        max_source_positions=1500,
+        decoder_layers=1,
+        decoder_attention_heads=8,
+        decoder_ffn_dim=1024,
+        vocab_size=51865,
+        **ENCODERS[args.encoder],
+    )
+    llm = dict(
+        model_type="qwen2",
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        tie_word_embeddings=True,
+        **LLMS[args.llm],
+    )
     targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
     train = TrainConfig(
-        encoder="config", llm="config", tokenizer=str(tok_dir), projector_hidden=2048,
+        encoder="config",
+        llm="config",
+        tokenizer=str(tok_dir),
+        projector_hidden=2048,
         lora=LoraConfig(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.05, target_modules=targets),
-        launcher="deepspeed", nproc_per_node=1, deepspeed_config=args.deepspeed_config, precision=precision,
-        cudnn_attention=args.cudnn_attention, batch_max_audio_s=1e6, max_batch_size=args.batch, num_workers=0, log_every=10, val_every=10**6, ckpt_every=10**6,
+        launcher="deepspeed",
+        nproc_per_node=1,
+        deepspeed_config=args.deepspeed_config,
+        precision=precision,
+        cudnn_attention=args.cudnn_attention,
+        batch_max_audio_s=1e6,
+        max_batch_size=args.batch,
+        num_workers=0,
+        log_every=10,
+        val_every=10**6,
+        ckpt_every=10**6,
         stage3=StageConfig(lr=1e-4, max_steps=args.steps, warmup_steps=10),
     )
-    model = dict(encoder=encoder, llm=llm, tokenizer=str(tok_dir), projector_path=None, projector_hidden=2048, k=2, activation="gelu",
-                 trim_padding=True, mask_padding=True, dtype="float32",
-                 lora=dict(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.05, target_modules=targets))
+    model = dict(
+        encoder=encoder,
+        llm=llm,
+        tokenizer=str(tok_dir),
+        projector_path=None,
+        projector_hidden=2048,
+        k=2,
+        activation="gelu",
+        trim_padding=True,
+        mask_padding=True,
+        dtype="float32",
+        lora=dict(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.05, target_modules=targets),
+    )
     metrics = work / "logs" / "train.jsonl"
-    cfg = RunConfig(stage=3, work_dir=str(work), shard_index=str(work / "none" / "index.json"), out_dir=str(work / "checkpoints" / "stage3"),
-                    key="gpu-bench", model=model, train=train.model_dump(mode="json"), stage_cfg=train.stage3.model_dump(mode="json"),
-                    deepspeed_config=args.deepspeed_config, precision=precision, metrics_log=str(metrics), tensorboard_dir=None)
+    cfg = RunConfig(
+        stage=3,
+        work_dir=str(work),
+        shard_index=str(work / "none" / "index.json"),
+        out_dir=str(work / "checkpoints" / "stage3"),
+        key="gpu-bench",
+        model=model,
+        train=train.model_dump(mode="json"),
+        stage_cfg=train.stage3.model_dump(mode="json"),
+        deepspeed_config=args.deepspeed_config,
+        precision=precision,
+        metrics_log=str(metrics),
+        tensorboard_dir=None,
+    )
 
     class BenchTrainer(Trainer):
         """The real Trainer with synthetic batches in place of the shard loader."""
@@ -184,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
             from types import SimpleNamespace
 
             self.t_data = time.perf_counter()
-            self.train_loader = SyntheticBatches(self.module.tokenizer, args.batch, args.audio_s, n_distinct=args.distinct, n_mels=self.n_mels)
+            self.train_loader = SyntheticBatches(
+                self.module.tokenizer, args.batch, args.audio_s, n_distinct=args.distinct, n_mels=self.n_mels
+            )
             self.val_loader = None
             self.train_info = SimpleNamespace(samples=10**9, shards=1)
             self.total_steps = self.stop_step = self.stage_cfg.max_steps
@@ -209,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         "precision": trainer.precision,
         "setup_s": round(start["time"] - t_wall, 1),  # to the "start" record: models built, engine up
         "steady": st,
-        "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2) if torch.cuda.is_available() else None,
+        "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2)
+        if torch.cuda.is_available()
+        else None,
         "final_loss": info.get("final_loss"),
         "steps": info.get("steps"),
         "first_window_samples_per_s": first["samples_per_s"],
@@ -221,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], out.name).write_text(json.dumps(r, indent=1, default=str))
     rows = [
-        ("model", f"whisper-{args.encoder} enc ({trainer.n_encoder / 1e6:.0f} M) + qwen2-{args.llm} ({(trainer.n_params - trainer.n_encoder) / 1e6:.0f} M incl. projector)"),
+        (
+            "model",
+            f"whisper-{args.encoder} enc ({trainer.n_encoder / 1e6:.0f} M) + qwen2-{args.llm} "
+            f"({(trainer.n_params - trainer.n_encoder) / 1e6:.0f} M incl. projector)",
+        ),
         ("trainable (LoRA + projector)", f"{trainer.n_trainable / 1e6:.1f} M"),
         ("batch", f"{args.batch} x ~{args.audio_s} s, {trainer.precision}, ZeRO-{trainer.zero_stage}"),
         ("steady steps / seconds", f"{st['steps']} / {st['seconds']}"),

@@ -1,4 +1,5 @@
-""".venv/bin/python bench/loss_bench.py [--vocab 151936] [--batch 8] [--audio-s 8] [--reps 5] [--out bench/results/loss_bench.json]
+""".venv/bin/python bench/loss_bench.py [--vocab 151936] [--batch 8] [--audio-s 8] [--reps 5] \
+[--out bench/results/loss_bench.json]
 
 The stage-3 training step (forward + backward, LoRA + projector trained) with logits at the scored
 positions only (``LLMASR.forward`` passes ``logits_to_keep``: the transcript tokens + EOS) against
@@ -44,11 +45,30 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="llmasr-loss-bench-"))
     cfg = LLMASRConfig(
-        encoder=dict(num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
-                     decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=128, max_source_positions=1500, vocab_size=51865),
-        llm=dict(model_type="qwen2", vocab_size=args.vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
-        tokenizer=str(tiny_tokenizer(tmp / "tokenizer", vocab_size=None)), projector_hidden=256,
+        encoder=dict(
+            num_mel_bins=80,
+            d_model=64,
+            encoder_layers=2,
+            encoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            decoder_layers=1,
+            decoder_attention_heads=4,
+            decoder_ffn_dim=128,
+            max_source_positions=1500,
+            vocab_size=51865,
+        ),
+        llm=dict(
+            model_type="qwen2",
+            vocab_size=args.vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        ),
+        tokenizer=str(tiny_tokenizer(tmp / "tokenizer", vocab_size=None)),
+        projector_hidden=256,
         lora=LoraSettings(rank=8, alpha=16, dropout=0.0),
     )
     model = build_model(cfg)
@@ -58,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(args.batch, 80, max(frames))  # (B, M, T)
     lengths = torch.tensor(frames)
     sentences = [s for s in TRAIN_SENTENCES if s.strip()]
-    targets = model.encode_targets([f"{sentences[i % len(sentences)]} {sentences[(i + 3) % len(sentences)]}" for i in range(args.batch)])
+    targets = model.encode_targets(
+        [f"{sentences[i % len(sentences)]} {sentences[(i + 3) % len(sentences)]}" for i in range(args.batch)]
+    )
 
     def step(sliced: bool) -> tuple[float, float, tuple[int, ...]]:
         M._keeps_logits = original if sliced else (lambda llm: False)
@@ -72,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     step(True), step(False)  # warm-up
     times = {"sliced": [], "full": []}
     for rep in range(args.reps):
-        for name in (["sliced", "full"] if rep % 2 == 0 else ["full", "sliced"]):
+        for name in ["sliced", "full"] if rep % 2 == 0 else ["full", "sliced"]:
             dt, loss, shape = step(name == "sliced")
             times[name].append(dt)
             if name == "sliced":
@@ -81,17 +103,39 @@ def main(argv: list[str] | None = None) -> int:
                 full_loss, full_shape = loss, shape
     M._keeps_logits = original
     ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
-    elems = {"sliced": sliced_shape[0] * sliced_shape[1] * sliced_shape[2], "full": full_shape[0] * full_shape[1] * full_shape[2]}
+    elems = {
+        "sliced": sliced_shape[0] * sliced_shape[1] * sliced_shape[2],
+        "full": full_shape[0] * full_shape[1] * full_shape[2],
+    }
     r = {
-        "command": " ".join(sys.argv), "vocab": args.vocab, "batch": args.batch, "audio_s": args.audio_s, "reps": args.reps,
-        "ms_per_step": ms, "speedup": ms["full"] / ms["sliced"], "logits_shape": {"sliced": sliced_shape, "full": full_shape},
-        "logits_fp32_mb": {k: v * 4 / 1e6 for k, v in elems.items()}, "loss": {"sliced": sliced_loss, "full": full_loss},
+        "command": " ".join(sys.argv),
+        "vocab": args.vocab,
+        "batch": args.batch,
+        "audio_s": args.audio_s,
+        "reps": args.reps,
+        "ms_per_step": ms,
+        "speedup": ms["full"] / ms["sliced"],
+        "logits_shape": {"sliced": sliced_shape, "full": full_shape},
+        "logits_fp32_mb": {k: v * 4 / 1e6 for k, v in elems.items()},
+        "loss": {"sliced": sliced_loss, "full": full_loss},
         "threads": torch.get_num_threads(),
     }
-    print(f"stage-3 step, batch {args.batch} x ~{args.audio_s:.0f} s, vocab {args.vocab:,}, {torch.get_num_threads()} threads (median of {args.reps})")
-    print(f"  logits at scored positions : {ms['sliced']:8.1f} ms  logits {sliced_shape}  {r['logits_fp32_mb']['sliced']:7.1f} MB fp32")
-    print(f"  logits at every position   : {ms['full']:8.1f} ms  logits {full_shape}  {r['logits_fp32_mb']['full']:7.1f} MB fp32")
-    print(f"  speedup {r['speedup']:.2f}x; logits {elems['full'] / elems['sliced']:.1f}x smaller; loss {sliced_loss:.6f} vs {full_loss:.6f}")
+    print(
+        f"stage-3 step, batch {args.batch} x ~{args.audio_s:.0f} s, vocab {args.vocab:,}, "
+        f"{torch.get_num_threads()} threads (median of {args.reps})"
+    )
+    print(
+        f"  logits at scored positions : {ms['sliced']:8.1f} ms  logits {sliced_shape}  "
+        f"{r['logits_fp32_mb']['sliced']:7.1f} MB fp32"
+    )
+    print(
+        f"  logits at every position   : {ms['full']:8.1f} ms  logits {full_shape}  "
+        f"{r['logits_fp32_mb']['full']:7.1f} MB fp32"
+    )
+    print(
+        f"  speedup {r['speedup']:.2f}x; logits {elems['full'] / elems['sliced']:.1f}x smaller; loss "
+        f"{sliced_loss:.6f} vs {full_loss:.6f}"
+    )
     if abs(sliced_loss - full_loss) > 1e-4 * max(1.0, abs(full_loss)):
         print("FAIL: the two losses differ")
         return 1

@@ -16,7 +16,14 @@ from pathlib import Path
 
 def _proc_field(path: str, prefix: str) -> str | None:
     try:
-        return next((line.split(":", 1)[1].strip() for line in Path(path).read_text().splitlines() if line.startswith(prefix)), None)
+        return next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path(path).read_text().splitlines()
+                if line.startswith(prefix)
+            ),
+            None,
+        )
     except OSError:  # not Linux: leave the field unknown
         return None
 
@@ -57,7 +64,8 @@ class CpuMeter:
         for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
             ru = resource.getrusage(who)
             t += ru.ru_utime + ru.ru_stime
-        for child in psutil.Process().children(recursive=True):  # live children are not in RUSAGE_CHILDREN yet
+        # live children are not in RUSAGE_CHILDREN yet
+        for child in psutil.Process().children(recursive=True):
             try:
                 ct = child.cpu_times()
                 t += ct.user + ct.system
@@ -81,7 +89,10 @@ class CpuMeter:
 
 def print_metric_table(rows: list[dict]) -> None:
     """Print ``rows`` ({"metric", "value", "target", "ok": True/False/None}) as the benches' table."""
-    w = [max(len(x[k]) for x in rows + [{"metric": "metric", "value": "value", "target": "target"}]) for k in ("metric", "value", "target")]
+    w = [
+        max(len(x[k]) for x in rows + [{"metric": "metric", "value": "value", "target": "target"}])
+        for k in ("metric", "value", "target")
+    ]
     print(f"{'metric':<{w[0]}} | {'value':>{w[1]}} | {'target':<{w[2]}} | ok")
     print(f"{'-' * w[0]}-+-{'-' * w[1]}-+-{'-' * w[2]}-+---")
     for x in rows:

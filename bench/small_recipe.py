@@ -1,6 +1,8 @@
-"""Recipe search for the `small` profile: which cheap recipe makes Whisper-base -> adapter -> SmolLM2 transcribe?
+"""Recipe search for the `small` profile: which cheap recipe makes Whisper-base -> adapter -> SmolLM2 \
+transcribe?
 
-    .venv/bin/python bench/small_recipe.py --recipe lora_ctc --steps 600 --out bench/results/small_recipe/lora_ctc.jsonl
+    .venv/bin/python bench/small_recipe.py --recipe lora_ctc --steps 600 \
+--out bench/results/small_recipe/lora_ctc.jsonl
 
 A stand-alone loop (no DeepSpeed, no shards) over the pipeline's own model pieces (``llmasr.model``:
 Projector, prompt layout, batch assembly, LoRA), so what works here is what the trainer runs.  The
@@ -39,8 +41,21 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-VOICES = ["en", "en-us", "en-gb-x-rp", "en+f3", "en-us+m7", "en+m3", "en-gb-scotland", "en+f2", "en-us+f4", "en+m1"]
-FORTUNE_FILES_SKIP = re.compile(r"LICENSE|ascii-art|ethnic|men-women|drugs|politics|translate-me|off|sex|zippy|perl|linux|debian|computers|startrek|\.dat|__")
+VOICES = [
+    "en",
+    "en-us",
+    "en-gb-x-rp",
+    "en+f3",
+    "en-us+m7",
+    "en+m3",
+    "en-gb-scotland",
+    "en+f2",
+    "en-us+f4",
+    "en+m1",
+]
+FORTUNE_FILES_SKIP = re.compile(
+    r"LICENSE|ascii-art|ethnic|men-women|drugs|politics|translate-me|off|sex|zippy|perl|linux|debian|computers|startrek|\.dat|__"
+)
 
 
 def fortune_sentences() -> list[str]:
@@ -58,7 +73,12 @@ def fortune_sentences() -> list[str]:
         for quote in f.read_text(encoding="utf-8", errors="ignore").split("\n%"):
             for s in re.split(r"(?<=[.!?])\s+", " ".join(quote.split())):
                 words = s.split()
-                if 5 <= len(words) <= 14 and re.fullmatch(r"[A-Za-z ,.'?!;-]+", s) and s[0].isupper() and s[-1] in ".!?":
+                if (
+                    5 <= len(words) <= 14
+                    and re.fullmatch(r"[A-Za-z ,.'?!;-]+", s)
+                    and s[0].isupper()
+                    and s[-1] in ".!?"
+                ):
                     out.append(s)
     return sorted(set(out))
 
@@ -70,7 +90,11 @@ def speak16k(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
     import soundfile as sf
     import soxr
 
-    wav = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text], check=True, capture_output=True).stdout
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
+        check=True,
+        capture_output=True,
+    ).stdout
     audio, sr = sf.read(io.BytesIO(wav), dtype="float32")
     return soxr.resample(audio, sr, 16000).astype(np.float32)
 
@@ -89,11 +113,23 @@ def build_cache(cache: Path, n_train: int, n_test: int, seed: int, ct2_dir: str)
         raise SystemExit(f"only {len(sentences)} sentences")
     plan = []
     for i, text in enumerate(sentences[: n_train + n_test]):
-        plan.append({"text": text, "split": "test" if i < n_test else "train", "voice": rng.choice(VOICES), "speed": rng.randint(135, 185), "pitch": rng.randint(30, 70)})
+        plan.append(
+            {
+                "text": text,
+                "split": "test" if i < n_test else "train",
+                "voice": rng.choice(VOICES),
+                "speed": rng.randint(135, 185),
+                "pitch": rng.randint(30, 70),
+            }
+        )
     t0 = time.time()
     with ThreadPoolExecutor(2) as pool:
         audios = list(pool.map(lambda p: speak16k(p["text"], p["voice"], p["speed"], p["pitch"]), plan))
-    print(f"spoke {len(plan)} utterances, {sum(len(a) for a in audios) / 16000 / 3600:.2f} h, in {time.time() - t0:.0f} s", flush=True)
+    print(
+        f"spoke {len(plan)} utterances, {sum(len(a) for a in audios) / 16000 / 3600:.2f} h, in "
+        f"{time.time() - t0:.0f} s",
+        flush=True,
+    )
     mel = LogMel(80)
     enc = ctranslate2.models.Whisper(ct2_dir, device="cpu", compute_type="float32", intra_threads=2)
     feats = []
@@ -103,7 +139,9 @@ def build_cache(cache: Path, n_train: int, n_test: int, seed: int, ct2_dir: str)
         if m.shape[1] % 2:
             m = torch.nn.functional.pad(m, (0, 1))  # as the trimmed HF forward: a zero frame
         m = m[:, :3000]
-        out = enc.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(m[None].numpy())), to_cpu=True)
+        out = enc.encode(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(m[None].numpy())), to_cpu=True
+        )
         feats.append(torch.from_numpy(np.array(out)[0]).half())  # (T/2, 512)
         p["seconds"] = len(a) / 16000
     print(f"encoded in {time.time() - t0:.0f} s", flush=True)
@@ -131,9 +169,20 @@ def main() -> None:
     ap.add_argument("--lora-lr", type=float, default=None, help="default: --lr")
     ap.add_argument("--ctc-lr", type=float, default=2e-3)
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--norm", action="store_true", help="scale each adapter output to the LLM's mean token-embedding norm")
-    ap.add_argument("--compress", action="store_true", help="feed the LLM only the frames the CTC head labels non-blank, repeats averaged (needs a ctc recipe)")
-    ap.add_argument("--ctc-weight", type=float, default=0.0, help="CTC loss kept beside the LLM loss after pre-alignment")
+    ap.add_argument(
+        "--norm", action="store_true", help="scale each adapter output to the LLM's mean token-embedding norm"
+    )
+    ap.add_argument(
+        "--compress",
+        action="store_true",
+        help=(
+            "feed the LLM only the frames the CTC head labels non-blank, repeats averaged (needs a ctc "
+            "recipe)"
+        ),
+    )
+    ap.add_argument(
+        "--ctc-weight", type=float, default=0.0, help="CTC loss kept beside the LLM loss after pre-alignment"
+    )
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=30)
@@ -154,7 +203,15 @@ def main() -> None:
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmasr.model import IGNORE_INDEX, LLMASR, LoraSettings, Projector, SpeechEncoder, apply_lora, scored_positions
+    from llmasr.model import (
+        IGNORE_INDEX,
+        LLMASR,
+        LoraSettings,
+        Projector,
+        SpeechEncoder,
+        apply_lora,
+        scored_positions,
+    )
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -170,7 +227,16 @@ def main() -> None:
 
     tok = AutoTokenizer.from_pretrained(args.llm, gguf_file=args.gguf)
     llm = AutoModelForCausalLM.from_pretrained(args.llm, gguf_file=args.gguf, dtype=torch.float32)
-    stub = SpeechEncoder.from_config({"d_model": 512, "encoder_layers": 1, "encoder_attention_heads": 8, "encoder_ffn_dim": 64, "num_mel_bins": 80, "vocab_size": 8})
+    stub = SpeechEncoder.from_config(
+        {
+            "d_model": 512,
+            "encoder_layers": 1,
+            "encoder_attention_heads": 8,
+            "encoder_ffn_dim": 64,
+            "num_mel_bins": 80,
+            "vocab_size": 8,
+        }
+    )
     projector = Projector(512, llm.config.hidden_size, args.hidden, args.k, "gelu")
     model = LLMASR(stub, projector, llm, tok)
     for p in model.parameters():
@@ -179,7 +245,12 @@ def main() -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     log = out_path.open("w")
     t_start = time.time()
-    tag = args.recipe + ("+norm" if args.norm else "") + ("+compress" if args.compress else "") + (f"+ctc{args.ctc_weight:g}" if args.ctc_weight else "")
+    tag = (
+        args.recipe
+        + ("+norm" if args.norm else "")
+        + ("+compress" if args.compress else "")
+        + (f"+ctc{args.ctc_weight:g}" if args.ctc_weight else "")
+    )
 
     def record(**r):
         r = {"recipe": tag, **r, "elapsed_s": round(time.time() - t_start, 1)}
@@ -229,7 +300,9 @@ def main() -> None:
             if not groups:  # all blank: the frame most sure of a token
                 groups = [[int(logits[b, :n, : head["blank_id"]].max(-1).values.argmax())]]
             rows.append(torch.stack([speech[b, g].mean(0) for g in groups]))
-        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), torch.tensor([r.shape[0] for r in rows])
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), torch.tensor(
+            [r.shape[0] for r in rows]
+        )
 
     def llm_speech(hidden, lengths):
         """What the LLM gets: adapter outputs, compressed by the CTC head if asked; also the CTC logits."""
@@ -250,12 +323,25 @@ def main() -> None:
                 speech, slen, _, _ = llm_speech(hidden, lengths)
                 embeds, mask, _ = model._assemble(speech, slen, None, left_pad=True)
                 bound = int(max(math.ceil(8 * plan[i]["seconds"]) + 16 for i in ids))
-                out = model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=bound, do_sample=False, num_beams=1,
-                                         eos_token_id=model.eos_id, pad_token_id=model.pad_id, repetition_penalty=1.0)
+                out = model.llm.generate(
+                    inputs_embeds=embeds,
+                    attention_mask=mask,
+                    max_new_tokens=bound,
+                    do_sample=False,
+                    num_beams=1,
+                    eos_token_id=model.eos_id,
+                    pad_token_id=model.pad_id,
+                    repetition_penalty=1.0,
+                )
                 hyps += [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
         model.train()
         w = nwer([plan[i]["text"] for i in test], hyps)
-        record(phase=phase, step=step, nwer=round(100 * w, 2), examples=[[plan[i]["text"], h] for i, h in list(zip(test, hyps))[:3]])
+        record(
+            phase=phase,
+            step=step,
+            nwer=round(100 * w, 2),
+            examples=[[plan[i]["text"], h] for i, h in list(zip(test, hyps))[:3]],
+        )
         return w
 
     rng = random.Random(args.seed)
@@ -286,7 +372,9 @@ def main() -> None:
 
         def ctc_greedy(logits, n):
             best = logits[:n].argmax(-1).tolist()
-            return tok.decode([vocab[t] for j, t in enumerate(best) if t != blank_id and (j == 0 or t != best[j - 1])])
+            return tok.decode(
+                [vocab[t] for j, t in enumerate(best) if t != blank_id and (j == 0 or t != best[j - 1])]
+            )
 
         for step in range(1, args.ctc_steps + 1):
             ids = next(stream)
@@ -296,21 +384,35 @@ def main() -> None:
             logp = logits.log_softmax(-1).transpose(0, 1)  # (S, B, V'+1)
             targets = [[index[t] for t in texts[i]] for i in ids]
             tlen = torch.tensor([len(t) for t in targets])
-            loss = F.ctc_loss(logp, torch.tensor(sum(targets, [])), slen, tlen, blank=blank_id, zero_infinity=True)
+            loss = F.ctc_loss(
+                logp, torch.tensor(sum(targets, [])), slen, tlen, blank=blank_id, zero_infinity=True
+            )
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             if step % 100 == 0:
-                record(phase="ctc", step=step, loss=round(loss.item(), 4), greedy=ctc_greedy(logits[0].detach(), int(slen[0])), ref=plan[ids[0]]["text"],
-                       speech_norm=round(speech.norm(dim=-1).mean().item(), 3), embed_norm=round(embed_matrix.norm(dim=-1).mean().item(), 3))
+                record(
+                    phase="ctc",
+                    step=step,
+                    loss=round(loss.item(), 4),
+                    greedy=ctc_greedy(logits[0].detach(), int(slen[0])),
+                    ref=plan[ids[0]]["text"],
+                    speech_norm=round(speech.norm(dim=-1).mean().item(), 3),
+                    embed_norm=round(embed_matrix.norm(dim=-1).mean().item(), 3),
+                )
             if step % 500 == 0 or step == args.ctc_steps:
                 with torch.no_grad():
                     hyps = []
                     for i in test:
                         sp, sl = adapt(*batch_of([i]))
                         hyps.append(ctc_greedy(ctc_logits(sp)[0], int(sl[0])))
-                record(phase="ctc_eval", step=step, ctc_nwer=round(100 * nwer([plan[i]["text"] for i in test], hyps), 2), examples=list(zip([plan[i]["text"] for i in test[:3]], hyps[:3])))
+                record(
+                    phase="ctc_eval",
+                    step=step,
+                    ctc_nwer=round(100 * nwer([plan[i]["text"] for i in test], hyps), 2),
+                    examples=list(zip([plan[i]["text"] for i in test[:3]], hyps[:3])),
+                )
         evaluate(0, "after_ctc")
 
     trainable = list(projector.parameters())
@@ -320,15 +422,25 @@ def main() -> None:
     if head and args.ctc_weight > 0:
         groups.append({"params": [blank, scale], "lr": args.lr})
     if args.recipe in ("lora", "lora_ctc"):
-        apply_lora(model, LoraSettings(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.0,
-                                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        apply_lora(
+            model,
+            LoraSettings(
+                rank=args.lora_rank,
+                alpha=2 * args.lora_rank,
+                dropout=0.0,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            ),
+        )
         lora = [p for n, p in model.llm.named_parameters() if "lora_" in n]
         for p in lora:
             p.requires_grad_(True)
         groups.append({"params": lora, "lr": args.lora_lr or args.lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
+
     def factor(s: int) -> float:  # linear warm-up, then cosine to 0 over --steps
-        return min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
+        return (
+            min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
+        )
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     model.train()
@@ -341,11 +453,19 @@ def main() -> None:
         embeds, mask, labels = model._assemble(speech, slen, targets, left_pad=False)
         keep = scored_positions(labels)
         out = model.llm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep).logits  # (B, K, V)
-        loss = F.cross_entropy(out.float().flatten(0, 1), labels[:, keep + 1].flatten(), ignore_index=IGNORE_INDEX)
+        loss = F.cross_entropy(
+            out.float().flatten(0, 1), labels[:, keep + 1].flatten(), ignore_index=IGNORE_INDEX
+        )
         if head and args.ctc_weight > 0:
             ctc_t = [[index[t] for t in texts[i]] for i in ids]
-            loss = loss + args.ctc_weight * F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), torch.tensor(sum(ctc_t, [])), slen_full,
-                                                       torch.tensor([len(t) for t in ctc_t]), blank=head["blank_id"], zero_infinity=True)
+            loss = loss + args.ctc_weight * F.ctc_loss(
+                logits.log_softmax(-1).transpose(0, 1),
+                torch.tensor(sum(ctc_t, [])),
+                slen_full,
+                torch.tensor([len(t) for t in ctc_t]),
+                blank=head["blank_id"],
+                zero_infinity=True,
+            )
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -353,7 +473,9 @@ def main() -> None:
         sched.step()
         losses.append(loss.item())
         if step % 10 == 0:
-            record(phase="llm", step=step, loss=round(sum(losses[-10:]) / 10, 4), lr=opt.param_groups[0]["lr"])
+            record(
+                phase="llm", step=step, loss=round(sum(losses[-10:]) / 10, 4), lr=opt.param_groups[0]["lr"]
+            )
         if step % args.eval_every == 0 or step == args.steps:
             evaluate(step, "llm")
     record(phase="done", step=args.steps, train_hours=round(hours, 3))

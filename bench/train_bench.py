@@ -1,4 +1,5 @@
-""".venv/bin/python bench/train_bench.py [--steps 40] [--rounds 2] [--utterances 32] [--shards INDEX] [--enc-reps 3] [--threads 1] [--out bench/results/train_bench.json] [--work DIR]
+""".venv/bin/python bench/train_bench.py [--steps 40] [--rounds 2] [--utterances 32] [--shards INDEX] \
+[--enc-reps 3] [--threads 1] [--out bench/results/train_bench.json] [--work DIR]
 
 Benchmark of the training half on this machine (CPU only, offline, tiny demo models), all in one run
 so that ratios compare like with like.  About 2-4 minutes with the defaults on 2 cores (more when busy).  On a
@@ -72,15 +73,16 @@ SEED = 0
 # ------------------------------------------------------------------------------------ machine
 
 
-
 def versions() -> dict:
     import deepspeed
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "deepspeed": deepspeed.__version__}
-
-
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "deepspeed": deepspeed.__version__,
+    }
 
 
 # ------------------------------------------------------------------------------------- shards
@@ -116,7 +118,14 @@ def build_shards(root: Path, n_train: int, n_val: int = 2) -> Path:
             decisions.append(Decision(sid, item_id, True, [], 0.0, len(text.split()), 1.0, dur, split))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    write_shards(layout, items, segments, labels, decisions, ShardConfig(target_mb=64, max_samples=4, validation_fraction=0.0))
+    write_shards(
+        layout,
+        items,
+        segments,
+        labels,
+        decisions,
+        ShardConfig(target_mb=64, max_samples=4, validation_fraction=0.0),
+    )
     return layout.shard_index
 
 
@@ -132,7 +141,9 @@ def train_config(models: dict, steps: int):
         llm=str(models["llm"]),
         tokenizer=str(models["tokenizer"]),
         projector_hidden=64,
-        lora=LoraConfig(rank=8, alpha=16, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        lora=LoraConfig(
+            rank=8, alpha=16, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+        ),
         launcher="torchrun",
         nproc_per_node=1,
         deepspeed_config="infra/deepspeed/zero2_cpu.json",
@@ -161,12 +172,15 @@ def tree_cpu(root) -> dict:
             out["trainer"] += sum(child.cpu_times()[:2])
             for worker in child.children(recursive=True):
                 out["workers"] += sum(worker.cpu_times()[:2])
-        except psutil.NoSuchProcess:  # exited between listing and reading: the totals miss it, said in window_cpu
+        # exited between listing and reading: the totals miss it, said in window_cpu
+        except psutil.NoSuchProcess:
             continue
     return out
 
 
-def watch_windows(proc: subprocess.Popen, metrics: Path, timeout: float, poll_s: float = 0.02) -> dict[int, dict]:
+def watch_windows(
+    proc: subprocess.Popen, metrics: Path, timeout: float, poll_s: float = 0.02
+) -> dict[int, dict]:
     """Wait for ``proc``; whenever a new ``samples_per_s`` record reaches the metrics log, note the
     trainer's and the workers' CPU seconds (``tree_cpu``), keyed by the record's step."""
     import psutil
@@ -231,12 +245,17 @@ def run_stage(work: Path, stage: int, train, shard_index: Path, log_dir: Path, t
     load = CpuMeter()
     t0 = time.perf_counter()
     with open(log_dir / f"train-{tag}.log", "w") as fh:
-        proc = subprocess.Popen(launch_command(run_json, train), cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        cpu_at = watch_windows(proc, metrics, timeout=900)  # metric step -> CPU seconds of trainer / workers then
+        proc = subprocess.Popen(
+            launch_command(run_json, train), cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT
+        )
+        # metric step -> CPU seconds of trainer / workers then
+        cpu_at = watch_windows(proc, metrics, timeout=900)
     wall = time.perf_counter() - t0
     bg = load.stop()
     if proc.returncode != 0:
-        raise RuntimeError(f"stage {stage} ({tag}) exited {proc.returncode}; see {log_dir / f'train-{tag}.log'}")
+        raise RuntimeError(
+            f"stage {stage} ({tag}) exited {proc.returncode}; see {log_dir / f'train-{tag}.log'}"
+        )
     recs = [json.loads(x) for x in metrics.read_text().splitlines()]
     windows = [r for r in recs if "samples_per_s" in r]
     if len(windows) < 2:
@@ -246,8 +265,16 @@ def run_stage(work: Path, stage: int, train, shard_index: Path, log_dir: Path, t
         n = r["run_samples"] - prev
         prev = r["run_samples"]
         sec = n / r["samples_per_s"] if r["samples_per_s"] > 0 else 0.0
-        rows.append({"step": r["step"], "samples": n, "seconds": sec, "audio_s": r["audio_s_per_s"] * sec, "tokens": r["tokens_per_s"] * sec,
-                     "data_wait_s": r.get("data_wait_frac", 0.0) * sec})
+        rows.append(
+            {
+                "step": r["step"],
+                "samples": n,
+                "seconds": sec,
+                "audio_s": r["audio_s_per_s"] * sec,
+                "tokens": r["tokens_per_s"] * sec,
+                "data_wait_s": r.get("data_wait_frac", 0.0) * sec,
+            }
+        )
     steady = rows[1:]
     sec = sum(w["seconds"] for w in steady)
     samples = sum(w["samples"] for w in steady)
@@ -299,8 +326,15 @@ def bench_loader(shard_index: Path, models: dict, train, n_batches: int, warmup:
     tok = AutoTokenizer.from_pretrained(str(models["tokenizer"]))
     wcfg = json.loads((Path(models["whisper"]) / "config.json").read_text())
     ds = ShardSpeechDataset(
-        shard_index, TRAIN, n_mels=int(wcfg["num_mel_bins"]), targets=LLMTargets(tok), rank=0, world_size=1,
-        batch_max_audio_s=train.batch_max_audio_s, max_batch_size=train.max_batch_size, seed=train.seed,
+        shard_index,
+        TRAIN,
+        n_mels=int(wcfg["num_mel_bins"]),
+        targets=LLMTargets(tok),
+        rank=0,
+        world_size=1,
+        batch_max_audio_s=train.batch_max_audio_s,
+        max_batch_size=train.max_batch_size,
+        seed=train.seed,
         max_frames=2 * int(wcfg["max_source_positions"]),
     )
     warmup = min(warmup, n_batches - 1)
@@ -357,8 +391,16 @@ def bench_encoder(reps: int, threads: int, batch: int = 4, frames: int = 500) ->
     torch.set_num_threads(threads)
     torch.manual_seed(SEED)
     config = dict(
-        num_mel_bins=80, d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
-        decoder_layers=1, decoder_attention_heads=8, decoder_ffn_dim=2048, max_source_positions=1500, vocab_size=51865,
+        num_mel_bins=80,
+        d_model=512,
+        encoder_layers=6,
+        encoder_attention_heads=8,
+        encoder_ffn_dim=2048,
+        decoder_layers=1,
+        decoder_attention_heads=8,
+        decoder_ffn_dim=2048,
+        max_source_positions=1500,
+        vocab_size=51865,
     )
     trimmed = SpeechEncoder.from_config(config, trim_padding=True).eval()
     padded = SpeechEncoder(trimmed.encoder, trim_padding=False).eval()  # the same weights
@@ -407,7 +449,9 @@ def cpu_ratios(runs: list[dict], loaders: list[dict]) -> dict:
     if not cpus:
         return {}
     step = statistics.median(c["trainer_cpu_ms_per_sample"] for c in cpus)
-    alone = statistics.median(lo["workers_cpu_ms_per_sample"] + lo["main_cpu_ms_per_sample"] for lo in loaders)
+    alone = statistics.median(
+        lo["workers_cpu_ms_per_sample"] + lo["main_cpu_ms_per_sample"] for lo in loaders
+    )
     in_training = statistics.median(c["workers_cpu_ms_per_sample"] for c in cpus)
     return {
         "step_cpu_ms_per_sample": step,
@@ -416,7 +460,6 @@ def cpu_ratios(runs: list[dict], loaders: list[dict]) -> dict:
         "cpu": step / alone if alone > 0 else None,
         "cpu_in_training": step / in_training if in_training > 0 else None,
     }
-
 
 
 def summarize(r: dict) -> list[dict]:
@@ -434,11 +477,21 @@ def summarize(r: dict) -> list[dict]:
             (f"stage {stage} train audio-s/s", f"{aps:.1f}", "", None),
             (f"stage {stage} train tokens/s", f"{tps:.1f}", "", None),
             (f"stage {stage} train steps/s", f"{stp:.2f}", "", None),
-            (f"stage {stage} time waiting for the loader (share of steady windows)", f"{max(x['data_wait_frac'] for x in runs):.1%}", "< 5%", max(x["data_wait_frac"] for x in runs) < 0.05),
+            (
+                f"stage {stage} time waiting for the loader (share of steady windows)",
+                f"{max(x['data_wait_frac'] for x in runs):.1%}",
+                "< 5%",
+                max(x["data_wait_frac"] for x in runs) < 0.05,
+            ),
         ]
     lo = r["loader"]
     rows += [
-        (f"loader alone batches/s ({lo[0]['num_workers']} worker, median of {len(lo)})", f"{statistics.median(x['batches_per_s'] for x in lo):.2f}", "", None),
+        (
+            f"loader alone batches/s ({lo[0]['num_workers']} worker, median of {len(lo)})",
+            f"{statistics.median(x['batches_per_s'] for x in lo):.2f}",
+            "",
+            None,
+        ),
         ("loader alone samples/s", f"{statistics.median(x['samples_per_s'] for x in lo):.1f}", "", None),
         ("loader alone audio-s/s", f"{statistics.median(x['audio_s_per_s'] for x in lo):.1f}", "", None),
     ]
@@ -446,18 +499,43 @@ def summarize(r: dict) -> list[dict]:
         key = f"stage{stage}"
         if key in r["ratios"]:
             q = r["ratios"][key]
-            rows.append((f"loader/step ratio vs stage {stage} (samples/s)", f"{q['samples']:.1f}x", ">= 5x", q["samples"] >= 5))
-            rows.append(("  same, audio-s/s / worst round", f"{q['audio_s']:.1f}x / {q['worst']:.1f}x", "", None))
+            rows.append(
+                (
+                    f"loader/step ratio vs stage {stage} (samples/s)",
+                    f"{q['samples']:.1f}x",
+                    ">= 5x",
+                    q["samples"] >= 5,
+                )
+            )
+            rows.append(
+                ("  same, audio-s/s / worst round", f"{q['audio_s']:.1f}x / {q['worst']:.1f}x", "", None)
+            )
             if q.get("cpu"):
-                rows.append((
-                    "  CPU ms/sample: step / loader alone / loader in training",
-                    f"{q['step_cpu_ms_per_sample']:.1f} / {q['loader_cpu_ms_per_sample']:.1f} / {q['loader_cpu_ms_per_sample_in_training']:.1f}",
-                    "", None,
-                ))
-                rows.append(("  CPU-time ratio step/loader: alone / in training", f"{q['cpu']:.1f}x / {q['cpu_in_training']:.1f}x", "", None))
+                rows.append(
+                    (
+                        "  CPU ms/sample: step / loader alone / loader in training",
+                        f"{q['step_cpu_ms_per_sample']:.1f} / {q['loader_cpu_ms_per_sample']:.1f} / "
+                        f"{q['loader_cpu_ms_per_sample_in_training']:.1f}",
+                        "",
+                        None,
+                    )
+                )
+                rows.append(
+                    (
+                        "  CPU-time ratio step/loader: alone / in training",
+                        f"{q['cpu']:.1f}x / {q['cpu_in_training']:.1f}x",
+                        "",
+                        None,
+                    )
+                )
     e = r["encoder"]
     rows += [
-        (f"encoder 4x5 s trimmed (median of {e['reps']})", f"{e['median_s']['trimmed'] * 1000:.0f} ms", "", None),
+        (
+            f"encoder 4x5 s trimmed (median of {e['reps']})",
+            f"{e['median_s']['trimmed'] * 1000:.0f} ms",
+            "",
+            None,
+        ),
         ("encoder 4x5 s padded to 30 s", f"{e['median_s']['padded'] * 1000:.0f} ms", "", None),
         ("encoder speedup padded/trimmed", f"{e['speedup']:.2f}x", ">= 3x", e["speedup"] >= 3),
         ("  same, best of reps", f"{e['best_speedup']:.2f}x", "", None),
@@ -468,31 +546,45 @@ def summarize(r: dict) -> list[dict]:
 def cpu_text(cpu: dict | None) -> str:
     if not cpu:
         return "not measured"
-    return f"{cpu['trainer_cpu_ms_per_sample']:.1f} ms/sample in the trainer + {cpu['workers_cpu_ms_per_sample']:.1f} in its loader workers"
+    return (
+        f"{cpu['trainer_cpu_ms_per_sample']:.1f} ms/sample in the trainer + "
+        f"{cpu['workers_cpu_ms_per_sample']:.1f} in its loader workers"
+    )
 
 
 def print_summary(r: dict, rows: list[dict]) -> None:
     m = r["machine"]
     print("\n=== train bench summary ===")
-    print(f"machine : {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), {m['ram_gb']} GB RAM, Python {m['python']}, {m['platform']}")
+    print(
+        f"machine : {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), {m['ram_gb']} GB RAM, "
+        f"Python {m['python']}, {m['platform']}"
+    )
     print(f"versions: {r['versions']}")
     print(f"command : {r['command']}")
-    print(f"shards  : {r['shards']} ({r['shard_info']['samples']} train samples, {r['shard_info']['audio_s']:.0f} s audio)")
+    print(
+        f"shards  : {r['shards']} ({r['shard_info']['samples']} train samples, "
+        f"{r['shard_info']['audio_s']:.0f} s audio)"
+    )
     for t in r["training"]:
         print(
-            f"train {t['tag']}: {t['steps']} steps, steady {t['steady_steps']} steps in {t['steady_s']:.1f} s, first window {t['first_window_s']:.1f} s, "
-            f"process {t['process_wall_s']:.0f} s (launch/val/export overhead {t['launch_overhead_s']:.0f} s), final loss {t['final_loss']}, "
-            f"CPU {cpu_text(t.get('cpu'))}, other load {t['background_load']['other_cores_avg']} cores"
+            f"train {t['tag']}: {t['steps']} steps, steady {t['steady_steps']} steps in {t['steady_s']:.1f} "
+            f"s, first window {t['first_window_s']:.1f} s, process {t['process_wall_s']:.0f} s "
+            f"(launch/val/export overhead {t['launch_overhead_s']:.0f} s), final loss {t['final_loss']}, CPU "
+            f"{cpu_text(t.get('cpu'))}, other load {t['background_load']['other_cores_avg']} cores"
         )
     for i, lo in enumerate(r["loader"]):
         print(
-            f"loader {i}: {lo['timed_batches']} timed batches in {lo['timed_s']:.1f} s over {lo['passes']} passes, warm-up {lo['warmup_batches']} batches in {lo['warmup_s']:.1f} s, "
-            f"CPU {lo['workers_cpu_ms_per_sample']:.1f} ms/sample in workers + {lo['main_cpu_ms_per_sample']:.1f} in this process, other load {lo['background_load']['other_cores_avg']} cores"
+            f"loader {i}: {lo['timed_batches']} timed batches in {lo['timed_s']:.1f} s over {lo['passes']} "
+            f"passes, warm-up {lo['warmup_batches']} batches in {lo['warmup_s']:.1f} s, CPU "
+            f"{lo['workers_cpu_ms_per_sample']:.1f} ms/sample in workers + "
+            f"{lo['main_cpu_ms_per_sample']:.1f} in this process, other load "
+            f"{lo['background_load']['other_cores_avg']} cores"
         )
     e = r["encoder"]
     print(
-        f"encoder : whisper-base-like, {e['params'] / 1e6:.1f} M params, attn {e['attn_implementation']}, {e['threads']} thread(s), "
-        f"out {e['out_shapes']}, times {e['times_s']}, other load {e['background_load']['other_cores_avg']} cores"
+        f"encoder : whisper-base-like, {e['params'] / 1e6:.1f} M params, attn {e['attn_implementation']}, "
+        f"{e['threads']} thread(s), out {e['out_shapes']}, times {e['times_s']}, other load "
+        f"{e['background_load']['other_cores_avg']} cores"
     )
     print(f"loadavg start {' '.join(r['loadavg_start'])}, end {' '.join(r['loadavg_end'])}\n")
     print_metric_table(rows)
@@ -501,14 +593,23 @@ def print_summary(r: dict, rows: list[dict]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=40, help="training steps per stage run (log_every 5; the first window is warm-up)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=40,
+        help="training steps per stage run (log_every 5; the first window is warm-up)",
+    )
     ap.add_argument("--rounds", type=int, default=2, help="rounds of (stage 2, loader, stage 3, loader)")
     ap.add_argument("--utterances", type=int, default=32, help="train utterances when building shards")
-    ap.add_argument("--shards", default=None, help="an existing shards/index.json (e.g. runs/demo/shards/index.json)")
+    ap.add_argument(
+        "--shards", default=None, help="an existing shards/index.json (e.g. runs/demo/shards/index.json)"
+    )
     ap.add_argument("--enc-reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the encoder timing")
     ap.add_argument("--out", default="bench/results/train_bench.json")
-    ap.add_argument("--work", default=None, help="work folder (default: a temp folder, removed after a successful run)")
+    ap.add_argument(
+        "--work", default=None, help="work folder (default: a temp folder, removed after a successful run)"
+    )
     ap.add_argument("--skip-train", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if shutil.which("espeak-ng") is None and not args.shards:
@@ -525,18 +626,29 @@ def main() -> int:
     logs = work / "bench-logs"
     logs.mkdir(exist_ok=True)
     command = " ".join([".venv/bin/python", "bench/train_bench.py", *sys.argv[1:]])
-    r: dict = {"machine": machine(), "versions": versions(), "command": command, "args": vars(args), "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
+    r: dict = {
+        "machine": machine(),
+        "versions": versions(),
+        "command": command,
+        "args": vars(args),
+        "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
     print(f"machine: {r['machine']}\nwork: {work}", flush=True)
     ok_run = False
     try:
         t0 = time.perf_counter()
-        shard_index = Path(args.shards).resolve() if args.shards else build_shards(work / "data", args.utterances)
+        shard_index = (
+            Path(args.shards).resolve() if args.shards else build_shards(work / "data", args.utterances)
+        )
         r["shards"] = str(shard_index)
         info = read_split(shard_index, TRAIN)
         r["shard_info"] = {"samples": info.samples, "audio_s": info.audio_s, "shards": info.shards}
         models = build_demo_models(work / "models")
         r["setup_s"] = round(time.perf_counter() - t0, 1)
-        print(f"shards + models: {r['setup_s']} s ({info.samples} samples, {info.audio_s:.0f} s audio)", flush=True)
+        print(
+            f"shards + models: {r['setup_s']} s ({info.samples} samples, {info.audio_s:.0f} s audio)",
+            flush=True,
+        )
         train = train_config(models, args.steps)
 
         r["training"], r["loader"] = [], []
@@ -544,17 +656,35 @@ def main() -> int:
             for stage in (2, 3):
                 t = run_stage(work / "train", stage, train, shard_index, logs, f"s{stage}r{rnd}")
                 r["training"].append(t)
-                print(f"stage {stage} round {rnd}: {t['samples_per_s']:.2f} samples/s, {t['audio_s_per_s']:.1f} audio-s/s, {t['tokens_per_s']:.0f} tokens/s ({t['process_wall_s']} s)", flush=True)
+                print(
+                    f"stage {stage} round {rnd}: {t['samples_per_s']:.2f} samples/s, "
+                    f"{t['audio_s_per_s']:.1f} audio-s/s, {t['tokens_per_s']:.0f} tokens/s "
+                    f"({t['process_wall_s']} s)",
+                    flush=True,
+                )
                 # as many batches as a run consumes: steps x grad_accum (1)
-                lo = bench_loader(shard_index, models, train, args.steps * train.grad_accum, warmup=train.log_every * train.grad_accum)
+                lo = bench_loader(
+                    shard_index,
+                    models,
+                    train,
+                    args.steps * train.grad_accum,
+                    warmup=train.log_every * train.grad_accum,
+                )
                 r["loader"].append(lo)
-                print(f"loader: {lo['batches_per_s']:.2f} batches/s, {lo['samples_per_s']:.1f} samples/s, {lo['audio_s_per_s']:.1f} audio-s/s", flush=True)
+                print(
+                    f"loader: {lo['batches_per_s']:.2f} batches/s, {lo['samples_per_s']:.1f} samples/s, "
+                    f"{lo['audio_s_per_s']:.1f} audio-s/s",
+                    flush=True,
+                )
         r["ratios"] = {}
         for stage in (2, 3):
-            pairs = [(t, lo) for t, lo in zip(r["training"], r["loader"]) if t["stage"] == stage]  # each run with the loader run right after it
+            # each run with the loader run right after it
+            pairs = [(t, lo) for t, lo in zip(r["training"], r["loader"]) if t["stage"] == stage]
             r["ratios"][f"stage{stage}"] = {
-                "samples": statistics.median(lo["samples_per_s"] for _, lo in pairs) / statistics.median(t["samples_per_s"] for t, _ in pairs),
-                "audio_s": statistics.median(lo["audio_s_per_s"] for _, lo in pairs) / statistics.median(t["audio_s_per_s"] for t, _ in pairs),
+                "samples": statistics.median(lo["samples_per_s"] for _, lo in pairs)
+                / statistics.median(t["samples_per_s"] for t, _ in pairs),
+                "audio_s": statistics.median(lo["audio_s_per_s"] for _, lo in pairs)
+                / statistics.median(t["audio_s_per_s"] for t, _ in pairs),
                 "worst": min(lo["samples_per_s"] / t["samples_per_s"] for t, lo in pairs),
                 **cpu_ratios([t for t, _ in pairs], [lo for _, lo in pairs]),
             }
