@@ -1,5 +1,5 @@
 # make demo   -- set up (.venv, apt packages) and run the whole pipeline on the embedded CPU demo
-# make test   -- set up and run the test suite
+# make test   -- set up, lint (ruff check + format --check) and run the test suite
 .PHONY: setup demo test bench
 setup:
 	bash scripts/setup.sh
@@ -8,6 +8,7 @@ demo: setup
 	.venv/bin/llmasr run --profile demo
 
 test: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 	.venv/bin/python -m pytest -q
 
 bench: setup

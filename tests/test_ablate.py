@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import N_ITEMS
 
+from conftest import N_ITEMS
 from llmasr import cli
 from llmasr.config import ConfigError, load_config
 from llmasr.layout import WorkLayout
