@@ -252,7 +252,7 @@ def test_small_profile_loads_and_validates() -> None:
         "heldout": f"{cfg.demo.corpus_dir}/heldout/manifest.jsonl",
         "zero_shot": f"{cfg.demo.corpus_dir}/zero_shot/manifest.jsonl",
     }
-    assert "transformers:bundled:whisper-base" in cfg.eval.baselines and cfg.eval.stages == [1, 2, 3]
+    assert "transformers:bundled:whisper-base" in cfg.eval.baselines and cfg.eval.stages == [1, 3]
     # the demo profile keeps its corpus; keys of the other kind are refused
     demo = load_config(profile="demo", config_file=CONFIG).demo
     assert demo is not None and (demo.kind, demo.corpus_dir, demo.n_items, demo.hours) == (
