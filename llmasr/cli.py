@@ -54,6 +54,20 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _hyps_arg(p: argparse.ArgumentParser) -> None:
+    """--hyps, shared by evaluate and run."""
+    p.add_argument(
+        "--hyps",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help=(
+            "a hypothesis file scored as a system: jsonl/tsv of utt_id and text, "
+            "or icefall recogs-*.txt (repeatable)"
+        ),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmasr", description="Web audio -> pseudo-labelled shards -> LLM-ASR -> rare-word error rates"
@@ -107,16 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(repeatable; replaces eval.baselines)"
         ),
     )
-    evaluate.add_argument(
-        "--hyps",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help=(
-            "a hypothesis file scored as a system: jsonl/tsv of utt_id and text, "
-            "or icefall recogs-*.txt (repeatable)"
-        ),
-    )
+    _hyps_arg(evaluate)
     evaluate.add_argument(
         "--stages",
         default=None,
@@ -156,16 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="faster-whisper:MODEL|transformers:MODEL",
         help="a Whisper baseline, faster-whisper:MODEL or transformers:MODEL (repeatable)",
     )
-    run.add_argument(
-        "--hyps",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help=(
-            "a hypothesis file scored as a system: jsonl/tsv of utt_id and text, "
-            "or icefall recogs-*.txt (repeatable)"
-        ),
-    )
+    _hyps_arg(run)
     run.add_argument(
         "--greedy", action="store_true", help="greedy decoding in the evaluation (eval.num_beams=1)"
     )
