@@ -58,7 +58,8 @@ class EncoderCache:
                 hidden, hidden_lengths = self.encoder(sub, sub_lengths)  # (B', T''/2, D_enc), (B',)
             for j, i in enumerate(missing):
                 self.rows[keys[i]] = hidden[j, : int(hidden_lengths[j])].detach().clone()  # (T_i, D_enc)
-        self.fresh = [i in set(missing) for i in range(len(keys))]
+        encoded_now = set(missing)
+        self.fresh = [i in encoded_now for i in range(len(keys))]
         rows = [self.rows[k] for k in keys]
         # (B,)
         out_lengths = torch.tensor([r.shape[0] for r in rows], dtype=torch.long, device=features.device)
