@@ -55,7 +55,7 @@ H100_BF16_DENSE = 989e12  # FLOP/s, NVIDIA H100 SXM datasheet (dense, no sparsit
 PCM16_MB_PER_HOUR = 16000 * 2 * 3600 / 1e6  # 115.2 MB/h: 16 kHz mono 16-bit
 REAL_SPEECH = REPO.parent / "shared" / "data" / "real_speech"
 DEMO_SHARDS = REPO / "runs" / "demo" / "shards" / "index.json"
-KEEP_CHECKPOINTS = 2  # tasks/train.py KEEP_CHECKPOINTS
+KEEP_CHECKPOINTS = 2  # tasks/train_ckpt.py KEEP_CHECKPOINTS
 DS_BYTES_PER_TRAINABLE = 2 + 4 + 8  # bf16 weights + fp32 master + Adam m and v
 
 # Architectures (published configs) of the models the paper profile names.  A local folder with a

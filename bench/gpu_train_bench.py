@@ -28,7 +28,7 @@ Reported from the metrics JSONL the trainer writes (log_every 10; the first wind
 cuDNN/cuBLAS autotune, allocator growth -- left out): samples/s, audio-s/s, transcript tokens/s,
 decoder positions/s, steps/s, model TFLOP/s and MFU (the trainer's: ``tasks.flops`` -- trained
 weights 6N, frozen ones 4N or 2N, attention, logits where computed -- over
-``tasks.train.peak_bf16_flops(GPU name)``), the usual 6N estimate beside it (``mfu_6n``; in a
+``tasks.train_log.peak_bf16_flops(GPU name)``), the usual 6N estimate beside it (``mfu_6n``; in a
 result without it, bench/results/gpu_train_bench*.json, "mfu" is the 6N estimate), plus peak GPU memory
 and the setup time.
 """
@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from llmasr.config import LoraConfig, StageConfig, TrainConfig
     from llmasr.tiny_models import tiny_tokenizer
-    from tasks.train import RunConfig, Trainer, peak_bf16_flops
+    from tasks.run_file import RunConfig
+    from tasks.train import Trainer
+    from tasks.train_log import peak_bf16_flops
 
     t_all, t_wall = time.perf_counter(), time.time()
     work = Path(args.work or tempfile.mkdtemp(prefix="llmasr-gpu-bench-")).resolve()

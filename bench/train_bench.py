@@ -221,7 +221,7 @@ def window_cpu(cpu_at: dict[int, dict], first: int, last: int, samples: int) -> 
 def run_stage(work: Path, stage: int, train, shard_index: Path, log_dir: Path, tag: str) -> dict:
     from tasks.checkpoints import model_config, stage_dir
     from tasks.launch import launch_command, launch_env
-    from tasks.train import write_run_config
+    from tasks.run_file import write_run_config
 
     metrics = work / "logs" / f"train-{tag}.jsonl"
     metrics.unlink(missing_ok=True)

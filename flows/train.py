@@ -29,6 +29,10 @@ from tasks.parts import code_version, fingerprint
 
 TRAIN_CODE = (
     "tasks.train",
+    "tasks.run_file",
+    "tasks.export",
+    "tasks.train_ckpt",
+    "tasks.train_log",
     "tasks.train_data",
     "llmasr.model",
     "tasks.checkpoints",
@@ -190,7 +194,7 @@ def check_stages(cfg: PipelineConfig, layout: WorkLayout, stages: list[int]) -> 
 @task(name="train-stage", cache_key_fn=by_key, persist_result=True)
 def train_stage_task(stage: int, cfg: PipelineConfig, key: str) -> dict[str, Any]:
     """Launch tasks/train.py for one stage; returns the stage's stage.json."""
-    from tasks import train as trainer
+    from tasks import run_file
 
     logger = get_run_logger()
     layout = WorkLayout(Path(cfg.work_dir))
@@ -200,9 +204,9 @@ def train_stage_task(stage: int, cfg: PipelineConfig, key: str) -> dict[str, Any
         logger.info("stage %d already complete for this key; nothing to do", stage)
         return done
     logs = layout.root / "logs"
-    run = trainer.run_config_for(cfg, stage, key, work_dir=layout.root)
-    trainer.check_run(run)  # paths, hidden sizes, predecessor exports: fail before any compute
-    run_json = trainer.write_run_config(logs / f"stage{stage}.run.json", **run.to_dict())
+    run = run_file.run_config_for(cfg, stage, key, work_dir=layout.root)
+    run_file.check_run(run)  # paths, hidden sizes, predecessor exports: fail before any compute
+    run_json = run_file.write_run_config(logs / f"stage{stage}.run.json", **run.to_dict())
     logger.info("stage %d: %s", stage, " ".join(launch.launch_command(run_json, cfg.train)))
     launch.launch_stage(
         run_json,
@@ -245,7 +249,7 @@ def train_flow(
         build_demo_models(Path(cfg.train.encoder).parent)
     check_stages(cfg, layout, stages)
     stages = stages_to_train(cfg, stages)
-    from tasks.train import no_validation_message
+    from tasks.run_file import no_validation_message
 
     no_val = no_validation_message(layout.shard_index, cfg.shard.validation_fraction)
     if no_val:  # once per flow run; each stage's trainer says it in its own log too

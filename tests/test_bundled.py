@@ -270,7 +270,7 @@ def test_smollm2_resolves_to_a_plain_hf_folder_that_answers():
 def test_llmasr_builds_from_bundled_names(shared_data):
     """The training model from bundled names: encoder whisper-base, LLM SmolLM2, tokenizer null."""
     from llmasr.model import LLMASRConfig, build_model
-    from tasks.train import TrainConfigError, _check_checkpoint
+    from tasks.run_file import TrainConfigError, check_checkpoint
 
     cfg = LLMASRConfig(
         encoder="bundled:whisper-base",
@@ -281,9 +281,9 @@ def test_llmasr_builds_from_bundled_names(shared_data):
     resolved = cfg.resolved()
     assert resolved.encoder == resolve_hf("bundled:whisper-base") and Path(resolved.encoder).is_absolute()
     assert resolved.llm == resolve_hf("bundled:smollm2-135m-instruct") and resolved.tokenizer is None
-    assert _check_checkpoint("bundled:whisper-base", "train.encoder") == Path(resolved.encoder)
+    assert check_checkpoint("bundled:whisper-base", "train.encoder") == Path(resolved.encoder)
     with pytest.raises(TrainConfigError, match=r"^train.llm: unknown bundled model 'bundled:qwen'"):
-        _check_checkpoint("bundled:qwen", "train.llm")
+        check_checkpoint("bundled:qwen", "train.llm")
 
     model = build_model(cfg)  # unresolved names work too: the builders resolve them
     rows = [r for r in _manifest(shared_data) if r["audio"] == "harvard_example1.wav"]
@@ -480,7 +480,7 @@ def test_three_training_stages_from_bundled_names(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from llmasr.config import LoraConfig, StageConfig, TrainConfig
     from tasks.checkpoints import load_llmasr, model_config, stage_dir
-    from tasks.train import write_run_config
+    from tasks.run_file import write_run_config
     from test_train_data import SENTENCES, VALIDATION_SENTENCES, make_shards
 
     work = tmp_path / "work"

@@ -29,7 +29,7 @@ from llmasr.text import normalize
 from llmasr.tiny_models import tiny_setup
 from tasks.checkpoints import load_llmasr, model_config, read_stage, stage_dir
 from tasks.launch import launch_command, launch_env
-from tasks.train import write_run_config
+from tasks.run_file import write_run_config
 from tasks.train_data import ShardSpeechDataset, make_loader
 from test_train_data import SENTENCES, VALIDATION_SENTENCES, make_shards
 
@@ -239,7 +239,7 @@ def test_a_short_stage_logs_its_loss_and_shards_without_validation_are_named(tin
     """A stage of 2 steps with log_every 10 still writes a loss record (the last, partial window),
     by epochs and by max_steps; shards whose items all went to train warn once per stage, naming
     shard.validation_fraction, and log no validation loss."""
-    from tasks.train import no_validation_message
+    from tasks.run_file import no_validation_message
 
     index = make_shards(tmp_path / "data", {"train": SENTENCES[:4]}, per_shard=2)
     assert "shard.validation_fraction" in no_validation_message(
@@ -428,7 +428,7 @@ def test_config_errors_fail_fast_naming_the_key(tiny, shard_index, tmp_path):
 
 def check_error(run_json: Path) -> str:
     """check_run's TrainConfigError message for RUN.json (in-process: no launch)."""
-    from tasks.train import TrainConfigError, check_run, read_run_config
+    from tasks.run_file import TrainConfigError, check_run, read_run_config
 
     with pytest.raises(TrainConfigError) as err:
         check_run(read_run_config(run_json))
@@ -436,7 +436,7 @@ def check_error(run_json: Path) -> str:
 
 
 def test_check_run_names_the_key_for_world_size_zero_3_and_stage_2(tiny, shard_index, tmp_path):
-    from tasks.train import check_run, read_run_config
+    from tasks.run_file import check_run, read_run_config
 
     samples = sum(
         e["samples"] for e in json.loads(shard_index.read_text())["shards"] if e["split"] == "train"
@@ -479,7 +479,8 @@ def test_check_run_names_the_key_for_world_size_zero_3_and_stage_2(tiny, shard_i
 
 
 def test_out_dir_of_a_new_run_keeps_no_stale_export_or_run_shape(tmp_path):
-    from tasks.train import CKPT_META, claim_checkpoints, clear_stage, resume_problem
+    from tasks.export import clear_stage
+    from tasks.train_ckpt import CKPT_META, claim_checkpoints, resume_problem
 
     # an earlier stage-3 run's exports (merged_llm with train.merge_lora), half-swapped folders included
     out = stage_dir(tmp_path, 3)
@@ -512,7 +513,7 @@ def test_out_dir_of_a_new_run_keeps_no_stale_export_or_run_shape(tmp_path):
 
 def test_stage_1_counts_the_labels_whisper_scores():
     from llmasr.model import IGNORE_INDEX, whisper_labels
-    from tasks.train import whisper_label_count
+    from tasks.train_log import whisper_label_count
 
     sot, nots, eot = 50258, 50363, 50257
     ids = [[sot, nots, 10, 11, 12, eot], [sot, nots, 13, eot]]  # WhisperTargets' form: start .. <|endoftext|>
@@ -523,7 +524,7 @@ def test_stage_1_counts_the_labels_whisper_scores():
 
 def test_run_config_for_the_flow(tmp_path):
     from llmasr.config import load_config
-    from tasks.train import RunConfig, read_run_config, run_config_for
+    from tasks.run_file import RunConfig, read_run_config, run_config_for
 
     cfg = load_config(profile="demo")
     rc = run_config_for(cfg, 3, "abc", work_dir=tmp_path)
@@ -569,7 +570,8 @@ def test_run_config_for_the_flow(tmp_path):
 def test_trainer_sets_cudnn_attention_from_config(tmp_path, allowed):
     """train.cudnn_attention reaches torch's SDPA backend switch when the trainer starts."""
     from llmasr.config import load_config
-    from tasks.train import Trainer, run_config_for
+    from tasks.run_file import run_config_for
+    from tasks.train import Trainer
 
     cfg = load_config(profile="demo", overrides=[f"train.cudnn_attention={str(allowed).lower()}"])
     before = torch.backends.cuda.cudnn_sdp_enabled()

@@ -272,16 +272,16 @@ def test_converted_whisper_base_agrees_with_faster_whisper_on_real_speech():
 
 def test_stage1_export_is_a_complete_whisper_folder(whisper_dir, tmp_path):
     """The stage-1 export gets a tokenizer and a preprocessor_config.json even where its source has
-    none to copy (tasks.train._complete_whisper_folder): a Whisper loader takes the folder whole."""
+    none to copy (tasks.export.complete_whisper_folder): a Whisper loader takes the folder whole."""
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from tasks.train import _complete_whisper_folder
+    from tasks.export import complete_whisper_folder
 
     out = tmp_path / "whisper"
     # weights only
     WhisperForConditionalGeneration.from_pretrained(str(whisper_dir)).save_pretrained(str(out))
     assert not (out / "tokenizer.json").exists() and not (whisper_dir / "preprocessor_config.json").exists()
-    _complete_whisper_folder(str(whisper_dir), out, 80)
+    complete_whisper_folder(str(whisper_dir), out, 80)
     assert WhisperFeatureExtractor.from_pretrained(str(out)).feature_size == 80
     system = TransformersWhisperSystem("s", str(out), settings())
     reference = TransformersWhisperSystem("r", str(whisper_dir), settings())

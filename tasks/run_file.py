@@ -1,0 +1,441 @@
+"""RUN.json, the one file a training stage run reads: its schema (``RunConfig``), how the flow
+writes it (``run_config_for``, ``write_run_config``), and every config error that can be found
+before loading weights (``check_run``).
+
+Config errors (missing checkpoints, stage 3 before stage 2, an LLM the stage-2 projector does not
+fit, a shard index without training samples or with fewer than processes, ZeRO-3...) raise
+``TrainConfigError``, whose message starts with the key at fault; ``tasks.train`` exits with status
+2 on one, before any compute.  Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmasr.config import ConfigError
+from tasks.launch import hostfile_problem, read_hostfile, resolve_repo_path
+
+log = logging.getLogger("llmasr.train")
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class TrainConfigError(ConfigError):
+    """A RUN.json problem found before any compute; the message starts with the key at fault."""
+
+
+# ------------------------------------------------------------------------------------ RUN.json
+
+
+def _plain(value: Any) -> Any:
+    """pydantic models / dataclasses -> dicts, for RunConfig fields the flow may pass as objects."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclass
+class RunConfig:
+    """What one stage run needs; RUN.json holds exactly these fields.
+
+    stage: 1, 2 or 3.  work_dir: the pipeline's work dir.  shard_index: shards/index.json.
+    out_dir: ``tasks.checkpoints.stage_dir(work_dir, stage)``.  key: the cache key recorded in
+    stage.json (and in the DeepSpeed checkpoints: a checkpoint of another key is not resumed).
+    model: ``LLMASRConfig`` dict (``tasks.checkpoints.model_config(...)``).  train: ``TrainConfig``
+    dict.  stage_cfg: ``StageConfig`` dict (train.stage<N>).  deepspeed_config: JSON path
+    (relative: to the checkout).  precision: auto | fp32 | bf16 | fp16.  metrics_log: JSON-lines
+    file, appended (default ``<work_dir>/logs/train.jsonl``).  tensorboard_dir: default
+    ``<work_dir>/logs/tensorboard``.  verify_params: fingerprint every parameter before and after
+    training and record in stage.json which frozen ones changed / trained ones did not (tests;
+    costs two passes over the weights).
+    """
+
+    stage: int
+    work_dir: str
+    shard_index: str
+    out_dir: str
+    key: str
+    model: dict[str, Any]
+    train: dict[str, Any]
+    stage_cfg: dict[str, Any]
+    deepspeed_config: str
+    precision: str = "auto"
+    metrics_log: str | None = None
+    tensorboard_dir: str | None = None
+    verify_params: bool = False
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _plain(getattr(self, f.name)))
+        if self.metrics_log is None:
+            self.metrics_log = str(Path(self.work_dir) / "logs" / "train.jsonl")
+        if self.tensorboard_dir is None:
+            self.tensorboard_dir = str(Path(self.work_dir) / "logs" / "tensorboard")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise TrainConfigError(f"RUN.json: unknown keys {unknown}; known: {sorted(known)}")
+        missing = sorted(
+            f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in d
+        )
+        if missing:
+            raise TrainConfigError(f"RUN.json: missing keys {missing}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def write_run_config(path: str | Path, **fields: Any) -> Path:
+    """Write RUN.json (atomically) from ``RunConfig``'s fields; objects (TrainConfig,
+    LLMASRConfig, ...) are turned into dicts.  Returns the path."""
+    from llmasr.atomic import write_json
+
+    cfg = RunConfig.from_dict(fields)
+    return write_json(Path(path), cfg.to_dict())
+
+
+def read_run_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainConfigError(f"RUN.json: no such file {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TrainConfigError(f"RUN.json: {path} is not valid JSON ({exc})") from None
+    return RunConfig.from_dict(data)
+
+
+def run_config_for(
+    cfg: Any, stage: int, key: str, work_dir: str | Path | None = None, **extra: Any
+) -> RunConfig:
+    """The RunConfig of ``stage`` for a validated ``PipelineConfig`` (what the flow writes)."""
+    from llmasr.layout import WorkLayout
+    from tasks.checkpoints import model_config, stage_dir
+
+    work = Path(work_dir or cfg.work_dir)
+    train = cfg.train
+    fields: dict[str, Any] = dict(
+        stage=stage,
+        work_dir=str(work),
+        shard_index=str(WorkLayout(work).shard_index),
+        out_dir=str(stage_dir(work, stage)),
+        key=key,
+        model=model_config(train, work, stage).to_dict(),
+        train=train.model_dump(mode="json"),
+        stage_cfg=getattr(train, f"stage{stage}").model_dump(mode="json"),
+        deepspeed_config=train.deepspeed_config,
+        precision=train.precision,
+    )
+    fields.update(extra)
+    return RunConfig.from_dict(fields)
+
+
+# ----------------------------------------------------------------------- validation (no torch)
+
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _hub_available(name: str) -> bool:
+    """A hub-style name is usable when it is in the HF cache, or when the hub may be reached."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", ""
+    ).lower() in ("1", "true", "yes")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return True
+    except Exception:  # noqa: BLE001 - no hub library, bad name: treat as not cached
+        pass
+    return not offline
+
+
+def check_checkpoint(
+    value: Any, key: str, what: str = "checkpoint folder", marker: str = "config.json"
+) -> Path | None:
+    """A local checkpoint folder (returned), a config dict or an available hub name (None).
+
+    A ``bundled:<name>`` model (``llmasr.bundled``) is resolved here, converting it into the model
+    cache on first use, and checked as the folder it resolves to."""
+    if isinstance(value, dict):
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise TrainConfigError(f"{key}: expected a {what} path, got {value!r}")
+    if value.startswith("bundled:"):
+        from llmasr.bundled import BundledModelError, resolve_hf
+
+        try:
+            value = resolve_hf(value)
+        except BundledModelError as exc:
+            raise TrainConfigError(f"{key}: {exc}") from None
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if marker and not (path / marker).is_file():
+            raise TrainConfigError(f"{key}: {path} has no {marker}: not a {what}")
+        return path
+    if (
+        not path.exists()
+        and _HUB_NAME.match(value)
+        and not value.startswith((".", "/", "~"))
+        and _hub_available(value)
+    ):
+        return None
+    raise TrainConfigError(f"{key}: no such {what} {value}")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _hidden_size(config: dict[str, Any]) -> int | None:
+    for k in ("hidden_size", "n_embd", "d_model"):
+        if isinstance(config.get(k), int):
+            return int(config[k])
+    text = config.get("text_config")
+    return _hidden_size(text) if isinstance(text, dict) else None
+
+
+def _complete(stage_json: Path) -> bool:
+    try:
+        return bool(read_json(stage_json).get("complete"))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _check_zero_stage(ds_cfg: dict[str, Any], path: Path) -> None:
+    """ZeRO 0-2 only: under ZeRO-3 every forward is a collective over partitioned parameters, but
+    validation runs each rank's own number of batches (not under ``synced``), and the parameter
+    fingerprints and the exports read whole parameters from each rank's module."""
+    zero = ds_cfg.get("zero_optimization") or {}
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else 0
+    if not isinstance(stage, int) or not 0 <= stage <= 2:
+        raise TrainConfigError(
+            f"train.deepspeed_config: {path} sets zero_optimization.stage {stage!r}; "
+            "the trainer supports ZeRO stages 0-2 "
+            "(ZeRO-3 partitions the parameters: validation, the parameter fingerprints and the exports "
+            "assume whole ones on every rank)"
+        )
+
+
+def world_size_of(train: Any) -> int:
+    """The processes a launch of ``train`` starts: the hostfile's slots summed, else nproc_per_node."""
+    if train.hostfile:
+        return sum(read_hostfile(resolve_repo_path(train.hostfile)).values())
+    return int(train.nproc_per_node)
+
+
+def check_world_size(train_samples: int, world: int, hostfile: str | None, index: Path) -> None:
+    """Every rank needs a train sample (ranks take the same steps: one without a batch stops them all)."""
+    if train_samples < world:
+        key, launch = (
+            ("train.hostfile", f"its slots start {world} processes")
+            if hostfile
+            else ("train.nproc_per_node", f"{world} processes")
+        )
+        raise TrainConfigError(
+            f"{key}: {launch}, but {index} has only {train_samples} train samples; "
+            "every process needs at least one (run fewer processes, or shard more data)"
+        )
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Every config error that can be found without loading weights; raises TrainConfigError."""
+    from pydantic import ValidationError
+
+    from llmasr.config import StageConfig, TrainConfig
+
+    if cfg.stage not in (1, 2, 3):
+        raise TrainConfigError(f"stage: must be 1, 2 or 3, got {cfg.stage!r}")
+    if not str(cfg.key).strip():
+        raise TrainConfigError("key: empty; the flow passes the stage's cache key")
+    try:
+        train = TrainConfig.model_validate(cfg.train)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise TrainConfigError(f"train.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    try:
+        StageConfig.model_validate(cfg.stage_cfg)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise TrainConfigError(
+            f"train.stage{cfg.stage}.{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        ) from None
+    if cfg.precision not in PRECISIONS:
+        raise TrainConfigError(f"train.precision: must be one of {PRECISIONS}, got {cfg.precision!r}")
+    ds = resolve_repo_path(cfg.deepspeed_config)
+    if not ds.is_file():
+        raise TrainConfigError(f"train.deepspeed_config: no such file {cfg.deepspeed_config}")
+    try:
+        ds_cfg = read_json(ds)
+    except json.JSONDecodeError as exc:
+        raise TrainConfigError(f"train.deepspeed_config: {ds} is not valid JSON ({exc})") from None
+    _check_zero_stage(ds_cfg, ds)
+    problem = hostfile_problem(train)
+    if problem:
+        raise TrainConfigError(problem)
+
+    # shards
+    index = Path(cfg.shard_index)
+    if not index.is_file():
+        raise TrainConfigError(f"shard_index: no such file {index} (run the data stages first: llmasr data)")
+    try:
+        entries = read_json(index).get("shards", [])
+    except json.JSONDecodeError as exc:
+        raise TrainConfigError(f"shard_index: {index} is not valid JSON ({exc})") from None
+    train_entries = [e for e in entries if e.get("split") == "train"]
+    train_samples = sum(int(e.get("samples", 0)) for e in train_entries)
+    if train_samples == 0:
+        raise TrainConfigError(
+            f"shard_index: {index} has no train samples (no kept segments in the train split)"
+        )
+    check_world_size(train_samples, world_size_of(train), train.hostfile, index)
+    missing = [e["path"] for e in train_entries if not (index.parent / e["path"]).is_file()]
+    if missing:
+        raise TrainConfigError(
+            f"shard_index: {len(missing)} train shard(s) of {index} are missing, e.g. {missing[0]}"
+        )
+
+    # checkpoints
+    model = cfg.model
+    enc_key = (
+        "train.encoder"
+        if cfg.stage == 1 or model.get("encoder") == train.encoder
+        else "model.encoder (stage 1's export)"
+    )
+    enc_dir = check_checkpoint(model.get("encoder"), enc_key)
+    if cfg.stage == 1:
+        if isinstance(model.get("encoder"), dict):
+            raise TrainConfigError(f"{enc_key}: stage 1 needs a Whisper checkpoint folder, not a config dict")
+        if enc_dir is not None and not any((enc_dir / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+            raise TrainConfigError(
+                f"{enc_key}: {enc_dir} has no tokenizer (tokenizer.json or vocab.json): "
+                "stage 1 labels need Whisper's tokenizer"
+            )
+        return
+    llm_dir = check_checkpoint(model.get("llm"), "train.llm")
+    if model.get("tokenizer"):
+        check_checkpoint(model["tokenizer"], "train.tokenizer", "tokenizer folder", marker="")
+    elif isinstance(model.get("llm"), dict):
+        raise TrainConfigError("train.tokenizer: required when the LLM is given as a config dict")
+    if cfg.stage == 3:
+        stage2 = Path(cfg.work_dir) / "checkpoints" / "stage2"
+        proj = model.get("projector_path")
+        if not proj:
+            raise TrainConfigError(
+                "model.projector_path: not set; "
+                "stage 3 needs checkpoints/stage2/projector (run stage 2 first)"
+            )
+        proj = Path(proj)
+        if not (proj / "projector.json").is_file():
+            raise TrainConfigError(
+                f"model.projector_path: no projector at {proj}; "
+                "stage 3 needs checkpoints/stage2 (run stage 2 first)"
+            )
+        if proj.resolve().parent == stage2.resolve() and not _complete(stage2 / "stage.json"):
+            raise TrainConfigError(
+                f"model.projector_path: {stage2} is not complete (no stage.json); "
+                "stage 3 needs checkpoints/stage2 (run stage 2 first)"
+            )
+    proj = model.get("projector_path")
+    if proj and (Path(proj) / "projector.json").is_file():
+        pj = read_json(Path(proj) / "projector.json")
+        if llm_dir is not None or isinstance(model.get("llm"), dict):
+            llm_conf = (
+                model["llm"] if isinstance(model.get("llm"), dict) else read_json(llm_dir / "config.json")
+            )
+            hidden = _hidden_size(llm_conf)
+            if hidden is not None and hidden != pj.get("d_llm"):
+                raise TrainConfigError(
+                    f"train.llm: hidden size {hidden} does not match "
+                    f"the projector's output width {pj.get('d_llm')} ({proj}, trained for another LLM); "
+                    "rerun stage 2 with this LLM or set train.llm back"
+                )
+        if enc_dir is not None or isinstance(model.get("encoder"), dict):
+            enc_conf = (
+                model["encoder"]
+                if isinstance(model.get("encoder"), dict)
+                else read_json(enc_dir / "config.json")
+            )
+            if isinstance(enc_conf.get("d_model"), int) and enc_conf["d_model"] != pj.get("d_enc"):
+                raise TrainConfigError(
+                    f"{enc_key}: d_model {enc_conf['d_model']} does not match the projector's input width "
+                    f"{pj.get('d_enc')} ({proj})"
+                )
+
+
+def deepspeed_settings(path: str, train: Any, precision: str) -> dict[str, Any]:
+    """The DeepSpeed config the engine gets: the JSON at ``path`` (relative: to the checkout; keys
+    starting with "_" are comments) with the trainer's own batch shape, accumulation, clipping and
+    ``precision`` (fp32 | bf16 | fp16); its optimizer and scheduler are ignored (the trainer passes
+    its own).  ``train``: the run's ``TrainConfig``."""
+    ds_cfg = {k: v for k, v in read_json(resolve_repo_path(path)).items() if not k.startswith("_")}
+    for k in ("optimizer", "scheduler", "train_batch_size"):
+        if ds_cfg.pop(k, None) is not None and k != "train_batch_size":
+            log.warning("ignoring %r of %s: the trainer passes its own", k, path)
+    ds_cfg["train_micro_batch_size_per_gpu"] = 1
+    ds_cfg["gradient_accumulation_steps"] = train.grad_accum
+    ds_cfg["gradient_clipping"] = train.grad_clip
+    ds_cfg["bf16"] = {**ds_cfg.get("bf16", {}), "enabled": precision == "bf16"}
+    ds_cfg["fp16"] = {**ds_cfg.get("fp16", {}), "enabled": precision == "fp16"}
+    ds_cfg.setdefault("steps_per_print", 10**9)
+    return ds_cfg
+
+
+def no_validation_message(shard_index: str | Path, validation_fraction: float | None = None) -> str | None:
+    """The warning for a shard index without validation samples (None when it has some): training
+    then logs no validation loss.  The split is drawn per item by a hash of its id, so a corpus of
+    few items can hash wholly to train at the default fraction."""
+    index = Path(shard_index)
+    entries = read_json(index).get("shards", [])
+    if sum(int(e.get("samples", 0)) for e in entries if e.get("split") == "validation"):
+        return None
+    now = f" (now {validation_fraction})" if validation_fraction is not None else ""
+    return (
+        f"{index} has no validation split: every item hashed to train, so training logs no validation loss; "
+        f"raise shard.validation_fraction{now} and rerun `llmasr data` (the split is drawn per item: "
+        "few items need a larger fraction)"
+    )
+
+
+def model_error_key(message: str, model: dict[str, Any]) -> str:
+    """The config key a model-building error (a ValueError of ``llmasr.model``, an OSError of
+    ``from_pretrained``) is about; ``model``: RunConfig.model, whose sources a message may name."""
+    if "trust_remote_code" in message:  # transformers: the checkpoint ships its own code
+        return "train.trust_remote_code"
+    for key, value in (
+        ("train.encoder", model.get("encoder")),
+        ("train.llm", model.get("llm")),
+        ("train.tokenizer", model.get("tokenizer")),
+    ):
+        if isinstance(value, str) and value and value in message:
+            return key
+    m = message.lower()
+    if "lora" in m:
+        return "train.lora.target_modules"
+    if "hidden size" in m or "projector output dim" in m or "embeds only" in m:
+        return "train.llm"
+    if "tokenizer" in m:
+        return "train.tokenizer"
+    if "encoder" in m or "mel bins" in m:
+        return "train.encoder"
+    if "projector" in m:
+        return "train.projector_hidden / train.downsample_k / train.activation"
+    return "model"
