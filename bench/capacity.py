@@ -19,7 +19,7 @@ Inputs (every one a flag; the defaults are the assumptions the table prints):
   with it: 6N per token where the weights train (forward 2N + activation gradients 2N + weight
   gradients 2N), 4N where frozen weights are back-propagated through (stage 1's Whisper decoder
   head; stage 2/3's LLM, which must pass gradients to the adapter / LoRA), 2N where a frozen part
-  only runs forward (stage 2/3's encoder, under no_grad in llmasr/model.py), plus attention
+  only runs forward (stage 2/3's encoder, under no_grad in llmasr/model/llmasr.py), plus attention
   (QK^T and AV; 3x forward when back-propagated).  Tokens per audio second: encoder 50 frames/s,
   adapter ``train.downsample_k``:1 -> 25/s into the LLM, text tokens = words/s x tokens/word,
   plus the prompt (chat template) and EOS per segment of the mean length.

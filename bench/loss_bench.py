@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    import llmasr.model as M
+    import llmasr.model.llmasr as M
     from llmasr.model import LLMASRConfig, LoraSettings, apply_lora, build_model, set_trainable
     from llmasr.tiny_models import tiny_tokenizer
     from tasks.demo_corpus import TRAIN_SENTENCES
@@ -83,14 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def step(sliced: bool) -> tuple[float, float, tuple[int, ...]]:
-        M._keeps_logits = original if sliced else (lambda llm: False)
+        M.keeps_logits = original if sliced else (lambda llm: False)
         model.zero_grad(set_to_none=True)
         t = time.perf_counter()
         out = model(x, lengths, targets)
         out.loss.backward()
         return time.perf_counter() - t, float(out.loss.detach()), tuple(out.logits.shape)
 
-    original = M._keeps_logits
+    original = M.keeps_logits
     step(True), step(False)  # warm-up
     times = {"sliced": [], "full": []}
     for rep in range(args.reps):
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 sliced_loss, sliced_shape = loss, shape
             else:
                 full_loss, full_shape = loss, shape
-    M._keeps_logits = original
+    M.keeps_logits = original
     ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
     elems = {
         "sliced": sliced_shape[0] * sliced_shape[1] * sliced_shape[2],

@@ -1,0 +1,67 @@
+"""The LLM-ASR model: Whisper encoder -> frame-stacking adapter -> causal LM (DESIGN.md "Model").
+
+Data flow and shapes (B = batch, M = mel bins, T = mel frames, D_enc = Whisper d_model,
+D_llm = LLM hidden size, k = frames stacked by the adapter, default 2):
+
+    input_features (B, M, T)  --SpeechEncoder-->  (B, T/2, D_enc)          [conv2 has stride 2]
+                              --Projector----->   (B, T/2//k, D_llm)       [k frames -> 1 embed]
+    LLM inputs_embeds, one row per example:  [prefix | speech | suffix | target + EOS]
+        prefix/suffix: the chat template's user turn split at the speech placeholder
+        labels: -100 everywhere except the target tokens and EOS (loss on the target only)
+
+One module a piece:
+
+* ``config``: ``LLMASRConfig`` / ``LoraSettings``, what a model is built from.
+* ``encoder``: ``SpeechEncoder`` runs any Whisper checkpoint's encoder, on the real length
+  (``trim_padding``) or padded to 30 s; ``save_encoder``.
+* ``adapter``: ``Projector`` stacks k consecutive encoder frames, Linear -> activation -> Linear
+  (kind "mlp") or one Linear (kind "linear"); an odd tail (T % k frames) is DROPPED, as SLAM-LLM
+  does; optional CTC head and compression; ``save_projector`` / ``load_projector``.
+* ``prompt``: the tokenizer and the prompt around the speech.
+* ``llmasr``: ``LLMASR`` glues encoder + adapter + any ``AutoModelForCausalLM``; ``forward`` gives
+  the loss, ``generate`` decoded text; ``build_model`` builds one from an ``LLMASRConfig``.
+* ``lora``: LoRA via peft (stage 3).
+* ``stage1``: stage 1 trains the encoder with Whisper's own decoder as the head
+  (``WhisperStage1Head`` / ``stage1_loss``), through the same encoder forward LLMASR uses.
+* ``trainable``: ``set_trainable`` picks each stage's parameters.
+
+This package exports the names its users import; ``from llmasr.model import X`` is the way in.
+"""
+
+from llmasr.model.adapter import Projector, load_projector, save_projector
+from llmasr.model.config import LLMASRConfig, LoraSettings, local_source
+from llmasr.model.encoder import SpeechEncoder, encode_whisper, save_encoder
+from llmasr.model.llmasr import LLMASR, allow_cudnn_attention, build_llm, build_model, scored_positions
+from llmasr.model.lora import apply_lora, has_lora, load_lora, merge_lora, save_lora
+from llmasr.model.prompt import IGNORE_INDEX, build_prompt, build_tokenizer
+from llmasr.model.stage1 import WhisperStage1Head, stage1_loss, whisper_labels
+from llmasr.model.trainable import set_trainable
+
+__all__ = [
+    "IGNORE_INDEX",
+    "LLMASR",
+    "LLMASRConfig",
+    "LoraSettings",
+    "Projector",
+    "SpeechEncoder",
+    "WhisperStage1Head",
+    "allow_cudnn_attention",
+    "apply_lora",
+    "build_llm",
+    "build_model",
+    "build_prompt",
+    "build_tokenizer",
+    "encode_whisper",
+    "has_lora",
+    "load_lora",
+    "load_projector",
+    "local_source",
+    "merge_lora",
+    "save_encoder",
+    "save_lora",
+    "save_projector",
+    "scored_positions",
+    "set_trainable",
+    "stage1_loss",
+    "whisper_labels",
+]
