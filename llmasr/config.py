@@ -213,6 +213,73 @@ class TrainConfig(_Section):
         return self
 
 
+class ZipformerConfig(_Section):
+    """The Zipformer-Transducer baseline (llmasr/zipformer/, tasks/zipformer_train.py): sizes default
+    to icefall's Zipformer-M; per-stack lists have one entry per encoder stack."""
+
+    enabled: bool = True
+    downsampling_factor: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 4, 2], min_length=1)
+    num_encoder_layers: list[int] = Field(default_factory=lambda: [2, 2, 3, 4, 3, 2], min_length=1)
+    encoder_dim: list[int] = Field(default_factory=lambda: [192, 256, 384, 512, 384, 256], min_length=1)
+    encoder_unmasked_dim: list[int] = Field(
+        default_factory=lambda: [192, 192, 256, 256, 256, 192], min_length=1
+    )
+    feedforward_dim: list[int] = Field(
+        default_factory=lambda: [512, 768, 1024, 1536, 1024, 768], min_length=1
+    )
+    num_heads: list[int] = Field(default_factory=lambda: [4, 4, 4, 8, 4, 4], min_length=1)
+    cnn_module_kernel: list[int] = Field(default_factory=lambda: [31, 31, 15, 15, 15, 31], min_length=1)
+    query_head_dim: int = Field(32, ge=1)
+    pos_head_dim: int = Field(4, ge=1)
+    value_head_dim: int = Field(12, ge=1)
+    pos_dim: int = Field(48, ge=1)
+    decoder_dim: int = Field(512, ge=4)
+    joiner_dim: int = Field(512, ge=1)
+    context_size: int = Field(2, ge=1)
+    warmup_batches: float = Field(4000.0, gt=0)
+    schedule_scale: float = Field(1.0, gt=0)  # batches the encoder's built-in schedules count per step
+    ctc_loss_scale: float = Field(
+        0.0, ge=0
+    )  # > 0: an encoder CTC head, its loss x this beside the RNN-T loss
+    vocab_size: int = Field(500, ge=8)
+    loss: Literal["torch", "warp"] = "torch"
+    epochs: int = Field(50, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float = Field(0.045, gt=0)
+    lr_batches: float = Field(7500.0, gt=0)
+    lr_epochs: float = Field(3.5, gt=0)
+    lr_warmup_batches: float = Field(500.0, ge=0)
+    batch_max_audio_s: float = Field(1000.0, gt=0)
+    max_batch_size: int = Field(64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = Field(50, ge=1)
+    val_every: int = Field(1000, ge=1)
+    val_max_batches: int = Field(50, ge=1)
+    ckpt_every: int = Field(1000, ge=1)
+    seed: int = 0
+    beam: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _stacks_agree(self) -> ZipformerConfig:
+        stacks = len(self.downsampling_factor)
+        for name in (
+            "num_encoder_layers",
+            "encoder_dim",
+            "encoder_unmasked_dim",
+            "feedforward_dim",
+            "num_heads",
+            "cnn_module_kernel",
+        ):
+            if len(getattr(self, name)) != stacks:
+                raise ValueError(
+                    f"{name} has {len(getattr(self, name))} entries, downsampling_factor {stacks}: one per "
+                    "encoder stack"
+                )
+        if any(u > d for u, d in zip(self.encoder_unmasked_dim, self.encoder_dim)):
+            raise ValueError("encoder_unmasked_dim must not exceed encoder_dim in any stack")
+        return self
+
+
 class EvalConfig(_Section):
     """The evaluate stage: test sets, systems, decoding and the rare-word set (DESIGN.md "Metrics")."""
 
@@ -419,6 +486,7 @@ class PipelineConfig(_Section):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    zipformer: ZipformerConfig = Field(default_factory=ZipformerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     demo: DemoConfig | None = None  # set by the demo and small profiles: the espeak-ng corpus to generate
     profile: str | None = None  # which profile produced this config (informational)

@@ -617,8 +617,8 @@ class HypFileSystem(System):
 
 def make_system(kind: str, name: str, target: str, settings: DecodeSettings) -> System:
     """``kind``: 'llmasr' (target: a stage folder), 'faster-whisper' (target: a model spec),
-    'transformers' (target: a Whisper model spec, or the stage-1 checkpoint folder) or 'hyps'
-    (target: a hypothesis file)."""
+    'transformers' (target: a Whisper model spec, or the stage-1 checkpoint folder), 'hyps'
+    (target: a hypothesis file) or 'zipformer' (target: the trained Zipformer-Transducer's folder)."""
     if kind == "llmasr":
         return LLMASRSystem(name, target, settings)
     if kind == "faster-whisper":
@@ -629,6 +629,10 @@ def make_system(kind: str, name: str, target: str, settings: DecodeSettings) -> 
         return TransformersWhisperSystem(name, target, settings)
     if kind == "hyps":
         return HypFileSystem(name, target)
+    if kind == "zipformer":
+        from tasks.zipformer_decode import ZipformerSystem
+
+        return ZipformerSystem(name, target, settings)
     raise ValueError(f"unknown system kind {kind!r}")
 
 

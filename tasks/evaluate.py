@@ -91,8 +91,8 @@ def parse_named(spec: str, what: str = "test set") -> tuple[str, str]:
 @dataclass(frozen=True)
 class SystemSpec:
     """A system to evaluate: kind 'llmasr' (target: stage folder), 'faster-whisper' (target: model
-    spec), 'transformers' (target: Whisper model spec, or the stage-1 folder) or 'hyps' (target:
-    hypothesis file)."""
+    spec), 'transformers' (target: Whisper model spec, or the stage-1 folder), 'zipformer' (target:
+    checkpoints/zipformer) or 'hyps' (target: hypothesis file)."""
 
     name: str
     kind: str
@@ -102,7 +102,8 @@ class SystemSpec:
 def system_specs(work_dir: str | Path, cfg: EvalConfig) -> tuple[list[SystemSpec], list[str]]:
     """The systems of a run: each complete stage checkpoint of ``cfg.stages`` ("llmasr-stage1":
     Whisper with the stage-1 encoder, through transformers; "llmasr-stage2", "llmasr-stage3": the
-    LLM-ASR), the faster-whisper and transformers Whisper baselines, the hypothesis files.
+    LLM-ASR), "zipformer" (the Zipformer-Transducer, where ``checkpoints/zipformer`` is complete),
+    the faster-whisper and transformers Whisper baselines, the hypothesis files.
     Returns (specs, notes): a note for each stage asked for but not (completely) trained."""
     from tasks.checkpoints import read_stage, stage_dir
 
@@ -117,6 +118,10 @@ def system_specs(work_dir: str | Path, cfg: EvalConfig) -> tuple[list[SystemSpec
         specs.append(
             SystemSpec(f"llmasr-stage{stage}", "transformers" if stage == 1 else "llmasr", str(folder))
         )
+    from tasks.zipformer_decode import read_model_json, zipformer_dir
+
+    if read_model_json(zipformer_dir(work_dir)) is not None:  # the baseline trained on the same shards
+        specs.append(SystemSpec("zipformer", "zipformer", str(zipformer_dir(work_dir))))
     for spec in cfg.baselines:
         if spec.startswith(decode.FASTER_WHISPER_PREFIX):
             specs.append(SystemSpec(spec, "faster-whisper", spec[len(decode.FASTER_WHISPER_PREFIX) :]))

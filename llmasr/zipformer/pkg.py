@@ -6,10 +6,11 @@
 ``zipformer`` 0.1.3 (k2-fsa, Apache-2.0) declares ``torch<2.8`` and its package ``__init__`` (and
 ``zipformer.utils``'s) import torchaudio and ``atdataset``, which the encoder never uses.  It is
 installed ``--no-deps`` (scripts/setup.sh) and only ``modules/scaling.py``, ``subsampling.py`` and
-``zipformer.py`` are loaded: they import torch and, from ``zipformer.utils``, ``torch_autocast``
+``zipformer.py`` (the encoder) and ``optim.py`` (ScaledAdam, Eden) are loaded: they import torch
+and, from ``zipformer.utils``, ``torch_autocast`` (and ``fix_random_seed`` in optim's self-test)
 alone.  So ``zipformer`` and ``zipformer.utils`` are registered here as bare package modules (the
-files' folder as their path, their ``__init__`` not run) with ``torch_autocast`` and
-``make_pad_mask`` as ``zipformer/utils/utils.py`` defines them (that file imports kaldialign).
+files' folder as their path, their ``__init__`` not run) with those functions as
+``zipformer/utils/utils.py`` and atdataset define them (that file imports kaldialign).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import random
 import sys
 import types
 from pathlib import Path
@@ -35,6 +37,12 @@ def make_pad_mask(lengths: torch.Tensor, max_len: int = 0) -> torch.Tensor:
     """(B,) lengths -> (B, max(max_len, lengths.max())) bool, True at padded positions."""
     max_len = max(max_len, int(lengths.max()))
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+def fix_random_seed(seed: int) -> None:
+    """``atdataset.fix_random_seed``: the Python and torch generators."""
+    random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _eager(fn, *args, **kwargs):
@@ -64,6 +72,7 @@ def zipformer_modules() -> types.SimpleNamespace:
             utils.__path__ = [str(root / "utils")]
             utils.torch_autocast = torch_autocast
             utils.make_pad_mask = make_pad_mask
+            utils.fix_random_seed = fix_random_seed
             sys.modules["zipformer.utils"] = utils
         if "zipformer.modules" not in sys.modules:
             mods = types.ModuleType("zipformer.modules")
@@ -76,10 +85,13 @@ def zipformer_modules() -> types.SimpleNamespace:
     scaling.torch_compile = _eager
     subsampling = importlib.import_module("zipformer.modules.subsampling")
     encoder = importlib.import_module("zipformer.modules.zipformer")
+    optim = importlib.import_module("zipformer.modules.optim")
     return types.SimpleNamespace(
         Zipformer=encoder.Zipformer,
         Conv2dSubsampling=subsampling.Conv2dSubsampling,
         ScaledLinear=scaling.ScaledLinear,
         ScheduledFloat=scaling.ScheduledFloat,
         Balancer=scaling.Balancer,
+        ScaledAdam=optim.ScaledAdam,
+        Eden=optim.Eden,
     )

@@ -1,0 +1,183 @@
+"""The Zipformer-Transducer baseline on real espeak-ng shards: a tiny model trained by
+tasks/zipformer_train.py memorises a small set (its loss falls, modified beam search reproduces the
+transcripts), a SIGKILLed training resumes with its step count, and evaluation scores it as the
+``zipformer`` system beside the others.
+
+    .venv/bin/pytest tests/test_zipformer.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jiwer
+import pytest
+import soundfile as sf
+
+from llmasr.config import ZipformerConfig, load_config
+from llmasr.layout import WorkLayout
+from llmasr.text import normalize
+from tasks.decode import DecodeSettings
+from tasks.zipformer_decode import ZipformerSystem, read_model_json, zipformer_dir
+from tasks.zipformer_train import log_file, train_zipformer
+from test_train_data import VALIDATION_SENTENCES, make_shards
+
+REPO = Path(__file__).resolve().parents[1]
+LEARN = [
+    "She packed her bags.",
+    "Our team finished the report.",
+    "He plays the guitar.",
+    "We planted tomatoes in the garden.",
+]
+LEARN_STEPS = 200
+
+
+def tiny_config(**kw) -> ZipformerConfig:
+    """The demo profile's tiny Zipformer, trained one utterance per step (no padding: what the model
+    learns of an utterance cannot depend on what it was batched with) at a constant rate."""
+    demo = load_config(profile="demo").zipformer.model_dump()
+    demo.update(
+        vocab_size=64,
+        schedule_scale=100,  # 200 steps reach the end of the encoder's schedules (train mode = eval mode)
+        ctc_loss_scale=0.5,  # the encoder learns to tell the sentences apart sooner
+        lr_batches=1e6,
+        lr_epochs=1e6,
+        batch_max_audio_s=60.0,
+        max_batch_size=1,
+        log_every=10,
+        val_every=100_000,
+        ckpt_every=100_000,
+        epochs=10_000,
+    )
+    demo.update(kw)
+    return ZipformerConfig(**demo)
+
+
+def records(work: Path) -> list[dict]:
+    return [json.loads(line) for line in log_file(work).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """A work dir with espeak-ng shards of LEARN (train) and one validation sentence."""
+    work = tmp_path_factory.mktemp("zipformer") / "work"
+    make_shards(work, {"train": LEARN, "validation": VALIDATION_SENTENCES[:1]}, per_shard=2, speed=220)
+    return work
+
+
+@pytest.fixture(scope="module")
+def learned(shards):
+    work = shards
+    index = WorkLayout(work).shard_index
+    cfg = tiny_config(max_steps=LEARN_STEPS)
+    record = train_zipformer(index, zipformer_dir(work), log_file(work), cfg)
+    return work, cfg, record
+
+
+def test_loss_falls_and_every_record_names_the_model(learned):
+    work, _, record = learned
+    recs = records(work)
+    assert all(r["model"] == "zipformer" for r in recs)
+    assert recs[0]["event"] == "start" and recs[0]["resumed_from"] is None and recs[-1]["event"] == "end"
+    losses = [r["loss"] for r in recs if r.get("loss") is not None]
+    assert len(losses) >= LEARN_STEPS // 10 and losses[-1] < losses[0] / 20, losses
+    assert any(r.get("val_loss") is not None for r in recs)
+    assert record["steps"] == LEARN_STEPS and (zipformer_dir(work) / "model.pt").is_file()
+    assert not (zipformer_dir(work) / "ckpt").exists()  # the resumable state goes once training ends
+
+
+def test_a_small_set_is_memorised(learned):
+    """Each training utterance, decoded alone by the evaluation system, gives back its transcript."""
+    work, _, _ = learned
+    system = ZipformerSystem("zipformer", zipformer_dir(work), DecodeSettings(device="cpu"))
+    audio_files = sorted(WorkLayout(work).root.glob("raw/tra*.flac"))
+    assert len(audio_files) == len(LEARN)
+    audios = [sf.read(str(p), dtype="float32")[0] for p in audio_files]
+    hyps = system.decode(audios)
+    refs = [LEARN[int(p.stem[3:6])] for p in audio_files]
+    wer = jiwer.wer([normalize(r) for r in refs], [normalize(h) or "<empty>" for h in hyps])
+    assert wer <= 0.10, list(zip(refs, hyps))
+
+
+def test_evaluation_scores_the_zipformer_beside_the_others(prefect_harness, learned, tmp_path):
+    from flows.evaluate import evaluate_flow
+
+    work, _, _ = learned
+    manifest = tmp_path / "learn.jsonl"
+    rows = [
+        {"id": p.stem, "audio": str(p), "text": LEARN[int(p.stem[3:6])]}
+        for p in sorted(work.glob("raw/tra*"))
+    ]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    state = evaluate_flow(
+        work_dir=str(work),
+        test_sets=[f"learn={manifest}"],
+        baselines=[],
+        overrides=["eval.device=cpu"],
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    metrics = json.loads((work / "eval" / "metrics.json").read_text())
+    row = metrics["results"]["learn"]["zipformer"]
+    assert row["utterances"] == len(LEARN) and row["words"] > 0
+    assert isinstance(row["n_wer"], float) and row["n_wer"] <= 0.10 and row["rtf"] > 0
+    assert "| learn | zipformer |" in (work / "eval" / "report.md").read_text()
+    assert any(s["name"] == "zipformer" and s["kind"] == "zipformer" for s in metrics["systems"])
+
+
+def test_a_killed_training_resumes_and_its_step_count_continues(shards, tmp_path):
+    """SIGKILL after a checkpoint; the rerun starts from it (its start record says where), logs
+    steps after it only, and ends at max_steps."""
+    work = tmp_path / "work"
+    shutil.copytree(shards / "shards", work / "shards")
+    steps, ckpt_every = 40, 10
+    args = [
+        sys.executable,
+        "-m",
+        "tasks.zipformer_train",
+        "--profile",
+        "demo",
+        "--work-dir",
+        str(work),
+        "--set",
+        f"zipformer.max_steps={steps}",
+        "--set",
+        f"zipformer.ckpt_every={ckpt_every}",
+        "--set",
+        "zipformer.log_every=1",
+        "--set",
+        "zipformer.max_batch_size=1",
+        "--set",
+        "zipformer.epochs=1000",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ckpt = zipformer_dir(work) / "ckpt" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not ckpt.is_file():
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert read_model_json(zipformer_dir(work)) is None
+    killed_at = max(r["step"] for r in records(work) if r.get("loss") is not None)
+    assert killed_at >= ckpt_every
+
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    recs = records(work)
+    starts = [i for i, r in enumerate(recs) if r.get("event") == "start"]
+    assert len(starts) == 2
+    resumed = recs[starts[1]]["resumed_from"]
+    assert resumed is not None and resumed % ckpt_every == 0 and ckpt_every <= resumed <= killed_at
+    after = [r["step"] for r in recs[starts[1] :] if r.get("loss") is not None]
+    assert after[0] == resumed + 1 and after == sorted(after) and after[-1] == steps
+    assert read_model_json(zipformer_dir(work))["steps"] == steps
