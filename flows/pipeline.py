@@ -1,4 +1,5 @@
-"""The full pipeline: data -> train -> evaluate, as one Prefect flow with three subflows.
+"""The full pipeline: data -> train -> zipformer -> evaluate, as one Prefect flow with four subflows
+(zipformer: the Zipformer-Transducer baseline on the same shards, when zipformer.enabled).
 
     llmasr run --profile demo                 # CPU demo end to end: corpus, shards, 3 stages, report
     llmasr run --source https://www.youtube.com/@SomeChannel --work-dir runs/mine
@@ -15,6 +16,7 @@ from prefect import flow
 from flows.data import data_flow
 from flows.evaluate import check_test_sets, evaluate_flow, resolve_config
 from flows.train import train_flow
+from flows.zipformer import zipformer_flow
 from llmasr import preflight
 
 
@@ -31,7 +33,7 @@ def pipeline_flow(
     hyps: list[str] | None = None,
     refresh: bool = False,
 ) -> dict[str, Any]:
-    """Web audio -> shards -> LLM-ASR in three stages -> rare-word error rates.
+    """Web audio -> shards -> LLM-ASR in three stages (+ the Zipformer baseline) -> rare-word error rates.
 
     Args:
         sources: YouTube URLs (video, playlist, channel), local folders or files, manifests;
@@ -47,7 +49,8 @@ def pipeline_flow(
         refresh: ignore the data flow's cached task results and decode the test sets again.
 
     Returns:
-        {"data": the data run's counts, "train": each stage's stage.json, "eval": metrics.json}.
+        {"data": the data run's counts, "train": each stage's stage.json, "zipformer": its model.json
+        (None when zipformer.enabled is false), "eval": metrics.json}.
     """
     common = dict(profile=profile, work_dir=work_dir, overrides=overrides, config_file=config_file)
     data = data_flow(sources=sources, refresh=refresh, **common)
@@ -57,5 +60,6 @@ def pipeline_flow(
     check_test_sets(eval_cfg)
     preflight.check_scorable(eval_cfg)
     train = train_flow(stages=stages, **common)
+    zipformer = zipformer_flow(**common)
     metrics = evaluate_flow(test_sets=test_sets, baselines=baselines, hyps=hyps, refresh=refresh, **common)
-    return {"data": data.__dict__, "train": train, "eval": metrics}
+    return {"data": data.__dict__, "train": train, "zipformer": zipformer, "eval": metrics}

@@ -319,7 +319,9 @@ def train_zipformer(
         "final_loss": last_loss,
         **val,
     }
-    log.write({"event": "end", **{k: v for k, v in record.items() if k not in ("sizes", "model")}})
+    log.write(
+        {"event": "end", "step": step, **{k: v for k, v in record.items() if k not in ("sizes", "model")}}
+    )
     write_json(out_dir / "model.json", record)
     shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
     return record

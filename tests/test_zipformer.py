@@ -181,3 +181,24 @@ def test_a_killed_training_resumes_and_its_step_count_continues(shards, tmp_path
     after = [r["step"] for r in recs[starts[1] :] if r.get("loss") is not None]
     assert after[0] == resumed + 1 and after == sorted(after) and after[-1] == steps
     assert read_model_json(zipformer_dir(work))["steps"] == steps
+
+
+def test_the_flow_trains_once_and_publishes_the_loss_curve(prefect_harness, shards, tmp_path):
+    """The zipformer flow (as the pipeline runs it): trained, its beam written for evaluation, the
+    loss curve saved; a rerun with the same shards and settings trains nothing (a cached task), a new
+    beam only rewrites decode.json."""
+    from flows.zipformer import zipformer_flow
+
+    work = tmp_path / "work"
+    shutil.copytree(shards / "shards", work / "shards")
+    overrides = ["zipformer.max_steps=4", "zipformer.max_batch_size=2", "zipformer.log_every=1"]
+    record = zipformer_flow(profile="demo", work_dir=str(work), overrides=[*overrides, "zipformer.beam=2"])
+    assert record["steps"] == 4
+    folder = zipformer_dir(work)
+    assert json.loads((folder / "decode.json").read_text()) == {"beam": 2}
+    assert (work / "reports" / "zipformer_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = zipformer_flow(profile="demo", work_dir=str(work), overrides=[*overrides, "zipformer.beam=3"])
+    assert again == record
+    assert [r.get("event") for r in records(work)].count("start") == 1
+    assert json.loads((folder / "decode.json").read_text()) == {"beam": 3}
+    assert zipformer_flow(profile="demo", work_dir=str(work), overrides=["zipformer.enabled=false"]) is None
