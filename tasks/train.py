@@ -73,7 +73,7 @@ from tasks.run_file import (
     read_run_config,
 )
 from tasks.train_ckpt import CKPT_DIR, claim_checkpoints, resume_problem, resume_state, saved
-from tasks.train_log import MetricsLog, StepCounter, Window, peak_bf16_flops
+from tasks.train_log import MetricsLog, StepCounter, Window, fingerprints, param_changes, peak_bf16_flops
 
 log = logging.getLogger("llmasr.train")
 
@@ -200,13 +200,7 @@ class Trainer:
     def build_model(self) -> None:
         import torch
 
-        from llmasr.model import (
-            LLMASRConfig,
-            WhisperStage1Head,
-            apply_lora,
-            build_model,
-            set_trainable,
-        )
+        from llmasr.model import LLMASRConfig, WhisperStage1Head, apply_lora, build_model, set_trainable
         from tasks.train_data import LLMTargets, WhisperTargets, whisper_label_tokenizer
 
         torch.manual_seed(self.train_cfg.seed)  # the same initial projector / LoRA on every rank
@@ -279,17 +273,6 @@ class Trainer:
             len(texts),
         )
         return ids
-
-    def _fingerprints(self) -> dict[str, str]:
-        import hashlib
-
-        import torch
-
-        out = {}
-        for name, p in self.module.named_parameters():
-            data = p.detach().to("cpu").contiguous().flatten().view(torch.uint8).numpy().tobytes()
-            out[name] = hashlib.sha1(data).hexdigest()
-        return out
 
     def build_data(self) -> None:
         from tasks.train_data import (
@@ -605,20 +588,6 @@ class Trainer:
         dist.barrier()
         return exports
 
-    def verify(self) -> dict[str, Any] | None:
-        if self.fingerprints is None:
-            return None
-        after = self._fingerprints()
-        trainable = set(self.trainable)
-        return {
-            "frozen": sum(1 for n in after if n not in trainable),
-            "trained": len(trainable),
-            "frozen_changed": sorted(
-                n for n in after if n not in trainable and after[n] != self.fingerprints[n]
-            ),
-            "trained_unchanged": sorted(n for n in trainable if after[n] == self.fingerprints[n]),
-        }
-
     # ---- all of it
     def run(self) -> dict[str, Any]:
         import torch
@@ -635,7 +604,7 @@ class Trainer:
         self.build_data()
         self.build_engine()
         # after initialize (which casts to bf16/fp16 where asked), before the checkpoint loads
-        self.fingerprints = self._fingerprints() if self.cfg.verify_params else None
+        self.fingerprints = fingerprints(self.module) if self.cfg.verify_params else None
         self.load_checkpoint()
         metrics = MetricsLog(self.cfg.metrics_log, self.cfg.tensorboard_dir, self.stage, self.is_main)
         metrics.write(
@@ -656,7 +625,9 @@ class Trainer:
         )
         try:
             summary = self.loop(metrics)
-            verify = self.verify()
+            verify = None
+            if self.fingerprints is not None:  # verify_params
+                verify = param_changes(self.fingerprints, fingerprints(self.module), self.trainable)
             exports = self.export()
             info = None
             if self.is_main:

@@ -1,6 +1,7 @@
 """The training metrics: rank 0's log (``MetricsLog``: JSON lines appended to ``metrics_log`` and
-TensorBoard scalars), what each batch counts for (``StepCounter``) and the throughput of the steps
-between two loss records (``Window``).
+TensorBoard scalars), what each batch counts for (``StepCounter``), the throughput of the steps
+between two loss records (``Window``) and, with ``verify_params``, which parameters training
+changed (``fingerprints``, ``param_changes``: recorded in stage.json).
 
 Every ``train.log_every`` steps: {"stage", "step", "loss", "lr", "samples_per_s", "tokens_per_s",
 "audio_s_per_s", "data_wait_frac", "epoch", "time", ...}; throughputs are summed over the ranks;
@@ -223,3 +224,28 @@ class StepCounter:
         enc, pos = self.lengths(batch)
         return Window(loss, 1, len(batch["keys"]), batch["audio_s"], self.tokens(batch), sum(enc), sum(pos),
                       wait_s, self.model_flops(enc, pos))  # fmt: skip
+
+
+def fingerprints(module: Any) -> dict[str, str]:
+    """A hash of each parameter's bytes, by name."""
+    import hashlib
+
+    import torch
+
+    out = {}
+    for name, p in module.named_parameters():
+        data = p.detach().to("cpu").contiguous().flatten().view(torch.uint8).numpy().tobytes()
+        out[name] = hashlib.sha1(data).hexdigest()
+    return out
+
+
+def param_changes(before: dict[str, str], after: dict[str, str], trainable: list[str]) -> dict[str, Any]:
+    """What training did to the parameters (``fingerprints`` before and after): the frozen ones
+    that changed and the trained ones that did not (both should be empty)."""
+    trained = set(trainable)
+    return {
+        "frozen": sum(1 for n in after if n not in trained),
+        "trained": len(trained),
+        "frozen_changed": sorted(n for n in after if n not in trained and after[n] != before[n]),
+        "trained_unchanged": sorted(n for n in trained if after[n] == before[n]),
+    }
