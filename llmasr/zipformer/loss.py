@@ -83,16 +83,23 @@ def rnnt_loss_warp(
     from warprnnt_numba.rnnt_loss.rnnt_pytorch import _RNNTNumba
 
     acts = logits if logits.is_cuda else logits.log_softmax(dim=-1)
-    return _RNNTNumba.apply(
-        acts.contiguous(),
-        targets.int().contiguous(),
-        logit_lengths.int().contiguous(),
-        target_lengths.int().contiguous(),
-        blank,
-        "none",
-        0.0,
-        0.0,
-    )
+    # numba's CPU thread pool resets the process's OpenMP thread count to the core count, which
+    # torch then uses too (measured: a 1-thread training process went to 2 threads, 4x slower on a
+    # busy 2-core machine); the caller's setting is put back
+    threads = torch.get_num_threads()
+    try:
+        return _RNNTNumba.apply(
+            acts.contiguous(),
+            targets.int().contiguous(),
+            logit_lengths.int().contiguous(),
+            target_lengths.int().contiguous(),
+            blank,
+            "none",
+            0.0,
+            0.0,
+        )
+    finally:
+        torch.set_num_threads(threads)
 
 
 def rnnt_loss(
