@@ -1,11 +1,13 @@
 """.venv/bin/python bench/capacity.py [--hours 190000] [--kept-fraction 0.7] [--label-rtfx 100] [--mfu 0.35] \
-[--from-gpu-bench bench/results/gpu_train_bench.json] [--out bench/results/capacity.json]
+[--mfu-zipformer 0.35] [--from-gpu-bench bench/results/gpu_train_bench.json] \
+[--out bench/results/capacity.json]
 
 Capacity table for the paper's run (arXiv 2502.16142: 190k hours of YouTube audio): GPU-hours and
 wall-clock days on one 8x H100 node for labelling and each training stage, and the storage for
 the raw audio, the shards and the checkpoints.  Pure arithmetic over named assumptions; each one
 is printed under the table with its source: "measured here (command)", "published (where)",
-"config (key)" or "assumed".  Nothing here needs a GPU; it runs in a few seconds.
+"config (key)" or "assumed".  Nothing here needs a GPU; it runs in ~15 s on a CPU (most of it the
+Zipformer-M forward the zipformer row counts).
 
 Inputs (every one a flag; the defaults are the assumptions the table prints):
 
@@ -23,6 +25,12 @@ Inputs (every one a flag; the defaults are the assumptions the table prints):
   (QK^T and AV; 3x forward when back-propagated).  Tokens per audio second: encoder 50 frames/s,
   adapter ``train.downsample_k``:1 -> 25/s into the LLM, text tokens = words/s x tokens/word,
   plus the prompt (chat template) and EOS per segment of the mean length.
+* zipformer (the Zipformer-Transducer baseline, when ``zipformer.enabled``): kept hours x
+  ``zipformer.epochs`` at forward FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` on the
+  model built from ``zipformer.*`` for one segment of ``--segment-s`` with U = segment x words/s x
+  BPE pieces per word tokens (pieces per word measured by training the BPE on ``--bpe-shards``'
+  transcripts), x3 for forward + backward, at ``--mfu-zipformer`` (default: the assumed ``--mfu``;
+  bench/gpu_train_bench.py's MFU is the LLM-ASR's and is not applied to it).
 * ``--from-gpu-bench bench/results/gpu_train_bench.json`` (written by bench/gpu_train_bench.py on a
   lent H100): the stage-3 MFU measured there, recounted with the FLOP rules above from its own
   parameters and frames/positions per second (its printed "6N" MFU over-counts frozen weights),
@@ -38,6 +46,7 @@ Inputs (every one a flag; the defaults are the assumptions the table prints):
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -55,6 +64,9 @@ H100_BF16_DENSE = 989e12  # FLOP/s, NVIDIA H100 SXM datasheet (dense, no sparsit
 PCM16_MB_PER_HOUR = 16000 * 2 * 3600 / 1e6  # 115.2 MB/h: 16 kHz mono 16-bit
 REAL_SPEECH = REPO.parent / "shared" / "data" / "real_speech"
 DEMO_SHARDS = REPO / "runs" / "demo" / "shards" / "index.json"
+# the small profile's shards: full sentences of English text, to measure BPE pieces per word on
+SMALL_SHARDS = REPO / "runs" / "small" / "shards" / "index.json"
+FBANK_FPS = 100  # llmasr/zipformer/features.py: Kaldi fbank, 10 ms frame shift
 KEEP_CHECKPOINTS = 2  # tasks/train_ckpt.py KEEP_CHECKPOINTS
 DS_BYTES_PER_TRAINABLE = 2 + 4 + 8  # bf16 weights + fp32 master + Adam m and v
 
@@ -239,6 +251,56 @@ def flops_per_audio_s(stage: int, m: dict, r: dict) -> float:
     return out
 
 
+def zipformer_sizes(zcfg) -> dict:
+    """The ``ZipformerSizes`` fields of a ``ZipformerConfig`` (as tasks/zipformer_train.py's sizes_for)."""
+    from llmasr.zipformer.model import ZipformerSizes
+
+    values = zcfg.model_dump()
+    return {k: values[k] for k in ZipformerSizes.__dataclass_fields__ if k in values}
+
+
+def zipformer_flops(sizes: dict, audio_s: float, tokens: int) -> dict:
+    """FLOPs of one utterance (``audio_s`` seconds, ``tokens`` BPE pieces) through the Zipformer-Transducer
+    built from ``sizes`` (llmasr.zipformer.model), counted by torch.utils.flop_counter.FlopCounterMode:
+    Conv2d subsampling + encoder + stateless decoder + the joiner over all T' x (U+1) lattice nodes, as
+    the full RNN-T loss needs them (the loss's recursion itself is no matmul and counts nothing).  The
+    model runs in eval mode, so every layer runs (training's random layer bypass would skip some) and no
+    CTC head.  Only the forward is counted: training is 3x it (the model-FLOPs convention), because the
+    counter's backward rule for grouped convolutions multiplies by the group count (a depthwise conv's
+    backward counts ~channels x its forward), and the Zipformer's convolutions are depthwise."""
+    return dict(_zipformer_flops(json.dumps(sizes, sort_keys=True), float(audio_s), int(tokens)))
+
+
+@functools.lru_cache(maxsize=16)  # Zipformer-M takes seconds on a CPU: one count per process and input
+def _zipformer_flops(key: str, audio_s: float, tokens: int) -> tuple:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from llmasr.zipformer.model import ZipformerSizes, ZipformerTransducer, count_parameters
+
+    sizes = ZipformerSizes(**json.loads(key))
+    lattice = []  # the joiner's logits shape (1, T', U+1, V)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = ZipformerTransducer(sizes).eval()
+        model.joiner.register_forward_hook(lambda mod, args, out: lattice.append(tuple(out.shape)))
+        frames = round(audio_s * FBANK_FPS)
+        feats = torch.randn(1, frames, sizes.feature_dim)  # (1, T, 80): values do not change the count
+        targets = torch.randint(1, sizes.vocab_size, (1, tokens))  # (1, U)
+        with torch.no_grad(), FlopCounterMode(display=False) as fwd:
+            model(feats, torch.tensor([frames]), targets, torch.tensor([tokens]))
+    return tuple(
+        {
+            "params": count_parameters(model),
+            "audio_s": audio_s,
+            "fbank_frames": frames,
+            "encoder_frames": lattice[0][1],
+            "tokens": tokens,
+            "forward_flops": fwd.get_total_flops(),
+        }.items()
+    )
+
+
 # --------------------------------------------------------------------------- measurements
 
 
@@ -297,6 +359,35 @@ def measure_shards(index_path: Path) -> dict | None:
         "samples": samples,
         "overhead_bytes": (member_b - flac_b) / samples,
         "json_bytes": json_b / samples,
+    }
+
+
+def measure_bpe(index_path: Path, vocab_size: int) -> dict | None:
+    """BPE pieces per word of the train split's transcripts, by a sentencepiece BPE model of
+    ``vocab_size`` pieces trained on them as the Zipformer's is (llmasr.zipformer.tokens)."""
+    if not index_path.is_file():
+        return None
+    from llmasr.zipformer.tokens import BPE, train_bpe
+
+    texts = []
+    for s in json.loads(index_path.read_text())["shards"]:
+        if s["split"] != "train":
+            continue
+        with tarfile.open(index_path.parent / s["path"]) as tar:
+            texts += [
+                json.load(tar.extractfile(m))["text"] for m in tar.getmembers() if m.name.endswith(".json")
+            ]
+    words = sum(len(t.split()) for t in texts)
+    if not words:
+        return None
+    with tempfile.TemporaryDirectory(prefix="llmasr-capacity-") as tmp:
+        bpe = BPE(train_bpe(texts, Path(tmp, "bpe.model"), vocab_size))
+        pieces = sum(len(bpe.encode(t)) for t in texts)
+    return {
+        "segments": len(texts),
+        "words": words,
+        "pieces_per_word": pieces / words,
+        "vocab": bpe.vocab_size,
     }
 
 
@@ -496,6 +587,7 @@ def compute(args: argparse.Namespace) -> dict:
         "BPE (Qwen, Whisper) on English text (--tokens-per-word)",
     )
     r["text_tps"] = wps * tpw
+    r["words_per_s"] = wps
     pad = a(
         "padding overhead",
         args.padding,
@@ -578,6 +670,13 @@ def compute(args: argparse.Namespace) -> dict:
                 "days": gpu_h / (n_gpus * scale) / 24,
             }
         )
+    zipformer = (
+        zipformer_row(args, cfg, r, a, A, kept_audio_s, pad, peak, n_gpus, scale)
+        if cfg.zipformer.enabled
+        else None
+    )
+    if zipformer:
+        rows.append(zipformer.pop("row"))
     rows.append(
         {
             "row": "total",
@@ -700,8 +799,79 @@ def compute(args: argparse.Namespace) -> dict:
         "rates": r,
         "epochs": epochs,
         "gpu_bench": bench,
+        "zipformer": zipformer,
         "assumptions": [asdict(x) for x in A],
     }
+
+
+def zipformer_row(
+    args, cfg, r: dict, a, A: list, kept_audio_s: float, pad: float, peak: float, n_gpus: int, scale: float
+) -> dict:
+    """The Zipformer-Transducer baseline's training row: forward FLOPs counted on the model built from
+    ``zipformer.*`` for one mean-length segment, x3 for forward + backward, at an assumed MFU."""
+    z = cfg.zipformer
+    bpe = None if args.no_measure else measure_bpe(Path(args.bpe_shards), z.vocab_size)
+    ppw = a(
+        f"BPE pieces per word (zipformer.vocab_size={z.vocab_size})",
+        round(args.pieces_per_word or (bpe and bpe["pieces_per_word"]) or 2.0, 2),
+        "pieces/word",
+        "given" if args.pieces_per_word else "measured here" if bpe else "assumed",
+        "--pieces-per-word"
+        if args.pieces_per_word
+        else (
+            f"`.venv/bin/python bench/capacity.py`: sentencepiece BPE-{bpe['vocab']} trained (as "
+            f"llmasr/zipformer/tokens.py does) on the train transcripts of {_rel(args.bpe_shards)} "
+            f"({bpe['segments']} segments, {bpe['words']:,} words); case and punctuation are pieces too. A "
+            "BPE trained on 133k h of text would merge more (--pieces-per-word, --bpe-shards)"
+        )
+        if bpe
+        else "case and punctuation are pieces too (--pieces-per-word)",
+    )
+    epochs = a("zipformer epochs", z.epochs, "", "config", "zipformer.epochs (the paper: ~50)")
+    tokens = round(r["segment_s"] * r["words_per_s"] * ppw)
+    c = zipformer_flops(zipformer_sizes(z), r["segment_s"], tokens)
+    A.append(
+        Assumption(
+            "Zipformer-Transducer forward FLOPs per segment",
+            f"{c['forward_flops'] / 1e9:,.1f} GFLOP ({c['params'] / 1e6:.1f} M params; "
+            f"{r['segment_s']:g} s = {c['fbank_frames']} fbank frames -> {c['encoder_frames']} encoder "
+            f"frames; U = {tokens} tokens: "
+            f"the joiner over {c['encoder_frames']} x {tokens + 1} lattice nodes x {z.vocab_size} pieces)",
+            "",
+            "measured here",
+            "torch.utils.flop_counter.FlopCounterMode over the forward of llmasr.zipformer.model built from "
+            "zipformer.* (bench/capacity.py zipformer_flops: eval mode, every layer; matmuls and "
+            "convolutions; the loss recursion and element-wise ops uncounted); training = 3x forward",
+        )
+    )
+    mfu = a(
+        "Zipformer MFU" + ("" if args.mfu_zipformer else ", assumed"),
+        args.mfu_zipformer or args.mfu,
+        "",
+        "given" if args.mfu_zipformer else "assumed",
+        "--mfu-zipformer"
+        if args.mfu_zipformer
+        else (
+            "no GPU measurement; the LLM-ASR stages' assumed MFU (--mfu). Its matmuls are 192-512 wide "
+            "and the full loss's log-softmax over T' x (U+1) x vocab is memory-bound, so it may reach "
+            "less (--mfu-zipformer)"
+        ),
+    )
+    fl = 3 * c["forward_flops"] / r["segment_s"] * pad
+    tput = mfu * peak * 1e12 / fl
+    gpu_h = kept_audio_s * epochs / tput / 3600
+    row = {
+        "row": f"zipformer (transducer, {c['params'] / 1e6:.0f} M)",
+        "work_h": kept_audio_s / 3600 * epochs,
+        "per_gpu": f"{tput:,.0f} audio-s/s (MFU {mfu:.2f} assumed; {fl / 1e9:,.1f} GFLOP/audio-s)"
+        if not args.mfu_zipformer
+        else f"{tput:,.0f} audio-s/s (MFU {mfu:.2f}; {fl / 1e9:,.1f} GFLOP/audio-s)",
+        "audio_s_per_s": tput,
+        "gflop_per_audio_s": fl / 1e9,
+        "gpu_hours": gpu_h,
+        "days": gpu_h / (n_gpus * scale) / 24,
+    }
+    return {"row": row, "count": c, "tokens_per_segment": tokens, "epochs": epochs, "mfu": mfu, "bpe": bpe}
 
 
 def _rel(path: str | Path) -> str:
@@ -763,6 +933,11 @@ def render(res: dict) -> str:
             f"({days['labelling (faster-whisper)']:,.1f} days on {n})."
         ),
     ]
+    if res.get("zipformer"):
+        out[-1] += (
+            f" The zipformer row's days assume it trains on all {n}; tasks/zipformer_train.py runs one "
+            f"process (one GPU) today: {n}x those days."
+        )
     return "\n".join(out)
 
 
@@ -791,6 +966,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--from-gpu-bench", default=None, help="bench/gpu_train_bench.py's JSON: its measured MFU"
+    )
+    ap.add_argument(
+        "--mfu-zipformer", type=float, default=None, help="MFU of the Zipformer row (default: --mfu, assumed)"
+    )
+    ap.add_argument(
+        "--pieces-per-word",
+        type=float,
+        default=None,
+        help="BPE pieces per word of the Zipformer's tokens (default: measured on --bpe-shards)",
+    )
+    ap.add_argument(
+        "--bpe-shards", default=str(SMALL_SHARDS), help="shard index whose transcripts the BPE is measured on"
     )
     ap.add_argument("--segment-s", type=float, default=12.0, help="mean kept segment length (s)")
     ap.add_argument("--words-per-s", type=float, default=3.0)

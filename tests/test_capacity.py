@@ -15,7 +15,24 @@ capacity = importlib.util.module_from_spec(_spec)
 sys.modules["capacity"] = capacity  # dataclasses look their module up while the file runs
 _spec.loader.exec_module(capacity)
 
-FIXED = ["--no-measure", "--flac-mb-per-h", "60", "--shard-overhead-bytes", "2000"]
+# the demo profile's tiny Zipformer in place of Zipformer-M (whose forward takes seconds on a CPU)
+TINY_ZIPFORMER = {
+    "downsampling_factor": [1, 2],
+    "num_encoder_layers": [1, 1],
+    "encoder_dim": [64, 96],
+    "encoder_unmasked_dim": [64, 64],
+    "feedforward_dim": [128, 192],
+    "num_heads": [4, 4],
+    "cnn_module_kernel": [15, 15],
+    "query_head_dim": 16,
+    "value_head_dim": 8,
+    "pos_dim": 16,
+    "decoder_dim": 64,
+    "joiner_dim": 64,
+    "vocab_size": 128,
+}
+TINY_SETS = [x for k, v in TINY_ZIPFORMER.items() for x in ("--set", f"zipformer.{k}={json.dumps(v)}")]
+FIXED = ["--no-measure", "--flac-mb-per-h", "60", "--shard-overhead-bytes", "2000", *TINY_SETS]
 
 
 def run(tmp_path: Path, *args: str) -> dict:
@@ -164,6 +181,51 @@ def test_from_gpu_bench(tmp_path):
     decode.write_text(json.dumps({"reps": [], "ratios": {}}))
     with pytest.raises(SystemExit, match="--label-rtfx"):
         capacity.main([*FIXED, "--from-gpu-bench", str(decode)])
+
+
+def tiny_sizes() -> dict:
+    from llmasr.config import load_config
+
+    return capacity.zipformer_sizes(
+        load_config(overrides=[f"zipformer.{k}={json.dumps(v)}" for k, v in TINY_ZIPFORMER.items()]).zipformer
+    )
+
+
+def test_zipformer_flops_counted_on_the_model():
+    sizes = tiny_sizes()
+    ten, more = capacity.zipformer_flops(sizes, 10.0, 20), capacity.zipformer_flops(sizes, 10.0, 30)
+    assert 6e5 < ten["params"] < 7e5  # the demo's 0.67 M model, built from the config
+    assert ten["fbank_frames"] == 1000 and 240 <= ten["encoder_frames"] <= 250  # 100 Hz -> 25 Hz
+    # each token adds a lattice column: the joiner's output layer at every encoder frame, the decoder
+    # projection and the decoder's grouped conv (4 channels per group) once
+    J, V, D, ctx, T = 64, 128, 64, 2, ten["encoder_frames"]
+    per_token = 2 * T * J * V + 2 * D * J + 2 * D * 4 * ctx
+    assert more["forward_flops"] - ten["forward_flops"] == 10 * per_token
+    # twice the audio (same tokens): twice the encoder frames and ~twice the FLOPs (attention is quadratic)
+    twenty = capacity.zipformer_flops(sizes, 20.0, 20)
+    assert twenty["encoder_frames"] == pytest.approx(2 * T, abs=2)
+    assert 1.95 < twenty["forward_flops"] / ten["forward_flops"] < 2.15
+
+
+def test_zipformer_row(tmp_path):
+    res = run(tmp_path, "--hours", "10")
+    z, info = rows(res)["zipformer"], res["zipformer"]
+    tokens = round(12.0 * 3.0 * 2.0)  # mean segment x words/s x BPE pieces/word (assumed under --no-measure)
+    assert info["tokens_per_segment"] == tokens
+    assert info["count"] == capacity.zipformer_flops(tiny_sizes(), 12.0, tokens)
+    fl = 3 * info["count"]["forward_flops"] / 12.0 * 1.05  # forward + backward, padding
+    assert z["gflop_per_audio_s"] * 1e9 == pytest.approx(fl)
+    seconds = 10 * 0.7 * 3600 * info["epochs"]
+    assert z["gpu_hours"] == pytest.approx(fl * seconds / (0.35 * 989e12) / 3600)
+    assert z["days"] == pytest.approx(z["gpu_hours"] / (8 * 0.95) / 24)
+    assert any(a["name"] == "Zipformer MFU, assumed" and a["source"] == "assumed" for a in res["assumptions"])
+    half = run(tmp_path, "--hours", "10", "--mfu-zipformer", "0.175", "--set", "zipformer.epochs=5")
+    assert rows(half)["zipformer"]["gpu_hours"] == pytest.approx(2 * 5 / info["epochs"] * z["gpu_hours"])
+    assert any(a["name"] == "Zipformer MFU" and a["source"] == "given" for a in half["assumptions"])
+    assert rows(half)["stage 1"]["gpu_hours"] == pytest.approx(rows(res)["stage 1"]["gpu_hours"])
+    off = run(tmp_path, "--hours", "10", "--set", "zipformer.enabled=false")
+    assert "zipformer" not in rows(off) and off["zipformer"] is None
+    assert rows(off)["total"]["gpu_hours"] == pytest.approx(rows(res)["total"]["gpu_hours"] - z["gpu_hours"])
 
 
 def test_every_assumption_has_a_source_and_markdown(tmp_path, capsys):
