@@ -54,10 +54,16 @@ class MetricsLog:
     """Rank 0's JSON-lines log (appended) and TensorBoard writer; other ranks write nothing."""
 
     def __init__(
-        self, path: str | Path, tensorboard_dir: str | Path | None, stage: int, active: bool
+        self,
+        path: str | Path,
+        tensorboard_dir: str | Path | None,
+        stage: int | str,
+        active: bool,
+        fields: dict[str, Any] | None = None,
     ) -> None:
         self.active = active
         self.stage = stage
+        self.fields = dict(fields or {})  # written into every record (e.g. the Zipformer's "model")
         self.path = Path(path)
         self.writer = None
         if active:
@@ -73,7 +79,7 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.active:
             return
-        record = {"stage": self.stage, **record, "time": time.time()}
+        record = {**self.fields, "stage": self.stage, **record, "time": time.time()}
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
         if self.writer is not None and "step" in record:

@@ -42,8 +42,10 @@ from llmasr.zipformer.features import LOG_EPS, fbank
 from llmasr.zipformer.model import ZipformerSizes, ZipformerTransducer, count_parameters, set_batch_count
 from llmasr.zipformer.pkg import zipformer_modules
 from llmasr.zipformer.tokens import BPE, train_bpe
+from tasks.decode import torch_device
 from tasks.parts import code_version, fingerprint
 from tasks.train_data import TRAIN, VALIDATION, ShardSpeechDataset, decode_flac, read_split, split_texts
+from tasks.train_log import MetricsLog
 from tasks.zipformer_decode import read_model_json, zipformer_dir
 
 ZIPFORMER_CODE = (
@@ -78,12 +80,6 @@ def sizes_for(cfg: ZipformerConfig, vocab_size: int) -> ZipformerSizes:
     fields = ZipformerSizes.__dataclass_fields__
     values = {k: v for k, v in cfg.model_dump().items() if k in fields}
     return ZipformerSizes(**{**values, "vocab_size": vocab_size})
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 class FbankShardDataset(ShardSpeechDataset):
@@ -134,19 +130,6 @@ def batch_tensors(batch: dict[str, Any], device: str) -> tuple[torch.Tensor, ...
         targets.to(device),
         target_lens.to(device),
     )
-
-
-class Log:
-    """``logs/zipformer.jsonl``: appended record by record (a killed run keeps what it wrote)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, record: dict[str, Any]) -> None:
-        record = {"model": MODEL, "stage": MODEL, **record, "time": time.time()}
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
 
 
 @torch.no_grad()
@@ -207,7 +190,7 @@ def train_zipformer(
         texts = split_texts(read_split(shard_index, TRAIN))
         train_bpe(texts, bpe_path, cfg.vocab_size)
     bpe = BPE(bpe_path)
-    device = resolve_device(cfg.device)
+    device = torch_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     sizes = sizes_for(cfg, bpe.vocab_size)
@@ -222,7 +205,7 @@ def train_zipformer(
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, in_epoch = state["step"], state["epoch"], state["in_epoch"]
         _set_rng_state(state["rng"])
-    log = Log(Path(log_path))
+    log = MetricsLog(log_path, None, stage=MODEL, active=True, fields={"model": MODEL})
     log.write(
         {
             "event": "start",
