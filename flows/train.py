@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 
 from flows import train_artifacts
 from flows.caching import by_key, cache_options
-from llmasr.config import ConfigError, PipelineConfig, load_config
+from llmasr.config import ConfigError, PipelineConfig, cache_settings, load_config
 from llmasr.layout import WorkLayout
 from llmasr.lock import work_dir_lock
 from tasks import checkpoints, launch
@@ -39,48 +39,6 @@ TRAIN_CODE = (
     "llmasr.bundled",
     "llmasr.ct2_whisper",
 )
-# settings that change where or how fast a stage runs, not what it learns
-RUNTIME_KEYS = {
-    "launcher",
-    "nproc_per_node",
-    "hostfile",
-    "node_launcher",
-    "master_addr",
-    "master_port",
-    "num_workers",
-    "log_every",
-    "val_every",
-    "val_max_batches",
-    "ckpt_every",
-    "timeout_s",
-    "merge_lora",
-    "cudnn_attention",
-    "cache_encoder_outputs",
-}
-# settings a stage does not read, so changing one keeps its key: stage 1 trains the encoder under
-# Whisper's own decoder (no LLM, adapter or prompt); stage 2 applies no LoRA
-NOT_READ_BY = {
-    1: {
-        "llm",
-        "tokenizer",
-        "trust_remote_code",
-        "llm_init",
-        "projector",
-        "projector_hidden",
-        "downsample_k",
-        "activation",
-        "adapter_norm",
-        "ctc_compress",
-        "ctc_weight",
-        "ctc_align_steps",
-        "ctc_vocab",
-        "instruction",
-        "lora",
-        "skip_stage1",
-    },
-    2: {"lora"},
-    3: set(),
-}
 
 
 def _sha256(path: Path) -> str:
@@ -131,13 +89,10 @@ def stage_key(cfg: PipelineConfig, layout: WorkLayout, stage: int) -> str:
     code.  A setting only later stages read leaves the earlier stages' keys alone."""
     after_stage1 = stage > 2 or (stage == 2 and not cfg.train.skip_stage1)
     prev = checkpoints.read_stage(checkpoints.stage_dir(layout.root, stage - 1)) if after_stage1 else None
-    settings = cfg.train.model_dump(
-        mode="json", exclude=RUNTIME_KEYS | NOT_READ_BY[stage] | {"stage1", "stage2", "stage3"}
-    )
-    if stage == 3:
-        settings["merge_lora"] = cfg.train.merge_lora  # stage 3's exports depend on it (merged_llm/)
+    # the settings this stage reads, less the runtime ones (both marked in llmasr/config.py)
+    settings = cache_settings(cfg.train, stage)
+    stage_cfg = settings.pop(f"stage{stage}")
     settings["deepspeed_config"] = _deepspeed_settings(cfg.train.deepspeed_config)
-    stage_cfg = getattr(cfg.train, f"stage{stage}").model_dump(mode="json")
     bundled = bundled_folders(settings, stage_cfg)
     return fingerprint(
         "train",

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticUndefined
 
 CONFIG_ENV = "LLMASR_CONFIG"
 CONFIG_NAME = "pipeline_config.yaml"
@@ -62,6 +63,34 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def runtime(default: Any = PydanticUndefined, **kwargs: Any) -> Any:
+    """``Field(default, **kwargs)`` for a runtime-only setting: one that changes where, how fast or
+    how visibly a stage runs (or that only a later stage reads), never what the stage computes.
+    ``cache_settings`` leaves it out of the stage's cache key."""
+    return Field(default, json_schema_extra={"runtime": True}, **kwargs)
+
+
+def for_stages(stages: tuple[int, ...], default: Any = PydanticUndefined, **kwargs: Any) -> Any:
+    """``Field(default, **kwargs)`` for a training setting that only the training ``stages`` read:
+    ``cache_settings(train, stage)`` leaves it out of the other stages' keys."""
+    return Field(default, json_schema_extra={"stages": list(stages)}, **kwargs)
+
+
+def cache_settings(section: BaseModel, stage: int | None = None) -> dict[str, Any]:
+    """``section``'s settings as JSON, for a cache key: without its ``runtime`` fields and, for a
+    training ``stage``, without the ``for_stages`` fields that stage does not read; nested sections
+    likewise."""
+    dumped = section.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for name, info in type(section).model_fields.items():
+        mark = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if mark.get("runtime") or (stage is not None and stage not in mark.get("stages", [stage])):
+            continue
+        value = getattr(section, name)
+        out[name] = cache_settings(value, stage) if isinstance(value, BaseModel) else dumped[name]
+    return out
 
 
 class IngestConfig(_Section):
@@ -147,54 +176,67 @@ class StageConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
 
 
+# the stages that build the LLM-ASR (the adapter, the prompt, the LLM); stage 1 trains the encoder under
+# Whisper's own decoder
+LLM_STAGES = (2, 3)
+
+
 class TrainConfig(_Section):
+    """The three training stages (tasks/train.py). Fields marked ``runtime`` are left out of the stages'
+    cache keys, fields marked ``for_stages`` out of the other stages' keys (``cache_settings``)."""
+
     encoder: str = "openai/whisper-large-v2"
-    llm: str = "Qwen/Qwen2-7B-Instruct"
-    tokenizer: str | None = None
-    trust_remote_code: bool = False
-    projector: Literal["mlp", "linear"] = "mlp"  # the adapter: Linear -> activation -> Linear, or one Linear
-    projector_hidden: int = Field(2048, ge=1)
-    downsample_k: int = Field(2, ge=1)
-    activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
+    llm: str = for_stages(LLM_STAGES, "Qwen/Qwen2-7B-Instruct")
+    tokenizer: str | None = for_stages(LLM_STAGES, None)
+    trust_remote_code: bool = for_stages(LLM_STAGES, False)
+    # the adapter: Linear -> activation -> Linear, or one Linear
+    projector: Literal["mlp", "linear"] = for_stages(LLM_STAGES, "mlp")
+    projector_hidden: int = for_stages(LLM_STAGES, 2048, ge=1)
+    downsample_k: int = for_stages(LLM_STAGES, 2, ge=1)
+    activation: Literal["gelu", "relu", "silu", "tanh"] = for_stages(LLM_STAGES, "gelu")
     trim_padding: bool = True
     # stages 2-3: keep the frozen encoder's outputs in memory (tasks/encoder_cache.py)
-    cache_encoder_outputs: bool = False
-    adapter_norm: bool = False  # adapter outputs scaled to the LLM's mean token-embedding norm
+    cache_encoder_outputs: bool = runtime(False)
+    # adapter outputs scaled to the LLM's mean token-embedding norm
+    adapter_norm: bool = for_stages(LLM_STAGES, False)
     # adapter CTC head over the LLM's token embeddings; the LLM reads non-blank frames only
-    ctc_compress: bool = False
-    ctc_weight: float = Field(0.5, ge=0)  # CTC loss beside the LLM loss in stages 2-3 (with ctc_compress)
-    ctc_align_steps: int = Field(0, ge=0)  # stage 2's first steps: CTC loss only, no LLM forward
+    ctc_compress: bool = for_stages(LLM_STAGES, False)
+    # CTC loss beside the LLM loss in stages 2-3 (with ctc_compress)
+    ctc_weight: float = for_stages(LLM_STAGES, 0.5, ge=0)
+    # stage 2's first steps: CTC loss only, no LLM forward
+    ctc_align_steps: int = for_stages(LLM_STAGES, 0, ge=0)
     # the CTC head spells every LLM token, or only the shards' transcripts' tokens
-    ctc_vocab: Literal["llm", "transcripts"] = "llm"
-    instruction: str = "Transcribe the audio."
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
-    nproc_per_node: int = Field(8, ge=1)
-    hostfile: str | None = None
-    node_launcher: Literal["pdsh", "openmpi", "slurm"] = "pdsh"
-    master_addr: str | None = None
-    master_port: int = Field(29500, ge=1, le=65535)
+    ctc_vocab: Literal["llm", "transcripts"] = for_stages(LLM_STAGES, "llm")
+    instruction: str = for_stages(LLM_STAGES, "Transcribe the audio.")
+    lora: LoraConfig = for_stages((3,), default_factory=LoraConfig)  # stage 2 trains no LoRA
+    launcher: Literal["deepspeed", "torchrun"] = runtime("deepspeed")
+    nproc_per_node: int = runtime(8, ge=1)
+    hostfile: str | None = runtime(None)
+    node_launcher: Literal["pdsh", "openmpi", "slurm"] = runtime("pdsh")
+    master_addr: str | None = runtime(None)
+    master_port: int = runtime(29500, ge=1, le=65535)
     deepspeed_config: str = str(CHECKOUT / "infra/deepspeed/zero2.json")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    cudnn_attention: bool = False
+    cudnn_attention: bool = runtime(False)
     batch_max_audio_s: float = Field(400.0, gt=0)
     max_batch_size: int = Field(64, ge=1)
-    num_workers: int = Field(6, ge=0)
+    num_workers: int = runtime(6, ge=0)
     grad_accum: int = Field(1, ge=1)
     grad_clip: float = Field(1.0, ge=0)
-    log_every: int = Field(10, ge=1)
-    val_every: int = Field(500, ge=1)
-    val_max_batches: int = Field(50, ge=1)
-    ckpt_every: int = Field(1000, ge=1)
-    timeout_s: float = Field(7 * 24 * 3600.0, gt=0)
+    log_every: int = runtime(10, ge=1)
+    val_every: int = runtime(500, ge=1)
+    val_max_batches: int = runtime(50, ge=1)
+    ckpt_every: int = runtime(1000, ge=1)
+    timeout_s: float = runtime(7 * 24 * 3600.0, gt=0)
     seed: int = 0
-    skip_stage1: bool = False  # stages 2-3 on the stock train.encoder; stage 1 is not trained
+    # stages 2-3 on the stock train.encoder; stage 1 is not trained
+    skip_stage1: bool = for_stages(LLM_STAGES, False)
     # random: the LLM's architecture, fresh weights from train.seed
-    llm_init: Literal["pretrained", "random"] = "pretrained"
-    merge_lora: bool = False
-    stage1: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-4))
-    stage2: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-4))
-    stage3: StageConfig = Field(default_factory=lambda: StageConfig(lr=1e-6))
+    llm_init: Literal["pretrained", "random"] = for_stages(LLM_STAGES, "pretrained")
+    merge_lora: bool = for_stages((3,), False)  # stage 3's exports: merged_llm/ besides the adapters
+    stage1: StageConfig = for_stages((1,), default_factory=lambda: StageConfig(lr=1e-4))
+    stage2: StageConfig = for_stages((2,), default_factory=lambda: StageConfig(lr=1e-4))
+    stage3: StageConfig = for_stages((3,), default_factory=lambda: StageConfig(lr=1e-6))
 
     @model_validator(mode="after")
     def _ctc_needs_head(self) -> TrainConfig:
@@ -215,9 +257,11 @@ class TrainConfig(_Section):
 
 class ZipformerConfig(_Section):
     """The Zipformer-Transducer baseline (llmasr/zipformer/, tasks/zipformer_train.py): sizes default
-    to icefall's Zipformer-M; per-stack lists have one entry per encoder stack."""
+    to icefall's Zipformer-M; per-stack lists have one entry per encoder stack. Fields marked
+    ``runtime`` change how a run is watched or decoded, not what it learns: the training key leaves
+    them out."""
 
-    enabled: bool = True
+    enabled: bool = runtime(True)
     downsampling_factor: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 4, 2], min_length=1)
     num_encoder_layers: list[int] = Field(default_factory=lambda: [2, 2, 3, 4, 3, 2], min_length=1)
     encoder_dim: list[int] = Field(default_factory=lambda: [192, 256, 384, 512, 384, 256], min_length=1)
@@ -251,13 +295,13 @@ class ZipformerConfig(_Section):
     lr_warmup_batches: float = Field(500.0, ge=0)
     batch_max_audio_s: float = Field(1000.0, gt=0)
     max_batch_size: int = Field(64, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    log_every: int = Field(50, ge=1)
-    val_every: int = Field(1000, ge=1)
-    val_max_batches: int = Field(50, ge=1)
-    ckpt_every: int = Field(1000, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = runtime("auto")
+    log_every: int = runtime(50, ge=1)
+    val_every: int = runtime(1000, ge=1)
+    val_max_batches: int = runtime(50, ge=1)
+    ckpt_every: int = runtime(1000, ge=1)
     seed: int = 0
-    beam: int = Field(4, ge=1)
+    beam: int = runtime(4, ge=1)  # decoding's, in the evaluate stage
 
     @model_validator(mode="after")
     def _stacks_agree(self) -> ZipformerConfig:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from llmasr.atomic import atomic_path, write_json
-from llmasr.config import ZipformerConfig
+from llmasr.config import ZipformerConfig, cache_settings
 from llmasr.zipformer.features import LOG_EPS, fbank
 from llmasr.zipformer.model import ZipformerSizes, ZipformerTransducer, count_parameters, set_batch_count
 from llmasr.zipformer.pkg import zipformer_modules
@@ -57,8 +57,6 @@ ZIPFORMER_CODE = (
     "llmasr.zipformer.tokens",
     "llmasr.zipformer.pkg",
 )
-# settings that change how a run is watched or decoded, not what it learns
-RUNTIME_KEYS = {"enabled", "device", "log_every", "val_every", "val_max_batches", "ckpt_every", "beam"}
 MODEL = "zipformer"
 
 
@@ -70,7 +68,7 @@ def train_key(shard_index: str | Path, cfg: ZipformerConfig) -> str:
     """What a trained Zipformer depends on: the shard index's content, the settings it learns from,
     and the training code."""
     index = Path(shard_index).read_bytes()
-    settings = cfg.model_dump(mode="json", exclude=RUNTIME_KEYS)
+    settings = cache_settings(cfg)  # without the runtime fields (llmasr/config.py marks them)
     return fingerprint(
         "zipformer", hashlib.sha256(index).hexdigest(), settings, code_version(*ZIPFORMER_CODE)
     )

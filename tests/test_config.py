@@ -8,7 +8,15 @@ import pydantic
 import pytest
 import yaml
 
-from llmasr.config import PATH_KEYS, ConfigError, DemoConfig, PipelineConfig, apply_override, load_config
+from llmasr.config import (
+    PATH_KEYS,
+    ConfigError,
+    DemoConfig,
+    PipelineConfig,
+    apply_override,
+    cache_settings,
+    load_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "pipeline_config.yaml"
@@ -228,6 +236,79 @@ def test_section_hash_changes_with_the_section_only() -> None:
     b = _load(profile="demo", overrides=["filter.min_words=4"])
     assert a.section_hash("segment") == b.section_hash("segment")
     assert a.section_hash("filter") != b.section_hash("filter")
+
+
+# The settings each cache key leaves out, written out: cache_settings reads them from the fields'
+# markers (runtime, for_stages), and these lists pin that a marker added or dropped by mistake changes
+# no key.  A new field a key should leave out goes here and on its field.
+TRAIN_RUNTIME = {
+    "launcher",
+    "nproc_per_node",
+    "hostfile",
+    "node_launcher",
+    "master_addr",
+    "master_port",
+    "num_workers",
+    "log_every",
+    "val_every",
+    "val_max_batches",
+    "ckpt_every",
+    "timeout_s",
+    "cudnn_attention",
+    "cache_encoder_outputs",
+}
+# stage 1 trains the encoder under Whisper's own decoder (no LLM, adapter or prompt); stage 2 applies
+# no LoRA; merge_lora shapes stage 3's exports only
+TRAIN_NOT_READ_BY = {
+    1: {
+        "llm",
+        "tokenizer",
+        "trust_remote_code",
+        "llm_init",
+        "projector",
+        "projector_hidden",
+        "downsample_k",
+        "activation",
+        "adapter_norm",
+        "ctc_compress",
+        "ctc_weight",
+        "ctc_align_steps",
+        "ctc_vocab",
+        "instruction",
+        "lora",
+        "skip_stage1",
+        "merge_lora",
+    },
+    2: {"lora", "merge_lora"},
+    3: set(),
+}
+ZIPFORMER_RUNTIME = {
+    "enabled",
+    "device",
+    "log_every",
+    "val_every",
+    "val_max_batches",
+    "ckpt_every",
+    "beam",
+    "timeout_s",
+}
+
+
+@pytest.mark.parametrize("profile", ["demo", "small", None])
+def test_cache_settings_leave_out_exactly_the_runtime_and_unread_settings(profile: str | None) -> None:
+    """The cache keys' settings (flows.train.stage_key, tasks.zipformer_train.train_key) are the
+    section less the listed keys: the keys of a run stay as they were."""
+    cfg = _load(profile=profile)
+    for stage in (1, 2, 3):
+        settings = cache_settings(cfg.train, stage)
+        stages = {"stage1", "stage2", "stage3"}
+        assert settings.pop(f"stage{stage}") == getattr(cfg.train, f"stage{stage}").model_dump(mode="json")
+        expected = cfg.train.model_dump(
+            mode="json", exclude=TRAIN_RUNTIME | TRAIN_NOT_READ_BY[stage] | stages
+        )
+        assert settings == expected, f"stage {stage}"
+    assert cache_settings(cfg.zipformer) == cfg.zipformer.model_dump(mode="json", exclude=ZIPFORMER_RUNTIME)
+    assert cache_settings(cfg.train) == cfg.train.model_dump(mode="json", exclude=TRAIN_RUNTIME)
 
 
 def test_small_profile_loads_and_validates() -> None:
