@@ -335,6 +335,7 @@ class EvalConfig(_Section):
     stages: list[int] = Field(default_factory=lambda: [1, 2, 3])
     num_beams: int = Field(8, ge=1)
     no_repeat_ngram_size: int = Field(6, ge=0)
+    ctc_weight: float = Field(0.0, ge=0.0, le=1.0)  # LLM-ASR with a CTC head: joint CTC/LLM decoding share
     batch_size: int = Field(8, ge=1)
     merge_lora: bool = True
     cudnn_attention: bool = False

@@ -83,6 +83,7 @@ class DecodeSettings:
 
     num_beams: int = 8
     no_repeat_ngram_size: int = 6
+    ctc_weight: float = 0.0  # LLM-ASR with a CTC head: joint CTC/LLM decoding (llmasr.ctc_prefix)
     batch_size: int = 8
     merge_lora: bool = True  # fold a stage-3 LoRA into the LLM weights in memory before decoding
     cudnn_attention: bool = False  # llmasr.model.allow_cudnn_attention (process-wide, set at load)
@@ -337,6 +338,7 @@ class LLMASRSystem(System):
                 s.max_new_tokens,
             ],
             "merge_lora": s.merge_lora,
+            **({"ctc_weight": s.ctc_weight} if s.ctc_weight else {}),  # only when on
         }
 
     def load(self) -> None:
@@ -385,6 +387,7 @@ class LLMASRSystem(System):
             max_new_tokens=bounds,  # one per piece: each row ends at its own bound (RowBound)
             num_beams=self.settings.num_beams,
             no_repeat_ngram_size=self.settings.no_repeat_ngram_size,
+            ctc_weight=self.settings.ctc_weight,
         )  # (B, N) new tokens only, N <= max(bounds) + 1
         stop = {model.eos_id, model.pad_id}
         rows = []

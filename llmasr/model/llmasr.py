@@ -289,6 +289,7 @@ class LLMASR(nn.Module):
         max_new_tokens: int | Sequence[int] = 128,
         num_beams: int = 1,
         no_repeat_ngram_size: int = 0,
+        ctc_weight: float = 0.0,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """New token ids (B, N), EOS/pad included (or HF's generate output object when
@@ -299,10 +300,12 @@ class LLMASR(nn.Module):
         forced after ``bound_i`` tokens), so N <= max(bound) + 1.  The generation configuration is
         complete and ours (``llmasr.generation.explicit_config``): nothing comes from the LLM
         checkpoint's ``generation_config.json``.  ``generate_kwargs`` (benches: ``min_new_tokens``,
-        ``suppress_tokens``, ``output_scores``, ...) are applied on top of it.
+        ``suppress_tokens``, ``output_scores``, ...) are applied on top of it.  ``ctc_weight`` > 0:
+        joint decoding with the projector's CTC head (``llmasr.ctc_prefix``; needs a CTC head).
         """
         from transformers import LogitsProcessorList
 
+        from llmasr.ctc_prefix import CTCPrefixScorer, token_classes
         from llmasr.generation import checkpoint_defaults_off, explicit_config, generate_kwargs_for
 
         batch = input_features.shape[0]
@@ -321,12 +324,25 @@ class LLMASR(nn.Module):
             eos_token_id=self.eos_id,
             pad_token_id=self.pad_id,
         )
-        processors = LogitsProcessorList([*generate_kwargs.pop("logits_processor", []), row_bound])
+        if ctc_weight and not self.projector.ctc:
+            raise ValueError(
+                f"eval.ctc_weight={ctc_weight} needs a projector with a CTC head (trained with "
+                "train.ctc_compress: true); set eval.ctc_weight: 0 for this checkpoint"
+            )
+        processors = LogitsProcessorList(generate_kwargs.pop("logits_processor", []))
         model_kwargs = config.update(**generate_kwargs)  # settings the caller adds; the rest go to forward
         was_training = self.training
         self.eval()
         try:
-            speech, speech_lengths = self.speech_embeds(input_features, feature_lengths)
+            speech, speech_lengths, ctc = self._speech(input_features, feature_lengths)
+            if ctc_weight:
+                logits, frames = ctc  # (B, S, V' + 1), (B,)
+                vocab = self.llm.get_input_embeddings().num_embeddings
+                classes = token_classes(self.projector.ctc_tokens, vocab, logits.device)  # (V,)
+                processors.append(
+                    CTCPrefixScorer(logits.float().log_softmax(-1), frames, classes, self.eos_id, ctc_weight)
+                )
+            processors.append(row_bound)  # last: nothing re-opens a row past its bound
             embeds, attention_mask, _ = self._assemble(speech, speech_lengths, None, left_pad=True)
             with warnings.catch_warnings(), checkpoint_defaults_off(self.llm):
                 # no_repeat_ngram_size with inputs_embeds only looks at new tokens: what we want.
