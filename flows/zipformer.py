@@ -4,7 +4,9 @@ LLM-ASR), cached like the LLM-ASR stages; evaluation then scores it as the ``zip
     llmasr run --profile demo                  # the pipeline runs it after the data flow (zipformer.enabled)
     .venv/bin/python -c "from flows.zipformer import zipformer_flow; zipformer_flow(profile='demo')"
 
-Writes ``<work_dir>/checkpoints/zipformer/`` (tasks/zipformer_train.py), ``logs/zipformer.jsonl``,
+Training runs under torchrun (``zipformer.nproc_per_node`` processes; tasks/zipformer_train.py
+``launch_zipformer``).  Writes ``<work_dir>/checkpoints/zipformer/``, ``logs/zipformer.jsonl`` (metrics),
+``logs/zipformer.log`` (the launcher's output),
 ``reports/zipformer_loss.png`` and the Prefect artifact ``zipformer-loss``.
 """
 
@@ -27,15 +29,20 @@ from llmasr.lock import work_dir_lock
 
 @task(name="train-zipformer", cache_key_fn=by_key, persist_result=True)
 def train_zipformer_task(work_dir: str, cfg: ZipformerConfig, key: str) -> dict[str, Any]:
-    """Train (or resume) the Zipformer-Transducer in this process; returns its model.json record."""
-    from tasks.zipformer_decode import zipformer_dir
-    from tasks.zipformer_train import log_file, train_zipformer
+    """Train (or resume) the Zipformer-Transducer: tasks/zipformer_train.py launched under torchrun
+    with ``zipformer.nproc_per_node`` processes, like the LLM-ASR stages; returns its model.json record."""
+    from tasks.zipformer_decode import read_model_json, zipformer_dir
+    from tasks.zipformer_train import launch_zipformer
 
-    layout = WorkLayout(Path(work_dir))
-    record = train_zipformer(layout.shard_index, zipformer_dir(layout.root), log_file(layout.root), cfg)
+    logger = get_run_logger()
+    done = read_model_json(zipformer_dir(work_dir))
+    if done is not None and done.get("key") == key:
+        logger.info("zipformer already trained for this key; nothing to do")
+        return done
+    record = launch_zipformer(work_dir, cfg, on_line=lambda line: logger.info("[zipformer] %s", line))
     if record.get("key") != key:
         raise RuntimeError(f"zipformer trained under key {record.get('key')}, the flow expected {key}")
-    get_run_logger().info(
+    logger.info(
         "zipformer: %d steps, final loss %s, val loss %s",
         record["steps"],
         record["final_loss"],
@@ -83,7 +90,7 @@ def zipformer_flow(
         config_file: another pipeline_config.yaml.
     """
     from tasks.zipformer_decode import decode_beam, zipformer_dir
-    from tasks.zipformer_train import train_key
+    from tasks.zipformer_train import launch_problem, train_key
 
     cfg = load_config(profile, overrides, config_file, work_dir=work_dir)
     if not cfg.zipformer.enabled:
@@ -93,6 +100,9 @@ def zipformer_flow(
         raise ConfigError(
             f"no shard index at {layout.shard_index}: run `llmasr data` for this work_dir first"
         )
+    problem = launch_problem(cfg.zipformer)
+    if problem:
+        raise ConfigError(problem)
     with work_dir_lock(layout.root, cfg.runner.lock_wait_s, what="llmasr-zipformer"):
         task_ = train_zipformer_task.with_options(**cache_options(layout))
         record = task_(str(layout.root), cfg.zipformer, key=train_key(layout.shard_index, cfg.zipformer))

@@ -303,6 +303,11 @@ class ZipformerConfig(_Section):
     seed: int = 0
     beam: int = runtime(4, ge=1)  # decoding's, in the evaluate stage
 
+    # training processes torchrun starts on this node (one per GPU with device cuda): the global batch
+    # is this many ranks' batches, so it changes what is learned (it is part of the cache key)
+    nproc_per_node: int = Field(1, ge=1)
+    timeout_s: float = runtime(7 * 24 * 3600.0, gt=0)  # the launcher kills training after this long
+
     @model_validator(mode="after")
     def _stacks_agree(self) -> ZipformerConfig:
         stacks = len(self.downsampling_factor)

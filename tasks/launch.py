@@ -66,9 +66,11 @@ def _train_dict(train: Any) -> dict[str, Any]:
     return train.model_dump(mode="json") if hasattr(train, "model_dump") else dict(train)
 
 
-def launch_command(run_json: str | Path, train: Any, python: str | None = None) -> list[str]:
-    """The command line that runs ``tasks.train`` on ``run_json`` with ``train.launcher``
-    (``train``: a TrainConfig or its dict)."""
+def launch_command(
+    run_json: str | Path, train: Any, python: str | None = None, module: str = "tasks.train"
+) -> list[str]:
+    """The command line that runs ``module`` (``tasks.train``, or ``tasks.zipformer_train``) on
+    ``run_json`` with ``train.launcher`` (``train``: a TrainConfig or its dict)."""
     t = _train_dict(train)
     n = int(t.get("nproc_per_node", 1))
     py = python or sys.executable
@@ -81,7 +83,7 @@ def launch_command(run_json: str | Path, train: Any, python: str | None = None) 
             "--nproc_per_node",
             str(n),
             "-m",
-            "tasks.train",
+            module,
             str(run_json),
         ]
     cmd = [py, "-m", "deepspeed.launcher.runner", "--master_port", str(t.get("master_port", 29500))]
@@ -96,7 +98,7 @@ def launch_command(run_json: str | Path, train: Any, python: str | None = None) 
             cmd += ["--master_addr", str(t["master_addr"])]
     else:
         cmd += ["--num_gpus", str(n)]
-    return cmd + ["--module", "tasks.train", str(run_json)]
+    return cmd + ["--module", module, str(run_json)]
 
 
 def launch_env(train: Any = None, gpu: bool | None = None) -> dict[str, str]:
@@ -234,10 +236,12 @@ def run_process(
     timeout_s: float,
     on_line: Callable[[str], None] | None = None,
     cwd: Path | None = None,
+    timeout_key: str = "train.timeout_s",
 ) -> None:
     """Run ``cmd`` in a new process group, tee its output to ``log_path`` and ``on_line``.
 
-    Raises TrainingProcessError on a non-zero exit or after ``timeout_s`` (the group is killed).
+    Raises TrainingProcessError on a non-zero exit or after ``timeout_s`` (the group is killed;
+    the message names the setting, ``timeout_key``).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -280,7 +284,7 @@ def run_process(
             reader.join(timeout=10)
     if timed_out:
         raise TrainingProcessError(
-            f"training exceeded train.timeout_s={timeout_s:.0f} s and was killed; last lines:\n"
+            f"training exceeded {timeout_key}={timeout_s:.0f} s and was killed; last lines:\n"
             + "\n".join(tail)
         )
     if proc.returncode != 0:
@@ -304,3 +308,20 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+
+
+def die_with_launcher() -> None:
+    """Linux: get SIGKILL when the launcher process dies.  torchrun starts each worker in a session
+    of its own, so killing the launcher's process group (a timeout, a cancelled flow run) would
+    otherwise leave the workers training on; this way a killed launcher takes them with it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no glibc: nothing to do
+        return
+    if os.getppid() == 1:  # the launcher died before prctl
+        os._exit(1)

@@ -62,6 +62,7 @@ from typing import Any
 
 from tasks.export import clear_stage, export_stage, stage_model_config, trained_fp32
 from tasks.flops import step_flops
+from tasks.launch import die_with_launcher
 from tasks.run_file import (
     RunConfig,
     TrainConfigError,
@@ -104,24 +105,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _die_with_launcher() -> None:
-    """Linux: get SIGKILL when the launcher process dies.  torchrun starts each worker in a session
-    of its own, so killing the launcher's process group (a timeout, a cancelled flow run) would
-    otherwise leave the workers training on; this way a killed launcher takes them with it."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # no glibc: nothing to do
-        return
-    if os.getppid() == 1:  # the launcher died before prctl
-        os._exit(1)
 
 
 def _single_process_env() -> None:
@@ -672,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     if args.local_rank is not None or "TORCHELASTIC_RUN_ID" in os.environ:
-        _die_with_launcher()
+        die_with_launcher()
     logging.basicConfig(
         level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -1,7 +1,9 @@
 """Train the Zipformer-Transducer baseline on the run's shards (the same train/validation split as the
-LLM-ASR), with checkpoints and resume.
+LLM-ASR), with checkpoints and resume, in one process or data-parallel under torchrun.
 
     .venv/bin/python -m tasks.zipformer_train --profile demo [--work-dir runs/demo] [--set zipformer.epochs=2]
+    .venv/bin/python -m torch.distributed.run --standalone --nproc_per_node 2 -m tasks.zipformer_train \
+        runs/demo/logs/zipformer.run.json                         # what the flow runs (launch_zipformer)
 
 Reads ``<work_dir>/shards/index.json``; writes ``<work_dir>/checkpoints/zipformer/``:
 ``bpe.model`` (sentencepiece BPE trained on the train split's transcripts), ``ckpt/last.pt`` (the
@@ -13,11 +15,21 @@ shaped as ``logs/train.jsonl``'s records, each with ``"model": "zipformer"``: ``
 training ``loss`` (RNN-T loss per token) with ``lr``, ``samples_per_s``, ``audio_s_per_s`` every
 ``log_every`` steps, ``val_loss`` every ``val_every`` steps and at the end.
 
-A killed run resumes from ``ckpt/last.pt`` when its key (shards, settings, code) is the same: the step
-count continues and the batches already trained on in that epoch are skipped without being decoded
-(``tasks.train_data``: the batch order is a function of the seed and epoch).  One CPU process or one
-GPU (``zipformer.device``); the model, the recipe (ScaledAdam + Eden, icefall's) and the loss are in
-``llmasr/zipformer/``.
+A killed run resumes from ``ckpt/last.pt`` when its key (shards, settings, code, world size) is the
+same: the step count continues and the batches already trained on in that epoch are skipped without
+being decoded (``tasks.train_data``: the batch order is a function of the seed, epoch and rank).
+
+Processes.  ``launch_zipformer`` (the flow's task) writes ``logs/zipformer.run.json`` and runs this
+module under torchrun with ``zipformer.nproc_per_node`` processes through ``tasks.launch`` (its own
+process group, ``zipformer.timeout_s``, output in ``logs/zipformer.log``, ``TrainingProcessError`` with
+the log's tail).  With more than one, the ranks train one DDP model (gloo on the CPU, nccl with one GPU
+each): each reads its own share of the split's shards (``ShardSpeechDataset``'s rank rule, so the
+global batches are a function of the seed, epoch and world size), every rank stops an epoch when one
+runs out (``synced``), and the loss is normalised by the tokens of all ranks' batches, so a step is
+one batch of world-size x a rank's batch.  Rank 0 alone validates and writes the BPE model,
+checkpoints (with every rank's RNG state), the metrics log and ``model.json``.  Without a launcher
+this module trains in its own process (``zipformer.nproc_per_node`` 1) or starts the launcher.
+The model, the recipe (ScaledAdam + Eden, icefall's) and the loss are in ``llmasr/zipformer/``.
 """
 
 from __future__ import annotations
@@ -30,21 +42,33 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record as elastic_record
 
 from llmasr.atomic import atomic_path, write_json
-from llmasr.config import ZipformerConfig, cache_settings
+from llmasr.config import ConfigError, ZipformerConfig, cache_settings
 from llmasr.zipformer.features import LOG_EPS, fbank
 from llmasr.zipformer.model import ZipformerSizes, ZipformerTransducer, count_parameters, set_batch_count
 from llmasr.zipformer.pkg import zipformer_modules
 from llmasr.zipformer.tokens import BPE, train_bpe
 from tasks.decode import torch_device
+from tasks.launch import REPO, TrainingProcessError, die_with_launcher, launch_command, run_process, stage_env
 from tasks.parts import code_version, fingerprint
-from tasks.train_data import TRAIN, VALIDATION, ShardSpeechDataset, decode_flac, read_split, split_texts
+from tasks.train_data import (
+    TRAIN,
+    VALIDATION,
+    ShardSpeechDataset,
+    decode_flac,
+    read_split,
+    split_texts,
+    synced,
+)
 from tasks.train_log import MetricsLog
 from tasks.zipformer_decode import read_model_json, zipformer_dir
 
@@ -65,8 +89,8 @@ def log_file(work_dir: str | Path) -> Path:
 
 
 def train_key(shard_index: str | Path, cfg: ZipformerConfig) -> str:
-    """What a trained Zipformer depends on: the shard index's content, the settings it learns from,
-    and the training code."""
+    """What a trained Zipformer depends on: the shard index's content, the settings it learns from
+    (the world size, ``nproc_per_node``, among them: it sets the global batch), and the training code."""
     index = Path(shard_index).read_bytes()
     settings = cache_settings(cfg)  # without the runtime fields (llmasr/config.py marks them)
     return fingerprint(
@@ -94,13 +118,24 @@ class FbankShardDataset(ShardSpeechDataset):
 
 
 def make_dataset(
-    shard_index: Path, split: str, cfg: ZipformerConfig, bpe: BPE, epoch: int, shuffle: bool, skip: int = 0
+    shard_index: Path,
+    split: str,
+    cfg: ZipformerConfig,
+    bpe: BPE,
+    epoch: int,
+    shuffle: bool,
+    skip: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> FbankShardDataset:
+    """One rank's batches of ``split`` in ``epoch``, the first ``skip`` left out undecoded."""
     return FbankShardDataset(
         shard_index,
         split,
         n_mels=80,
         targets=bpe,
+        rank=rank,
+        world_size=world_size,
         batch_max_audio_s=cfg.batch_max_audio_s,
         max_batch_size=cfg.max_batch_size,
         shuffle=shuffle,
@@ -166,29 +201,69 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def _dist() -> tuple[int, int]:
+    """(rank, world size) of the process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: str) -> None:
+    """Join torchrun's process group when it started more than one process: nccl with this rank's
+    GPU (``LOCAL_RANK``) for ``device`` cuda, else gloo."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    if torch_device(device) == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def _barrier() -> None:
+    if _dist()[1] > 1:
+        dist.barrier()
+
+
+def _sum_all(values: list[float], device: str) -> list[float]:
+    """``values`` summed over the ranks (float64); themselves without a process group."""
+    if _dist()[1] == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def train_zipformer(
     shard_index: str | Path, out_dir: str | Path, log_path: str | Path, cfg: ZipformerConfig
 ) -> dict:
-    """Train (or resume, or find already trained) the Zipformer-Transducer; returns model.json's record."""
+    """Train (or resume, or find already trained) the Zipformer-Transducer on this process's rank of
+    the process group (the whole job without one); returns model.json's record."""
     shard_index, out_dir = Path(shard_index), Path(out_dir)
+    rank, world = _dist()
+    device = torch_device(cfg.device)
+    if device == "cuda" and world > 1:
+        device = f"cuda:{torch.cuda.current_device()}"
+    cfg = cfg.model_copy(update={"nproc_per_node": world})  # the key names the world size it ran with
     key = train_key(shard_index, cfg)
     done = read_model_json(out_dir)
     if done is not None and done.get("key") == key:
         return done
-    if done is not None:  # another key: a new model replaces it
-        (out_dir / "model.json").unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "ckpt" / "last.pt"
-    state = torch.load(ckpt_path, weights_only=False) if ckpt_path.is_file() else None
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.is_file() else None
     if state is not None and state.get("key") != key:
-        state = None  # made for other shards, settings or code: start over
+        state = None  # made for other shards, settings, code or world size: start over
 
     bpe_path = out_dir / "bpe.model"
-    if state is None:
-        texts = split_texts(read_split(shard_index, TRAIN))
-        train_bpe(texts, bpe_path, cfg.vocab_size)
+    if rank == 0:
+        if done is not None:  # another key: a new model replaces it
+            (out_dir / "model.json").unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if state is None:
+            texts = split_texts(read_split(shard_index, TRAIN))
+            train_bpe(texts, bpe_path, cfg.vocab_size)
+    _barrier()  # the BPE model is written
     bpe = BPE(bpe_path)
-    device = torch_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     sizes = sizes_for(cfg, bpe.vocab_size)
@@ -202,8 +277,16 @@ def train_zipformer(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, in_epoch = state["step"], state["epoch"], state["in_epoch"]
-        _set_rng_state(state["rng"])
-    log = MetricsLog(log_path, None, stage=MODEL, active=True, fields={"model": MODEL})
+        _set_rng_state(state["rng"][rank])
+    # DDP averages the gradients after backward; the encoder's layer bypass and the balancers leave
+    # some parameters without a gradient in a step, hence find_unused_parameters (icefall's setting)
+    net: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        index = [torch.device(device).index] if device.startswith("cuda") else None
+        net = DistributedDataParallel(model, device_ids=index, find_unused_parameters=True)
+    log = MetricsLog(log_path, None, stage=MODEL, active=rank == 0, fields={"model": MODEL})
     log.write(
         {
             "event": "start",
@@ -213,37 +296,58 @@ def train_zipformer(
             "params": count_parameters(model),
             "vocab_size": bpe.vocab_size,
             "device": device,
+            "world_size": world,
             "key": key,
         }
     )
 
     def checkpoint() -> None:
-        _save_state(
-            ckpt_path,
-            {
-                "key": key,
-                "step": step,
-                "epoch": epoch,
-                "in_epoch": in_epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(),
-            },
+        rngs: list[Any] = [None] * world
+        if world > 1:
+            dist.all_gather_object(rngs, _rng_state())
+        else:
+            rngs[0] = _rng_state()
+        if rank == 0:
+            _save_state(
+                ckpt_path,
+                {
+                    "key": key,
+                    "step": step,
+                    "epoch": epoch,
+                    "in_epoch": in_epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rngs,  # one per rank
+                },
+            )
+
+    def window_record() -> dict[str, float]:
+        """The window's loss per token and throughput over all ranks."""
+        loss, tokens, samples, audio_s = _sum_all(
+            [window["loss"], window["tokens"], window["samples"], window["audio_s"]], device
         )
+        seconds = max(time.perf_counter() - window["t0"], 1e-9)
+        return {"loss": loss / tokens, "samples_per_s": samples / seconds, "audio_s_per_s": audio_s / seconds}
 
     model.train()
     window = {"loss": 0.0, "tokens": 0, "samples": 0, "audio_s": 0.0, "t0": time.perf_counter()}
-    samples_total, last_loss, val = 0, None, {}
+    last_loss, val = None, {}
     finished = False
     while epoch < cfg.epochs and not finished:
         scheduler.step_epoch(epoch)
-        for batch in make_dataset(shard_index, TRAIN, cfg, bpe, epoch, shuffle=True, skip=in_epoch):
+        batches = make_dataset(
+            shard_index, TRAIN, cfg, bpe, epoch, shuffle=True, skip=in_epoch, rank=rank, world_size=world
+        )
+        for batch in synced(batches, device):
             feats, feat_lens, targets, target_lens = batch_tensors(batch, device)
             set_batch_count(model, step * cfg.schedule_scale)
-            losses = model(feats, feat_lens, targets, target_lens)  # (B,) per utterance
+            losses = net(feats, feat_lens, targets, target_lens)  # (B,) per utterance
             n_tokens = max(int(target_lens.sum()), 1)
-            (losses.sum() / n_tokens).backward()
+            # normalised by every rank's tokens: DDP's mean of the ranks' gradients is then the
+            # gradient of the loss per token of the global batch
+            all_tokens = _sum_all([float(n_tokens)], device)[0] if world > 1 else n_tokens
+            (losses.sum() * world / all_tokens).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -253,22 +357,12 @@ def train_zipformer(
             window["tokens"] += n_tokens
             window["samples"] += len(batch["keys"])
             window["audio_s"] += batch["audio_s"]
-            samples_total += len(batch["keys"])
             if step % cfg.log_every == 0:
-                seconds = max(time.perf_counter() - window["t0"], 1e-9)
-                last_loss = window["loss"] / window["tokens"]
-                log.write(
-                    {
-                        "step": step,
-                        "epoch": epoch,
-                        "loss": last_loss,
-                        "lr": scheduler.get_last_lr()[0],
-                        "samples_per_s": window["samples"] / seconds,
-                        "audio_s_per_s": window["audio_s"] / seconds,
-                    }
-                )
+                rec = window_record()
+                last_loss = rec["loss"]
+                log.write({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **rec})
                 window = {"loss": 0.0, "tokens": 0, "samples": 0, "audio_s": 0.0, "t0": time.perf_counter()}
-            if step % cfg.val_every == 0:
+            if step % cfg.val_every == 0 and rank == 0:
                 val = validate(model, shard_index, cfg, bpe, device)
                 if val:
                     log.write({"step": step, "epoch": epoch, **val})
@@ -280,9 +374,15 @@ def train_zipformer(
         if not finished:
             epoch += 1
             in_epoch = 0
-    if window["tokens"]:
-        last_loss = window["loss"] / window["tokens"]
+    if _sum_all([float(window["tokens"])], device)[0]:
+        last_loss = window_record()["loss"]
         log.write({"step": step, "epoch": epoch, "loss": last_loss, "lr": scheduler.get_last_lr()[0]})
+    if rank != 0:
+        _barrier()  # rank 0 writes the model
+        record = read_model_json(out_dir)
+        if record is None or record.get("key") != key:
+            raise RuntimeError(f"rank {rank}: rank 0 wrote no {out_dir / 'model.json'} for key {key}")
+        return record
     val = validate(model, shard_index, cfg, bpe, device)
     if val:
         log.write({"step": step, "epoch": epoch, **val})
@@ -297,6 +397,7 @@ def train_zipformer(
         "weights": "model.pt",
         "steps": step,
         "epochs": epoch,
+        "world_size": world,
         "final_loss": last_loss,
         **val,
     }
@@ -305,6 +406,7 @@ def train_zipformer(
     )
     write_json(out_dir / "model.json", record)
     shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
+    _barrier()
     return record
 
 
@@ -319,25 +421,99 @@ def load_zipformer(folder: str | Path, device: str = "cpu") -> tuple[ZipformerTr
     return model.to(device).eval(), BPE(folder / record["bpe"])
 
 
+def run_file(work_dir: str | Path) -> Path:
+    """The run file the ranks read: the work dir and the ``zipformer`` settings."""
+    return Path(work_dir) / "logs" / "zipformer.run.json"
+
+
+def launch_problem(cfg: ZipformerConfig) -> str | None:
+    """What keeps ``cfg`` from launching here, as an error naming the key; None when fine."""
+    if torch_device(cfg.device) == "cuda" and cfg.nproc_per_node > torch.cuda.device_count():
+        return (
+            f"zipformer.nproc_per_node={cfg.nproc_per_node}: this node has {torch.cuda.device_count()} "
+            "GPU(s) and each process takes one (zipformer.device cuda)"
+        )
+    return None
+
+
+def launch_spec(work_dir: str | Path, cfg: ZipformerConfig) -> tuple[list[str], dict[str, str], Path]:
+    """The launcher's command line, environment and log file (``logs/zipformer.log``) that train
+    ``work_dir``'s Zipformer with ``cfg`` under torchrun, ``cfg.nproc_per_node`` processes; writes the
+    run file they read."""
+    work_dir = Path(work_dir).resolve()
+    run_json = write_json(
+        run_file(work_dir), {"work_dir": str(work_dir), "zipformer": cfg.model_dump(mode="json")}
+    )
+    launcher = {"launcher": "torchrun", "nproc_per_node": cfg.nproc_per_node}
+    log_path = work_dir / "logs" / "zipformer.log"
+    env = stage_env(launcher, log_path, gpu=torch_device(cfg.device) == "cuda")
+    return launch_command(run_json, launcher, module="tasks.zipformer_train"), env, log_path
+
+
+def launch_zipformer(
+    work_dir: str | Path, cfg: ZipformerConfig, on_line: Callable[[str], None] | None = None
+) -> dict:
+    """Train ``work_dir``'s Zipformer as the flow does: ``launch_spec``'s command in its own process
+    group, its output teed to ``logs/zipformer.log`` and ``on_line``, killed after ``cfg.timeout_s``;
+    returns model.json's record.  Raises ConfigError (``launch_problem``) before starting anything,
+    TrainingProcessError (with the log's tail) when a rank fails or time runs out."""
+    problem = launch_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
+    cmd, env, log_path = launch_spec(work_dir, cfg)
+    run_process(
+        cmd, env, log_path, cfg.timeout_s, on_line=on_line, cwd=REPO, timeout_key="zipformer.timeout_s"
+    )
+    record = read_model_json(zipformer_dir(work_dir))
+    if record is None:
+        raise TrainingProcessError(
+            f"the zipformer training exited 0 but wrote no {zipformer_dir(work_dir) / 'model.json'}"
+        )
+    return record
+
+
+# under torchrun, a failing rank's traceback goes into the launcher's summary (its last lines, which
+# TrainingProcessError quotes), not only into the log above the other ranks' errors
+@elastic_record
 def main(argv: list[str] | None = None) -> int:
+    """``python -m tasks.zipformer_train [RUN_JSON | --profile ... --work-dir ... --set ...]``: under
+    torchrun, one rank; else the whole training, in this process (one process) or under the launcher
+    (``zipformer.nproc_per_node`` > 1)."""
     from llmasr.config import load_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "run_json", nargs="?", help="a run file (logs/zipformer.run.json, as launch_zipformer writes)"
+    )
     ap.add_argument("--work-dir")
     ap.add_argument("--profile")
     ap.add_argument("--config-file")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args(argv)
-    top = {"work_dir": args.work_dir} if args.work_dir else {}
-    cfg = load_config(profile=args.profile, overrides=args.overrides, config_file=args.config_file, **top)
+    if args.run_json:
+        run = json.loads(Path(args.run_json).read_text(encoding="utf-8"))
+        work_dir, cfg = Path(run["work_dir"]), ZipformerConfig(**run["zipformer"])
+    else:
+        top = {"work_dir": args.work_dir} if args.work_dir else {}
+        pipeline = load_config(
+            profile=args.profile, overrides=args.overrides, config_file=args.config_file, **top
+        )
+        work_dir, cfg = Path(pipeline.work_dir), pipeline.zipformer
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        die_with_launcher()
+    elif cfg.nproc_per_node > 1:
+        record = launch_zipformer(work_dir, cfg, on_line=print)
+        print(json.dumps({k: v for k, v in record.items() if k != "sizes"}, sort_keys=True))
+        return 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads())
+    init_distributed(cfg.device)
     record = train_zipformer(
-        Path(cfg.work_dir) / "shards" / "index.json",
-        zipformer_dir(cfg.work_dir),
-        log_file(cfg.work_dir),
-        cfg.zipformer,
+        work_dir / "shards" / "index.json", zipformer_dir(work_dir), log_file(work_dir), cfg
     )
-    print(json.dumps({k: v for k, v in record.items() if k != "sizes"}, sort_keys=True))
+    if _dist()[0] == 0:
+        print(json.dumps({k: v for k, v in record.items() if k != "sizes"}, sort_keys=True))
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return 0
 
 

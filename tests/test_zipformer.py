@@ -1,6 +1,7 @@
 """The Zipformer-Transducer baseline on real espeak-ng shards: a tiny model trained by
 tasks/zipformer_train.py memorises a small set (its loss falls, modified beam search reproduces the
-transcripts), a SIGKILLed training resumes with its step count, and evaluation scores it as the
+transcripts), a SIGKILLed training resumes with its step count, 2 data-parallel processes under
+torchrun train, resume and fail as the launcher promises, and evaluation scores it as the
 ``zipformer`` system beside the others.
 
     .venv/bin/pytest tests/test_zipformer.py
@@ -8,12 +9,14 @@ transcripts), a SIGKILLed training resumes with its step count, and evaluation s
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -25,8 +28,9 @@ from llmasr.config import ZipformerConfig, load_config
 from llmasr.layout import WorkLayout
 from llmasr.text import normalize
 from tasks.decode import DecodeSettings
+from tasks.launch import TrainingProcessError
 from tasks.zipformer_decode import ZipformerSystem, read_model_json, zipformer_dir
-from tasks.zipformer_train import log_file, train_zipformer
+from tasks.zipformer_train import launch_spec, launch_zipformer, load_zipformer, log_file, train_zipformer
 from test_train_data import VALIDATION_SENTENCES, make_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,3 +206,68 @@ def test_the_flow_trains_once_and_publishes_the_loss_curve(prefect_harness, shar
     assert [r.get("event") for r in records(work)].count("start") == 1
     assert json.loads((folder / "decode.json").read_text()) == {"beam": 3}
     assert zipformer_flow(profile="demo", work_dir=str(work), overrides=["zipformer.enabled=false"]) is None
+
+
+def two_process_config(**kw) -> ZipformerConfig:
+    """The tiny Zipformer on 2 CPU processes (gloo), one utterance per rank and step: 2 steps an
+    epoch on LEARN's 2 training shards, one shard per rank."""
+    return tiny_config(nproc_per_node=2, device="cpu", log_every=1, **kw)
+
+
+def test_two_processes_train_resume_after_a_kill_and_load(shards, tmp_path):
+    """torchrun with 2 gloo ranks, as the flow launches it: the launcher's process group SIGKILLed
+    after a checkpoint; the relaunch resumes from it with the step count going on, every record says
+    world size 2, and the model rank 0 wrote loads."""
+    work = tmp_path / "work"
+    shutil.copytree(shards / "shards", work / "shards")
+    steps, ckpt_every = 10, 2
+    cfg = two_process_config(max_steps=steps, ckpt_every=ckpt_every)
+    cmd, env, log_path = launch_spec(work, cfg)
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    ckpt = zipformer_dir(work) / "ckpt" / "last.pt"
+    with open(tmp_path / "killed.log", "w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + 240
+        while not ckpt.is_file():
+            assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the ranks die with their launcher (PR_SET_PDEATHSIG)
+        proc.wait()
+    assert read_model_json(zipformer_dir(work)) is None
+    killed_at = max(r["step"] for r in records(work) if r.get("loss") is not None)
+    assert killed_at >= ckpt_every
+
+    record = launch_zipformer(work, cfg)
+    assert record["steps"] == steps and record["world_size"] == 2
+    recs = records(work)
+    starts = [r for r in recs if r.get("event") == "start"]
+    assert len(starts) == 2 and all(r["world_size"] == 2 for r in starts)
+    resumed = starts[1]["resumed_from"]
+    assert resumed is not None and resumed % ckpt_every == 0 and ckpt_every <= resumed <= killed_at
+    after = [r["step"] for r in recs[recs.index(starts[1]) :] if r.get("loss") is not None]
+    assert after[0] == resumed + 1 and after == sorted(after) and after[-1] == steps
+    assert "--nproc_per_node 2" in log_path.read_text()
+    model, bpe = load_zipformer(zipformer_dir(work))
+    assert sum(p.numel() for p in model.parameters()) == record["params"] and bpe.vocab_size > 1
+
+
+def test_a_failing_rank_fails_the_launch_with_the_log_tail(shards, tmp_path):
+    """One training shard's audio is not FLAC: the rank that reads it fails, the launcher stops the
+    other, and launch_zipformer raises TrainingProcessError ending with the log's tail."""
+    work = tmp_path / "work"
+    shutil.copytree(shards / "shards", work / "shards")
+    bad = sorted((work / "shards").glob("train-*.tar"))[0]
+    with tarfile.open(bad) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(bad, "w") as tar:
+        for m, data in members:
+            data = b"not audio" * 10 if m.name.endswith(".flac") else data
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    with pytest.raises(TrainingProcessError, match=r"training failed \(exit \d+\); last lines") as err:
+        launch_zipformer(work, two_process_config(max_steps=4))
+    assert "Format not recognised" in str(err.value), str(err.value)[-3000:]
+    assert read_model_json(zipformer_dir(work)) is None
