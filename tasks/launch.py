@@ -1,6 +1,7 @@
 """The training launcher: its command line (``launch_command``), its environment (``launch_env``,
 ``node_env_file`` for the other nodes) and its process (``run_process``; ``launch_stage`` does all
-three for one stage's RUN.json).
+three for one stage's RUN.json).  The Zipformer-Transducer's training goes through the same
+functions (``tasks.zipformer_train.launch_zipformer``: torchrun, ``module="tasks.zipformer_train"``).
 
     cmd = launch_command("runs/demo/logs/stage2.run.json", cfg.train)   # torchrun or deepspeed
     launch_stage("runs/demo/logs/stage2.run.json", cfg.train, Path("runs/demo/logs/stage2.log"))
