@@ -271,3 +271,21 @@ def test_a_failing_rank_fails_the_launch_with_the_log_tail(shards, tmp_path):
         launch_zipformer(work, two_process_config(max_steps=4))
     assert "Format not recognised" in str(err.value), str(err.value)[-3000:]
     assert read_model_json(zipformer_dir(work)) is None
+
+
+def test_the_command_line_starts_the_launcher_for_several_processes(shards, tmp_path):
+    """``python -m tasks.zipformer_train --set zipformer.nproc_per_node=2`` outside torchrun runs the
+    launcher itself: 2 ranks train, as the flow's launch does."""
+    work = tmp_path / "work"
+    shutil.copytree(shards / "shards", work / "shards")
+    args = [sys.executable, "-m", "tasks.zipformer_train", "--profile", "demo", "--work-dir", str(work)]
+    for kv in ("nproc_per_node=2", "max_steps=2", "max_batch_size=1", "log_every=1", "device=cpu"):
+        args += ["--set", f"zipformer.{kv}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert read_model_json(zipformer_dir(work))["world_size"] == 2
+    assert (
+        "torch.distributed.run --standalone --nproc_per_node 2"
+        in (work / "logs" / "zipformer.log").read_text()
+    )
