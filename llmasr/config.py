@@ -155,9 +155,13 @@ class ShardConfig(_Section):
     target_mb: float = Field(512.0, gt=0)
     max_samples: int = Field(50000, ge=1)
     validation_fraction: float = Field(0.01, ge=0, lt=1)
+    # each sample's "text" (what every model trains on): the labeller's output, or the segment's caption
+    transcript: Literal["label", "caption"] = "label"
 
 
 class LoraConfig(_Section):
+    """peft LoRA on the LLM, stage 3 (``llmasr.model.apply_lora``)."""
+
     rank: int = Field(8, ge=1)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)

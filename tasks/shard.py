@@ -1,7 +1,8 @@
 """shard: kept segments -> WebDataset tars (``shards/<split>-NNNNNN.tar``) and ``shards/index.json``.
 
 Each sample is ``<key>.flac`` (16 kHz mono, 16-bit) and ``<key>.json`` (text, caption, item_id,
-start_s, end_s, scores); ``key`` is the segment id (no dots, as WebDataset needs).  Sharding is
+start_s, end_s, scores; with ``shard.transcript: caption`` "text" is the caption and the label is
+in "label"); ``key`` is the segment id (no dots, as WebDataset needs).  Sharding is
 incremental: segments already in a shard stay where they are (old tars are never rewritten), new
 kept segments go into new shards numbered after the last one of their split.  A shard holding a
 segment that is no longer kept (the filter settings changed) is removed and its other segments are
@@ -60,17 +61,25 @@ class Sample:
     audio_path: Path
     # the item's audio stamp (tasks.segment.audio_stamp): the .flac comes from that file
     audio: dict[str, int]
+    transcript: str = "label"  # shard.transcript: what "text" holds
 
     def metadata(self) -> dict:
         s, lab, d = self.segment, self.label, self.decision
+        extra = {}
+        text = lab.text
+        if self.transcript == "caption":
+            caption = (s.caption_text or "").strip()
+            text = caption or lab.text  # a segment without captions (cut on VAD) keeps its label
+            extra = {"label": lab.text, "text_source": "caption" if caption else "label"}
         return {
             "segment_id": s.segment_id,
             "item_id": s.item_id,
             "start_s": s.start_s,
             "end_s": s.end_s,
             "duration_s": s.duration_s,
-            "text": lab.text,
+            "text": text,
             "caption": s.caption_text,
+            **extra,
             "language": lab.language,
             "split": d.split,
             "scores": {
@@ -241,7 +250,12 @@ def write_shards(
     for sid, d in kept.items():
         seg = seg_by_id[sid]
         samples[sid] = Sample(
-            seg, lab_by_id[sid], d, layout.abs(item_by_id[seg.item_id].path), stamps[seg.item_id]
+            seg,
+            lab_by_id[sid],
+            d,
+            layout.abs(item_by_id[seg.item_id].path),
+            stamps[seg.item_id],
+            cfg.transcript,
         )  # type: ignore[arg-type]
     # the hash covers the split too: a segment whose split changed (shard.validation_fraction
     # changed) leaves its old shard like one relabelled or re-cut

@@ -492,3 +492,25 @@ def test_a_members_file_without_content_hashes_is_read_and_every_shard_rewritten
     mtimes = {p.name: p.stat().st_mtime_ns for p in _tars(work)}
     work.shard()  # hashes recorded now: nothing is rewritten
     assert {p.name: p.stat().st_mtime_ns for p in _tars(work)} == mtimes
+
+
+def test_transcript_caption_trains_on_captions_keeps_labels_and_rewrites_the_shards(work: Work) -> None:
+    before = _file_state(_tars(work))
+    # one kept segment has no caption (cut on VAD): it keeps its label as the text
+    no_caption = sorted(work.kept())[0]
+    work.segments = [
+        dataclasses.replace(s, caption_text=None) if s.segment_id == no_caption else s for s in work.segments
+    ]
+    work.shard(CFG.model_copy(update={"transcript": "caption"}))
+    segs = {s.segment_id: s for s in work.segments}
+    labels = {lab.segment_id: lab for lab in work.labels}
+    samples = _samples_by_webdataset(work)
+    assert len(samples) == len(work.kept())
+    for s in samples:
+        key, meta = s["__key__"], json.loads(s["json"])
+        assert meta["label"] == labels[key].text
+        if key == no_caption:
+            assert (meta["text"], meta["text_source"]) == (labels[key].text, "label")
+        else:
+            assert (meta["text"], meta["text_source"]) == (segs[key].caption_text, "caption")
+    assert not set(before.items()) & set(_file_state(_tars(work)).items())  # every sample changed
