@@ -106,7 +106,7 @@ def tiny_checkpoint(root: Path) -> Path:
                 p.normal_(std=0.02)
     save_lora(model, folder / "lora")
     save_projector(model.projector, folder / "projector")
-    write_model_json(folder, dataclasses.replace(setup.config, projector_path=str(folder / "projector")))
+    write_model_json(folder, setup.config.model_copy(update={"projector_path": str(folder / "projector")}))
     write_stage(folder, stage=3, key="bench-tiny-3", steps=0, samples=0)
     return folder
 

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             off(False)
 
     from llmasr.config import SegmentConfig
-    from llmasr.model import LLMASRConfig, LoraSettings, apply_lora, build_model, merge_lora
+    from llmasr.model import LLMASRConfig, LoraConfig, apply_lora, build_model, merge_lora
     from llmasr.tiny_models import tiny_tokenizer
     from tasks.decode import DecodeSettings, LLMASRSystem, plan_pieces, run_system
 
@@ -230,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer=str(tok_dir),
         projector_hidden=2048,
         dtype="float32" if smoke else "bfloat16",
-        lora=LoraSettings(rank=8, alpha=16, dropout=0.0),
+        lora=LoraConfig(
+            rank=8, alpha=16, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+        ),
     )
     t0 = time.perf_counter()
     torch.manual_seed(0)

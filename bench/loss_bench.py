@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import llmasr.model.llmasr as M
-    from llmasr.model import LLMASRConfig, LoraSettings, apply_lora, build_model, set_trainable
+    from llmasr.model import LLMASRConfig, LoraConfig, apply_lora, build_model, set_trainable
     from llmasr.tiny_models import tiny_tokenizer
     from tasks.demo_corpus import TRAIN_SENTENCES
 
@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         ),
         tokenizer=str(tiny_tokenizer(tmp / "tokenizer", vocab_size=None)),
         projector_hidden=256,
-        lora=LoraSettings(rank=8, alpha=16, dropout=0.0),
+        lora=LoraConfig(
+            rank=8, alpha=16, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+        ),
     )
     model = build_model(cfg)
     apply_lora(model, cfg)

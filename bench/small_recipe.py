@@ -206,7 +206,7 @@ def main() -> None:
     from llmasr.model import (
         IGNORE_INDEX,
         LLMASR,
-        LoraSettings,
+        LoraConfig,
         Projector,
         SpeechEncoder,
         apply_lora,
@@ -424,7 +424,7 @@ def main() -> None:
     if args.recipe in ("lora", "lora_ctc"):
         apply_lora(
             model,
-            LoraSettings(
+            LoraConfig(
                 rank=args.lora_rank,
                 alpha=2 * args.lora_rank,
                 dropout=0.0,

@@ -183,36 +183,48 @@ class StageConfig(_Section):
 # the stages that build the LLM-ASR (the adapter, the prompt, the LLM); stage 1 trains the encoder under
 # Whisper's own decoder
 LLM_STAGES = (2, 3)
+DEFAULT_INSTRUCTION = "Transcribe the audio."
 
 
-class TrainConfig(_Section):
-    """The three training stages (tasks/train.py). Fields marked ``runtime`` are left out of the stages'
-    cache keys, fields marked ``for_stages`` out of the other stages' keys (``cache_settings``)."""
+class ModelSettings(_Section):
+    """The settings that shape the LLM-ASR model: the ``train.*`` keys of these names, and the fields
+    of each stage's ``model.json`` (``llmasr.model.LLMASRConfig`` and ``TrainConfig`` both derive
+    from this class, and ``tasks.checkpoints.model_config`` copies them by name). A model knob is
+    added here, once."""
 
-    encoder: str = "openai/whisper-large-v2"
-    llm: str = for_stages(LLM_STAGES, "Qwen/Qwen2-7B-Instruct")
-    tokenizer: str | None = for_stages(LLM_STAGES, None)
     trust_remote_code: bool = for_stages(LLM_STAGES, False)
     # the adapter: Linear -> activation -> Linear, or one Linear
     projector: Literal["mlp", "linear"] = for_stages(LLM_STAGES, "mlp")
     projector_hidden: int = for_stages(LLM_STAGES, 2048, ge=1)
-    downsample_k: int = for_stages(LLM_STAGES, 2, ge=1)
+    downsample_k: int = for_stages(LLM_STAGES, 2, ge=1)  # encoder frames stacked into one LLM embedding
     activation: Literal["gelu", "relu", "silu", "tanh"] = for_stages(LLM_STAGES, "gelu")
-    trim_padding: bool = True
-    # stages 2-3: keep the frozen encoder's outputs in memory (tasks/encoder_cache.py)
-    cache_encoder_outputs: bool = runtime(False)
+    trim_padding: bool = True  # the encoder runs on the real length, not Whisper's 30 s of padding
     # adapter outputs scaled to the LLM's mean token-embedding norm
     adapter_norm: bool = for_stages(LLM_STAGES, False)
     # adapter CTC head over the LLM's token embeddings; the LLM reads non-blank frames only
     ctc_compress: bool = for_stages(LLM_STAGES, False)
+    instruction: str = for_stages(LLM_STAGES, DEFAULT_INSTRUCTION)
+    lora: LoraConfig = for_stages((3,), default_factory=LoraConfig)  # stage 2 trains no LoRA
+    # random: the LLM's architecture, fresh weights from train.seed
+    llm_init: Literal["pretrained", "random"] = for_stages(LLM_STAGES, "pretrained")
+
+
+class TrainConfig(ModelSettings):
+    """The three training stages (tasks/train.py): the model's settings (``ModelSettings``), its
+    sources and how it is trained. Fields marked ``runtime`` are left out of the stages' cache keys,
+    fields marked ``for_stages`` out of the other stages' keys (``cache_settings``)."""
+
+    encoder: str = "openai/whisper-large-v2"
+    llm: str = for_stages(LLM_STAGES, "Qwen/Qwen2-7B-Instruct")
+    tokenizer: str | None = for_stages(LLM_STAGES, None)
+    # stages 2-3: keep the frozen encoder's outputs in memory (tasks/encoder_cache.py)
+    cache_encoder_outputs: bool = runtime(False)
     # CTC loss beside the LLM loss in stages 2-3 (with ctc_compress)
     ctc_weight: float = for_stages(LLM_STAGES, 0.5, ge=0)
     # stage 2's first steps: CTC loss only, no LLM forward
     ctc_align_steps: int = for_stages(LLM_STAGES, 0, ge=0)
     # the CTC head spells every LLM token, or only the shards' transcripts' tokens
     ctc_vocab: Literal["llm", "transcripts"] = for_stages(LLM_STAGES, "llm")
-    instruction: str = for_stages(LLM_STAGES, "Transcribe the audio.")
-    lora: LoraConfig = for_stages((3,), default_factory=LoraConfig)  # stage 2 trains no LoRA
     launcher: Literal["deepspeed", "torchrun"] = runtime("deepspeed")
     nproc_per_node: int = runtime(8, ge=1)
     hostfile: str | None = runtime(None)
@@ -235,8 +247,6 @@ class TrainConfig(_Section):
     seed: int = 0
     # stages 2-3 on the stock train.encoder; stage 1 is not trained
     skip_stage1: bool = for_stages(LLM_STAGES, False)
-    # random: the LLM's architecture, fresh weights from train.seed
-    llm_init: Literal["pretrained", "random"] = for_stages(LLM_STAGES, "pretrained")
     merge_lora: bool = for_stages((3,), False)  # stage 3's exports: merged_llm/ besides the adapters
     stage1: StageConfig = for_stages((1,), default_factory=lambda: StageConfig(lr=1e-4))
     stage2: StageConfig = for_stages((2,), default_factory=lambda: StageConfig(lr=1e-4))

@@ -34,7 +34,7 @@ from transformers import (
     WhisperForConditionalGeneration,
 )
 
-from llmasr.model import LLMASRConfig, LoraSettings
+from llmasr.model import LLMASRConfig, LoraConfig
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -222,7 +222,9 @@ def tiny_setup(
         llm=str(llm_dir),
         tokenizer=str(tok_dir),
         projector_hidden=projector_hidden,
-        lora=LoraSettings(rank=4, alpha=8, dropout=0.0),
+        lora=LoraConfig(
+            rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+        ),
     )
     return TinySetup(root, whisper_dir, llm_dir, tok_dir, cfg)
 

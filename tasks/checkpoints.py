@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from llmasr.atomic import write_json
-from llmasr.config import TrainConfig
-from llmasr.model import LLMASRConfig, LoraSettings
+from llmasr.config import ModelSettings, TrainConfig
+from llmasr.model import LLMASRConfig
 
 STAGES = (1, 2, 3)
 # the export folders a stage may write (the listing above); a new run of the stage removes them first
@@ -50,9 +50,10 @@ def write_stage(folder: Path, **info: Any) -> Path:
 
 
 def model_config(train: TrainConfig, work_dir: Path | str, stage: int) -> LLMASRConfig:
-    """The LLMASRConfig a stage starts from: the base checkpoints of the config, with the
-    exports of the stages before it (the stage-1 encoder when stage 1 ran and
-    ``train.skip_stage1`` is off, the stage-2 projector for stage 3)."""
+    """The LLMASRConfig a stage starts from: ``train``'s model settings (every ``ModelSettings``
+    field, by name), its base checkpoints, with the exports of the stages before it (the stage-1
+    encoder when stage 1 ran and ``train.skip_stage1`` is off, the stage-2 projector for stage 3),
+    and ``train.seed`` as the seed of a random LLM."""
     enc1 = stage_dir(work_dir, 1) / "encoder"
     encoder = (
         str(enc1)
@@ -63,26 +64,11 @@ def model_config(train: TrainConfig, work_dir: Path | str, stage: int) -> LLMASR
     if stage == 3:
         projector = str(stage_dir(work_dir, 2) / "projector")
     return LLMASRConfig(
+        **train.model_dump(include=set(ModelSettings.model_fields)),
         encoder=encoder,
         llm=train.llm,
         tokenizer=train.tokenizer,
         projector_path=projector,
-        projector_hidden=train.projector_hidden,
-        k=train.downsample_k,
-        activation=train.activation,
-        trim_padding=train.trim_padding,
-        instruction=train.instruction,
-        lora=LoraSettings(
-            rank=train.lora.rank,
-            alpha=train.lora.alpha,
-            dropout=train.lora.dropout,
-            target_modules=list(train.lora.target_modules),
-        ),
-        trust_remote_code=train.trust_remote_code,
-        adapter_norm=train.adapter_norm,
-        ctc_compress=train.ctc_compress,
-        projector=train.projector,
-        llm_init=train.llm_init,
         llm_seed=train.seed,
     )
 

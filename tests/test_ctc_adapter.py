@@ -3,7 +3,6 @@ ctc_weight / ctc_align_steps / ctc_vocab): compression rule, losses, norm, round
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -23,7 +22,7 @@ def setup(tmp_path_factory):
 @pytest.fixture
 def model(setup) -> LLMASR:
     torch.manual_seed(0)
-    return build_model(dataclasses.replace(setup.config, adapter_norm=True, ctc_compress=True))
+    return build_model(setup.config.model_copy(update={"adapter_norm": True, "ctc_compress": True}))
 
 
 def one_hot_logits(labels: list[int], classes: int) -> torch.Tensor:
@@ -95,7 +94,9 @@ def test_round_trip_keeps_head_and_compression(model, setup, tmp_path):
     loaded = load_projector(path)
     assert loaded.norm_to == model.projector.norm_to and loaded.ctc
     rebuilt = build_model(
-        dataclasses.replace(setup.config, adapter_norm=True, ctc_compress=True, projector_path=str(path)),
+        setup.config.model_copy(
+            update={"adapter_norm": True, "ctc_compress": True, "projector_path": str(path)}
+        ),
         tokenizer=model.tokenizer,
     )
     feats = torch.randn(2, N_MELS, 150)
@@ -104,7 +105,7 @@ def test_round_trip_keeps_head_and_compression(model, setup, tmp_path):
         b, lb = rebuilt.speech_embeds(feats)
     assert torch.equal(la, lb) and torch.allclose(a, b)
     with pytest.raises(ValueError, match="train.ctc_compress"):
-        build_model(dataclasses.replace(setup.config, projector_path=str(path)), tokenizer=model.tokenizer)
+        build_model(setup.config.model_copy(update={"projector_path": str(path)}), tokenizer=model.tokenizer)
 
 
 def test_config_refuses_align_steps_without_a_head():

@@ -49,7 +49,9 @@ def make_checkpoints(root: Path, work_dir: Path, stages: tuple[int, ...] = (2,))
                         p.normal_(std=0.02)
             save_lora(model, folder / "lora")
         save_projector(model.projector, folder / "projector")
-        write_model_json(folder, dataclasses.replace(setup.config, projector_path=str(folder / "projector")))
+        write_model_json(
+            folder, setup.config.model_copy(update={"projector_path": str(folder / "projector")})
+        )
         write_stage(folder, stage=stage, key=f"test-{stage}", steps=0, samples=0)
         out[stage] = folder
     return out

@@ -3,8 +3,6 @@ give the rows, losses and training of an uncached run, and the encoder runs once
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -19,7 +17,7 @@ N_MELS = 80
 def model(tmp_path_factory):
     setup = tiny_setup(tmp_path_factory.mktemp("tiny"))
     torch.manual_seed(0)
-    m = build_model(dataclasses.replace(setup.config, adapter_norm=True, ctc_compress=True))
+    m = build_model(setup.config.model_copy(update={"adapter_norm": True, "ctc_compress": True}))
     return m.eval()
 
 

@@ -142,12 +142,11 @@ def test_a_gpt2_style_llm_is_counted_too(setup):
 def test_a_ctc_only_step_counts_the_ctc_head_and_no_cached_encoder(setup, cached):
     """Stage 2's CTC-only step (train.ctc_align_steps): encoder (forward, unless its output comes from
     tasks.encoder_cache), adapter and the CTC head over the LLM's embeddings; the LLM does not run."""
-    import dataclasses
 
     from tasks.encoder_cache import EncoderCache
 
     torch.manual_seed(0)
-    model = build_model(dataclasses.replace(setup.config, adapter_norm=True, ctc_compress=True))
+    model = build_model(setup.config.model_copy(update={"adapter_norm": True, "ctc_compress": True}))
     set_trainable(model, 2)
     x, lengths = features(model.encoder.num_mel_bins)
     targets = model.encode_targets(["the cat sat"] * B)

@@ -341,10 +341,80 @@ def test_lora_adapter_and_merge_round_trip(model, setup, tmp_path):
 
 
 def test_lora_bad_target_modules(model):
-    from llmasr.model import LoraSettings
+    from llmasr.model import LoraConfig
 
     with pytest.raises(ValueError, match="not module names"):
-        apply_lora(model, LoraSettings(target_modules=["query_key_value"]))
+        apply_lora(model, LoraConfig(target_modules=["query_key_value"]))
+
+
+# ---------------------------------------------------------------------------- model.json
+
+
+def test_a_model_json_an_earlier_version_wrote_loads():
+    """Before LLMASRConfig derived from llmasr.config.ModelSettings, model.json named the adapter's
+    frame stacking ``k``; such a file loads, and writes back under today's names."""
+    former = {
+        "activation": "gelu",
+        "adapter_norm": False,
+        "ctc_compress": False,
+        "dtype": "float32",
+        "encoder": "/w/checkpoints/stage1/encoder",
+        "instruction": "Transcribe the audio.",
+        "k": 3,
+        "llm": "/w/demo-models/llm",
+        "llm_init": "pretrained",
+        "llm_seed": 0,
+        "lora": {
+            "alpha": 16,
+            "dropout": 0.0,
+            "rank": 8,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        },
+        "mask_padding": True,
+        "projector": "mlp",
+        "projector_hidden": 64,
+        "projector_path": "/w/checkpoints/stage3/projector",
+        "tokenizer": "/w/demo-models/tokenizer",
+        "trim_padding": True,
+        "trust_remote_code": False,
+    }
+    cfg = LLMASRConfig.from_dict(former)
+    assert (cfg.downsample_k, cfg.k, cfg.lora.alpha, cfg.projector_hidden) == (3, 3, 16, 64)
+    now = cfg.to_dict()
+    assert "k" not in now and now["downsample_k"] == 3
+    assert LLMASRConfig.from_dict(now) == cfg
+    assert {k: v for k, v in now.items() if k != "downsample_k"} == {
+        k: v for k, v in former.items() if k != "k"
+    }
+    with pytest.raises(ValueError, match="projector_hiden"):
+        LLMASRConfig.from_dict({**former, "projector_hiden": 8})
+
+
+def test_model_config_carries_every_model_setting_of_train(tmp_path):
+    """tasks.checkpoints.model_config copies train's ModelSettings fields by name: a model knob added
+    to ModelSettings reaches model.json with no mapping code; one LoRA default everywhere."""
+    from llmasr.config import LoraConfig, ModelSettings, TrainConfig
+    from tasks.checkpoints import model_config
+
+    train = TrainConfig(
+        projector="linear",
+        downsample_k=4,
+        activation="silu",
+        trim_padding=False,
+        adapter_norm=True,
+        ctc_compress=True,
+        instruction="Write it down.",
+        llm_init="random",
+        trust_remote_code=True,
+        lora=LoraConfig(rank=2, alpha=5, dropout=0.1, target_modules=["q_proj"]),
+        seed=7,
+    )
+    cfg = model_config(train, tmp_path, 2)
+    assert {n: getattr(cfg, n) for n in ModelSettings.model_fields} == {
+        n: getattr(train, n) for n in ModelSettings.model_fields
+    }
+    assert (cfg.llm, cfg.tokenizer, cfg.llm_seed, cfg.projector_path) == (train.llm, None, 7, None)
+    assert LLMASRConfig(encoder="e", llm="l").lora == TrainConfig().lora == LoraConfig()
 
 
 # -------------------------------------------------------------------------------- generate

