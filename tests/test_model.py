@@ -379,7 +379,7 @@ def test_a_model_json_an_earlier_version_wrote_loads():
         "trust_remote_code": False,
     }
     cfg = LLMASRConfig.from_dict(former)
-    assert (cfg.downsample_k, cfg.k, cfg.lora.alpha, cfg.projector_hidden) == (3, 3, 16, 64)
+    assert (cfg.downsample_k, cfg.lora.alpha, cfg.projector_hidden) == (3, 16, 64)
     now = cfg.to_dict()
     assert "k" not in now and now["downsample_k"] == 3
     assert LLMASRConfig.from_dict(now) == cfg

@@ -50,11 +50,6 @@ class LLMASRConfig(ModelSettings):
                     data.setdefault(new, data.pop(old))
         return data
 
-    @property
-    def k(self) -> int:
-        """``downsample_k``, by the name ``llmasr.model.llmasr.build_model`` reads."""
-        return self.downsample_k
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LLMASRConfig:
         return cls.model_validate(d)

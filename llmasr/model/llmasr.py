@@ -438,14 +438,14 @@ def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = N
                 f"projector at {cfg.projector_path} is of kind {projector.kind!r}; "
                 f"config says train.projector={cfg.projector!r}"
             )
-        if projector.k != cfg.k or (
+        if projector.k != cfg.downsample_k or (
             cfg.projector == "mlp"
             and (projector.activation, projector.hidden) != (cfg.activation, cfg.projector_hidden)
         ):
             raise ValueError(
                 f"projector at {cfg.projector_path} has k={projector.k}, activation={projector.activation}, "
-                f"hidden={projector.hidden}; config says k={cfg.k}, activation={cfg.activation}, "
-                f"hidden={cfg.projector_hidden}"
+                f"hidden={projector.hidden}; config says train.downsample_k={cfg.downsample_k}, "
+                f"train.activation={cfg.activation}, train.projector_hidden={cfg.projector_hidden}"
             )
         if (projector.norm_to is not None, projector.ctc) != (cfg.adapter_norm, cfg.ctc_compress):
             raise ValueError(
@@ -458,7 +458,7 @@ def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = N
             encoder.d_model,
             _llm_hidden_size(llm),
             cfg.projector_hidden,
-            cfg.k,
+            cfg.downsample_k,
             cfg.activation,
             norm_to,
             cfg.ctc_compress,
