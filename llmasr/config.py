@@ -569,6 +569,16 @@ class PipelineConfig(_Section):
             raise ValueError("work_dir is empty; set it to a folder, e.g. --work-dir runs/mine")
         return v
 
+    @model_validator(mode="after")
+    def _joint_decoding_needs_a_head(self) -> PipelineConfig:
+        if self.eval.ctc_weight and not self.train.ctc_compress and {2, 3} & set(self.eval.stages):
+            raise ValueError(
+                f"eval.ctc_weight={self.eval.ctc_weight} decodes the LLM-ASR with its adapter's CTC head, "
+                "which train.ctc_compress=false does not build; set train.ctc_compress=true (and retrain "
+                "stages 2-3) or eval.ctc_weight=0"
+            )
+        return self
+
     def section_hash(self, *names: str) -> str:
         """A stable hash of the named config sections (a stage's settings, for cache keys)."""
         payload = {n: getattr(self, n).model_dump(mode="json") for n in names}

@@ -146,3 +146,16 @@ def test_generate_ids_refuses_a_ctc_weight_without_a_head(setup):
     model = build_model(setup.config)  # no CTC head
     with pytest.raises(ValueError, match="eval.ctc_weight"):
         model.generate_ids(torch.randn(1, 80, 200), torch.tensor([200]), max_new_tokens=3, ctc_weight=0.3)
+
+
+def test_config_refuses_joint_decoding_without_a_head():
+    from llmasr.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="train.ctc_compress"):
+        load_config(profile="demo", overrides=["eval.ctc_weight=0.5"])
+    # stage 1 alone decodes no LLM-ASR: nothing to refuse
+    assert (
+        load_config(profile="demo", overrides=["eval.ctc_weight=0.5", "eval.stages=[1]"]).eval.ctc_weight
+        == 0.5
+    )
+    assert load_config(profile="small").eval.ctc_weight == 0.5  # the small profile builds the head
