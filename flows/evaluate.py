@@ -95,7 +95,7 @@ def score_task(
     results: dict[str, dict[str, DecodeResult]],
     problems: list[str],
 ) -> dict[str, Any]:
-    rare, info, rare_problems = ev.rare_word_set(cfg.work_dir, cfg.eval)
+    rare, info, rare_problems = ev.rare_word_set(cfg.work_dir, cfg.eval, cfg.shard.transcript)
     metrics, report, png, rows = ev.score_and_write(
         Path(out_dir),
         cfg.work_dir,

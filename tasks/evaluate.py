@@ -3,7 +3,7 @@
 Plain functions the flow (flows/evaluate.py) strings together; a test can call them without Prefect.
 
     sets = [prepare_test_set(name, path, cfg.eval, cfg.segment) for name, path in ...]
-    rare, info, problems = rare_word_set(work_dir, cfg.eval)
+    rare, info, problems = rare_word_set(work_dir, cfg.eval, cfg.shard.transcript)
     results = {system: {set: decode_cached(system, set, out_dir, settings)}}
     metrics = score_and_write(out_dir, work_dir, sets, systems, results, rare, info, problems, ...)
 
@@ -164,14 +164,19 @@ def make_systems(specs: Sequence[SystemSpec], settings: DecodeSettings) -> list[
 # ------------------------------------------------------------------------------------ rare words
 
 
-def training_texts(work_dir: str | Path, splits: Sequence[str] | None = None) -> tuple[list[str], str | None]:
-    """The training transcripts of a run: the pseudo-labels of the kept segments.
+def training_texts(
+    work_dir: str | Path, splits: Sequence[str] | None = None, transcript: str = "label"
+) -> tuple[list[str], str | None]:
+    """The training transcripts of a run: the kept segments' texts as the shards hold them
+    (``shard.transcript``: the pseudo-labels, or the captions where there are some).
 
     From ``manifests/labels.parquet`` + ``manifests/decisions.parquet`` (kept, in ``splits`` when
-    given); else from the shards (``shards/index.json`` and each sample's ``.json`` text).  Returns
-    (texts, where they came from); (``[]``, None) when the run has neither.
+    given; with ``manifests/segments.parquet`` for the captions); else from the shards
+    (``shards/index.json`` and each sample's ``.json`` text).  Returns (texts, where they came from);
+    (``[]``, None) when the run has neither.
     """
-    from llmasr.records import Decision, Label, read_records
+    from llmasr.records import Decision, Label, Segment, read_records
+    from tasks.shard import sample_text
 
     layout = WorkLayout(Path(work_dir))
     wanted = set(splits) if splits else None
@@ -181,8 +186,12 @@ def training_texts(work_dir: str | Path, splits: Sequence[str] | None = None) ->
             for d in read_records(layout.decisions, Decision)
             if d.kept and (wanted is None or d.split in wanted)
         }
-        texts = [lab.text for lab in read_records(layout.labels, Label) if lab.segment_id in kept]
-        return texts, f"{layout.labels} (kept in {layout.decisions})"
+        labels = [lab for lab in read_records(layout.labels, Label) if lab.segment_id in kept]
+        if transcript == "caption":
+            segments = {s.segment_id: s for s in read_records(layout.segments, Segment)}
+            texts = [sample_text(segments[lab.segment_id], lab, transcript) for lab in labels]
+            return texts, f"{layout.segments} captions, else {layout.labels} (kept in {layout.decisions})"
+        return [lab.text for lab in labels], f"{layout.labels} (kept in {layout.decisions})"
     if layout.shard_index.is_file():
         index = json.loads(layout.shard_index.read_text(encoding="utf-8"))
         texts = []
@@ -208,10 +217,13 @@ def read_word_list(path: str | Path) -> list[str]:
     return out
 
 
-def rare_word_set(work_dir: str | Path, cfg: EvalConfig) -> tuple[RareWords, dict[str, Any], list[str]]:
-    """R for a run: (RareWords, a description for metrics.json and the report, problems)."""
+def rare_word_set(
+    work_dir: str | Path, cfg: EvalConfig, transcript: str = "label"
+) -> tuple[RareWords, dict[str, Any], list[str]]:
+    """R for a run: (RareWords, a description for metrics.json and the report, problems).
+    ``transcript``: the run's ``shard.transcript`` (which text it trained on)."""
     problems: list[str] = []
-    texts, source = training_texts(work_dir, cfg.train_splits)
+    texts, source = training_texts(work_dir, cfg.train_splits, transcript)
     counts = build_vocabulary(texts)
     extra: list[str] = []
     if cfg.word_list:

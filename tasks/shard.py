@@ -66,11 +66,9 @@ class Sample:
     def metadata(self) -> dict:
         s, lab, d = self.segment, self.label, self.decision
         extra = {}
-        text = lab.text
+        text = sample_text(s, lab, self.transcript)
         if self.transcript == "caption":
-            caption = (s.caption_text or "").strip()
-            text = caption or lab.text  # a segment without captions (cut on VAD) keeps its label
-            extra = {"label": lab.text, "text_source": "caption" if caption else "label"}
+            extra = {"label": lab.text, "text_source": "label" if text == lab.text else "caption"}
         return {
             "segment_id": s.segment_id,
             "item_id": s.item_id,
@@ -96,6 +94,13 @@ class Sample:
         """Hash of everything the sample's .json and .flac are made of: a shard whose members' hashes
         differ from the recorded ones holds stale samples and is written again."""
         return fingerprint(self.metadata(), self.audio)
+
+
+def sample_text(segment: Segment, label: Label, transcript: str) -> str:
+    """A sample's "text", the target every model trains on (``shard.transcript``): the label, or the
+    segment's caption where it has one (a segment cut on VAD, or with a blank caption, keeps its label)."""
+    caption = (segment.caption_text or "").strip() if transcript == "caption" else ""
+    return caption or label.text
 
 
 @dataclass(frozen=True)

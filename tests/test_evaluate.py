@@ -15,7 +15,7 @@ import soundfile as sf
 
 from llmasr.config import EvalConfig, SegmentConfig
 from llmasr.layout import WorkLayout
-from llmasr.records import Decision, Label, write_records
+from llmasr.records import Decision, Label, Segment, write_records
 from tasks import evaluate as ev
 from tasks.decode import DecodeResult, DecodeSettings, System
 from tasks.metrics import RareWords
@@ -56,6 +56,23 @@ def write_run_manifests(
 
 
 # ----------------------------------------------------------------------------------- rare words
+
+
+def test_a_run_trained_on_captions_counts_its_words_from_the_captions(tmp_path):
+    write_run_manifests(tmp_path, ["the terrace was wet", "plain words"], ["dropped tachycardia"])
+    segments = [
+        Segment("item-000000000", "item", 0.0, 3.0, 3.0, " the terrace was wet in Quilter's garden "),
+        Segment("item-000000001", "item", 3.0, 6.0, 3.0, None, "vad"),  # no caption: its label
+        Segment("item-000000002", "item", 6.0, 9.0, 3.0, "dropped tachycardia"),  # not kept
+    ]
+    write_records(WorkLayout(tmp_path).segments, segments, Segment)
+    texts, source = ev.training_texts(tmp_path, transcript="caption")
+    assert texts == ["the terrace was wet in Quilter's garden", "plain words"] and "captions" in source
+    assert ev.training_texts(tmp_path)[0] == ["the terrace was wet", "plain words"]
+    rare, _, _ = ev.rare_word_set(tmp_path, EvalConfig(common_words=0), transcript="caption")
+    assert "garden" not in rare and "tachycardia" in rare
+    rare, _, _ = ev.rare_word_set(tmp_path, EvalConfig(common_words=0))
+    assert "garden" in rare
 
 
 def test_rare_words_come_from_the_kept_labels_and_the_word_list(tmp_path):
