@@ -56,7 +56,8 @@ class CTCPrefixScorer(LogitsProcessor):
             raise ValueError(f"the CTC weight must be in (0, 1], got {weight}")
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
-        self.log_probs = log_probs.float()  # (B, S, C + 1)
+        # (B, S, C + 1); finite, so that the closed form's cumulative sums never meet inf - inf
+        self.log_probs = log_probs.float().clamp(min=-1e4)
         self.lengths = lengths.to(torch.long).to(log_probs.device)  # (B,)
         self.blank = log_probs.shape[-1] - 1
         self.token_to_class = token_to_class.to(torch.long).to(log_probs.device)  # (V,)
@@ -88,6 +89,9 @@ class CTCPrefixScorer(LogitsProcessor):
         beams = rows // batch
         inputs = torch.arange(rows, device=scores.device) // beams  # (R,): each row's input
         llm = scores.float().log_softmax(-1)  # (R, V): greedy passes logits, beam search log-probs
+        if llm.shape[-1] > self.token_to_class.numel():  # an LM head wider than the embedding table
+            extra = llm.shape[-1] - self.token_to_class.numel()
+            self.token_to_class = torch.cat([self.token_to_class, self.token_to_class.new_full((extra,), -1)])
         k = min(self.candidates, llm.shape[-1])
         cand_lp, cand = llm.topk(k, dim=-1)  # (R, K), (R, K)
         prefixes = [tuple(int(t) for t in row) for row in input_ids.tolist()]
@@ -105,7 +109,7 @@ class CTCPrefixScorer(LogitsProcessor):
             last_g.append(state[3])
         r_n_g = torch.stack(r_n_g)  # (R, S)
         r_b_g = torch.stack(r_b_g)  # (R, S)
-        psi_g = torch.tensor(psi_g, device=scores.device)  # (R,)
+        psi_g = torch.tensor(psi_g, dtype=torch.float32, device=scores.device)  # (R,)
         last_g = torch.tensor(last_g, device=scores.device)  # (R,)
         empty = torch.tensor([len(p) == 0 for p in prefixes], device=scores.device)  # (R,)
 
@@ -162,6 +166,7 @@ class CTCPrefixScorer(LogitsProcessor):
             torch.isfinite(psi_g)[:, None], psi - psi_g[:, None], torch.full_like(psi, NEG_INF)
         )
         joint = (1.0 - self.weight) * cand_lp + self.weight * delta  # (R, K)
+        joint = joint.masked_fill(torch.isneginf(cand_lp), NEG_INF)  # banned by the LLM's rules (0 x -inf)
         spellable = torch.isfinite(joint).any(-1)  # (R,): a row with none follows the LLM alone
         joint = torch.where(spellable[:, None], joint, cand_lp)
         out = torch.full_like(llm, NEG_INF).scatter(1, cand, joint)  # (R, V)

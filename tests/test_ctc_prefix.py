@@ -159,3 +159,25 @@ def test_config_refuses_joint_decoding_without_a_head():
         == 0.5
     )
     assert load_config(profile="small").eval.ctc_weight == 0.5  # the small profile builds the head
+
+
+def test_a_token_the_llm_bans_stays_banned_at_full_ctc_weight(head):
+    log_probs, lengths, classes = head
+    scorer = CTCPrefixScorer(log_probs, lengths, classes, EOS, weight=1.0, candidates=V)
+    llm = torch.zeros(2, V)
+    llm[:, 2] = float("-inf")  # e.g. no_repeat_ngram_size banned it
+    out = scorer(torch.zeros(2, 0, dtype=torch.long), llm)
+    assert not torch.isnan(out).any()
+    assert torch.isneginf(out[:, 2]).all() and torch.isfinite(out[:, [4, 5]]).all()
+
+
+def test_impossible_frames_and_a_wider_lm_head_do_not_break_the_scores(head):
+    log_probs, lengths, classes = head
+    log_probs = log_probs.clone()
+    log_probs[0, 2, 3] = float("-inf")  # a blank the head rules out at frame 2
+    scorer = CTCPrefixScorer(log_probs, lengths, classes, EOS, weight=1.0, candidates=V + 2)
+    ids = torch.zeros(2, 0, dtype=torch.long)
+    for token in (4, 2):
+        out = scorer(ids, torch.zeros(2, V + 2))  # (2, V + 2): two ids past the embedding table
+        assert not torch.isnan(out).any() and torch.isneginf(out[:, V:]).all()
+        ids = torch.cat([ids, torch.full((2, 1), token)], dim=1)
