@@ -94,7 +94,7 @@ class CTCPrefixScorer(LogitsProcessor):
             self.token_to_class = torch.cat([self.token_to_class, self.token_to_class.new_full((extra,), -1)])
         k = min(self.candidates, llm.shape[-1])
         cand_lp, cand = llm.topk(k, dim=-1)  # (R, K), (R, K)
-        prefixes = [tuple(int(t) for t in row) for row in input_ids.tolist()]
+        prefixes = [tuple(row) for row in input_ids.tolist()]
         r_n_g, r_b_g, psi_g, last_g = [], [], [], []
         for r, (b, prefix) in enumerate(zip(inputs.tolist(), prefixes)):
             state = self.states.get((b, prefix))

@@ -68,7 +68,10 @@ class Sample:
         extra = {}
         text = sample_text(s, lab, self.transcript)
         if self.transcript == "caption":
-            extra = {"label": lab.text, "text_source": "label" if text == lab.text else "caption"}
+            extra = {
+                "label": lab.text,
+                "text_source": "caption" if (s.caption_text or "").strip() else "label",
+            }
         return {
             "segment_id": s.segment_id,
             "item_id": s.item_id,

@@ -23,6 +23,7 @@ from transformers import (
     WhisperConfig,
 )
 
+from llmasr.ctc_prefix import token_classes
 from llmasr.model.adapter import Projector, load_projector
 from llmasr.model.config import DEFAULT_INSTRUCTION, LLMASRConfig, local_source, torch_dtype
 from llmasr.model.encoder import SpeechEncoder, frame_mask
@@ -176,10 +177,11 @@ class LLMASR(nn.Module):
         """Mean CTC loss of the projector's head spelling each transcript in LLM tokens (no EOS)."""
         logits, lengths = ctc  # (B, S, V + 1), (B,)
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (S, B, V + 1)
-        tokens = self.projector.ctc_tokens
-        if tokens is not None:  # LLM ids -> the head's classes; ids it cannot spell are left out
-            classes = {int(t): j for j, t in enumerate(tokens.tolist())}
-            target_ids = [[classes[t] for t in row if t in classes] for row in target_ids]
+        # LLM ids -> the head's classes; ids it cannot spell are left out
+        if self.projector.ctc_tokens is not None:
+            vocab = self.llm.get_input_embeddings().num_embeddings
+            classes = token_classes(self.projector.ctc_tokens, vocab, torch.device("cpu")).tolist()  # (V,)
+            target_ids = [[classes[t] for t in row if classes[t] >= 0] for row in target_ids]
         flat = torch.tensor([t for row in target_ids for t in row], dtype=torch.long, device=logits.device)
         target_lengths = torch.tensor(
             [len(row) for row in target_ids], dtype=torch.long, device=logits.device
@@ -305,7 +307,7 @@ class LLMASR(nn.Module):
         """
         from transformers import LogitsProcessorList
 
-        from llmasr.ctc_prefix import CTCPrefixScorer, token_classes
+        from llmasr.ctc_prefix import CTCPrefixScorer
         from llmasr.generation import checkpoint_defaults_off, explicit_config, generate_kwargs_for
 
         batch = input_features.shape[0]
