@@ -6,7 +6,9 @@
 
 A stage whose inputs and settings are equal across variants has one cache key (flows/train.py
 ``stage_key``) and is trained once, into ``<work_dir>/ablations/checkpoints/stage<N>-<key16>``;
-every variant with that key links to it (tasks/ablate.py).  Varying ``train.stage3.lr`` trains
+every variant with that key links to it (tasks/ablate.py).  A stage the work dir's own run
+(``llmasr run``) trained with the same key is adopted into the store (hard links), not retrained,
+and the run's evaluation seeds the variants' decode caches.  Varying ``train.stage3.lr`` trains
 stages 1 and 2 once and stage 3 per value; varying the projector trains stage 1 once.  A rerun, or
 another ablation that needs a stage of the same key, trains nothing for it.  Each variant is
 evaluated into its own folder; a baseline or a shared stage is decoded once (decode caches carry
@@ -50,11 +52,15 @@ def variant_train_flow(variant: str, cfg: PipelineConfig, root: str) -> dict[str
     for stage in stages:
         key = stage_key(cfg, layout, stage)
         folder = ablate.link_stage(layout.root, Path(root), stage, key)
+        adopted = ablate.adopt_run_stage(Path(root), stage, key, folder)
         done = checkpoints.read_stage(folder)
         reused = done is not None and done.get("key") == key
-        logger.info("%s stage %d: %s %s", variant, stage, "reusing" if reused else "training", folder)
+        how = "adopting the work dir's" if adopted else "reusing" if reused else "training"
+        logger.info("%s stage %d: %s %s", variant, stage, how, folder)
         results[stage] = stage_task(stage, cfg, key=key)
         lineage[f"stage{stage}"] = {"checkpoint": str(folder), "key": key, "trained": not reused}
+        if adopted:
+            lineage[f"stage{stage}"]["adopted_from"] = str(checkpoints.stage_dir(root, stage))
     train_artifacts.publish(layout, results)
     return lineage
 
@@ -126,7 +132,8 @@ def ablation_flow(
             build_demo_models(Path(cfg.train.encoder).parent)
     lineages: dict[str, dict[str, dict[str, Any]]] = {}
     metrics: dict[str, dict[str, Any]] = {}
-    evaluated: list[str] = []
+    # the work dir's own evaluation (llmasr run's) first: its baselines' decodes carry over
+    evaluated: list[str] = [str(plan.root / "eval")] if (plan.root / "eval").is_dir() else []
     # the work dir's lock (after the data flow, which takes it itself): no data run rewrites the
     # shards under the variants, no second ablation trains into the same store folders
     with work_dir_lock(plan.root, plan.base.runner.lock_wait_s, what="llmasr-ablation"):

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmasr.atomic import atomic_path, write_json, write_text
+from llmasr.atomic import TMP_PREFIX, atomic_path, write_json, write_text
 from llmasr.config import ConfigError, PipelineConfig, load_config
 
 ABLATIONS = "ablations"
@@ -356,6 +356,70 @@ def link_stage(folder: Path, root: Path, stage: int, key: str) -> Path:
     return target
 
 
+def adopt_run_stage(root: Path, stage: int, key: str, target: Path) -> bool:
+    """Fill store folder ``target`` with the work dir's own ``checkpoints/stage<N>`` when that is a
+    complete checkpoint of ``key`` (the stage ``llmasr run`` trained with the same inputs and
+    settings) and ``target`` holds none: a variant equal to the run up to this stage trains nothing.
+
+    Files are hard links (no bytes copied; a copy where the file system refuses), so a later
+    ``llmasr run`` that retrains the work dir's stage, which writes new files, leaves the store's
+    alone.  model.json's paths into the work dir's stage folders are rewritten to their store
+    folders (each stage adopted in order, so stage 3 names the store's stage-1 encoder, not the
+    run's).  Returns whether it adopted."""
+    from tasks.checkpoints import read_stage, stage_dir
+
+    source = stage_dir(root, stage)
+    done = read_stage(source)
+    have = read_stage(target)
+    if done is None or done.get("key") != key or (have is not None and have.get("key") == key):
+        return False
+    tmp = target.with_name(f"{TMP_PREFIX}{target.name}")
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed adoption's
+    shutil.copytree(source, tmp, copy_function=_hard_link_or_copy)
+    model_json = tmp / "model.json"
+    if model_json.is_file():
+        moved = {}
+        for s in STAGES:
+            run_key = _stage_key(root, s)
+            if run_key is not None:
+                folder = str(stage_folder(root, s, run_key))
+                moved[str(stage_dir(root, s))] = folder
+                moved[str(stage_dir(root, s).resolve())] = folder
+        data = json.loads(model_json.read_text(encoding="utf-8"))
+        model_json.unlink()  # a hard link into the run's folder: write a new file, not through it
+        write_json(model_json, _repoint(data, moved))
+    shutil.rmtree(target, ignore_errors=True)  # empty, or an interrupted or other-key run's leftovers
+    os.rename(tmp, target)  # the store folder appears whole or not at all
+    return True
+
+
+def _stage_key(root: Path, stage: int) -> str | None:
+    from tasks.checkpoints import read_stage, stage_dir
+
+    done = read_stage(stage_dir(root, stage))
+    return done.get("key") if done else None
+
+
+def _repoint(data: Any, moved: dict[str, str]) -> Any:
+    """``data`` with every string that is a path under a key of ``moved`` under its value instead."""
+    if isinstance(data, dict):
+        return {k: _repoint(v, moved) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_repoint(v, moved) for v in data]
+    if isinstance(data, str):
+        for old, new in moved.items():
+            if data == old or data.startswith(old + os.sep):
+                return new + data[len(old) :]
+    return data
+
+
+def _hard_link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def unlink_stage(folder: Path, stage: int) -> None:
     """No checkpoints/stage<N> in the variant (a variant that skips stage 1)."""
     link = folder / "checkpoints" / f"stage{stage}"
@@ -386,14 +450,17 @@ def seed_decode_caches(sources: Sequence[Path], dest: Path) -> int:
 def finish_lineage(
     variants: Sequence[Variant], lineages: dict[str, dict[str, dict[str, Any]]]
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per variant and stage: {checkpoint, key, trained, trained_by}.  ``lineages[variant][stageN]``
-    says whether that variant's run of the stage trained it; a stage trained once for several
-    variants is ``trained`` (by this ablation) in all of them, ``trained_by`` the first."""
-    by_key = {}
+    """Per variant and stage: {checkpoint, key, trained, trained_by[, adopted_from]}.
+    ``lineages[variant][stageN]`` says whether that variant's run of the stage trained it; a stage
+    trained once for several variants is ``trained`` (by this ablation) in all of them,
+    ``trained_by`` the first."""
+    by_key, adopted = {}, {}
     for v in variants:
         for stage, info in lineages.get(v.name, {}).items():
             if info.get("trained"):
                 by_key.setdefault((stage, info["key"]), v.name)
+            if info.get("adopted_from"):
+                adopted[(stage, info["key"])] = info["adopted_from"]
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for v in variants:
         out[v.name] = {}
@@ -405,6 +472,8 @@ def finish_lineage(
                 "trained": who is not None,
                 "trained_by": who,
             }
+            if (stage, info["key"]) in adopted:
+                out[v.name][stage]["adopted_from"] = adopted[(stage, info["key"])]
     return out
 
 
@@ -439,7 +508,9 @@ def stage_cell(info: dict[str, Any] | None, variant: str) -> str:
     if not info:
         return "-"
     how = (
-        "reused"
+        "the run's"
+        if info.get("adopted_from")
+        else "reused"
         if not info["trained"]
         else "trained"
         if info["trained_by"] == variant
@@ -571,7 +642,8 @@ def render_report(comparison: dict[str, Any], rows: list[dict[str, Any]], plot: 
         + ".\n",
         "\n## Variants and their stages\n\n",
         "Each stage's cache key (its first 8 characters): `trained` by this ablation for this variant, "
-        "`shared` with the variant it was trained for, `reused` from an earlier ablation of this work dir. "
+        "`shared` with the variant it was trained for, `reused` from an earlier ablation of this work dir, "
+        "`the run's` adopted from the work dir's own checkpoints (`llmasr run` trained it, same key). "
         f"Stages with one key are one checkpoint, in `{comparison['store']}`.\n\n",
         markdown_table(lineage),
         "\n## Results\n\n",

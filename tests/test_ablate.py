@@ -150,6 +150,63 @@ def test_a_rerun_trains_nothing(ablation, corpus: Path, models: dict):
     assert "reused" in (out / "report.md").read_text()
 
 
+def test_a_stage_the_run_trained_is_adopted_not_retrained(
+    ablation, reference_run, corpus, models, session_tmp
+):
+    """A work dir whose own run trained stage 1 (here: the first ablation's stage 1, placed as
+    ``llmasr run`` leaves it): the ablation hard-links it into its store and trains stages 2-3."""
+    first_work, _, comparison, _ = ablation
+    ref, _ = reference_run
+    work = session_tmp / "ablate-adopt"
+    shutil.copytree(ref, work)
+    trained = Path(comparison["variants"][0]["lineage"]["stage1"]["checkpoint"])
+    run_stage1 = checkpoints.stage_dir(work, 1)
+    shutil.copytree(trained, run_stage1)
+    model = json.loads((run_stage1 / "model.json").read_text())
+    model["encoder"] = str(run_stage1.resolve() / "encoder")  # as the run wrote it
+    (run_stage1 / "model.json").write_text(json.dumps(model))
+    assert cli.main(ablate_argv(work, corpus, models, "--variant", "x:train.stage3.lr=0.01")) == 0
+    lineage = json.loads((work / "ablations" / "x" / "comparison.json").read_text())["variants"][0]["lineage"]
+    assert not lineage["stage1"]["trained"] and lineage["stage1"]["adopted_from"] == str(run_stage1)
+    assert lineage["stage2"]["trained"] and lineage["stage3"]["trained"]
+    store1 = Path(lineage["stage1"]["checkpoint"])
+    assert store1.parent == ablate.store_dir(work)
+    for f in (run_stage1 / "encoder").iterdir():  # hard links: one inode, no bytes copied
+        assert (store1 / "encoder" / f.name).stat().st_ino == f.stat().st_ino
+    assert json.loads((store1 / "model.json").read_text())["encoder"] == str(store1 / "encoder")
+    assert json.loads((run_stage1 / "model.json").read_text()) == model  # the run's left as it was
+    stage3 = json.loads((Path(lineage["stage3"]["checkpoint"]) / "model.json").read_text())
+    assert Path(stage3["encoder"]) == store1.resolve() / "encoder"
+    assert "the run's" in (work / "ablations" / "x" / "report.md").read_text()
+
+
+def test_adopt_run_stage_only_a_complete_checkpoint_of_the_key(tmp_path: Path):
+    root = tmp_path / "w"
+    run1, run2 = checkpoints.stage_dir(root, 1), checkpoints.stage_dir(root, 2)
+    (run2 / "projector").mkdir(parents=True)
+    (run2 / "projector" / "w.bin").write_bytes(b"x")
+    (run2 / "model.json").write_text(
+        json.dumps({"encoder": str(run1 / "encoder"), "projector_path": str(run2 / "projector"), "lr": 1})
+    )
+    checkpoints.write_stage(run1, stage=1, key="k1")
+    target = ablate.stage_folder(root, 2, "k2")
+    target.mkdir(parents=True)
+    assert not ablate.adopt_run_stage(root, 2, "k2", target)  # the run's stage 2 is not complete
+    checkpoints.write_stage(run2, stage=2, key="k2")
+    assert not ablate.adopt_run_stage(root, 2, "other", target)  # another key
+    (target / "half-written").write_text("")  # an interrupted training's leftovers
+    assert ablate.adopt_run_stage(root, 2, "k2", target)
+    assert sorted(p.name for p in target.iterdir()) == ["model.json", "projector", "stage.json"]
+    assert json.loads((target / "model.json").read_text()) == {
+        "encoder": str(ablate.stage_folder(root, 1, "k1") / "encoder"),
+        "projector_path": str(target / "projector"),
+        "lr": 1,
+    }
+    assert json.loads((run2 / "model.json").read_text())["projector_path"] == str(run2 / "projector")
+    assert not ablate.adopt_run_stage(root, 2, "k2", target)  # the store has it now
+    assert not list(target.parent.glob(".tmp-*"))
+
+
 # ---------------------------------------------------------------------- bad input, before any work
 
 
