@@ -27,7 +27,7 @@ from prefect.utilities.annotations import quote
 from flows import artifacts, runners
 from flows.caching import by_key, cache_options
 from llmasr import progress
-from llmasr.config import DemoConfig, PipelineConfig, load_config
+from llmasr.config import DemoConfig, PipelineConfig, cache_settings, load_config
 from llmasr.layout import WorkLayout
 from llmasr.lock import work_dir_lock
 from llmasr.records import STATUS_OK, Decision, Item, Label, Segment, read_records, write_records
@@ -66,15 +66,7 @@ def ingest_web_task(url: str, cfg: PipelineConfig, known: dict[str, Item]) -> li
     records skip what was downloaded before."""
     from tasks import youtube
 
-    opts = youtube.YtdlpOptions(
-        captions_languages=tuple(cfg.ingest.caption_languages),
-        allow_auto_captions=cfg.ingest.allow_auto_captions,
-        max_item_duration_s=cfg.ingest.max_item_duration_s,
-        retries=cfg.ingest.retries,
-        backoff_s=cfg.ingest.backoff_s,
-        cookies_file=youtube.cookies_from_env_or_secret(cfg.ingest.cookies_env, cfg.ingest.cookies_secret),
-    )
-    return youtube.fetch_web_source(url, WorkLayout(Path(cfg.work_dir)), opts, known=known)
+    return youtube.fetch_web_source(url, WorkLayout(Path(cfg.work_dir)), cfg.ingest, known=known)
 
 
 @_cached_task("write-items")
@@ -228,7 +220,10 @@ def _stat(path: str | None) -> list[int] | None:
 def ingest_key(batch: list[ingest.LocalFile], cfg: PipelineConfig) -> str:
     stamps = [(f.path, f.caption_path, _stat(f.path), _stat(f.caption_path)) for f in batch]
     return fingerprint(
-        "ingest", stamps, cfg.ingest, code_version("tasks.ingest", "llmasr.audio", "tasks.captions")
+        "ingest",
+        stamps,
+        cache_settings(cfg.ingest),
+        code_version("tasks.ingest", "llmasr.audio", "tasks.captions"),
     )
 
 

@@ -124,7 +124,7 @@ def resolve_config(
     """The config with the command line's lists replacing eval.test_sets/baselines/hyps/stages."""
     from pydantic import ValidationError
 
-    from llmasr.config import _format_validation_error
+    from llmasr.config import format_validation_error
 
     cfg = load_config(profile, overrides, config_file, work_dir=work_dir)
     given = {
@@ -139,7 +139,7 @@ def resolve_config(
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc)) from None
 
 
 def check_test_sets(cfg: PipelineConfig) -> None:

@@ -89,7 +89,7 @@ def stage_key(cfg: PipelineConfig, layout: WorkLayout, stage: int) -> str:
     code.  A setting only later stages read leaves the earlier stages' keys alone."""
     after_stage1 = stage > 2 or (stage == 2 and not cfg.train.skip_stage1)
     prev = checkpoints.read_stage(checkpoints.stage_dir(layout.root, stage - 1)) if after_stage1 else None
-    # the settings this stage reads, less the runtime ones (both marked in llmasr/config.py)
+    # the settings this stage reads, less the runtime ones (both marked in llmasr/config/)
     settings = cache_settings(cfg.train, stage)
     stage_cfg = settings.pop(f"stage{stage}")
     settings["deepspeed_config"] = _deepspeed_settings(cfg.train.deepspeed_config)

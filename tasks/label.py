@@ -17,7 +17,7 @@ from pathlib import Path
 from llmasr import progress
 from llmasr.audio import SAMPLE_RATE, load_audio
 from llmasr.bundled import BUNDLED_PREFIX, resolve_ct2  # noqa: F401 - BUNDLED_PREFIX: importers of tasks.label
-from llmasr.config import FilterConfig, LabelConfig
+from llmasr.config import FilterConfig, LabelConfig, cache_settings
 from llmasr.layout import WorkLayout
 from llmasr.records import Item, Label, Segment
 from tasks.filter import duration_reasons
@@ -143,11 +143,12 @@ def item_key(
 ) -> str:
     """What an item's labels are computed from: its audio (stamped as the segment stage stamps it:
     a file replaced under the same name has another size or mtime), the segments' times, the
-    settings (not ``items_per_task``, a batching knob) and the code."""
+    settings (less those marked ``runtime``, such as ``items_per_task``: ``cache_settings``) and the
+    code."""
     return fingerprint(
         audio_stamp(layout, item),
         [(s.segment_id, s.start_s, s.end_s) for s in segments],
-        label_cfg.model_dump(exclude={"items_per_task"}),
+        cache_settings(label_cfg),
         (filter_cfg.min_duration_s, filter_cfg.max_duration_s),
         code_version("tasks.label", "llmasr.audio", "llmasr.bundled"),
     )

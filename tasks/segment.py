@@ -17,7 +17,7 @@ from pathlib import Path
 from llmasr import progress
 from llmasr.audio import SAMPLE_RATE, load_audio
 from llmasr.audio import duration_s as audio_duration_s
-from llmasr.config import SegmentConfig
+from llmasr.config import SegmentConfig, cache_settings
 from llmasr.layout import WorkLayout
 from llmasr.records import Item, Segment
 from tasks.captions import Cue, parse_captions
@@ -124,17 +124,14 @@ def audio_stamp(layout: WorkLayout, item: Item) -> dict:
 
 
 def item_key(layout: WorkLayout, item: Item, cfg: SegmentConfig) -> str:
-    """What an item's segments are computed from: its audio and captions, the settings, the code.
-
-    ``items_per_task`` only batches items into tasks; it does not change any segment, so it is not
-    part of the key (as label.item_key leaves out label.items_per_task)."""
+    """What an item's segments are computed from: its audio and captions, the settings (less those
+    marked ``runtime``, such as ``items_per_task``: ``cache_settings``), the code."""
     caption = layout.abs(item.caption_path).read_bytes() if item.caption_path else b""
-    settings = cfg.model_dump(mode="json", exclude={"items_per_task"})
     return fingerprint(
         item.item_id,
         audio_stamp(layout, item),
         fingerprint(caption.decode("utf-8", "replace")),
-        settings,
+        cache_settings(cfg),
         code_version("tasks.segment", "tasks.captions"),
     )
 

@@ -13,6 +13,7 @@ rebuild its :class:`~llmasr.records.Item` without network; yt-dlp's download arc
 Per-video failures never raise: they come back as ``Item(status="failed", error=...)``.  Network
 errors (timeouts, refused/reset connections, HTTP 5xx/429) are retried with exponential backoff;
 anything else (404, unsupported URL, private video, undecodable audio, too long) fails at once.
+The settings are the config's ``ingest`` section (``llmasr.config.IngestConfig``), taken as is.
 The cookies file's path and contents are never logged nor put into errors.
 """
 
@@ -45,6 +46,7 @@ from yt_dlp.utils import DownloadError, YoutubeDLError
 
 from llmasr.atomic import write_json
 from llmasr.audio import AudioError, convert_to_flac16k
+from llmasr.config import IngestConfig
 from llmasr.layout import WorkLayout, safe_id
 from llmasr.records import STATUS_FAILED, STATUS_OK, Item
 
@@ -74,17 +76,16 @@ _NETWORK_TYPES = (
 
 
 @dataclass(frozen=True)
-class YtdlpOptions:
-    """How web sources are fetched (the ``ingest`` section of the config)."""
+class _Fetch:
+    """What fetching one source reads: the config's ``ingest`` section, and the cookies file it names
+    (``cookies_from_env_or_secret``, resolved once per source; never logged)."""
 
-    captions_languages: tuple[str, ...] = ("en",)
-    allow_auto_captions: bool = True  # manual captions are always preferred
-    max_item_duration_s: float = 4 * 3600  # longer items are recorded as failed ("too long")
-    retries: int = 3  # yt-dlp's own retries, plus as many whole-video re-attempts on network errors
-    backoff_s: float = 2.0  # first backoff; doubles each retry
-    cookies_file: str | None = None  # Netscape cookies file; never logged
-    rate_limit_bytes: int | None = None
-    socket_timeout_s: float = 30.0
+    ingest: IngestConfig
+    cookies_file: str | None = None
+
+
+def _fetch_settings(ingest: IngestConfig) -> _Fetch:
+    return _Fetch(ingest, cookies_from_env_or_secret(ingest))
 
 
 class _NotAVideo(RuntimeError):
@@ -98,7 +99,7 @@ class _NotAVideo(RuntimeError):
 class _YtdlpLogger:
     """Forwards every yt-dlp message to ``llmasr.ingest`` at debug level, cookies path redacted."""
 
-    def __init__(self, opts: YtdlpOptions) -> None:
+    def __init__(self, opts: _Fetch) -> None:
         self._opts = opts
 
     def _emit(self, msg: str) -> None:
@@ -126,9 +127,9 @@ class _ToFlac16k(PostProcessor):  # type: ignore[misc]
         return [src], info
 
 
-def _base_params(opts: YtdlpOptions) -> dict[str, Any]:
+def _base_params(opts: _Fetch) -> dict[str, Any]:
     def backoff(n: int) -> float:
-        return opts.backoff_s * (2**n)
+        return opts.ingest.backoff_s * (2**n)
 
     params: dict[str, Any] = {
         "logger": _YtdlpLogger(opts),
@@ -136,22 +137,20 @@ def _base_params(opts: YtdlpOptions) -> dict[str, Any]:
         "no_warnings": False,
         "noprogress": True,
         "color": {"stdout": "never", "stderr": "never"},
-        "socket_timeout": opts.socket_timeout_s,
-        "retries": opts.retries,
-        "fragment_retries": opts.retries,
-        "extractor_retries": opts.retries,
+        "socket_timeout": opts.ingest.socket_timeout_s,
+        "retries": opts.ingest.retries,
+        "fragment_retries": opts.ingest.retries,
+        "extractor_retries": opts.ingest.retries,
         "retry_sleep_functions": {"http": backoff, "fragment": backoff, "extractor": backoff},
         "ignoreerrors": False,
     }
     if opts.cookies_file:
         params["cookiefile"] = opts.cookies_file
-    if opts.rate_limit_bytes:
-        params["ratelimit"] = opts.rate_limit_bytes
     return params
 
 
 def _download_params(
-    opts: YtdlpOptions, tmpdir: Path, archive: Path | None, captions: tuple[str, str] | None
+    opts: _Fetch, tmpdir: Path, archive: Path | None, captions: tuple[str, str] | None
 ) -> dict[str, Any]:
     lang, kind = captions if captions else ("", None)
     return {
@@ -170,7 +169,7 @@ def _download_params(
     }
 
 
-def _extract(url: str, opts: YtdlpOptions, flat: bool) -> dict[str, Any]:
+def _extract(url: str, opts: _Fetch, flat: bool) -> dict[str, Any]:
     params = {**_base_params(opts), "skip_download": True, "noplaylist": not flat}
     if flat:
         params["extract_flat"] = "in_playlist"
@@ -185,7 +184,7 @@ def _extract(url: str, opts: YtdlpOptions, flat: bool) -> dict[str, Any]:
 # errors and retries
 
 
-def _redact(text: str, opts: YtdlpOptions) -> str:
+def _redact(text: str, opts: _Fetch) -> str:
     """``text`` without the cookies file's path (as given, expanded or absolute)."""
     if opts.cookies_file:
         given = opts.cookies_file
@@ -198,7 +197,7 @@ def _redact(text: str, opts: YtdlpOptions) -> str:
     return text
 
 
-def _error_text(exc: BaseException, opts: YtdlpOptions) -> str:
+def _error_text(exc: BaseException, opts: _Fetch) -> str:
     """A one-line, readable error for Item.error (no "ERROR:" prefix, no colour, no cookies path)."""
     text = _ANSI.sub("", str(exc)).strip() or type(exc).__name__
     text = re.sub(r"^(ERROR:\s*)+", "", text)
@@ -241,16 +240,17 @@ def is_network_error(exc: BaseException) -> bool:
     return bool(_NETWORK_MESSAGE.search(str(exc)))
 
 
-def _with_retries(what: str, fn: Callable[[], Any], opts: YtdlpOptions) -> Any:
-    """Call ``fn``; on a network error wait backoff_s, 2*backoff_s, ... and retry up to opts.retries times."""
-    attempts = 1 + max(0, opts.retries)
+def _with_retries(what: str, fn: Callable[[], Any], opts: _Fetch) -> Any:
+    """Call ``fn``; on a network error wait ingest.backoff_s, twice that, ... and retry up to
+    ingest.retries times."""
+    attempts = 1 + max(0, opts.ingest.retries)
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except (YoutubeDLError, OSError) as exc:
             if attempt == attempts or not is_network_error(exc):
                 raise
-            delay = opts.backoff_s * 2 ** (attempt - 1)
+            delay = opts.ingest.backoff_s * 2 ** (attempt - 1)
             log.warning(
                 "network error on %s (attempt %d/%d), retrying in %.2f s: %s",
                 what,
@@ -332,13 +332,13 @@ def _pick_lang(tracks: dict[str, Any], lang: str) -> str | None:
     return variants[0] if variants else None
 
 
-def choose_captions(info: dict[str, Any], opts: YtdlpOptions) -> tuple[str, str] | None:
+def choose_captions(info: dict[str, Any], ingest: IngestConfig) -> tuple[str, str] | None:
     """(language, "manual"|"auto") of the captions to fetch, manual in any wanted language first."""
     kinds = [("manual", info.get("subtitles") or {})]
-    if opts.allow_auto_captions:
+    if ingest.allow_auto_captions:
         kinds.append(("auto", info.get("automatic_captions") or {}))
     for kind, tracks in kinds:
-        for lang in opts.captions_languages:
+        for lang in ingest.caption_languages:
             found = _pick_lang(tracks, lang)
             if found:
                 return found, kind
@@ -365,7 +365,7 @@ def _is_video_ref(entry: dict[str, Any]) -> bool:
         return False
 
 
-def _flatten(info: dict[str, Any], opts: YtdlpOptions, depth: int = 0) -> list[dict[str, Any]]:
+def _flatten(info: dict[str, Any], opts: _Fetch, depth: int = 0) -> list[dict[str, Any]]:
     """Video entries of a flat-extracted result; nested playlists (channel tabs) are expanded."""
     if info.get("_type") not in ("playlist", "multi_video"):
         return [info]
@@ -385,7 +385,7 @@ def _flatten(info: dict[str, Any], opts: YtdlpOptions, depth: int = 0) -> list[d
     return out
 
 
-def _raw_entries(url: str, opts: YtdlpOptions) -> list[dict[str, Any]]:
+def _raw_entries(url: str, opts: _Fetch) -> list[dict[str, Any]]:
     info = _with_retries(url, lambda: _extract(url, opts, flat=True), opts)
     return _flatten(info, opts)
 
@@ -399,27 +399,27 @@ def _summary(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def list_entries(url: str, opts: YtdlpOptions) -> list[dict[str, Any]]:
+def list_entries(url: str, ingest: IngestConfig) -> list[dict[str, Any]]:
     """Flat listing of a video/playlist/channel URL: ``[{"id", "url", "title", "item_id"}]``.
 
     A single video gives one entry.  Raises yt-dlp's ``DownloadError`` when the URL cannot be
     listed (after retrying network errors).
     """
-    return [_summary(e) for e in _raw_entries(url, opts)]
+    return [_summary(e) for e in _raw_entries(url, _fetch_settings(ingest))]
 
 
 # --------------------------------------------------------------------------------------------
 # one video
 
 
-def _single_video(info: dict[str, Any], opts: YtdlpOptions) -> dict[str, Any]:
+def _single_video(info: dict[str, Any], opts: _Fetch) -> dict[str, Any]:
     videos = _flatten(info, opts)
     if len(videos) != 1:
         raise _NotAVideo(f"not a single video: the URL lists {len(videos)} entries (use fetch_web_source)")
     return videos[0]
 
 
-def _resolve(entry: dict[str, Any], opts: YtdlpOptions) -> dict[str, Any]:
+def _resolve(entry: dict[str, Any], opts: _Fetch) -> dict[str, Any]:
     """Full info of a video entry (a flat ``url`` reference is extracted; a full entry is kept)."""
     if entry.get("_type") != "url":
         return entry
@@ -428,24 +428,25 @@ def _resolve(entry: dict[str, Any], opts: YtdlpOptions) -> dict[str, Any]:
     )
 
 
-def _too_long(info: dict[str, Any], opts: YtdlpOptions) -> str | None:
+def _too_long(info: dict[str, Any], opts: _Fetch) -> str | None:
     duration = info.get("duration")
-    if duration and float(duration) > opts.max_item_duration_s:
-        return f"too long: {float(duration):.0f} s > {opts.max_item_duration_s:.0f} s (max_item_duration_s)"
+    limit = opts.ingest.max_item_duration_s
+    if duration and float(duration) > limit:
+        return f"too long: {float(duration):.0f} s > {limit:.0f} s (max_item_duration_s)"
     return None
 
 
 def _download(
-    info: dict[str, Any], item_id: str, layout: WorkLayout, opts: YtdlpOptions
+    info: dict[str, Any], item_id: str, layout: WorkLayout, opts: _Fetch
 ) -> tuple[float, Path | None, str | None]:
     """Download audio (+captions) of a resolved video; returns (duration_s, caption file, kind)."""
-    captions = choose_captions(info, opts)
+    captions = choose_captions(info, opts.ingest)
     # an archived video without a usable record is stale: download it again, ignoring the archive
     archive = None if _in_archive(layout, info) else layout.ytdlp_archive
     layout.raw.mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=f"{_DL_PREFIX}{item_id}-", dir=layout.raw))
     try:
-        to_flac = _ToFlac16k(layout.audio(item_id), opts.max_item_duration_s)
+        to_flac = _ToFlac16k(layout.audio(item_id), opts.ingest.max_item_duration_s)
         with yt_dlp.YoutubeDL(_download_params(opts, tmpdir, archive, captions)) as ydl:
             ydl.add_post_processor(to_flac, when="post_process")
             ydl.process_ie_result(dict(info), download=True)
@@ -482,7 +483,7 @@ def sweep_download_dirs(layout: WorkLayout) -> int:
     return len(stale)
 
 
-def _fetch_resolved(info: dict[str, Any], source: str, layout: WorkLayout, opts: YtdlpOptions) -> Item:
+def _fetch_resolved(info: dict[str, Any], source: str, layout: WorkLayout, opts: _Fetch) -> Item:
     item_id = _info_item_id(info) or safe_id(f"web-{info.get('webpage_url') or info.get('url')}")
     url = info.get("webpage_url") or info.get("original_url") or info.get("url")
     title = info.get("title")
@@ -512,7 +513,7 @@ def _fetch_resolved(info: dict[str, Any], source: str, layout: WorkLayout, opts:
 
 
 def _fetch_entry(
-    entry: dict[str, Any], source: str, layout: WorkLayout, opts: YtdlpOptions, known: dict[str, Item] | None
+    entry: dict[str, Any], source: str, layout: WorkLayout, opts: _Fetch, known: dict[str, Item] | None
 ) -> Item:
     """One entry -> Item; every failure becomes a failed Item (one bad video never stops a channel)."""
     existing = _existing(layout, _info_item_id(entry), known)
@@ -529,13 +530,13 @@ def _fetch_entry(
         )
 
 
-def fetch_video(entry_url: str, source: str, layout: WorkLayout, opts: YtdlpOptions) -> Item:
+def fetch_video(entry_url: str, source: str, layout: WorkLayout, ingest: IngestConfig) -> Item:
     """Download one video's audio + captions into ``layout.raw``; return its Item.
 
     Status ok, or failed with ``error`` -- never raises for per-video failures.  A video whose ok
     record and audio are already in ``raw/`` is returned as recorded (after one metadata request).
     """
-    return _fetch_entry({"_type": "url", "url": entry_url}, source, layout, opts, None)
+    return _fetch_entry({"_type": "url", "url": entry_url}, source, layout, _fetch_settings(ingest), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,7 +546,7 @@ def fetch_video(entry_url: str, source: str, layout: WorkLayout, opts: YtdlpOpti
 def fetch_web_source(
     url: str,
     layout: WorkLayout,
-    opts: YtdlpOptions,
+    ingest: IngestConfig,
     known: dict[str, Item] | None = None,
     progress: Progress | None = None,
 ) -> list[Item]:
@@ -556,8 +557,10 @@ def fetch_web_source(
     Known ok items the listing no longer shows (deleted or private videos) are carried forward, so
     their segments and shards stay.  A URL that cannot be listed at all (unreachable, unsupported)
     gives one failed Item with id ``url_item_id(url)`` instead of raising, plus the known items.
-    ``progress(n_done, n_total)`` is called after each entry.
+    ``progress(n_done, n_total)`` is called after each entry.  ``ingest`` is the config's section;
+    a bad cookies setting in it raises ``ValueError`` before anything is fetched.
     """
+    opts = _fetch_settings(ingest)
     try:
         entries = _raw_entries(url, opts)
     except Exception as exc:  # noqa: BLE001 -- a source that cannot be listed is one failed item
@@ -620,15 +623,15 @@ def _write_private(contents: str) -> str:
     return path
 
 
-def cookies_from_env_or_secret(
-    env_var: str = "LLMASR_YTDLP_COOKIES", secret_block: str | None = None
-) -> str | None:
-    """Path of a Netscape cookies file for yt-dlp, or None when no cookies are configured.
+def cookies_from_env_or_secret(ingest: IngestConfig) -> str | None:
+    """Path of a Netscape cookies file for yt-dlp, or None when ``ingest`` configures no cookies.
 
-    ``$env_var`` may hold a path to an existing file (returned as is) or the file's contents
-    (written to a 0600 temp file).  Otherwise, with ``secret_block``, the Prefect Secret block of
-    that name is loaded and its value written likewise.  Nothing about the cookies is logged.
+    ``$<ingest.cookies_env>`` may hold a path to an existing file (returned as is) or the file's
+    contents (written to a 0600 temp file).  Otherwise, with ``ingest.cookies_secret``, the Prefect
+    Secret block of that name is loaded and its value written likewise.  Nothing about the cookies is
+    logged.
     """
+    env_var, secret_block = ingest.cookies_env, ingest.cookies_secret
     value = os.environ.get(env_var, "").strip()
     if value:
         if os.path.isfile(value):

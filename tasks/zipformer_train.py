@@ -92,7 +92,7 @@ def train_key(shard_index: str | Path, cfg: ZipformerConfig) -> str:
     """What a trained Zipformer depends on: the shard index's content, the settings it learns from
     (the world size, ``nproc_per_node``, among them: it sets the global batch), and the training code."""
     index = Path(shard_index).read_bytes()
-    settings = cache_settings(cfg)  # without the runtime fields (llmasr/config.py marks them)
+    settings = cache_settings(cfg)  # without the runtime fields (llmasr/config/ marks them)
     return fingerprint(
         "zipformer", hashlib.sha256(index).hexdigest(), settings, code_version(*ZIPFORMER_CODE)
     )

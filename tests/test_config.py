@@ -293,6 +293,14 @@ ZIPFORMER_RUNTIME = {
     "timeout_s",
 }
 
+# the data stages' batching and network knobs (flows.data.ingest_key, tasks.segment.item_key,
+# tasks.label.item_key)
+DATA_RUNTIME = {
+    "ingest": {"items_per_task", "socket_timeout_s"},
+    "segment": {"items_per_task"},
+    "label": {"items_per_task"},
+}
+
 
 @pytest.mark.parametrize("profile", ["demo", "small", None])
 def test_cache_settings_leave_out_exactly_the_runtime_and_unread_settings(profile: str | None) -> None:
@@ -309,6 +317,9 @@ def test_cache_settings_leave_out_exactly_the_runtime_and_unread_settings(profil
         assert settings == expected, f"stage {stage}"
     assert cache_settings(cfg.zipformer) == cfg.zipformer.model_dump(mode="json", exclude=ZIPFORMER_RUNTIME)
     assert cache_settings(cfg.train) == cfg.train.model_dump(mode="json", exclude=TRAIN_RUNTIME)
+    for section, runtime in DATA_RUNTIME.items():
+        got = cache_settings(getattr(cfg, section))
+        assert got == getattr(cfg, section).model_dump(mode="json", exclude=runtime), section
 
 
 def test_small_profile_loads_and_validates() -> None:

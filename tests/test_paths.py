@@ -1,4 +1,4 @@
-"""One rule for relative paths (llmasr/config.py ``PATH_KEYS``): a config file's are relative to its
+"""One rule for relative paths (llmasr/config/paths.py ``PATH_KEYS``): a config file's are relative to its
 folder, the command line's to the current folder; both are made absolute at load time, so the flow,
 the trainer subprocess (started in the repository) and the exports they write name the same files.
 The demo profile writes nothing outside its work dir.  The flow tests run from folders other than

@@ -21,11 +21,11 @@ from yt_dlp.networking.common import Response
 from yt_dlp.networking.exceptions import HTTPError, TransportError
 from yt_dlp.utils import DownloadError, ExtractorError
 
+from llmasr.config import IngestConfig
 from llmasr.layout import WorkLayout
 from llmasr.records import STATUS_FAILED, STATUS_OK, Item
 from tasks import youtube
 from tasks.youtube import (
-    YtdlpOptions,
     choose_captions,
     cookies_from_env_or_secret,
     fetch_video,
@@ -37,7 +37,7 @@ from webfixtures import Site, closed_port, page, speak, video_tag, vtt
 
 SENTENCE = "the quick brown fox jumps over the lazy dog"
 PLAYLIST_SENTENCES = ["one small step", "hello from the second clip", "and the third one"]
-FAST = YtdlpOptions(backoff_s=0.01, retries=2, socket_timeout_s=5)
+FAST = IngestConfig(backoff_s=0.01, retries=2, socket_timeout_s=5)
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +260,7 @@ def test_items_the_listing_no_longer_shows_are_kept(
 def test_network_error_is_retried(
     state: Site, layout: WorkLayout, caplog: pytest.LogCaptureFixture, failure: str
 ) -> None:
-    opts = YtdlpOptions(backoff_s=0.01, retries=1, socket_timeout_s=5)
+    opts = IngestConfig(backoff_s=0.01, retries=1, socket_timeout_s=5)
     failures = 3  # more than yt-dlp's own retries (1 retry = 2 requests), so our loop must step in
     getattr(state.state, failure)["/flaky.m4a"] = failures
     caplog.set_level(logging.INFO, logger="llmasr.ingest")
@@ -275,7 +275,7 @@ def test_network_error_is_retried(
 
 
 def test_network_error_gives_up_after_retries(state: Site, layout: WorkLayout) -> None:
-    opts = YtdlpOptions(backoff_s=0.01, retries=1, socket_timeout_s=5)
+    opts = IngestConfig(backoff_s=0.01, retries=1, socket_timeout_s=5)
     state.state.fail_503["/flaky.m4a"] = 100
     (item,) = fetch_web_source(state.url("flaky.html"), layout, opts)
     assert item.status == STATUS_FAILED and "503" in (item.error or "")
@@ -284,7 +284,7 @@ def test_network_error_gives_up_after_retries(state: Site, layout: WorkLayout) -
 
 
 def test_too_long_fails(state: Site, layout: WorkLayout) -> None:
-    opts = YtdlpOptions(backoff_s=0.01, max_item_duration_s=0.5)
+    opts = IngestConfig(backoff_s=0.01, max_item_duration_s=0.5)
     (item,) = fetch_web_source(state.url("one.html"), layout, opts)
     assert item.status == STATUS_FAILED
     assert (item.error or "").startswith("too long")
@@ -300,7 +300,8 @@ def test_too_long_known_before_download(layout: WorkLayout) -> None:
         "title": "Long",
         "duration": 7200,
     }
-    item = youtube._fetch_resolved(info, "src", layout, YtdlpOptions(max_item_duration_s=3600))
+    too_long = youtube._Fetch(IngestConfig(max_item_duration_s=3600))
+    item = youtube._fetch_resolved(info, "src", layout, too_long)
     assert item.item_id == "youtube-x1" and item.status == STATUS_FAILED
     assert item.error and item.error.startswith("too long: 7200 s")
 
@@ -310,11 +311,11 @@ def test_choose_captions_prefers_manual_then_auto() -> None:
         "subtitles": {"de": [{}], "en-GB": [{}]},
         "automatic_captions": {"en": [{}], "fr": [{}]},
     }
-    assert choose_captions(info, YtdlpOptions(captions_languages=("en",))) == ("en-GB", "manual")
-    assert choose_captions(info, YtdlpOptions(captions_languages=("fr",))) == ("fr", "auto")
-    assert choose_captions(info, YtdlpOptions(captions_languages=("fr",), allow_auto_captions=False)) is None
-    assert choose_captions(info, YtdlpOptions(captions_languages=("es", "de"))) == ("de", "manual")
-    assert choose_captions({}, YtdlpOptions()) is None
+    assert choose_captions(info, IngestConfig(caption_languages=["en"])) == ("en-GB", "manual")
+    assert choose_captions(info, IngestConfig(caption_languages=["fr"])) == ("fr", "auto")
+    assert choose_captions(info, IngestConfig(caption_languages=["fr"], allow_auto_captions=False)) is None
+    assert choose_captions(info, IngestConfig(caption_languages=["es", "de"])) == ("de", "manual")
+    assert choose_captions({}, IngestConfig()) is None
 
 
 def test_network_error_classification() -> None:
@@ -343,7 +344,7 @@ COOKIES = "# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t0\tsession\t
 
 def test_cookies_contents_in_env_go_to_a_private_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMASR_YTDLP_COOKIES", COOKIES)
-    path = cookies_from_env_or_secret()
+    path = cookies_from_env_or_secret(IngestConfig())
     assert path is not None
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert Path(path).read_text() == COOKIES
@@ -354,15 +355,15 @@ def test_cookies_path_in_env_is_returned(monkeypatch: pytest.MonkeyPatch, tmp_pa
     f = tmp_path / "cookies.txt"
     f.write_text(COOKIES)
     monkeypatch.setenv("LLMASR_YTDLP_COOKIES", str(f))
-    assert cookies_from_env_or_secret() == str(f)
+    assert cookies_from_env_or_secret(IngestConfig()) == str(f)
 
 
 def test_cookies_none_and_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LLMASR_YTDLP_COOKIES", raising=False)
-    assert cookies_from_env_or_secret() is None
+    assert cookies_from_env_or_secret(IngestConfig()) is None
     monkeypatch.setenv("LLMASR_YTDLP_COOKIES", "/no/such/cookies-file")
     with pytest.raises(ValueError) as err:
-        cookies_from_env_or_secret()
+        cookies_from_env_or_secret(IngestConfig())
     assert "/no/such" not in str(err.value)
     # the message names the variable, the config keys behind it, and what to do
     for part in (
@@ -380,7 +381,7 @@ def test_a_secret_without_cookies_names_the_config_key(monkeypatch: pytest.Monke
     monkeypatch.delenv("LLMASR_YTDLP_COOKIES", raising=False)
     monkeypatch.setattr(Secret, "load", staticmethod(lambda name, *a, **k: Secret(value="  ")))  # type: ignore[arg-type]
     with pytest.raises(ValueError) as err:
-        cookies_from_env_or_secret(secret_block="yt-cookies")
+        cookies_from_env_or_secret(IngestConfig(cookies_secret="yt-cookies"))
     assert "'yt-cookies'" in str(err.value) and "ingest.cookies_secret" in str(err.value)
 
 
@@ -395,25 +396,28 @@ def test_cookies_from_prefect_secret(monkeypatch: pytest.MonkeyPatch) -> None:
         return Secret(value=COOKIES)  # type: ignore[arg-type]  # pydantic coerces str
 
     monkeypatch.setattr(Secret, "load", staticmethod(fake_load))
-    path = cookies_from_env_or_secret(secret_block="yt-cookies")
+    path = cookies_from_env_or_secret(IngestConfig(cookies_secret="yt-cookies"))
     assert loaded == ["yt-cookies"] and path is not None
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and Path(path).read_text() == COOKIES
     os.unlink(path)
 
 
 def test_cookies_are_used_but_never_logged(
-    state: Site, layout: WorkLayout, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    state: Site,
+    layout: WorkLayout,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cookies = tmp_path / "private-cookies.txt"
     cookies.write_text(COOKIES)
+    monkeypatch.setenv("LLMASR_YT_TEST_COOKIES", str(cookies))
+    # the section names the variable that holds the cookies file's path
+    ingest = IngestConfig(backoff_s=0.01, cookies_env="LLMASR_YT_TEST_COOKIES")
     caplog.set_level(logging.DEBUG, logger="llmasr.ingest")
 
-    items = fetch_web_source(
-        state.url("one.html"), layout, YtdlpOptions(backoff_s=0.01, cookies_file=str(cookies))
-    )
-    missing = fetch_web_source(
-        state.url("missing.html"), layout, YtdlpOptions(backoff_s=0.01, cookies_file=str(cookies))
-    )
+    items = fetch_web_source(state.url("one.html"), layout, ingest)
+    missing = fetch_web_source(state.url("missing.html"), layout, ingest)
 
     assert items[0].status == STATUS_OK and missing[0].status == STATUS_FAILED
     assert "session=secret-value-123" in state.state.cookies  # yt-dlp sent them
