@@ -391,8 +391,8 @@ def child_flow(a: dict) -> dict:
     """data_flow run ``repeat`` times in this process, as `llmasr data` runs it (the CLI's task
     runner), each call timed; the first call is the one a user gets from a fresh `llmasr data`."""
     t0 = time.perf_counter()
+    from cli.common import task_runner
     from flows.data import data_flow
-    from llmasr.cli import _task_runner
     from llmasr.config import load_config
 
     import_s = time.perf_counter() - t0
@@ -401,7 +401,7 @@ def child_flow(a: dict) -> dict:
     runs = []
     for _ in range(a.get("repeat", 1)):
         t0 = time.perf_counter()
-        state = data_flow.with_options(task_runner=_task_runner(cfg))(
+        state = data_flow.with_options(task_runner=task_runner(cfg))(
             sources=a["sources"],
             profile=PROFILE,
             work_dir=a["work_dir"],

@@ -1,4 +1,5 @@
-"""The ablation flow: data once -> per variant, training then evaluation (subflows) -> comparison.
+"""llmasr ablate (cli/ablate.py) runs this flow: data once -> per variant, training then evaluation
+(subflows) -> comparison.
 
     llmasr ablate --profile demo --work-dir runs/demo --vary train.stage3.lr=0.01,0.001
     llmasr ablate --work-dir runs/mine --vary train.projector=mlp,linear --vary train.seed=0,1
@@ -147,9 +148,3 @@ def ablation_flow(
     ablation_artifacts.publish(str(plan.out_dir), rows, report, png)
     logger.info("ablation written to %s (comparison.json, report.md)", plan.out_dir)
     return comparison
-
-
-if __name__ == "__main__":
-    from llmasr.cli import main
-
-    raise SystemExit(main(["ablate", *__import__("sys").argv[1:]]))

@@ -1,8 +1,7 @@
-"""The data flow: ingest -> segment -> label -> filter -> shard.
+"""llmasr data (cli/data.py) runs this flow: ingest -> segment -> label -> filter -> shard.
 
     llmasr data --profile demo                                   # CPU demo, offline
     llmasr data --source https://www.youtube.com/@SomeChannel --work-dir runs/mine
-    python -m flows.data --profile demo                          # the same, without the CLI
 
 Tasks are coarse (one web source, or a batch of items, per task) and cached on a key computed
 from their inputs' content, the stage's settings and the stage's code, so a rerun with nothing
@@ -508,9 +507,3 @@ def follow_with_training(cfg: PipelineConfig, layout: WorkLayout, index: dict, l
         "%.2f h of new kept audio (>= %.2f h): triggered %s (flow run %s)", new_h, threshold, name, run.id
     )
     return str(run.id)
-
-
-if __name__ == "__main__":
-    from llmasr.cli import main
-
-    raise SystemExit(main(["data", *__import__("sys").argv[1:]]))

@@ -1,4 +1,5 @@
-"""The project's Prefect deployments: data (optionally on a cron), train, evaluate, the pipeline, ablations.
+"""llmasr ui (cli/ui.py) serves these, the project's Prefect deployments: data (optionally on a cron),
+train, evaluate, the pipeline, ablations.
 
     llmasr ui                                   # serves these next to a local Prefect server
     prefect deploy --prefect-file infra/prefect.yaml --all   # the same on a team's server and work pools

@@ -1,9 +1,9 @@
-"""The evaluation flow: decode every test set with every system, score O/N/R/U-WER, report.
+"""llmasr evaluate (cli/evaluate.py) runs this flow: decode every test set with every system, score
+O/N/R/U-WER, report.
 
     llmasr evaluate --work-dir runs/mine --test-set primock57=/data/primock57 \\
         --test-set kincaid46=/data/kincaid46 --baseline faster-whisper:large-v2
     llmasr evaluate --profile demo        # runs/demo checkpoints + tiny.en on the zero-shot set
-    python -m flows.evaluate --profile demo
 
 Systems: each complete stage checkpoint (``llmasr-stage1``: Whisper with the stage-1 encoder,
 through transformers; ``llmasr-stage2``, ``llmasr-stage3``: the LLM-ASR), Whisper baselines
@@ -253,8 +253,3 @@ def _run_evaluate(
     logger.info("evaluation written to %s (report.md, metrics.json, wer.png)", out_dir)
     return metrics
 
-
-if __name__ == "__main__":
-    from llmasr.cli import main
-
-    raise SystemExit(main(["evaluate", *__import__("sys").argv[1:]]))

@@ -1,5 +1,6 @@
-"""The full pipeline: data -> train -> zipformer -> evaluate, as one Prefect flow with four subflows
-(zipformer: the Zipformer-Transducer baseline on the same shards, when zipformer.enabled).
+"""llmasr run (cli/run.py) runs this flow, the full pipeline: data -> train -> zipformer -> evaluate, as
+one Prefect flow with four subflows (zipformer: the Zipformer-Transducer baseline on the same shards,
+when zipformer.enabled).
 
     llmasr run --profile demo                 # CPU demo end to end: corpus, shards, 3 stages, report
     llmasr run --source https://www.youtube.com/@SomeChannel --work-dir runs/mine

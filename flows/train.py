@@ -1,4 +1,5 @@
-"""The training flow: stage 1 (encoder) -> stage 2 (adapter) -> stage 3 (LoRA + adapter).
+"""llmasr train (cli/train.py) runs this flow: stage 1 (encoder) -> stage 2 (adapter) -> stage 3
+(LoRA + adapter).
 
     llmasr train --work-dir runs/mine                      # stages 1 -> 2 -> 3 on the shards there
     llmasr train --profile demo                            # tiny models, CPU, minutes

@@ -1,5 +1,6 @@
-"""The Zipformer-Transducer baseline's flow: train it on the run's shards (the same split as the
-LLM-ASR), cached like the LLM-ASR stages; evaluation then scores it as the ``zipformer`` system.
+"""llmasr run (flows/pipeline.py, with zipformer.enabled) runs this flow, the Zipformer-Transducer
+baseline's: train it on the run's shards (the same split as the LLM-ASR), cached like the LLM-ASR
+stages; evaluation then scores it as the ``zipformer`` system.
 
     llmasr run --profile demo                  # the pipeline runs it after the data flow (zipformer.enabled)
     .venv/bin/python -c "from flows.zipformer import zipformer_flow; zipformer_flow(profile='demo')"

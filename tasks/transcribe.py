@@ -2,7 +2,7 @@
 
     llmasr transcribe --work-dir runs/mine talk.mp3 interviews/ --out transcripts --format srt
 
-Plain functions the CLI (``llmasr transcribe``, llmasr/cli.py) strings together; a test calls them
+Plain functions the CLI (``llmasr transcribe``, cli/transcribe.py) strings together; a test calls them
 without the CLI:
 
     stage = choose_stage(cfg.work_dir, requested)   # the highest complete stage unless one is asked for

@@ -18,7 +18,7 @@ _SESSION_TMP = Path(tempfile.mkdtemp(prefix="llmasr-tests-"))
 os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect-home")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-# as the CLI does (llmasr.cli._prefect_defaults), but before any test imports prefect, which reads it
+# as the CLI does (cli.common.prefect_defaults), but before any test imports prefect, which reads it
 # once: a temporary server a flow starts gets 2 min on a loaded 2-core machine, not Prefect's 20 s
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "llmasr-torch-extensions"))

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import cli
 from conftest import N_ITEMS
-from llmasr import cli
 from llmasr.config import ConfigError, load_config
 from llmasr.layout import WorkLayout
 from llmasr.tiny_models import build_demo_models

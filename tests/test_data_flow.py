@@ -178,10 +178,10 @@ def test_second_run_does_no_work_and_shows_cached_states(reference_run, corpus: 
     after = {p: p.stat().st_mtime_ns for p in before}
     changed = [str(p) for p in before if after[p] != before[p] and "reports" not in p.parts]
     assert changed == []
-    from llmasr import cli
+    from cli.data import print_summary
 
     capsys.readouterr()
-    cli._print_summary(str(work), second)  # the CLI's table after the rerun: labels cached, no "RTFx 0.0"
+    print_summary(str(work), second)  # the CLI's table after the rerun: labels cached, no "RTFx 0.0"
     table = capsys.readouterr().err
     assert "label RTFx" in table and "cached" in table and "0.0" not in table
 
@@ -310,7 +310,7 @@ def _cli(corpus: Path, work: Path, overrides: list[str] = ()) -> list[str]:
     args = [
         sys.executable,
         "-m",
-        "llmasr.cli",
+        "cli",
         "data",
         "--profile",
         "demo",

@@ -533,7 +533,7 @@ def test_a_set_whose_audio_cannot_be_read_stops_the_flow_before_any_system_loads
 
 
 def test_cli_evaluate_fails_early_on_bad_requests(tmp_path, capsys):
-    from llmasr.cli import main
+    from cli import main
 
     assert (
         main(
@@ -587,7 +587,7 @@ def test_cli_evaluate_fails_early_on_bad_requests(tmp_path, capsys):
 
 
 def test_cli_run_checks_the_evaluation_inputs_before_any_work(tmp_path, capsys):
-    from llmasr.cli import main
+    from cli import main
 
     src = tmp_path / "audio"
     src.mkdir()
@@ -605,7 +605,7 @@ def test_cli_run_checks_the_evaluation_inputs_before_any_work(tmp_path, capsys):
 def test_cli_run_takes_the_evaluation_options_and_every_option_has_help(tmp_path, capsys):
     import argparse
 
-    from llmasr.cli import build_parser, main
+    from cli import build_parser, main
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     options = {name: {o for a in p._actions for o in a.option_strings} for name, p in sub.choices.items()}

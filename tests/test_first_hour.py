@@ -388,21 +388,21 @@ def test_a_manifest_row_whose_audio_never_existed_fails_before_any_work(tmp_path
 
 
 def test_a_cached_rerun_reports_cached_not_a_label_rtfx_of_zero():
+    from cli.data import label_rtfx_cell
     from flows.data import DataRunResult
-    from llmasr.cli import _label_rtfx_cell
 
     first = DataRunResult(
         "w", items=3, failed_items=0, segments=9, kept=7, shards=1, labelled_items=3, label_rtfx=12.345
     )
-    assert _label_rtfx_cell(first) == "12.3"
+    assert label_rtfx_cell(first) == "12.3"
     rerun = DataRunResult(
         "w", items=3, failed_items=0, segments=9, kept=7, shards=1, labelled_items=0, label_rtfx=0.0
     )
-    assert _label_rtfx_cell(rerun) == "cached"
+    assert label_rtfx_cell(rerun) == "cached"
     nothing = DataRunResult(
         "w", items=1, failed_items=1, segments=0, kept=0, shards=0, labelled_items=0, label_rtfx=0.0
     )
-    assert _label_rtfx_cell(nothing) == "-"
+    assert label_rtfx_cell(nothing) == "-"
 
 
 def test_evaluate_from_another_folder_ends_by_saying_where_to_browse_runs(tmp_path: Path):

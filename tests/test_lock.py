@@ -69,7 +69,7 @@ def test_lock_file_names_the_current_holder(tmp_path: Path):
 
 
 def test_the_cli_reports_a_busy_work_dir_as_an_error_not_a_traceback(tmp_path: Path, capsys):
-    from llmasr.cli import main
+    from cli import main
 
     work, src = tmp_path / "work", tmp_path / "audio"
     work.mkdir()

@@ -148,7 +148,7 @@ def test_demo_training_from_another_folder_records_absolute_paths(
     the tiny models are built under the work dir, the trainer (started in the repository) trains the
     same work dir, and every record names absolute paths that exist; the LoRA export then loads from
     a third folder."""
-    from llmasr import cli
+    import cli
     from tasks import checkpoints
 
     ref, _ = reference_run
@@ -214,7 +214,7 @@ def test_the_demo_profile_with_ones_own_source_writes_only_under_the_work_dir(
     """`llmasr data --profile demo --source clips --work-dir w`, run from another folder: the demo
     corpus (its zero-shot set is the profile's test set) is generated under w, and only the user's
     clip is ingested; nothing is written beside w."""
-    from llmasr import cli
+    import cli
     from llmasr.layout import WorkLayout
     from llmasr.records import Item, read_records
 

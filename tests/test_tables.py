@@ -1,5 +1,5 @@
 """The CLI's tables and error lines at 80 columns: names and paths whole, nothing wider than the
-terminal, nothing hard-wrapped that a user would copy (llmasr.tables, llmasr.cli)."""
+terminal, nothing hard-wrapped that a user would copy (llmasr.tables, cli/)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
-from llmasr import cli, tables
+import cli
+from cli import common
+from llmasr import tables
 
 SHORT = ["llmasr-stage3", "llmasr-stage2", "faster-whisper:large-v2", "hyp:icefall"]
 LONG = [*SHORT, "transformers:openai/whisper-large-v2", "transformers:bundled:whisper-base"]
@@ -62,8 +64,8 @@ def render(part_of_cli, width: int = 80) -> list[str]:
 @pytest.mark.parametrize("systems", [SHORT, LONG], ids=["short-names", "long-names"])
 def test_the_wer_table_at_80_columns_keeps_every_name_whole(systems, monkeypatch):
     def print_table(console: Console) -> None:
-        monkeypatch.setattr(cli, "console", console)
-        cli._print_eval_table(metrics(systems))
+        monkeypatch.setattr(common, "console", console)
+        common.print_eval_table(metrics(systems))
 
     lines = render(print_table)
     assert lines[0] == "evaluation: /tmp/w/eval"
@@ -104,7 +106,7 @@ def test_the_training_table_keeps_checkpoint_paths_whole():
 
 def test_error_lines_are_never_wrapped(monkeypatch):
     buf = StringIO()
-    monkeypatch.setattr(cli, "console", Console(width=80, file=buf, color_system=None))
+    monkeypatch.setattr(common, "console", Console(width=80, file=buf, color_system=None))
     assert cli.main(["config", "--profile", "demo", "--set", "label.beam_size=abc"]) == 2
     lines = buf.getvalue().splitlines()
     assert lines[0] == "error: invalid configuration:"

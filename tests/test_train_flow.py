@@ -118,9 +118,10 @@ def test_three_stages_then_a_cached_rerun(
     # `llmasr train` (cached here too) prints each stage's numbers from the metrics log
     from rich.console import Console
 
-    from llmasr import cli
+    import cli
+    from cli import common
 
-    monkeypatch.setattr(cli, "console", Console(width=400))  # no column folded
+    monkeypatch.setattr(common, "console", Console(width=400))  # no column folded
     args = train_args(work, corpus, models)
     assert (
         cli.main(

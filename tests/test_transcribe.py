@@ -1,4 +1,4 @@
-"""llmasr transcribe (tasks/transcribe.py, llmasr/cli.py): a run's trained model on real speech clips.
+"""llmasr transcribe (tasks/transcribe.py, cli/transcribe.py): a run's trained model on real speech clips.
 
 The run is trained here through the real trainer (torchrun, 1 CPU process, DeepSpeed ZeRO-2 on the
 CPU), one step per stage on two espeak-ng sentences, from tiny random models: its text is garbage,

@@ -122,7 +122,7 @@ def start_ui(corpus: Path, tmp: Path) -> UI:
         PREFECT_RUNNER_POLL_FREQUENCY="2",
     )
     cmd = [
-        sys.executable, "-m", "llmasr.cli", "ui",
+        sys.executable, "-m", "cli", "ui",
         "--profile", "demo", "--port", str(port), "--work-dir", str(work),
         "--set", f"demo.corpus_dir={corpus}", "--set", f"demo.n_items={N_ITEMS}",
     ]  # fmt: skip
@@ -513,7 +513,8 @@ class _Stop(Exception):
 
 @pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("127.0.0.1", False)])
 def test_ui_warns_when_bound_beyond_loopback(host: str, warned: bool, tmp_path: Path, monkeypatch, capsys):
-    from llmasr import cli, server
+    import cli
+    from llmasr import server
 
     def no_server(*a, **kw):
         raise _Stop

@@ -1,0 +1,83 @@
+"""llmasr evaluate [--profile NAME] [--work-dir DIR] [--test-set NAME=PATH] [--baseline KIND:MODEL]
+[--hyps NAME=PATH] [--stages 1,2,3] [--greedy] [--refresh] [--set KEY=VALUE]
+
+The evaluation flow (flows/evaluate.py: decode the test sets, score O/N/R/U-WER, write
+eval/report.md), after the test sets and models are checked, then the WER table."""
+
+from __future__ import annotations
+
+import argparse
+
+from cli import common
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="run the evaluation flow: decode test sets, score O/N/R/U-WER, write eval/report.md"
+    )
+    common.config_args(p)
+    p.add_argument(
+        "--test-set",
+        dest="test_sets",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help=(
+            "a test set: manifest, Kincaid46 tsv, Primock57 folder, audio + .txt folder "
+            "(repeatable; replaces eval.test_sets)"
+        ),
+    )
+    p.add_argument(
+        "--baseline",
+        dest="baselines",
+        action="append",
+        default=[],
+        metavar="faster-whisper:MODEL|transformers:MODEL",
+        help=(
+            "a Whisper baseline: faster-whisper:MODEL (e.g. faster-whisper:large-v2) "
+            "or transformers:MODEL "
+            "(e.g. transformers:openai/whisper-large-v2, transformers:bundled:whisper-base) "
+            "(repeatable; replaces eval.baselines)"
+        ),
+    )
+    common.hyps_arg(p)
+    p.add_argument(
+        "--stages",
+        default=None,
+        help=(
+            "stage checkpoints to decode, e.g. 3 (default eval.stages: 1,2,3 where complete; "
+            "1 = Whisper with the stage-1 encoder)"
+        ),
+    )
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (eval.num_beams=1)")
+    p.add_argument("--refresh", action="store_true", help="decode again even where cached hypotheses match")
+    p.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    stages = None if args.stages is None else common.parse_stages(args.stages)
+    overrides = [*args.overrides, *(["eval.num_beams=1"] if args.greedy else [])]
+    params = dict(
+        profile=args.profile,
+        work_dir=args.work_dir,
+        overrides=overrides,
+        config_file=args.config_file,
+        test_sets=args.test_sets or None,
+        baselines=args.baselines or None,
+        hyps=args.hyps or None,
+        stages=stages,
+    )
+    from flows.evaluate import check_request, resolve_config
+
+    cfg = resolve_config(**params)
+    check_request(cfg)  # before Prefect starts (a test set the demo generates is checked once it exists)
+    common.check_models(cfg, baselines=True)
+    common.prefect_defaults()
+    from flows.evaluate import evaluate_flow
+    from llmasr import progress
+
+    with progress.terminal_progress(common.console):
+        metrics = evaluate_flow(**params, refresh=args.refresh)
+    common.print_eval_table(metrics)
+    common.print_browse_hint(args, cfg)
+    return 0
