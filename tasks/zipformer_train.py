@@ -1,4 +1,6 @@
-"""Train the Zipformer-Transducer baseline on the run's shards (the same train/validation split as the
+"""python -m tasks.zipformer_train RUN_JSON | --profile NAME [--work-dir DIR] [--set KEY=VALUE]
+
+Train the Zipformer-Transducer baseline on the run's shards (the same train/validation split as the
 LLM-ASR), with checkpoints and resume, in one process or data-parallel under torchrun.
 
     .venv/bin/python -m tasks.zipformer_train --profile demo [--work-dir runs/demo] [--set zipformer.epochs=2]
