@@ -2,7 +2,7 @@
 [--force-tokens auto|0|N] [--out bench/results/decode_bench.json]
 
 Decoding cost of the LLM-ASR model on this machine (CPU), through the evaluation's own code path:
-``tasks.decode.LLMASRSystem`` + ``plan_pieces`` + ``run_system`` (so RTF and tokens/s are computed
+``tasks.llmasr_decode.LLMASRSystem`` + ``plan_pieces`` + ``run_system`` (so RTF and tokens/s are computed
 exactly as the evaluate stage reports them: RTF = decode wall time, features + generation, not audio
 reading or model loading, / audio seconds; tokens/s = new tokens up to each piece's first EOS/pad /
 decode wall time).
@@ -13,7 +13,7 @@ else a tiny random stage-3 checkpoint built in a temp folder the way tests/test_
 the four systems.  Audio: the demo zero-shot set (runs/demo/demo-corpus/zero_shot/manifest.jsonl) when
 present, else ``--utts`` espeak-ng utterances (``tasks.demo_corpus.speak``); at most ``--utts``.
 
-Four configurations, all with the evaluation's token bound (``DecodeSettings`` defaults:
+Four configurations, all with the evaluation's token bound (``EvalConfig`` defaults:
 ceil(8 tok/s * duration) + 16, cap 448):
     beam 8 + no_repeat_ngram_size 6  vs  greedy (num_beams 1, no n-gram blocking)
     batch_size 8 (longest-first batches, as decode_pieces makes them)  vs  batch_size 1
@@ -43,7 +43,6 @@ same number of tokens (greedy may loop to the bound, beam + n-gram blocking may 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import logging
@@ -161,9 +160,11 @@ def main() -> int:
     import torch
     import transformers
 
-    from llmasr.config import SegmentConfig
+    from llmasr.config import EvalConfig, SegmentConfig
     from tasks.checkpoints import load_llmasr, read_stage
-    from tasks.decode import DecodeSettings, LLMASRSystem, plan_pieces, run_system
+    from tasks.decode import piece_bound, run_system
+    from tasks.llmasr_decode import LLMASRSystem
+    from tasks.pieces import plan_pieces
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,8 +191,8 @@ def main() -> int:
     problems: list[str] = []
     kept, pieces, durations = plan_pieces(utts, 30.0, SegmentConfig(), problems)
     audio_s = sum(durations.values())
-    base = DecodeSettings(device="cpu")
-    bounds = [base.bound(p.duration_s) for p in pieces]
+    base = EvalConfig(device="cpu")
+    bounds = [piece_bound(base, p.duration_s) for p in pieces]
     print(
         f"audio: {source}: {len(kept)} utterances, {len(pieces)} pieces, {audio_s:.1f} s; token bounds "
         f"{min(bounds)}-{max(bounds)}",
@@ -216,7 +217,7 @@ def main() -> int:
         s = LLMASRSystem(
             name,
             ckpt,
-            dataclasses.replace(base, num_beams=beams, no_repeat_ngram_size=ngram, batch_size=batch),
+            base.model_copy(update={"num_beams": beams, "no_repeat_ngram_size": ngram, "batch_size": batch}),
         )
         s.model, s.device = model, "cpu"  # shared, already loaded
         return s
@@ -427,7 +428,7 @@ def main() -> int:
             "audio_s": audio_s,
             "bounds": [min(bounds), max(bounds)],
         },
-        "settings": dataclasses.asdict(base),
+        "settings": base.model_dump(mode="json"),
         "forced_min_new_tokens": n_force,
         "probe_tokens_per_utt": probe_tokens_per_utt,
         "summary": summary,

@@ -5,7 +5,7 @@
 
 GPU version of bench/decode_bench.py (for a lent CUDA GPU, a few minutes on one H100): the same four
 configurations -- beam 8 + no_repeat_ngram_size 6 vs greedy, batch_size 8 vs 1 -- through
-``tasks.decode.LLMASRSystem.decode`` / ``run_system`` (RTF = decode wall time, features + generation,
+``tasks.llmasr_decode.LLMASRSystem.decode`` / ``run_system`` (RTF = decode wall time, features + generation,
 / audio seconds; tokens/s = new tokens / decode wall time), but on a mid-size model built from
 configs, random init, bf16, on the GPU: a Whisper-large-like encoder (d_model 1280, 32 layers,
 128 mel bins) + projector + a Qwen2 LLM (``--llm``: 0.5B or 1.5B shapes, 151,936-token vocabulary)
@@ -14,7 +14,7 @@ tiny one (llmasr.tiny_models.tiny_tokenizer, ~50k Whisper BPE): only its special
 matter.
 
 Random weights emit arbitrary tokens, so generation length is fixed: every piece's bound is
-``--tokens`` (DecodeSettings tokens_per_second ~0, min_new_tokens = max_new_tokens = N) and
+``--tokens`` (eval settings tokens_per_second ~0, min_new_tokens = max_new_tokens = N) and
 ``min_new_tokens=N`` plus pad suppression are passed through ``LLMASR.generate_ids``'s
 ``**generate_kwargs`` (the instance's generate_ids is wrapped), so each piece decodes exactly N tokens
 and every configuration does the same decode work.  Audio: espeak-ng utterances when espeak-ng is
@@ -30,7 +30,6 @@ Exits 2 with "needs a CUDA GPU" when torch sees none.  Prints the table and the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import statistics
@@ -212,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         ):
             off(False)
 
-    from llmasr.config import SegmentConfig
+    from llmasr.config import EvalConfig, SegmentConfig
     from llmasr.model import LLMASRConfig, LoraConfig, apply_lora, build_model, merge_lora
     from llmasr.tiny_models import tiny_tokenizer
-    from tasks.decode import DecodeSettings, LLMASRSystem, plan_pieces, run_system
+    from tasks.decode import run_system
+    from tasks.llmasr_decode import LLMASRSystem
+    from tasks.pieces import plan_pieces
 
     t_start = time.perf_counter()
     tmp_ctx = tempfile.TemporaryDirectory(prefix="llmasr-gpu-decode-bench-")
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     kept, pieces, durations = plan_pieces(utts, 30.0, SegmentConfig(), problems)
     audio_s = sum(durations.values())
     n = args.tokens
-    base = DecodeSettings(device=device, tokens_per_second=1e-9, min_new_tokens=n, max_new_tokens=n)
+    base = EvalConfig(device=device, tokens_per_second=1e-9, min_new_tokens=n, max_new_tokens=n)
     force = {"min_new_tokens": n, "suppress_tokens": [model.pad_id]}
     calls: list[dict] = []  # one per generate call: config, batch, frames, beams, seconds
     current = ["warm-up"]
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         s = LLMASRSystem(
             name,
             tmp,
-            dataclasses.replace(base, num_beams=beams, no_repeat_ngram_size=ngram, batch_size=batch),
+            base.model_copy(update={"num_beams": beams, "no_repeat_ngram_size": ngram, "batch_size": batch}),
         )
         s.model, s.device = model, device
         systems[name] = s

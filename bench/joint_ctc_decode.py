@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from llmasr.audio import SAMPLE_RATE
+from llmasr.config import EvalConfig
 from llmasr.text import normalize, word_errors
-from tasks.decode import DecodeSettings, LLMASRSystem, log_mel, pad_features, read_audio
+from tasks.decode_audio import log_mel, pad_features, read_audio
+from tasks.llmasr_decode import LLMASRSystem
 
 
 def read_manifest(path: Path, limit: int | None) -> list[tuple[str, np.ndarray]]:
@@ -83,7 +85,7 @@ def main() -> None:
     results = {}
     base = None
     for w in [float(x) for x in args.weights.split(",")]:
-        settings = DecodeSettings(num_beams=args.beams, batch_size=args.batch, device="cpu", ctc_weight=w)
+        settings = EvalConfig(num_beams=args.beams, batch_size=args.batch, device="cpu", ctc_weight=w)
         system = LLMASRSystem(f"w={w}", args.stage_dir, settings)
         system.load()
         t0 = time.perf_counter()

@@ -29,7 +29,7 @@ from llmasr.config import ConfigError, EvalConfig, PipelineConfig, SegmentConfig
 from llmasr.layout import WorkLayout
 from llmasr.lock import work_dir_lock
 from tasks import evaluate as ev
-from tasks.decode import DecodeResult, DecodeSettings, make_system
+from tasks.decode import DecodeResult, make_system
 
 
 @task(name="eval-prepare", cache_policy=NO_CACHE, task_run_name="prepare-{name}")
@@ -48,7 +48,7 @@ def prepare_task(name: str, path: str, cfg: EvalConfig, segment_cfg: SegmentConf
 
 @task(name="eval-decode", cache_policy=NO_CACHE, task_run_name="decode-{spec.name}")
 def decode_task(
-    spec: ev.SystemSpec, sets: list[ev.PreparedSet], out_dir: str, settings: DecodeSettings, refresh: bool
+    spec: ev.SystemSpec, sets: list[ev.PreparedSet], out_dir: str, settings: EvalConfig, refresh: bool
 ) -> dict[str, DecodeResult]:
     """Decode every test set with one system (loaded once); returns {test set: result}."""
     logger = get_run_logger()
@@ -225,7 +225,7 @@ def evaluate_flow(
 def _run_evaluate(
     cfg: PipelineConfig, specs: list[ev.SystemSpec], notes: list[str], out_dir: Path, refresh: bool, logger
 ) -> dict[str, Any]:
-    settings = DecodeSettings.from_config(cfg.eval)
+    settings = cfg.eval
     problems = list(notes)
     for note in notes:
         logger.warning(note)

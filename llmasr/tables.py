@@ -131,7 +131,7 @@ def eval_table(metrics: dict[str, Any]) -> tuple[str, list[Col], list[list[str]]
     """The WER table of an evaluation's metrics (``evaluate_flow``'s result): title, columns, rows."""
     from pathlib import Path
 
-    from tasks.evaluate import rtf_label
+    from tasks.eval_report import rtf_label
 
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{100 * v:.1f}%"

@@ -526,7 +526,7 @@ def _is_llmasr(system: str) -> bool:
 def result_rows(comparison: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per variant x test set x LLM-ASR system; then each other system (baseline, hypothesis
     file) once, as the first variant that has it scored it."""
-    from tasks.evaluate import fmt_rate
+    from tasks.eval_report import fmt_rate
 
     def row(variant: str, set_name: str, system: str, m: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -620,7 +620,7 @@ PLOT = "r_vs_n.png"
 
 
 def render_report(comparison: dict[str, Any], rows: list[dict[str, Any]], plot: str | None) -> str:
-    from tasks.evaluate import markdown_table
+    from tasks.eval_report import markdown_table
 
     lineage = [
         {

@@ -4,8 +4,13 @@ Plain functions the flow (flows/evaluate.py) strings together; a test can call t
 
     sets = [prepare_test_set(name, path, cfg.eval, cfg.segment) for name, path in ...]
     rare, info, problems = rare_word_set(work_dir, cfg.eval, cfg.shard.transcript)
-    results = {system: {set: decode_cached(system, set, out_dir, settings)}}
+    results = {system: {set: decode_cached(system, set, out_dir, cfg.eval)}}
     metrics = score_and_write(out_dir, work_dir, sets, systems, results, rare, info, problems, ...)
+
+Here: the systems of a run (``system_specs``), test sets read and cut into pieces
+(``prepare_test_set``), the decode cache (``decode_cached``) and ``score_and_write``.  The parts it
+uses: decoding (``tasks.decode``), the rare-word set (``tasks.rare_words``), scoring one system
+(``tasks.scoring``), report.md and wer.png (``tasks.eval_report``).
 
 Files under ``<work_dir>/eval/`` (DESIGN.md, the evaluate row):
 
@@ -22,13 +27,6 @@ replaces the sets it evaluated (all their systems) and keeps the others as an ea
     <set>/<system>.rare_words.tsv      each rare reference word: training count, hits, misses
     <set>/<system>.decode.json         the decode cache: hypotheses + the key they were made with
 
-Rare words (DESIGN.md "Metrics (exact)"): words whose count in the training transcripts -- the
-pseudo-labels of the segments the filter kept (``manifests/labels.parquet`` joined with
-``manifests/decisions.parquet``; the shards' json where the manifests are gone) -- is at most
-``eval.max_train_count`` and that are not among the ``eval.common_words`` most frequent English
-words (``tasks.metrics.common_word_set``), plus the words of ``eval.word_list`` (rare even when
-common).  report.md and metrics.json count what each rule took out or added.
-
 An utterance a system failed on (or a hypothesis file lacks) is scored as an empty hypothesis: its
 reference words are deletions, so every system is scored on the same words.  It is listed under
 Problems, counted as failed in the report's table, and its row in ``<set>/<system>.jsonl`` carries
@@ -37,11 +35,9 @@ the error.  An utterance whose audio cannot be read is left out for every system
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -51,21 +47,22 @@ from typing import Any
 
 from llmasr.atomic import atomic_path, write_json, write_text
 from llmasr.config import ConfigError, EvalConfig, SegmentConfig
-from llmasr.layout import WorkLayout, safe_id
+from llmasr.layout import safe_id
 from tasks import decode
-from tasks.decode import DecodeResult, DecodeSettings, Piece, System
-from tasks.metrics import (
-    CorpusScore,
-    RareWords,
-    UtteranceScore,
-    build_vocabulary,
-    common_word_set,
-    common_word_source,
-    rare_word_report,
-    score_corpus,
-    score_utterance,
-)
+from tasks.decode import DecodeResult, System
+from tasks.eval_report import render_report, report_rows, wer_plot_png
+from tasks.metrics import RareWords
 from tasks.parts import code_version, fingerprint
+from tasks.pieces import Piece, plan_pieces
+from tasks.rare_words import rare_word_set as rare_word_set  # the flow calls it as ev.rare_word_set
+from tasks.scoring import (
+    metrics_row,
+    rare_rule_counts,
+    reference_words,
+    score_result,
+    write_rare_words,
+    write_utterances,
+)
 from tasks.testsets import TestSetError, TestUtterance, load_test_set
 
 log = logging.getLogger("llmasr.evaluate")
@@ -157,113 +154,8 @@ def hyp_specs(cfg: EvalConfig) -> list[SystemSpec]:
     return specs
 
 
-def make_systems(specs: Sequence[SystemSpec], settings: DecodeSettings) -> list[System]:
+def make_systems(specs: Sequence[SystemSpec], settings: EvalConfig) -> list[System]:
     return [decode.make_system(s.kind, s.name, s.target, settings) for s in specs]
-
-
-# ------------------------------------------------------------------------------------ rare words
-
-
-def training_texts(
-    work_dir: str | Path, splits: Sequence[str] | None = None, transcript: str = "label"
-) -> tuple[list[str], str | None]:
-    """The training transcripts of a run: the kept segments' texts as the shards hold them
-    (``shard.transcript``: the pseudo-labels, or the captions where there are some).
-
-    From ``manifests/labels.parquet`` + ``manifests/decisions.parquet`` (kept, in ``splits`` when
-    given; with ``manifests/segments.parquet`` for the captions); else from the shards
-    (``shards/index.json`` and each sample's ``.json`` text).  Returns (texts, where they came from);
-    (``[]``, None) when the run has neither.
-    """
-    from llmasr.records import Decision, Label, Segment, read_records
-    from tasks.shard import sample_text
-
-    layout = WorkLayout(Path(work_dir))
-    wanted = set(splits) if splits else None
-    if layout.labels.is_file() and layout.decisions.is_file():
-        kept = {
-            d.segment_id
-            for d in read_records(layout.decisions, Decision)
-            if d.kept and (wanted is None or d.split in wanted)
-        }
-        labels = [lab for lab in read_records(layout.labels, Label) if lab.segment_id in kept]
-        if transcript == "caption":
-            segments = {s.segment_id: s for s in read_records(layout.segments, Segment)}
-            texts = [sample_text(segments[lab.segment_id], lab, transcript) for lab in labels]
-            return texts, f"{layout.segments} captions, else {layout.labels} (kept in {layout.decisions})"
-        return [lab.text for lab in labels], f"{layout.labels} (kept in {layout.decisions})"
-    if layout.shard_index.is_file():
-        index = json.loads(layout.shard_index.read_text(encoding="utf-8"))
-        texts = []
-        for entry in index.get("shards", []):
-            if wanted is not None and entry.get("split") not in wanted:
-                continue
-            with tarfile.open(layout.shards / entry["path"]) as tar:
-                for member in tar:
-                    if member.isfile() and member.name.endswith(".json"):
-                        data = json.loads(tar.extractfile(member).read().decode("utf-8"))  # type: ignore[union-attr]
-                        texts.append(data.get("text") or "")
-        return texts, str(layout.shard_index)
-    return [], None
-
-
-def read_word_list(path: str | Path) -> list[str]:
-    """Entries of a word-list file: one word or phrase per line; '#' starts a comment."""
-    out = []
-    for line in Path(path).expanduser().read_text(encoding="utf-8-sig").splitlines():
-        entry = line.split("#", 1)[0].strip()
-        if entry:
-            out.append(entry)
-    return out
-
-
-def rare_word_set(
-    work_dir: str | Path, cfg: EvalConfig, transcript: str = "label"
-) -> tuple[RareWords, dict[str, Any], list[str]]:
-    """R for a run: (RareWords, a description for metrics.json and the report, problems).
-    ``transcript``: the run's ``shard.transcript`` (which text it trained on)."""
-    problems: list[str] = []
-    texts, source = training_texts(work_dir, cfg.train_splits, transcript)
-    counts = build_vocabulary(texts)
-    extra: list[str] = []
-    if cfg.word_list:
-        if not Path(cfg.word_list).expanduser().is_file():
-            raise EvalError(f"eval.word_list: no such file {cfg.word_list}")
-        extra = read_word_list(cfg.word_list)
-    if source is None:
-        problems.append(
-            f"no training transcripts in {Path(work_dir)} (no manifests/labels.parquet + decisions.parquet, "
-            "no shards): "
-            + (
-                "every reference word counts as rare"
-                if cfg.max_train_count >= 0
-                else "rare words are the word list alone"
-            )
-        )
-    elif not texts:
-        problems.append(
-            f"no training transcripts in {source}"
-            + (f" for eval.train_splits={list(cfg.train_splits)}" if cfg.train_splits else "")
-            + ": every reference word counts as rare"
-        )
-    if problems and cfg.max_train_count >= 0 and cfg.common_words > 0:
-        problems[-1] += f" except the {cfg.common_words} most common English words (eval.common_words)"
-    common = common_word_set(cfg.common_words) if cfg.max_train_count >= 0 else frozenset()
-    rare = RareWords(counts, cfg.max_train_count, extra, common)
-    info = {
-        "source": source,
-        "train_texts": len(texts),
-        "train_words": int(sum(counts.values())),
-        "vocabulary": len(counts),
-        "max_train_count": cfg.max_train_count,
-        "train_splits": list(cfg.train_splits) if cfg.train_splits else None,
-        "word_list": cfg.word_list,
-        "word_list_words": len(rare.extra),
-        "common_words": cfg.common_words if common else 0,
-        "common_source": common_word_source(cfg.common_words) if common else None,
-        "common_types": len(common),
-    }
-    return rare, info, problems
 
 
 # ------------------------------------------------------------------------------------- test sets
@@ -310,7 +202,7 @@ def _stamp(path: str) -> list[int] | None:
 
 
 def prepare_test_set(name: str, path: str | Path, cfg: EvalConfig, segment_cfg: SegmentConfig) -> PreparedSet:
-    """Read a test set (``tasks.testsets.load_test_set``) and plan its pieces (``decode.plan_pieces``).
+    """Read a test set (``tasks.testsets.load_test_set``) and plan its pieces (``tasks.pieces.plan_pieces``).
 
     Entries the reader skips (missing audio, no transcript, ...) and utterances whose audio cannot be
     read become problems; an empty reference is kept (a hypothesis then scores as insertions) and noted.
@@ -323,7 +215,7 @@ def prepare_test_set(name: str, path: str | Path, cfg: EvalConfig, segment_cfg: 
     for u in utts:
         if not u.text.strip():
             problems.append(f"{u.utt_id}: empty reference (scored: any hypothesis words count as insertions)")
-    kept, pieces, durations = decode.plan_pieces(utts, cfg.max_piece_s, segment_cfg, problems)
+    kept, pieces, durations = plan_pieces(utts, cfg.max_piece_s, segment_cfg, problems)
     if not kept:
         problems.append(f"no utterance of {path} could be read: nothing to score")
     return PreparedSet(name, str(path), kept, pieces, durations, problems)
@@ -345,7 +237,7 @@ def decode_key(system: System, prepared: PreparedSet) -> str:
         "decode",
         system.identity(),
         prepared.pieces_key(),
-        code_version("tasks.decode", "llmasr.model", "llmasr.generation", "tasks.whisper_hf"),
+        code_version(*decode.DECODE_CODE),
     )
 
 
@@ -353,7 +245,7 @@ def decode_cached(
     system: System,
     prepared: PreparedSet,
     out_dir: Path,
-    settings: DecodeSettings,
+    settings: EvalConfig,
     refresh: bool = False,
     progress=None,
 ) -> DecodeResult:
@@ -381,392 +273,7 @@ def decode_cached(
     return result
 
 
-# --------------------------------------------------------------------------------------- scoring
-
-
-@dataclass
-class SystemScores:
-    """One system on one test set, scored."""
-
-    system: str
-    test_set: str
-    scores: list[UtteranceScore]
-    corpus: CorpusScore
-    result: DecodeResult
-    problems: list[str]
-
-
-def score_result(prepared: PreparedSet, result: DecodeResult, rare: RareWords) -> SystemScores:
-    """Score every utterance of the test set.  One the system failed on or has no hypothesis for is
-    scored as an empty hypothesis (its reference words are deletions, as sclite scores a missing
-    hypothesis), so every system is scored on the same words; failures and empty hypotheses are
-    noted in ``problems``."""
-    problems: list[str] = [f"{result.system}: {p}" for p in result.problems]
-    scores: list[UtteranceScore] = []
-    for u in prepared.utterances:
-        hyp = result.hyps.get(u.utt_id)
-        why = utterance_error(result, u.utt_id)
-        if why is not None:
-            score = score_utterance(u.utt_id, u.text, "", rare)
-            problems.append(
-                f"{result.system}: {u.utt_id} failed, scored as an empty hypothesis ({score.n.ref_words} "
-                f"deletions): {why}"
-            )
-        else:
-            score = score_utterance(u.utt_id, u.text, hyp, rare)
-            if not hyp.strip() and score.n.ref_words:
-                problems.append(
-                    f"{result.system}: {u.utt_id}: empty hypothesis (scored: its {score.n.ref_words} "
-                    "reference words are deletions)"
-                )
-        scores.append(score)
-    return SystemScores(result.system, prepared.name, scores, score_corpus(scores), result, problems)
-
-
-def reference_words(prepared: PreparedSet) -> Counter[str]:
-    """Occurrences of each word in the normalised references of a test set."""
-    from llmasr.text import normalize
-
-    out: Counter[str] = Counter()
-    for u in prepared.utterances:
-        out.update(normalize(u.text).split())
-    return out
-
-
-def rare_rule_counts(words: Counter[str], rare: RareWords) -> dict[str, Any]:
-    """What each part of the rare-word rule did to a test set's reference words (types and tokens):
-    passed the training-count rule, excluded from those as common, added by the word list alone."""
-    by_count = {w for w in words if rare.max_train_count >= 0 and rare.by_count(w)}
-    common = {w for w in by_count if w in rare.common and w not in rare.extra}
-    listed = {w for w in words if w in rare.extra and (w not in by_count or w in rare.common)}
-
-    def tokens(ws: set[str]) -> int:
-        return int(sum(words[w] for w in ws))
-
-    return {
-        "by_count_types": len(by_count),
-        "by_count_tokens": tokens(by_count),
-        "common_excluded_types": len(common),
-        "common_excluded_tokens": tokens(common),
-        "common_excluded_examples": sorted(common, key=lambda w: (-words[w], w))[:12],
-        "word_list_added_types": len(listed),
-        "word_list_added_tokens": tokens(listed),
-    }
-
-
-def metrics_row(s: SystemScores) -> dict[str, Any]:
-    """The metrics.json entry of one system on one test set."""
-    out = s.corpus.to_dict()
-    r = s.result
-    out.update(
-        {
-            "rtf": None if r.rtf is None else round(r.rtf, 4),
-            "audio_s": round(r.audio_s, 3),
-            "decode_s": None if r.decode_s is None else round(r.decode_s, 3),
-            "tokens": r.tokens,
-            "tokens_per_s": None if r.tokens_per_s is None else round(r.tokens_per_s, 2),
-            "pieces": r.pieces,
-            "failed": len(r.failures),
-            # scored as empty
-            "failed_utterances": sum(1 for sc in s.scores if utterance_error(r, sc.utt_id) is not None),
-            "cached": r.cached,
-        }
-    )
-    return out
-
-
-# ---------------------------------------------------------------------------------------- report
-
-
-def fmt_rate(rate: float | None, errors: int, words: int) -> str:
-    """'12.3% (45/366)'; 'n/a (0 words)' where there is nothing to divide by -- never 0."""
-    if rate is None:
-        return f"n/a ({errors}/{words})" if errors else "n/a (0 words)"
-    return f"{100 * rate:.1f}% ({errors}/{words})"
-
-
-def rtf_label(row: dict[str, Any], kind: str | None) -> str:
-    """The RTF cell: the ratio, or why there is none (a hypothesis file has no decoding time, a set
-    without audio nothing to divide by)."""
-    if row.get("rtf") is not None:
-        return f"{row['rtf']:.3f}" + (" (cached)" if row.get("cached") else "")
-    if kind == "hyps" or row.get("decode_s") is None:
-        return "n/a (hyp file)"
-    return "n/a (no audio)" if not row.get("audio_s") else "n/a"
-
-
-def report_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The report's table: one row per test set x system of ``metrics`` (every set in it), every
-    rate with its counts."""
-    kinds = {s["name"]: s["kind"] for s in metrics["systems"]}
-    rows = []
-    for set_name, per_system in metrics["results"].items():
-        total = metrics["test_sets"].get(set_name, {}).get("utterances", 0)
-        for system, m in per_system.items():
-            failed = m.get("failed_utterances", m.get("failed", 0))
-            rows.append(
-                {
-                    "test set": set_name,
-                    "system": system,
-                    "utts": f"{total} ({failed} failed)" if failed else str(total),
-                    "words": m["words"],
-                    "rare words": m["rare_words"],
-                    "O-WER": fmt_rate(m["o_wer"], m["o_errors"], m["o_words"]),
-                    "N-WER": fmt_rate(m["n_wer"], m["n_errors"], m["words"]),
-                    "R-WER": fmt_rate(m["r_wer"], m["r_errors"], m["rare_words"]),
-                    "U-WER": fmt_rate(m["u_wer"], m["u_errors"], m["u_words"]),
-                    "RTF": rtf_label(m, kinds.get(system)),
-                }
-            )
-    return rows
-
-
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no results)\n"
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in rows:
-        out.append("| " + " | ".join(str(row[c]).replace("|", "\\|").replace("\n", " ") for c in cols) + " |")
-    return "\n".join(out) + "\n"
-
-
-def render_report(
-    metrics: dict[str, Any], rows: Sequence[dict[str, Any]], plot_name: str | None = "wer.png"
-) -> str:
-    """report.md: the table, how R was built, each test set's rare words, the problems, the files."""
-    info = metrics["rare_words"]
-    lines = [f"# Evaluation: `{metrics['work_dir']}`", ""]
-    lines.append(
-        "Systems: " + ", ".join(f"`{s['name']}` ({s['kind']})" for s in metrics["systems"]) + "."
-        if metrics["systems"]
-        else "Systems: none."
-    )
-    s = metrics["settings"]
-    lines += [
-        f"Decoding: {_decoding_text(s)}.",
-        "",
-        "## Results",
-        "",
-        "Corpus-level rates, errors/words beside each (O-WER on words as written, N-/R-/U-WER on "
-        "Whisper-normalised words; R = rare words, U = the rest). R-WER is n/a where a test set has no rare "
-        "reference words. RTF = decode time / audio time. Every test set evaluated in this work dir is here; "
-        "a set's results are those of its latest evaluation (when, below).",
-        "",
-        markdown_table(rows),
-    ]
-    if plot_name:
-        lines += [f"![WER per system and test set]({plot_name})", ""]
-    else:
-        lines += ["No WER chart: no system has a rate to plot (no reference words were scored).", ""]
-    lines += ["## Rare words", "", _rare_rule_text(info), ""]
-    for name, ts in metrics["test_sets"].items():
-        lines.append(_test_set_text(name, ts, info, s))
-    lines += ["", "## Problems", ""]
-    problems = metrics["problems"]
-    lines += [f"- {p}" for p in problems] if problems else ["None."]
-    lines += ["", "## Files", ""]
-    for name, per_system in metrics["files"].items():
-        for system, files in per_system.items():
-            lines.append(f"- {name} / {system}: " + ", ".join(f"[{k}]({v})" for k, v in files.items()))
-    return "\n".join(lines) + "\n"
-
-
-def _decoding_text(s: dict[str, Any]) -> str:
-    return (
-        f"beam {s['num_beams']}, no repeated {s['no_repeat_ngram_size']}-grams, new tokens <= "
-        f"ceil({s['tokens_per_second']:g} x seconds) + {s['min_new_tokens']} (cap {s['max_new_tokens']}); "
-        f"utterances over {s['max_piece_s']:g} s cut by VAD"
-    )
-
-
-def _rare_rule_text(info: dict[str, Any]) -> str:
-    """How R was built (metrics.json's ``rare_words``), as one sentence."""
-    if info["max_train_count"] >= 0:
-        rule = (
-            "never seen in"
-            if info["max_train_count"] == 0
-            else f"seen at most {info['max_train_count']} times in"
-        )
-        base = f"R = the words {rule} the training transcripts"
-    else:
-        base = "R = the words of the word list alone"
-    src = (
-        f"{info['train_texts']} kept pseudo-labels, {info['train_words']} words, {info['vocabulary']} "
-        f"distinct, from {info['source']}"
-        if info["source"]
-        else "no training transcripts found"
-    )
-    if info.get("common_words"):
-        base += (
-            f" ({src}), except the {info['common_words']} most frequent English words "
-            f"({info['common_source']}, {info['common_types']} words once normalised), which are never rare "
-            "by count"
-        )
-    else:
-        base += f" ({src})" + (
-            "; no common-word exclusion (eval.common_words 0)" if info["max_train_count"] >= 0 else ""
-        )
-    return (
-        base
-        + (
-            f"; plus the {info['word_list_words']} words of the word list `{info['word_list']}`, rare even "
-            "when common"
-            if info["word_list"]
-            else ""
-        )
-        + "."
-    )
-
-
-def _test_set_text(name: str, ts: dict[str, Any], info: dict[str, Any], settings: dict[str, Any]) -> str:
-    """A test set's line: its audio and rare words, when it was evaluated, and how that differs from
-    the latest evaluation's settings or rare-word set (a set kept from an earlier one)."""
-    unseen = ts["rare_unseen_types"]
-    rule = ts["rare_rule"]
-    excluded = rule["common_excluded_examples"]
-    own_info = ts.get("rare_words") or info
-    when = f" Evaluated {ts['evaluated']}" if ts.get("evaluated") else ""
-    if ts.get("settings") not in (None, settings):
-        when += f", decoded with {_decoding_text(ts['settings'])}"
-    if own_info != info:
-        when += f", scored with the rare-word set of that evaluation ({_rare_rule_text(own_info)[:-1]})"
-    return (
-        f"- **{name}** (`{ts['path']}`): {ts['utterances']} utterances, {ts['audio_s']:.1f} s of audio; "
-        f"{ts['rare_types']} distinct rare words ({ts['rare_tokens']} occurrences) in the references, "
-        f"{unseen} of them truly unseen in the training labels"
-        + (
-            f": {', '.join(ts['rare_examples'])}"
-            + (" ..." if ts["rare_types"] > len(ts["rare_examples"]) else "")
-            if ts["rare_examples"]
-            else ""
-        )
-        + f". Training-count rule: {rule['by_count_types']} words ({rule['by_count_tokens']} occurrences)"
-        + (
-            f"; common-word rule: {rule['common_excluded_types']} of them excluded "
-            f"({rule['common_excluded_tokens']} occurrences"
-            + (
-                f": {', '.join(excluded)}" + (" ..." if rule["common_excluded_types"] > len(excluded) else "")
-                if excluded
-                else ""
-            )
-            + ")"
-            if own_info.get("common_words")
-            else ""
-        )
-        + (
-            f"; word list: {rule['word_list_added_types']} words added ({rule['word_list_added_tokens']} "
-            "occurrences)"
-            if own_info["word_list"]
-            else ""
-        )
-        + "."
-        + (when + "." if when else "")
-    )
-
-
-WER_KEYS = (("n_wer", "N-WER"), ("r_wer", "R-WER"), ("u_wer", "U-WER"))
-
-
-def wer_plot_png(results: dict[str, dict[str, dict[str, Any]]]) -> bytes | None:
-    """Grouped bars: N-, R- and U-WER (%) of each system, one panel per test set of ``results``
-    (metrics.json's: set -> system -> row); n/a rates marked.  None when no rate exists at all
-    (nothing was scored): an empty chart says nothing."""
-    if not any(
-        m.get(key) is not None
-        for per_system in results.values()
-        for m in per_system.values()
-        for key, _ in WER_KEYS
-    ):
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    top = 150.0  # bars above this (a random or looping model) are clipped and labelled with their value
-    names = [n for n, per_system in results.items() if per_system]
-    fig, axes = plt.subplots(1, len(names), figsize=(max(5.0, 4.5 * len(names)), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        mine = list(results[name].items())
-        width = 0.8 / len(mine)
-        values_all = []
-        for k, (system, m) in enumerate(mine):
-            values = [m.get(key) for key, _ in WER_KEYS]
-            values_all += [v for v in values if v is not None]
-            xs = [i + (k - (len(mine) - 1) / 2) * width for i in range(len(WER_KEYS))]
-            bars = ax.bar(
-                xs, [min(100 * v, top) if v is not None else 0.0 for v in values], width, label=system
-            )
-            for x, v, bar in zip(xs, values, bars):
-                if v is None:
-                    ax.text(x, 0.5, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
-                    bar.set_alpha(0.0)
-                elif 100 * v > top:
-                    ax.text(
-                        x,
-                        top,
-                        f"{100 * v:.0f}%",
-                        ha="center",
-                        va="top",
-                        fontsize=7,
-                        rotation=90,
-                        color="white",
-                    )
-        ax.set_xticks(range(len(WER_KEYS)), [label for _, label in WER_KEYS])
-        ax.set_title(name)
-        ax.set_ylabel("WER (%)")
-        highest = max((100 * v for v in values_all), default=0.0)
-        ax.set_ylim(0, top if highest > top else max(10.0, 1.15 * highest))  # all-zero bars still get an axis
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 # ---------------------------------------------------------------------------------------- writing
-
-
-def utterance_error(result: DecodeResult, utt_id: str) -> str | None:
-    """Why a system has no hypothesis for an utterance (it is then scored as an empty one); None if
-    it has one."""
-    if utt_id in result.failures:
-        return result.failures[utt_id]
-    return None if result.hyps.get(utt_id) is not None else "no hypothesis"
-
-
-def write_utterances(path: Path, s: SystemScores, prepared: PreparedSet) -> Path:
-    """``<set>/<system>.jsonl``: one JSON line per utterance, with its scores and ``error``: None, or
-    why the system failed on it (then it was scored as an empty hypothesis: ``hyp`` is "")."""
-    by_id = {sc.utt_id: sc for sc in s.scores}
-    lines = []
-    for u in prepared.utterances:
-        row: dict[str, Any] = {
-            "utt_id": u.utt_id,
-            "audio": u.audio_path,
-            "start_s": u.start_s,
-            "end_s": u.end_s,
-            "duration_s": round(prepared.durations.get(u.utt_id, 0.0), 3),
-        }
-        if u.utt_id in by_id:
-            row.update(by_id[u.utt_id].to_dict())
-        else:  # not scored (score_result scores every utterance; kept for a partial SystemScores)
-            row.update({"ref": u.text, "hyp": None})
-        row["error"] = utterance_error(s.result, u.utt_id)
-        lines.append(json.dumps(row, ensure_ascii=False))
-    return write_text(path, "".join(line + "\n" for line in lines))
-
-
-def write_rare_words(path: Path, s: SystemScores, rare: RareWords) -> Path:
-    """``<set>/<system>.rare_words.tsv``: word, training count, hits, misses (most missed first)."""
-    rows = ["word\ttrain_count\thits\tmisses"]
-    rows += [
-        f"{st.word}\t{rare.counts.get(st.word, 0)}\t{st.hits}\t{st.misses}"
-        for st in rare_word_report(s.scores)
-    ]
-    return write_text(path, "\n".join(rows) + "\n")
 
 
 def score_and_write(

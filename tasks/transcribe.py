@@ -16,11 +16,11 @@ the output folder) fails with a ``TranscribeError`` before any model loads.
 Decoding is evaluation's, so a transcript is what ``llmasr evaluate`` would score: the stage's
 system comes from ``tasks.evaluate.system_specs`` (stage 1 = Whisper with the stage-1 encoder
 through transformers, ``llmasr-stage1``; stage 2 = the LLM-ASR without LoRA; stage 3 = the LLM-ASR
-with its LoRA), the settings from the config's ``eval`` section (``DecodeSettings.from_config``),
-and the pieces from ``tasks.decode.plan_pieces``: a file no longer than ``eval.max_piece_s`` is one
-piece, a longer one is cut by VAD with the ``segment`` settings.  Each decoded piece is one segment
-(an SRT cue, a ``segments`` entry of the JSON line); a file's text is its pieces' texts joined by a
-space.  Any format the decoder reads (libsndfile, else PyAV/ffmpeg: the ingest's formats) is taken.
+with its LoRA), its settings are the config's ``eval`` section (``EvalConfig``), and the pieces
+come from ``tasks.pieces.plan_pieces``: a file no longer than ``eval.max_piece_s`` is one piece, a
+longer one is cut by VAD with the ``segment`` settings.  Each decoded piece is one segment (an SRT
+cue, a ``segments`` entry of the JSON line); a file's text is its pieces' texts joined by a space.
+Any format the decoder reads (libsndfile, else PyAV/ffmpeg: the ingest's formats) is taken.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ from typing import Any
 
 from llmasr import progress
 from llmasr.atomic import write_text
-from llmasr.config import ConfigError, PipelineConfig
+from llmasr.config import ConfigError, EvalConfig, PipelineConfig
 from tasks import decode
 from tasks import evaluate as ev
 from tasks.checkpoints import STAGES, read_stage, stage_dir
+from tasks.pieces import Piece, plan_pieces
 from tasks.testsets import TestUtterance
 
 log = logging.getLogger("llmasr.transcribe")
@@ -204,16 +205,16 @@ def check_output(out_dir: str | Path | None, fmt: str | None) -> None:
         raise TranscribeError(f"--out {out} is a file: pass a folder (it is created when missing)")
 
 
-def plan_files(files: Sequence[Path], cfg: PipelineConfig) -> tuple[list[decode.Piece], dict[str, float]]:
-    """Every file's pieces (``tasks.decode.plan_pieces``, evaluation's cut) and duration, keyed by
+def plan_files(files: Sequence[Path], cfg: PipelineConfig) -> tuple[list[Piece], dict[str, float]]:
+    """Every file's pieces (``tasks.pieces.plan_pieces``, evaluation's cut) and duration, keyed by
     ``str(path)``.  Files that do not decode as audio raise one TranscribeError naming each."""
-    pieces: list[decode.Piece] = []
+    pieces: list[Piece] = []
     durations: dict[str, float] = {}
     bad: list[str] = []
     progress.start("cut", len(files), unit="files")
     for f in files:
         problems: list[str] = []
-        kept, mine, seconds = decode.plan_pieces(
+        kept, mine, seconds = plan_pieces(
             [TestUtterance(str(f), str(f), "")], cfg.eval.max_piece_s, cfg.segment, problems
         )
         if kept:
@@ -234,7 +235,7 @@ def plan_files(files: Sequence[Path], cfg: PipelineConfig) -> tuple[list[decode.
 # ------------------------------------------------------------------------------------- decoding
 
 
-def stage_system(cfg: PipelineConfig, stage: int, settings: decode.DecodeSettings) -> decode.System:
+def stage_system(cfg: PipelineConfig, stage: int, settings: EvalConfig) -> decode.System:
     """The evaluation system of one stage checkpoint (``llmasr-stage<N>``), not loaded yet."""
     only = cfg.eval.model_copy(update={"stages": [stage], "baselines": [], "hyps": []})
     specs, notes = ev.system_specs(cfg.work_dir, only)
@@ -251,7 +252,7 @@ def transcribe(files: Sequence[Path], cfg: PipelineConfig, stage: int) -> Transc
     sets the file's ``error``.  Reports to ``llmasr.progress`` bars "cut" (files) and "decode" (pieces).
     """
     pieces, durations = plan_files(files, cfg)
-    settings = decode.DecodeSettings.from_config(cfg.eval)
+    settings = cfg.eval
     system = stage_system(cfg, stage, settings)
     t0 = time.perf_counter()
     system.load()
@@ -263,7 +264,7 @@ def transcribe(files: Sequence[Path], cfg: PipelineConfig, stage: int) -> Transc
         )
     finally:
         system.close()
-    by_file: dict[str, list[decode.Piece]] = {}
+    by_file: dict[str, list[Piece]] = {}
     for p in pieces:
         by_file.setdefault(p.utt_id, []).append(p)
     records = []

@@ -6,7 +6,7 @@ folder, a hub name, or a bundled name (``bundled:whisper-base``, resolved to a c
 ``checkpoints/stage1/whisper/`` -- the fine-tuned encoder with Whisper's decoder.  Both decode the
 pieces every system decodes (at most 30 s), batched, with the settings every system uses: beam
 ``eval.num_beams``, no repeated ``eval.no_repeat_ngram_size``-grams, the new-token bound of the
-piece (``DecodeSettings.bound``; each row stops at its own: ``llmasr.generation.RowBound``),
+piece (``tasks.decode.piece_bound``; each row stops at its own: ``llmasr.generation.RowBound``),
 English, transcribe, no timestamps.
 
 Decoding, all of it explicit (``llmasr.generation.explicit_config``; the checkpoint's
@@ -23,7 +23,7 @@ Decoding, all of it explicit (``llmasr.generation.explicit_config``; the checkpo
   generation_config.json says;
 * no temperature fallback, no no-speech skipping, no previous-text conditioning (one window).
 
-Features: Whisper's log-mel (``tasks.decode.log_mel``, the training loader's numbers).
+Features: Whisper's log-mel (``tasks.decode_audio.log_mel``, the training loader's numbers).
 ``trim_padding`` False (stock checkpoints by default): each piece is zero-padded to 30 s of audio
 before the log-mel, exactly what Whisper's feature extractor and faster-whisper do, and the stock
 encoder runs on 3000 frames.  True (the stage-1 model by default when stage 1 trained trimmed):
@@ -47,7 +47,8 @@ import numpy as np
 
 from llmasr.audio import SAMPLE_RATE
 from llmasr.bundled import BUNDLED_PREFIX, resolve_hf
-from tasks.decode import TRANSFORMERS_PREFIX, System
+from llmasr.config import EvalConfig
+from tasks.decode import TRANSFORMERS_PREFIX, System, piece_bound, torch_device
 
 log = logging.getLogger("llmasr.decode")
 
@@ -217,7 +218,7 @@ class TransformersWhisperSystem(System):
     forces it for every Whisper system.
     """
 
-    def __init__(self, name: str, target: str, settings: Any) -> None:
+    def __init__(self, name: str, target: str, settings: EvalConfig) -> None:
         super().__init__(name)
         self.settings = settings
         self.stage_info: dict[str, Any] | None = None
@@ -231,7 +232,7 @@ class TransformersWhisperSystem(System):
                 target[len(TRANSFORMERS_PREFIX) :] if target.startswith(TRANSFORMERS_PREFIX) else target
             )
             self.source = None  # resolved at load (a bundled name may need converting first)
-        forced = getattr(settings, "whisper_trim_padding", None)
+        forced = settings.whisper_trim_padding
         self.trim_padding = trained_trimmed if forced is None else bool(forced)
         self.model = None
 
@@ -259,8 +260,6 @@ class TransformersWhisperSystem(System):
     def load(self) -> None:
         import torch
         from transformers import AutoTokenizer, WhisperForConditionalGeneration
-
-        from tasks.decode import torch_device
 
         t0 = time.perf_counter()
         if self.source is None:
@@ -305,7 +304,7 @@ class TransformersWhisperSystem(System):
 
     def bounds(self, audios: Sequence[np.ndarray]) -> list[int]:
         """Each piece's new-token bound, within the decoder's context."""
-        return [max(1, min(self.settings.bound(len(a) / SAMPLE_RATE), self.token_cap)) for a in audios]
+        return [max(1, min(piece_bound(self.settings, len(a) / SAMPLE_RATE), self.token_cap)) for a in audios]
 
     def decode(self, audios: Sequence[np.ndarray]) -> list[str]:
         import torch
@@ -314,7 +313,7 @@ class TransformersWhisperSystem(System):
 
         from llmasr.generation import checkpoint_defaults_off, explicit_config, generate_kwargs_for
         from llmasr.model import encode_whisper
-        from tasks.decode import log_mel, pad_features
+        from tasks.decode_audio import log_mel, pad_features
 
         if self.model is None:
             self.load()

@@ -2,7 +2,7 @@
 (``<work_dir>/checkpoints/zipformer``), decoded by modified beam search.
 
     from tasks.zipformer_decode import ZipformerSystem
-    system = ZipformerSystem("zipformer", "runs/demo/checkpoints/zipformer", DecodeSettings())
+    system = ZipformerSystem("zipformer", "runs/demo/checkpoints/zipformer", EvalConfig())
     system.decode([audio])          # 16 kHz float32 pieces -> texts
 
 Each piece is encoded alone (no padding: a piece decodes the same whatever it is batched with) from
@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.decode import DecodeSettings, System, torch_device
+from llmasr.config import EvalConfig
+from tasks.decode import System, torch_device
 
 log = logging.getLogger("llmasr.zipformer_decode")
 DEFAULT_BEAM = 4
@@ -48,7 +49,7 @@ def decode_beam(folder: str | Path) -> int:
 
 
 class ZipformerSystem(System):
-    def __init__(self, name: str, folder: str | Path, settings: DecodeSettings) -> None:
+    def __init__(self, name: str, folder: str | Path, settings: EvalConfig) -> None:
         super().__init__(name)
         self.folder = Path(folder)
         self.settings = settings

@@ -1,10 +1,10 @@
-"""tasks/decode.py: the new-token bound, features, pieces (VAD for long audio), hypothesis files,
-and LLM-ASR decoding of tiny stage-2/stage-3 checkpoints (random weights: the text is garbage, the
-plumbing is what is tested)."""
+"""Decoding (tasks/decode.py and its parts): the new-token bound, features, pieces (VAD for long
+audio), hypothesis files, and LLM-ASR decoding of tiny stage-2/stage-3 checkpoints (random weights:
+the text is garbage, the plumbing is what is tested)."""
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import json
 from pathlib import Path
 
@@ -13,13 +13,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from llmasr.config import SegmentConfig
+from llmasr.config import EvalConfig, SegmentConfig
 from llmasr.model import apply_lora, build_model, save_lora, save_projector
 from llmasr.tiny_models import tiny_setup
-from tasks import decode
+from tasks import decode, decode_audio
 from tasks.checkpoints import stage_dir, write_model_json, write_stage
-from tasks.decode import DecodeSettings, Piece, System, max_new_tokens_for
+from tasks.decode import System, max_new_tokens_for, piece_bound
 from tasks.demo_corpus import ESPEAK_RATE, speak
+from tasks.hyp_files import read_hyp_file
+from tasks.llmasr_decode import LLMASRSystem
+from tasks.pieces import Piece, plan_pieces
 from tasks.testsets import TestUtterance
 
 SENTENCES = [
@@ -89,16 +92,16 @@ def test_max_new_tokens_scales_with_duration_and_is_capped():
     assert bounds == sorted(bounds) and len(set(bounds)) == len(bounds)
     assert max_new_tokens_for(0.0, 8.0, 0, 448) == 1  # never 0
 
-    s = DecodeSettings(tokens_per_second=4.0, min_new_tokens=2, max_new_tokens=20)
-    assert [s.bound(d) for d in (0.0, 1.0, 10.0)] == [2, 6, 20]
+    s = EvalConfig(tokens_per_second=4.0, min_new_tokens=2, max_new_tokens=20)
+    assert [piece_bound(s, d) for d in (0.0, 1.0, 10.0)] == [2, 6, 20]
 
 
-def test_settings_from_config_defaults_are_the_papers():
+def test_decoding_settings_defaults_are_the_papers():
     from llmasr.config import load_config
 
-    s = DecodeSettings.from_config(load_config().eval)
+    s = load_config().eval
     assert (s.num_beams, s.no_repeat_ngram_size) == (8, 6)
-    assert DecodeSettings.from_config(load_config(overrides=["eval.num_beams=1"]).eval).num_beams == 1
+    assert load_config(overrides=["eval.num_beams=1"]).eval.num_beams == 1
 
 
 # --------------------------------------------------------------------------- audio and features
@@ -106,11 +109,11 @@ def test_settings_from_config_defaults_are_the_papers():
 
 def test_log_mel_is_whisper_features_of_the_real_length():
     audio = (0.1 * np.random.default_rng(0).standard_normal(16000 * 3 + 50)).astype(np.float32)
-    feats = decode.log_mel(audio, 80)
+    feats = decode_audio.log_mel(audio, 80)
     assert feats.shape == (80, 300)  # 100 frames per second, no padding to 30 s
-    assert decode.log_mel(audio, 128).shape == (128, 300)
-    assert decode.log_mel(audio, 80, max_frames=200).shape == (80, 200)
-    x, lengths = decode.pad_features([feats, feats[:, :120]])
+    assert decode_audio.log_mel(audio, 128).shape == (128, 300)
+    assert decode_audio.log_mel(audio, 80, max_frames=200).shape == (80, 200)
+    x, lengths = decode_audio.pad_features([feats, feats[:, :120]])
     assert x.shape == (2, 80, 300) and lengths.tolist() == [300, 120]
     assert np.all(x[1, :, 120:] == 0) and np.allclose(x[1, :, :120], feats[:, :120])
     # the numbers of transformers' WhisperFeatureExtractor, which the checkpoints were trained on
@@ -124,22 +127,22 @@ def test_log_mel_is_whisper_features_of_the_real_length():
 
 def test_log_mel_of_a_piece_shorter_than_half_a_window():
     audio = np.full(170, 0.01, dtype=np.float32)  # 10.6 ms: one 10 ms frame, shorter than the STFT's padding
-    assert decode.log_mel(audio, 80).shape == (80, 1)
-    assert decode.log_mel(audio[:100], 80).shape == (80, 0)
+    assert decode_audio.log_mel(audio, 80).shape == (80, 1)
+    assert decode_audio.log_mel(audio[:100], 80).shape == (80, 0)
 
 
 def test_read_audio_resamples_and_cuts(tmp_path):
     t = np.arange(int(2.0 * 22050)) / 22050
     sf.write(str(tmp_path / "a.wav"), (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 22050)
-    whole = decode.read_audio(tmp_path / "a.wav")
+    whole = decode_audio.read_audio(tmp_path / "a.wav")
     assert whole.dtype == np.float32 and abs(len(whole) - 32000) <= 2
-    part = decode.read_audio(tmp_path / "a.wav", 0.5, 1.25)
+    part = decode_audio.read_audio(tmp_path / "a.wav", 0.5, 1.25)
     assert abs(len(part) - 12000) <= 2
     stereo = np.stack([np.ones(16000, np.float32) * 0.2, np.zeros(16000, np.float32)], axis=1)
     sf.write(str(tmp_path / "s.flac"), stereo, 16000)
-    mono = decode.read_audio(tmp_path / "s.flac", 0.25, 0.5)
+    mono = decode_audio.read_audio(tmp_path / "s.flac", 0.25, 0.5)
     assert mono.shape == (4000,) and np.allclose(mono, 0.1, atol=1e-3)
-    assert decode.audio_duration(tmp_path / "a.wav") == pytest.approx(2.0)
+    assert decode_audio.audio_duration(tmp_path / "a.wav") == pytest.approx(2.0)
 
 
 def test_plan_pieces_cuts_long_audio_by_vad_and_keeps_times(tmp_path, wavs):
@@ -147,7 +150,7 @@ def test_plan_pieces_cuts_long_audio_by_vad_and_keeps_times(tmp_path, wavs):
     parts = []
     for _ in range(4):
         for w in wavs:
-            parts += [decode.read_audio(w), np.zeros(int(1.5 * 16000), np.float32)]
+            parts += [decode_audio.read_audio(w), np.zeros(int(1.5 * 16000), np.float32)]
     long_audio = np.concatenate(parts)
     assert len(long_audio) / 16000 > 30
     sf.write(str(tmp_path / "long.wav"), long_audio, 16000)
@@ -159,7 +162,7 @@ def test_plan_pieces_cuts_long_audio_by_vad_and_keeps_times(tmp_path, wavs):
     (tmp_path / "broken.wav").write_bytes(b"not audio")
     problems: list[str] = []
     seg = SegmentConfig(max_segment_s=12.0, target_segment_s=8.0)
-    kept, pieces, durations = decode.plan_pieces(utts, 30.0, seg, problems)
+    kept, pieces, durations = plan_pieces(utts, 30.0, seg, problems)
     assert [u.utt_id for u in kept] == ["long", "timed"]
     assert len(problems) == 1 and "broken" in problems[0] and "not readable" in problems[0]
     long_pieces = [p for p in pieces if p.utt_id == "long"]
@@ -184,21 +187,37 @@ def test_read_hyp_file_formats(tmp_path):
         + "\nnot json\n"
     )
     problems: list[str] = []
-    assert decode.read_hyp_file(tmp_path / "h.jsonl", problems) == {"a": "hello world", "b": "x y"}
+    assert read_hyp_file(tmp_path / "h.jsonl", problems) == {"a": "hello world", "b": "x y"}
     assert len(problems) == 1 and "not valid JSON" in problems[0]
 
     (tmp_path / "h.tsv").write_text("utt_id\ttext\na\thello world\nb\t\na\tagain\n")
     problems = []
-    assert decode.read_hyp_file(tmp_path / "h.tsv", problems) == {"a": "hello world", "b": ""}
+    assert read_hyp_file(tmp_path / "h.tsv", problems) == {"a": "hello world", "b": ""}
     assert "duplicate id 'a'" in problems[0]
 
     (tmp_path / "recogs-test.txt").write_text(
         "a:\tref=['HELLO', 'WORLD']\na:\thyp=['HELLO', 'WORD']\nsp1-b:\tref=['X']\nsp1-b:\thyp=[]\n"
     )
-    assert decode.read_hyp_file(tmp_path / "recogs-test.txt") == {"a": "HELLO WORD", "sp1-b": ""}
+    assert read_hyp_file(tmp_path / "recogs-test.txt") == {"a": "HELLO WORD", "sp1-b": ""}
 
     (tmp_path / "text").write_text("a hello there\nb\n")
-    assert decode.read_hyp_file(tmp_path / "text") == {"a": "hello there", "b": ""}
+    assert read_hyp_file(tmp_path / "text") == {"a": "hello there", "b": ""}
+
+
+def test_the_decode_cache_key_covers_every_audio_systems_code():
+    """A logic change in any module that decodes re-decodes: each audio system's class, its audio
+    reading and its pieces live in a module of ``decode.DECODE_CODE`` (the decode key's code part)."""
+    for module in ("tasks.faster_whisper_decode", "tasks.whisper_hf", "tasks.zipformer_decode"):
+        importlib.import_module(module)  # its System subclass defined
+    kinds = [c for c in System.__subclasses__() if c.__module__.startswith("tasks.") and c.needs_audio]
+    assert {c.__name__ for c in kinds} >= {
+        "LLMASRSystem",
+        "FasterWhisperSystem",
+        "TransformersWhisperSystem",
+        "ZipformerSystem",
+    }
+    for module in [c.__module__ for c in kinds] + [decode_audio.__name__, Piece.__module__, decode.__name__]:
+        assert module in decode.DECODE_CODE, module
 
 
 # ------------------------------------------------------------------------------- running systems
@@ -230,7 +249,7 @@ def test_run_system_isolates_a_failing_piece(tmp_path):
     ]
     durations = {"a": 1.0, "b": 2.0, "c": 3.0}
     system = Flaky(bad_len=32000)  # "b"
-    result = decode.run_system(system, utts, pieces, durations, DecodeSettings(batch_size=8))
+    result = decode.run_system(system, utts, pieces, durations, EvalConfig(batch_size=8))
     assert result.hyps == {"a": "n16000", "c": "n16000 n24000"}  # pieces joined in time order
     assert list(result.failures) == ["b"] and "boom" in result.failures["b"]
     assert system.calls[0] == 4 and sorted(system.calls[1:]) == [1, 1, 1, 1]  # the batch, then one by one
@@ -239,9 +258,9 @@ def test_run_system_isolates_a_failing_piece(tmp_path):
 
 def test_hyp_file_system_reports_a_missing_id(tmp_path):
     (tmp_path / "h.tsv").write_text("a\thello\n")
-    system = decode.make_system("hyps", "ext", str(tmp_path / "h.tsv"), DecodeSettings())
+    system = decode.make_system("hyps", "ext", str(tmp_path / "h.tsv"), EvalConfig())
     utts = [TestUtterance("a", "x.wav", "hello"), TestUtterance("b", "y.wav", "bye")]
-    result = decode.run_system(system, utts, [], {"a": 1.0, "b": 1.0}, DecodeSettings())
+    result = decode.run_system(system, utts, [], {"a": 1.0, "b": 1.0}, EvalConfig())
     assert result.hyps == {"a": "hello"} and "no hypothesis for 'b'" in result.failures["b"]
     assert result.rtf is None
 
@@ -250,7 +269,7 @@ def test_hyp_file_system_reports_a_missing_id(tmp_path):
 
 
 def test_llmasr_beam8_decodes_every_utterance_within_its_bound(checkpoints, wavs):
-    settings = DecodeSettings(
+    settings = EvalConfig(
         num_beams=8,
         no_repeat_ngram_size=6,
         batch_size=2,
@@ -259,22 +278,22 @@ def test_llmasr_beam8_decodes_every_utterance_within_its_bound(checkpoints, wavs
         device="cpu",
     )
     utts = [TestUtterance(f"u{i}", str(w), SENTENCES[i]) for i, w in enumerate(wavs)]
-    kept, pieces, durations = decode.plan_pieces(utts, 30.0, SegmentConfig(), [])
-    system = decode.LLMASRSystem("llmasr-stage2", checkpoints[2], settings)
+    kept, pieces, durations = plan_pieces(utts, 30.0, SegmentConfig(), [])
+    system = LLMASRSystem("llmasr-stage2", checkpoints[2], settings)
     result = decode.run_system(system, kept, pieces, durations, settings)
     assert not result.failures
     assert set(result.hyps) == {"u0", "u1", "u2"} and all(isinstance(h, str) for h in result.hyps.values())
-    assert 0 < result.tokens <= sum(settings.bound(p.duration_s) for p in pieces)
+    assert 0 < result.tokens <= sum(piece_bound(settings, p.duration_s) for p in pieces)
     assert result.rtf > 0 and result.tokens_per_s > 0
 
     # the per-piece bound holds inside a batch run to the longest piece's bound
-    audios = [decode.read_audio(w) for w in wavs[:2]]
+    audios = [decode_audio.read_audio(w) for w in wavs[:2]]
     short = audios[1][: 16000 // 2]  # 0.5 s -> bound ceil(1.5) + 4 = 6 tokens
     system.tokens = 0
     texts = system.decode([audios[0], short])
     assert len(texts) == 2
     ids = system.model.tokenizer(texts[1], add_special_tokens=False)["input_ids"]
-    assert len(ids) <= settings.bound(0.5) + 2  # re-tokenising may merge or split a little
+    assert len(ids) <= piece_bound(settings, 0.5) + 2  # re-tokenising may merge or split a little
     system.close()
 
 
@@ -283,7 +302,7 @@ def test_llmasr_stage3_lora_greedy_merged_in_memory_equals_attached(checkpoints,
     as decoding with them attached, the checkpoint untouched, and a different decode cache key."""
     from llmasr.model import has_lora
 
-    settings = DecodeSettings(
+    settings = EvalConfig(
         num_beams=1,
         no_repeat_ngram_size=0,
         batch_size=4,
@@ -291,14 +310,16 @@ def test_llmasr_stage3_lora_greedy_merged_in_memory_equals_attached(checkpoints,
         min_new_tokens=4,
         device="cpu",
     )
-    audios = [decode.read_audio(w) for w in wavs]
+    audios = [decode_audio.read_audio(w) for w in wavs]
     before = torch.backends.cuda.cudnn_sdp_enabled()
-    merged = decode.LLMASRSystem("llmasr-stage3", checkpoints[3], settings)
+    merged = LLMASRSystem("llmasr-stage3", checkpoints[3], settings)
     merged.load()
     assert not has_lora(merged.model)  # plain LLM weights now
     assert torch.backends.cuda.cudnn_sdp_enabled() is False  # eval.cudnn_attention default, set at load
-    attached = decode.LLMASRSystem(
-        "llmasr-stage3", checkpoints[3], dataclasses.replace(settings, merge_lora=False, cudnn_attention=True)
+    attached = LLMASRSystem(
+        "llmasr-stage3",
+        checkpoints[3],
+        settings.model_copy(update={"merge_lora": False, "cudnn_attention": True}),
     )
     attached.load()
     assert has_lora(attached.model)
@@ -319,7 +340,7 @@ def test_llmasr_stage3_lora_greedy_merged_in_memory_equals_attached(checkpoints,
 def test_llmasr_piece_decodes_the_same_alone_and_in_a_batch(checkpoints, wavs, beams):
     """Each row stops at its own bound and end token (llmasr.generation.RowBound): the short piece,
     with the smallest bound, gets the same hypothesis alone as beside longer pieces."""
-    settings = DecodeSettings(
+    settings = EvalConfig(
         num_beams=beams,
         no_repeat_ngram_size=3,
         batch_size=3,
@@ -327,13 +348,13 @@ def test_llmasr_piece_decodes_the_same_alone_and_in_a_batch(checkpoints, wavs, b
         min_new_tokens=3,
         device="cpu",
     )
-    audios = [decode.read_audio(w) for w in wavs]
+    audios = [decode_audio.read_audio(w) for w in wavs]
     audios[2] = audios[2][: 16000 * 3 // 4]  # 0.75 s: bound ceil(1.5) + 3 = 5 tokens
-    system = decode.LLMASRSystem("llmasr-stage2", checkpoints[2], settings)
+    system = LLMASRSystem("llmasr-stage2", checkpoints[2], settings)
     batch = system.decode(audios)
     alone = [system.decode([a])[0] for a in audios]
     assert batch == alone
-    assert settings.bound(0.75) < settings.bound(len(audios[0]) / 16000)
+    assert piece_bound(settings, 0.75) < piece_bound(settings, len(audios[0]) / 16000)
     system.close()
 
 
@@ -345,10 +366,10 @@ def test_llmasr_ignores_the_llms_generation_config(tmp_path, wavs):
     checkpoints = make_checkpoints(tmp_path / "models", tmp_path / "work", stages=(2,))
     llm = tmp_path / "models" / "llm"
     (llm / "generation_config.json").unlink(missing_ok=True)
-    audios = [decode.read_audio(w) for w in wavs]
+    audios = [decode_audio.read_audio(w) for w in wavs]
     want = {}
     for beams in (1, 3):
-        settings = DecodeSettings(
+        settings = EvalConfig(
             num_beams=beams,
             no_repeat_ngram_size=3,
             batch_size=3,
@@ -356,7 +377,7 @@ def test_llmasr_ignores_the_llms_generation_config(tmp_path, wavs):
             min_new_tokens=4,
             device="cpu",
         )
-        want[beams] = decode.LLMASRSystem("plain", checkpoints[2], settings).decode(audios)
+        want[beams] = LLMASRSystem("plain", checkpoints[2], settings).decode(audios)
     (llm / "generation_config.json").write_text(
         json.dumps(
             {
@@ -377,7 +398,7 @@ def test_llmasr_ignores_the_llms_generation_config(tmp_path, wavs):
     # it is read
     assert AutoModelForCausalLM.from_pretrained(str(llm)).generation_config.repetition_penalty == 1.3
     for beams in (1, 3):
-        settings = DecodeSettings(
+        settings = EvalConfig(
             num_beams=beams,
             no_repeat_ngram_size=3,
             batch_size=3,
@@ -385,6 +406,6 @@ def test_llmasr_ignores_the_llms_generation_config(tmp_path, wavs):
             min_new_tokens=4,
             device="cpu",
         )
-        system = decode.LLMASRSystem("with-file", checkpoints[2], settings)
+        system = LLMASRSystem("with-file", checkpoints[2], settings)
         assert system.decode(audios) == want[beams]
         assert system.model.llm.generation_config.do_sample is True  # restored after each call

@@ -16,8 +16,9 @@ import soundfile as sf
 from llmasr.config import EvalConfig, SegmentConfig
 from llmasr.layout import WorkLayout
 from llmasr.records import Decision, Label, Segment, write_records
+from tasks import eval_report, rare_words, scoring
 from tasks import evaluate as ev
-from tasks.decode import DecodeResult, DecodeSettings, System
+from tasks.decode import DecodeResult, System
 from tasks.metrics import RareWords
 from test_decode import SENTENCES, espeak_wav, make_checkpoints
 
@@ -66,24 +67,24 @@ def test_a_run_trained_on_captions_counts_its_words_from_the_captions(tmp_path):
         Segment("item-000000002", "item", 6.0, 9.0, 3.0, "dropped tachycardia"),  # not kept
     ]
     write_records(WorkLayout(tmp_path).segments, segments, Segment)
-    texts, source = ev.training_texts(tmp_path, transcript="caption")
+    texts, source = rare_words.training_texts(tmp_path, transcript="caption")
     assert texts == ["the terrace was wet in Quilter's garden", "plain words"] and "captions" in source
-    assert ev.training_texts(tmp_path)[0] == ["the terrace was wet", "plain words"]
-    rare, _, _ = ev.rare_word_set(tmp_path, EvalConfig(common_words=0), transcript="caption")
+    assert rare_words.training_texts(tmp_path)[0] == ["the terrace was wet", "plain words"]
+    rare, _, _ = rare_words.rare_word_set(tmp_path, EvalConfig(common_words=0), transcript="caption")
     assert "garden" not in rare and "tachycardia" in rare
-    rare, _, _ = ev.rare_word_set(tmp_path, EvalConfig(common_words=0))
+    rare, _, _ = rare_words.rare_word_set(tmp_path, EvalConfig(common_words=0))
     assert "garden" in rare
 
 
 def test_rare_words_come_from_the_kept_labels_and_the_word_list(tmp_path):
     write_run_manifests(tmp_path, KEPT_LABELS, DROPPED_LABELS, validation=["Tachycardia was seen."])
-    texts, source = ev.training_texts(tmp_path)
+    texts, source = rare_words.training_texts(tmp_path)
     assert sorted(texts) == sorted(KEPT_LABELS + ["Tachycardia was seen."]) and "labels.parquet" in source
-    assert sorted(ev.training_texts(tmp_path, ["train"])[0]) == sorted(KEPT_LABELS)
+    assert sorted(rare_words.training_texts(tmp_path, ["train"])[0]) == sorted(KEPT_LABELS)
 
     (tmp_path / "words.txt").write_text("# clinic words\nterrace\nMr. Quilter\n")
     cfg = EvalConfig(word_list=str(tmp_path / "words.txt"), train_splits=["train"])
-    rare, info, problems = ev.rare_word_set(tmp_path, cfg)
+    rare, info, problems = rare_words.rare_word_set(tmp_path, cfg)
     assert not problems
     assert "amoxicillin" in rare  # only in a dropped segment
     assert "tachycardia" in rare  # only in the validation split, not trained on
@@ -97,9 +98,9 @@ def test_rare_words_come_from_the_kept_labels_and_the_word_list(tmp_path):
         and info["common_source"].startswith("wordfreq ")
     )
 
-    rare1, _, _ = ev.rare_word_set(tmp_path, EvalConfig(max_train_count=1, common_words=0))
+    rare1, _, _ = rare_words.rare_word_set(tmp_path, EvalConfig(max_train_count=1, common_words=0))
     assert "museum" in rare1 and "the" not in rare1  # seen once -> rare at max_train_count=1
-    rare1, info1, _ = ev.rare_word_set(tmp_path, EvalConfig(max_train_count=1))
+    rare1, info1, _ = rare_words.rare_word_set(tmp_path, EvalConfig(max_train_count=1))
     assert "museum" not in rare1 and "tachycardia" in rare1  # "museum" is a common English word
     assert info1["common_words"] == 5000
 
@@ -111,7 +112,9 @@ def test_common_words_never_rare_and_report_counts_each_rule(tmp_path):
 
     write_run_manifests(tmp_path, KEPT_LABELS, [])
     (tmp_path / "words.txt").write_text("test\n")
-    rare, info, problems = ev.rare_word_set(tmp_path, EvalConfig(word_list=str(tmp_path / "words.txt")))
+    rare, info, problems = rare_words.rare_word_set(
+        tmp_path, EvalConfig(word_list=str(tmp_path / "words.txt"))
+    )
     assert not problems
     assert [w in rare for w in ("an", "test", "against", "among", "amoxicillin", "doctor")] == [
         False,
@@ -176,7 +179,7 @@ def test_common_words_never_rare_and_report_counts_each_rule(tmp_path):
         and metrics["results"]["clinic"]["sys"]["words"] == 15
     )
 
-    _, info0, _ = ev.rare_word_set(tmp_path, EvalConfig(common_words=0))
+    _, info0, _ = rare_words.rare_word_set(tmp_path, EvalConfig(common_words=0))
     assert info0["common_words"] == 0 and info0["common_source"] is None
 
 
@@ -192,9 +195,9 @@ def test_rare_words_from_shards_when_the_manifests_are_gone(tmp_path):
     layout.shard_index.write_text(
         json.dumps({"version": 1, "shards": [{"path": "train-000000.tar", "split": "train"}]})
     )
-    texts, source = ev.training_texts(tmp_path)
+    texts, source = rare_words.training_texts(tmp_path)
     assert sorted(texts) == ["good morning", "hello world"] and source.endswith("index.json")
-    _, _, problems = ev.rare_word_set(tmp_path / "empty", EvalConfig())
+    _, _, problems = rare_words.rare_word_set(tmp_path / "empty", EvalConfig())
     assert "no training transcripts" in problems[0] and "every reference word counts as rare" in problems[0]
 
 
@@ -202,9 +205,9 @@ def test_rare_words_from_shards_when_the_manifests_are_gone(tmp_path):
 
 
 def test_rates_show_counts_and_never_zero_for_nothing():
-    assert ev.fmt_rate(0.25, 3, 12) == "25.0% (3/12)"
-    assert ev.fmt_rate(None, 0, 0) == "n/a (0 words)"
-    assert ev.fmt_rate(None, 2, 0) == "n/a (2/0)"  # insertions against an empty reference
+    assert eval_report.fmt_rate(0.25, 3, 12) == "25.0% (3/12)"
+    assert eval_report.fmt_rate(None, 0, 0) == "n/a (0 words)"
+    assert eval_report.fmt_rate(None, 2, 0) == "n/a (2/0)"  # insertions against an empty reference
 
 
 class Counting(System):
@@ -222,7 +225,7 @@ def test_decode_cache_is_reused_for_the_same_pieces_and_redone_after_a_change(tm
     sf.write(str(wav), np.zeros(16000, np.float32), 16000)
     (tmp_path / "set.jsonl").write_text(json.dumps({"audio": "a.wav", "text": "hello"}) + "\n")
     prepared = ev.prepare_test_set("s", tmp_path / "set.jsonl", EvalConfig(), SegmentConfig())
-    system, settings = Counting(), DecodeSettings()
+    system, settings = Counting(), EvalConfig()
     first = ev.decode_cached(system, prepared, tmp_path / "eval", settings)
     again = ev.decode_cached(system, prepared, tmp_path / "eval", settings)
     assert system.calls == 1 and again.cached and again.hyps == first.hyps == {"a": "hello"}
@@ -243,7 +246,7 @@ def test_score_result_notes_failures_and_empty_hypotheses():
         TestUtterance("c", "c.wav", ""),
     ]
     result = DecodeResult("sys", hyps={"a": "", "c": "oops"}, failures={"b": "RuntimeError: boom"})
-    s = ev.score_result(prepared, result, RareWords({"hello": 3, "world": 2}))
+    s = scoring.score_result(prepared, result, RareWords({"hello": 3, "world": 2}))
     # every utterance scored: b (failed) as an empty hypothesis -> "bye" deleted
     # 3 deletions + 1 insertion
     assert s.corpus.utterances == 3 and s.corpus.n_errors == 4 and s.corpus.words == 3
@@ -263,7 +266,7 @@ def test_each_evaluation_keeps_the_other_test_sets_results(tmp_path):
     from tasks.testsets import TestUtterance
 
     write_run_manifests(tmp_path, KEPT_LABELS, [])
-    rare, info, _ = ev.rare_word_set(tmp_path, EvalConfig(common_words=0))
+    rare, info, _ = rare_words.rare_word_set(tmp_path, EvalConfig(common_words=0))
     out = tmp_path / "eval"
     a = ev.PreparedSet(
         "a", "a.jsonl", [TestUtterance("a1", "a1.wav", "The doctor walked to the garden.")], [], {"a1": 2.0}

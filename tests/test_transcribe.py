@@ -21,10 +21,10 @@ import soundfile as sf
 
 from llmasr.audio import SAMPLE_RATE
 from llmasr.config import load_config
-from tasks import decode
 from tasks import transcribe as tr
 from tasks.captions import parse_captions
 from tasks.checkpoints import read_stage, stage_dir
+from tasks.decode_audio import read_audio
 
 REAL_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_speech"
 LLMASR = Path(sys.executable).parent / "llmasr"  # the venv's console script
@@ -66,7 +66,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
         "ljspeech_LJ001-0003.flac",
     ]
     # (samples,) 16 kHz
-    audio = np.concatenate([x for name in parts for x in (decode.read_audio(REAL_SPEECH / name), gap)])
+    audio = np.concatenate([x for name in parts for x in (read_audio(REAL_SPEECH / name), gap)])
     wav = folder / "long.wav.tmp"
     sf.write(str(wav), audio, SAMPLE_RATE, format="WAV")
     out["long"] = folder / "long.mp3"

@@ -15,7 +15,9 @@ from llmasr.config import EvalConfig, SegmentConfig
 from llmasr.tiny_models import shipped_tokenizer_file, tiny_whisper, whisper_tokenizer
 from tasks import decode
 from tasks import evaluate as ev
-from tasks.decode import DecodeSettings
+from tasks.decode import piece_bound
+from tasks.faster_whisper_decode import FASTER_WHISPER_OPTIONS, FasterWhisperSystem
+from tasks.pieces import plan_pieces
 from tasks.whisper_hf import TransformersWhisperSystem, suppress_tokens
 
 REAL_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_speech" / "manifest.jsonl"
@@ -33,9 +35,9 @@ def audios() -> list[np.ndarray]:
     return [(0.1 * rng.standard_normal(int(16000 * s))).astype(np.float32) for s in (4.0, 2.5, 1.0)]
 
 
-def settings(**kw) -> DecodeSettings:
+def settings(**kw) -> EvalConfig:
     base = dict(num_beams=1, no_repeat_ngram_size=3, device="cpu", tokens_per_second=3.0, min_new_tokens=4)
-    return DecodeSettings(**{**base, **kw})
+    return EvalConfig(**{**base, **kw})
 
 
 def test_suppress_tokens_are_whispers_rule_as_faster_whisper_builds_it():
@@ -166,11 +168,9 @@ def test_stage1_and_transformers_baselines_are_systems(whisper_dir, tmp_path):
     sf.write(str(wav), (0.1 * np.random.default_rng(1).standard_normal(24000)).astype(np.float32), 16000)
     from tasks.testsets import TestUtterance
 
-    kept, pieces, durations = decode.plan_pieces(
-        [TestUtterance("a", str(wav), "hello")], 30.0, SegmentConfig(), []
-    )
+    kept, pieces, durations = plan_pieces([TestUtterance("a", str(wav), "hello")], 30.0, SegmentConfig(), [])
     result = decode.run_system(stage, kept, pieces, durations, s)
-    assert not result.failures and result.hyps["a"] and 0 < result.tokens <= s.bound(1.5)
+    assert not result.failures and result.hyps["a"] and 0 < result.tokens <= piece_bound(s, 1.5)
     # a rewritten model folder is another system as far as the decode cache goes (rewritten in a
     # copy: whisper_dir is shared by the module's tests)
     own = Path(shutil.copytree(whisper_dir, tmp_path / "stock"))
@@ -191,7 +191,7 @@ def test_faster_whisper_identity_follows_the_resolved_model_folder(tmp_path, mon
         (d / "config.json").write_text("{}")
     folder = {"now": a}
     monkeypatch.setattr(llmasr.bundled, "resolve_ct2", lambda spec, search_path=None: str(folder["now"]))
-    system = decode.FasterWhisperSystem("fw", "faster-whisper:bundled:whisper-base", settings())
+    system = FasterWhisperSystem("fw", "faster-whisper:bundled:whisper-base", settings())
     first = system.identity()
     assert first["source"] == str(a) and [f[0] for f in first["files"]] == ["config.json"]
     folder["now"] = b
@@ -217,7 +217,7 @@ def test_eval_config_takes_transformers_baselines_and_stage_1():
 
 def test_faster_whisper_gets_every_decoding_option():
     """Nothing left to faster-whisper's defaults: every transcribe parameter that shapes the tokens
-    is passed (the four from DecodeSettings + FASTER_WHISPER_OPTIONS)."""
+    is passed (the four from EvalConfig + FASTER_WHISPER_OPTIONS)."""
     from faster_whisper import WhisperModel
 
     params = set(inspect.signature(WhisperModel.transcribe).parameters)
@@ -226,12 +226,12 @@ def test_faster_whisper_gets_every_decoding_option():
         "beam_size",
         "no_repeat_ngram_size",
         "max_new_tokens",
-        *decode.FASTER_WHISPER_OPTIONS,
+        *FASTER_WHISPER_OPTIONS,
     }
     assert given <= params
     # input, a log switch, VAD (off)
     assert params - given == {"self", "audio", "log_progress", "vad_parameters"}
-    o = decode.FASTER_WHISPER_OPTIONS
+    o = FASTER_WHISPER_OPTIONS
     assert (o["temperature"], o["repetition_penalty"], o["length_penalty"], o["no_speech_threshold"]) == (
         0.0,
         1.0,
@@ -253,10 +253,10 @@ def test_converted_whisper_base_agrees_with_faster_whisper_on_real_speech():
     from tasks.testsets import load_test_set
 
     utts, _ = load_test_set(REAL_SPEECH)
-    kept, pieces, durations = decode.plan_pieces(utts, 30.0, SegmentConfig(), [])
+    kept, pieces, durations = plan_pieces(utts, 30.0, SegmentConfig(), [])
     short = sorted(kept, key=lambda u: durations[u.utt_id])[:3]
     pieces = [p for p in pieces if p.utt_id in {u.utt_id for u in short}]
-    s = DecodeSettings(num_beams=1, device="cpu", batch_size=3)
+    s = EvalConfig(num_beams=1, device="cpu", batch_size=3)
     hyps = {}
     for kind in ("transformers", "faster-whisper"):
         system = decode.make_system(kind, kind, "bundled:whisper-base", s)

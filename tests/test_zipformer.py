@@ -24,10 +24,9 @@ import jiwer
 import pytest
 import soundfile as sf
 
-from llmasr.config import ZipformerConfig, load_config
+from llmasr.config import EvalConfig, ZipformerConfig, load_config
 from llmasr.layout import WorkLayout
 from llmasr.text import normalize
-from tasks.decode import DecodeSettings
 from tasks.launch import TrainingProcessError
 from tasks.zipformer_decode import ZipformerSystem, read_model_json, zipformer_dir
 from tasks.zipformer_train import launch_spec, launch_zipformer, load_zipformer, log_file, train_zipformer
@@ -100,7 +99,7 @@ def test_loss_falls_and_every_record_names_the_model(learned):
 def test_a_small_set_is_memorised(learned):
     """Each training utterance, decoded alone by the evaluation system, gives back its transcript."""
     work, _, _ = learned
-    system = ZipformerSystem("zipformer", zipformer_dir(work), DecodeSettings(device="cpu"))
+    system = ZipformerSystem("zipformer", zipformer_dir(work), EvalConfig(device="cpu"))
     audio_files = sorted(WorkLayout(work).root.glob("raw/tra*.flac"))
     assert len(audio_files) == len(LEARN)
     audios = [sf.read(str(p), dtype="float32")[0] for p in audio_files]
