@@ -104,10 +104,7 @@ def launch_command(
 
 def launch_env(train: Any = None, gpu: bool | None = None) -> dict[str, str]:
     """Environment additions for ``launch_command``: a cache for DeepSpeed's compiled ops and, on
-    CPU, DeepSpeed's CPU accelerator and one OpenMP thread per process unless OMP_NUM_THREADS is
-    set (the CPU path runs tiny models: their ops are too small to split, and an OpenMP team that
-    shares its cores with other processes spends its time spinning -- 20x slower measured on 2
-    busy cores)."""
+    CPU, DeepSpeed's CPU accelerator and ``cpu_threads(train)`` OpenMP threads per process."""
     env = {
         "TORCH_EXTENSIONS_DIR": os.environ.get(
             "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "llmasr-torch-extensions")
@@ -116,9 +113,24 @@ def launch_env(train: Any = None, gpu: bool | None = None) -> dict[str, str]:
     if gpu is None:
         gpu = shutil.which("nvidia-smi") is not None
     if not gpu:
-        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+        env["OMP_NUM_THREADS"] = str(cpu_threads(train))
         env["DS_ACCELERATOR"] = "cpu"
     return env
+
+
+def cpu_threads(train: Any = None) -> int:
+    """OpenMP threads per CPU training process: ``cpu_threads`` where set (> 0), else the caller's
+    OMP_NUM_THREADS, else this node's usable cores shared out over its ``nproc_per_node`` processes
+    (at least 1).  More threads than a process's share of the cores make the OpenMP teams of
+    neighbouring processes spin against each other; the demo's tiny models want 1 (their ops are
+    too small to split)."""
+    t = _train_dict(train) if train is not None else {}
+    if int(t.get("cpu_threads") or 0) > 0:
+        return int(t["cpu_threads"])
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(t.get("nproc_per_node") or 1)))
 
 
 def node_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -28,9 +28,11 @@ import pytest
 from llmasr.config import TrainConfig
 from tasks.checkpoints import read_stage, stage_dir
 from tasks.launch import (
+    cpu_threads,
     hostfile_problem,
     kill_group,
     launch_command,
+    launch_env,
     launch_stage,
     node_env,
     read_hostfile,
@@ -223,3 +225,17 @@ def test_launch_command_with_a_hostfile(tmp_path):
         "LLMASR_BAD": 'a"b',
     }
     assert node_env(env) == {"HF_HUB_OFFLINE": "1", "NCCL_IB_DISABLE": "1"}
+
+
+def test_cpu_training_threads_share_out_the_nodes_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert cpu_threads(TrainConfig(nproc_per_node=1)) == 8  # one process: every core
+    assert cpu_threads(TrainConfig(nproc_per_node=3)) == 2  # each process its share, rounded down
+    assert cpu_threads(TrainConfig(nproc_per_node=16)) == 1  # never 0
+    assert cpu_threads({"nproc_per_node": 2}) == 4  # the zipformer section's dict
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads(TrainConfig(nproc_per_node=1)) == 3  # the caller's choice
+    assert cpu_threads(TrainConfig(nproc_per_node=1, cpu_threads=1)) == 1  # the config's, above all
+    assert launch_env(TrainConfig(cpu_threads=5), gpu=False)["OMP_NUM_THREADS"] == "5"
+    assert "OMP_NUM_THREADS" not in launch_env(TrainConfig(cpu_threads=5), gpu=True)

@@ -88,6 +88,8 @@ class TrainConfig(ModelSettings):
     batch_max_audio_s: float = Field(400.0, gt=0)
     max_batch_size: int = Field(64, ge=1)
     num_workers: int = runtime(6, ge=0)
+    # OpenMP threads per training process on the CPU; 0: the node's cores over nproc_per_node
+    cpu_threads: int = runtime(0, ge=0)
     grad_accum: int = Field(1, ge=1)
     grad_clip: float = Field(1.0, ge=0)
     log_every: int = runtime(10, ge=1)
@@ -171,6 +173,7 @@ class ZipformerConfig(Section):
     # training processes torchrun starts on this node (one per GPU with device cuda): the global batch
     # is this many ranks' batches, so it changes what is learned (it is part of the cache key)
     nproc_per_node: int = Field(1, ge=1)
+    cpu_threads: int = runtime(0, ge=0)  # OpenMP threads per process on the CPU; 0: cores / nproc_per_node
     timeout_s: float = runtime(7 * 24 * 3600.0, gt=0)  # the launcher kills training after this long
 
     @model_validator(mode="after")
