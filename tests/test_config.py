@@ -256,6 +256,7 @@ TRAIN_RUNTIME = {
     "timeout_s",
     "cudnn_attention",
     "cache_encoder_outputs",
+    "cpu_threads",
 }
 # stage 1 trains the encoder under Whisper's own decoder (no LLM, adapter or prompt); stage 2 applies
 # no LoRA; merge_lora shapes stage 3's exports only
@@ -291,6 +292,7 @@ ZIPFORMER_RUNTIME = {
     "ckpt_every",
     "beam",
     "timeout_s",
+    "cpu_threads",
 }
 
 # the data stages' batching and network knobs (flows.data.ingest_key, tasks.segment.item_key,
