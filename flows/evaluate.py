@@ -252,4 +252,3 @@ def _run_evaluate(
     metrics = score_task(str(out_dir), cfg, sets, specs, results, problems)
     logger.info("evaluation written to %s (report.md, metrics.json, wer.png)", out_dir)
     return metrics
-
