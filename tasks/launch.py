@@ -22,6 +22,7 @@ Failures raise ``TrainingProcessError`` with the log's tail in the message.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import re
 import shutil
@@ -36,6 +37,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TAIL_LINES = 60
+
+log = logging.getLogger(__name__)
 
 
 # Variables a rank on another node needs from the launching process (a prefix match), written to
@@ -105,17 +108,47 @@ def launch_command(
 def launch_env(train: Any = None, gpu: bool | None = None) -> dict[str, str]:
     """Environment additions for ``launch_command``: a cache for DeepSpeed's compiled ops and, on
     CPU, DeepSpeed's CPU accelerator and ``cpu_threads(train)`` OpenMP threads per process."""
-    env = {
-        "TORCH_EXTENSIONS_DIR": os.environ.get(
-            "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "llmasr-torch-extensions")
-        )
-    }
+    env = {"TORCH_EXTENSIONS_DIR": extensions_dir()}
+    clear_stale_build_locks(Path(env["TORCH_EXTENSIONS_DIR"]))
     if gpu is None:
         gpu = shutil.which("nvidia-smi") is not None
     if not gpu:
         env["OMP_NUM_THREADS"] = str(cpu_threads(train))
         env["DS_ACCELERATOR"] = "cpu"
     return env
+
+
+STALE_BUILD_LOCK_S = 600.0  # DeepSpeed's one C++ op builds in ~30 s; a lock this old has no builder
+
+
+def extensions_dir() -> str:
+    """Where DeepSpeed's compiled ops live: TORCH_EXTENSIONS_DIR where set, else one folder per
+    Python environment and torch version (two checkouts' environments sharing one folder rebuild
+    the op in turn: its build file names the environment's include paths)."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return os.environ["TORCH_EXTENSIONS_DIR"]
+    import hashlib
+
+    import torch
+
+    tag = hashlib.sha256(os.path.realpath(sys.prefix).encode()).hexdigest()[:8]
+    return str(Path.home() / ".cache" / "llmasr-torch-extensions" / f"torch{torch.__version__}-{tag}")
+
+
+def clear_stale_build_locks(folder: Path, older_than_s: float = STALE_BUILD_LOCK_S) -> list[Path]:
+    """Delete op-build ``lock`` files under ``folder`` older than ``older_than_s``.  torch's builder
+    (``FileBaton``) makes the lock, builds, and deletes it; a builder killed mid-build (Ctrl-C, a
+    timeout) leaves it, and every later process then waits for it forever.  Returns those deleted."""
+    removed = []
+    for lock in folder.glob("*/lock") if folder.is_dir() else []:
+        try:
+            if time.time() - lock.stat().st_mtime > older_than_s:
+                lock.unlink()
+                removed.append(lock)
+                log.warning("deleted %s: a build lock over %.0f s old (a killed build's)", lock, older_than_s)
+        except FileNotFoundError:
+            pass  # its builder finished meanwhile
+    return removed
 
 
 def cpu_threads(train: Any = None) -> int:

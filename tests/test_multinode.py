@@ -239,3 +239,21 @@ def test_cpu_training_threads_share_out_the_nodes_cores(monkeypatch):
     assert cpu_threads(TrainConfig(nproc_per_node=1, cpu_threads=1)) == 1  # the config's, above all
     assert launch_env(TrainConfig(cpu_threads=5), gpu=False)["OMP_NUM_THREADS"] == "5"
     assert "OMP_NUM_THREADS" not in launch_env(TrainConfig(cpu_threads=5), gpu=True)
+
+
+def test_a_killed_builds_lock_is_cleared_a_live_ones_kept(tmp_path, monkeypatch):
+    from tasks.launch import clear_stale_build_locks, extensions_dir
+
+    stale, fresh = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "other_op" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir()
+        lock.touch()
+    os.utime(stale, (1.0, 1.0))  # left by a build killed long ago
+    assert clear_stale_build_locks(tmp_path) == [stale]
+    assert not stale.exists() and fresh.exists()  # a build under way keeps its lock
+    assert clear_stale_build_locks(tmp_path / "missing") == []
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert extensions_dir() == str(tmp_path)
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    here = extensions_dir()  # one folder per Python environment and torch version
+    assert here == extensions_dir() and "llmasr-torch-extensions" in here and "torch" in Path(here).name
