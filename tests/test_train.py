@@ -68,6 +68,7 @@ def train_config(tiny, **kw) -> TrainConfig:
         batch_max_audio_s=8.0,
         max_batch_size=4,
         num_workers=1,
+        cpu_threads=1,  # tiny models: one OpenMP thread per rank (as the demo)
         log_every=1,
         val_every=2,
         val_max_batches=2,
