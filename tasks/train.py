@@ -553,6 +553,18 @@ class Trainer:
         return int(totals[0]), round(float(totals[1]), 3), int(totals[2])
 
     # ---- exports
+    def _load_encoder_outputs(self) -> None:
+        """Stages 2-3 with ``train.cache_encoder_outputs``: start from the rows an earlier stage over
+        the same encoder and shards left (``tasks.encoder_cache``)."""
+        if self.encoder_cache is None:
+            return
+        m = self.model_cfg
+        settings = {"n_mels": self.n_mels, "max_frames": self.max_frames, "trim_padding": m.trim_padding,
+                    "mask_padding": m.mask_padding}  # fmt: skip
+        n = self.encoder_cache.attach(self.out_dir, self.cfg.shard_index, settings, self.rank, self.world)
+        if n and self.is_main:
+            log.info("stage %d: %d encoder outputs read from %s", self.stage, n, self.encoder_cache.path)
+
     def export(self) -> list[str]:
         """Rank 0 writes the stage's exports (tasks/export.py); returns their names."""
         import torch.distributed as dist
@@ -589,6 +601,7 @@ class Trainer:
         # after initialize (which casts to bf16/fp16 where asked), before the checkpoint loads
         self.fingerprints = fingerprints(self.module) if self.cfg.verify_params else None
         self.load_checkpoint()
+        self._load_encoder_outputs()
         metrics = MetricsLog(self.cfg.metrics_log, self.cfg.tensorboard_dir, self.stage, self.is_main)
         metrics.write(
             {
@@ -608,6 +621,8 @@ class Trainer:
         )
         try:
             summary = self.loop(metrics)
+            if self.encoder_cache is not None and self.encoder_cache.persist() and self.is_main:
+                log.info("stage %d: encoder outputs -> %s", self.stage, self.encoder_cache.path)
             verify = None
             if self.fingerprints is not None:  # verify_params
                 verify = param_changes(self.fingerprints, fingerprints(self.module), self.trainable)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llmasr.model import build_model
-from tasks.encoder_cache import EncoderCache
+from tasks.encoder_cache import CACHE_DIR, EncoderCache
 from tiny_models import tiny_setup
 
 N_MELS = 80
@@ -89,12 +89,57 @@ def test_forward_on_cached_outputs_gives_the_same_loss(model):
     assert torch.equal(again.loss, cached.loss)
 
 
+def test_rows_left_on_disk_serve_a_later_stage_of_the_same_encoder_shards_and_settings_only(model, tmp_path):
+    """persist() writes the rows beside the stage folder; attach() in another stage reads them when
+    the encoder's weights, the settings and the shard index are the same, and ignores them otherwise."""
+    torch.manual_seed(1)
+    feats = torch.randn(3, N_MELS, 120)  # (B, M, T)
+    lengths = torch.tensor([120, 90, 60])
+    index = tmp_path / "shards" / "index.json"
+    index.parent.mkdir()
+    index.write_text('{"shards": [{"path": "train-000000.tar", "sha256": "aa"}]}')
+    settings = {"n_mels": N_MELS, "trim_padding": True}
+    stage3 = tmp_path / "checkpoints" / "stage3"
+    first = EncoderCache(CountingEncoder(model.encoder))
+    assert first.attach(tmp_path / "checkpoints" / "stage2", index, settings) == 0  # nothing there yet
+    assert not first.persist()  # nothing encoded: nothing written
+    hidden, out_lengths = first(["a", "b", "c"], feats, lengths)
+    assert first.persist()
+    assert first.path.parent == tmp_path / "checkpoints" / CACHE_DIR
+
+    later = EncoderCache(CountingEncoder(model.encoder))
+    assert later.attach(stage3, index, settings) == 3
+    again, again_lengths = later(["c", "a", "b"], feats[[2, 0, 1]], lengths[[2, 0, 1]])
+    assert later.encoder.rows == 0 and later.encoded == 0 and not later.persist()
+    assert torch.equal(again_lengths, out_lengths[[2, 0, 1]])
+    torch.testing.assert_close(again, hidden[[2, 0, 1]][:, : again.shape[1]], rtol=0, atol=0)
+
+    untrimmed = {**settings, "trim_padding": False}
+    assert EncoderCache(CountingEncoder(model.encoder)).attach(stage3, index, untrimmed) == 0
+    index.write_text('{"shards": [{"path": "train-000000.tar", "sha256": "bb"}]}')  # a rebuilt shard
+    assert EncoderCache(CountingEncoder(model.encoder)).attach(stage3, index, settings) == 0
+    index.write_text('{"shards": [{"path": "train-000000.tar", "sha256": "aa"}]}')
+    with torch.no_grad():
+        p = next(model.encoder.parameters())
+        kept = p.clone()
+        p.add_(1e-3)  # another encoder (e.g. another stage 1)
+        try:
+            assert EncoderCache(CountingEncoder(model.encoder)).attach(stage3, index, settings) == 0
+        finally:
+            p.copy_(kept)
+    assert EncoderCache(CountingEncoder(model.encoder)).attach(stage3, index, settings) == 3
+    # several processes: one file each
+    ranked = EncoderCache(CountingEncoder(model.encoder))
+    ranked.attach(tmp_path / "checkpoints" / "stage2", index, settings, rank=1, world=2)
+    assert ranked.path.name.endswith(".rank1of2.pt")
+
+
 def test_stage_2_trains_alike_with_the_cache_and_counts_no_encoder_flops_for_cached_rows(tmp_path):
     """Through the real trainer (torchrun, DeepSpeed ZeRO-2 on CPU): CTC-only steps then CTC + LLM
     steps, 3 passes over 4 samples, with and without the cache: the same losses; the cached run's
     model FLOPs drop once every sample has been seen."""
     from llmasr.tiny_models import tiny_setup as tiny_models
-    from test_train import launch, records, train_config, write_run
+    from test_train import launch, records, stage_dir, train_config, write_run
     from test_train_data import SENTENCES, make_shards
 
     tiny = tiny_models(tmp_path / "models", vocab_size=512, llm_init_std=0.3)
@@ -116,3 +161,8 @@ def test_stage_2_trains_alike_with_the_cache_and_counts_no_encoder_flops_for_cac
         assert per_sample(c) == pytest.approx(per_sample(p), rel=1e-6)
     for p, c in zip(plain[2:], cached[2:]):
         assert per_sample(c) < 0.9 * per_sample(p)
+    # the cached run left its 4 rows for stage 3, beside the stage folders; the plain run left none
+    left = list((tmp_path / "work-True").rglob(f"{CACHE_DIR}/*.pt"))
+    assert len(left) == 1 and left[0].parent.parent == stage_dir(tmp_path / "work-True", 2).parent
+    assert len(torch.load(left[0], weights_only=True)["rows"]) == 4
+    assert not list((tmp_path / "work-False").rglob(f"{CACHE_DIR}/*"))

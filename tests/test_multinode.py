@@ -257,3 +257,23 @@ def test_a_killed_builds_lock_is_cleared_a_live_ones_kept(tmp_path, monkeypatch)
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
     here = extensions_dir()  # one folder per Python environment and torch version
     assert here == extensions_dir() and "llmasr-torch-extensions" in here and "torch" in Path(here).name
+
+
+def test_the_setup_builds_deepspeeds_cpu_op_where_training_loads_it(monkeypatch):
+    """`python -m tasks.launch build-ops` (scripts/setup.sh) compiles the op a CPU training process
+    loads at start into the folder the launcher gives training (extensions_dir), not at first training."""
+    import subprocess
+    import sys
+
+    from tasks.launch import REPO, extensions_dir
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
+    out = subprocess.run([sys.executable, "-m", "tasks.launch", "build-ops"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    folder = Path(out.stdout.strip().splitlines()[-1].split(": ", 1)[1])
+    assert folder.parent == Path(extensions_dir()) and list(folder.glob("*.so"))
+    bad = subprocess.run([sys.executable, "-m", "tasks.launch"], cwd=REPO, env=env, capture_output=True,
+                         text=True)  # fmt: skip
+    assert bad.returncode != 0 and "build-ops" in bad.stderr
