@@ -40,13 +40,22 @@ class LLMASRSystem(System):
 
     def identity(self) -> dict[str, Any]:
         from tasks.checkpoints import read_stage
+        from tasks.train_ckpt import CKPT_DIR
+        from tasks.whisper_hf import _file_stamps
 
         s = self.settings
+        stage = read_stage(self.stage_dir)
         return {
             "name": self.name,
             "kind": "llmasr",
-            "stage": read_stage(self.stage_dir),
-            "stage_dir": str(self.stage_dir.resolve()),
+            # what was trained (its key and run), and its exports' files, not where they lie: a stage
+            # adopted into an ablation's store (hard links) is the same system
+            "stage": stage,
+            "exports": {
+                d.name: _file_stamps(d)
+                for d in sorted(self.stage_dir.iterdir())
+                if d.is_dir() and d.name != CKPT_DIR
+            },
             "decode": [
                 s.num_beams,
                 s.no_repeat_ngram_size,

@@ -239,11 +239,13 @@ class TransformersWhisperSystem(System):
     def identity(self) -> dict[str, Any]:
         s = self.settings
         source = self.source or resolve_model(self.spec)
+        # a stage-1 checkpoint: what was trained and its files, not where they lie (a stage adopted
+        # into an ablation's store, hard links, is the same system)
+        where = {} if self.stage_info is not None else {"spec": self.spec, "source": source}
         return {
             "name": self.name,
             "kind": "transformers-whisper",
-            "spec": self.spec,
-            "source": source,
+            **where,
             "files": _file_stamps(Path(source)),
             "stage": self.stage_info,
             "trim_padding": self.trim_padding,

@@ -333,6 +333,31 @@ def test_llmasr_stage3_lora_greedy_merged_in_memory_equals_attached(checkpoints,
     assert merged.identity() != attached.identity()
 
 
+def test_a_stage_is_the_same_system_wherever_its_files_lie(checkpoints, tmp_path):
+    """The decode cache key of an LLM-ASR stage follows what was trained (stage.json) and its exports'
+    files, not the folder: a hard-linked copy (an ablation adopting the run's stage) reuses the
+    run's decodes; a rewritten export, or a retrained stage, is another system."""
+    import os
+    import shutil
+
+    settings = EvalConfig(num_beams=1, device="cpu")
+    run = LLMASRSystem("llmasr-stage3", checkpoints[3], settings)
+    store = Path(shutil.copytree(checkpoints[3], tmp_path / "store" / "stage3-abc", copy_function=os.link))
+    adopted = LLMASRSystem("llmasr-stage3", store, settings)
+    assert adopted.identity() == run.identity()
+    assert run.identity()["exports"]["lora"]  # the exports' files are in the key
+    weights = next((store / "lora").glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.unlink()  # a new file, not written through the link into the run's folder
+    weights.write_bytes(data)
+    assert adopted.identity() != run.identity()
+    stage_json = store / "stage.json"
+    info = json.loads(stage_json.read_text())
+    stage_json.unlink()
+    stage_json.write_text(json.dumps({**info, "time_s": 1.0}))
+    assert LLMASRSystem("x", store, settings).identity()["stage"]["time_s"] == 1.0
+
+
 # ------------------------------------------------------------- explicit settings, per-row bounds
 
 

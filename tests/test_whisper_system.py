@@ -161,6 +161,11 @@ def test_stage1_and_transformers_baselines_are_systems(whisper_dir, tmp_path):
     forced = TransformersWhisperSystem("llmasr-stage1", str(stage1), settings(whisper_trim_padding=False))
     # eval.whisper_trim_padding is in the key
     assert forced.trim_padding is False and forced.identity() != stage.identity()
+    # the same stage hard-linked elsewhere (an ablation adopting the run's stage 1) is the same system
+    import os
+
+    linked = shutil.copytree(stage1, tmp_path / "store" / "stage1-abc", copy_function=os.link)
+    assert TransformersWhisperSystem("llmasr-stage1", str(linked), s).identity() == stage.identity()
     # decoded through the same run_system as every other system
     wav = tmp_path / "a.wav"
     import soundfile as sf
