@@ -125,15 +125,16 @@ STALE_BUILD_LOCK_S = 600.0  # DeepSpeed's one C++ op builds in ~30 s; a lock thi
 
 def extensions_dir() -> str:
     """Where DeepSpeed's compiled ops live: TORCH_EXTENSIONS_DIR where set, else one folder per
-    Python environment and torch version (two checkouts' environments sharing one folder rebuild
-    the op in turn: its build file names the environment's include paths)."""
+    Python environment path and torch version (two environments sharing one folder rebuild the op
+    in turn: its build file names the include paths as the environment's path spells them, so a
+    symlinked environment is another folder)."""
     if os.environ.get("TORCH_EXTENSIONS_DIR"):
         return os.environ["TORCH_EXTENSIONS_DIR"]
     import hashlib
 
     import torch
 
-    tag = hashlib.sha256(os.path.realpath(sys.prefix).encode()).hexdigest()[:8]
+    tag = hashlib.sha256(os.path.abspath(sys.prefix).encode()).hexdigest()[:8]
     return str(Path.home() / ".cache" / "llmasr-torch-extensions" / f"torch{torch.__version__}-{tag}")
 
 
