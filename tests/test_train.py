@@ -59,7 +59,7 @@ def train_config(tiny, **kw) -> TrainConfig:
         encoder=str(tiny.whisper),
         llm=str(tiny.llm),
         tokenizer=str(tiny.tokenizer),
-        projector_hidden=32,
+        adapter_hidden=32,
         lora=LORA,
         launcher="torchrun",
         nproc_per_node=1,
@@ -138,7 +138,7 @@ def test_three_stages_in_sequence(tiny, shard_index, tmp_path, nproc):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, WhisperForConditionalGeneration, WhisperModel
 
-    from llmasr.model import load_projector
+    from llmasr.model import load_adapter
 
     work = tmp_path / "work"
     train = train_config(tiny, nproc_per_node=nproc, merge_lora=True, grad_accum=2 if nproc == 2 else 1)
@@ -178,16 +178,16 @@ def test_three_stages_in_sequence(tiny, shard_index, tmp_path, nproc):
     ):
         assert torch.equal(enc[k], v), k
 
-    # stage 2: starts from the stage-1 encoder; only the projector is exported
+    # stage 2: starts from the stage-1 encoder; only the adapter is exported
     m2 = json.loads((s2 / "model.json").read_text())
     assert (
         Path(m2["encoder"]) == (s1 / "encoder").resolve()
-        and Path(m2["projector_path"]) == (s2 / "projector").resolve()
+        and Path(m2["adapter_path"]) == (s2 / "adapter").resolve()
     )
-    p2 = load_projector(s2 / "projector")
+    p2 = load_adapter(s2 / "adapter")
 
-    # stage 3: LoRA + projector trained further; the base LLM file untouched
-    p3 = load_projector(s3 / "projector")
+    # stage 3: LoRA + adapter trained further; the base LLM file untouched
+    p3 = load_adapter(s3 / "adapter")
     assert not torch.equal(p2.linear1.weight, p3.linear1.weight)
     base = AutoModelForCausalLM.from_pretrained(str(tiny.llm))
     base_sd = {k: v.clone() for k, v in base.state_dict().items()}
@@ -382,7 +382,7 @@ def run_direct(run_json: Path, timeout: float = 120) -> tuple[subprocess.Complet
 
 
 def test_config_errors_fail_fast_naming_the_key(tiny, shard_index, tmp_path):
-    from llmasr.model import Projector, save_projector
+    from llmasr.model import Adapter, save_adapter
 
     # a missing encoder checkpoint
     work = tmp_path / "a"
@@ -393,12 +393,12 @@ def test_config_errors_fail_fast_naming_the_key(tiny, shard_index, tmp_path):
     # stage 3 before stage 2
     train = train_config(tiny)
     proc, _ = run_direct(write_run(tmp_path / "b", 3, train, shard_index))
-    assert proc.returncode == 2 and "model.projector_path: no projector at" in proc.stderr
+    assert proc.returncode == 2 and "model.adapter_path: no adapter at" in proc.stderr
     assert "stage 3 needs checkpoints/stage2 (run stage 2 first)" in proc.stderr
 
-    # a stage-2 projector built for another LLM width
+    # a stage-2 adapter built for another LLM width
     work = tmp_path / "c"
-    save_projector(Projector(64, 32, hidden=32), stage_dir(work, 2) / "projector")
+    save_adapter(Adapter(64, 32, hidden=32), stage_dir(work, 2) / "adapter")
     (stage_dir(work, 2) / "stage.json").write_text(json.dumps({"stage": 2, "complete": True}))
     proc, _ = run_direct(write_run(work, 3, train, shard_index))
     assert proc.returncode == 2 and "train.llm: hidden size 64 does not match" in proc.stderr
@@ -417,7 +417,7 @@ def test_config_errors_fail_fast_naming_the_key(tiny, shard_index, tmp_path):
 
     # an error the model module raises while building, reported with its key (one process, no launcher)
     work = tmp_path / "f"
-    save_projector(Projector(64, 64, hidden=32), stage_dir(work, 2) / "projector")
+    save_adapter(Adapter(64, 64, hidden=32), stage_dir(work, 2) / "adapter")
     (stage_dir(work, 2) / "stage.json").write_text(json.dumps({"stage": 2, "complete": True}))
     proc, _ = run_direct(
         write_run(work, 3, train_config(tiny, lora=LoraConfig(target_modules=["c_attn"])), shard_index)
@@ -469,14 +469,14 @@ def test_check_run_names_the_key_for_world_size_zero_3_and_stage_2(tiny, shard_i
         and "ZeRO stages 0-2" in msg
     )
 
-    # stage 3 without stage 2's projector: the key first
+    # stage 3 without stage 2's adapter: the key first
     msg = check_error(write_run(tmp_path / "d", 3, train_config(tiny), shard_index))
-    assert msg.startswith("model.projector_path: no projector at") and "run stage 2 first" in msg
-    from llmasr.model import Projector, save_projector
+    assert msg.startswith("model.adapter_path: no adapter at") and "run stage 2 first" in msg
+    from llmasr.model import Adapter, save_adapter
 
-    save_projector(Projector(64, 32, hidden=32), stage_dir(tmp_path / "e", 2) / "projector")  # no stage.json
+    save_adapter(Adapter(64, 32, hidden=32), stage_dir(tmp_path / "e", 2) / "adapter")  # no stage.json
     msg = check_error(write_run(tmp_path / "e", 3, train_config(tiny), shard_index))
-    assert msg.startswith("model.projector_path: ") and "is not complete" in msg
+    assert msg.startswith("model.adapter_path: ") and "is not complete" in msg
 
 
 def test_out_dir_of_a_new_run_keeps_no_stale_export_or_run_shape(tmp_path):
@@ -485,7 +485,7 @@ def test_out_dir_of_a_new_run_keeps_no_stale_export_or_run_shape(tmp_path):
 
     # an earlier stage-3 run's exports (merged_llm with train.merge_lora), half-swapped folders included
     out = stage_dir(tmp_path, 3)
-    for name in ("lora", "projector", "merged_llm", ".tmp-lora", ".old-merged_llm"):
+    for name in ("lora", "adapter", "merged_llm", ".tmp-lora", ".old-merged_llm"):
         (out / name).mkdir(parents=True)
         (out / name / "f").write_text("old")
     (out / "model.json").write_text("{}")
@@ -532,7 +532,7 @@ def test_run_config_for_the_flow(tmp_path):
     assert rc.out_dir == str(stage_dir(tmp_path, 3)) and rc.shard_index == str(
         tmp_path.resolve() / "shards" / "index.json"
     )
-    assert rc.model["projector_path"] == str(stage_dir(tmp_path, 2) / "projector")
+    assert rc.model["adapter_path"] == str(stage_dir(tmp_path, 2) / "adapter")
     assert rc.model["encoder"] == str(Path(cfg.work_dir) / "demo-models/whisper")  # stage 1 has not run here
     assert rc.stage_cfg == cfg.train.stage3.model_dump(mode="json") and rc.train["launcher"] == "torchrun"
     assert rc.metrics_log == str(tmp_path / "logs" / "train.jsonl")
