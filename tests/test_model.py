@@ -352,7 +352,8 @@ def test_lora_bad_target_modules(model):
 
 def test_a_model_json_an_earlier_version_wrote_loads():
     """Before LLMASRConfig derived from llmasr.config.ModelSettings, model.json named the adapter's
-    frame stacking ``k``; such a file loads, and writes back under today's names."""
+    frame stacking ``k``, and before the adapter's rename it was ``projector`` (``projector``,
+    ``projector_hidden``, ``projector_path``); such a file loads, and writes back under today's names."""
     former = {
         "activation": "gelu",
         "adapter_norm": False,
@@ -371,21 +372,23 @@ def test_a_model_json_an_earlier_version_wrote_loads():
             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
         },
         "mask_padding": True,
-        "adapter": "mlp",
-        "adapter_hidden": 64,
-        "adapter_path": "/w/checkpoints/stage3/adapter",
+        "projector": "mlp",
+        "projector_hidden": 64,
+        "projector_path": "/w/checkpoints/stage3/projector",
         "tokenizer": "/w/demo-models/tokenizer",
         "trim_padding": True,
         "trust_remote_code": False,
     }
     cfg = LLMASRConfig.from_dict(former)
     assert (cfg.downsample_k, cfg.lora.alpha, cfg.adapter_hidden) == (3, 16, 64)
+    assert (cfg.adapter, cfg.adapter_path) == ("mlp", "/w/checkpoints/stage3/projector")
     now = cfg.to_dict()
     assert "k" not in now and now["downsample_k"] == 3
+    assert not {k for k in now if k.startswith("projector")}
     assert LLMASRConfig.from_dict(now) == cfg
-    assert {k: v for k, v in now.items() if k != "downsample_k"} == {
-        k: v for k, v in former.items() if k != "k"
-    }
+    renamed = {"k": "downsample_k", "projector": "adapter", "projector_hidden": "adapter_hidden"}
+    renamed["projector_path"] = "adapter_path"
+    assert now == {renamed.get(k, k): v for k, v in former.items()}
     with pytest.raises(ValueError, match="adapter_hiden"):
         LLMASRConfig.from_dict({**former, "adapter_hiden": 8})
 
