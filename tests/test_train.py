@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from llmasr.config import LoraConfig, StageConfig, TrainConfig
 from llmasr.text import normalize
 from llmasr.tiny_models import tiny_setup
-from tasks.checkpoints import load_llmasr, model_config, read_stage, stage_dir
+from tasks.checkpoints import load_llmasr, model_config, read_stage, stage_dir, write_stage
 from tasks.launch import launch_command, launch_env
 from tasks.run_file import write_run_config
 from tasks.train_data import ShardSpeechDataset, make_loader
@@ -478,6 +478,18 @@ def test_check_run_names_the_key_for_world_size_zero_3_and_stage_2(tiny, shard_i
     msg = check_error(write_run(tmp_path / "e", 3, train_config(tiny), shard_index))
     assert msg.startswith("model.adapter_path: ") and "is not complete" in msg
 
+    # a stage 2 an earlier version trained (projector/: projector.json + projector.safetensors):
+    # stage 3 starts from it, and check_run reads its widths
+    old2 = stage_dir(tmp_path / "f", 2)
+    save_adapter(Adapter(64, 32, hidden=32), old2 / "projector")
+    for suffix in ("json", "safetensors"):
+        (old2 / "projector" / f"adapter.{suffix}").rename(old2 / "projector" / f"projector.{suffix}")
+    write_stage(old2, stage=2, key="old")
+    run = write_run(tmp_path / "f", 3, train_config(tiny), shard_index)
+    assert json.loads(run.read_text())["model"]["adapter_path"] == str(old2 / "projector")
+    msg = check_error(run)  # the tiny LLM is 64 wide: the old adapter's 32 is read and refused
+    assert msg.startswith("train.llm: hidden size 64 does not match the adapter's output width 32")
+
 
 def test_out_dir_of_a_new_run_keeps_no_stale_export_or_run_shape(tmp_path):
     from tasks.export import clear_stage
@@ -485,7 +497,7 @@ def test_out_dir_of_a_new_run_keeps_no_stale_export_or_run_shape(tmp_path):
 
     # an earlier stage-3 run's exports (merged_llm with train.merge_lora), half-swapped folders included
     out = stage_dir(tmp_path, 3)
-    for name in ("lora", "adapter", "merged_llm", ".tmp-lora", ".old-merged_llm"):
+    for name in ("lora", "adapter", "projector", "merged_llm", ".tmp-lora", ".old-merged_llm"):
         (out / name).mkdir(parents=True)
         (out / name / "f").write_text("old")
     (out / "model.json").write_text("{}")
@@ -538,6 +550,14 @@ def test_run_config_for_the_flow(tmp_path):
     assert rc.metrics_log == str(tmp_path / "logs" / "train.jsonl")
     path = write_run_config(tmp_path / "RUN.json", **rc.to_dict())
     assert read_run_config(path) == rc and isinstance(rc, RunConfig)
+    # a RUN.json an earlier version wrote: the adapter named the projector, in train and model
+    former = {"adapter": "projector", "adapter_hidden": "projector_hidden", "adapter_path": "projector_path"}
+    old = rc.to_dict()
+    old["train"] = {former.get(k, k): v for k, v in old["train"].items()}
+    old["model"] = {former.get(k, k): v for k, v in old["model"].items()}
+    assert "projector_hidden" in old["train"] and "projector_path" in old["model"]
+    (tmp_path / "OLD.json").write_text(json.dumps(old))
+    assert read_run_config(tmp_path / "OLD.json") == rc
     cmd = launch_command(path, cfg.train, python="py")
     assert cmd == [
         "py",

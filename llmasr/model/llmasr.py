@@ -257,7 +257,7 @@ class LLMASR(nn.Module):
         if len(target_ids) != batch:
             raise ValueError(f"{len(target_ids)} targets for a batch of {batch}")
         if (ctc_only or ctc_weight) and not self.adapter.ctc:
-            raise ValueError("a CTC loss needs a adapter with a CTC head (train.ctc_compress: true)")
+            raise ValueError("a CTC loss needs an adapter with a CTC head (train.ctc_compress: true)")
         speech, speech_lengths, ctc = self._speech(input_features, feature_lengths, encoded)
         if ctc_only:
             loss = self.ctc_loss(ctc, target_ids)
@@ -328,7 +328,7 @@ class LLMASR(nn.Module):
         )
         if ctc_weight and not self.adapter.ctc:
             raise ValueError(
-                f"eval.ctc_weight={ctc_weight} needs a adapter with a CTC head (trained with "
+                f"eval.ctc_weight={ctc_weight} needs an adapter with a CTC head (trained with "
                 "train.ctc_compress: true); set eval.ctc_weight: 0 for this checkpoint"
             )
         processors = LogitsProcessorList(generate_kwargs.pop("logits_processor", []))
