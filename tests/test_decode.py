@@ -356,7 +356,9 @@ def test_a_checkpoint_of_the_projector_layout_loads_and_decodes_the_same(checkpo
     in model.json) still loads and decodes: the same weights and hypotheses as the new layout."""
     from tasks.checkpoints import adapter_folder, load_llmasr
 
-    settings = EvalConfig(num_beams=1, no_repeat_ngram_size=0, tokens_per_second=2.0, min_new_tokens=3)
+    settings = EvalConfig(
+        num_beams=1, no_repeat_ngram_size=0, tokens_per_second=2.0, min_new_tokens=3, device="cpu"
+    )
     audios = [decode_audio.read_audio(w) for w in wavs[:2]]
     for stage in (2, 3):
         old = old_layout(checkpoints[stage], tmp_path / f"stage{stage}")
