@@ -190,8 +190,8 @@ def model_counts(train) -> dict:
     llm_total = L * llm_layer + embed * (1 if q["tied"] else 2)
     # the input lookup costs nothing; the output head runs at every position
     llm_compute = L * llm_layer + embed
-    k, hid = train.downsample_k, train.projector_hidden
-    projector = k * d * hid + hid + hid * h + h
+    k, hid = train.downsample_k, train.adapter_hidden
+    adapter = k * d * hid + hid + hid * h + h
     shapes = {
         "qwen": {"c_attn": [(h, 3 * h)], "c_proj": [(h, h), (ff, h)], "w1": [(h, ff)], "w2": [(h, ff)]},
         "hf": {
@@ -215,7 +215,7 @@ def model_counts(train) -> dict:
         "whisper_decoder_cross_kv": dec_xkv,
         "llm_params": llm_total,
         "llm_compute": llm_compute,
-        "projector_params": projector,
+        "adapter_params": adapter,
         "lora_params": lora,
     }
 
@@ -244,7 +244,7 @@ def flops_per_audio_s(stage: int, m: dict, r: dict) -> float:
     pos = speech + r["text_tps"] + (r["prompt_tokens"] + 1) / r["segment_s"]  # + EOS per segment
     llm_attn = 2 * q["layers"] * q["hidden"] * pos * r["segment_s"] * pos  # causal: half of 4*L*h*ctx
     out = 2 * m["encoder_compute"] * f + enc_attn  # frozen encoder: forward only
-    out += 6 * m["projector_params"] * speech  # the adapter trains in stages 2 and 3
+    out += 6 * m["adapter_params"] * speech  # the adapter trains in stages 2 and 3
     out += 4 * m["llm_compute"] * pos + 3 * llm_attn  # frozen LLM: forward + activation gradients
     if stage == 3:
         out += 6 * m["lora_params"] * pos
@@ -411,15 +411,15 @@ def gpu_bench_mfu(path: Path, rates: dict) -> dict:
     st = b["steady"]
     d, hid, h = enc["d_model"], 2048, llm["hidden_size"]
     f, p, sps = st["encoder_frames_per_s"], st["decoder_positions_per_s"], st["samples_per_s"]
-    projector = 2 * d * hid + hid + hid * h + h
-    lora = b["trainable_params"] - projector
+    adapter = 2 * d * hid + hid + hid * h + h
+    lora = b["trainable_params"] - adapter
     llm_params = b["params"] - b["encoder_params"] - b["trainable_params"]  # tied embedding = the output head
     enc_attn = 4 * enc["encoder_layers"] * d * (f / sps) * f
     llm_attn = 2 * llm["num_hidden_layers"] * h * (p / sps) * p
     flops = (
         2 * (b["encoder_params"] - 1500 * d) * f
         + enc_attn
-        + 6 * projector * f / 2
+        + 6 * adapter * f / 2
         + 4 * llm_params * p
         + 6 * lora * p
         + 3 * llm_attn
@@ -519,12 +519,12 @@ def compute(args: argparse.Namespace) -> dict:
         Assumption(
             "model",
             f"{train.encoder} encoder {m['encoder_params'] / 1e6:.0f} M + adapter "
-            f"{m['projector_params'] / 1e6:.1f} M + {train.llm} {m['llm_params'] / 1e9:.2f} B; LoRA "
+            f"{m['adapter_params'] / 1e6:.1f} M + {train.llm} {m['llm_params'] / 1e9:.2f} B; LoRA "
             f"r{train.lora.rank} {m['lora_params'] / 1e6:.1f} M; Whisper decoder (stage-1 head) "
             f"{m['whisper_decoder_params'] / 1e6:.0f} M",
             "params",
             "config",
-            "train.encoder / train.llm / train.projector_hidden / train.lora; shapes from the models' "
+            "train.encoder / train.llm / train.adapter_hidden / train.lora; shapes from the models' "
             "published config.json",
         )
     )
@@ -732,9 +732,9 @@ def compute(args: argparse.Namespace) -> dict:
     ckpt = {
         1: (m["encoder_params"] + m["encoder_params"] + m["whisper_decoder_params"]) * 4
         + KEEP_CHECKPOINTS * e1 * DS_BYTES_PER_TRAINABLE,
-        2: m["projector_params"] * 4 + KEEP_CHECKPOINTS * m["projector_params"] * DS_BYTES_PER_TRAINABLE,
-        3: (m["projector_params"] + m["lora_params"]) * 4
-        + KEEP_CHECKPOINTS * (m["projector_params"] + m["lora_params"]) * DS_BYTES_PER_TRAINABLE,
+        2: m["adapter_params"] * 4 + KEEP_CHECKPOINTS * m["adapter_params"] * DS_BYTES_PER_TRAINABLE,
+        3: (m["adapter_params"] + m["lora_params"]) * 4
+        + KEEP_CHECKPOINTS * (m["adapter_params"] + m["lora_params"]) * DS_BYTES_PER_TRAINABLE,
     }
     if train.merge_lora:
         ckpt[3] += m["llm_params"] * 4

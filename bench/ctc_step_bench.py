@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = {f"{v}/{'cache' if c else 'no cache'}": [] for v, c in configs}
 
     def step(batch: dict, vocab: str, cached: bool) -> float:
-        model.projector.ctc_tokens = None if vocab == "llm" else torch.tensor(spoken, dtype=torch.long)
+        model.adapter.ctc_tokens = None if vocab == "llm" else torch.tensor(spoken, dtype=torch.long)
         t0 = time.perf_counter()
         encoded = cache(batch["keys"], batch["input_features"], batch["feature_lengths"]) if cached else None
         out = model(

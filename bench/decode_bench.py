@@ -89,7 +89,7 @@ def tiny_checkpoint(root: Path) -> Path:
     """A tiny random stage-3 checkpoint, as tests/test_decode.py's make_checkpoints builds it."""
     import torch
 
-    from llmasr.model import apply_lora, build_model, save_lora, save_projector
+    from llmasr.model import apply_lora, build_model, save_adapter, save_lora
     from llmasr.tiny_models import tiny_setup
     from tasks.checkpoints import stage_dir, write_model_json, write_stage
 
@@ -104,8 +104,8 @@ def tiny_checkpoint(root: Path) -> Path:
             if "lora_B" in name:
                 p.normal_(std=0.02)
     save_lora(model, folder / "lora")
-    save_projector(model.projector, folder / "projector")
-    write_model_json(folder, setup.config.model_copy(update={"projector_path": str(folder / "projector")}))
+    save_adapter(model.adapter, folder / "adapter")
+    write_model_json(folder, setup.config.model_copy(update={"adapter_path": str(folder / "adapter")}))
     write_stage(folder, stage=3, key="bench-tiny-3", steps=0, samples=0)
     return folder
 

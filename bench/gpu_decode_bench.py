@@ -8,7 +8,7 @@ configurations -- beam 8 + no_repeat_ngram_size 6 vs greedy, batch_size 8 vs 1 -
 ``tasks.llmasr_decode.LLMASRSystem.decode`` / ``run_system`` (RTF = decode wall time, features + generation,
 / audio seconds; tokens/s = new tokens / decode wall time), but on a mid-size model built from
 configs, random init, bf16, on the GPU: a Whisper-large-like encoder (d_model 1280, 32 layers,
-128 mel bins) + projector + a Qwen2 LLM (``--llm``: 0.5B or 1.5B shapes, 151,936-token vocabulary)
+128 mel bins) + adapter + a Qwen2 LLM (``--llm``: 0.5B or 1.5B shapes, 151,936-token vocabulary)
 with an unmerged LoRA (rank 8 on q/k/v/o, as stage 3 decodes by default).  The tokenizer is the
 tiny one (llmasr.tiny_models.tiny_tokenizer, ~50k Whisper BPE): only its special ids and the prompt
 matter.
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder=dict(WHISPER_TINY if smoke else WHISPER_LARGE),
         llm={"model_type": "qwen2", "vocab_size": 151936, "max_position_embeddings": 32768, **LLMS[args.llm]},
         tokenizer=str(tok_dir),
-        projector_hidden=2048,
+        adapter_hidden=2048,
         dtype="float32" if smoke else "bfloat16",
         lora=LoraConfig(
             rank=8, alpha=16, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]

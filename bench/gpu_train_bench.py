@@ -12,7 +12,7 @@ same Trainer subclass, and the results go to the work folder -- the check (tests
 that the one device call will not die on a Trainer change.
 
 What runs: the real ``tasks.train.Trainer`` (one process, NCCL world of 1, bf16, DeepSpeed ZeRO-2 with
-infra/deepspeed/zero2.json, torch AdamW + LambdaLR, LoRA on the LLM + the projector trained, encoder
+infra/deepspeed/zero2.json, torch AdamW + LambdaLR, LoRA on the LLM + the adapter trained, encoder
 and LLM frozen: stage 3) -- everything as ``python -m tasks.train RUN.json`` does it, except the
 data: ``build_data`` is replaced by synthetic batches in the loader's batch format (random log-mel
 features of ``--audio-s`` seconds +-20%, ``--batch`` examples, transcripts = two demo-corpus
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder="config",
         llm="config",
         tokenizer=str(tok_dir),
-        projector_hidden=2048,
+        adapter_hidden=2048,
         lora=LoraConfig(rank=args.lora_rank, alpha=2 * args.lora_rank, dropout=0.05, target_modules=targets),
         launcher="deepspeed",
         nproc_per_node=1,
@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         encoder=encoder,
         llm=llm,
         tokenizer=str(tok_dir),
-        projector_path=None,
-        projector_hidden=2048,
+        adapter_path=None,
+        adapter_hidden=2048,
         k=2,
         activation="gelu",
         trim_padding=True,
@@ -328,9 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         (
             "model",
             f"whisper-{args.encoder} enc ({trainer.n_encoder / 1e6:.0f} M) + qwen2-{args.llm} "
-            f"({(trainer.n_params - trainer.n_encoder) / 1e6:.0f} M incl. projector)",
+            f"({(trainer.n_params - trainer.n_encoder) / 1e6:.0f} M incl. adapter)",
         ),
-        ("trainable (LoRA + projector)", f"{trainer.n_trainable / 1e6:.1f} M"),
+        ("trainable (LoRA + adapter)", f"{trainer.n_trainable / 1e6:.1f} M"),
         ("batch", f"{args.batch} x ~{args.audio_s} s, {trainer.precision}, ZeRO-{trainer.zero_stage}"),
         ("steady steps / seconds", f"{st['steps']} / {st['seconds']}"),
         ("steps/s", f"{st['steps_per_s']:.2f}"),

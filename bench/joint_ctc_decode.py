@@ -52,11 +52,11 @@ def ctc_head_hyps(system: LLMASRSystem, audios: list[np.ndarray], batch: int) ->
         enc = model.encoder
         x, lengths = pad_features([log_mel(a, enc.num_mel_bins, enc.max_frames) for a in chunk])
         with torch.no_grad():
-            dtype = next(model.projector.parameters()).dtype
+            dtype = next(model.adapter.parameters()).dtype
             x = torch.from_numpy(x).to(system.device, dtype)
             _, _, (logits, frames) = model._speech(x, torch.from_numpy(lengths).to(system.device))
         blank = logits.shape[-1] - 1
-        tokens = model.projector.ctc_tokens
+        tokens = model.adapter.ctc_tokens
         for row, n in zip(logits.argmax(-1).tolist(), frames.tolist()):
             labels, prev = [], None
             for c in row[:n]:

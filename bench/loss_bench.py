@@ -1,7 +1,7 @@
 """.venv/bin/python bench/loss_bench.py [--vocab 151936] [--batch 8] [--audio-s 8] [--reps 5] \
 [--out bench/results/loss_bench.json]
 
-The stage-3 training step (forward + backward, LoRA + projector trained) with logits at the scored
+The stage-3 training step (forward + backward, LoRA + adapter trained) with logits at the scored
 positions only (``LLMASR.forward`` passes ``logits_to_keep``: the transcript tokens + EOS) against
 logits at every position (the same model, forced down the fallback path an LLM without
 ``logits_to_keep`` takes), on the CPU, alternated ``--reps`` times in one process.  The model is tiny
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             tie_word_embeddings=True,
         ),
         tokenizer=str(tiny_tokenizer(tmp / "tokenizer", vocab_size=None)),
-        projector_hidden=256,
+        adapter_hidden=256,
         lora=LoraConfig(
             rank=8, alpha=16, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
         ),

@@ -5,7 +5,7 @@ transcribe?
 --out bench/results/small_recipe/lora_ctc.jsonl
 
 A stand-alone loop (no DeepSpeed, no shards) over the pipeline's own model pieces (``llmasr.model``:
-Projector, prompt layout, batch assembly, LoRA), so what works here is what the trainer runs.  The
+Adapter, prompt layout, batch assembly, LoRA), so what works here is what the trainer runs.  The
 encoder is frozen in stages 2-3, so its outputs are computed once (CTranslate2's Whisper-base encoder
 on trimmed log-mel, the features the pipeline computes) and cached under ``--cache``.
 
@@ -15,7 +15,7 @@ N-WER, decoded greedily every ``--eval-every`` steps.  Each JSON line: recipe, p
 N-WER where evaluated, elapsed seconds.
 
 Recipes:
-  projector      stage 2 as the paper: adapter only, LLM frozen, LLM loss
+  adapter        stage 2 as the paper: adapter only, LLM frozen, LLM loss
   lora           adapter + LoRA from the first step, LLM loss
   ctc            --ctc-steps of CTC pre-alignment of the adapter (its outputs scored against the LLM's
                  token embeddings, plus a learned blank: no LLM forward), then adapter only, LLM loss
@@ -161,7 +161,7 @@ def nwer(refs: list[str], hyps: list[str]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", required=True, choices=["projector", "lora", "ctc", "lora_ctc"])
+    ap.add_argument("--recipe", required=True, choices=["adapter", "lora", "ctc", "lora_ctc"])
     ap.add_argument("--steps", type=int, default=600, help="LLM-loss steps")
     ap.add_argument("--ctc-steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=8)
@@ -206,8 +206,8 @@ def main() -> None:
     from llmasr.model import (
         IGNORE_INDEX,
         LLMASR,
+        Adapter,
         LoraConfig,
-        Projector,
         SpeechEncoder,
         apply_lora,
         scored_positions,
@@ -237,8 +237,8 @@ def main() -> None:
             "vocab_size": 8,
         }
     )
-    projector = Projector(512, llm.config.hidden_size, args.hidden, args.k, "gelu")
-    model = LLMASR(stub, projector, llm, tok)
+    adapter = Adapter(512, llm.config.hidden_size, args.hidden, args.k, "gelu")
+    model = LLMASR(stub, adapter, llm, tok)
     for p in model.parameters():
         p.requires_grad_(False)
     out_path = Path(args.out)
@@ -277,7 +277,7 @@ def main() -> None:
 
     def adapt(hidden, lengths):
         """(B, T/2, 512) encoder frames -> adapter outputs (B, S, D) and lengths, normalised if --norm."""
-        speech, slen = model.projector(hidden, lengths)
+        speech, slen = model.adapter(hidden, lengths)
         if args.norm:
             speech = speech * (embed_rms / speech.norm(dim=-1, keepdim=True).clamp_min(1e-6))
         return speech, slen
@@ -359,8 +359,8 @@ def main() -> None:
         blank_id = len(vocab)
         blank = torch.nn.Parameter(torch.zeros(llm.config.hidden_size))
         scale = torch.nn.Parameter(torch.tensor(1.0))
-        params = list(projector.parameters()) + [blank, scale]
-        for p in projector.parameters():
+        params = list(adapter.parameters()) + [blank, scale]
+        for p in adapter.parameters():
             p.requires_grad_(True)
         opt = torch.optim.AdamW(params, lr=args.ctc_lr)
         print(f"CTC over {len(vocab)} token rows + blank", flush=True)
@@ -415,7 +415,7 @@ def main() -> None:
                 )
         evaluate(0, "after_ctc")
 
-    trainable = list(projector.parameters())
+    trainable = list(adapter.parameters())
     for p in trainable:
         p.requires_grad_(True)
     groups = [{"params": trainable, "lr": args.lr}]

@@ -14,7 +14,7 @@ what to read, and the things compared are alternated (a burst of load hits both 
    Qwen2 hidden 64, 2 layers; 2048-token BPE).  Train config: the demo profile's (torchrun, 1
    process, infra/deepspeed/zero2_cpu.json, batch_max_audio_s 60, max_batch_size 8, 1 loader
    worker, fp32) with log_every 5 and validation / checkpoints pushed to the end.  Stage 2 then
-   stage 3 (LoRA + projector, from stage 2's projector), ``--steps`` steps each, launched with
+   stage 3 (LoRA + adapter, from stage 2's adapter), ``--steps`` steps each, launched with
    ``tasks.launch.launch_command`` + ``launch_env`` (OMP_NUM_THREADS=1, DS_ACCELERATOR=cpu).
    Throughputs come from the metrics JSONL the trainer writes: per log window, window samples =
    difference of ``run_samples``, window seconds = samples / ``samples_per_s``; the first window
@@ -140,7 +140,7 @@ def train_config(models: dict, steps: int):
         encoder=str(models["whisper"]),
         llm=str(models["llm"]),
         tokenizer=str(models["tokenizer"]),
-        projector_hidden=64,
+        adapter_hidden=64,
         lora=LoraConfig(
             rank=8, alpha=16, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
         ),

@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
         default=[],
         metavar="NAME:KEY=V[,KEY=V]",
         help=(
-            "a hand-picked variant, e.g. linear:train.projector=linear "
+            "a hand-picked variant, e.g. linear:train.adapter=linear "
             "(repeatable; NAME: alone is the config as it is)"
         ),
     )

@@ -35,6 +35,21 @@ def sources_arg(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--source", dest="sources", action="append", default=[], help=help)
 
 
+def test_sets_arg(p: argparse.ArgumentParser) -> None:
+    """--test-set, shared by evaluate and run."""
+    p.add_argument(
+        "--test-set",
+        dest="test_sets",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help=(
+            "a test set: manifest, Kincaid46 tsv, Primock57 folder, audio + .txt folder "
+            "(repeatable; replaces eval.test_sets)"
+        ),
+    )
+
+
 def hyps_arg(p: argparse.ArgumentParser) -> None:
     """--hyps, shared by evaluate and run."""
     p.add_argument(

@@ -16,17 +16,7 @@ def add_parser(sub) -> None:
         "evaluate", help="run the evaluation flow: decode test sets, score O/N/R/U-WER, write eval/report.md"
     )
     common.config_args(p)
-    p.add_argument(
-        "--test-set",
-        dest="test_sets",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help=(
-            "a test set: manifest, Kincaid46 tsv, Primock57 folder, audio + .txt folder "
-            "(repeatable; replaces eval.test_sets)"
-        ),
-    )
+    common.test_sets_arg(p)
     p.add_argument(
         "--baseline",
         dest="baselines",

@@ -16,14 +16,7 @@ def add_parser(sub) -> None:
     common.config_args(p)
     common.sources_arg(p, "YouTube URL, folder, audio file or manifest (repeatable)")
     p.add_argument("--stages", default="1,2,3", help="training stages to run (default 1,2,3)")
-    p.add_argument(
-        "--test-set",
-        dest="test_sets",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="a test set (repeatable; replaces eval.test_sets)",
-    )
+    common.test_sets_arg(p)
     p.add_argument(
         "--baseline",
         dest="baselines",

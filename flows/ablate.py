@@ -2,7 +2,7 @@
 (subflows) -> comparison.
 
     llmasr ablate --profile demo --work-dir runs/demo --vary train.stage3.lr=0.01,0.001
-    llmasr ablate --work-dir runs/mine --vary train.projector=mlp,linear --vary train.seed=0,1
+    llmasr ablate --work-dir runs/mine --vary train.adapter=mlp,linear --vary train.seed=0,1
     llmasr ablate --work-dir runs/mine --variant base: --variant stock-encoder:train.skip_stage1=true
 
 A stage whose inputs and settings are equal across variants has one cache key (flows/train.py
@@ -10,7 +10,7 @@ A stage whose inputs and settings are equal across variants has one cache key (f
 every variant with that key links to it (tasks/ablate.py).  A stage the work dir's own run
 (``llmasr run``) trained with the same key is adopted into the store (hard links), not retrained,
 and the run's evaluation seeds the variants' decode caches.  Varying ``train.stage3.lr`` trains
-stages 1 and 2 once and stage 3 per value; varying the projector trains stage 1 once.  A rerun, or
+stages 1 and 2 once and stage 3 per value; varying the adapter trains stage 1 once.  A rerun, or
 another ablation that needs a stage of the same key, trains nothing for it.  Each variant is
 evaluated into its own folder; a baseline or a shared stage is decoded once (decode caches carry
 over between variants where their keys match).  Output: ``<work_dir>/ablations/<name>/``
@@ -98,7 +98,7 @@ def ablation_flow(
     Args:
         vary: a grid: "KEY=V1,V2" per key, every combination is a variant, e.g.
             ["train.stage3.lr=1e-4,1e-5", "train.seed=0,1"]. Only train.* and eval.* keys.
-        variants: hand-picked variants, "NAME:KEY=V,KEY=V", e.g. "linear:train.projector=linear";
+        variants: hand-picked variants, "NAME:KEY=V,KEY=V", e.g. "linear:train.adapter=linear";
             "NAME:" alone is the config as it is.
         name: the ablation's folder under <work_dir>/ablations/ (default: the vary keys, or the
             variants' names).

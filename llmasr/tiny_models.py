@@ -206,7 +206,7 @@ class TinySetup:
 def tiny_setup(
     root: Path,
     max_source_positions: int = 1500,
-    projector_hidden: int = 32,
+    adapter_hidden: int = 32,
     vocab_size: int | None = None,
     llm_init_std: float = 0.02,
 ) -> TinySetup:
@@ -221,7 +221,7 @@ def tiny_setup(
         encoder=str(whisper_dir),
         llm=str(llm_dir),
         tokenizer=str(tok_dir),
-        projector_hidden=projector_hidden,
+        adapter_hidden=adapter_hidden,
         lora=LoraConfig(
             rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
         ),

@@ -26,7 +26,7 @@ Files under ``<work_dir>/ablations/``:
                                     logs/ and eval/ (its evaluation, as ``llmasr evaluate`` writes it)
 
 A stage's folder is the link's target, never a copy: the trainer writes through the link, and
-model.json records the resolved folders, so a stage 3 names the stage-2 projector it started from.
+model.json records the resolved folders, so a stage 3 names the stage-2 adapter it started from.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def parse_variant(spec: str) -> Variant:
     if not sep or not name:
         raise ConfigError(
             f"--variant {spec!r}: write NAME:KEY=VALUE[,KEY=VALUE...], "
-            "e.g. --variant linear:train.projector=linear (NAME: alone is the config as it is)"
+            "e.g. --variant linear:train.adapter=linear (NAME: alone is the config as it is)"
         )
     if not _NAME.match(name):
         raise ConfigError(

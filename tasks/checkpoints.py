@@ -4,15 +4,18 @@ Under ``<work_dir>/checkpoints/``:
 
     stage1/encoder/      the fine-tuned Whisper encoder (``WhisperModel.from_pretrained`` loads it)
     stage1/whisper/      encoder + Whisper's decoder, the stage-1 training head (set aside after)
-    stage2/projector/    the adapter: projector.safetensors + projector.json
+    stage2/adapter/      the adapter: adapter.safetensors + adapter.json
     stage3/lora/         the LLM's LoRA adapter (``PeftModel.from_pretrained(llm, dir)``)
-    stage3/projector/    the adapter as trained further in stage 3
+    stage3/adapter/      the adapter as trained further in stage 3
     stage3/merged_llm/   the LLM with LoRA merged (only with train.merge_lora)
     stageN/model.json    the ``LLMASRConfig`` that rebuilds the stage's model from the exports
     stageN/stage.json    {"stage", "key", "steps", "samples", "complete": true, ...}, written last
     stageN/deepspeed/    resumable DeepSpeed state while the stage runs (not an export)
 
 A stage is complete only when its ``stage.json`` says so; it is written after every export.
+Earlier versions called the adapter the projector: their stage 2 and 3 folders hold
+``projector/`` (``projector.safetensors`` + ``projector.json``) and a model.json naming it
+(``projector_path``); these still load (``load_llmasr``, ``adapter_folder``).
 """
 
 from __future__ import annotations
@@ -27,13 +30,28 @@ from llmasr.model import LLMASRConfig
 
 STAGES = (1, 2, 3)
 # the export folders a stage may write (the listing above); a new run of the stage removes them first
-STAGE_EXPORTS = {1: ("encoder", "whisper"), 2: ("projector",), 3: ("lora", "projector", "merged_llm")}
+# (and the folder an earlier version wrote for the adapter, ``FORMER_ADAPTER``)
+FORMER_ADAPTER = "projector"
+STAGE_EXPORTS = {
+    1: ("encoder", "whisper"),
+    2: ("adapter", FORMER_ADAPTER),
+    3: ("lora", "adapter", FORMER_ADAPTER, "merged_llm"),
+}
 
 
 def stage_dir(work_dir: Path | str, stage: int) -> Path:
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage}")
     return Path(work_dir) / "checkpoints" / f"stage{stage}"
+
+
+def adapter_folder(folder: Path | str) -> Path:
+    """The adapter export of stage folder ``folder`` (stage 2 or 3): ``adapter/``, or
+    ``projector/`` where only that is there (a stage an earlier version trained)."""
+    folder = Path(folder)
+    if not (folder / "adapter").exists() and (folder / FORMER_ADAPTER).is_dir():
+        return folder / FORMER_ADAPTER
+    return folder / "adapter"
 
 
 def read_stage(folder: Path) -> dict[str, Any] | None:
@@ -52,7 +70,7 @@ def write_stage(folder: Path, **info: Any) -> Path:
 def model_config(train: TrainConfig, work_dir: Path | str, stage: int) -> LLMASRConfig:
     """The LLMASRConfig a stage starts from: ``train``'s model settings (every ``ModelSettings``
     field, by name), its base checkpoints, with the exports of the stages before it (the stage-1
-    encoder when stage 1 ran and ``train.skip_stage1`` is off, the stage-2 projector for stage 3),
+    encoder when stage 1 ran and ``train.skip_stage1`` is off, the stage-2 adapter for stage 3),
     and ``train.seed`` as the seed of a random LLM."""
     enc1 = stage_dir(work_dir, 1) / "encoder"
     encoder = (
@@ -60,15 +78,15 @@ def model_config(train: TrainConfig, work_dir: Path | str, stage: int) -> LLMASR
         if stage > 1 and not train.skip_stage1 and read_stage(stage_dir(work_dir, 1))
         else train.encoder
     )
-    projector = None
+    adapter = None
     if stage == 3:
-        projector = str(stage_dir(work_dir, 2) / "projector")
+        adapter = str(adapter_folder(stage_dir(work_dir, 2)))
     return LLMASRConfig(
         **train.model_dump(include=set(ModelSettings.model_fields)),
         encoder=encoder,
         llm=train.llm,
         tokenizer=train.tokenizer,
-        projector_path=projector,
+        adapter_path=adapter,
         llm_seed=train.seed,
     )
 

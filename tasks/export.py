@@ -2,8 +2,8 @@
 
 * stage 1: ``whisper/`` (the trained Whisper, loadable whole: tokenizer and feature extractor
   beside it) and ``encoder/`` (its encoder alone, ``llmasr.model.save_encoder``).
-* stage 2: ``projector/``.
-* stage 3: ``projector/``, ``lora/`` (peft) and, with ``train.merge_lora``, ``merged_llm/`` (the LLM
+* stage 2: ``adapter/``.
+* stage 3: ``adapter/``, ``lora/`` (peft) and, with ``train.merge_lora``, ``merged_llm/`` (the LLM
   with LoRA folded in, and its tokenizer).
 
 Trained weights come from DeepSpeed's fp32 master copies, frozen ones from the fp32 source
@@ -40,7 +40,7 @@ def clear_stage(out_dir: Path, stage: int) -> None:
     """The stage is made again: its stage.json goes first (no longer complete), then model.json and
     every export folder of the stage (``tasks.checkpoints.STAGE_EXPORTS``), half-swapped ones
     included.  This run writes its own; an old one kept (say merged_llm/ from a run with
-    train.merge_lora, now off) would be loaded with this run's projector."""
+    train.merge_lora, now off) would be loaded with this run's adapter."""
     from tasks.checkpoints import STAGE_EXPORTS
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +115,7 @@ def export_stage(
     ``model_cfg``: the resolved ``LLMASRConfig`` it was built from."""
     if stage == 1:
         return _export_whisper(trained, model_cfg, out_dir)
-    exports = _export_projector(module, trained, out_dir)
+    exports = _export_adapter(module, trained, out_dir)
     if stage == 3:
         exports += _export_lora(module, trained, model_cfg, out_dir, merge_lora)
     return exports
@@ -143,16 +143,16 @@ def _export_whisper(trained: dict[str, Any], model_cfg: Any, out_dir: Path) -> l
     return ["encoder", "whisper"]
 
 
-def _export_projector(module: Any, trained: dict[str, Any], out_dir: Path) -> list[str]:
-    from llmasr.model import Projector, save_projector
+def _export_adapter(module: Any, trained: dict[str, Any], out_dir: Path) -> list[str]:
+    from llmasr.model import Adapter, save_adapter
 
-    projector = Projector(**module.projector.config_dict())
-    buffers = {k: v.detach().cpu() for k, v in module.projector.named_buffers()}  # the CTC head's token ids
-    weights = {k[len("projector.") :]: v for k, v in trained.items() if k.startswith("projector.")}
-    projector.load_state_dict({**buffers, **weights})
-    with export_folder(out_dir, "projector") as tmp:
-        save_projector(projector, tmp)
-    return ["projector"]
+    adapter = Adapter(**module.adapter.config_dict())
+    buffers = {k: v.detach().cpu() for k, v in module.adapter.named_buffers()}  # the CTC head's token ids
+    weights = {k[len("adapter.") :]: v for k, v in trained.items() if k.startswith("adapter.")}
+    adapter.load_state_dict({**buffers, **weights})
+    with export_folder(out_dir, "adapter") as tmp:
+        save_adapter(adapter, tmp)
+    return ["adapter"]
 
 
 def _export_lora(
@@ -188,7 +188,7 @@ def _abs_if_local(value: Any) -> Any:
 
 def stage_model_config(model_cfg: Any, out_dir: Path, stage: int) -> Any:
     """The ``LLMASRConfig`` of model.json: ``model_cfg`` with local sources made absolute and the
-    stage's own export in place (stage 1's encoder, stage 2 and 3's projector)."""
+    stage's own export in place (stage 1's encoder, stage 2 and 3's adapter)."""
     from llmasr.model import LLMASRConfig
 
     d = model_cfg.to_dict()
@@ -200,5 +200,5 @@ def stage_model_config(model_cfg: Any, out_dir: Path, stage: int) -> Any:
     if stage == 1:
         d["encoder"] = str((out_dir / "encoder").resolve())
     else:
-        d["projector_path"] = str((out_dir / "projector").resolve())
+        d["adapter_path"] = str((out_dir / "adapter").resolve())
     return LLMASRConfig.from_dict(d)

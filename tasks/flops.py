@@ -117,8 +117,8 @@ def step_flops(module: nn.Module, stage: int) -> StepFlops:
         )
     enc = module.encoder.encoder  # the WhisperEncoder inside SpeechEncoder
     e, enc_trains = _encoder_params(enc)
-    p, proj_trains = _matmul_params(module.projector, (), upstream_trains=enc_trains)
-    first = module.projector.linear1.weight
+    p, proj_trains = _matmul_params(module.adapter, (), upstream_trains=enc_trains)
+    first = module.adapter.linear1.weight
     # its input (the frozen encoder's output) needs no gradient: 4N
     if first.requires_grad and not enc_trains:
         p -= 2 * first.numel()
@@ -136,10 +136,10 @@ def step_flops(module: nn.Module, stage: int) -> StepFlops:
     width = getattr(lcfg, "hidden_size", None) or getattr(lcfg, "n_embd", 0)
     layers = getattr(lcfg, "num_hidden_layers", None) or getattr(lcfg, "n_layer", 0)
     ctc = 0.0
-    if module.projector.ctc:  # the CTC head: adapter frames x (the LLM's token embeddings + blank), frozen
-        tokens = module.projector.ctc_tokens
+    if module.adapter.ctc:  # the CTC head: adapter frames x (the LLM's token embeddings + blank), frozen
+        tokens = module.adapter.ctc_tokens
         vocab = llm.get_input_embeddings().weight.shape[0] if tokens is None else tokens.numel()
-        ctc = (4 if upstream else 2) * (vocab + 1) * module.projector.d_llm
+        ctc = (4 if upstream else 2) * (vocab + 1) * module.adapter.d_llm
     return StepFlops(
         per_frame=e,
         per_position=lm,
@@ -147,5 +147,5 @@ def step_flops(module: nn.Module, stage: int) -> StepFlops:
         per_frame_pair=4 * ecfg.d_model * ecfg.encoder_layers * (3 if enc_trains else 1),
         per_position_pair=4 * width * layers * (3 if upstream else 1),
         per_adapter_frame=p + ctc,
-        k=module.projector.k,
+        k=module.adapter.k,
     )

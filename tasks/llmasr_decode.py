@@ -106,7 +106,7 @@ class LLMASRSystem(System):
         feats = [log_mel(a, enc.num_mel_bins, enc.max_frames) for a in audios]
         x, lengths = pad_features(feats)  # (B, M, T), (B,)
         bounds = [piece_bound(self.settings, len(a) / SAMPLE_RATE) for a in audios]
-        dtype = next(model.projector.parameters()).dtype
+        dtype = next(model.adapter.parameters()).dtype
         ids = model.generate_ids(
             torch.from_numpy(x).to(self.device, dtype),
             torch.from_numpy(lengths).to(self.device),

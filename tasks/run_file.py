@@ -2,7 +2,7 @@
 writes it (``run_config_for``, ``write_run_config``), and every config error that can be found
 before loading weights (``check_run``).
 
-Config errors (missing checkpoints, stage 3 before stage 2, an LLM the stage-2 projector does not
+Config errors (missing checkpoints, stage 3 before stage 2, an LLM the stage-2 adapter does not
 fit, a shard index without training samples or with fewer than processes, ZeRO-3...) raise
 ``TrainConfigError``, whose message starts with the key at fault; ``tasks.train`` exits with status
 2 on one, before any compute.  Nothing here imports torch.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmasr.config import ConfigError
+from llmasr.config import FORMER_MODEL_KEYS, RENAMED_TRAIN_KEYS, ConfigError, current_names
 from tasks.launch import hostfile_problem, read_hostfile, resolve_repo_path
 
 log = logging.getLogger("llmasr.train")
@@ -80,6 +80,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _plain(getattr(self, f.name)))
+        # a RUN.json an earlier version wrote (projector for adapter...) reads as written now
+        self.model = current_names(self.model, FORMER_MODEL_KEYS)
+        self.train = current_names(self.train, RENAMED_TRAIN_KEYS)
         if self.metrics_log is None:
             self.metrics_log = str(Path(self.work_dir) / "logs" / "train.jsonl")
         if self.tensorboard_dir is None:
@@ -213,6 +216,15 @@ def _hidden_size(config: dict[str, Any]) -> int | None:
     return _hidden_size(text) if isinstance(text, dict) else None
 
 
+def _adapter_json(folder: Path) -> Path | None:
+    """The adapter config of an adapter folder: ``adapter.json``, or ``projector.json`` as an earlier
+    version named it (``llmasr.model.adapter``'s files, named here to keep torch out)."""
+    for name in ("adapter.json", "projector.json"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def _complete(stage_json: Path) -> bool:
     try:
         return bool(read_json(stage_json).get("complete"))
@@ -337,26 +349,25 @@ def check_run(cfg: RunConfig) -> None:
         raise TrainConfigError("train.tokenizer: required when the LLM is given as a config dict")
     if cfg.stage == 3:
         stage2 = Path(cfg.work_dir) / "checkpoints" / "stage2"
-        proj = model.get("projector_path")
+        proj = model.get("adapter_path")
         if not proj:
             raise TrainConfigError(
-                "model.projector_path: not set; "
-                "stage 3 needs checkpoints/stage2/projector (run stage 2 first)"
+                "model.adapter_path: not set; stage 3 needs checkpoints/stage2/adapter (run stage 2 first)"
             )
         proj = Path(proj)
-        if not (proj / "projector.json").is_file():
+        if _adapter_json(proj) is None:
             raise TrainConfigError(
-                f"model.projector_path: no projector at {proj}; "
+                f"model.adapter_path: no adapter at {proj}; "
                 "stage 3 needs checkpoints/stage2 (run stage 2 first)"
             )
         if proj.resolve().parent == stage2.resolve() and not _complete(stage2 / "stage.json"):
             raise TrainConfigError(
-                f"model.projector_path: {stage2} is not complete (no stage.json); "
+                f"model.adapter_path: {stage2} is not complete (no stage.json); "
                 "stage 3 needs checkpoints/stage2 (run stage 2 first)"
             )
-    proj = model.get("projector_path")
-    if proj and (Path(proj) / "projector.json").is_file():
-        pj = read_json(Path(proj) / "projector.json")
+    proj = model.get("adapter_path")
+    if proj and _adapter_json(Path(proj)) is not None:
+        pj = read_json(_adapter_json(Path(proj)))
         if llm_dir is not None or isinstance(model.get("llm"), dict):
             llm_conf = (
                 model["llm"] if isinstance(model.get("llm"), dict) else read_json(llm_dir / "config.json")
@@ -365,7 +376,7 @@ def check_run(cfg: RunConfig) -> None:
             if hidden is not None and hidden != pj.get("d_llm"):
                 raise TrainConfigError(
                     f"train.llm: hidden size {hidden} does not match "
-                    f"the projector's output width {pj.get('d_llm')} ({proj}, trained for another LLM); "
+                    f"the adapter's output width {pj.get('d_llm')} ({proj}, trained for another LLM); "
                     "rerun stage 2 with this LLM or set train.llm back"
                 )
         if enc_dir is not None or isinstance(model.get("encoder"), dict):
@@ -376,7 +387,7 @@ def check_run(cfg: RunConfig) -> None:
             )
             if isinstance(enc_conf.get("d_model"), int) and enc_conf["d_model"] != pj.get("d_enc"):
                 raise TrainConfigError(
-                    f"{enc_key}: d_model {enc_conf['d_model']} does not match the projector's input width "
+                    f"{enc_key}: d_model {enc_conf['d_model']} does not match the adapter's input width "
                     f"{pj.get('d_enc')} ({proj})"
                 )
 
@@ -430,12 +441,12 @@ def model_error_key(message: str, model: dict[str, Any]) -> str:
     m = message.lower()
     if "lora" in m:
         return "train.lora.target_modules"
-    if "hidden size" in m or "projector output dim" in m or "embeds only" in m:
+    if "hidden size" in m or "adapter output dim" in m or "embeds only" in m:
         return "train.llm"
     if "tokenizer" in m:
         return "train.tokenizer"
     if "encoder" in m or "mel bins" in m:
         return "train.encoder"
-    if "projector" in m:
-        return "train.projector_hidden / train.downsample_k / train.activation"
+    if "adapter" in m:
+        return "train.adapter_hidden / train.downsample_k / train.activation"
     return "model"

@@ -14,8 +14,8 @@ The one training entry point of the three LLM-ASR stages (DESIGN.md "Model"), un
 
 * stage 1: Whisper (``model["encoder"]``) with its own decoder as the training head
   (``WhisperStage1Head``); trains the encoder.
-* stage 2: ``build_model``; trains the projector alone.
-* stage 3: ``build_model`` with stage 2's projector, LoRA on the LLM; trains LoRA + projector.
+* stage 2: ``build_model``; trains the adapter alone.
+* stage 3: ``build_model`` with stage 2's adapter, LoRA on the LLM; trains LoRA + adapter.
 * every stage then writes its exports (tasks/export.py), ``model.json`` (the ``LLMASRConfig`` that
   rebuilds the stage's model from its exports) and, last, ``stage.json`` (tasks/checkpoints.py is
   the contract).  A run starts by removing the stage's stage.json, model.json and export folders.
@@ -186,7 +186,7 @@ class Trainer:
         from llmasr.model import LLMASRConfig, WhisperStage1Head, apply_lora, build_model, set_trainable
         from tasks.train_data import LLMTargets, WhisperTargets, whisper_label_tokenizer
 
-        torch.manual_seed(self.train_cfg.seed)  # the same initial projector / LoRA on every rank
+        torch.manual_seed(self.train_cfg.seed)  # the same initial adapter / LoRA on every rank
         try:
             # bundled: names -> their local folders, once: the model, the stage-1 tokenizer, the
             # exports and model.json (absolute paths: decoding loads what training used) all see them
@@ -207,11 +207,11 @@ class Trainer:
                 module = build_model(self.model_cfg)
                 if (
                     self.stage == 2
-                    and module.projector.ctc
+                    and module.adapter.ctc
                     and self.train_cfg.ctc_vocab == "transcripts"
-                    and not self.model_cfg.projector_path
+                    and not self.model_cfg.adapter_path
                 ):
-                    module.projector.restrict_ctc(self._transcript_tokens(module.tokenizer))
+                    module.adapter.restrict_ctc(self._transcript_tokens(module.tokenizer))
                 if self.stage == 3:
                     apply_lora(module, self.model_cfg.lora)
                 self.targets = LLMTargets(module.tokenizer)

@@ -206,12 +206,12 @@ class StepCounter:
             ]
         m = self.module
         prompt = len(m.prompt.prefix_ids) + len(m.prompt.suffix_ids)
-        if m.projector.ctc:  # the LLM read the CTC-compressed frames (none on a CTC-only step)
+        if m.adapter.ctc:  # the LLM read the CTC-compressed frames (none on a CTC-only step)
             return enc, [
                 s + prompt + len(t) + 1 if s else 0 for s, t in zip(self.speech_lengths, batch["target_ids"])
             ]
         # + EOS
-        return enc, [e // m.projector.k + prompt + len(t) + 1 for e, t in zip(enc, batch["target_ids"])]
+        return enc, [e // m.adapter.k + prompt + len(t) + 1 for e, t in zip(enc, batch["target_ids"])]
 
     def model_flops(self, enc: list[int], pos: list[int]) -> float:
         """Forward + backward model FLOPs of the batch just trained on (``tasks.flops``)."""

@@ -4,7 +4,7 @@ One real ablation on the demo profile (the session's reference data run, tiny mo
 process): `--vary train.stage3.lr=0.01,0.001` trains stages 1 and 2 once and stage 3 twice, writes
 comparison.json (metrics and lineage per variant) and report.md, and a rerun trains nothing.  Then
 the bad-input errors (before any work, naming the key) and the knobs ablations vary: the linear
-projector, the random LLM, stage 1 skipped, and which stage keys each setting changes.
+adapter, the random LLM, stage 1 skipped, and which stage keys each setting changes.
 """
 
 from __future__ import annotations
@@ -183,10 +183,10 @@ def test_a_stage_the_run_trained_is_adopted_not_retrained(
 def test_adopt_run_stage_only_a_complete_checkpoint_of_the_key(tmp_path: Path):
     root = tmp_path / "w"
     run1, run2 = checkpoints.stage_dir(root, 1), checkpoints.stage_dir(root, 2)
-    (run2 / "projector").mkdir(parents=True)
-    (run2 / "projector" / "w.bin").write_bytes(b"x")
+    (run2 / "adapter").mkdir(parents=True)
+    (run2 / "adapter" / "w.bin").write_bytes(b"x")
     (run2 / "model.json").write_text(
-        json.dumps({"encoder": str(run1 / "encoder"), "projector_path": str(run2 / "projector"), "lr": 1})
+        json.dumps({"encoder": str(run1 / "encoder"), "adapter_path": str(run2 / "adapter"), "lr": 1})
     )
     checkpoints.write_stage(run1, stage=1, key="k1")
     target = ablate.stage_folder(root, 2, "k2")
@@ -196,13 +196,13 @@ def test_adopt_run_stage_only_a_complete_checkpoint_of_the_key(tmp_path: Path):
     assert not ablate.adopt_run_stage(root, 2, "other", target)  # another key
     (target / "half-written").write_text("")  # an interrupted training's leftovers
     assert ablate.adopt_run_stage(root, 2, "k2", target)
-    assert sorted(p.name for p in target.iterdir()) == ["model.json", "projector", "stage.json"]
+    assert sorted(p.name for p in target.iterdir()) == ["model.json", "adapter", "stage.json"]
     assert json.loads((target / "model.json").read_text()) == {
         "encoder": str(ablate.stage_folder(root, 1, "k1") / "encoder"),
-        "projector_path": str(target / "projector"),
+        "adapter_path": str(target / "adapter"),
         "lr": 1,
     }
-    assert json.loads((run2 / "model.json").read_text())["projector_path"] == str(run2 / "projector")
+    assert json.loads((run2 / "model.json").read_text())["adapter_path"] == str(run2 / "adapter")
     assert not ablate.adopt_run_stage(root, 2, "k2", target)  # the store has it now
     assert not list(target.parent.glob(".tmp-*"))
 
@@ -214,8 +214,17 @@ def test_adopt_run_stage_only_a_complete_checkpoint_of_the_key(tmp_path: Path):
     ("flags", "expected"),
     [
         (
-            ["--vary", "train.projektor=linear,mlp"],
-            "train.projektor: unknown key; did you mean train.projector?",
+            ["--vary", "train.adaptr=linear,mlp"],
+            "train.adaptr: unknown key; did you mean train.adapter?",
+        ),
+        (  # the knob's former name: fails naming the new one
+            ["--vary", "train.projector=linear,mlp"],
+            "train.projector was renamed train.adapter",
+        ),
+        (
+            ["--variant", "wide:train.projector_hidden=64"],
+            "variant wide (train.projector_hidden=64): "
+            "train.projector_hidden was renamed train.adapter_hidden",
         ),
         (["--vary", "train.stage3.lr=-1,0.1"], "train.stage3.lr"),
         (["--vary", "train.stage3.lr="], "--vary train.stage3.lr: no values"),
@@ -228,7 +237,7 @@ def test_adopt_run_stage_only_a_complete_checkpoint_of_the_key(tmp_path: Path):
             ["--vary", "filter.max_caption_wer=0.1,0.2"],
             "--vary filter.max_caption_wer: only train.* and eval.* keys",
         ),
-        (["--variant", "lin:train.projector=conv"], "variant lin (train.projector=conv): train.projector"),
+        (["--variant", "lin:train.adapter=conv"], "variant lin (train.adapter=conv): train.adapter"),
         (
             ["--variant", "a:train.seed=1", "--variant", "a:train.seed=2"],
             "two variants would share the name a",
@@ -246,19 +255,19 @@ def test_bad_input_fails_before_any_work_naming_the_key(flags, expected, tmp_pat
 
 def test_plans_grid_and_picked_variants():
     plan = ablate.make_plan(
-        vary=["train.projector=mlp,linear", "train.seed=0,1"],
+        vary=["train.adapter=mlp,linear", "train.seed=0,1"],
         variants=["base:", "lora4:train.lora.rank=4,train.lora.target_modules=[q_proj, v_proj]"],
         profile="demo",
         work_dir="/tmp/w",
     )
-    assert plan.name == "projector+seed"
+    assert plan.name == "adapter+seed"
     assert [v.name for v in plan.variants] == [
-        "projector=mlp,seed=0", "projector=mlp,seed=1", "projector=linear,seed=0", "projector=linear,seed=1",
+        "adapter=mlp,seed=0", "adapter=mlp,seed=1", "adapter=linear,seed=0", "adapter=linear,seed=1",
         "base", "lora4",
     ]  # fmt: skip
     lora4 = plan.configs["lora4"]
     assert lora4.train.lora.target_modules == ["q_proj", "v_proj"] and lora4.train.lora.rank == 4
-    assert Path(lora4.work_dir) == Path("/tmp/w/ablations/projector+seed/variants/lora4")
+    assert Path(lora4.work_dir) == Path("/tmp/w/ablations/adapter+seed/variants/lora4")
     # the work dir's paths, not the variant folder's
     assert lora4.train.encoder == "/tmp/w/demo-models/whisper"
     assert ablate.override_values(lora4, plan.variants[-1]) == {
@@ -274,18 +283,18 @@ def test_plans_grid_and_picked_variants():
 # --------------------------------------------------------------------------- the knobs ablations vary
 
 
-def test_linear_projector_is_one_linear_and_round_trips(tmp_path: Path):
-    from llmasr.model import Projector, load_projector, save_projector
+def test_linear_adapter_is_one_linear_and_round_trips(tmp_path: Path):
+    from llmasr.model import Adapter, load_adapter, save_adapter
 
-    proj = Projector(8, 16, hidden=32, k=2, kind="linear")
+    proj = Adapter(8, 16, hidden=32, k=2, kind="linear")
     linears = [(m.in_features, m.out_features) for m in proj.modules() if isinstance(m, torch.nn.Linear)]
     assert linears == [(16, 16)]
     y, lens = proj(torch.randn(3, 7, 8), torch.tensor([7, 4, 2]))  # (B, T, D_enc): odd tail dropped
     assert y.shape == (3, 3, 16) and lens.tolist() == [3, 2, 1]
-    loaded = load_projector(save_projector(proj, tmp_path / "p"))
+    loaded = load_adapter(save_adapter(proj, tmp_path / "p"))
     assert loaded.kind == "linear" and torch.equal(loaded.linear1.weight, proj.linear1.weight)
     with pytest.raises(ValueError, match="kind"):
-        Projector(8, 16, kind="conv")
+        Adapter(8, 16, kind="conv")
 
 
 def test_random_llm_is_the_same_every_build_and_not_the_checkpoint(models: dict):
@@ -306,13 +315,13 @@ def test_random_llm_is_the_same_every_build_and_not_the_checkpoint(models: dict)
 def test_model_config_of_the_knobs(tmp_path: Path):
     cfg = load_config(
         "demo",
-        ["train.projector=linear", "train.llm_init=random", "train.seed=3", "train.skip_stage1=true"],
+        ["train.adapter=linear", "train.llm_init=random", "train.seed=3", "train.skip_stage1=true"],
         work_dir=str(tmp_path),
     )
     # a stage 1 of an earlier run
     checkpoints.write_stage(checkpoints.stage_dir(tmp_path, 1), stage=1, key="k1")
     model = checkpoints.model_config(cfg.train, tmp_path, 2)
-    assert (model.projector, model.llm_init, model.llm_seed) == ("linear", "random", 3)
+    assert (model.adapter, model.llm_init, model.llm_seed) == ("linear", "random", 3)
     assert model.encoder == cfg.train.encoder  # skip_stage1: the stock encoder, not checkpoints/stage1
     cfg_on = load_config("demo", work_dir=str(tmp_path))
     assert checkpoints.model_config(cfg_on.train, tmp_path, 2).encoder == str(
@@ -337,18 +346,18 @@ def test_stage_keys_change_only_where_a_setting_is_read(tmp_path: Path):
         return out
 
     base = keys()
-    lr3, projector, lora, seed, skip = (
+    lr3, adapter, lora, seed, skip = (
         keys(o)
         for o in (
             "train.stage3.lr=0.5",
-            "train.projector=linear",
+            "train.adapter=linear",
             "train.lora.rank=2",
             "train.seed=1",
             "train.skip_stage1=true",
         )
     )
     assert lr3[:2] == base[:2] and lr3[2] != base[2]  # stage 3 only
-    assert projector[0] == base[0] and projector[1] != base[1] and projector[2] != base[2]  # stages 2 and 3
+    assert adapter[0] == base[0] and adapter[1] != base[1] and adapter[2] != base[2]  # stages 2 and 3
     assert lora[:2] == base[:2] and lora[2] != base[2]
     assert all(s != b for s, b in zip(seed, base))
     assert skip[1] != base[1]  # stage 2 on the stock encoder
@@ -356,8 +365,8 @@ def test_stage_keys_change_only_where_a_setting_is_read(tmp_path: Path):
 
 
 def test_the_knobs_train_and_decode_for_real(reference_run, corpus: Path, models: dict, session_tmp: Path):
-    """Stage 1 skipped, a linear projector and a random LLM through the train flow: stages 2-3 only,
-    and the stage-3 model loads back with the stock encoder, that projector and the same random LLM."""
+    """Stage 1 skipped, a linear adapter and a random LLM through the train flow: stages 2-3 only,
+    and the stage-3 model loads back with the stock encoder, that adapter and the same random LLM."""
     from flows.train import train_flow
     from llmasr.model import build_llm
 
@@ -368,7 +377,7 @@ def test_the_knobs_train_and_decode_for_real(reference_run, corpus: Path, models
         f"demo.corpus_dir={corpus}", f"demo.n_items={N_ITEMS}", f"train.encoder={models['whisper']}",
         f"train.llm={models['llm']}", f"train.tokenizer={models['tokenizer']}",
         "train.stage2.max_steps=2", "train.stage3.max_steps=1",
-        "train.skip_stage1=true", "train.projector=linear", "train.llm_init=random",
+        "train.skip_stage1=true", "train.adapter=linear", "train.llm_init=random",
     ]  # fmt: skip
     state = train_flow(profile="demo", work_dir=str(work), overrides=overrides, return_state=True)
     assert state.is_completed(), state.message
@@ -377,7 +386,7 @@ def test_the_knobs_train_and_decode_for_real(reference_run, corpus: Path, models
     assert json.loads((checkpoints.stage_dir(work, 3) / "model.json").read_text())["encoder"] == str(
         Path(models["whisper"]).resolve()
     )
-    assert model.projector.kind == "linear" and not hasattr(model.projector, "linear2")
+    assert model.adapter.kind == "linear" and not hasattr(model.adapter, "linear2")
     drawn = build_llm(models["llm"], init="random", seed=0)
     assert torch.equal(model.llm.get_input_embeddings().weight, drawn.get_input_embeddings().weight)
 

@@ -276,7 +276,7 @@ def test_llmasr_builds_from_bundled_names(shared_data):
         encoder="bundled:whisper-base",
         llm="bundled:smollm2-135m-instruct",
         tokenizer=None,
-        projector_hidden=64,
+        adapter_hidden=64,
     )
     resolved = cfg.resolved()
     assert resolved.encoder == resolve_hf("bundled:whisper-base") and Path(resolved.encoder).is_absolute()
@@ -489,7 +489,7 @@ def test_three_training_stages_from_bundled_names(tmp_path):
         encoder="bundled:whisper-base",
         llm="bundled:smollm2-135m-instruct",
         tokenizer=None,
-        projector_hidden=64,
+        adapter_hidden=64,
         lora=LoraConfig(rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
         launcher="torchrun",
         nproc_per_node=1,

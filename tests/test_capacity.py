@@ -142,7 +142,7 @@ def test_flops_mfu_and_the_frozen_parts(tmp_path):
     f2, f3 = capacity.flops_per_audio_s(2, m, r), capacity.flops_per_audio_s(3, m, r)
     pos = 25 + 26 / 10.0
     # without attention
-    low = 2 * m["encoder_compute"] * 50 + 6 * m["projector_params"] * 25 + 4 * m["llm_compute"] * pos
+    low = 2 * m["encoder_compute"] * 50 + 6 * m["adapter_params"] * 25 + 4 * m["llm_compute"] * pos
     assert low < f2 < 1.1 * low
     assert f3 - f2 == pytest.approx(6 * m["lora_params"] * pos)
     assert capacity.flops_per_audio_s(1, m, r) > 6 * m["encoder_compute"] * 50  # the encoder trains: 6N

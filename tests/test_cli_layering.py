@@ -45,3 +45,19 @@ def test_every_command_module_docstring_starts_with_its_command() -> None:
     for module in cli.COMMANDS:
         name = module.__name__.removeprefix("cli.").replace("_", "-")
         assert (module.__doc__ or "").startswith(f"llmasr {name}"), module.__name__
+
+
+def test_evaluate_and_run_share_one_test_set_option() -> None:
+    """--test-set is one helper (cli.common.test_sets_arg): the same option in both commands."""
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+
+    def option(command: str) -> dict:
+        action = next(a for a in commands[command]._actions if "--test-set" in a.option_strings)
+        return {k: getattr(action, k) for k in ("dest", "default", "metavar", "help", "option_strings")}
+
+    assert option("evaluate") == option("run")
+    assert option("run")["dest"] == "test_sets" and "replaces eval.test_sets" in option("run")["help"]
+    args = parser.parse_args(["run", "--test-set", "a=x.tsv", "--test-set", "b=y"])
+    assert args.test_sets == ["a=x.tsv", "b=y"]
+    assert parser.parse_args(["evaluate"]).test_sets == []

@@ -158,6 +158,25 @@ def test_unknown_key_in_a_config_file(tmp_path: Path) -> None:
     assert "did you mean segment.max_segment_s" in str(info.value)
 
 
+@pytest.mark.parametrize(("old", "new"), [("projector", "adapter"), ("projector_hidden", "adapter_hidden")])
+def test_a_renamed_key_fails_naming_the_old_and_the_new_name(tmp_path: Path, old: str, new: str) -> None:
+    value = "linear" if new == "adapter" else 64
+    expected = f"train.{old} was renamed train.{new}"
+    assert expected in _error(overrides=[f"train.{old}={value}"])  # --set
+    user = tmp_path / "cfg.yaml"
+    user.write_text(
+        f"train:\n  {old}: {value}\nprofiles:\n  p:\n    train: {{{old}: {value}}}\n", encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as info:  # a config file
+        load_config(config_file=user)
+    assert expected in str(info.value)
+    user.write_text(f"profiles:\n  p:\n    train: {{{old}: {value}}}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:  # a profile
+        load_config("p", config_file=user)
+    assert expected in str(info.value) and "did you mean" not in str(info.value)
+    assert getattr(_load(overrides=[f"train.{new}={value}"]).train, new) == value  # the new name works
+
+
 def test_setting_a_key_below_a_scalar_is_rejected() -> None:
     msg = _error(overrides=["label.model.size=3"])
     assert "label.model.size" in msg
@@ -266,8 +285,8 @@ TRAIN_NOT_READ_BY = {
         "tokenizer",
         "trust_remote_code",
         "llm_init",
-        "projector",
-        "projector_hidden",
+        "adapter",
+        "adapter_hidden",
         "downsample_k",
         "activation",
         "adapter_norm",

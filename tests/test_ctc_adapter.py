@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from llmasr.model import LLMASR, Projector, build_model, load_projector, save_projector
+from llmasr.model import LLMASR, Adapter, build_model, load_adapter, save_adapter
 from tiny_models import tiny_setup
 
 N_MELS = 80
@@ -37,7 +37,7 @@ def test_compress_keeps_one_mean_frame_per_run_of_a_label():
     labels = [0, 0, blank, 1, blank, blank, 1, 2, 2, blank]
     # (1, 10, 2): frame j holds j
     speech = torch.arange(10, dtype=torch.float32)[None, :, None].repeat(1, 1, 2)
-    out, lengths = Projector.compress(speech, torch.tensor([10]), one_hot_logits(labels, 4))
+    out, lengths = Adapter.compress(speech, torch.tensor([10]), one_hot_logits(labels, 4))
     # runs: frames {0,1} (label 0), {3} (1), {6} (1 again after a blank: a new token), {7,8} (2)
     assert lengths.tolist() == [4]
     assert out[0, :, 0].tolist() == [0.5, 3.0, 6.0, 7.5]
@@ -49,7 +49,7 @@ def test_compress_ignores_padding_and_never_empties_a_row():
     logits = torch.cat([one_hot_logits([0, blank, 1, 1], 3), one_hot_logits([blank, blank, blank, 0], 3)])
     logits[1, 1, 1] = 4.0  # the all-blank row's frame most sure of a token: 1 (frame 3 is padding)
     speech = torch.arange(8, dtype=torch.float32).reshape(2, 4, 1)
-    out, lengths = Projector.compress(speech, torch.tensor([4, 3]), logits)
+    out, lengths = Adapter.compress(speech, torch.tensor([4, 3]), logits)
     assert lengths.tolist() == [2, 1]
     assert out[0, :2, 0].tolist() == [0.0, 2.5]
     assert out[1, 0, 0].item() == 5.0  # row 1, frame 1
@@ -57,8 +57,8 @@ def test_compress_ignores_padding_and_never_empties_a_row():
 
 def test_adapter_norm_puts_every_frame_at_the_llm_embedding_norm(model):
     target = model.llm.get_input_embeddings().weight.norm(dim=-1).mean().item()
-    speech, _ = model.projector(torch.randn(2, 12, model.encoder.d_model))
-    assert model.projector.norm_to == pytest.approx(target, rel=1e-5)
+    speech, _ = model.adapter(torch.randn(2, 12, model.encoder.d_model))
+    assert model.adapter.norm_to == pytest.approx(target, rel=1e-5)
     assert torch.allclose(speech.norm(dim=-1), torch.full(speech.shape[:2], target), rtol=1e-4)
 
 
@@ -74,10 +74,10 @@ def test_losses_ctc_only_and_weighted(model):
     both = model(feats, lengths, targets, ctc_weight=0.5)
     assert both.loss.item() == pytest.approx(plain.loss.item() + 0.5 * only.loss.item(), rel=1e-5)
     # the LLM read the compressed frames: never more than the adapter made
-    made = model.projector.output_lengths((lengths - 1) // 2 + 1)
+    made = model.adapter.output_lengths((lengths - 1) // 2 + 1)
     assert all(1 <= s <= m for s, m in zip(plain.speech_lengths.tolist(), made.tolist()))
     only.loss.backward()
-    assert model.projector.ctc_blank.grad is not None and model.projector.linear1.weight.grad.abs().sum() > 0
+    assert model.adapter.ctc_blank.grad is not None and model.adapter.linear1.weight.grad.abs().sum() > 0
 
 
 def test_ctc_loss_without_a_head_is_refused(setup):
@@ -88,14 +88,14 @@ def test_ctc_loss_without_a_head_is_refused(setup):
 
 def test_round_trip_keeps_head_and_compression(model, setup, tmp_path):
     with torch.no_grad():
-        model.projector.ctc_blank.normal_()
-    path = save_projector(model.projector, tmp_path / "proj")
-    assert json.loads((path / "projector.json").read_text())["ctc"] is True
-    loaded = load_projector(path)
-    assert loaded.norm_to == model.projector.norm_to and loaded.ctc
+        model.adapter.ctc_blank.normal_()
+    path = save_adapter(model.adapter, tmp_path / "proj")
+    assert json.loads((path / "adapter.json").read_text())["ctc"] is True
+    loaded = load_adapter(path)
+    assert loaded.norm_to == model.adapter.norm_to and loaded.ctc
     rebuilt = build_model(
         setup.config.model_copy(
-            update={"adapter_norm": True, "ctc_compress": True, "projector_path": str(path)}
+            update={"adapter_norm": True, "ctc_compress": True, "adapter_path": str(path)}
         ),
         tokenizer=model.tokenizer,
     )
@@ -105,7 +105,7 @@ def test_round_trip_keeps_head_and_compression(model, setup, tmp_path):
         b, lb = rebuilt.speech_embeds(feats)
     assert torch.equal(la, lb) and torch.allclose(a, b)
     with pytest.raises(ValueError, match="train.ctc_compress"):
-        build_model(setup.config.model_copy(update={"projector_path": str(path)}), tokenizer=model.tokenizer)
+        build_model(setup.config.model_copy(update={"adapter_path": str(path)}), tokenizer=model.tokenizer)
 
 
 def test_config_refuses_align_steps_without_a_head():
@@ -141,14 +141,14 @@ def test_stage_2_aligns_with_ctc_then_stages_2_and_3_train_and_decode(tmp_path):
     assert [r["step"] for r in stage2] == [1, 2, 3, 4, 5]
     assert all(r["decoder_positions_per_s"] == 0 for r in stage2[:3])  # CTC-only: the LLM did not run
     assert all(r["decoder_positions_per_s"] > 0 for r in stage2[3:])
-    projector = json.loads((stage_dir(work, 2) / "projector" / "projector.json").read_text())
-    assert projector["ctc"] is True
+    adapter = json.loads((stage_dir(work, 2) / "adapter" / "adapter.json").read_text())
+    assert adapter["ctc"] is True
     model = load_llmasr(stage_dir(work, 3))
-    assert model.projector.ctc and model.projector.norm_to
+    assert model.adapter.ctc and model.adapter.norm_to
     # ctc_vocab: transcripts -- the head spells the shards' transcripts' tokens, kept through stage 3
     spoken = {t for row in model.encode_targets(SENTENCES[:4]) for t in row}
-    assert projector["ctc_vocab"] == len(spoken) < len(model.tokenizer)
-    assert set(model.projector.ctc_tokens.tolist()) == spoken
+    assert adapter["ctc_vocab"] == len(spoken) < len(model.tokenizer)
+    assert set(model.adapter.ctc_tokens.tolist()) == spoken
     texts = model.generate(torch.randn(2, N_MELS, 300), torch.tensor([300, 200]), max_new_tokens=4)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
 
@@ -158,11 +158,11 @@ def test_a_restricted_head_spells_only_its_tokens_and_round_trips(model, setup, 
     classes (tokens it cannot spell are left out); save/load keeps the token list."""
     targets = model.encode_targets(["the cat sat", "a dog"])
     kept = sorted({t for row in targets for t in row})
-    speech = torch.randn(2, 20, model.projector.d_llm)
+    speech = torch.randn(2, 20, model.adapter.d_llm)
     embeddings = model.llm.get_input_embeddings().weight
-    full = model.projector.ctc_logits(speech, embeddings)  # (2, 20, V + 1)
-    model.projector.restrict_ctc(kept + kept[:1])  # duplicates collapse
-    restricted = model.projector.ctc_logits(speech, embeddings)  # (2, 20, V' + 1)
+    full = model.adapter.ctc_logits(speech, embeddings)  # (2, 20, V + 1)
+    model.adapter.restrict_ctc(kept + kept[:1])  # duplicates collapse
+    restricted = model.adapter.ctc_logits(speech, embeddings)  # (2, 20, V' + 1)
     assert restricted.shape == (2, 20, len(kept) + 1)
     torch.testing.assert_close(restricted[..., :-1], full[..., kept])
     torch.testing.assert_close(restricted[..., -1], full[..., -1])
@@ -171,9 +171,9 @@ def test_a_restricted_head_spells_only_its_tokens_and_round_trips(model, setup, 
     # an unspellable token
     unseen = model.ctc_loss((restricted, lengths), [row + [max(kept) + 1] for row in targets])
     assert torch.isfinite(loss) and torch.equal(loss, unseen)
-    save_projector(model.projector, tmp_path / "p")
-    assert json.loads((tmp_path / "p" / "projector.json").read_text())["ctc_vocab"] == len(kept)
-    loaded = load_projector(tmp_path / "p")
+    save_adapter(model.adapter, tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "adapter.json").read_text())["ctc_vocab"] == len(kept)
+    loaded = load_adapter(tmp_path / "p")
     assert loaded.ctc_tokens.tolist() == kept
 
 

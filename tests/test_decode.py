@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 
 from llmasr.config import EvalConfig, SegmentConfig
-from llmasr.model import apply_lora, build_model, save_lora, save_projector
+from llmasr.model import apply_lora, build_model, save_adapter, save_lora
 from llmasr.tiny_models import tiny_setup
 from tasks import decode, decode_audio
 from tasks.checkpoints import stage_dir, write_model_json, write_stage
@@ -35,7 +35,7 @@ SENTENCES = [
 
 
 def make_checkpoints(root: Path, work_dir: Path, stages: tuple[int, ...] = (2,)) -> dict[int, Path]:
-    """Tiny stage checkpoints as the training stages export them (model.json, projector/, lora/,
+    """Tiny stage checkpoints as the training stages export them (model.json, adapter/, lora/,
     stage.json)."""
     setup = tiny_setup(root)
     torch.manual_seed(0)
@@ -51,10 +51,8 @@ def make_checkpoints(root: Path, work_dir: Path, stages: tuple[int, ...] = (2,))
                     if "lora_B" in name:
                         p.normal_(std=0.02)
             save_lora(model, folder / "lora")
-        save_projector(model.projector, folder / "projector")
-        write_model_json(
-            folder, setup.config.model_copy(update={"projector_path": str(folder / "projector")})
-        )
+        save_adapter(model.adapter, folder / "adapter")
+        write_model_json(folder, setup.config.model_copy(update={"adapter_path": str(folder / "adapter")}))
         write_stage(folder, stage=stage, key=f"test-{stage}", steps=0, samples=0)
         out[stage] = folder
     return out
@@ -356,6 +354,46 @@ def test_a_stage_is_the_same_system_wherever_its_files_lie(checkpoints, tmp_path
     stage_json.unlink()
     stage_json.write_text(json.dumps({**info, "time_s": 1.0}))
     assert LLMASRSystem("x", store, settings).identity()["stage"]["time_s"] == 1.0
+
+
+def old_layout(stage: Path, into: Path) -> Path:
+    """A copy of stage folder ``stage`` as versions before the adapter's rename wrote it: the adapter in
+    ``projector/`` (``projector.safetensors`` + ``projector.json``), and a model.json naming it
+    ``projector_path`` with the settings ``projector`` / ``projector_hidden``."""
+    import shutil
+
+    old = shutil.copytree(stage, into)
+    (old / "adapter").rename(old / "projector")
+    (old / "projector" / "adapter.json").rename(old / "projector" / "projector.json")
+    (old / "projector" / "adapter.safetensors").rename(old / "projector" / "projector.safetensors")
+    model = json.loads((old / "model.json").read_text())
+    model = {
+        {"adapter": "projector", "adapter_hidden": "projector_hidden"}.get(k, k): v for k, v in model.items()
+    }
+    del model["adapter_path"]
+    model["projector_path"] = str(old / "projector")
+    (old / "model.json").write_text(json.dumps(model))
+    return old
+
+
+def test_a_checkpoint_of_the_projector_layout_loads_and_decodes_the_same(checkpoints, wavs, tmp_path):
+    """A stage 2 or 3 exported before the adapter's rename (projector/, projector.json, projector_path
+    in model.json) still loads and decodes: the same weights and hypotheses as the new layout."""
+    from tasks.checkpoints import adapter_folder, load_llmasr
+
+    settings = EvalConfig(
+        num_beams=1, no_repeat_ngram_size=0, tokens_per_second=2.0, min_new_tokens=3, device="cpu"
+    )
+    audios = [decode_audio.read_audio(w) for w in wavs[:2]]
+    for stage in (2, 3):
+        old = old_layout(checkpoints[stage], tmp_path / f"stage{stage}")
+        assert not (old / "adapter").exists() and adapter_folder(old) == old / "projector"
+        assert adapter_folder(checkpoints[stage]) == checkpoints[stage] / "adapter"
+        new_model, old_model = load_llmasr(checkpoints[stage]), load_llmasr(old)
+        for (name, a), (_, b) in zip(new_model.state_dict().items(), old_model.state_dict().items()):
+            assert torch.equal(a, b), name
+        texts = LLMASRSystem("new", checkpoints[stage], settings).decode(audios)
+        assert LLMASRSystem("old", old, settings).decode(audios) == texts
 
 
 # ------------------------------------------------------------- explicit settings, per-row bounds

@@ -54,7 +54,7 @@ def test_llmasr_step_flops_match_torch_count(setup, stage):
     got = measured(step)
     frames = (MEL_FRAMES - 1) // 2 + 1  # encoder frames per example
     positions = (
-        frames // model.projector.k
+        frames // model.adapter.k
         + len(model.prompt.prefix_ids)
         + len(model.prompt.suffix_ids)
         + len(targets[0])
@@ -127,7 +127,7 @@ def test_a_gpt2_style_llm_is_counted_too(setup):
     got = measured(step)
     frames = (MEL_FRAMES - 1) // 2 + 1
     positions = (
-        frames // model.projector.k
+        frames // model.adapter.k
         + len(model.prompt.prefix_ids)
         + len(model.prompt.suffix_ids)
         + len(targets[0])

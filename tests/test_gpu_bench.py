@@ -31,7 +31,7 @@ def test_gpu_train_bench_runs_the_trainer(tmp_path):
     assert r["steady"]["samples_per_s"] > 0 and r["steady"]["tokens_per_s"] > 0
     # model FLOPs on any device; MFU needs a known GPU
     assert r["steady"]["model_tflops"] > 0 and "mfu" not in r["steady"]
-    assert 0 < r["trainable_params"] < r["params"]  # LoRA + projector only: stage 3
+    assert 0 < r["trainable_params"] < r["params"]  # LoRA + adapter only: stage 3
 
 
 def test_gpu_decode_bench_runs_every_configuration(tmp_path):

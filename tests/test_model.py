@@ -13,20 +13,20 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperForConditio
 from llmasr.model import (
     IGNORE_INDEX,
     LLMASR,
+    Adapter,
     LLMASRConfig,
-    Projector,
     SpeechEncoder,
     WhisperStage1Head,
     apply_lora,
     build_model,
     build_prompt,
     build_tokenizer,
+    load_adapter,
     load_lora,
-    load_projector,
     merge_lora,
+    save_adapter,
     save_encoder,
     save_lora,
-    save_projector,
     set_trainable,
     stage1_loss,
     whisper_labels,
@@ -52,11 +52,11 @@ def mel(batch: int, frames: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, N_MELS, frames, generator=g)  # (B, M, T)
 
 
-# ----------------------------------------------------------------------------- projector
+# ----------------------------------------------------------------------------- adapter
 
 
-def test_projector_even_and_odd_frames():
-    proj = Projector(d_enc=8, d_llm=16, hidden=12, k=2)
+def test_adapter_even_and_odd_frames():
+    proj = Adapter(d_enc=8, d_llm=16, hidden=12, k=2)
     x = torch.randn(3, 8, 8)  # (B, T=8, D_enc)
     y, lens = proj(x, torch.tensor([8, 7, 1]))
     assert y.shape == (3, 4, 16)
@@ -73,13 +73,13 @@ def test_projector_even_and_odd_frames():
     assert not torch.allclose(proj(x2)[0][:, 1], y[:, 1])
 
 
-def test_projector_config_errors():
+def test_adapter_config_errors():
     with pytest.raises(ValueError, match="activation"):
-        Projector(8, 16, activation="swishy")
+        Adapter(8, 16, activation="swishy")
     with pytest.raises(ValueError, match="k must be"):
-        Projector(8, 16, k=0)
+        Adapter(8, 16, k=0)
     with pytest.raises(ValueError, match="encoder width 8"):
-        Projector(8, 16)(torch.randn(1, 4, 10))
+        Adapter(8, 16)(torch.randn(1, 4, 10))
 
 
 # ------------------------------------------------------------------------------- encoder
@@ -197,10 +197,10 @@ def test_loss_on_target_tokens_only(model):
 
 def test_mismatched_dims_raise_clear_errors(setup):
     model = build_model(setup.config)
-    with pytest.raises(ValueError, match="projector output dim 32 != LLM hidden size 64"):
-        LLMASR(model.encoder, Projector(64, 32, hidden=8), model.llm, model.tokenizer)
-    with pytest.raises(ValueError, match="projector input width 48 != encoder d_model 64"):
-        LLMASR(model.encoder, Projector(48, 64, hidden=8), model.llm, model.tokenizer)
+    with pytest.raises(ValueError, match="adapter output dim 32 != LLM hidden size 64"):
+        LLMASR(model.encoder, Adapter(64, 32, hidden=8), model.llm, model.tokenizer)
+    with pytest.raises(ValueError, match="adapter input width 48 != encoder d_model 64"):
+        LLMASR(model.encoder, Adapter(48, 64, hidden=8), model.llm, model.tokenizer)
 
 
 # ------------------------------------------------------------------------- trainable sets
@@ -212,7 +212,7 @@ def test_stage_trainable_sets(model, setup):
     assert not any("embed_positions" in n for n in names)
 
     names = set(set_trainable(model, 2))
-    assert names == {n for n, _ in model.projector.named_parameters(prefix="projector")}
+    assert names == {n for n, _ in model.adapter.named_parameters(prefix="adapter")}
     assert {n for n, p in model.named_parameters() if p.requires_grad} == names
 
     with pytest.raises(ValueError, match="apply_lora"):
@@ -221,7 +221,7 @@ def test_stage_trainable_sets(model, setup):
     names = set(set_trainable(model, 3))
     lora = {n for n in names if "lora_" in n}
     assert lora and all(n.startswith("llm.") for n in lora)
-    assert names - lora == {n for n, _ in model.projector.named_parameters(prefix="projector")}
+    assert names - lora == {n for n, _ in model.adapter.named_parameters(prefix="adapter")}
 
     head = WhisperStage1Head.from_pretrained(setup.whisper)
     names = set(set_trainable(head, 1))
@@ -230,7 +230,7 @@ def test_stage_trainable_sets(model, setup):
         set_trainable(head, 2)
 
 
-def test_stage2_step_changes_only_projector(model):
+def test_stage2_step_changes_only_adapter(model):
     set_trainable(model, 2)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)  # all params on purpose
@@ -238,7 +238,7 @@ def test_stage2_step_changes_only_projector(model):
     out.loss.backward()
     opt.step()
     for name, p in model.named_parameters():
-        if name.startswith("projector."):
+        if name.startswith("adapter."):
             assert not torch.equal(p, before[name]), name
         else:
             assert p.grad is None, name
@@ -290,22 +290,22 @@ def test_encoder_export_round_trip(model, tmp_path):
             assert torch.equal(got[k], want[k]), (cls.__name__, k)
 
 
-def test_projector_round_trip(model, tmp_path):
-    path = save_projector(model.projector, tmp_path / "proj")
-    assert json.loads((path / "projector.json").read_text())["d_llm"] == 64
-    loaded = load_projector(path)
-    for k, v in model.projector.state_dict().items():
+def test_adapter_round_trip(model, tmp_path):
+    path = save_adapter(model.adapter, tmp_path / "proj")
+    assert json.loads((path / "adapter.json").read_text())["d_llm"] == 64
+    loaded = load_adapter(path)
+    for k, v in model.adapter.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v)
-    cfg = LLMASRConfig.from_dict({**model_cfg_dict(model), "projector_path": str(path)})
+    cfg = LLMASRConfig.from_dict({**model_cfg_dict(model), "adapter_path": str(path)})
     rebuilt = build_model(cfg, tokenizer=model.tokenizer)
-    assert torch.equal(rebuilt.projector.linear1.weight, model.projector.linear1.weight)
+    assert torch.equal(rebuilt.adapter.linear1.weight, model.adapter.linear1.weight)
 
 
 def model_cfg_dict(model: LLMASR) -> dict:
     return {
         "encoder": model.encoder.config.to_dict(),
         "llm": {**model.llm.config.to_dict()},
-        "projector_hidden": 32,
+        "adapter_hidden": 32,
     }
 
 
@@ -352,7 +352,8 @@ def test_lora_bad_target_modules(model):
 
 def test_a_model_json_an_earlier_version_wrote_loads():
     """Before LLMASRConfig derived from llmasr.config.ModelSettings, model.json named the adapter's
-    frame stacking ``k``; such a file loads, and writes back under today's names."""
+    frame stacking ``k``, and before the adapter's rename it was ``projector`` (``projector``,
+    ``projector_hidden``, ``projector_path``); such a file loads, and writes back under today's names."""
     former = {
         "activation": "gelu",
         "adapter_norm": False,
@@ -379,15 +380,17 @@ def test_a_model_json_an_earlier_version_wrote_loads():
         "trust_remote_code": False,
     }
     cfg = LLMASRConfig.from_dict(former)
-    assert (cfg.downsample_k, cfg.lora.alpha, cfg.projector_hidden) == (3, 16, 64)
+    assert (cfg.downsample_k, cfg.lora.alpha, cfg.adapter_hidden) == (3, 16, 64)
+    assert (cfg.adapter, cfg.adapter_path) == ("mlp", "/w/checkpoints/stage3/projector")
     now = cfg.to_dict()
     assert "k" not in now and now["downsample_k"] == 3
+    assert not {k for k in now if k.startswith("projector")}
     assert LLMASRConfig.from_dict(now) == cfg
-    assert {k: v for k, v in now.items() if k != "downsample_k"} == {
-        k: v for k, v in former.items() if k != "k"
-    }
-    with pytest.raises(ValueError, match="projector_hiden"):
-        LLMASRConfig.from_dict({**former, "projector_hiden": 8})
+    renamed = {"k": "downsample_k", "projector": "adapter", "projector_hidden": "adapter_hidden"}
+    renamed["projector_path"] = "adapter_path"
+    assert now == {renamed.get(k, k): v for k, v in former.items()}
+    with pytest.raises(ValueError, match="adapter_hiden"):
+        LLMASRConfig.from_dict({**former, "adapter_hiden": 8})
 
 
 def test_model_config_carries_every_model_setting_of_train(tmp_path):
@@ -397,7 +400,7 @@ def test_model_config_carries_every_model_setting_of_train(tmp_path):
     from tasks.checkpoints import model_config
 
     train = TrainConfig(
-        projector="linear",
+        adapter="linear",
         downsample_k=4,
         activation="silu",
         trim_padding=False,
@@ -413,7 +416,7 @@ def test_model_config_carries_every_model_setting_of_train(tmp_path):
     assert {n: getattr(cfg, n) for n in ModelSettings.model_fields} == {
         n: getattr(train, n) for n in ModelSettings.model_fields
     }
-    assert (cfg.llm, cfg.tokenizer, cfg.llm_seed, cfg.projector_path) == (train.llm, None, 7, None)
+    assert (cfg.llm, cfg.tokenizer, cfg.llm_seed, cfg.adapter_path) == (train.llm, None, 7, None)
     assert LLMASRConfig(encoder="e", llm="l").lora == TrainConfig().lora == LoraConfig()
 
 
@@ -502,7 +505,7 @@ def test_an_llm_with_its_own_code_needs_trust_remote_code(setup, tmp_path):
 def test_sliced_logits_train_exactly_as_full_logits(model, setup):
     """Training asks the LLM for logits at scored positions only (``logits_to_keep``); an LLM whose
     forward has no such argument (older remote code) gets logits everywhere.  Both give the same loss
-    and the same LoRA and projector gradients."""
+    and the same LoRA and adapter gradients."""
     from transformers import Qwen2ForCausalLM
 
     class NoKeepLM(Qwen2ForCausalLM):  # an older forward: no logits_to_keep
@@ -517,7 +520,7 @@ def test_sliced_logits_train_exactly_as_full_logits(model, setup):
 
     old_llm = NoKeepLM(model.llm.config)
     old_llm.load_state_dict(model.llm.state_dict())
-    old = LLMASR(model.encoder, model.projector, old_llm, model.tokenizer)
+    old = LLMASR(model.encoder, model.adapter, old_llm, model.tokenizer)
     apply_lora(model, setup.config)
     apply_lora(old, setup.config)
     old.llm.load_state_dict(model.llm.state_dict())  # the same LoRA init
@@ -540,7 +543,7 @@ def test_sliced_logits_train_exactly_as_full_logits(model, setup):
     assert (
         new_g.keys() == old_g.keys()
         and any("lora_B" in n for n in new_g)
-        and any(n.startswith("projector.") for n in new_g)
+        and any(n.startswith("adapter.") for n in new_g)
     )
     for n in new_g:
         torch.testing.assert_close(new_g[n], old_g[n], atol=1e-6, rtol=1e-5, msg=n)

@@ -186,7 +186,7 @@ def test_demo_training_from_another_folder_records_absolute_paths(
         _paths_in(run, ("work_dir", "shard_index", "out_dir", "deepspeed_config"))
         assert Path(run["work_dir"]) == work
         model = json.loads((checkpoints.stage_dir(work, stage) / "model.json").read_text())
-        _paths_in(model, ("encoder", "llm", "tokenizer", "projector_path"))
+        _paths_in(model, ("encoder", "llm", "tokenizer", "adapter_path"))
     model3 = json.loads((checkpoints.stage_dir(work, 3) / "model.json").read_text())
     assert (model3["llm"], model3["tokenizer"]) == (str(models / "llm"), str(models / "tokenizer"))
     assert model3["encoder"] == str(checkpoints.stage_dir(work, 1) / "encoder")

@@ -30,8 +30,8 @@ import torch
 fc1 = "layers.0.fc1.weight"
 assert torch.equal(encoder.state_dict()[fc1], whisper.get_encoder().state_dict()[fc1])
 """,
-    "export-projector": """
-assert embeds.shape == (1, 1500 // projector.k, projector.d_llm) and lengths.tolist() == [1500 // projector.k]
+    "export-adapter": """
+assert embeds.shape == (1, 1500 // adapter.k, adapter.d_llm) and lengths.tolist() == [1500 // adapter.k]
 """,
     "export-lora": """
 trained = [n for n, p in llm.named_parameters() if "lora_B" in n and bool(p.abs().sum() > 0)]

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from llmasr.config import LoraConfig, StageConfig, TrainConfig
 from llmasr.text import normalize
 from llmasr.tiny_models import tiny_setup
-from tasks.checkpoints import load_llmasr, model_config, read_stage, stage_dir
+from tasks.checkpoints import load_llmasr, model_config, read_stage, stage_dir, write_stage
 from tasks.launch import launch_command, launch_env
 from tasks.run_file import write_run_config
 from tasks.train_data import ShardSpeechDataset, make_loader
@@ -59,7 +59,7 @@ def train_config(tiny, **kw) -> TrainConfig:
         encoder=str(tiny.whisper),
         llm=str(tiny.llm),
         tokenizer=str(tiny.tokenizer),
-        projector_hidden=32,
+        adapter_hidden=32,
         lora=LORA,
         launcher="torchrun",
         nproc_per_node=1,
@@ -138,7 +138,7 @@ def test_three_stages_in_sequence(tiny, shard_index, tmp_path, nproc):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, WhisperForConditionalGeneration, WhisperModel
 
-    from llmasr.model import load_projector
+    from llmasr.model import load_adapter
 
     work = tmp_path / "work"
     train = train_config(tiny, nproc_per_node=nproc, merge_lora=True, grad_accum=2 if nproc == 2 else 1)
@@ -178,16 +178,16 @@ def test_three_stages_in_sequence(tiny, shard_index, tmp_path, nproc):
     ):
         assert torch.equal(enc[k], v), k
 
-    # stage 2: starts from the stage-1 encoder; only the projector is exported
+    # stage 2: starts from the stage-1 encoder; only the adapter is exported
     m2 = json.loads((s2 / "model.json").read_text())
     assert (
         Path(m2["encoder"]) == (s1 / "encoder").resolve()
-        and Path(m2["projector_path"]) == (s2 / "projector").resolve()
+        and Path(m2["adapter_path"]) == (s2 / "adapter").resolve()
     )
-    p2 = load_projector(s2 / "projector")
+    p2 = load_adapter(s2 / "adapter")
 
-    # stage 3: LoRA + projector trained further; the base LLM file untouched
-    p3 = load_projector(s3 / "projector")
+    # stage 3: LoRA + adapter trained further; the base LLM file untouched
+    p3 = load_adapter(s3 / "adapter")
     assert not torch.equal(p2.linear1.weight, p3.linear1.weight)
     base = AutoModelForCausalLM.from_pretrained(str(tiny.llm))
     base_sd = {k: v.clone() for k, v in base.state_dict().items()}
@@ -382,7 +382,7 @@ def run_direct(run_json: Path, timeout: float = 120) -> tuple[subprocess.Complet
 
 
 def test_config_errors_fail_fast_naming_the_key(tiny, shard_index, tmp_path):
-    from llmasr.model import Projector, save_projector
+    from llmasr.model import Adapter, save_adapter
 
     # a missing encoder checkpoint
     work = tmp_path / "a"
@@ -393,12 +393,12 @@ def test_config_errors_fail_fast_naming_the_key(tiny, shard_index, tmp_path):
     # stage 3 before stage 2
     train = train_config(tiny)
     proc, _ = run_direct(write_run(tmp_path / "b", 3, train, shard_index))
-    assert proc.returncode == 2 and "model.projector_path: no projector at" in proc.stderr
+    assert proc.returncode == 2 and "model.adapter_path: no adapter at" in proc.stderr
     assert "stage 3 needs checkpoints/stage2 (run stage 2 first)" in proc.stderr
 
-    # a stage-2 projector built for another LLM width
+    # a stage-2 adapter built for another LLM width
     work = tmp_path / "c"
-    save_projector(Projector(64, 32, hidden=32), stage_dir(work, 2) / "projector")
+    save_adapter(Adapter(64, 32, hidden=32), stage_dir(work, 2) / "adapter")
     (stage_dir(work, 2) / "stage.json").write_text(json.dumps({"stage": 2, "complete": True}))
     proc, _ = run_direct(write_run(work, 3, train, shard_index))
     assert proc.returncode == 2 and "train.llm: hidden size 64 does not match" in proc.stderr
@@ -417,7 +417,7 @@ def test_config_errors_fail_fast_naming_the_key(tiny, shard_index, tmp_path):
 
     # an error the model module raises while building, reported with its key (one process, no launcher)
     work = tmp_path / "f"
-    save_projector(Projector(64, 64, hidden=32), stage_dir(work, 2) / "projector")
+    save_adapter(Adapter(64, 64, hidden=32), stage_dir(work, 2) / "adapter")
     (stage_dir(work, 2) / "stage.json").write_text(json.dumps({"stage": 2, "complete": True}))
     proc, _ = run_direct(
         write_run(work, 3, train_config(tiny, lora=LoraConfig(target_modules=["c_attn"])), shard_index)
@@ -469,14 +469,26 @@ def test_check_run_names_the_key_for_world_size_zero_3_and_stage_2(tiny, shard_i
         and "ZeRO stages 0-2" in msg
     )
 
-    # stage 3 without stage 2's projector: the key first
+    # stage 3 without stage 2's adapter: the key first
     msg = check_error(write_run(tmp_path / "d", 3, train_config(tiny), shard_index))
-    assert msg.startswith("model.projector_path: no projector at") and "run stage 2 first" in msg
-    from llmasr.model import Projector, save_projector
+    assert msg.startswith("model.adapter_path: no adapter at") and "run stage 2 first" in msg
+    from llmasr.model import Adapter, save_adapter
 
-    save_projector(Projector(64, 32, hidden=32), stage_dir(tmp_path / "e", 2) / "projector")  # no stage.json
+    save_adapter(Adapter(64, 32, hidden=32), stage_dir(tmp_path / "e", 2) / "adapter")  # no stage.json
     msg = check_error(write_run(tmp_path / "e", 3, train_config(tiny), shard_index))
-    assert msg.startswith("model.projector_path: ") and "is not complete" in msg
+    assert msg.startswith("model.adapter_path: ") and "is not complete" in msg
+
+    # a stage 2 an earlier version trained (projector/: projector.json + projector.safetensors):
+    # stage 3 starts from it, and check_run reads its widths
+    old2 = stage_dir(tmp_path / "f", 2)
+    save_adapter(Adapter(64, 32, hidden=32), old2 / "projector")
+    for suffix in ("json", "safetensors"):
+        (old2 / "projector" / f"adapter.{suffix}").rename(old2 / "projector" / f"projector.{suffix}")
+    write_stage(old2, stage=2, key="old")
+    run = write_run(tmp_path / "f", 3, train_config(tiny), shard_index)
+    assert json.loads(run.read_text())["model"]["adapter_path"] == str(old2 / "projector")
+    msg = check_error(run)  # the tiny LLM is 64 wide: the old adapter's 32 is read and refused
+    assert msg.startswith("train.llm: hidden size 64 does not match the adapter's output width 32")
 
 
 def test_out_dir_of_a_new_run_keeps_no_stale_export_or_run_shape(tmp_path):
@@ -485,7 +497,7 @@ def test_out_dir_of_a_new_run_keeps_no_stale_export_or_run_shape(tmp_path):
 
     # an earlier stage-3 run's exports (merged_llm with train.merge_lora), half-swapped folders included
     out = stage_dir(tmp_path, 3)
-    for name in ("lora", "projector", "merged_llm", ".tmp-lora", ".old-merged_llm"):
+    for name in ("lora", "adapter", "projector", "merged_llm", ".tmp-lora", ".old-merged_llm"):
         (out / name).mkdir(parents=True)
         (out / name / "f").write_text("old")
     (out / "model.json").write_text("{}")
@@ -532,12 +544,20 @@ def test_run_config_for_the_flow(tmp_path):
     assert rc.out_dir == str(stage_dir(tmp_path, 3)) and rc.shard_index == str(
         tmp_path.resolve() / "shards" / "index.json"
     )
-    assert rc.model["projector_path"] == str(stage_dir(tmp_path, 2) / "projector")
+    assert rc.model["adapter_path"] == str(stage_dir(tmp_path, 2) / "adapter")
     assert rc.model["encoder"] == str(Path(cfg.work_dir) / "demo-models/whisper")  # stage 1 has not run here
     assert rc.stage_cfg == cfg.train.stage3.model_dump(mode="json") and rc.train["launcher"] == "torchrun"
     assert rc.metrics_log == str(tmp_path / "logs" / "train.jsonl")
     path = write_run_config(tmp_path / "RUN.json", **rc.to_dict())
     assert read_run_config(path) == rc and isinstance(rc, RunConfig)
+    # a RUN.json an earlier version wrote: the adapter named the projector, in train and model
+    former = {"adapter": "projector", "adapter_hidden": "projector_hidden", "adapter_path": "projector_path"}
+    old = rc.to_dict()
+    old["train"] = {former.get(k, k): v for k, v in old["train"].items()}
+    old["model"] = {former.get(k, k): v for k, v in old["model"].items()}
+    assert "projector_hidden" in old["train"] and "projector_path" in old["model"]
+    (tmp_path / "OLD.json").write_text(json.dumps(old))
+    assert read_run_config(tmp_path / "OLD.json") == rc
     cmd = launch_command(path, cfg.train, python="py")
     assert cmd == [
         "py",

@@ -58,12 +58,15 @@ from llmasr.config.paths import DEFAULT_WORK_DIR, PATH_KEYS, PATH_REFS, absolute
 from llmasr.config.pipeline import PipelineConfig
 from llmasr.config.train import (
     DEFAULT_INSTRUCTION,
+    FORMER_MODEL_KEYS,
     LLM_STAGES,
+    RENAMED_TRAIN_KEYS,
     LoraConfig,
     ModelSettings,
     StageConfig,
     TrainConfig,
     ZipformerConfig,
+    current_names,
 )
 
 __all__ = [
@@ -73,9 +76,11 @@ __all__ = [
     "DEFAULT_INSTRUCTION",
     "DEFAULT_WORK_DIR",
     "DEMO_KIND_DEFAULTS",
+    "FORMER_MODEL_KEYS",
     "LLM_STAGES",
     "PATH_KEYS",
     "PATH_REFS",
+    "RENAMED_TRAIN_KEYS",
     "WORK_DIR_REF",
     "ConfigError",
     "DemoConfig",
@@ -97,6 +102,7 @@ __all__ = [
     "absolute_paths",
     "apply_override",
     "cache_settings",
+    "current_names",
     "deep_merge",
     "find_config_file",
     "for_stages",

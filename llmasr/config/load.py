@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from llmasr.config.fields import CHECKOUT, ConfigError
 from llmasr.config.paths import DEFAULT_WORK_DIR, absolute_paths, resolve_paths
 from llmasr.config.pipeline import PipelineConfig
+from llmasr.config.train import RENAMED_TRAIN_KEYS
 
 CONFIG_ENV = "LLMASR_CONFIG"
 CONFIG_NAME = "pipeline_config.yaml"
@@ -60,6 +61,14 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
+def _renamed(key: str) -> str | None:
+    """The name now of a dotted key an earlier version named ``key`` (``RENAMED_TRAIN_KEYS``), else None."""
+    section, _, name = key.partition(".")
+    if section == "train" and name in RENAMED_TRAIN_KEYS:
+        return f"train.{RENAMED_TRAIN_KEYS[name]}"
+    return None
+
+
 def _suggest(key: str) -> str:
     close = difflib.get_close_matches(key, _known_keys(PipelineConfig), n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else "; see pipeline_config.yaml for the keys"
@@ -100,7 +109,9 @@ def format_validation_error(exc: ValidationError) -> str:
     for err in exc.errors():
         # a list item's location ends in its index (eval.stages.0): name the list, which --set can set
         key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(top level)"
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and _renamed(key):
+            lines.append(f"{key} was renamed {_renamed(key)}: write {_renamed(key)} instead")
+        elif err["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key{_suggest(key)}")
         else:
             got = err.get("input")

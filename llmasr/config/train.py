@@ -3,7 +3,7 @@ Zipformer-Transducer baseline."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -35,6 +35,24 @@ class StageConfig(Section):
 # Whisper's own decoder
 LLM_STAGES = (2, 3)
 DEFAULT_INSTRUCTION = "Transcribe the audio."
+# ``train.*`` keys an earlier version named otherwise: former name -> name now.  A config (file,
+# profile, --set, an ablation variant) that still names one fails before any work, naming both
+# (``llmasr.config.load``); a model.json or RUN.json an earlier version wrote reads as written now.
+RENAMED_TRAIN_KEYS = {"projector": "adapter", "projector_hidden": "adapter_hidden"}
+# model.json (``llmasr.model.LLMASRConfig``) keys earlier versions wrote -> their names now
+FORMER_MODEL_KEYS = {"k": "downsample_k", **RENAMED_TRAIN_KEYS, "projector_path": "adapter_path"}
+
+
+def current_names(data: Any, former: dict[str, str]) -> Any:
+    """A dict an earlier version wrote with its ``former`` keys under their names now (a key
+    written under both names keeps the new one's value); anything else unchanged."""
+    if not isinstance(data, dict) or not any(old in data for old in former):
+        return data
+    data = dict(data)
+    for old, new in former.items():
+        if old in data:
+            data.setdefault(new, data.pop(old))
+    return data
 
 
 class ModelSettings(Section):
@@ -45,8 +63,8 @@ class ModelSettings(Section):
 
     trust_remote_code: bool = for_stages(LLM_STAGES, False)
     # the adapter: Linear -> activation -> Linear, or one Linear
-    projector: Literal["mlp", "linear"] = for_stages(LLM_STAGES, "mlp")
-    projector_hidden: int = for_stages(LLM_STAGES, 2048, ge=1)
+    adapter: Literal["mlp", "linear"] = for_stages(LLM_STAGES, "mlp")
+    adapter_hidden: int = for_stages(LLM_STAGES, 2048, ge=1)
     downsample_k: int = for_stages(LLM_STAGES, 2, ge=1)  # encoder frames stacked into one LLM embedding
     activation: Literal["gelu", "relu", "silu", "tanh"] = for_stages(LLM_STAGES, "gelu")
     trim_padding: bool = True  # the encoder runs on the real length, not Whisper's 30 s of padding

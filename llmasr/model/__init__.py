@@ -4,7 +4,7 @@ Data flow and shapes (B = batch, M = mel bins, T = mel frames, D_enc = Whisper d
 D_llm = LLM hidden size, k = frames stacked by the adapter, default 2):
 
     input_features (B, M, T)  --SpeechEncoder-->  (B, T/2, D_enc)          [conv2 has stride 2]
-                              --Projector----->   (B, T/2//k, D_llm)       [k frames -> 1 embed]
+                              --Adapter------->   (B, T/2//k, D_llm)       [k frames -> 1 embed]
     LLM inputs_embeds, one row per example:  [prefix | speech | suffix | target + EOS]
         prefix/suffix: the chat template's user turn split at the speech placeholder
         labels: -100 everywhere except the target tokens and EOS (loss on the target only)
@@ -15,9 +15,9 @@ One module a piece:
   ``llmasr.config``'s, the ``train.*`` keys).
 * ``encoder``: ``SpeechEncoder`` runs any Whisper checkpoint's encoder, on the real length
   (``trim_padding``) or padded to 30 s; ``save_encoder``.
-* ``adapter``: ``Projector`` stacks k consecutive encoder frames, Linear -> activation -> Linear
+* ``adapter``: ``Adapter`` stacks k consecutive encoder frames, Linear -> activation -> Linear
   (kind "mlp") or one Linear (kind "linear"); an odd tail (T % k frames) is DROPPED, as SLAM-LLM
-  does; optional CTC head and compression; ``save_projector`` / ``load_projector``.
+  does; optional CTC head and compression; ``save_adapter`` / ``load_adapter``.
 * ``prompt``: the tokenizer and the prompt around the speech.
 * ``llmasr``: ``LLMASR`` glues encoder + adapter + any ``AutoModelForCausalLM``; ``forward`` gives
   the loss, ``generate`` decoded text; ``build_model`` builds one from an ``LLMASRConfig``.
@@ -29,7 +29,7 @@ One module a piece:
 This package exports the names its users import; ``from llmasr.model import X`` is the way in.
 """
 
-from llmasr.model.adapter import Projector, load_projector, save_projector
+from llmasr.model.adapter import Adapter, load_adapter, save_adapter
 from llmasr.model.config import LLMASRConfig, LoraConfig, local_source
 from llmasr.model.encoder import SpeechEncoder, encode_whisper, save_encoder
 from llmasr.model.llmasr import LLMASR, allow_cudnn_attention, build_llm, build_model, scored_positions
@@ -41,9 +41,9 @@ from llmasr.model.trainable import set_trainable
 __all__ = [
     "IGNORE_INDEX",
     "LLMASR",
+    "Adapter",
     "LLMASRConfig",
     "LoraConfig",
-    "Projector",
     "SpeechEncoder",
     "WhisperStage1Head",
     "allow_cudnn_attention",
@@ -54,13 +54,13 @@ __all__ = [
     "build_tokenizer",
     "encode_whisper",
     "has_lora",
+    "load_adapter",
     "load_lora",
-    "load_projector",
     "local_source",
     "merge_lora",
+    "save_adapter",
     "save_encoder",
     "save_lora",
-    "save_projector",
     "scored_positions",
     "set_trainable",
     "stage1_loss",

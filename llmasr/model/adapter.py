@@ -1,8 +1,8 @@
-"""The adapter (``Projector``): k stacked encoder frames -> the LLM's embedding width, with an
+"""The adapter (``Adapter``): k stacked encoder frames -> the LLM's embedding width, with an
 optional CTC head that compresses its output to about one embedding per token; and its files
-(``save_projector`` / ``load_projector``).
+(``save_adapter`` / ``load_adapter``).
 
-    (B, T/2, D_enc)  --Projector-->  (B, T/2//k, D_llm)       [k frames -> 1 embed]
+    (B, T/2, D_enc)  --Adapter-->  (B, T/2//k, D_llm)       [k frames -> 1 embed]
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-PROJECTOR_WEIGHTS = "projector.safetensors"
-PROJECTOR_CONFIG = "projector.json"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter.json"
+# the names earlier versions wrote (the adapter was called the projector): still read
+FORMER_FILES = ("projector.json", "projector.safetensors")
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
@@ -25,10 +27,10 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
 }
-PROJECTOR_KINDS = ("mlp", "linear")
+ADAPTER_KINDS = ("mlp", "linear")
 
 
-class Projector(nn.Module):
+class Adapter(nn.Module):
     """Stack k consecutive encoder frames -> Linear -> activation -> Linear to the LLM width.
 
     ``kind="linear"``: one Linear(k*D_enc, D_llm) instead (``hidden`` and ``activation`` unused).
@@ -59,16 +61,14 @@ class Projector(nn.Module):
         kind: str = "mlp",
     ) -> None:
         super().__init__()
-        if kind not in PROJECTOR_KINDS:
-            raise ValueError(f"projector kind must be one of {PROJECTOR_KINDS}, got {kind!r}")
+        if kind not in ADAPTER_KINDS:
+            raise ValueError(f"adapter kind must be one of {ADAPTER_KINDS}, got {kind!r}")
         if k < 1:
-            raise ValueError(f"projector k must be >= 1, got {k}")
+            raise ValueError(f"adapter k must be >= 1, got {k}")
         if activation not in _ACTIVATIONS:
-            raise ValueError(
-                f"projector activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
-            )
+            raise ValueError(f"adapter activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
         if norm_to is not None and not norm_to > 0:
-            raise ValueError(f"projector norm_to must be > 0, got {norm_to}")
+            raise ValueError(f"adapter norm_to must be > 0, got {norm_to}")
         self.d_enc, self.d_llm, self.hidden, self.k, self.activation = d_enc, d_llm, hidden, k, activation
         self.norm_to, self.ctc, self.kind = norm_to, ctc, kind
         if kind == "linear":
@@ -92,7 +92,7 @@ class Projector(nn.Module):
         """The CTC head spells only ``token_ids`` (+ blank): (B, S, V' + 1) logits instead of
         (B, S, V + 1).  Tokens outside it are dropped from the CTC targets (``LLMASR.ctc_loss``)."""
         if not self.ctc:
-            raise ValueError("this projector has no CTC head (train.ctc_compress: false)")
+            raise ValueError("this adapter has no CTC head (train.ctc_compress: false)")
         ids = sorted({int(t) for t in token_ids})
         if not ids:
             raise ValueError("restrict_ctc needs at least one token id")
@@ -111,7 +111,7 @@ class Projector(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, frames, dim = x.shape  # (B, T, D_enc)
         if dim != self.d_enc:
-            raise ValueError(f"projector expects encoder width {self.d_enc}, got {dim}")
+            raise ValueError(f"adapter expects encoder width {self.d_enc}, got {dim}")
         if lengths is None:
             lengths = torch.full((batch,), frames, dtype=torch.long, device=x.device)
         steps = frames // self.k
@@ -129,7 +129,7 @@ class Projector(nn.Module):
         blank is the last class (index V).  Restricted (``restrict_ctc``): (B, S, V' + 1), class j < V'
         is token ``ctc_tokens[j]``."""
         if not self.ctc:
-            raise ValueError("this projector has no CTC head (train.ctc_compress: false)")
+            raise ValueError("this adapter has no CTC head (train.ctc_compress: false)")
         if self.ctc_tokens is not None:
             embeddings = embeddings.index_select(0, self.ctc_tokens)  # (V', D_llm)
         tokens = speech @ embeddings.to(speech.dtype).T  # (B, S, V)
@@ -170,23 +170,35 @@ class Projector(nn.Module):
         return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), out_lengths  # (B, max R, D), (B,)
 
 
-def save_projector(projector: Projector, path: str | Path) -> Path:
-    """Write ``projector.safetensors`` + ``projector.json`` into folder ``path``."""
+def save_adapter(adapter: Adapter, path: str | Path) -> Path:
+    """Write ``adapter.safetensors`` + ``adapter.json`` into folder ``path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()}
-    save_file(tensors, str(path / PROJECTOR_WEIGHTS), metadata={"format": "pt"})
-    (path / PROJECTOR_CONFIG).write_text(json.dumps(projector.config_dict(), indent=2) + "\n")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}
+    save_file(tensors, str(path / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    (path / ADAPTER_CONFIG).write_text(json.dumps(adapter.config_dict(), indent=2) + "\n")
     return path
 
 
-def load_projector(path: str | Path, device: str | torch.device = "cpu") -> Projector:
-    """Inverse of ``save_projector``."""
+def adapter_files(path: str | Path) -> tuple[Path, Path] | None:
+    """The config and weights files of the adapter folder ``path``: ``adapter.json`` +
+    ``adapter.safetensors``, or ``projector.json`` + ``projector.safetensors`` as earlier versions
+    wrote them; None when it has neither pair."""
     path = Path(path)
-    if not (path / PROJECTOR_CONFIG).is_file() or not (path / PROJECTOR_WEIGHTS).is_file():
+    for config, weights in ((ADAPTER_CONFIG, ADAPTER_WEIGHTS), FORMER_FILES):
+        if (path / config).is_file() and (path / weights).is_file():
+            return path / config, path / weights
+    return None
+
+
+def load_adapter(path: str | Path, device: str | torch.device = "cpu") -> Adapter:
+    """Inverse of ``save_adapter`` (a folder an earlier version wrote, ``projector.*``, loads too)."""
+    files = adapter_files(path)
+    if files is None:
         raise FileNotFoundError(
-            f"{path} has no {PROJECTOR_CONFIG} + {PROJECTOR_WEIGHTS} (written by save_projector)"
+            f"{path} has no {ADAPTER_CONFIG} + {ADAPTER_WEIGHTS} (written by save_adapter)"
         )
-    projector = Projector(**json.loads((path / PROJECTOR_CONFIG).read_text()))
-    projector.load_state_dict(load_file(str(path / PROJECTOR_WEIGHTS), device=str(device)))
-    return projector.to(device)
+    config, weights = files
+    adapter = Adapter(**json.loads(config.read_text()))
+    adapter.load_state_dict(load_file(str(weights), device=str(device)))
+    return adapter.to(device)

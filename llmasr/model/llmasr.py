@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from llmasr.ctc_prefix import token_classes
-from llmasr.model.adapter import Projector, load_projector
+from llmasr.model.adapter import Adapter, load_adapter
 from llmasr.model.config import DEFAULT_INSTRUCTION, LLMASRConfig, local_source, torch_dtype
 from llmasr.model.encoder import SpeechEncoder, frame_mask
 from llmasr.model.prompt import IGNORE_INDEX, build_prompt, build_tokenizer
@@ -81,27 +81,27 @@ def _llm_hidden_size(llm: nn.Module) -> int:
 
 
 class LLMASR(nn.Module):
-    """Whisper encoder + projector + causal LM, fed ``[prefix, speech, suffix, target]``."""
+    """Whisper encoder + adapter + causal LM, fed ``[prefix, speech, suffix, target]``."""
 
     def __init__(
         self,
         encoder: SpeechEncoder,
-        projector: Projector,
+        adapter: Adapter,
         llm: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         instruction: str = DEFAULT_INSTRUCTION,
     ) -> None:
         super().__init__()
         d_llm = _llm_hidden_size(llm)
-        if projector.d_enc != encoder.d_model:
+        if adapter.d_enc != encoder.d_model:
             raise ValueError(
-                f"projector input width {projector.d_enc} != encoder d_model {encoder.d_model}: "
-                "the projector was built for another Whisper size"
+                f"adapter input width {adapter.d_enc} != encoder d_model {encoder.d_model}: "
+                "the adapter was built for another Whisper size"
             )
-        if projector.d_llm != d_llm:
+        if adapter.d_llm != d_llm:
             raise ValueError(
-                f"projector output dim {projector.d_llm} != LLM hidden size {d_llm}: "
-                "the projector was built for another LLM"
+                f"adapter output dim {adapter.d_llm} != LLM hidden size {d_llm}: "
+                "the adapter was built for another LLM"
             )
         vocab_rows = int(llm.get_input_embeddings().num_embeddings)
         if len(tokenizer) > vocab_rows:
@@ -112,7 +112,7 @@ class LLMASR(nn.Module):
         if tokenizer.eos_token_id is None:
             raise ValueError("tokenizer has no eos_token: targets must end with one")
         self.encoder = encoder
-        self.projector = projector
+        self.adapter = adapter
         self.llm = llm
         self.tokenizer = tokenizer
         self.prompt = build_prompt(tokenizer, instruction)
@@ -132,7 +132,7 @@ class LLMASR(nn.Module):
         self, input_features: torch.Tensor, feature_lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, M, T) mel -> speech embeds (B, S, D_llm) and their valid lengths (B,): what the LLM reads
-        (CTC-compressed when the projector has a CTC head).
+        (CTC-compressed when the adapter has a CTC head).
 
         A frozen encoder (stages 2 and 3) runs under no_grad: no activations kept for it.
         """
@@ -158,29 +158,29 @@ class LLMASR(nn.Module):
             )
             with torch.set_grad_enabled(encoder_trains):
                 hidden, lengths = self.encoder(input_features, feature_lengths)  # (B, T/2, D_enc), (B,)
-        speech, speech_lengths = self.projector(hidden, lengths)  # (B, T/2//k, D_llm), (B,)
+        speech, speech_lengths = self.adapter(hidden, lengths)  # (B, T/2//k, D_llm), (B,)
         if bool((speech_lengths < 1).any()):
             raise ValueError(
-                f"an input is too short: {speech_lengths.tolist()} speech embeddings after the projector "
-                f"(need >= 1, i.e. >= {2 * self.projector.k - 1} mel frames)"
+                f"an input is too short: {speech_lengths.tolist()} speech embeddings after the adapter "
+                f"(need >= 1, i.e. >= {2 * self.adapter.k - 1} mel frames)"
             )
-        if not self.projector.ctc:
+        if not self.adapter.ctc:
             return speech, speech_lengths, None
-        logits = self.projector.ctc_logits(speech, self.llm.get_input_embeddings().weight)  # (B, S, V + 1)
+        logits = self.adapter.ctc_logits(speech, self.llm.get_input_embeddings().weight)  # (B, S, V + 1)
         # (B, S', D_llm)
-        compressed, compressed_lengths = self.projector.compress(speech, speech_lengths, logits)
+        compressed, compressed_lengths = self.adapter.compress(speech, speech_lengths, logits)
         return compressed, compressed_lengths, (logits, speech_lengths)
 
     def ctc_loss(
         self, ctc: tuple[torch.Tensor, torch.Tensor], target_ids: Sequence[Sequence[int]]
     ) -> torch.Tensor:
-        """Mean CTC loss of the projector's head spelling each transcript in LLM tokens (no EOS)."""
+        """Mean CTC loss of the adapter's head spelling each transcript in LLM tokens (no EOS)."""
         logits, lengths = ctc  # (B, S, V + 1), (B,)
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (S, B, V + 1)
         # LLM ids -> the head's classes; ids it cannot spell are left out
-        if self.projector.ctc_tokens is not None:
+        if self.adapter.ctc_tokens is not None:
             vocab = self.llm.get_input_embeddings().num_embeddings
-            classes = token_classes(self.projector.ctc_tokens, vocab, torch.device("cpu")).tolist()  # (V,)
+            classes = token_classes(self.adapter.ctc_tokens, vocab, torch.device("cpu")).tolist()  # (V,)
             target_ids = [[classes[t] for t in row if classes[t] >= 0] for row in target_ids]
         flat = torch.tensor([t for row in target_ids for t in row], dtype=torch.long, device=logits.device)
         target_lengths = torch.tensor(
@@ -250,14 +250,14 @@ class LLMASR(nn.Module):
     ) -> LLMASROutput:
         """``target_ids``: per-example token ids without EOS (see ``encode_targets``).
         Returns ``LLMASROutput``; ``.loss`` is the mean CE over target tokens + EOS, plus
-        ``ctc_weight`` x the projector's CTC loss when it has a CTC head.  ``ctc_only``: the CTC loss
+        ``ctc_weight`` x the adapter's CTC loss when it has a CTC head.  ``ctc_only``: the CTC loss
         alone, without running the LLM (stage 2's alignment steps; ``logits`` is then (B, 0, V)).
         ``encoded``: the frozen encoder's output for ``input_features`` (see ``_speech``)."""
         batch = encoded[0].shape[0] if encoded is not None else input_features.shape[0]
         if len(target_ids) != batch:
             raise ValueError(f"{len(target_ids)} targets for a batch of {batch}")
-        if (ctc_only or ctc_weight) and not self.projector.ctc:
-            raise ValueError("a CTC loss needs a projector with a CTC head (train.ctc_compress: true)")
+        if (ctc_only or ctc_weight) and not self.adapter.ctc:
+            raise ValueError("a CTC loss needs an adapter with a CTC head (train.ctc_compress: true)")
         speech, speech_lengths, ctc = self._speech(input_features, feature_lengths, encoded)
         if ctc_only:
             loss = self.ctc_loss(ctc, target_ids)
@@ -303,7 +303,7 @@ class LLMASR(nn.Module):
         complete and ours (``llmasr.generation.explicit_config``): nothing comes from the LLM
         checkpoint's ``generation_config.json``.  ``generate_kwargs`` (benches: ``min_new_tokens``,
         ``suppress_tokens``, ``output_scores``, ...) are applied on top of it.  ``ctc_weight`` > 0:
-        joint decoding with the projector's CTC head (``llmasr.ctc_prefix``; needs a CTC head).
+        joint decoding with the adapter's CTC head (``llmasr.ctc_prefix``; needs a CTC head).
         """
         from transformers import LogitsProcessorList
 
@@ -326,9 +326,9 @@ class LLMASR(nn.Module):
             eos_token_id=self.eos_id,
             pad_token_id=self.pad_id,
         )
-        if ctc_weight and not self.projector.ctc:
+        if ctc_weight and not self.adapter.ctc:
             raise ValueError(
-                f"eval.ctc_weight={ctc_weight} needs a projector with a CTC head (trained with "
+                f"eval.ctc_weight={ctc_weight} needs an adapter with a CTC head (trained with "
                 "train.ctc_compress: true); set eval.ctc_weight: 0 for this checkpoint"
             )
         processors = LogitsProcessorList(generate_kwargs.pop("logits_processor", []))
@@ -340,7 +340,7 @@ class LLMASR(nn.Module):
             if ctc_weight:
                 logits, frames = ctc  # (B, S, V' + 1), (B,)
                 vocab = self.llm.get_input_embeddings().num_embeddings
-                classes = token_classes(self.projector.ctc_tokens, vocab, logits.device)  # (V,)
+                classes = token_classes(self.adapter.ctc_tokens, vocab, logits.device)  # (V,)
                 processors.append(
                     CTCPrefixScorer(logits.float().log_softmax(-1), frames, classes, self.eos_id, ctc_weight)
                 )
@@ -422,7 +422,7 @@ def build_llm(
 
 
 def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> LLMASR:
-    """Encoder + projector (fresh, or from ``cfg.projector_path``) + LLM + tokenizer. No LoRA."""
+    """Encoder + adapter (fresh, or from ``cfg.adapter_path``) + LLM + tokenizer. No LoRA."""
     if tokenizer is None:
         source = cfg.tokenizer or (cfg.llm if not isinstance(cfg.llm, dict) else None)
         if source is None:
@@ -433,38 +433,38 @@ def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = N
     norm_to = (
         float(llm.get_input_embeddings().weight.detach().norm(dim=-1).mean()) if cfg.adapter_norm else None
     )
-    if cfg.projector_path:
-        projector = load_projector(cfg.projector_path)
-        if projector.kind != cfg.projector:
+    if cfg.adapter_path:
+        adapter = load_adapter(cfg.adapter_path)
+        if adapter.kind != cfg.adapter:
             raise ValueError(
-                f"projector at {cfg.projector_path} is of kind {projector.kind!r}; "
-                f"config says train.projector={cfg.projector!r}"
+                f"adapter at {cfg.adapter_path} is of kind {adapter.kind!r}; "
+                f"config says train.adapter={cfg.adapter!r}"
             )
-        if projector.k != cfg.downsample_k or (
-            cfg.projector == "mlp"
-            and (projector.activation, projector.hidden) != (cfg.activation, cfg.projector_hidden)
+        if adapter.k != cfg.downsample_k or (
+            cfg.adapter == "mlp"
+            and (adapter.activation, adapter.hidden) != (cfg.activation, cfg.adapter_hidden)
         ):
             raise ValueError(
-                f"projector at {cfg.projector_path} has k={projector.k}, activation={projector.activation}, "
-                f"hidden={projector.hidden}; config says train.downsample_k={cfg.downsample_k}, "
-                f"train.activation={cfg.activation}, train.projector_hidden={cfg.projector_hidden}"
+                f"adapter at {cfg.adapter_path} has k={adapter.k}, activation={adapter.activation}, "
+                f"hidden={adapter.hidden}; config says train.downsample_k={cfg.downsample_k}, "
+                f"train.activation={cfg.activation}, train.adapter_hidden={cfg.adapter_hidden}"
             )
-        if (projector.norm_to is not None, projector.ctc) != (cfg.adapter_norm, cfg.ctc_compress):
+        if (adapter.norm_to is not None, adapter.ctc) != (cfg.adapter_norm, cfg.ctc_compress):
             raise ValueError(
-                f"projector at {cfg.projector_path} "
-                f"has norm={projector.norm_to is not None}, ctc={projector.ctc}; "
+                f"adapter at {cfg.adapter_path} "
+                f"has norm={adapter.norm_to is not None}, ctc={adapter.ctc}; "
                 f"config says train.adapter_norm={cfg.adapter_norm}, train.ctc_compress={cfg.ctc_compress}"
             )
     else:
-        projector = Projector(
+        adapter = Adapter(
             encoder.d_model,
             _llm_hidden_size(llm),
-            cfg.projector_hidden,
+            cfg.adapter_hidden,
             cfg.downsample_k,
             cfg.activation,
             norm_to,
             cfg.ctc_compress,
-            kind=cfg.projector,
+            kind=cfg.adapter,
         )
-    projector = projector.to(torch_dtype(cfg.dtype))
-    return LLMASR(encoder, projector, llm, tokenizer, cfg.instruction)
+    adapter = adapter.to(torch_dtype(cfg.dtype))
+    return LLMASR(encoder, adapter, llm, tokenizer, cfg.instruction)

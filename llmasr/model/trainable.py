@@ -24,17 +24,17 @@ def _stage_predicate(model: nn.Module, stage: int) -> Callable[[str], bool]:
     if stage == 1:
         return lambda n: n.startswith("encoder.") and ".embed_positions." not in n
     if stage == 2:
-        return lambda n: n.startswith("projector.")
+        return lambda n: n.startswith("adapter.")
     if not has_lora(model):
         raise ValueError("stage 3 trains LoRA adapters: call apply_lora(model, cfg) first")
-    return lambda n: n.startswith("projector.") or (n.startswith("llm.") and "lora_" in n)
+    return lambda n: n.startswith("adapter.") or (n.startswith("llm.") and "lora_" in n)
 
 
 def set_trainable(model: nn.Module, stage: int) -> list[str]:
     """Freeze everything but the stage's parameters; returns the trainable names.
 
     1: encoder (with Whisper's decoder as head: pass a WhisperStage1Head; an LLMASR's encoder
-    works too); 2: projector only; 3: LoRA adapters + projector.
+    works too); 2: the adapter only; 3: LoRA + the adapter.
     """
     wanted = _stage_predicate(model, stage)
     names = []
