@@ -196,7 +196,7 @@ def test_adopt_run_stage_only_a_complete_checkpoint_of_the_key(tmp_path: Path):
     assert not ablate.adopt_run_stage(root, 2, "other", target)  # another key
     (target / "half-written").write_text("")  # an interrupted training's leftovers
     assert ablate.adopt_run_stage(root, 2, "k2", target)
-    assert sorted(p.name for p in target.iterdir()) == ["model.json", "adapter", "stage.json"]
+    assert sorted(p.name for p in target.iterdir()) == ["adapter", "model.json", "stage.json"]
     assert json.loads((target / "model.json").read_text()) == {
         "encoder": str(ablate.stage_folder(root, 1, "k1") / "encoder"),
         "adapter_path": str(target / "adapter"),
