@@ -109,8 +109,8 @@ def format_validation_error(exc: ValidationError) -> str:
     for err in exc.errors():
         # a list item's location ends in its index (eval.stages.0): name the list, which --set can set
         key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "(top level)"
-        if err["type"] == "extra_forbidden" and _renamed(key):
-            lines.append(f"{key} was renamed {_renamed(key)}: write {_renamed(key)} instead")
+        if err["type"] == "extra_forbidden" and (now := _renamed(key)):
+            lines.append(f"{key} was renamed {now}: write {now} instead")
         elif err["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key{_suggest(key)}")
         else:
