@@ -59,37 +59,21 @@ def add_parser(sub) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from flows.evaluate import check_test_sets
-    from llmasr import preflight, progress
+    from flows.ablate import check_plan
+    from llmasr import progress
     from tasks import ablate
 
     # every variant's config, the sources, the test sets and the models, before Prefect starts
-    plan = ablate.make_plan(
-        args.vary,
-        args.variants,
-        args.name,
-        args.yes,
-        args.profile,
-        args.work_dir,
-        args.overrides,
-        args.config_file,
-        args.sources or None,
-    )
-    if plan.base.sources:
-        preflight.check_sources(plan.base)
-    check_test_sets(plan.base)
-    preflight.check_scorable(plan.base)
-    for i, cfg in enumerate(plan.configs.values()):
-        common.check_models(
-            cfg, label=i == 0 and bool(plan.base.sources), train_stages=[1, 2, 3], baselines=i == 0
-        )
+    base = common.load(args, args.sources)
+    plan = ablate.make_plan(base, args.vary, args.variants, args.name, args.yes)
+    check_plan(plan, common.warn)
     common.prefect_defaults()
     from flows.ablate import ablation_flow
 
     with progress.terminal_progress(common.console):
-        result = ablation_flow(vary=args.vary, variants=args.variants, name=args.name, profile=args.profile,
-                               work_dir=args.work_dir, overrides=args.overrides, config_file=args.config_file,
-                               sources=args.sources or None, yes=args.yes)  # fmt: skip
+        result = ablation_flow(
+            vary=args.vary, variants=args.variants, name=args.name, yes=args.yes, config=base
+        )
     cols = [Col(c, "right" if c.endswith("WER") else "left", keep=c in ("variant", "test set", "system"))
             for c in ("variant", "stage 1", "stage 2", "stage 3", "test set", "system",
                       "N-WER", "R-WER", "U-WER", "O-WER")]  # fmt: skip

@@ -1,5 +1,6 @@
 """What every ``llmasr`` command shares: the console, the config flags, loading and checking the
-configuration before Prefect starts, and the closing hint on where to browse a run.
+configuration before Prefect starts (the flow then gets it whole: ``flows/config.py``), and the
+closing hint on where to browse a run.
 
 Output goes through ``common.console`` (looked up at each call, so a test can replace it)."""
 
@@ -64,12 +65,15 @@ def hyps_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load(args: argparse.Namespace, sources: list[str] | None = None):
-    from llmasr.config import load_config
+def load(args: argparse.Namespace, sources: list[str] | None = None, values: dict | None = None):
+    """The run's one configuration: the file, ``--profile``, ``--work-dir``, ``sources`` and the
+    ``--set`` overrides, then ``values`` (a command's own lists, ``llmasr.config.with_overrides``)."""
+    from llmasr.config import load_config, with_overrides
 
-    return load_config(
+    cfg = load_config(
         args.profile, args.overrides, args.config_file, work_dir=args.work_dir, sources=sources or None
     )
+    return with_overrides(cfg, values=values) if values else cfg
 
 
 def prefect_defaults() -> None:
@@ -79,17 +83,16 @@ def prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
-def check_models(cfg, label: bool = False, train_stages=(), baselines: bool = False) -> None:
-    """The models the command will load, before Prefect starts (``llmasr.preflight``); a large
-    labeller bound for the CPU is a warning."""
-    from llmasr import preflight
+def check(cfg, **plan) -> None:
+    """``flows.config.check_before_work`` for what the command will run, before Prefect starts (one
+    ``error:`` line on a problem); its warnings printed."""
+    from flows.config import check_before_work
 
-    warning = preflight.label_device_warning(cfg) if label else None
-    if warning:
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
-    preflight.check_models(
-        preflight.model_refs(cfg, label=label, train_stages=train_stages, baselines=baselines)
-    )
+    check_before_work(cfg, warn, **plan)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
 def parse_stages(text: str) -> list[int]:

@@ -26,24 +26,16 @@ def add_parser(sub) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from llmasr import preflight, progress
+    from llmasr import progress
 
     cfg = common.load(args, args.sources)
-    preflight.check_sources(cfg)  # a bad source or manifest row fails here, before Prefect starts
-    common.check_models(cfg, label=True)
+    common.check(cfg, data=True)  # a bad source or manifest row fails here, before Prefect starts
     common.prefect_defaults()
     from flows.data import data_flow
 
     runner_flow = data_flow.with_options(task_runner=common.task_runner(cfg))
     with progress.terminal_progress(common.console):
-        result = runner_flow(
-            sources=args.sources or None,
-            profile=args.profile,
-            work_dir=args.work_dir,
-            overrides=args.overrides,
-            config_file=args.config_file,
-            refresh=args.refresh,
-        )
+        result = runner_flow(refresh=args.refresh, config=cfg)
     print_summary(cfg.work_dir, result)
     common.print_browse_hint(args, cfg)
     return 0

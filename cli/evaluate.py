@@ -46,28 +46,20 @@ def add_parser(sub) -> None:
 
 def command(args: argparse.Namespace) -> int:
     stages = None if args.stages is None else common.parse_stages(args.stages)
-    overrides = [*args.overrides, *(["eval.num_beams=1"] if args.greedy else [])]
-    params = dict(
-        profile=args.profile,
-        work_dir=args.work_dir,
-        overrides=overrides,
-        config_file=args.config_file,
-        test_sets=args.test_sets or None,
-        baselines=args.baselines or None,
-        hyps=args.hyps or None,
-        stages=stages,
-    )
-    from flows.evaluate import check_request, resolve_config
+    args.overrides = [*args.overrides, *(["eval.num_beams=1"] if args.greedy else [])]
+    from flows.config import eval_values
 
-    cfg = resolve_config(**params)
-    check_request(cfg)  # before Prefect starts (a test set the demo generates is checked once it exists)
-    common.check_models(cfg, baselines=True)
+    values = eval_values(args.test_sets or None, args.baselines or None, args.hyps or None, stages)
+    cfg = common.load(args, values=values)
+    # the test sets, the systems, the models: before Prefect starts (a test set the demo generates is
+    # checked once it exists)
+    common.check(cfg, evaluate=True)
     common.prefect_defaults()
     from flows.evaluate import evaluate_flow
     from llmasr import progress
 
     with progress.terminal_progress(common.console):
-        metrics = evaluate_flow(**params, refresh=args.refresh)
+        metrics = evaluate_flow(refresh=args.refresh, config=cfg)
     common.print_eval_table(metrics)
     common.print_browse_hint(args, cfg)
     return 0

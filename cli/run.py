@@ -41,46 +41,23 @@ def add_parser(sub) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from flows.evaluate import check_test_sets, resolve_config
-    from flows.train import check_stage_numbers
+    from flows.config import eval_values
     from llmasr import preflight, progress
 
     args.overrides = [*args.overrides, *(["eval.num_beams=1"] if args.greedy else [])]
-    cfg = common.load(args, args.sources)
     stages = common.parse_stages(args.stages)
-    # everything that can be checked before hours of labelling and training: stage numbers,
-    # sources, test sets (each with something to score) and hypothesis files, then the models; what
-    # the profile generates (the demo's corpus and its test set) is checked once it exists
-    check_stage_numbers(sorted(stages or [1, 2, 3]))
-    preflight.check_sources(cfg)
-    eval_cfg = resolve_config(
-        args.profile,
-        args.work_dir,
-        args.overrides,
-        args.config_file,
-        args.test_sets or None,
-        args.baselines or None,
-        args.hyps or None,
-    )
-    check_test_sets(eval_cfg)
-    preflight.check_scorable(eval_cfg)
-    common.check_models(eval_cfg, label=True, train_stages=stages or [1, 2, 3], baselines=True)
+    preflight.check_stage_numbers(sorted(stages))
+    values = eval_values(args.test_sets or None, args.baselines or None, args.hyps or None)
+    cfg = common.load(args, args.sources, values=values)
+    # everything that can be checked before hours of labelling and training: sources, test sets
+    # (each with something to score), hypothesis files, the models; what the profile generates (the
+    # demo's corpus and its test set) is checked once it exists
+    common.check(cfg, data=True, train_stages=stages, zipformer=True, evaluate=True)
     common.prefect_defaults()
     from flows.pipeline import pipeline_flow
 
     with progress.terminal_progress(common.console):
-        result = pipeline_flow(
-            sources=args.sources or None,
-            profile=args.profile,
-            work_dir=args.work_dir,
-            overrides=args.overrides,
-            config_file=args.config_file,
-            stages=stages,
-            test_sets=args.test_sets or None,
-            baselines=args.baselines or None,
-            hyps=args.hyps or None,
-            refresh=args.refresh,
-        )
+        result = pipeline_flow(stages=stages, refresh=args.refresh, config=cfg)
     common.print_eval_table(result["eval"])
     common.print_browse_hint(args, cfg)
     return 0

@@ -24,21 +24,14 @@ def add_parser(sub) -> None:
 
 def command(args: argparse.Namespace) -> int:
     stages = common.parse_stages(args.stages)
-    from flows.train import check_stages, train_flow
+    from flows.train import train_flow
     from llmasr.layout import WorkLayout
 
     cfg = common.load(args)
-    check_stages(cfg, WorkLayout(Path(cfg.work_dir)), sorted(stages))  # before Prefect starts
-    common.check_models(cfg, train_stages=stages)
+    common.check(cfg, train_stages=stages)  # the stages, the shards, the models: before Prefect starts
     common.prefect_defaults()
 
-    result = train_flow(
-        profile=args.profile,
-        work_dir=args.work_dir,
-        overrides=args.overrides,
-        config_file=args.config_file,
-        stages=stages,
-    )
+    result = train_flow(stages=stages, config=cfg)
     from flows.train_artifacts import read_metrics, summary_rows
     from tasks.checkpoints import stage_dir
 

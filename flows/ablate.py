@@ -20,6 +20,7 @@ comparison.json, report.md, r_vs_n.png, and the artifacts ``ablation-comparison`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,12 @@ from prefect import flow, get_run_logger
 
 from flows import ablation_artifacts, train_artifacts
 from flows.caching import cache_options
+from flows.config import check_before_work, flow_config
 from flows.data import data_flow
-from flows.evaluate import _run_evaluate, check_request, check_test_sets
+from flows.evaluate import _run_evaluate, eval_systems
 from flows.train import check_stages, stage_key, train_stage_task
 from llmasr import preflight
-from llmasr.config import PipelineConfig
+from llmasr.config import STAGES, PipelineConfig
 from llmasr.layout import WorkLayout
 from llmasr.lock import work_dir_lock
 from tasks import ablate, checkpoints
@@ -77,8 +79,17 @@ def variant_eval_flow(variant: str, cfg: PipelineConfig, earlier: list[str]) -> 
         logger.info(
             "%s: %d decode caches of earlier variants to check against this one's systems", variant, seeded
         )
-    specs, notes = check_request(cfg)
+    specs, notes = eval_systems(cfg)
     return _run_evaluate(cfg, specs, notes, out_dir, False, logger)
+
+
+def check_plan(plan: ablate.Plan, warn: Callable[[str], None]) -> None:
+    """Everything an ablation can check before any work (``flows.config.check_before_work``): the
+    data run's sources (when it has some), the test sets, the base run's models and every variant's
+    (its stages and settings); warnings go to ``warn``."""
+    check_before_work(plan.base, warn, data=bool(plan.base.sources), train_stages=STAGES, evaluate=True)
+    for cfg in plan.configs.values():
+        preflight.check_models(preflight.model_refs(cfg, train_stages=STAGES))
 
 
 @flow(name="llmasr-ablation", log_prints=True)
@@ -92,6 +103,7 @@ def ablation_flow(
     config_file: str | None = None,
     sources: list[str] | None = None,
     yes: bool = False,
+    config: PipelineConfig | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate variants of a run side by side; stages equal across variants train once.
 
@@ -109,20 +121,24 @@ def ablation_flow(
         sources: the data stage's sources (run once, before any training); empty uses the config's
             `sources`, and no sources at all trains on the work dir's shards as they are.
         yes: run more than 16 variants.
+        config: the base run's whole configuration, as the caller loaded it and checked the plan
+            (``llmasr ablate``); profile, work_dir, overrides, config_file and sources are then empty.
 
     Returns:
         The content of <work_dir>/ablations/<name>/comparison.json.
     """
     logger = get_run_logger()
-    plan = ablate.make_plan(vary, variants, name, yes, profile, work_dir, overrides, config_file, sources)
+    address = dict(profile=profile, work_dir=work_dir, overrides=overrides, config_file=config_file)
+    base = flow_config(config, **address, sources=sources)
+    plan = ablate.make_plan(base, vary, variants, name, yes)
+    if config is None:  # loaded here (the UI, a deployment): checked here
+        check_plan(plan, logger.warning)
     if plan.base.sources:
-        data_flow(
-            sources=sources, profile=profile, work_dir=work_dir, overrides=overrides, config_file=config_file
-        )
+        data_flow(config=plan.base)
+        # a test set the profile's corpus brings exists only now
+        preflight.check_scorable(plan.base, generated=True)
     else:
         logger.info("no sources: the variants train on the shards in %s as they are", plan.root / "shards")
-    check_test_sets(plan.base)
-    preflight.check_scorable(plan.base)
     for v in plan.variants:  # every variant's folder and launch settings, before any training
         cfg = plan.configs[v.name]
         ablate.prepare_variant_dir(plan.root, plan.variant_dir(v))

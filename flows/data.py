@@ -25,8 +25,9 @@ from prefect.utilities.annotations import quote
 
 from flows import artifacts, runners
 from flows.caching import by_key, cache_options
+from flows.config import flow_config
 from llmasr import progress
-from llmasr.config import DemoConfig, PipelineConfig, cache_settings, load_config
+from llmasr.config import DemoConfig, PipelineConfig, cache_settings
 from llmasr.layout import WorkLayout
 from llmasr.lock import work_dir_lock
 from llmasr.records import STATUS_OK, Decision, Item, Label, Segment, read_records, write_records
@@ -348,6 +349,7 @@ def data_flow(
     overrides: list[str] | None = None,
     config_file: str | None = None,
     refresh: bool = False,
+    config: PipelineConfig | None = None,
 ) -> DataRunResult:
     """Web audio and local files -> filtered, pseudo-labelled WebDataset shards.
 
@@ -360,9 +362,12 @@ def data_flow(
         config_file: another pipeline_config.yaml.
         refresh: ignore Prefect's cached task results and re-check every stage (per-item work already
             on disk is still reused); use it after deleting files from the work dir by hand.
+        config: the run's whole configuration, as the caller loaded and checked it (``llmasr data``,
+            the pipeline flow); sources, profile, work_dir, overrides and config_file are then empty.
     """
     logger = get_run_logger()
-    cfg = load_config(profile, overrides, config_file, work_dir=work_dir, sources=sources or None)
+    address = dict(profile=profile, work_dir=work_dir, overrides=overrides, config_file=config_file)
+    cfg = flow_config(config, **address, sources=sources, data=True)
     if cfg.demo is not None:
         make_demo_corpus(cfg.demo)
     sources = ingest.resolve_sources(cfg.sources)  # a bad source fails here, before any work
@@ -422,6 +427,11 @@ def _run_data(
     return result, index
 
 
+def run_work_dir(parameters: dict[str, Any]) -> str | None:
+    """The work dir a flow run's parameters name: its ``work_dir``, or its whole ``config``'s."""
+    return parameters.get("work_dir") or (parameters.get("config") or {}).get("work_dir")
+
+
 def follow_with_training(cfg: PipelineConfig, layout: WorkLayout, index: dict, logger) -> str | None:
     """Trigger the train deployment when a deployed run brought schedule.train_after_new_hours of
     new kept audio; otherwise say how much is new.  Returns the triggered flow run's id.
@@ -474,9 +484,7 @@ def follow_with_training(cfg: PipelineConfig, layout: WorkLayout, index: dict, l
             )
         )
     mine = [
-        r
-        for r in active
-        if r.parameters.get("work_dir") and Path(r.parameters["work_dir"]).resolve() == layout.root.resolve()
+        r for r in active if (w := run_work_dir(r.parameters)) and Path(w).resolve() == layout.root.resolve()
     ]
     if mine:
         logger.info(
@@ -490,12 +498,15 @@ def follow_with_training(cfg: PipelineConfig, layout: WorkLayout, index: dict, l
         )
         return None
     given = flow_run.parameters or {}
-    params = {
-        "profile": cfg.profile,
-        "work_dir": str(layout.root),
-        "overrides": given.get("overrides"),
-        "config_file": given.get("config_file"),
-    }
+    if given.get("config") is not None:  # the run was given its whole configuration: so is the training
+        params: dict[str, Any] = {"config": cfg.model_dump(mode="json")}
+    else:
+        params = {
+            "profile": cfg.profile,
+            "work_dir": str(layout.root),
+            "overrides": given.get("overrides"),
+            "config_file": given.get("config_file"),
+        }
     run = run_deployment(
         name=name,
         parameters=params,

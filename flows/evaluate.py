@@ -24,8 +24,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import eval_artifacts
-from llmasr import preflight, progress
-from llmasr.config import ConfigError, EvalConfig, PipelineConfig, SegmentConfig, load_config
+from flows.config import eval_values, flow_config
+from llmasr import progress
+from llmasr.config import ConfigError, EvalConfig, PipelineConfig, SegmentConfig
 from llmasr.layout import WorkLayout
 from llmasr.lock import work_dir_lock
 from tasks import evaluate as ev
@@ -111,70 +112,15 @@ def score_task(
     return metrics
 
 
-def resolve_config(
-    profile: str | None = None,
-    work_dir: str | None = None,
-    overrides: list[str] | None = None,
-    config_file: str | None = None,
-    test_sets: list[str] | None = None,
-    baselines: list[str] | None = None,
-    hyps: list[str] | None = None,
-    stages: list[int] | None = None,
-) -> PipelineConfig:
-    """The config with the command line's lists replacing eval.test_sets/baselines/hyps/stages."""
-    from pydantic import ValidationError
-
-    from llmasr.config import format_validation_error
-
-    cfg = load_config(profile, overrides, config_file, work_dir=work_dir)
-    given = {
-        k: list(v)
-        for k, v in (("test_sets", test_sets), ("baselines", baselines), ("hyps", hyps), ("stages", stages))
-        if v is not None
-    }
-    if not given:
-        return cfg
-    data = cfg.model_dump(mode="json")
-    data["eval"].update(given)
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
-
-
-def check_test_sets(cfg: PipelineConfig) -> None:
-    """Fail before any work: no test set, names twice, a test set path that does not exist (one
-    the profile generates, in its corpus, is checked once generated: ``preflight.generated_later``).
-    ``preflight.check_scorable`` then reads each set."""
-    if not cfg.eval.test_sets:
-        raise ConfigError("no test sets: pass --test-set name=path (or set eval.test_sets)")
-    names = [ev.parse_named(s)[0] for s in cfg.eval.test_sets]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"test set names must be distinct, got {names}")
-    for spec in cfg.eval.test_sets:
-        name, path = ev.parse_named(spec)
-        if not Path(path).expanduser().exists() and not preflight.generated_later(cfg, path):
-            raise ConfigError(
-                f"eval.test_sets: test set {name}: {path} does not exist (fix the path with --test-set "
-                "NAME=PATH or in pipeline_config.yaml)"
-            )
-    try:
-        ev.hyp_specs(cfg.eval)
-    except ev.EvalError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def check_request(cfg: PipelineConfig) -> tuple[list[ev.SystemSpec], list[str]]:
-    """Fail before any decoding: the test sets (``check_test_sets``), no system to evaluate, a test
-    set with nothing to score (``preflight.check_scorable``: it reads each set)."""
-    check_test_sets(cfg)
+def eval_systems(cfg: PipelineConfig) -> tuple[list[ev.SystemSpec], list[str]]:
+    """The systems to evaluate and the notes on those left out; fails before any decoding when there
+    is none (no complete stage checkpoint, no baseline, no hypothesis file)."""
     specs, notes = ev.system_specs(cfg.work_dir, cfg.eval)
     if not specs:
         raise ConfigError(
             f"nothing to evaluate: no complete checkpoint of stages {cfg.eval.stages} under "
             f"{Path(cfg.work_dir) / 'checkpoints'}, no --baseline and no --hyps"
         )
-    preflight.check_scorable(cfg)
     return specs, notes
 
 
@@ -189,6 +135,7 @@ def evaluate_flow(
     hyps: list[str] | None = None,
     stages: list[int] | None = None,
     refresh: bool = False,
+    config: PipelineConfig | None = None,
 ) -> dict[str, Any]:
     """Decode test sets with the run's checkpoints and baselines; score O/N/R/U-WER; write eval/.
 
@@ -205,17 +152,21 @@ def evaluate_flow(
             empty uses eval.hyps.
         stages: stage checkpoints to decode; empty uses eval.stages (1, 2 and 3, where complete).
         refresh: decode again even where eval/<set>/<system>.decode.json matches.
+        config: the run's whole configuration, as the caller loaded and checked it (``llmasr
+            evaluate``, the pipeline flow); the settings above are then left empty.
 
     Returns:
         The content of eval/metrics.json.
     """
     logger = get_run_logger()
-    cfg = resolve_config(profile, work_dir, overrides, config_file, test_sets, baselines, hyps, stages)
+    address = dict(profile=profile, work_dir=work_dir, overrides=overrides, config_file=config_file)
+    values = eval_values(test_sets, baselines, hyps, stages)
+    cfg = flow_config(config, **address, values=values, evaluate=True)
     if cfg.demo is not None:
         from tasks import demo_corpus
 
         demo_corpus.generate_corpus(cfg.demo)
-    specs, notes = check_request(cfg)
+    specs, notes = eval_systems(cfg)
     out_dir = WorkLayout(Path(cfg.work_dir)).root / ev.EVAL_DIR
     # eval/ only: training may go on
     with work_dir_lock(out_dir, cfg.runner.lock_wait_s, what="llmasr-evaluate"):

@@ -14,11 +14,13 @@ from typing import Any
 
 from prefect import flow
 
+from flows.config import eval_values, flow_config
 from flows.data import data_flow
-from flows.evaluate import check_test_sets, evaluate_flow, resolve_config
+from flows.evaluate import evaluate_flow
 from flows.train import train_flow
 from flows.zipformer import zipformer_flow
 from llmasr import preflight
+from llmasr.config import STAGES, PipelineConfig
 
 
 @flow(name="llmasr-pipeline", log_prints=True)
@@ -33,6 +35,7 @@ def pipeline_flow(
     baselines: list[str] | None = None,
     hyps: list[str] | None = None,
     refresh: bool = False,
+    config: PipelineConfig | None = None,
 ) -> dict[str, Any]:
     """Web audio -> shards -> LLM-ASR in three stages (+ the Zipformer baseline) -> rare-word error rates.
 
@@ -48,19 +51,25 @@ def pipeline_flow(
         baselines: "faster-whisper:<model>" or "transformers:<model>" baselines; empty uses eval.baselines.
         hyps: "name=path" hypothesis files scored as systems; empty uses eval.hyps.
         refresh: ignore the data flow's cached task results and decode the test sets again.
+        config: the run's whole configuration, as the caller loaded and checked it (``llmasr run``);
+            sources, profile, work_dir, overrides, config_file, test_sets, baselines and hyps are then
+            empty.
 
     Returns:
         {"data": the data run's counts, "train": each stage's stage.json, "zipformer": its model.json
         (None when zipformer.enabled is false), "eval": metrics.json}.
     """
-    common = dict(profile=profile, work_dir=work_dir, overrides=overrides, config_file=config_file)
-    data = data_flow(sources=sources, refresh=refresh, **common)
-    # a test set the profile's corpus brings exists only now: each must have something to score
-    # before hours of training (the CLI checked the others before the data flow)
-    eval_cfg = resolve_config(test_sets=test_sets, baselines=baselines, hyps=hyps, **common)
-    check_test_sets(eval_cfg)
-    preflight.check_scorable(eval_cfg)
-    train = train_flow(stages=stages, **common)
-    zipformer = zipformer_flow(**common)
-    metrics = evaluate_flow(test_sets=test_sets, baselines=baselines, hyps=hyps, refresh=refresh, **common)
+    stages = sorted(stages or STAGES)
+    address = dict(profile=profile, work_dir=work_dir, overrides=overrides, config_file=config_file)
+    values = eval_values(test_sets, baselines, hyps)
+    plan = dict(data=True, train_stages=stages, zipformer=True, evaluate=True)
+    # loaded and checked once (here, or by the caller that passes it); every subflow gets it as is
+    cfg = flow_config(config, **address, sources=sources, values=values, **plan)
+    data = data_flow(refresh=refresh, config=cfg)
+    # a test set the profile's corpus brings exists only now: it must have something to score
+    # before hours of training
+    preflight.check_scorable(cfg, generated=True)
+    train = train_flow(stages=stages, config=cfg)
+    zipformer = zipformer_flow(config=cfg)
+    metrics = evaluate_flow(refresh=refresh, config=cfg)
     return {"data": data.__dict__, "train": train, "zipformer": zipformer, "eval": metrics}

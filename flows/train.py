@@ -22,7 +22,9 @@ from prefect import flow, get_run_logger, task
 
 from flows import train_artifacts
 from flows.caching import by_key, cache_options
-from llmasr.config import ConfigError, PipelineConfig, cache_settings, load_config
+from flows.config import flow_config
+from llmasr import preflight
+from llmasr.config import STAGES, ConfigError, PipelineConfig, cache_settings
 from llmasr.layout import WorkLayout
 from llmasr.lock import work_dir_lock
 from tasks import checkpoints, launch
@@ -107,13 +109,6 @@ def stage_key(cfg: PipelineConfig, layout: WorkLayout, stage: int) -> str:
     )
 
 
-def check_stage_numbers(stages: list[int]) -> None:
-    if not stages or any(s not in checkpoints.STAGES for s in stages) or sorted(set(stages)) != stages:
-        raise ConfigError(
-            f"--stages must be increasing stage numbers from {checkpoints.STAGES}, got {stages}"
-        )
-
-
 def stages_to_train(cfg: PipelineConfig, stages: list[int]) -> list[int]:
     """``stages`` less stage 1 under train.skip_stage1 (stages 2-3 then read the stock encoder)."""
     if not cfg.train.skip_stage1:
@@ -129,7 +124,7 @@ def stages_to_train(cfg: PipelineConfig, stages: list[int]) -> list[int]:
 def check_stages(cfg: PipelineConfig, layout: WorkLayout, stages: list[int]) -> None:
     """Fail before any compute: no shards, unknown stages, a stage without its predecessor, a
     hostfile that cannot launch."""
-    check_stage_numbers(stages)
+    preflight.check_stage_numbers(stages)
     stages = stages_to_train(cfg, stages)
     if not layout.shard_index.is_file():
         raise ConfigError(
@@ -185,6 +180,7 @@ def train_flow(
     overrides: list[str] | None = None,
     config_file: str | None = None,
     stages: list[int] | None = None,
+    config: PipelineConfig | None = None,
 ) -> dict[str, Any]:
     """Train the LLM-ASR model in three DeepSpeed stages on the work dir's shards.
 
@@ -195,10 +191,13 @@ def train_flow(
         config_file: another pipeline_config.yaml.
         stages: which stages to run, in order (default [1, 2, 3]); a stage needs its predecessor's
             checkpoint.
+        config: the run's whole configuration, as the caller loaded and checked it (``llmasr
+            train``, the pipeline flow); profile, work_dir, overrides and config_file are then empty.
     """
-    cfg = load_config(profile, overrides, config_file, work_dir=work_dir)
+    stages = sorted(stages or STAGES)
+    address = dict(profile=profile, work_dir=work_dir, overrides=overrides, config_file=config_file)
+    cfg = flow_config(config, **address, train_stages=stages)
     layout = WorkLayout(Path(cfg.work_dir))
-    stages = sorted(stages or [1, 2, 3])
     if cfg.demo is not None and cfg.demo.kind == "demo":  # the small profile trains pretrained models
         from llmasr.tiny_models import build_demo_models
 

@@ -22,8 +22,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.caching import by_key, cache_options
+from flows.config import flow_config
 from llmasr.atomic import atomic_path, write_json
-from llmasr.config import ConfigError, ZipformerConfig, load_config
+from llmasr.config import ConfigError, PipelineConfig, ZipformerConfig
 from llmasr.layout import WorkLayout
 from llmasr.lock import work_dir_lock
 
@@ -80,6 +81,7 @@ def zipformer_flow(
     work_dir: str | None = None,
     overrides: list[str] | None = None,
     config_file: str | None = None,
+    config: PipelineConfig | None = None,
 ) -> dict[str, Any] | None:
     """Train the Zipformer-Transducer baseline on the work dir's shards (None when zipformer.enabled
     is false).
@@ -89,11 +91,15 @@ def zipformer_flow(
         work_dir: the work dir whose shards/index.json is trained on (default: the config's).
         overrides: config overrides as key=value, e.g. ["zipformer.epochs=30"].
         config_file: another pipeline_config.yaml.
+        config: the run's whole configuration, as the caller loaded and checked it (the pipeline
+            flow); profile, work_dir, overrides and config_file are then empty.
     """
     from tasks.zipformer_decode import decode_beam, zipformer_dir
     from tasks.zipformer_train import launch_problem, train_key
 
-    cfg = load_config(profile, overrides, config_file, work_dir=work_dir)
+    cfg = flow_config(
+        config, profile=profile, work_dir=work_dir, overrides=overrides, config_file=config_file
+    )
     if not cfg.zipformer.enabled:
         return None
     layout = WorkLayout(Path(cfg.work_dir))

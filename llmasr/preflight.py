@@ -1,4 +1,5 @@
-"""Checks that run before any work, under every profile: sources, test sets and model names.
+"""Checks that run before any work, under every profile: sources, stage numbers, test sets and model
+names (``flows.config.check_before_work`` picks those a run needs).
 
 Each check raises ``ConfigError`` (or ``tasks.ingest.SourceError``) with one line naming the key or
 file at fault and the fix; the CLI prints it as its one ``error:`` line and exits 2.
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmasr.config import ConfigError, PipelineConfig
+from llmasr.config import STAGES, ConfigError, PipelineConfig
 
 log = logging.getLogger("llmasr.preflight")
 
@@ -74,7 +75,40 @@ def check_sources(cfg: PipelineConfig) -> None:
         resolve_sources(now)
 
 
+# --------------------------------------------------------------------------- training stages
+
+
+def check_stage_numbers(stages: list[int]) -> None:
+    """``--stages``: increasing stage numbers of ``STAGES``, each once."""
+    if not stages or any(s not in STAGES for s in stages) or sorted(set(stages)) != stages:
+        raise ConfigError(f"--stages must be increasing stage numbers from {STAGES}, got {stages}")
+
+
 # -------------------------------------------------------------------------------- test sets
+
+
+def check_test_sets(cfg: PipelineConfig) -> None:
+    """No test set, names twice, a test set path that does not exist (one the profile generates is
+    checked once generated), a malformed hypothesis file spec.  ``check_scorable`` then reads each
+    set."""
+    from tasks import evaluate as ev
+
+    if not cfg.eval.test_sets:
+        raise ConfigError("no test sets: pass --test-set name=path (or set eval.test_sets)")
+    names = [ev.parse_named(s)[0] for s in cfg.eval.test_sets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"test set names must be distinct, got {names}")
+    for spec in cfg.eval.test_sets:
+        name, path = ev.parse_named(spec)
+        if not Path(path).expanduser().exists() and not generated_later(cfg, path):
+            raise ConfigError(
+                f"eval.test_sets: test set {name}: {path} does not exist (fix the path with --test-set "
+                "NAME=PATH or in pipeline_config.yaml)"
+            )
+    try:
+        ev.hyp_specs(cfg.eval)
+    except ev.EvalError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def scorable_problem(name: str, path: str) -> str | None:
@@ -103,14 +137,17 @@ def scorable_problem(name: str, path: str) -> str | None:
     )
 
 
-def check_scorable(cfg: PipelineConfig) -> None:
+def check_scorable(cfg: PipelineConfig, generated: bool = False) -> None:
     """Each test set of ``eval.test_sets`` yields a scorable utterance (those the profile has yet
-    to generate are checked once they exist)."""
+    to generate are checked once they exist); ``generated``: only those the profile generates, once
+    it has (the others were checked before)."""
     from tasks.evaluate import parse_named
 
     for spec in cfg.eval.test_sets:
         name, path = parse_named(spec)
         if generated_later(cfg, path):
+            continue
+        if generated and not (cfg.demo is not None and _inside(path, cfg.demo.corpus_dir)):
             continue
         problem = scorable_problem(name, path)
         if problem:

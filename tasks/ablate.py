@@ -2,7 +2,7 @@
 
 Plain functions over paths and records; flows/ablate.py strings them together.
 
-    plan = make_plan(vary=["train.stage3.lr=0.01,0.001"], profile="demo", work_dir="runs/demo")
+    plan = make_plan(load_config("demo", work_dir="runs/demo"), vary=["train.stage3.lr=0.01,0.001"])
     folder = link_stage(variant_dir, 3, key, store_dir(plan.root))    # before the stage's task runs
     comparison = build_comparison(plan, lineages, metrics)
     write_outputs(plan.out_dir, comparison)                           # comparison.json, report.md, r_vs_n.png
@@ -45,14 +45,13 @@ from pathlib import Path
 from typing import Any
 
 from llmasr.atomic import TMP_PREFIX, atomic_path, write_json, write_text
-from llmasr.config import ConfigError, PipelineConfig, load_config
+from llmasr.config import STAGES, ConfigError, PipelineConfig, with_overrides
 
 ABLATIONS = "ablations"
 STORE = "checkpoints"  # <work_dir>/ablations/checkpoints: the stage folders, by key
 VARIANTS = "variants"
 MAX_VARIANTS = 16  # more need --yes: each variant trains at least one stage
 VARIABLE = ("train.", "eval.")  # what may vary: the data stage runs once
-STAGES = (1, 2, 3)
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=,+-]*$")
 _FOLDER_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 
@@ -228,17 +227,14 @@ def _one_line(exc: ConfigError) -> str:
 
 
 def make_plan(
+    base: PipelineConfig,
     vary: Sequence[str] | None = None,
     variants: Sequence[str] | None = None,
     name: str | None = None,
     yes: bool = False,
-    profile: str | None = None,
-    work_dir: str | None = None,
-    overrides: Sequence[str] | None = None,
-    config_file: str | None = None,
-    sources: Sequence[str] | None = None,
 ) -> Plan:
-    """Parse and validate an ablation before any work; raises ConfigError naming the key at fault."""
+    """Parse and validate an ablation of the run ``base`` configures before any work (each variant:
+    ``base`` with its overrides); raises ConfigError naming the key at fault."""
     vary, variants = list(vary or []), list(variants or [])
     picked = [parse_variant(spec) for spec in variants]
     planned = grid(vary) + picked
@@ -266,24 +262,11 @@ def make_plan(
             "pass --yes to run them all, or vary fewer values"
         )
     name = check_name(name or default_name(vary, picked))
-    base = load_config(
-        profile,
-        list(overrides or []),
-        config_file,
-        work_dir=work_dir,
-        sources=list(sources) if sources else None,
-    )
     root = Path(base.work_dir)
     plan = Plan(name, root, base, planned, {}, vary)
     for v in planned:
         try:
-            cfg = load_config(
-                profile,
-                [*(overrides or []), *v.overrides],
-                config_file,
-                work_dir=work_dir,
-                sources=list(sources) if sources else None,
-            )
+            cfg = with_overrides(base, v.overrides)
         except ConfigError as exc:
             raise ConfigError(
                 f"variant {v.name} ({', '.join(v.overrides) or 'no overrides'}): {_one_line(exc)}"

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from llmasr.atomic import write_json
-from llmasr.config import ModelSettings, TrainConfig
+from llmasr.config import STAGES, ModelSettings, TrainConfig
 from llmasr.model import LLMASRConfig
 
-STAGES = (1, 2, 3)
 # the export folders a stage may write (the listing above); a new run of the stage removes them first
 # (and the folder an earlier version wrote for the adapter, ``FORMER_ADAPTER``)
 FORMER_ADAPTER = "projector"

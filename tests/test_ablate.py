@@ -255,10 +255,9 @@ def test_bad_input_fails_before_any_work_naming_the_key(flags, expected, tmp_pat
 
 def test_plans_grid_and_picked_variants():
     plan = ablate.make_plan(
+        load_config("demo", work_dir="/tmp/w"),
         vary=["train.adapter=mlp,linear", "train.seed=0,1"],
         variants=["base:", "lora4:train.lora.rank=4,train.lora.target_modules=[q_proj, v_proj]"],
-        profile="demo",
-        work_dir="/tmp/w",
     )
     assert plan.name == "adapter+seed"
     assert [v.name for v in plan.variants] == [
@@ -275,9 +274,10 @@ def test_plans_grid_and_picked_variants():
         "train.lora.target_modules": ["q_proj", "v_proj"],
     }
     seeds = f"train.seed={','.join(map(str, range(17)))}"
-    assert len(ablate.make_plan(vary=[seeds], yes=True, profile="demo", work_dir="/tmp/w").variants) == 17
+    base = load_config("demo", work_dir="/tmp/w")
+    assert len(ablate.make_plan(base, vary=[seeds], yes=True).variants) == 17
     with pytest.raises(ConfigError, match="--vary train.seed: given twice"):
-        ablate.make_plan(vary=["train.seed=0,1", "train.seed=2"], profile="demo", work_dir="/tmp/w")
+        ablate.make_plan(base, vary=["train.seed=0,1", "train.seed=2"])
 
 
 # --------------------------------------------------------------------------- the knobs ablations vary

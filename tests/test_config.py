@@ -122,6 +122,25 @@ def test_overrides_apply_after_the_profile_and_in_order() -> None:
     assert cfg.shard.max_samples == 9
 
 
+def test_with_overrides_equals_loading_with_them(tmp_path: Path, monkeypatch) -> None:
+    """A loaded config with more settings (an ablation variant, a command's lists) is the config
+    loading with them gives; its relative paths are the current folder's; errors name the key."""
+    from llmasr.config import with_overrides
+
+    monkeypatch.chdir(tmp_path)
+    base = _load(profile="demo", overrides=["shard.max_samples=7"])
+    more = ["train.stage3.lr=1e-3", "train.encoder=./enc"]
+    assert with_overrides(base, more) == _load(profile="demo", overrides=["shard.max_samples=7", *more])
+    assert with_overrides(base, more).train.encoder == str(tmp_path / "enc")
+    lists = with_overrides(base, values={"eval.test_sets": ["a=b"], "eval.stages": [3], "eval.hyps": None})
+    assert lists.eval.test_sets == [f"a={tmp_path / 'b'}"] and lists.eval.stages == [3]
+    assert lists.eval.hyps == base.eval.hyps and base.eval.stages == [1, 2, 3]  # base unchanged
+    with pytest.raises(ConfigError, match="train.projector was renamed train.adapter"):
+        with_overrides(base, ["train.projector=linear"])
+    with pytest.raises(ConfigError, match="eval.stages"):
+        with_overrides(base, values={"eval.stages": ["x"]})
+
+
 def test_apply_override_does_not_mutate_its_input() -> None:
     data = {"filter": {"min_words": 3}}
     out = apply_override(data, "filter.min_words=5")

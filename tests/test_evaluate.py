@@ -640,14 +640,15 @@ def test_cli_run_takes_the_evaluation_options_and_every_option_has_help(tmp_path
 
 
 def test_demo_profile_evaluates_the_zero_shot_set_with_tiny_en():
-    from flows.evaluate import resolve_config
+    from flows.config import eval_values
+    from llmasr.config import load_config, with_overrides
 
-    cfg = resolve_config(profile="demo")
+    cfg = load_config("demo")
     REPO = Path(__file__).resolve().parents[1]  # the shipped config's folder: its relative paths start there
     assert cfg.work_dir == str(REPO / "runs/demo")
     assert cfg.eval.test_sets == [f"zero_shot={REPO}/runs/demo/demo-corpus/zero_shot/manifest.jsonl"]
     assert cfg.eval.baselines == ["faster-whisper:bundled:tiny.en"]
     assert (cfg.eval.num_beams, cfg.eval.no_repeat_ngram_size) == (8, 6)
-    cfg = resolve_config(profile="demo", test_sets=["a=b"], stages=[3])
+    cfg = with_overrides(cfg, values=eval_values(test_sets=["a=b"], stages=[3]))
     # the command line's: the current folder
     assert cfg.eval.test_sets == [f"a={Path.cwd() / 'b'}"] and cfg.eval.stages == [3]

@@ -115,6 +115,26 @@ def test_three_stages_then_a_cached_rerun(
     assert again.is_completed()
     assert _task_states(again.state_details.flow_run_id) == ["Cached", "Cached", "Cached"]
 
+    # a caller's config (the CLI's, a parent flow's) is the run's: the flow loads nothing (here and
+    # in `llmasr train` below), its stages keep their keys, and its flow run records the config whole
+    import flows.config
+    from llmasr.config import ConfigError, load_config
+
+    cfg = load_config(**train_args(work, corpus, models))
+
+    def loads_again(*args, **kwargs):
+        raise AssertionError(f"the flow loaded the config again: {args} {kwargs}")
+
+    monkeypatch.setattr(flows.config, "load_config", loads_again)
+    given = train_flow(config=cfg, return_state=True)
+    assert given.is_completed(), given.message
+    assert _task_states(given.state_details.flow_run_id) == ["Cached", "Cached", "Cached"]
+    with get_client(sync_client=True) as client:
+        recorded = client.read_flow_run(given.state_details.flow_run_id).parameters["config"]
+    assert recorded["work_dir"] == cfg.work_dir and recorded["train"]["stage3"]["max_steps"] == 3
+    with pytest.raises(ConfigError, match="profile, work_dir: not read when config is given"):
+        train_flow(config=cfg, profile="demo", work_dir=str(work))
+
     # `llmasr train` (cached here too) prints each stage's numbers from the metrics log
     from rich.console import Console
 

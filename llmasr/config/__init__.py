@@ -21,7 +21,8 @@ The modules, by job:
 - ``data``, ``train``, ``evaluate``: the sections of each flow (a new key goes on its section there)
 - ``pipeline``: ``PipelineConfig``, all sections and the rules across them
 - ``paths``: making paths absolute (``PATH_KEYS``)
-- ``load``: the file, profiles, ``--set`` overrides and the error messages (``load_config``)
+- ``load``: the file, profiles, ``--set`` overrides and the error messages (``load_config``); a
+  loaded config with more settings (``with_overrides``)
 """
 
 from llmasr.config.data import (
@@ -53,6 +54,7 @@ from llmasr.config.load import (
     find_config_file,
     format_validation_error,
     load_config,
+    with_overrides,
 )
 from llmasr.config.paths import DEFAULT_WORK_DIR, PATH_KEYS, PATH_REFS, absolute_paths, resolve_paths
 from llmasr.config.pipeline import PipelineConfig
@@ -61,6 +63,7 @@ from llmasr.config.train import (
     FORMER_MODEL_KEYS,
     LLM_STAGES,
     RENAMED_TRAIN_KEYS,
+    STAGES,
     LoraConfig,
     ModelSettings,
     StageConfig,
@@ -81,6 +84,7 @@ __all__ = [
     "PATH_KEYS",
     "PATH_REFS",
     "RENAMED_TRAIN_KEYS",
+    "STAGES",
     "WORK_DIR_REF",
     "ConfigError",
     "DemoConfig",
@@ -110,4 +114,5 @@ __all__ = [
     "load_config",
     "resolve_paths",
     "runtime",
+    "with_overrides",
 ]

@@ -164,3 +164,27 @@ def load_config(
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+
+
+def with_overrides(
+    cfg: PipelineConfig, overrides: list[str] | None = None, values: dict[str, Any] | None = None
+) -> PipelineConfig:
+    """``cfg`` with more settings, validated as ``load_config`` validates: ``overrides`` as ``--set``
+    gives them (``key=value``, the value parsed as YAML), then ``values`` by dotted key as Python
+    values (a command line's lists: ``{"eval.test_sets": [...]}``; None values are ignored).  A
+    relative path among them is relative to the current folder, as on the command line."""
+    data = cfg.model_dump(mode="json")
+    for ov in overrides or []:
+        data = apply_override(data, ov)
+    for key, value in (values or {}).items():
+        if value is not None:
+            node = data
+            *sections, name = key.split(".")
+            for part in sections:
+                node = node[part]
+            node[name] = copy.deepcopy(value)
+    data = absolute_paths(data, Path.cwd())
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None

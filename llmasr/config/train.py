@@ -31,6 +31,8 @@ class StageConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
 
 
+# the training stages: 1 the encoder (under Whisper's decoder), 2 the adapter, 3 LoRA + adapter
+STAGES = (1, 2, 3)
 # the stages that build the LLM-ASR (the adapter, the prompt, the LLM); stage 1 trains the encoder under
 # Whisper's own decoder
 LLM_STAGES = (2, 3)
