@@ -7,7 +7,6 @@ The plot is also written to ``<work_dir>/reports/filter.png``.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from pathlib import Path
 from uuid import UUID
@@ -22,6 +21,7 @@ from prefect.artifacts import (
 from llmasr.atomic import atomic_path, write_text
 from llmasr.layout import WorkLayout
 from llmasr.records import Decision, Item, Label, Segment, read_records
+from llmasr.report import markdown_table, png_data_uri
 from tasks import summary
 from tasks.parts import fingerprint
 
@@ -82,8 +82,8 @@ def publish_data_run(
         f"Labelled {labelled_now} new items this run"
         + (f" at RTFx {rtfx:.1f}" if labelled_now else " (nothing new)")
         + ".\n",
-        summary.markdown_table(counts),
-        f"\n![filter plot](data:image/png;base64,{base64.b64encode(png).decode()})\n",
+        markdown_table(counts),
+        f"\n![filter plot]({png_data_uri(png)})\n",
         "\n## Files\n",
         f"- items: `{layout.items}`\n"
         f"- segments: `{layout.segments}`\n"
@@ -95,6 +95,6 @@ def publish_data_run(
     if failed:
         md += [
             "\n## Failed items\n",
-            summary.markdown_table([{"item_id": i.item_id, "error": i.error} for i in failed]),
+            markdown_table([{"item_id": i.item_id, "error": i.error} for i in failed]),
         ]
     create_markdown_artifact("".join(md), key="data-report", description="Data run summary")

@@ -7,11 +7,12 @@ are written under ``<work_dir>/eval/``.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from llmasr.report import inline_image
 
 METRICS_KEY = "eval-metrics"
 REPORT_KEY = "eval-report"
@@ -24,9 +25,5 @@ def publish(out_dir: str, rows: Sequence[dict[str, Any]], report_md: str, png: b
         key=METRICS_KEY,
         description=f"O/N/R/U-WER (errors/words) and RTF per test set and system; files in {out_dir}",
     )
-    md = (
-        report_md
-        if png is None
-        else report_md.replace("](wer.png)", f"](data:image/png;base64,{base64.b64encode(png).decode()})")
-    )
+    md = inline_image(report_md, "wer.png", png)
     create_markdown_artifact(md, key=REPORT_KEY, description=f"Evaluation report ({out_dir}/report.md)")

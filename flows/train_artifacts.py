@@ -5,8 +5,6 @@ The plot is also written to ``<work_dir>/reports/loss.png``.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from llmasr.atomic import atomic_path
 from llmasr.layout import WorkLayout
+from llmasr.report import figure_png, png_data_uri, pyplot
 
 
 def read_metrics(layout: WorkLayout) -> list[dict]:
@@ -49,10 +48,7 @@ def summary_rows(records: list[dict], results: dict[int, dict[str, Any]]) -> lis
 
 
 def loss_plot_png(records: list[dict]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for stage in sorted({r["stage"] for r in records if "stage" in r}):
@@ -72,10 +68,7 @@ def loss_plot_png(records: list[dict]) -> bytes:
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def publish(layout: WorkLayout, results: dict[int, dict[str, Any]]) -> None:
@@ -92,7 +85,7 @@ def publish(layout: WorkLayout, results: dict[int, dict[str, Any]]) -> None:
     create_markdown_artifact(
         f"# Training: `{layout.root}`\n"
         "\n"
-        f"![loss](data:image/png;base64,{base64.b64encode(png).decode()})\n"
+        f"![loss]({png_data_uri(png)})\n"
         "\n"
         "## Checkpoints\n"
         f"{ckpts}\n"

@@ -13,7 +13,6 @@ Training runs under torchrun (``zipformer.nproc_per_node`` processes; tasks/zipf
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from llmasr.atomic import atomic_path, write_json
 from llmasr.config import ConfigError, PipelineConfig, ZipformerConfig
 from llmasr.layout import WorkLayout
 from llmasr.lock import work_dir_lock
+from llmasr.report import png_data_uri
 
 
 @task(name="train-zipformer", cache_key_fn=by_key, persist_result=True)
@@ -66,7 +66,7 @@ def publish(layout: WorkLayout, record: dict[str, Any]) -> None:
         tmp.write_bytes(png)
     create_markdown_artifact(
         f"# Zipformer-Transducer: `{layout.root}`\n\n"
-        f"![loss](data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
+        f"![loss]({png_data_uri(png)})\n\n"
         f"{record['steps']} steps, {record['params']:,} parameters, final loss {record['final_loss']}, "
         f"validation loss {record.get('val_loss')}\n\n"
         f"Checkpoint: `{zipformer_dir(layout.root)}`; metrics log: `{path}`\n",

@@ -31,8 +31,6 @@ model.json records the resolved folders, so a stage 3 names the stage-2 adapter 
 
 from __future__ import annotations
 
-import base64
-import io
 import itertools
 import json
 import os
@@ -46,6 +44,7 @@ from typing import Any
 
 from llmasr.atomic import TMP_PREFIX, atomic_path, write_json, write_text
 from llmasr.config import STAGES, ConfigError, PipelineConfig, with_overrides
+from llmasr.report import figure_png, inline_image, markdown_table, pyplot
 
 ABLATIONS = "ablations"
 STORE = "checkpoints"  # <work_dir>/ablations/checkpoints: the stage folders, by key
@@ -566,10 +565,7 @@ def r_vs_n_png(comparison: dict[str, Any]) -> bytes | None:
     sets = {k: p for k, p in sets.items() if any(own for *_, own in p)}
     if not sets:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(sets), figsize=(max(5.0, 4.8 * len(sets)), 4.2), squeeze=False)
     for ax, (set_name, points) in zip(axes[0], sets.items()):
@@ -593,17 +589,13 @@ def r_vs_n_png(comparison: dict[str, Any]) -> bytes | None:
         ax.margins(x=0.2, y=0.15)  # room for the baselines' labels
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 PLOT = "r_vs_n.png"
 
 
 def render_report(comparison: dict[str, Any], rows: list[dict[str, Any]], plot: str | None) -> str:
-    from tasks.eval_report import markdown_table
 
     lineage = [
         {
@@ -669,6 +661,4 @@ def write_outputs(
 
 def inline_plot(report: str, png: bytes | None) -> str:
     """report.md with the plot inlined (for a Prefect markdown artifact)."""
-    if png is None:
-        return report
-    return report.replace(f"]({PLOT})", f"](data:image/png;base64,{base64.b64encode(png).decode()})")
+    return inline_image(report, PLOT, png)

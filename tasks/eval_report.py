@@ -4,9 +4,10 @@ each test set's rare words, the problems, the files) and wer.png, both from metr
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from typing import Any
+
+from llmasr.report import figure_png, markdown_table, pyplot
 
 
 def fmt_rate(rate: float | None, errors: int, words: int) -> str:
@@ -52,16 +53,6 @@ def report_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no results)\n"
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in rows:
-        out.append("| " + " | ".join(str(row[c]).replace("|", "\\|").replace("\n", " ") for c in cols) + " |")
-    return "\n".join(out) + "\n"
-
-
 def render_report(
     metrics: dict[str, Any], rows: Sequence[dict[str, Any]], plot_name: str | None = "wer.png"
 ) -> str:
@@ -84,7 +75,7 @@ def render_report(
         "reference words. RTF = decode time / audio time. Every test set evaluated in this work dir is here; "
         "a set's results are those of its latest evaluation (when, below).",
         "",
-        markdown_table(rows),
+        markdown_table(rows, empty="(no results)"),
     ]
     if plot_name:
         lines += [f"![WER per system and test set]({plot_name})", ""]
@@ -210,10 +201,7 @@ def wer_plot_png(results: dict[str, dict[str, dict[str, Any]]]) -> bytes | None:
         for key, _ in WER_KEYS
     ):
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     top = 150.0  # bars above this (a random or looping model) are clipped and labelled with their value
     names = [n for n, per_system in results.items() if per_system]
@@ -251,7 +239,4 @@ def wer_plot_png(results: dict[str, dict[str, dict[str, Any]]]) -> bytes | None:
         ax.set_ylim(0, top if highest > top else max(10.0, 1.15 * highest))  # all-zero bars still get an axis
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)

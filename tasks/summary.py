@@ -6,11 +6,11 @@ prints them.
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from collections.abc import Sequence
 
 from llmasr.records import STATUS_OK, Decision, Item, Label, Segment
+from llmasr.report import figure_png, pyplot
 
 
 def counts(
@@ -99,10 +99,7 @@ def sample_rows(
 
 def funnel_plot_png(decisions: Sequence[Decision]) -> bytes:
     """A PNG: segment durations kept vs dropped, and drops per reason."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     kept = [d.duration_s for d in decisions if d.kept]
@@ -116,17 +113,4 @@ def funnel_plot_png(decisions: Sequence[Decision]) -> bytes:
         ax2.barh([r for r, _ in reasons][::-1], [n for _, n in reasons][::-1], color="#e76f51")
     ax2.set_xlabel("segments dropped (a segment may have several reasons)")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def markdown_table(rows: Sequence[dict]) -> str:
-    if not rows:
-        return "(none)\n"
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        out.append("| " + " | ".join(str(r[c]).replace("|", "\\|").replace("\n", " ") for c in cols) + " |")
-    return "\n".join(out) + "\n"
+    return figure_png(fig)
