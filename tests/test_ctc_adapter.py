@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from llmasr.model import LLMASR, Adapter, build_model, load_adapter, save_adapter
+from llmasr.model import LLMASR, Adapter, ModelSettingError, build_model, load_adapter, save_adapter
 from tiny_models import tiny_setup
 
 N_MELS = 80
@@ -104,8 +104,16 @@ def test_round_trip_keeps_head_and_compression(model, setup, tmp_path):
         a, la = model.speech_embeds(feats)
         b, lb = rebuilt.speech_embeds(feats)
     assert torch.equal(la, lb) and torch.allclose(a, b)
-    with pytest.raises(ValueError, match="train.ctc_compress"):
-        build_model(setup.config.model_copy(update={"adapter_path": str(path)}), tokenizer=model.tokenizer)
+    # settings that contradict the trained adapter name the first setting (the trainer: train.<key>)
+    trained = setup.config.model_copy(
+        update={"adapter_path": str(path), "adapter_norm": True, "ctc_compress": True}
+    )
+    for key, update in (("adapter_norm", {"adapter_norm": False}), ("ctc_compress", {"ctc_compress": False})):
+        with pytest.raises(
+            ModelSettingError, match=f"was trained with {key}=True, the settings say False"
+        ) as info:
+            build_model(trained.model_copy(update=update), tokenizer=model.tokenizer)
+        assert info.value.key == key
 
 
 def test_config_refuses_align_steps_without_a_head():

@@ -15,6 +15,7 @@ from llmasr.model import (
     LLMASR,
     Adapter,
     LLMASRConfig,
+    ModelSettingError,
     SpeechEncoder,
     WhisperStage1Head,
     apply_lora,
@@ -491,8 +492,9 @@ def test_an_llm_with_its_own_code_needs_trust_remote_code(setup, tmp_path):
     (remote / "config.json").write_text(json.dumps(cfg_json))
 
     base = setup.config.to_dict()
-    with pytest.raises(ValueError, match="trust_remote_code"):
+    with pytest.raises(ModelSettingError, match="trust_remote_code") as info:
         build_model(LLMASRConfig.from_dict({**base, "llm": str(remote)}))
+    assert info.value.key == "trust_remote_code"
     model = build_model(LLMASRConfig.from_dict({**base, "llm": str(remote), "trust_remote_code": True}))
     assert type(model.llm).__name__ == "TinyRemoteForCausalLM"
     texts = model.generate(mel(2, 120), torch.tensor([120, 90]), max_new_tokens=3)

@@ -19,6 +19,7 @@ One module a piece:
   (kind "mlp") or one Linear (kind "linear"); an odd tail (T % k frames) is DROPPED, as SLAM-LLM
   does; optional CTC head and compression; ``save_adapter`` / ``load_adapter``.
 * ``prompt``: the tokenizer and the prompt around the speech.
+* ``errors``: ``ModelSettingError``, a part that cannot be built from its setting, naming it.
 * ``llmasr``: ``LLMASR`` glues encoder + adapter + any ``AutoModelForCausalLM``; ``forward`` gives
   the loss, ``generate`` decoded text; ``build_model`` builds one from an ``LLMASRConfig``.
 * ``lora``: LoRA via peft (stage 3).
@@ -32,6 +33,7 @@ This package exports the names its users import; ``from llmasr.model import X`` 
 from llmasr.model.adapter import Adapter, load_adapter, save_adapter
 from llmasr.model.config import LLMASRConfig, LoraConfig, local_source
 from llmasr.model.encoder import SpeechEncoder, encode_whisper, save_encoder
+from llmasr.model.errors import ModelSettingError, setting
 from llmasr.model.llmasr import LLMASR, allow_cudnn_attention, build_llm, build_model, scored_positions
 from llmasr.model.lora import apply_lora, has_lora, load_lora, merge_lora, save_lora
 from llmasr.model.prompt import IGNORE_INDEX, build_prompt, build_tokenizer
@@ -44,6 +46,7 @@ __all__ = [
     "Adapter",
     "LLMASRConfig",
     "LoraConfig",
+    "ModelSettingError",
     "SpeechEncoder",
     "WhisperStage1Head",
     "allow_cudnn_attention",
@@ -63,6 +66,7 @@ __all__ = [
     "save_lora",
     "scored_positions",
     "set_trainable",
+    "setting",
     "stage1_loss",
     "whisper_labels",
 ]

@@ -27,6 +27,7 @@ from llmasr.ctc_prefix import token_classes
 from llmasr.model.adapter import Adapter, load_adapter
 from llmasr.model.config import DEFAULT_INSTRUCTION, LLMASRConfig, local_source, torch_dtype
 from llmasr.model.encoder import SpeechEncoder, frame_mask
+from llmasr.model.errors import ModelSettingError, setting
 from llmasr.model.prompt import IGNORE_INDEX, build_prompt, build_tokenizer
 
 RANDOM_INIT_SALT = 7919  # added to the seed of a randomly initialised LLM (build_llm)
@@ -94,23 +95,26 @@ class LLMASR(nn.Module):
         super().__init__()
         d_llm = _llm_hidden_size(llm)
         if adapter.d_enc != encoder.d_model:
-            raise ValueError(
+            raise ModelSettingError(
+                "encoder",
                 f"adapter input width {adapter.d_enc} != encoder d_model {encoder.d_model}: "
-                "the adapter was built for another Whisper size"
+                "the adapter was built for another Whisper size",
             )
         if adapter.d_llm != d_llm:
-            raise ValueError(
+            raise ModelSettingError(
+                "llm",
                 f"adapter output dim {adapter.d_llm} != LLM hidden size {d_llm}: "
-                "the adapter was built for another LLM"
+                "the adapter was built for another LLM",
             )
         vocab_rows = int(llm.get_input_embeddings().num_embeddings)
         if len(tokenizer) > vocab_rows:
-            raise ValueError(
+            raise ModelSettingError(
+                "tokenizer",
                 f"tokenizer has {len(tokenizer)} tokens but the LLM embeds only {vocab_rows}: "
-                "wrong tokenizer for this LLM"
+                "wrong tokenizer for this LLM",
             )
         if tokenizer.eos_token_id is None:
-            raise ValueError("tokenizer has no eos_token: targets must end with one")
+            raise ModelSettingError("tokenizer", "tokenizer has no eos_token: targets must end with one")
         self.encoder = encoder
         self.adapter = adapter
         self.llm = llm
@@ -421,40 +425,47 @@ def build_llm(
     return llm.to(torch_dtype(dtype))
 
 
+def check_adapter_settings(adapter: Adapter, cfg: LLMASRConfig) -> None:
+    """A trained adapter (``cfg.adapter_path``) has the shape the settings describe; else
+    ``ModelSettingError`` naming the first setting it contradicts."""
+    mlp = adapter.kind == "mlp"
+    pairs = (
+        ("adapter", adapter.kind, cfg.adapter),
+        ("downsample_k", adapter.k, cfg.downsample_k),
+        ("activation", adapter.activation if mlp else cfg.activation, cfg.activation),
+        ("adapter_hidden", adapter.hidden if mlp else cfg.adapter_hidden, cfg.adapter_hidden),
+        ("adapter_norm", adapter.norm_to is not None, cfg.adapter_norm),
+        ("ctc_compress", adapter.ctc, cfg.ctc_compress),
+    )
+    for key, trained, setting_now in pairs:
+        if trained != setting_now:
+            raise ModelSettingError(
+                key,
+                f"the adapter at {cfg.adapter_path} was trained with {key}={trained!r}, the settings say "
+                f"{setting_now!r}: set it back, or train stage 2 again",
+            )
+
+
 def build_model(cfg: LLMASRConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> LLMASR:
-    """Encoder + adapter (fresh, or from ``cfg.adapter_path``) + LLM + tokenizer. No LoRA."""
+    """Encoder + adapter (fresh, or from ``cfg.adapter_path``) + LLM + tokenizer. No LoRA.  A part
+    that cannot be built from its setting raises ``ModelSettingError`` naming the setting."""
     if tokenizer is None:
         source = cfg.tokenizer or (cfg.llm if not isinstance(cfg.llm, dict) else None)
         if source is None:
-            raise ValueError("cfg.tokenizer is required when cfg.llm is a config dict")
-        tokenizer = build_tokenizer(source, cfg.trust_remote_code)
-    encoder = build_encoder(cfg.encoder, cfg)
-    llm = build_llm(cfg.llm, cfg.dtype, cfg.trust_remote_code, cfg.llm_init, cfg.llm_seed)
+            raise ModelSettingError("tokenizer", "required when the llm is given as a config dict")
+        with setting("tokenizer" if cfg.tokenizer else "llm"):
+            tokenizer = build_tokenizer(source, cfg.trust_remote_code)
+    with setting("encoder"):
+        encoder = build_encoder(cfg.encoder, cfg)
+    with setting("llm"):
+        llm = build_llm(cfg.llm, cfg.dtype, cfg.trust_remote_code, cfg.llm_init, cfg.llm_seed)
     norm_to = (
         float(llm.get_input_embeddings().weight.detach().norm(dim=-1).mean()) if cfg.adapter_norm else None
     )
     if cfg.adapter_path:
-        adapter = load_adapter(cfg.adapter_path)
-        if adapter.kind != cfg.adapter:
-            raise ValueError(
-                f"adapter at {cfg.adapter_path} is of kind {adapter.kind!r}; "
-                f"config says train.adapter={cfg.adapter!r}"
-            )
-        if adapter.k != cfg.downsample_k or (
-            cfg.adapter == "mlp"
-            and (adapter.activation, adapter.hidden) != (cfg.activation, cfg.adapter_hidden)
-        ):
-            raise ValueError(
-                f"adapter at {cfg.adapter_path} has k={adapter.k}, activation={adapter.activation}, "
-                f"hidden={adapter.hidden}; config says train.downsample_k={cfg.downsample_k}, "
-                f"train.activation={cfg.activation}, train.adapter_hidden={cfg.adapter_hidden}"
-            )
-        if (adapter.norm_to is not None, adapter.ctc) != (cfg.adapter_norm, cfg.ctc_compress):
-            raise ValueError(
-                f"adapter at {cfg.adapter_path} "
-                f"has norm={adapter.norm_to is not None}, ctc={adapter.ctc}; "
-                f"config says train.adapter_norm={cfg.adapter_norm}, train.ctc_compress={cfg.ctc_compress}"
-            )
+        with setting("adapter_path"):
+            adapter = load_adapter(cfg.adapter_path)
+        check_adapter_settings(adapter, cfg)
     else:
         adapter = Adapter(
             encoder.d_model,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmasr.config import LoraConfig, ModelSettings
+from llmasr.model.errors import ModelSettingError
 
 if TYPE_CHECKING:
     from llmasr.model.llmasr import LLMASR
@@ -42,7 +43,9 @@ def apply_lora(model: LLMASR, settings: LoraConfig | ModelSettings) -> LLMASR:
     names = {n.rsplit(".", 1)[-1] for n, _ in model.llm.named_modules()}
     missing = [m for m in settings.target_modules if m not in names]
     if missing:
-        raise ValueError(f"LoRA target_modules {missing} are not module names of this LLM")
+        raise ModelSettingError(
+            "lora.target_modules", f"LoRA target_modules {missing} are not module names of this LLM"
+        )
     model.llm = get_peft_model(model.llm, _lora_config(settings))
     return model
 
