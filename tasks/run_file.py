@@ -1,25 +1,34 @@
-"""RUN.json, the one file a training stage run reads: its schema (``RunConfig``), how the flow
-writes it (``run_config_for``, ``write_run_config``), and every config error that can be found
-before loading weights (``check_run``).
+"""RUN.json, the one file a training stage run reads: its schema (``RunConfig``, a pydantic model
+whose ``train``, ``stage_cfg`` and ``model`` are the config sections themselves: ``TrainConfig``,
+``StageConfig``, ``LLMASRConfig``), how the flow writes it (``run_config_for``, ``write_run_config``)
+and every config error that can be found before loading weights (``check_run``).
 
-Config errors (missing checkpoints, stage 3 before stage 2, an LLM the stage-2 adapter does not
-fit, a shard index without training samples or with fewer than processes, ZeRO-3...) raise
-``TrainConfigError``, whose message starts with the key at fault; ``tasks.train`` exits with status
-2 on one, before any compute.  Nothing here imports torch.
+Config errors raise ``TrainConfigError``, whose message starts with the key at fault: a bad value in
+RUN.json when it is read (``train.lr: ...``, ``train.stage2.lr: ...``, ``model.encoder: ...``), the
+rest (missing checkpoints, stage 3 before stage 2, an LLM the stage-2 adapter does not fit, a shard
+index without training samples or with fewer than processes, ZeRO-3...) in ``check_run``;
+``tasks.train`` exits with status 2 on one, before any compute.  Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmasr.config import FORMER_MODEL_KEYS, RENAMED_TRAIN_KEYS, ConfigError, current_names
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from llmasr.config import (
+    RENAMED_TRAIN_KEYS,
+    ConfigError,
+    LLMASRConfig,
+    StageConfig,
+    TrainConfig,
+    current_names,
+)
 from tasks.launch import hostfile_problem, read_hostfile, resolve_repo_path
 
 log = logging.getLogger("llmasr.train")
@@ -34,84 +43,103 @@ class TrainConfigError(ConfigError):
 # ------------------------------------------------------------------------------------ RUN.json
 
 
-def _plain(value: Any) -> Any:
-    """pydantic models / dataclasses -> dicts, for RunConfig fields the flow may pass as objects."""
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-@dataclass
-class RunConfig:
-    """What one stage run needs; RUN.json holds exactly these fields.
+class RunConfig(BaseModel):
+    """What one stage run needs; RUN.json holds exactly these fields (``model_dump(mode="json")``).
 
     stage: 1, 2 or 3.  work_dir: the pipeline's work dir.  shard_index: shards/index.json.
     out_dir: ``tasks.checkpoints.stage_dir(work_dir, stage)``.  key: the cache key recorded in
     stage.json (and in the DeepSpeed checkpoints: a checkpoint of another key is not resumed).
-    model: ``LLMASRConfig`` dict (``tasks.checkpoints.model_config(...)``).  train: ``TrainConfig``
-    dict.  stage_cfg: ``StageConfig`` dict (train.stage<N>).  deepspeed_config: JSON path
-    (relative: to the checkout).  precision: auto | fp32 | bf16 | fp16.  metrics_log: JSON-lines
-    file, appended (default ``<work_dir>/logs/train.jsonl``).  tensorboard_dir: default
-    ``<work_dir>/logs/tensorboard``.  verify_params: fingerprint every parameter before and after
-    training and record in stage.json which frozen ones changed / trained ones did not (tests;
-    costs two passes over the weights).
+    model: the ``LLMASRConfig`` to build (``tasks.checkpoints.model_config(...)``).  train: the
+    ``TrainConfig``.  stage_cfg: the stage's ``StageConfig`` (train.stage<N>).
+    deepspeed_config: JSON path (relative: to the checkout).  precision: auto | fp32 | bf16 | fp16.
+    metrics_log: JSON-lines file, appended (default ``<work_dir>/logs/train.jsonl``).
+    tensorboard_dir: default ``<work_dir>/logs/tensorboard``.  verify_params: fingerprint every
+    parameter before and after training and record in stage.json which frozen ones changed / trained
+    ones did not (tests; costs two passes over the weights).
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     stage: int
     work_dir: str
     shard_index: str
     out_dir: str
     key: str
-    model: dict[str, Any]
-    train: dict[str, Any]
-    stage_cfg: dict[str, Any]
+    model: LLMASRConfig
+    train: TrainConfig
+    stage_cfg: StageConfig
     deepspeed_config: str
     precision: str = "auto"
     metrics_log: str | None = None
     tensorboard_dir: str | None = None
     verify_params: bool = False
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _plain(getattr(self, f.name)))
-        # a RUN.json an earlier version wrote (projector for adapter...) reads as written now
-        self.model = current_names(self.model, FORMER_MODEL_KEYS)
-        self.train = current_names(self.train, RENAMED_TRAIN_KEYS)
+    @model_validator(mode="before")
+    @classmethod
+    def _as_written_now(cls, data: Any) -> Any:
+        """Paths as strings; a RUN.json an earlier version wrote (``projector*`` for ``adapter*``)
+        reads as written now (``LLMASRConfig`` renames its own former keys)."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+        if "train" in data:
+            data["train"] = current_names(data["train"], RENAMED_TRAIN_KEYS)
+        return data
+
+    @model_validator(mode="after")
+    def _log_defaults(self) -> RunConfig:
         if self.metrics_log is None:
             self.metrics_log = str(Path(self.work_dir) / "logs" / "train.jsonl")
         if self.tensorboard_dir is None:
             self.tensorboard_dir = str(Path(self.work_dir) / "logs" / "tensorboard")
+        return self
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TrainConfigError(f"RUN.json: unknown keys {unknown}; known: {sorted(known)}")
-        missing = sorted(
-            f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in d
-        )
-        if missing:
-            raise TrainConfigError(f"RUN.json: missing keys {missing}")
-        return cls(**d)
+        """Validate RUN.json's fields (objects or their dicts); a bad one raises TrainConfigError."""
+        try:
+            return cls.model_validate(d)
+        except ValidationError as exc:
+            raise TrainConfigError(run_error(exc, d.get("stage"))) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="json")
+
+
+def run_error(exc: ValidationError, stage: Any) -> str:
+    """The message of RUN.json's first validation error, starting with the config key at fault
+    (``stage_cfg`` is ``train.stage<stage>``); unknown and missing top-level keys are listed."""
+    errors = exc.errors()
+    for kind, what in (("extra_forbidden", "unknown"), ("missing", "missing")):
+        keys = sorted(str(e["loc"][0]) for e in errors if e["type"] == kind and len(e["loc"]) == 1)
+        if keys:
+            known = f"; known: {sorted(RunConfig.model_fields)}" if what == "unknown" else ""
+            return f"RUN.json: {what} keys {keys}{known}"
+    err = errors[0]
+    parts: list[str] = []
+    fields: dict[str, Any] = RunConfig.model_fields
+    for p in err["loc"]:  # field names only: not a union member's tag (model.encoder.str) or an index
+        if p not in fields:
+            if err["type"] == "extra_forbidden":
+                parts.append(str(p))
+            break
+        parts.append(str(p))
+        section = fields[p].annotation
+        fields = section.model_fields if isinstance(section, type) and issubclass(section, BaseModel) else {}
+    if parts and parts[0] == "stage_cfg":
+        parts[0] = f"train.stage{stage}"
+    key, got = ".".join(parts) or "RUN.json", err.get("input")
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    return f"{key}: {err['msg']}" + ("" if isinstance(got, dict) else f" (got {got!r})")
 
 
 def write_run_config(path: str | Path, **fields: Any) -> Path:
-    """Write RUN.json (atomically) from ``RunConfig``'s fields; objects (TrainConfig,
-    LLMASRConfig, ...) are turned into dicts.  Returns the path."""
+    """Write RUN.json (atomically) from ``RunConfig``'s fields (sections as objects or dicts).
+    Returns the path."""
     from llmasr.atomic import write_json
 
-    cfg = RunConfig.from_dict(fields)
-    return write_json(Path(path), cfg.to_dict())
+    return write_json(Path(path), RunConfig.from_dict(fields).to_dict())
 
 
 def read_run_config(path: str | Path) -> RunConfig:
@@ -122,6 +150,8 @@ def read_run_config(path: str | Path) -> RunConfig:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise TrainConfigError(f"RUN.json: {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"RUN.json: {path} is not a JSON object")
     return RunConfig.from_dict(data)
 
 
@@ -140,9 +170,9 @@ def run_config_for(
         shard_index=str(WorkLayout(work).shard_index),
         out_dir=str(stage_dir(work, stage)),
         key=key,
-        model=model_config(train, work, stage).to_dict(),
-        train=train.model_dump(mode="json"),
-        stage_cfg=getattr(train, f"stage{stage}").model_dump(mode="json"),
+        model=model_config(train, work, stage),
+        train=train,
+        stage_cfg=getattr(train, f"stage{stage}"),
         deepspeed_config=train.deepspeed_config,
         precision=train.precision,
     )
@@ -269,27 +299,13 @@ def check_world_size(train_samples: int, world: int, hostfile: str | None, index
 
 
 def check_run(cfg: RunConfig) -> None:
-    """Every config error that can be found without loading weights; raises TrainConfigError."""
-    from pydantic import ValidationError
-
-    from llmasr.config import StageConfig, TrainConfig
-
+    """Every config error that can be found without loading weights (its values were validated when
+    it was read); raises TrainConfigError."""
     if cfg.stage not in (1, 2, 3):
         raise TrainConfigError(f"stage: must be 1, 2 or 3, got {cfg.stage!r}")
     if not str(cfg.key).strip():
         raise TrainConfigError("key: empty; the flow passes the stage's cache key")
-    try:
-        train = TrainConfig.model_validate(cfg.train)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise TrainConfigError(f"train.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    try:
-        StageConfig.model_validate(cfg.stage_cfg)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise TrainConfigError(
-            f"train.stage{cfg.stage}.{'.'.join(map(str, first['loc']))}: {first['msg']}"
-        ) from None
+    train = cfg.train
     if cfg.precision not in PRECISIONS:
         raise TrainConfigError(f"train.precision: must be one of {PRECISIONS}, got {cfg.precision!r}")
     ds = resolve_repo_path(cfg.deepspeed_config)
@@ -329,12 +345,12 @@ def check_run(cfg: RunConfig) -> None:
     model = cfg.model
     enc_key = (
         "train.encoder"
-        if cfg.stage == 1 or model.get("encoder") == train.encoder
+        if cfg.stage == 1 or model.encoder == train.encoder
         else "model.encoder (stage 1's export)"
     )
-    enc_dir = check_checkpoint(model.get("encoder"), enc_key)
+    enc_dir = check_checkpoint(model.encoder, enc_key)
     if cfg.stage == 1:
-        if isinstance(model.get("encoder"), dict):
+        if isinstance(model.encoder, dict):
             raise TrainConfigError(f"{enc_key}: stage 1 needs a Whisper checkpoint folder, not a config dict")
         if enc_dir is not None and not any((enc_dir / f).is_file() for f in ("tokenizer.json", "vocab.json")):
             raise TrainConfigError(
@@ -342,19 +358,18 @@ def check_run(cfg: RunConfig) -> None:
                 "stage 1 labels need Whisper's tokenizer"
             )
         return
-    llm_dir = check_checkpoint(model.get("llm"), "train.llm")
-    if model.get("tokenizer"):
-        check_checkpoint(model["tokenizer"], "train.tokenizer", "tokenizer folder", marker="")
-    elif isinstance(model.get("llm"), dict):
+    llm_dir = check_checkpoint(model.llm, "train.llm")
+    if model.tokenizer:
+        check_checkpoint(model.tokenizer, "train.tokenizer", "tokenizer folder", marker="")
+    elif isinstance(model.llm, dict):
         raise TrainConfigError("train.tokenizer: required when the LLM is given as a config dict")
     if cfg.stage == 3:
         stage2 = Path(cfg.work_dir) / "checkpoints" / "stage2"
-        proj = model.get("adapter_path")
-        if not proj:
+        if not model.adapter_path:
             raise TrainConfigError(
                 "model.adapter_path: not set; stage 3 needs checkpoints/stage2/adapter (run stage 2 first)"
             )
-        proj = Path(proj)
+        proj = Path(model.adapter_path)
         if _adapter_json(proj) is None:
             raise TrainConfigError(
                 f"model.adapter_path: no adapter at {proj}; "
@@ -365,13 +380,11 @@ def check_run(cfg: RunConfig) -> None:
                 f"model.adapter_path: {stage2} is not complete (no stage.json); "
                 "stage 3 needs checkpoints/stage2 (run stage 2 first)"
             )
-    proj = model.get("adapter_path")
+    proj = model.adapter_path
     if proj and _adapter_json(Path(proj)) is not None:
         pj = read_json(_adapter_json(Path(proj)))
-        if llm_dir is not None or isinstance(model.get("llm"), dict):
-            llm_conf = (
-                model["llm"] if isinstance(model.get("llm"), dict) else read_json(llm_dir / "config.json")
-            )
+        if llm_dir is not None or isinstance(model.llm, dict):
+            llm_conf = model.llm if isinstance(model.llm, dict) else read_json(llm_dir / "config.json")
             hidden = _hidden_size(llm_conf)
             if hidden is not None and hidden != pj.get("d_llm"):
                 raise TrainConfigError(
@@ -379,11 +392,9 @@ def check_run(cfg: RunConfig) -> None:
                     f"the adapter's output width {pj.get('d_llm')} ({proj}, trained for another LLM); "
                     "rerun stage 2 with this LLM or set train.llm back"
                 )
-        if enc_dir is not None or isinstance(model.get("encoder"), dict):
+        if enc_dir is not None or isinstance(model.encoder, dict):
             enc_conf = (
-                model["encoder"]
-                if isinstance(model.get("encoder"), dict)
-                else read_json(enc_dir / "config.json")
+                model.encoder if isinstance(model.encoder, dict) else read_json(enc_dir / "config.json")
             )
             if isinstance(enc_conf.get("d_model"), int) and enc_conf["d_model"] != pj.get("d_enc"):
                 raise TrainConfigError(
@@ -426,15 +437,15 @@ def no_validation_message(shard_index: str | Path, validation_fraction: float | 
     )
 
 
-def model_error_key(message: str, model: dict[str, Any]) -> str:
+def model_error_key(message: str, model: LLMASRConfig) -> str:
     """The config key a model-building error (a ValueError of ``llmasr.model``, an OSError of
     ``from_pretrained``) is about; ``model``: RunConfig.model, whose sources a message may name."""
     if "trust_remote_code" in message:  # transformers: the checkpoint ships its own code
         return "train.trust_remote_code"
     for key, value in (
-        ("train.encoder", model.get("encoder")),
-        ("train.llm", model.get("llm")),
-        ("train.tokenizer", model.get("tokenizer")),
+        ("train.encoder", model.encoder),
+        ("train.llm", model.llm),
+        ("train.tokenizer", model.tokenizer),
     ):
         if isinstance(value, str) and value and value in message:
             return key

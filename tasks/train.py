@@ -12,7 +12,7 @@ The one training entry point of the three LLM-ASR stages (DESIGN.md "Model"), un
 
 ``RUN.json`` (``tasks.run_file.RunConfig``, written by the flow) picks the stage:
 
-* stage 1: Whisper (``model["encoder"]``) with its own decoder as the training head
+* stage 1: Whisper (``model.encoder``) with its own decoder as the training head
   (``WhisperStage1Head``); trains the encoder.
 * stage 2: ``build_model``; trains the adapter alone.
 * stage 3: ``build_model`` with stage 2's adapter, LoRA on the LLM; trains LoRA + adapter.
@@ -20,8 +20,8 @@ The one training entry point of the three LLM-ASR stages (DESIGN.md "Model"), un
   rebuilds the stage's model from its exports) and, last, ``stage.json`` (tasks/checkpoints.py is
   the contract).  A run starts by removing the stage's stage.json, model.json and export folders.
 
-Config errors (``tasks.run_file.check_run``, and those found while building the model) fail before
-any compute, naming the key, with exit status 2.
+Config errors (reading RUN.json, ``tasks.run_file.check_run``, and those found while building the
+model) fail before any compute, naming the key, with exit status 2.
 
 DeepSpeed: ``deepspeed.initialize`` gets a ``torch.optim.AdamW`` over the trainable parameters (no
 fused-op build), a ``LambdaLR`` (linear warm-up, then cosine / linear / constant over the total
@@ -138,11 +138,7 @@ class Trainer:
         if precision == "fp16" and not self.gpu:
             raise TrainConfigError("train.precision: fp16 needs a GPU; use fp32 (or bf16) on CPU")
         self.precision = precision
-
-        from llmasr.config import StageConfig, TrainConfig
-
-        self.train_cfg = TrainConfig.model_validate(cfg.train)
-        self.stage_cfg = StageConfig.model_validate(cfg.stage_cfg)
+        self.train_cfg, self.stage_cfg = cfg.train, cfg.stage_cfg  # TrainConfig, StageConfig
         from llmasr.model import allow_cudnn_attention
 
         allow_cudnn_attention(self.train_cfg.cudnn_attention)
@@ -183,14 +179,14 @@ class Trainer:
     def build_model(self) -> None:
         import torch
 
-        from llmasr.model import LLMASRConfig, WhisperStage1Head, apply_lora, build_model, set_trainable
+        from llmasr.model import WhisperStage1Head, apply_lora, build_model, set_trainable
         from tasks.train_data import LLMTargets, WhisperTargets, whisper_label_tokenizer
 
         torch.manual_seed(self.train_cfg.seed)  # the same initial adapter / LoRA on every rank
         try:
             # bundled: names -> their local folders, once: the model, the stage-1 tokenizer, the
             # exports and model.json (absolute paths: decoding loads what training used) all see them
-            self.model_cfg = LLMASRConfig.from_dict(self.cfg.model).resolved()
+            self.model_cfg = self.cfg.model.resolved()
             if self.stage == 1:
                 module = WhisperStage1Head.from_pretrained(
                     self.model_cfg.encoder,

@@ -544,9 +544,9 @@ def test_run_config_for_the_flow(tmp_path):
     assert rc.out_dir == str(stage_dir(tmp_path, 3)) and rc.shard_index == str(
         tmp_path.resolve() / "shards" / "index.json"
     )
-    assert rc.model["adapter_path"] == str(stage_dir(tmp_path, 2) / "adapter")
-    assert rc.model["encoder"] == str(Path(cfg.work_dir) / "demo-models/whisper")  # stage 1 has not run here
-    assert rc.stage_cfg == cfg.train.stage3.model_dump(mode="json") and rc.train["launcher"] == "torchrun"
+    assert rc.model.adapter_path == str(stage_dir(tmp_path, 2) / "adapter")
+    assert rc.model.encoder == str(Path(cfg.work_dir) / "demo-models/whisper")  # stage 1 has not run here
+    assert rc.stage_cfg == cfg.train.stage3 and rc.train == cfg.train and rc.train.launcher == "torchrun"
     assert rc.metrics_log == str(tmp_path / "logs" / "train.jsonl")
     path = write_run_config(tmp_path / "RUN.json", **rc.to_dict())
     assert read_run_config(path) == rc and isinstance(rc, RunConfig)
@@ -585,6 +585,44 @@ def test_run_config_for_the_flow(tmp_path):
     ]
     with pytest.raises(ValueError, match="unknown keys"):
         write_run_config(tmp_path / "bad.json", **rc.to_dict(), extra=1)
+
+
+def test_a_bad_run_json_value_names_its_key(tmp_path):
+    """RUN.json is validated when read: the sections are TrainConfig, StageConfig and LLMASRConfig,
+    and the message starts with the key at fault (stage_cfg is train.stage<N>)."""
+    from llmasr.config import LLMASRConfig, load_config
+    from tasks.run_file import RunConfig, TrainConfigError, read_run_config, run_config_for
+
+    cfg = load_config(profile="demo")
+    rc = run_config_for(cfg, 2, "k", work_dir=tmp_path)
+    assert isinstance(rc.train, TrainConfig) and isinstance(rc.stage_cfg, StageConfig)
+    assert isinstance(rc.model, LLMASRConfig) and rc.stage_cfg == cfg.train.stage2
+    good = json.loads(write_run_config(tmp_path / "RUN.json", **rc.to_dict()).read_text())
+    assert good == rc.model_dump(mode="json") and good["stage_cfg"]["lr"] == cfg.train.stage2.lr
+
+    def error(change) -> str:
+        data = json.loads(json.dumps(good))
+        change(data)
+        (tmp_path / "bad.json").write_text(json.dumps(data))
+        with pytest.raises(TrainConfigError) as err:
+            read_run_config(tmp_path / "bad.json")
+        return str(err.value)
+
+    assert error(lambda d: d["train"].update(grad_clip=-1)).startswith("train.grad_clip: ")
+    assert error(lambda d: d["train"].update(lr=1e-4)) == "train.lr: unknown key"  # lr is per stage
+    assert error(lambda d: d["train"]["stage3"].update(lr=0)).startswith("train.stage3.lr: ")
+    msg = error(lambda d: d["stage_cfg"].update(lr="fast"))
+    assert msg.startswith("train.stage2.lr: ") and "'fast'" in msg
+    assert error(lambda d: d["stage_cfg"].update(lrr=1)) == "train.stage2.lrr: unknown key"
+    # the key, not the union member pydantic tried (model.encoder.str)
+    assert error(lambda d: d["model"].update(encoder=5)).startswith("model.encoder: ")
+    assert error(lambda d: d["model"]["lora"].update(rank=0)).startswith("model.lora.rank: ")
+    assert error(lambda d: d["model"].pop("llm")) == "model.llm: Field required"
+    msg = error(lambda d: d.update(extra=1))
+    assert msg.startswith("RUN.json: unknown keys ['extra']; known: [") and "'stage_cfg'" in msg
+    assert error(lambda d: (d.pop("key"), d.pop("train"))) == "RUN.json: missing keys ['key', 'train']"
+    # RunConfig is the schema: it takes the sections as objects or as their dicts
+    assert RunConfig(**good) == rc == RunConfig.from_dict({**good, "train": cfg.train})
 
 
 @pytest.mark.parametrize("allowed", [True, False])

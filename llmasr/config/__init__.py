@@ -20,6 +20,8 @@ The modules, by job:
   ``cache_settings``, which reads them for cache keys
 - ``data``, ``train``, ``evaluate``: the sections of each flow (a new key goes on its section there)
 - ``pipeline``: ``PipelineConfig``, all sections and the rules across them
+- ``model``: ``LLMASRConfig``, what a model is built from (a stage's model.json), and
+  ``local_source`` (``bundled:`` names -> folders); torch-free, ``llmasr.model`` re-exports them
 - ``paths``: making paths absolute (``PATH_KEYS``)
 - ``load``: the file, profiles, ``--set`` overrides and the error messages (``load_config``); a
   loaded config with more settings (``with_overrides``)
@@ -56,6 +58,7 @@ from llmasr.config.load import (
     load_config,
     with_overrides,
 )
+from llmasr.config.model import LLMASRConfig, local_source
 from llmasr.config.paths import DEFAULT_WORK_DIR, PATH_KEYS, PATH_REFS, absolute_paths, resolve_paths
 from llmasr.config.pipeline import PipelineConfig
 from llmasr.config.train import (
@@ -80,6 +83,7 @@ __all__ = [
     "DEFAULT_WORK_DIR",
     "DEMO_KIND_DEFAULTS",
     "FORMER_MODEL_KEYS",
+    "LLMASRConfig",
     "LLM_STAGES",
     "PATH_KEYS",
     "PATH_REFS",
@@ -112,6 +116,7 @@ __all__ = [
     "for_stages",
     "format_validation_error",
     "load_config",
+    "local_source",
     "resolve_paths",
     "runtime",
     "with_overrides",

@@ -11,8 +11,8 @@ D_llm = LLM hidden size, k = frames stacked by the adapter, default 2):
 
 One module a piece:
 
-* ``config``: ``LLMASRConfig``, what a model is built from (its settings and ``LoraConfig`` are
-  ``llmasr.config``'s, the ``train.*`` keys).
+* ``config``: ``LLMASRConfig``, what a model is built from (defined torch-free in
+  ``llmasr.config.model``; its settings and ``LoraConfig`` are the ``train.*`` keys), and ``torch_dtype``.
 * ``encoder``: ``SpeechEncoder`` runs any Whisper checkpoint's encoder, on the real length
   (``trim_padding``) or padded to 30 s; ``save_encoder``.
 * ``adapter``: ``Adapter`` stacks k consecutive encoder frames, Linear -> activation -> Linear
