@@ -437,27 +437,12 @@ def no_validation_message(shard_index: str | Path, validation_fraction: float | 
     )
 
 
-def model_error_key(message: str, model: LLMASRConfig) -> str:
-    """The config key a model-building error (a ValueError of ``llmasr.model``, an OSError of
-    ``from_pretrained``) is about; ``model``: RunConfig.model, whose sources a message may name."""
-    if "trust_remote_code" in message:  # transformers: the checkpoint ships its own code
-        return "train.trust_remote_code"
-    for key, value in (
-        ("train.encoder", model.encoder),
-        ("train.llm", model.llm),
-        ("train.tokenizer", model.tokenizer),
-    ):
-        if isinstance(value, str) and value and value in message:
-            return key
-    m = message.lower()
-    if "lora" in m:
-        return "train.lora.target_modules"
-    if "hidden size" in m or "adapter output dim" in m or "embeds only" in m:
-        return "train.llm"
-    if "tokenizer" in m:
-        return "train.tokenizer"
-    if "encoder" in m or "mel bins" in m:
-        return "train.encoder"
-    if "adapter" in m:
-        return "train.adapter_hidden / train.downsample_k / train.activation"
-    return "model"
+def setting_key(cfg: RunConfig, key: str) -> str:
+    """The config key of a model setting (``llmasr.model.ModelSettingError.key``): ``train.<key>``;
+    ``model.<key>`` for what the flow sets (the stage-2 adapter, stage 1's exported encoder that
+    stages 2-3 read)."""
+    if key.split(".")[0] not in TrainConfig.model_fields:
+        return f"model.{key}"
+    if key == "encoder" and cfg.stage != 1 and cfg.model.encoder != cfg.train.encoder:
+        return "model.encoder (stage 1's export)"
+    return f"train.{key}"

@@ -69,9 +69,9 @@ from tasks.run_file import (
     check_run,
     check_world_size,
     deepspeed_settings,
-    model_error_key,
     no_validation_message,
     read_run_config,
+    setting_key,
 )
 from tasks.train_ckpt import CKPT_DIR, claim_checkpoints, resume_problem, resume_state, saved
 from tasks.train_log import MetricsLog, StepCounter, Window, fingerprints, param_changes, peak_bf16_flops
@@ -179,7 +179,14 @@ class Trainer:
     def build_model(self) -> None:
         import torch
 
-        from llmasr.model import WhisperStage1Head, apply_lora, build_model, set_trainable
+        from llmasr.model import (
+            ModelSettingError,
+            WhisperStage1Head,
+            apply_lora,
+            build_model,
+            set_trainable,
+            setting,
+        )
         from tasks.train_data import LLMTargets, WhisperTargets, whisper_label_tokenizer
 
         torch.manual_seed(self.train_cfg.seed)  # the same initial adapter / LoRA on every rank
@@ -188,15 +195,15 @@ class Trainer:
             # exports and model.json (absolute paths: decoding loads what training used) all see them
             self.model_cfg = self.cfg.model.resolved()
             if self.stage == 1:
-                module = WhisperStage1Head.from_pretrained(
-                    self.model_cfg.encoder,
-                    trim_padding=self.model_cfg.trim_padding,
-                    mask_padding=self.model_cfg.mask_padding,
-                )
+                with setting("encoder"):
+                    module = WhisperStage1Head.from_pretrained(
+                        self.model_cfg.encoder,
+                        trim_padding=self.model_cfg.trim_padding,
+                        mask_padding=self.model_cfg.mask_padding,
+                    )
+                    tokenizer = whisper_label_tokenizer(self.model_cfg.encoder)
                 wcfg = module.whisper.config
-                self.targets = WhisperTargets(
-                    whisper_label_tokenizer(self.model_cfg.encoder), wcfg.max_target_positions
-                )
+                self.targets = WhisperTargets(tokenizer, wcfg.max_target_positions)
                 self.decoder_start = int(wcfg.decoder_start_token_id)
                 enc_cfg = wcfg
             else:
@@ -213,8 +220,8 @@ class Trainer:
                 self.targets = LLMTargets(module.tokenizer)
                 enc_cfg = module.encoder.config
             self.trainable = set_trainable(module, self.stage)
-        except (ValueError, OSError) as exc:  # OSError: from_pretrained could not find / fetch it
-            raise TrainConfigError(f"{model_error_key(str(exc), self.cfg.model)}: {exc}") from None
+        except ModelSettingError as exc:  # a part its setting cannot build: the setting's key
+            raise TrainConfigError(f"{setting_key(self.cfg, exc.key)}: {exc}") from None
         self.n_mels = int(enc_cfg.num_mel_bins)
         self.max_frames = 2 * int(enc_cfg.max_source_positions)
         self.module = module

@@ -425,6 +425,11 @@ def test_config_errors_fail_fast_naming_the_key(tiny, shard_index, tmp_path):
     assert proc.returncode == 2 and "train.lora.target_modules:" in proc.stderr and "c_attn" in proc.stderr, (
         proc.stderr[-2000:]
     )
+    # settings the stage-2 adapter contradicts: the first one, named (a message of the model's own)
+    proc, _ = run_direct(write_run(work, 3, train_config(tiny, adapter_hidden=16), shard_index))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "train.adapter_hidden: the adapter at" in proc.stderr
+    assert "was trained with adapter_hidden=32, the settings say 16" in proc.stderr
 
 
 def check_error(run_json: Path) -> str:
