@@ -67,11 +67,11 @@ def check_before_work(
             raise ConfigError(problem)
     if evaluate:
         preflight.check_test_sets(cfg)
-        preflight.check_scorable(cfg)
-        if not stages:
+        if not stages:  # a system to evaluate before reading each test set
             from flows.evaluate import eval_systems
 
             eval_systems(cfg)
+        preflight.check_scorable(cfg)
     preflight.check_models(preflight.model_refs(cfg, label=data, train_stages=stages, baselines=evaluate))
 
 
