@@ -22,8 +22,9 @@ import torch
 
 from llmasr.audio import SAMPLE_RATE
 from llmasr.config import EvalConfig
+from llmasr.model import log_mel
 from llmasr.text import normalize, word_errors
-from tasks.decode_audio import log_mel, pad_features, read_audio
+from tasks.decode_audio import pad_features, read_audio
 from tasks.llmasr_decode import LLMASRSystem
 
 

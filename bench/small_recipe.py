@@ -104,7 +104,7 @@ def build_cache(cache: Path, n_train: int, n_test: int, seed: int, ct2_dir: str)
     import ctranslate2
     import torch
 
-    from tasks.train_data import LogMel
+    from llmasr.model import LogMel
 
     sentences = fortune_sentences()
     rng = random.Random(seed)

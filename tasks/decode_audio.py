@@ -1,8 +1,8 @@
-"""Audio for decoding: 16 kHz mono samples of a stretch of a file, and Whisper log-mel features.
+"""Audio for decoding: 16 kHz mono samples of a stretch of a file, and a batch of its features.
 
 ``read_audio`` reads any format (libsndfile in part at 16 kHz, else PyAV decodes the whole file once,
-cached); ``log_mel`` computes the training loader's Whisper log-mel of a piece as long as it is (no
-padding to 30 s); ``pad_features`` stacks a batch with zero frames and the real lengths.
+cached); ``pad_features`` stacks a batch of features (``llmasr.model.log_mel``) with zero frames and
+the real lengths.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import numpy as np
 import soundfile as sf
 
 from llmasr.audio import SAMPLE_RATE
-
-HOP_LENGTH = 160  # Whisper's feature hop: 100 mel frames per second
 
 
 @functools.lru_cache(maxsize=4)
@@ -58,30 +56,6 @@ def audio_duration(path: str | Path) -> float:
     except RuntimeError:  # soundfile.LibsndfileError: not a libsndfile format; decode it instead
         pass
     return len(_decode_whole(str(path), Path(path).stat().st_mtime_ns)) / SAMPLE_RATE
-
-
-@functools.lru_cache(maxsize=4)
-def feature_extractor(num_mel_bins: int):
-    """Whisper's log-mel features for an encoder of ``num_mel_bins`` (80: large-v2, 128: large-v3):
-    the training loader's ``LogMel``, so training and decoding compute the same numbers."""
-    from tasks.train_data import LogMel
-
-    return LogMel(num_mel_bins)
-
-
-def log_mel(audio: np.ndarray, num_mel_bins: int, max_frames: int | None = None) -> np.ndarray:
-    """Whisper log-mel features of one piece as long as it is: (num_mel_bins, len(audio) // 160),
-    at most ``max_frames`` frames.  Not padded to 30 s (the model's encoder runs on the real length)."""
-    import torch
-
-    from tasks.train_data import N_FFT
-
-    x = torch.as_tensor(np.asarray(audio, dtype=np.float32))  # (n,)
-    n_frames = len(x) // HOP_LENGTH
-    if len(x) <= N_FFT // 2:  # the STFT's reflect padding needs more than half a window
-        x = torch.nn.functional.pad(x, (0, N_FFT // 2 + 1 - len(x)))
-    feats = feature_extractor(num_mel_bins)(x)[:, :n_frames].numpy()  # (M, T)
-    return feats[:, :max_frames] if max_frames else feats
 
 
 def pad_features(feats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@ Loaded by ``tasks.checkpoints.load_llmasr`` (a stage-3 LoRA folded into the LLM 
 when ``eval.merge_lora``), decoded in batches by beam search (``eval.num_beams``, default 8; 1 is
 greedy) with no repeated ``eval.no_repeat_ngram_size``-grams, or jointly with the CTC head
 (``eval.ctc_weight``, ``llmasr.ctc_prefix``).  Features are Whisper log-mel of each piece *as long as
-it is* (``tasks.decode_audio.log_mel``, no padding to 30 s), padded with zero frames to the longest
+it is* (``llmasr.model.log_mel``, no padding to 30 s), padded with zero frames to the longest
 piece of the batch and passed with their lengths: the model runs the encoder on the real length and
 masks the padding (``llmasr.model``).  Each row stops at its own new-token bound
 (``tasks.decode.piece_bound``), so a piece's hypothesis does not depend on the pieces batched with it.
@@ -23,8 +23,9 @@ import numpy as np
 
 from llmasr.audio import SAMPLE_RATE
 from llmasr.config import EvalConfig
+from llmasr.model import log_mel
 from tasks.decode import System, piece_bound, torch_device
-from tasks.decode_audio import log_mel, pad_features
+from tasks.decode_audio import pad_features
 
 log = logging.getLogger("llmasr.decode")
 

@@ -23,7 +23,7 @@ Decoding, all of it explicit (``llmasr.generation.explicit_config``; the checkpo
   generation_config.json says;
 * no temperature fallback, no no-speech skipping, no previous-text conditioning (one window).
 
-Features: Whisper's log-mel (``tasks.decode_audio.log_mel``, the training loader's numbers).
+Features: Whisper's log-mel (``llmasr.model.log_mel``, the training loader's numbers).
 ``trim_padding`` False (stock checkpoints by default): each piece is zero-padded to 30 s of audio
 before the log-mel, exactly what Whisper's feature extractor and faster-whisper do, and the stock
 encoder runs on 3000 frames.  True (the stage-1 model by default when stage 1 trained trimmed):
@@ -314,8 +314,8 @@ class TransformersWhisperSystem(System):
         from transformers.modeling_outputs import BaseModelOutput
 
         from llmasr.generation import checkpoint_defaults_off, explicit_config, generate_kwargs_for
-        from llmasr.model import encode_whisper
-        from tasks.decode_audio import log_mel, pad_features
+        from llmasr.model import encode_whisper, log_mel
+        from tasks.decode_audio import pad_features
 
         if self.model is None:
             self.load()

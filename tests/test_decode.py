@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 
 from llmasr.config import EvalConfig, SegmentConfig
-from llmasr.model import apply_lora, build_model, save_adapter, save_lora
+from llmasr.model import apply_lora, build_model, log_mel, save_adapter, save_lora
 from llmasr.tiny_models import tiny_setup
 from tasks import decode, decode_audio
 from tasks.checkpoints import stage_dir, write_model_json, write_stage
@@ -107,10 +107,10 @@ def test_decoding_settings_defaults_are_the_papers():
 
 def test_log_mel_is_whisper_features_of_the_real_length():
     audio = (0.1 * np.random.default_rng(0).standard_normal(16000 * 3 + 50)).astype(np.float32)
-    feats = decode_audio.log_mel(audio, 80)
+    feats = log_mel(audio, 80)
     assert feats.shape == (80, 300)  # 100 frames per second, no padding to 30 s
-    assert decode_audio.log_mel(audio, 128).shape == (128, 300)
-    assert decode_audio.log_mel(audio, 80, max_frames=200).shape == (80, 200)
+    assert log_mel(audio, 128).shape == (128, 300)
+    assert log_mel(audio, 80, max_frames=200).shape == (80, 200)
     x, lengths = decode_audio.pad_features([feats, feats[:, :120]])
     assert x.shape == (2, 80, 300) and lengths.tolist() == [300, 120]
     assert np.all(x[1, :, 120:] == 0) and np.allclose(x[1, :, :120], feats[:, :120])
@@ -125,8 +125,8 @@ def test_log_mel_is_whisper_features_of_the_real_length():
 
 def test_log_mel_of_a_piece_shorter_than_half_a_window():
     audio = np.full(170, 0.01, dtype=np.float32)  # 10.6 ms: one 10 ms frame, shorter than the STFT's padding
-    assert decode_audio.log_mel(audio, 80).shape == (80, 1)
-    assert decode_audio.log_mel(audio[:100], 80).shape == (80, 0)
+    assert log_mel(audio, 80).shape == (80, 1)
+    assert log_mel(audio[:100], 80).shape == (80, 0)
 
 
 def test_read_audio_resamples_and_cuts(tmp_path):

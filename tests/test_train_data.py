@@ -23,13 +23,11 @@ import webdataset as wds
 from llmasr.audio import convert_to_flac16k
 from llmasr.config import ShardConfig
 from llmasr.layout import WorkLayout
+from llmasr.model import HOP_LENGTH, N_FFT, LogMel, mel_filters
 from llmasr.records import STATUS_OK, Decision, Item, Label, Segment
 from tasks.shard import write_shards
 from tasks.train_data import (
-    HOP_LENGTH,
-    N_FFT,
     LLMTargets,
-    LogMel,
     ShardSpeechDataset,
     WhisperTargets,
     assign,
@@ -37,7 +35,6 @@ from tasks.train_data import (
     estimate_batches,
     flac_frames,
     make_loader,
-    mel_filters,
     pad_features,
     read_split,
     synced,

@@ -13,6 +13,8 @@ One module a piece:
 
 * ``config``: ``LLMASRConfig``, what a model is built from (defined torch-free in
   ``llmasr.config.model``; its settings and ``LoraConfig`` are the ``train.*`` keys), and ``torch_dtype``.
+* ``features``: Whisper's log-mel (``LogMel``, ``log_mel``), one implementation for training and
+  decoding.
 * ``encoder``: ``SpeechEncoder`` runs any Whisper checkpoint's encoder, on the real length
   (``trim_padding``) or padded to 30 s; ``save_encoder``.
 * ``adapter``: ``Adapter`` stacks k consecutive encoder frames, Linear -> activation -> Linear
@@ -34,6 +36,7 @@ from llmasr.model.adapter import Adapter, load_adapter, save_adapter
 from llmasr.model.config import LLMASRConfig, LoraConfig, local_source
 from llmasr.model.encoder import SpeechEncoder, encode_whisper, save_encoder
 from llmasr.model.errors import ModelSettingError, setting
+from llmasr.model.features import HOP_LENGTH, N_FFT, LogMel, log_mel, mel_filters
 from llmasr.model.llmasr import LLMASR, allow_cudnn_attention, build_llm, build_model, scored_positions
 from llmasr.model.lora import apply_lora, has_lora, load_lora, merge_lora, save_lora
 from llmasr.model.prompt import IGNORE_INDEX, build_prompt, build_tokenizer
@@ -41,10 +44,13 @@ from llmasr.model.stage1 import WhisperStage1Head, stage1_loss, whisper_labels
 from llmasr.model.trainable import set_trainable
 
 __all__ = [
+    "HOP_LENGTH",
+    "N_FFT",
     "IGNORE_INDEX",
     "LLMASR",
     "Adapter",
     "LLMASRConfig",
+    "LogMel",
     "LoraConfig",
     "ModelSettingError",
     "SpeechEncoder",
@@ -59,7 +65,9 @@ __all__ = [
     "has_lora",
     "load_adapter",
     "load_lora",
+    "log_mel",
     "local_source",
+    "mel_filters",
     "merge_lora",
     "save_adapter",
     "save_encoder",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SAMPLE_RATE = 16_000
+from llmasr.audio import SAMPLE_RATE
+
 NUM_BINS = 80
 # padding value of a batch's shorter utterances: log(1e-10), lhotse's LOG_EPSILON, below any real
 # log-energy.  Zero padding (a log-energy of 1, louder than quiet speech) lets the convolutions before
