@@ -499,7 +499,9 @@ def follow_with_training(cfg: PipelineConfig, layout: WorkLayout, index: dict, l
         return None
     given = flow_run.parameters or {}
     if given.get("config") is not None:  # the run was given its whole configuration: so is the training
-        params: dict[str, Any] = {"config": cfg.model_dump(mode="json")}
+        # (None over the deployment's default address: a flow given config reads nothing else)
+        address = dict.fromkeys(("profile", "work_dir", "overrides", "config_file"))
+        params: dict[str, Any] = {**address, "config": cfg.model_dump(mode="json")}
     else:
         params = {
             "profile": cfg.profile,
