@@ -86,10 +86,14 @@ def variant_eval_flow(variant: str, cfg: PipelineConfig, earlier: list[str]) -> 
 def check_plan(plan: ablate.Plan, warn: Callable[[str], None]) -> None:
     """Everything an ablation can check before any work (``flows.config.check_before_work``): the
     data run's sources (when it has some), the test sets, the base run's models and every variant's
-    (its stages and settings); warnings go to ``warn``."""
+    (its stages and settings, and its own test sets and hypothesis files where it varies them);
+    warnings go to ``warn``."""
     check_before_work(plan.base, warn, data=bool(plan.base.sources), train_stages=STAGES, evaluate=True)
     for cfg in plan.configs.values():
         preflight.check_models(preflight.model_refs(cfg, train_stages=STAGES))
+        if (cfg.eval.test_sets, cfg.eval.hyps) != (plan.base.eval.test_sets, plan.base.eval.hyps):
+            preflight.check_test_sets(cfg)
+            preflight.check_scorable(cfg)
 
 
 @flow(name="llmasr-ablation", log_prints=True)

@@ -6,7 +6,8 @@ when the Prefect UI or a deployment starts it, from its ``profile`` / ``work_dir
 ``config_file`` parameters (``flow_config``).  Whoever loads it runs ``check_before_work`` for
 what the run will do, then passes the validated config down as the flows' ``config`` parameter: the
 CLI to the flow, a parent flow to its subflows.  A flow given ``config`` neither loads nor checks
-it again.  What a flow checks of the work dir when it gets there (the shards before training, the
+it again, unless a deployment started it (a config typed into the UI's form had no caller to check
+it).  What a flow checks of the work dir when it gets there (the shards before training, the
 checkpoints before evaluation) stays in that flow.
 """
 
@@ -89,7 +90,11 @@ def flow_config(
     """The config a flow runs with: ``config`` as its caller loaded and checked it, or the one the
     flow's own parameters name (``load_config``, then ``values`` as ``with_overrides`` sets them),
     checked here (``check_before_work(cfg, **plan)``, its warnings logged).  Given ``config``, no
-    other setting may be: the flow would not read it."""
+    other setting may be: the flow would not read it.  A ``config`` typed into a deployment's form
+    (the UI, ``run_deployment``) had no caller to check it: it is checked here too."""
+    from prefect import get_run_logger
+    from prefect.context import FlowRunContext
+
     if config is not None:
         given = dict(
             profile=profile, work_dir=work_dir, overrides=overrides, config_file=config_file, sources=sources
@@ -100,11 +105,12 @@ def flow_config(
                 f"{', '.join(ignored)}: not read when config is given (the whole configuration of the run); "
                 "pass config alone, or leave it empty and pass these"
             )
+        run = FlowRunContext.get()
+        if run is not None and run.flow_run is not None and run.flow_run.deployment_id is not None:
+            check_before_work(config, get_run_logger().warning, **plan)
         return config
     cfg = load_config(profile, overrides, config_file, work_dir=work_dir, sources=sources or None)
     if values:
         cfg = with_overrides(cfg, values=values)
-    from prefect import get_run_logger
-
     check_before_work(cfg, get_run_logger().warning, **plan)
     return cfg

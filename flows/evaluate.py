@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import eval_artifacts
 from flows.config import eval_values, flow_config
-from llmasr import progress
+from llmasr import preflight, progress
 from llmasr.config import ConfigError, EvalConfig, PipelineConfig, SegmentConfig
 from llmasr.layout import WorkLayout
 from llmasr.lock import work_dir_lock
@@ -166,6 +166,7 @@ def evaluate_flow(
         from tasks import demo_corpus
 
         demo_corpus.generate_corpus(cfg.demo)
+        preflight.check_scorable(cfg, generated=True)  # a test set the profile generates, now it exists
     specs, notes = eval_systems(cfg)
     out_dir = WorkLayout(Path(cfg.work_dir)).root / ev.EVAL_DIR
     # eval/ only: training may go on

@@ -38,6 +38,7 @@ TRAIN_CODE = (
     "tasks.train_log",
     "tasks.train_data",
     "llmasr.model",
+    "llmasr.config.model",
     "tasks.checkpoints",
     "llmasr.bundled",
     "llmasr.ct2_whisper",

@@ -620,11 +620,11 @@ def render_report(comparison: dict[str, Any], rows: list[dict[str, Any]], plot: 
         "`shared` with the variant it was trained for, `reused` from an earlier ablation of this work dir, "
         "`the run's` adopted from the work dir's own checkpoints (`llmasr run` trained it, same key). "
         f"Stages with one key are one checkpoint, in `{comparison['store']}`.\n\n",
-        markdown_table(lineage),
+        markdown_table(lineage, empty="(no results)"),
         "\n## Results\n\n",
         "Every rate with its errors/words. Baselines and hypothesis files are the same in every variant: "
         "listed once.\n\n",
-        markdown_table(rows),
+        markdown_table(rows, empty="(no results)"),
     ]
     if plot:
         md += [

@@ -55,6 +55,7 @@ DECODE_CODE = (
     "tasks.whisper_hf",
     "tasks.zipformer_decode",
     "llmasr.model",
+    "llmasr.config.model",
     "llmasr.generation",
 )
 

@@ -431,3 +431,10 @@ def test_evaluate_from_another_folder_ends_by_saying_where_to_browse_runs(tmp_pa
     assert f"llmasr ui --work-dir {work}" in lines[hint[0]] and "http://127.0.0.1:4200" in lines[hint[0]]
     # after the table, at the end
     assert hint[0] > max(i for i, ln in enumerate(lines) if "evaluation:" in ln)
+
+
+def test_train_with_no_stage_fails_before_any_work(tmp_path: Path):
+    work = tmp_path / "work"
+    proc = llmasr(tmp_path, "train", "--work-dir", str(work), "--stages", ",")
+    assert "--stages must be increasing stage numbers from (1, 2, 3), got []" in error_line(proc)
+    assert not work.exists()

@@ -344,8 +344,20 @@ def test_lora_adapter_and_merge_round_trip(model, setup, tmp_path):
 def test_lora_bad_target_modules(model):
     from llmasr.model import LoraConfig
 
-    with pytest.raises(ValueError, match="not module names"):
+    with pytest.raises(ModelSettingError, match="not module names") as info:
         apply_lora(model, LoraConfig(target_modules=["query_key_value"]))
+    assert info.value.key == "lora.target_modules"
+    # a module of the LLM that peft cannot wrap (a whole MLP block): peft's refusal, named the same
+    assert any(n.endswith(".mlp") for n, _ in model.llm.named_modules())
+    with pytest.raises(ModelSettingError, match="not supported") as info:
+        apply_lora(model, LoraConfig(target_modules=["mlp"]))
+    assert info.value.key == "lora.target_modules"
+
+
+def test_an_instruction_holding_the_speech_placeholder_names_its_setting(setup):
+    with pytest.raises(ModelSettingError, match="exactly once") as info:
+        build_model(setup.config.model_copy(update={"instruction": "Transcribe <speech> now."}))
+    assert info.value.key == "instruction"
 
 
 # ---------------------------------------------------------------------------- model.json

@@ -119,7 +119,8 @@ class LLMASR(nn.Module):
         self.adapter = adapter
         self.llm = llm
         self.tokenizer = tokenizer
-        self.prompt = build_prompt(tokenizer, instruction)
+        with setting("instruction"):
+            self.prompt = build_prompt(tokenizer, instruction)
         self.eos_id = int(tokenizer.eos_token_id)
         self.pad_id = int(
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmasr.config import LoraConfig, ModelSettings
-from llmasr.model.errors import ModelSettingError
+from llmasr.model.errors import ModelSettingError, setting
 
 if TYPE_CHECKING:
     from llmasr.model.llmasr import LLMASR
@@ -46,7 +46,8 @@ def apply_lora(model: LLMASR, settings: LoraConfig | ModelSettings) -> LLMASR:
         raise ModelSettingError(
             "lora.target_modules", f"LoRA target_modules {missing} are not module names of this LLM"
         )
-    model.llm = get_peft_model(model.llm, _lora_config(settings))
+    with setting("lora.target_modules"):  # peft refuses a module type it cannot wrap
+        model.llm = get_peft_model(model.llm, _lora_config(settings))
     return model
 
 
