@@ -42,11 +42,10 @@ def add_parser(sub) -> None:
 
 def command(args: argparse.Namespace) -> int:
     from flows.config import eval_values
-    from llmasr import preflight, progress
+    from llmasr import progress
 
     args.overrides = [*args.overrides, *(["eval.num_beams=1"] if args.greedy else [])]
     stages = common.parse_stages(args.stages)
-    preflight.check_stage_numbers(sorted(stages))
     values = eval_values(args.test_sets or None, args.baselines or None, args.hyps or None)
     cfg = common.load(args, args.sources, values=values)
     # everything that can be checked before hours of labelling and training: sources, test sets

@@ -37,7 +37,7 @@ def check_before_work(
     warn: Callable[[str], None],
     *,
     data: bool = False,
-    train_stages: Sequence[int] = (),
+    train_stages: Sequence[int] | None = None,
     evaluate: bool = False,
     zipformer: bool = False,
 ) -> None:
@@ -49,8 +49,8 @@ def check_before_work(
     Without a data run the shards must be there now; without training, a system to evaluate.  What
     the profile generates (the demo's corpus, its test set and tiny models) is checked once it exists.
     """
-    stages = sorted(train_stages)
-    if stages:
+    stages = sorted(train_stages or [])
+    if train_stages is not None:  # training asked for: an empty or unordered list fails here
         preflight.check_stage_numbers(stages)
     if data:
         preflight.check_sources(cfg)
